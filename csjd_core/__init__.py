@@ -1,0 +1,56 @@
+"""CSJD: reliability-first background jobs for Python web applications."""
+
+from csjd_core.backends.base import Backend
+from csjd_core.config import Config
+from csjd_core.context import JobContext
+from csjd_core.dispatcher import Dispatcher
+from csjd_core.engine.dispatcher import JobNotFound
+from csjd_core.errors import (
+    BackendUnavailable,
+    CSJDError,
+    DispatcherClosed,
+    DuplicateJob,
+    InvalidJob,
+    JobStoreLocked,
+    JobTimeout,
+    PermanentError,
+    QueueFull,
+    StoreCorrupted,
+    StoreFailed,
+    UnknownJobType,
+    permanent,
+)
+from csjd_core.hooks import Hooks
+from csjd_core.job import Job, JobState, JobStatus
+from csjd_core.metrics import MetricsSnapshot, StopReport
+from csjd_core.retry import RetryPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "CSJDError",
+    "Config",
+    "Dispatcher",
+    "DispatcherClosed",
+    "DuplicateJob",
+    "Hooks",
+    "InvalidJob",
+    "Job",
+    "JobContext",
+    "JobNotFound",
+    "JobState",
+    "JobStatus",
+    "JobStoreLocked",
+    "JobTimeout",
+    "MetricsSnapshot",
+    "PermanentError",
+    "QueueFull",
+    "RetryPolicy",
+    "StopReport",
+    "StoreCorrupted",
+    "StoreFailed",
+    "UnknownJobType",
+    "permanent",
+]

@@ -1,0 +1,140 @@
+"""The seam between the engine and the places jobs live.
+
+The engine (``csjd_core.engine``) owns execution semantics: the concurrency bound, timeouts and
+detach, retry decisions, crash capture, metrics and stop. A `Backend` owns storage: admission
+(duplicate ids, the pending cap), the ready queue, scheduled jobs (``run_at`` and retries), the
+per-attempt records, fenced acknowledgement and status. Every backend passes the shared contract
+suite in ``tests/core/test_backend_contract.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from csjd_core.job import Job, JobStatus
+
+__all__ = ["AttemptError", "Backend", "BackendSettings", "Delivery"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendSettings:
+    """What the engine tells its backend when it opens it."""
+
+    max_pending_jobs: int
+    default_max_attempts: int
+    result_ttl: float
+    max_results: int
+    worker_id: str
+
+
+class Delivery:
+    """One attempt of one job handed to a worker.
+
+    ``token`` fences the attempt: a backend refuses to record an outcome for a delivery whose
+    token no longer matches the job (it was re-delivered, reclaimed or recovered meanwhile).
+    ``ref`` is the backend's own handle (an index entry, a stream entry id).
+    """
+
+    __slots__ = ("attempt", "job", "max_attempts", "ref", "token")
+
+    def __init__(self, job: Job, attempt: int, max_attempts: int, token: Any, ref: Any) -> None:
+        self.job = job
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.token = token
+        self.ref = ref
+
+    def __repr__(self) -> str:
+        return f"Delivery(job_id={self.job.id!r}, type={self.job.type!r}, attempt={self.attempt})"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptError:
+    """Why an attempt failed, in the form backends store (text, never the exception object).
+
+    ``kind`` is one of ``"error"``, ``"timeout"``, ``"panic"``, ``"permanent"``,
+    ``"unknown_type"``, ``"invalid_result"``.
+    """
+
+    kind: str
+    message: str
+    traceback: str | None = None
+
+
+class Backend(ABC):
+    """Storage for jobs, as the engine needs it. Methods are called from many threads."""
+
+    #: True when jobs survive a crash of this process (file store, Redis).
+    durable: bool = False
+    #: True when the jobs are only visible to this process (memory, file store).
+    local: bool = True
+
+    @abstractmethod
+    def open(self, settings: BackendSettings) -> int:
+        """Prepare for use (take locks, replay logs).
+
+        Returns:
+            How many unfinished jobs were recovered and re-admitted.
+        """
+
+    @abstractmethod
+    def enqueue(self, jobs: Sequence[Job]) -> None:
+        """Admit ``jobs`` atomically: all of them, or none and an error.
+
+        Raises:
+            DuplicateJob: an id is taken by an unfinished job (or repeats within ``jobs``).
+            QueueFull: admitting them would exceed ``max_pending_jobs``.
+            BackendUnavailable: the storage could not record them (nothing was admitted).
+        """
+
+    @abstractmethod
+    def fetch(self, timeout: float) -> Delivery | None:
+        """The next ready job, waiting up to ``timeout`` seconds; ``None`` if there is none."""
+
+    @abstractmethod
+    def started(self, delivery: Delivery, worker_id: str) -> None:
+        """Record that the attempt's handler is about to run."""
+
+    @abstractmethod
+    def succeed(self, delivery: Delivery, result: Any) -> bool:
+        """Record success with a JSON result. Returns False if the delivery lost its claim."""
+
+    @abstractmethod
+    def retry(self, delivery: Delivery, error: AttemptError, delay: float) -> bool:
+        """Schedule the job's next attempt in ``delay`` seconds. False if fenced out."""
+
+    @abstractmethod
+    def fail(self, delivery: Delivery, error: AttemptError) -> bool:
+        """Record a terminal failure (dead-letter it). False if fenced out."""
+
+    def renew(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Extend the lease of running attempts; False where the claim was lost."""
+        return [True for _ in deliveries]
+
+    @abstractmethod
+    def status(self, job_id: str) -> JobStatus | None:
+        """What is known about ``job_id``, or ``None`` if nothing is."""
+
+    @abstractmethod
+    def pending(self) -> int:
+        """Unfinished jobs held by this backend (queued, scheduled, running)."""
+
+    @abstractmethod
+    def ready_count(self) -> int:
+        """Jobs ready to run now (not scheduled for later, not running)."""
+
+    @abstractmethod
+    def wake(self) -> None:
+        """Wake every thread blocked in `fetch` (used when stopping)."""
+
+    @abstractmethod
+    def close(self, *, clean: bool) -> list[Job]:
+        """Release resources; ``clean`` is False when handlers were still running.
+
+        Returns:
+            The unfinished jobs that never ran to the end. A durable backend keeps them for the
+            next `open`; a volatile one loses them, and the engine logs each.
+        """

@@ -1,0 +1,364 @@
+"""The in-memory backend: an index of jobs, a ready deque and a heap of scheduled jobs.
+
+`FileJobStore` extends it with a write-ahead log; the ``_persist_*`` methods are its seam.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from csjd_core.backends.base import AttemptError, Backend, BackendSettings, Delivery
+from csjd_core.errors import DuplicateJob, QueueFull
+from csjd_core.job import Job, JobState, JobStatus, utc_from_timestamp
+
+__all__ = ["MemoryBackend"]
+
+_QUEUED = JobState.QUEUED
+_SCHEDULED = JobState.SCHEDULED
+_RUNNING = JobState.RUNNING
+_SUCCEEDED = JobState.SUCCEEDED
+_FAILED = JobState.FAILED
+
+
+class Entry:
+    """A job in the index with everything `status` reports about it."""
+
+    __slots__ = (
+        "attempts",
+        "due",
+        "enqueued_at",
+        "error",
+        "finished_at",
+        "job",
+        "max_attempts",
+        "result",
+        "run_at",
+        "started_at",
+        "state",
+        "traceback",
+        "worker_id",
+    )
+
+    def __init__(self, job: Job, max_attempts: int, enqueued_at: float) -> None:
+        self.job = job
+        self.max_attempts = max_attempts
+        self.enqueued_at = enqueued_at
+        self.state = _QUEUED
+        self.attempts = 0
+        self.due = 0.0  # time.monotonic() when a scheduled entry becomes ready
+        self.run_at: float | None = None  # wall-clock time of the same moment, for status
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.error: str | None = None
+        self.traceback: str | None = None
+        self.result: Any = None
+        self.worker_id: str | None = None
+
+    def to_status(self) -> JobStatus:
+        """Build the public status record."""
+        return JobStatus(
+            id=self.job.id,
+            type=self.job.type,
+            state=self.state,
+            attempts=self.attempts,
+            max_attempts=self.max_attempts,
+            queue=self.job.queue,
+            enqueued_at=utc_from_timestamp(self.enqueued_at),
+            started_at=utc_from_timestamp(self.started_at),
+            finished_at=utc_from_timestamp(self.finished_at),
+            run_at=utc_from_timestamp(self.run_at) if self.state is _SCHEDULED else None,
+            last_error=self.error,
+            last_traceback=self.traceback,
+            result=self.result,
+            worker_id=self.worker_id,
+        )
+
+
+class MemoryBackend(Backend):
+    """Jobs in this process's memory: fast, and lost if the process dies."""
+
+    durable = False
+    local = True
+    #: subclasses that write a log set this so the ``_persist_*`` hooks are called.
+    _logs = False
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._ready: deque[Entry] = deque()
+        self._scheduled: list[tuple[float, int, Entry]] = []
+        self._seq = itertools.count()
+        self._unfinished: dict[str, Entry] = {}
+        self._finished: dict[str, Entry] = {}
+        self._finished_order: deque[tuple[float, str, Entry]] = deque()
+        self._waiters = 0
+        self._wakeups = 0
+        self._max_pending = 10_000
+        self._default_max_attempts = 3
+        self._result_ttl = 600.0
+        self._max_results = 100_000
+        self._opened = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self, settings: BackendSettings) -> int:
+        """Apply the engine's settings; memory has nothing to recover."""
+        self._max_pending = settings.max_pending_jobs
+        self._default_max_attempts = settings.default_max_attempts
+        self._result_ttl = settings.result_ttl
+        self._max_results = settings.max_results
+        self._opened = True
+        return 0
+
+    def close(self, *, clean: bool) -> list[Job]:
+        """Forget every unfinished job that is not running and return them."""
+        with self._lock:
+            left = [e for e in self._unfinished.values() if e.state is not _RUNNING]
+            self._ready.clear()
+            self._scheduled.clear()
+            for entry in left:
+                del self._unfinished[entry.job.id]
+            self._cond.notify_all()
+        return [e.job for e in left]
+
+    # -- admission -------------------------------------------------------------------------
+    def enqueue(self, jobs: Sequence[Job]) -> None:
+        """Admit all ``jobs`` or none (see `Backend.enqueue`)."""
+        now = time.time()
+        if not self._logs:
+            with self._lock:
+                entries = self._admit(jobs, now)
+                self._publish(entries, now)
+            return
+        with self._lock:
+            entries = self._admit(jobs, now)
+        try:
+            self._persist_submitted(entries)
+        except BaseException:
+            with self._lock:
+                for entry in entries:
+                    if self._unfinished.get(entry.job.id) is entry:
+                        del self._unfinished[entry.job.id]
+            raise
+        with self._lock:
+            self._publish(entries, now)
+
+    def _admit(self, jobs: Sequence[Job], now: float) -> list[Entry]:
+        """Check and reserve ids (lock held). Nothing is visible to workers yet."""
+        unfinished = self._unfinished
+        if len(unfinished) + len(jobs) > self._max_pending:
+            raise QueueFull(self._max_pending)
+        entries = []
+        default_attempts = self._default_max_attempts
+        for job in jobs:
+            if job.id in unfinished:
+                for entry in entries:
+                    del unfinished[entry.job.id]
+                raise DuplicateJob(job.id)
+            entry = Entry(job, job.max_attempts or default_attempts, now)
+            unfinished[job.id] = entry
+            entries.append(entry)
+        return entries
+
+    def _publish(self, entries: Iterable[Entry], now: float) -> None:
+        """Make reserved entries visible: ready now, or scheduled for ``run_at`` (lock held)."""
+        ready = self._ready
+        for entry in entries:
+            run_at = entry.job.run_at
+            if run_at is not None:
+                when = run_at.timestamp()
+                if when > now:
+                    entry.state = _SCHEDULED
+                    entry.run_at = when
+                    entry.due = time.monotonic() + (when - now)
+                    heapq.heappush(self._scheduled, (entry.due, next(self._seq), entry))
+                    continue
+            ready.append(entry)
+        if self._waiters:
+            self._cond.notify_all()
+
+    def restore(self, entries: Iterable[Entry]) -> int:
+        """Re-admit recovered entries regardless of the cap (used by durable subclasses)."""
+        count = 0
+        now = time.time()
+        with self._lock:
+            for entry in entries:
+                self._unfinished[entry.job.id] = entry
+                if entry.state is _SCHEDULED and entry.run_at is not None and entry.run_at > now:
+                    entry.due = time.monotonic() + (entry.run_at - now)
+                    heapq.heappush(self._scheduled, (entry.due, next(self._seq), entry))
+                else:
+                    entry.state = _QUEUED
+                    self._ready.append(entry)
+                count += 1
+        return count
+
+    # -- consumption -----------------------------------------------------------------------
+    def fetch(self, timeout: float) -> Delivery | None:
+        """Pop the next ready entry, promoting due scheduled ones first."""
+        scheduled = self._scheduled
+        if scheduled:
+            try:
+                due = scheduled[0][0]
+            except IndexError:
+                due = None
+            if due is not None and due <= time.monotonic():
+                with self._lock:
+                    self._promote(time.monotonic())
+        try:
+            entry = self._ready.popleft()
+        except IndexError:
+            found = self._wait_ready(timeout)
+            if found is None:
+                return None
+            entry = found
+        entry.attempts += 1
+        return Delivery(entry.job, entry.attempts, entry.max_attempts, entry.attempts, entry)
+
+    def _promote(self, now: float) -> None:
+        """Move due scheduled entries to the ready queue (lock held)."""
+        scheduled = self._scheduled
+        while scheduled and scheduled[0][0] <= now:
+            entry = heapq.heappop(scheduled)[2]
+            entry.state = _QUEUED
+            self._ready.append(entry)
+
+    def _wait_ready(self, timeout: float) -> Entry | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            generation = self._wakeups
+            self._waiters += 1
+            try:
+                while True:
+                    now = time.monotonic()
+                    if self._scheduled and self._scheduled[0][0] <= now:
+                        self._promote(now)
+                    if self._ready:
+                        return self._ready.popleft()
+                    remaining = deadline - now
+                    if remaining <= 0 or generation != self._wakeups:
+                        return None
+                    if self._scheduled:
+                        remaining = min(remaining, self._scheduled[0][0] - now)
+                    self._cond.wait(remaining)
+            finally:
+                self._waiters -= 1
+
+    def wake(self) -> None:
+        """Make every blocked `fetch` return."""
+        with self._cond:
+            self._wakeups += 1
+            self._cond.notify_all()
+
+    def started(self, delivery: Delivery, worker_id: str) -> None:
+        """Mark the entry running."""
+        entry: Entry = delivery.ref
+        entry.state = _RUNNING
+        entry.started_at = time.time()
+        entry.worker_id = worker_id
+        if self._logs:
+            self._persist_started(entry)
+
+    def _owns(self, delivery: Delivery) -> Entry | None:
+        """The entry if ``delivery`` still holds its claim (lock held)."""
+        entry: Entry = delivery.ref
+        if entry.attempts != delivery.token or self._unfinished.get(entry.job.id) is not entry:
+            return None
+        return entry
+
+    def succeed(self, delivery: Delivery, result: Any) -> bool:
+        """Record success (fenced)."""
+        with self._lock:
+            entry = self._owns(delivery)
+            if entry is None:
+                return False
+            entry.result = result
+            self._finish(entry, _SUCCEEDED)
+        return True
+
+    def fail(self, delivery: Delivery, error: AttemptError) -> bool:
+        """Record a terminal failure (fenced); the status keeps the error."""
+        with self._lock:
+            entry = self._owns(delivery)
+            if entry is None:
+                return False
+            entry.error = error.message
+            entry.traceback = error.traceback
+            self._finish(entry, _FAILED)
+        return True
+
+    def retry(self, delivery: Delivery, error: AttemptError, delay: float) -> bool:
+        """Park the entry in the scheduled heap for ``delay`` seconds (fenced)."""
+        with self._lock:
+            entry = self._owns(delivery)
+            if entry is None:
+                return False
+            entry.error = error.message
+            entry.traceback = error.traceback
+            entry.state = _SCHEDULED
+            entry.due = time.monotonic() + delay
+            entry.run_at = time.time() + delay
+            if self._logs:
+                self._persist_retry(entry)
+            heapq.heappush(self._scheduled, (entry.due, next(self._seq), entry))
+            if self._waiters:
+                self._cond.notify_all()
+        return True
+
+    def _finish(self, entry: Entry, state: JobState) -> None:
+        """Move an entry from unfinished to the retained results (lock held)."""
+        entry.state = state
+        entry.finished_at = now = time.time()
+        del self._unfinished[entry.job.id]
+        if self._logs:
+            self._persist_finished(entry)
+        if self._max_results and self._result_ttl:
+            job_id = entry.job.id
+            self._finished[job_id] = entry
+            order = self._finished_order
+            order.append((now + self._result_ttl, job_id, entry))
+            finished = self._finished
+            while order and (order[0][0] <= now or len(finished) > self._max_results):
+                _, old_id, old = order.popleft()
+                if finished.get(old_id) is old:
+                    del finished[old_id]
+
+    # -- queries ---------------------------------------------------------------------------
+    def status(self, job_id: str) -> JobStatus | None:
+        """The job's status, or None if unknown or its result expired."""
+        with self._lock:
+            entry = self._unfinished.get(job_id)
+            if entry is None:
+                entry = self._finished.get(job_id)
+                if entry is None or (
+                    entry.finished_at is not None
+                    and entry.finished_at + self._result_ttl <= time.time()
+                ):
+                    return None
+            return entry.to_status()
+
+    def pending(self) -> int:
+        """Unfinished jobs (queued, scheduled, running)."""
+        return len(self._unfinished)
+
+    def ready_count(self) -> int:
+        """Jobs ready to run now."""
+        return len(self._ready)
+
+    # -- the durable subclass's seam --------------------------------------------------------
+    def _persist_submitted(self, entries: list[Entry]) -> None:
+        """Write submitted records durably before the jobs become visible."""
+
+    def _persist_started(self, entry: Entry) -> None:
+        """Record that an attempt starts (lock not held)."""
+
+    def _persist_retry(self, entry: Entry) -> None:
+        """Record a scheduled retry (lock held)."""
+
+    def _persist_finished(self, entry: Entry) -> None:
+        """Record a terminal outcome (lock held)."""

@@ -1,0 +1,81 @@
+"""The context every handler attempt receives: identity, deadline and cancellation."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from csjd_core.errors import JobTimeout
+
+__all__ = ["JobContext"]
+
+_EVENT_LOCK = threading.Lock()
+
+
+class JobContext:
+    """Given to each handler attempt.
+
+    Attributes:
+        job_id: the job's id.
+        attempt: this attempt's number, 1-based.
+        deadline: a `time.monotonic()` value when the attempt times out, or ``None``.
+        queue: the queue the job came from (``None`` for the default queue).
+    """
+
+    __slots__ = ("_cancelled", "_event", "attempt", "deadline", "job_id", "queue", "timed_out")
+
+    def __init__(
+        self, job_id: str, attempt: int, deadline: float | None = None, queue: str | None = None
+    ) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.deadline = deadline
+        self.queue = queue
+        self.timed_out = False
+        self._cancelled = False
+        # Created on first wait(): most handlers never wait, and an Event per attempt costs.
+        self._event: threading.Event | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the attempt is cancelled (its timeout passed)."""
+        return self._cancelled
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (never negative), or ``None`` without a timeout."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; return True as soon as the context is cancelled.
+
+        Returns:
+            True if cancelled (now or during the wait), False if the time elapsed.
+        """
+        event = self._event
+        if event is None:
+            with _EVENT_LOCK:
+                if self._event is None:
+                    self._event = threading.Event()
+                event = self._event
+        if self._cancelled:
+            return True
+        return event.wait(seconds)
+
+    def raise_if_cancelled(self) -> None:
+        """Raise `JobTimeout` if the attempt has been cancelled."""
+        if self._cancelled:
+            raise JobTimeout(f"job {self.job_id!r} attempt {self.attempt} was cancelled")
+
+    def cancel(self, *, timed_out: bool = False) -> None:
+        """Cancel the attempt (called by the engine; handlers observe it)."""
+        if timed_out:
+            self.timed_out = True
+        self._cancelled = True
+        event = self._event
+        if event is not None:
+            event.set()
+
+    def __repr__(self) -> str:
+        return f"JobContext(job_id={self.job_id!r}, attempt={self.attempt})"

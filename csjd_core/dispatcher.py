@@ -1,0 +1,40 @@
+"""The in-process dispatcher: a bounded worker pool over memory or a durable file store."""
+
+from __future__ import annotations
+
+from csjd_core.backends.memory import MemoryBackend
+from csjd_core.config import Config
+from csjd_core.engine.dispatcher import BaseDispatcher
+from csjd_core.engine.registry import HandlerRegistry
+from csjd_core.job import timeout_seconds
+from csjd_core.retry import seconds
+
+__all__ = ["Dispatcher"]
+
+
+class Dispatcher(BaseDispatcher):
+    """Runs jobs on ``config.workers`` threads of this process.
+
+    Jobs live in memory, or in ``config.store`` (a `FileJobStore`) to survive crashes.
+
+    Example:
+        >>> with Dispatcher(Config(workers=4)) as d:
+        ...     d.register_handler("email", send_email)
+        ...     d.submit(Job("welcome-42", "email", {"to": "a@example.com"}))
+    """
+
+    def __init__(self, config: Config | None = None, *, registry: HandlerRegistry | None = None):
+        self.config = config = config if config is not None else Config()
+        super().__init__(
+            config.store if config.store is not None else MemoryBackend(),
+            workers=config.workers,
+            max_pending_jobs=config.max_pending_jobs,
+            max_detached_handlers=config.max_detached_handlers,
+            default_max_attempts=config.default_max_attempts,
+            default_timeout=timeout_seconds(config.default_timeout),
+            retry=config.retry,
+            hooks=config.hooks,
+            result_ttl=seconds(config.result_ttl, "result_ttl"),
+            max_results=config.max_results,
+            registry=registry,
+        )

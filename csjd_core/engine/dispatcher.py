@@ -1,0 +1,304 @@
+"""The dispatcher API both modes share: handlers, submit, status, metrics, stop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+from csjd_core.backends.base import Backend, BackendSettings
+from csjd_core.engine.pool import Engine
+from csjd_core.engine.registry import HandlerFn, HandlerRegistry
+from csjd_core.errors import CSJDError, DispatcherClosed, InvalidJob, UnknownJobType
+from csjd_core.hooks import HookRunner
+from csjd_core.job import Job, JobStatus, validate_job
+from csjd_core.metrics import Counters, MetricsSnapshot, StopReport
+from csjd_core.retry import RetryPolicy, seconds
+
+__all__ = ["BaseDispatcher", "JobNotFound"]
+
+logger = logging.getLogger("csjd_core.dispatcher")
+
+F = TypeVar("F", bound=HandlerFn)
+
+
+class JobNotFound(CSJDError, LookupError):
+    """``status(job_id)``: no job with that id is known (never submitted, or its result expired)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r} (never submitted, or its result expired)")
+        self.job_id = job_id
+
+
+class BaseDispatcher:
+    """Engine + backend. `Dispatcher` and `RedisDistributedDispatcher` are assemblies of this."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        workers: int,
+        max_pending_jobs: int,
+        max_detached_handlers: int,
+        default_max_attempts: int,
+        default_timeout: float | None,
+        retry: RetryPolicy,
+        hooks: Sequence[object],
+        result_ttl: float,
+        max_results: int,
+        registry: HandlerRegistry | None = None,
+    ) -> None:
+        self._backend = backend
+        self._registry = registry if registry is not None else HandlerRegistry()
+        self._hooks = HookRunner(hooks)
+        self._counters = Counters()
+        self._engine = Engine(
+            backend,
+            self._registry,
+            workers=workers,
+            max_detached=max_detached_handlers,
+            default_timeout=default_timeout,
+            retry=retry,
+            hooks=self._hooks,
+            counters=self._counters,
+        )
+        self._settings = BackendSettings(
+            max_pending_jobs=max_pending_jobs,
+            default_max_attempts=default_max_attempts,
+            result_ttl=result_ttl,
+            max_results=max_results,
+            worker_id=self._engine.worker_prefix,
+        )
+        self._lifecycle = threading.Lock()
+        self._opened = False
+        self._started = False
+        self._closed = False
+        self._stop_report: StopReport | None = None
+
+    # -- handlers --------------------------------------------------------------------------
+    def register_handler(self, type: str, fn: HandlerFn) -> None:
+        """Register ``fn(ctx, job)`` (plain or ``async def``) for jobs of ``type``.
+
+        Raises:
+            ValueError: empty type, or a different handler already registered for it.
+        """
+        self._registry.register(type, fn)
+
+    def handler(self, type: str) -> Callable[[F], F]:
+        """Decorator form of `register_handler`."""
+
+        def decorate(fn: F) -> F:
+            self.register_handler(type, fn)
+            return fn
+
+        return decorate
+
+    @property
+    def registry(self) -> HandlerRegistry:
+        """The handler registry (job type -> function)."""
+        return self._registry
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _ensure_open(self) -> None:
+        if self._opened:
+            return
+        with self._lifecycle:
+            if self._opened:
+                return
+            if self._closed:
+                raise DispatcherClosed("dispatcher is stopped")
+            recovered = self._backend.open(self._settings)
+            if recovered:
+                with self._counters.lock:
+                    self._counters.accepted += recovered
+                logger.info("recovered unfinished jobs count=%d", recovered)
+            self._opened = True
+
+    def start(self) -> None:
+        """Open the backend (recovering stored jobs) and start the workers.
+
+        Raises:
+            DispatcherClosed: the dispatcher was stopped.
+        """
+        self._ensure_open()
+        with self._lifecycle:
+            if self._closed:
+                raise DispatcherClosed("dispatcher is stopped; create a new one")
+            if self._started:
+                return
+            self._started = True
+            self._engine.start()
+
+    def __enter__(self) -> BaseDispatcher:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- admission -------------------------------------------------------------------------
+    def _check(self, job: Job) -> None:
+        validate_job(job)
+        if self._backend.local and job.type not in self._registry:
+            raise UnknownJobType(
+                f"no handler registered for job type {job.type!r} (job id={job.id!r}); "
+                f"registered: {self._registry.types()}"
+            )
+
+    def submit(self, job: Job) -> None:
+        """Admit one job.
+
+        Raises:
+            InvalidJob: the job is malformed (empty id, non-JSON payload, naive run_at...).
+            UnknownJobType: in-process, no handler is registered for its type.
+            DuplicateJob: its id belongs to an unfinished job.
+            QueueFull: ``max_pending_jobs`` unfinished jobs already exist.
+            DispatcherClosed: `stop` has begun.
+            BackendUnavailable: the store or Redis could not record it.
+        """
+        counters = self._counters
+        hooks = self._hooks
+        accepted = False
+        try:
+            if self._closed:
+                raise DispatcherClosed("dispatcher is stopping; submit refused")
+            self._check(job)
+            if not self._opened:
+                self._ensure_open()
+            if hooks.active:
+                hooks.call("before_enqueue", job)
+            self._backend.enqueue((job,))
+            accepted = True
+        finally:
+            with counters.lock:
+                counters.submitted += 1
+                if accepted:
+                    counters.accepted += 1
+        if hooks.active:
+            hooks.call("after_enqueue", job)
+
+    def submit_batch(self, jobs: Iterable[Job]) -> None:
+        """Admit every job or none.
+
+        Raises:
+            The errors of `submit`; the message names the job that caused the refusal.
+        """
+        batch = list(jobs)
+        counters = self._counters
+        hooks = self._hooks
+        accepted = False
+        try:
+            if self._closed:
+                raise DispatcherClosed("dispatcher is stopping; submit refused")
+            seen: set[str] = set()
+            for job in batch:
+                self._check(job)
+                if job.id in seen:
+                    raise InvalidJob(f"job id {job.id!r} appears twice in the batch")
+                seen.add(job.id)
+            self._check_batch(batch)
+            self._ensure_open()
+            if hooks.active:
+                for job in batch:
+                    hooks.call("before_enqueue", job)
+            if batch:
+                self._backend.enqueue(batch)
+            accepted = True
+        finally:
+            with counters.lock:
+                counters.submitted += len(batch)
+                if accepted:
+                    counters.accepted += len(batch)
+        if hooks.active:
+            for job in batch:
+                hooks.call("after_enqueue", job)
+
+    def _check_batch(self, batch: list[Job]) -> None:
+        """Mode-specific batch rules (distributed mode: one queue per batch)."""
+
+    # -- queries ---------------------------------------------------------------------------
+    def status(self, job_id: str) -> JobStatus:
+        """The job's state, attempts, timestamps, last error and result.
+
+        Raises:
+            JobNotFound: the id is unknown, or its result expired (``result_ttl``).
+        """
+        self._ensure_open()
+        found = self._backend.status(job_id)
+        if found is None:
+            raise JobNotFound(job_id)
+        return found
+
+    def metrics(self) -> MetricsSnapshot:
+        """A consistent snapshot of this dispatcher's counters."""
+        return self._counters.snapshot()
+
+    def pending(self) -> int:
+        """Unfinished jobs known to this dispatcher's backend."""
+        return self._backend.pending()
+
+    def join(self, timeout: float | timedelta | None = None) -> bool:
+        """Wait until no unfinished job remains (including scheduled retries).
+
+        Returns:
+            True when idle, False if ``timeout`` seconds passed first.
+        """
+        limit = None if timeout is None else seconds(timeout, "timeout")
+        return self._engine.wait_idle(limit)
+
+    # -- stop ------------------------------------------------------------------------------
+    def stop(self, timeout: float | timedelta | None = None) -> StopReport:
+        """Stop admission, drain ready jobs until the deadline, let running attempts finish.
+
+        Args:
+            timeout: seconds to wait; ``None`` waits for the drain to complete.
+
+        Returns:
+            A `StopReport`; never raises because work was left.
+        """
+        limit = None if timeout is None else seconds(timeout, "timeout")
+        with self._lifecycle:
+            if self._stop_report is not None:
+                return self._stop_report
+            self._closed = True
+            started, opened = self._started, self._opened
+        before = self._counters.snapshot().processed
+        deadline = None if limit is None else time.monotonic() + limit
+        still_running = 0
+        timed_out = False
+        if started:
+            self._engine.begin_stop()
+            still_running = self._engine.join_workers(deadline)
+            if still_running:
+                timed_out = True
+                self._engine.halt()
+                still_running = self._engine.join_workers(time.monotonic())
+        self._engine.watchdog.stop()
+        left: list[Job] = self._backend.close(clean=not still_running) if opened else []
+        abandoned = left_pending = 0
+        if left:
+            if self._backend.durable:
+                left_pending = len(left)
+                logger.info("stopped with unfinished jobs kept in the backend count=%d", len(left))
+            else:
+                abandoned = len(left)
+                for job in left:
+                    logger.warning("job abandoned at stop id=%s type=%s", job.id, job.type)
+        report = StopReport(
+            finished=self._counters.snapshot().processed - before,
+            abandoned=abandoned,
+            left_pending=left_pending,
+            still_running=still_running,
+            timed_out=timed_out,
+        )
+        self._stop_report = report
+        return report

@@ -1,0 +1,375 @@
+"""The worker pool: runs attempts, classifies their outcome, records it through the backend."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from typing import Any
+
+from csjd_core.backends.base import AttemptError, Backend, Delivery
+from csjd_core.context import JobContext
+from csjd_core.engine.registry import HandlerRegistry
+from csjd_core.engine.watchdog import Attempt, Watchdog
+from csjd_core.errors import InvalidJob, PermanentError
+from csjd_core.hooks import HookRunner
+from csjd_core.job import check_json, timeout_seconds
+from csjd_core.metrics import Counters
+from csjd_core.retry import RetryPolicy
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger("csjd_core.engine")
+
+_MAX_TRACEBACK = 8_000
+_IDLE_POLL = 1.0  # seconds an idle worker blocks in fetch before re-checking for stop
+_TERMINAL_KINDS = frozenset({"permanent", "unknown_type", "invalid_result"})
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The exception's traceback as text, keeping the end if it is long."""
+    text = "".join(traceback.format_exception(exc))
+    return text if len(text) <= _MAX_TRACEBACK else "...\n" + text[-_MAX_TRACEBACK:]
+
+
+class Worker:
+    """One worker thread's state. A detached worker's thread exits after its handler."""
+
+    __slots__ = ("detached", "id", "loop", "slot", "thread")
+
+    def __init__(self, slot: int, worker_id: str) -> None:
+        self.slot = slot
+        self.id = worker_id
+        self.detached = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+
+    def run_coroutine(self, coro: Any, attempt: Attempt | None) -> Any:
+        """Run a coroutine to completion on this worker's own event loop."""
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.new_event_loop()
+        task = loop.create_task(coro)
+        if attempt is not None:
+            attempt.loop = loop
+            attempt.task = task
+            if attempt.ctx.cancelled:  # the deadline passed before the task existed
+                task.cancel()
+        return loop.run_until_complete(task)
+
+    def close_loop(self) -> None:
+        """Close the event loop, if one was created."""
+        loop, self.loop = self.loop, None
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+
+class Engine:
+    """Runs jobs from a backend on a bounded pool of worker threads."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        registry: HandlerRegistry,
+        *,
+        workers: int,
+        max_detached: int,
+        default_timeout: float | None,
+        retry: RetryPolicy,
+        hooks: HookRunner,
+        counters: Counters,
+    ) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.workers = workers
+        self.max_detached = max_detached
+        self.default_timeout = default_timeout
+        self.retry_policy = retry
+        self.hooks = hooks
+        self.counters = counters
+        self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
+        self.watchdog = Watchdog(self._on_overrun)
+        self.live_detached = 0
+        self._workers: list[Worker] = []
+        self._generation = 0
+        self._stopping = False  # drain: fetch only what is ready, then exit
+        self._halt = False  # deadline passed: exit after the current attempt
+        self._idle_cond = threading.Condition()
+        self._joiners = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker threads."""
+        for slot in range(self.workers):
+            self._spawn(slot)
+
+    def _spawn(self, slot: int) -> Worker:
+        self._generation += 1
+        worker = Worker(slot, f"{self.worker_prefix}:w{slot}.{self._generation}")
+        thread = threading.Thread(
+            target=self._worker_main, args=(worker,), name=f"csjd-worker-{slot}", daemon=True
+        )
+        worker.thread = thread
+        if slot < len(self._workers):
+            self._workers[slot] = worker
+        else:
+            self._workers.append(worker)
+        thread.start()
+        return worker
+
+    def begin_stop(self) -> None:
+        """Stop fetching new work once the ready queue is empty."""
+        self._stopping = True
+        self.backend.wake()
+
+    def halt(self) -> None:
+        """Stop fetching at once; running attempts finish on their own."""
+        self._stopping = True
+        self._halt = True
+        self.backend.wake()
+
+    def join_workers(self, deadline: float | None) -> int:
+        """Wait for worker threads until ``deadline``; return how many are still alive."""
+        for worker in list(self._workers):
+            thread = worker.thread
+            if thread is None:
+                continue
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(remaining)
+        return sum(1 for w in self._workers if w.thread is not None and w.thread.is_alive())
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Block until the backend has no unfinished job; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle_cond:
+            self._joiners += 1
+            try:
+                while self.backend.pending():
+                    remaining = 0.05 if deadline is None else deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._idle_cond.wait(min(remaining, 0.05))
+                return True
+            finally:
+                self._joiners -= 1
+
+    # -- the worker loop -------------------------------------------------------------------
+    def _worker_main(self, worker: Worker) -> None:
+        hooks = self.hooks
+        if hooks.active:
+            hooks.call("worker_started", worker.id)
+        fetch = self.backend.fetch
+        try:
+            while not self._halt:
+                delivery = fetch(0.0 if self._stopping else _IDLE_POLL)
+                if delivery is None:
+                    if self._stopping:
+                        break
+                    continue
+                self.run_attempt(delivery, worker)
+                if worker.detached:
+                    break
+        finally:
+            worker.close_loop()
+            if worker.detached:
+                with self.counters.lock:
+                    self.live_detached -= 1
+            if hooks.active:
+                hooks.call("worker_stopped", worker.id)
+
+    def run_attempt(self, delivery: Delivery, worker: Worker) -> None:
+        """Run one attempt and record its outcome (unless it was detached meanwhile)."""
+        job = delivery.job
+        backend = self.backend
+        backend.started(delivery, worker.id)
+        handler = self.registry.get(job.type)
+        if handler is None:
+            # Only reachable in distributed mode: in-process admission rejects unknown types.
+            self._record_failure(
+                delivery,
+                AttemptError("unknown_type", f"no handler registered for job type {job.type!r}"),
+                None,
+            )
+            return
+        timeout = job.timeout
+        if timeout is None:
+            timeout = self.default_timeout
+        elif type(timeout) is not float:
+            timeout = timeout_seconds(timeout)
+        attempt: Attempt | None = None
+        if timeout is None:
+            ctx = JobContext(job.id, delivery.attempt, None, job.queue)
+        else:
+            ctx = JobContext(job.id, delivery.attempt, time.monotonic() + timeout, job.queue)
+            attempt = Attempt(delivery, ctx, worker)
+            self.watchdog.watch(attempt)
+        hooks = self.hooks
+        if hooks.active:
+            hooks.call("before_process", job, ctx)
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            if handler.is_async:
+                result = worker.run_coroutine(handler.fn(ctx, job), attempt)
+            else:
+                result = handler.fn(ctx, job)
+                if result is not None and hasattr(result, "__await__"):
+                    result = worker.run_coroutine(result, attempt)
+        except BaseException as exc:
+            error = exc
+        if attempt is not None:
+            attempt.done = True
+            with self.counters.lock:
+                if attempt.settled:  # detached: its outcome was already recorded
+                    logger.warning(
+                        "detached handler finished; result discarded job id=%s type=%s attempt=%d",
+                        job.id,
+                        job.type,
+                        delivery.attempt,
+                    )
+                    return
+                attempt.settled = True
+        if hooks.active:
+            hooks.call("after_process", job, result, error)
+        if error is None and not ctx.timed_out:
+            if result is not None:
+                try:
+                    check_json(result, f"return value of job {job.id!r}")
+                except InvalidJob as exc:
+                    self._record_failure(delivery, AttemptError("invalid_result", str(exc)), None)
+                    return
+            if backend.succeed(delivery, result):
+                with self.counters.lock:
+                    self.counters.processed += 1
+                    self.counters.succeeded += 1
+                if self._joiners:
+                    with self._idle_cond:
+                        self._idle_cond.notify_all()
+            else:
+                self._lost_claim(delivery)
+            return
+        self._record_failure(delivery, self._classify(error, ctx), error)
+
+    def _classify(self, error: BaseException | None, ctx: JobContext) -> AttemptError:
+        if isinstance(error, PermanentError):
+            return AttemptError("permanent", str(error), format_traceback(error))
+        if ctx.timed_out:
+            message = f"attempt {ctx.attempt} timed out"
+            if error is not None and not isinstance(error, asyncio.CancelledError):
+                message += f" ({type(error).__name__}: {error})"
+            return AttemptError(
+                "timeout", message, format_traceback(error) if error is not None else None
+            )
+        assert error is not None
+        kind = "error" if isinstance(error, Exception) else "panic"
+        return AttemptError(kind, f"{type(error).__name__}: {error}", format_traceback(error))
+
+    # -- outcomes (also used by the watchdog when it detaches) -----------------------------
+    def _record_failure(
+        self, delivery: Delivery, error: AttemptError, exc: BaseException | None
+    ) -> None:
+        job = delivery.job
+        counters = self.counters
+        panic = error.kind == "panic"
+        terminal = error.kind in _TERMINAL_KINDS or delivery.attempt >= delivery.max_attempts
+        if terminal:
+            ok = self.backend.fail(delivery, error)
+            if ok:
+                logger.error(
+                    "job failed id=%s type=%s attempt=%d/%d kind=%s error=%s",
+                    job.id,
+                    job.type,
+                    delivery.attempt,
+                    delivery.max_attempts,
+                    error.kind,
+                    error.message,
+                    exc_info=exc,
+                )
+        else:
+            delay = self.retry_policy.delay(delivery.attempt)
+            ok = self.backend.retry(delivery, error, delay)
+            if ok:
+                log = logger.error if panic else logger.warning
+                log(
+                    "job retry id=%s type=%s attempt=%d/%d kind=%s delay=%.3f error=%s",
+                    job.id,
+                    job.type,
+                    delivery.attempt,
+                    delivery.max_attempts,
+                    error.kind,
+                    delay,
+                    error.message,
+                    exc_info=exc,
+                )
+        if not ok:
+            self._lost_claim(delivery)
+            return
+        with counters.lock:
+            counters.processed += 1
+            if panic:
+                counters.panics += 1
+            if terminal:
+                counters.failed += 1
+            else:
+                counters.retried += 1
+        hooks = self.hooks
+        if hooks.active:
+            if terminal:
+                hooks.call("after_failed", job, error.message)
+            else:
+                hooks.call("after_retry_scheduled", job, delivery.attempt, delay)
+        if self._joiners:
+            with self._idle_cond:
+                self._idle_cond.notify_all()
+
+    def _lost_claim(self, delivery: Delivery) -> None:
+        logger.warning(
+            "attempt lost its claim; outcome discarded id=%s type=%s attempt=%d",
+            delivery.job.id,
+            delivery.job.type,
+            delivery.attempt,
+        )
+
+    def _on_overrun(self, attempt: Attempt) -> bool:
+        """Detach an attempt running past deadline + grace if the budget allows.
+
+        Returns:
+            True to be asked again later (the budget may free up).
+        """
+        if not self.max_detached or self._halt:
+            return False
+        with self.counters.lock:
+            if attempt.settled or attempt.done:
+                return False
+            if self.live_detached >= self.max_detached:
+                return True
+            attempt.settled = True
+            self.live_detached += 1
+            self.counters.detached += 1
+        worker = attempt.worker
+        worker.detached = True
+        job = attempt.delivery.job
+        logger.warning(
+            "handler ignored its timeout; detached id=%s type=%s attempt=%d worker=%s",
+            job.id,
+            job.type,
+            attempt.delivery.attempt,
+            worker.id,
+        )
+        if not self._stopping:
+            self._spawn(worker.slot)
+        self._record_failure(
+            attempt.delivery,
+            AttemptError(
+                "timeout", f"attempt {attempt.delivery.attempt} timed out; handler detached"
+            ),
+            None,
+        )
+        return False

@@ -1,0 +1,111 @@
+"""The exception tree: every failure CSJD reports has a name here."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailable",
+    "CSJDError",
+    "DispatcherClosed",
+    "DuplicateJob",
+    "InvalidJob",
+    "JobStoreLocked",
+    "JobTimeout",
+    "PermanentError",
+    "QueueFull",
+    "StoreCorrupted",
+    "StoreFailed",
+    "UnknownJobType",
+    "permanent",
+]
+
+
+class CSJDError(Exception):
+    """Base class of every error CSJD raises."""
+
+
+class InvalidJob(CSJDError, ValueError):
+    """A job (or its payload, arguments or schedule) cannot be accepted as given."""
+
+
+class UnknownJobType(CSJDError, LookupError):
+    """No handler is registered for the job's type."""
+
+
+class DuplicateJob(CSJDError):
+    """A job with this id exists and has not finished (or is inside the dedupe window)."""
+
+    def __init__(self, job_id: str, message: str | None = None) -> None:
+        super().__init__(message or f"job id {job_id!r} is already taken by an unfinished job")
+        self.job_id = job_id
+
+
+class QueueFull(CSJDError):
+    """Admission refused: `max_pending_jobs` unfinished jobs already exist."""
+
+    def __init__(self, limit: int, message: str | None = None) -> None:
+        super().__init__(message or f"queue full: max_pending_jobs={limit} unfinished jobs")
+        self.limit = limit
+
+
+class DispatcherClosed(CSJDError):
+    """The dispatcher is stopping or stopped and no longer accepts jobs."""
+
+
+class BackendUnavailable(CSJDError):
+    """The backend (Redis, the file system) could not be reached or written."""
+
+
+class StoreFailed(BackendUnavailable):
+    """The durable store could not write a record; the job was not accepted."""
+
+
+class StoreCorrupted(CSJDError):
+    """The durable store's files hold corrupted data that cannot be repaired silently."""
+
+    def __init__(self, message: str, *, path: str = "", offset: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.offset = offset
+
+
+class JobStoreLocked(CSJDError):
+    """Another process (or store object) holds the store's exclusive lock."""
+
+    def __init__(self, path: str, holder_pid: int | None) -> None:
+        holder = f"pid {holder_pid}" if holder_pid else "an unknown process"
+        super().__init__(
+            f"job store {path} is locked by {holder}; only one process may open a file store "
+            "(several web-server processes need CSJD_MODE='redis')"
+        )
+        self.path = path
+        self.holder_pid = holder_pid
+
+
+class JobTimeout(CSJDError):
+    """An attempt ran past its timeout (recorded as the attempt's error)."""
+
+
+class PermanentError(CSJDError):
+    """Raised by a handler: the job failed and must not be retried."""
+
+    def __init__(self, message: str = "", *, cause: BaseException | None = None) -> None:
+        super().__init__(message or (repr(cause) if cause is not None else "permanent failure"))
+        self.cause = cause
+
+
+def permanent(exc: BaseException | str) -> PermanentError:
+    """Wrap an error so that raising it fails the job without retries.
+
+    Args:
+        exc: the underlying exception (kept as ``__cause__``) or a message.
+
+    Returns:
+        A `PermanentError` to ``raise``.
+    """
+    if isinstance(exc, PermanentError):
+        return exc
+    if isinstance(exc, BaseException):
+        err = PermanentError(f"{type(exc).__name__}: {exc}", cause=exc)
+        err.__cause__ = exc
+        return err
+    return PermanentError(str(exc))

@@ -1,0 +1,89 @@
+"""Lifecycle hooks: objects whose methods the engine calls around each job, in both modes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from csjd_core.context import JobContext
+    from csjd_core.job import Job
+
+__all__ = ["Hooks"]
+
+logger = logging.getLogger(__name__)
+
+
+class Hooks:
+    """Base class with no-op methods; override the ones you need.
+
+    A hook that raises is logged with its traceback and never fails a job. Hooks run on the
+    thread that triggers them (the submitting thread, or the worker running the job).
+    """
+
+    def before_enqueue(self, job: Job) -> None:
+        """Called before admission; raising here is logged, not propagated."""
+
+    def after_enqueue(self, job: Job) -> None:
+        """Called after the job was admitted."""
+
+    def before_process(self, job: Job, ctx: JobContext) -> None:
+        """Called on the worker thread right before the handler runs."""
+
+    def after_process(self, job: Job, result: Any, error: BaseException | None) -> None:
+        """Called after every attempt with its result or error."""
+
+    def after_retry_scheduled(self, job: Job, attempt: int, delay: float) -> None:
+        """Called when failed attempt ``attempt`` was scheduled to retry in ``delay`` seconds."""
+
+    def after_failed(self, job: Job, error: str) -> None:
+        """Called when the job failed for good (attempts exhausted or permanent error)."""
+
+    def worker_started(self, worker_id: str) -> None:
+        """Called on a worker thread when it starts."""
+
+    def worker_stopped(self, worker_id: str) -> None:
+        """Called on a worker thread when it exits."""
+
+
+_HOOK_NAMES = (
+    "before_enqueue",
+    "after_enqueue",
+    "before_process",
+    "after_process",
+    "after_retry_scheduled",
+    "after_failed",
+    "worker_started",
+    "worker_stopped",
+)
+
+
+class HookRunner:
+    """Calls only the overridden hook methods, logging any exception they raise."""
+
+    def __init__(self, hooks: Sequence[object]) -> None:
+        self._calls: dict[str, list[Callable[..., Any]]] = {}
+        for name in _HOOK_NAMES:
+            calls = []
+            for hook in hooks:
+                method = getattr(hook, name, None)
+                base = getattr(Hooks, name)
+                if method is None or getattr(method, "__func__", None) is base:
+                    continue
+                calls.append(method)
+            if calls:
+                self._calls[name] = calls
+        self.active = bool(self._calls)
+
+    def has(self, name: str) -> bool:
+        """True if some hook overrides ``name``."""
+        return name in self._calls
+
+    def call(self, name: str, *args: Any) -> None:
+        """Call every ``name`` hook; exceptions are logged and swallowed."""
+        for method in self._calls.get(name, ()):
+            try:
+                method(*args)
+            except Exception:
+                logger.exception("hook failed hook=%r method=%s", method, name)

@@ -1,0 +1,86 @@
+"""Exponential backoff with jitter: how long a failed job waits before its next attempt."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+__all__ = ["RetryPolicy"]
+
+Jitter = Literal["full", "equal"] | None
+
+
+def seconds(value: float | timedelta, name: str) -> float:
+    """A non-negative finite duration in seconds from a number or `timedelta`.
+
+    Raises:
+        ValueError: naming ``name`` when the value is negative, infinite or not a number.
+    """
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be seconds (a number or timedelta), got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """Delay before attempt n+1 after attempt n failed: ``min(max_delay, base * factor**(n-1))``.
+
+    Args:
+        base_delay: seconds before the first retry (before jitter).
+        factor: growth per attempt (>= 1).
+        max_delay: cap in seconds, applied before jitter.
+        jitter: ``"full"`` (uniform in [0, d]), ``"equal"`` (uniform in [d/2, d]) or ``None``.
+    """
+
+    base_delay: float = 1.0
+    factor: float = 2.0
+    max_delay: float = 300.0
+    jitter: Jitter = "full"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_delay", seconds(self.base_delay, "RetryPolicy.base_delay"))
+        object.__setattr__(self, "max_delay", seconds(self.max_delay, "RetryPolicy.max_delay"))
+        if isinstance(self.factor, bool) or not isinstance(self.factor, int | float):
+            raise ValueError(f"RetryPolicy.factor must be a number >= 1, got {self.factor!r}")
+        if not math.isfinite(self.factor) or self.factor < 1:
+            raise ValueError(f"RetryPolicy.factor must be a number >= 1, got {self.factor!r}")
+        if self.max_delay < self.base_delay:
+            raise ValueError(
+                f"RetryPolicy.max_delay ({self.max_delay}) must be >= base_delay "
+                f"({self.base_delay})"
+            )
+        if self.jitter not in ("full", "equal", None):
+            raise ValueError(
+                f"RetryPolicy.jitter must be 'full', 'equal' or None, got {self.jitter!r}"
+            )
+
+    def ceiling(self, attempt: int) -> float:
+        """The un-jittered delay in seconds after failed attempt ``attempt`` (1-based)."""
+        if attempt < 1:
+            raise ValueError(f"attempt is 1-based, got {attempt}")
+        # Compare exponents instead of computing huge powers that overflow a float.
+        if self.base_delay == 0:
+            return 0.0
+        if self.factor > 1 and (attempt - 1) * math.log(self.factor) > math.log(
+            self.max_delay / self.base_delay if self.max_delay else 1.0
+        ) + 1:
+            return self.max_delay
+        return min(self.max_delay, self.base_delay * self.factor ** (attempt - 1))
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """The jittered delay in seconds after failed attempt ``attempt`` (1-based)."""
+        ceiling = self.ceiling(attempt)
+        if self.jitter == "full":
+            return ceiling * rand()
+        if self.jitter == "equal":
+            return ceiling / 2 + (ceiling / 2) * rand()
+        return ceiling
