@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from dataclasses import dataclass
 
 __all__ = ["MetricsSnapshot", "StopReport"]
@@ -52,42 +54,93 @@ class StopReport:
         return not self.abandoned and not self.still_running
 
 
-class Counters:
-    """Mutable counters behind one lock; `snapshot` is consistent."""
+class Tally:
+    """Outcome counters written by one thread only (a worker, or the watchdog).
 
-    __slots__ = (
-        "accepted",
-        "detached",
-        "failed",
-        "lock",
-        "panics",
-        "processed",
-        "retried",
-        "submitted",
-        "succeeded",
-    )
+    Single-writer blocks need no lock on the hot path; ``seq`` is a sequence lock so a reader
+    never sees half of an update: the writer makes it odd, updates, makes it even again.
+    """
+
+    __slots__ = ("failed", "panics", "processed", "retried", "seq", "succeeded")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.submitted = 0
-        self.accepted = 0
+        self.seq = 0
         self.processed = 0
         self.retried = 0
         self.succeeded = 0
         self.failed = 0
         self.panics = 0
+
+    def read(self) -> tuple[int, int, int, int, int]:
+        """(processed, retried, succeeded, failed, panics), read consistently."""
+        while True:
+            seq = self.seq
+            if not seq & 1:
+                values = (self.processed, self.retried, self.succeeded, self.failed, self.panics)
+                if self.seq == seq:
+                    return values
+            time.sleep(0)  # the writer is mid-update: let it finish
+
+
+class Counters:
+    """A dispatcher's counters; `snapshot` is consistent.
+
+    ``submitted``/``accepted``/``detached`` change under ``lock``; attempt outcomes go to
+    per-thread `Tally` blocks so workers never contend for a lock on the hot path.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        # next() on itertools.count is atomic under the GIL: submitters never contend.
+        self.submitted = itertools.count()
+        self.accepted = itertools.count()
         self.detached = 0
+        self._bulk: dict[int, int] = {}  # batch increments, keyed by id() of the count
+        self._tallies: list[Tally] = []
+        self._retired = (0, 0, 0, 0, 0)
+
+    def add(self, counter: itertools.count[int], n: int) -> None:
+        """Add ``n`` to ``submitted`` or ``accepted`` (batches, recovery)."""
+        with self.lock:
+            self._bulk[id(counter)] = self._bulk.get(id(counter), 0) + n
+
+    def tally(self) -> Tally:
+        """A new single-writer block for the calling thread."""
+        block = Tally()
+        with self.lock:
+            self._tallies.append(block)
+        return block
+
+    def retire(self, block: Tally) -> None:
+        """Fold a block whose thread is exiting into the totals."""
+        with self.lock:
+            values = block.read()
+            self._retired = tuple(a + b for a, b in zip(self._retired, values, strict=True))  # type: ignore[assignment]
+            self._tallies.remove(block)
 
     def snapshot(self) -> MetricsSnapshot:
-        """Copy the counters under the lock."""
+        """Copy the counters."""
         with self.lock:
+            processed, retried, succeeded, failed, panics = self._retired
+            for block in self._tallies:
+                p, r, s, f, x = block.read()
+                processed += p
+                retried += r
+                succeeded += s
+                failed += f
+                panics += x
             return MetricsSnapshot(
-                self.submitted,
-                self.accepted,
-                self.processed,
-                self.retried,
-                self.succeeded,
-                self.failed,
-                self.panics,
+                _count_value(self.submitted) + self._bulk.get(id(self.submitted), 0),
+                _count_value(self.accepted) + self._bulk.get(id(self.accepted), 0),
+                processed,
+                retried,
+                succeeded,
+                failed,
+                panics,
                 self.detached,
             )
+
+
+def _count_value(counter: itertools.count[int]) -> int:
+    """The next value an `itertools.count` would return, without advancing it."""
+    return int(repr(counter)[6:-1])

@@ -46,22 +46,21 @@ class Entry:
     )
 
     def __init__(self, job: Job, max_attempts: int, enqueued_at: float) -> None:
+        # Only what every job needs is set here: each attribute set costs on the submit path.
+        # The others are read with getattr defaults (see `Entry.get`).
         self.job = job
         self.max_attempts = max_attempts
         self.enqueued_at = enqueued_at
         self.state = _QUEUED
         self.attempts = 0
-        self.due = 0.0  # time.monotonic() when a scheduled entry becomes ready
-        self.run_at: float | None = None  # wall-clock time of the same moment, for status
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
-        self.error: str | None = None
-        self.traceback: str | None = None
-        self.result: Any = None
-        self.worker_id: str | None = None
+
+    def get(self, name: str) -> Any:
+        """An optional attribute, ``None`` until set."""
+        return getattr(self, name, None)
 
     def to_status(self) -> JobStatus:
         """Build the public status record."""
+        get = self.get
         return JobStatus(
             id=self.job.id,
             type=self.job.type,
@@ -70,13 +69,13 @@ class Entry:
             max_attempts=self.max_attempts,
             queue=self.job.queue,
             enqueued_at=utc_from_timestamp(self.enqueued_at),
-            started_at=utc_from_timestamp(self.started_at),
-            finished_at=utc_from_timestamp(self.finished_at),
-            run_at=utc_from_timestamp(self.run_at) if self.state is _SCHEDULED else None,
-            last_error=self.error,
-            last_traceback=self.traceback,
-            result=self.result,
-            worker_id=self.worker_id,
+            started_at=utc_from_timestamp(get("started_at")),
+            finished_at=utc_from_timestamp(get("finished_at")),
+            run_at=utc_from_timestamp(get("run_at")) if self.state is _SCHEDULED else None,
+            last_error=get("error"),
+            last_traceback=get("traceback"),
+            result=get("result"),
+            worker_id=get("worker_id"),
         )
 
 
@@ -90,6 +89,7 @@ class MemoryBackend(Backend):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._trim_lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._ready: deque[Entry] = deque()
         self._scheduled: list[tuple[float, int, Entry]] = []
@@ -153,6 +153,14 @@ class MemoryBackend(Backend):
         unfinished = self._unfinished
         if len(unfinished) + len(jobs) > self._max_pending:
             raise QueueFull(self._max_pending)
+        if len(jobs) == 1:
+            job = jobs[0]
+            if job.id in unfinished:
+                raise DuplicateJob(job.id)
+            entry = unfinished[job.id] = Entry(
+                job, job.max_attempts or self._default_max_attempts, now
+            )
+            return [entry]
         entries = []
         default_attempts = self._default_max_attempts
         for job in jobs:
@@ -168,6 +176,7 @@ class MemoryBackend(Backend):
     def _publish(self, entries: Iterable[Entry], now: float) -> None:
         """Make reserved entries visible: ready now, or scheduled for ``run_at`` (lock held)."""
         ready = self._ready
+        woken = 0
         for entry in entries:
             run_at = entry.job.run_at
             if run_at is not None:
@@ -179,8 +188,9 @@ class MemoryBackend(Backend):
                     heapq.heappush(self._scheduled, (entry.due, next(self._seq), entry))
                     continue
             ready.append(entry)
-        if self._waiters:
-            self._cond.notify_all()
+            woken += 1
+        if self._waiters and woken:
+            self._cond.notify(woken)
 
     def restore(self, entries: Iterable[Entry]) -> int:
         """Re-admit recovered entries regardless of the cap (used by durable subclasses)."""
@@ -219,6 +229,11 @@ class MemoryBackend(Backend):
             entry = found
         entry.attempts += 1
         return Delivery(entry.job, entry.attempts, entry.max_attempts, entry.attempts, entry)
+
+    def promote_all(self) -> None:
+        """Make every scheduled entry ready now (immediate mode does not wait)."""
+        with self._lock:
+            self._promote(float("inf"))
 
     def _promote(self, now: float) -> None:
         """Move due scheduled entries to the ready queue (lock held)."""
@@ -272,13 +287,24 @@ class MemoryBackend(Backend):
         return entry
 
     def succeed(self, delivery: Delivery, result: Any) -> bool:
-        """Record success (fenced)."""
-        with self._lock:
-            entry = self._owns(delivery)
-            if entry is None:
-                return False
-            entry.result = result
-            self._finish(entry, _SUCCEEDED)
+        """Record success (fenced).
+
+        Lock-free on purpose: only the worker that holds a delivery changes its entry, and the
+        dict and deque operations used here are atomic, so the hot path never contends.
+        """
+        if self._logs:
+            with self._lock:
+                entry = self._owns(delivery)
+                if entry is None:
+                    return False
+                entry.result = result
+                self._finish(entry, _SUCCEEDED)
+            return True
+        entry = self._owns(delivery)
+        if entry is None:
+            return False
+        entry.result = result
+        self._finish(entry, _SUCCEEDED)
         return True
 
     def fail(self, delivery: Delivery, error: AttemptError) -> bool:
@@ -311,22 +337,31 @@ class MemoryBackend(Backend):
         return True
 
     def _finish(self, entry: Entry, state: JobState) -> None:
-        """Move an entry from unfinished to the retained results (lock held)."""
+        """Move an entry from unfinished to the retained results (atomic steps only)."""
         entry.state = state
         entry.finished_at = now = time.time()
-        del self._unfinished[entry.job.id]
+        job_id = entry.job.id
+        self._unfinished.pop(job_id, None)
         if self._logs:
             self._persist_finished(entry)
         if self._max_results and self._result_ttl:
-            job_id = entry.job.id
             self._finished[job_id] = entry
             order = self._finished_order
             order.append((now + self._result_ttl, job_id, entry))
-            finished = self._finished
-            while order and (order[0][0] <= now or len(finished) > self._max_results):
-                _, old_id, old = order.popleft()
-                if finished.get(old_id) is old:
-                    del finished[old_id]
+            if (order[0][0] <= now or len(order) > self._max_results) and (
+                self._trim_lock.acquire(blocking=False)
+            ):
+                try:
+                    self._trim_results(now)
+                finally:
+                    self._trim_lock.release()
+
+    def _trim_results(self, now: float) -> None:
+        order, finished = self._finished_order, self._finished
+        while order and (order[0][0] <= now or len(order) > self._max_results):
+            _, old_id, old = order.popleft()
+            if finished.get(old_id) is old:
+                finished.pop(old_id, None)
 
     # -- queries ---------------------------------------------------------------------------
     def status(self, job_id: str) -> JobStatus | None:
@@ -335,10 +370,7 @@ class MemoryBackend(Backend):
             entry = self._unfinished.get(job_id)
             if entry is None:
                 entry = self._finished.get(job_id)
-                if entry is None or (
-                    entry.finished_at is not None
-                    and entry.finished_at + self._result_ttl <= time.time()
-                ):
+                if entry is None or entry.get("finished_at") + self._result_ttl <= time.time():
                     return None
             return entry.to_status()
 

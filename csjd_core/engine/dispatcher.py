@@ -113,8 +113,7 @@ class BaseDispatcher:
                 raise DispatcherClosed("dispatcher is stopped")
             recovered = self._backend.open(self._settings)
             if recovered:
-                with self._counters.lock:
-                    self._counters.accepted += recovered
+                self._counters.add(self._counters.accepted, recovered)
                 logger.info("recovered unfinished jobs count=%d", recovered)
             self._opened = True
 
@@ -132,6 +131,11 @@ class BaseDispatcher:
                 return
             self._started = True
             self._engine.start()
+
+    @property
+    def started(self) -> bool:
+        """True once `start` has run (and until `stop`)."""
+        return self._started and not self._closed
 
     def __enter__(self) -> BaseDispatcher:
         self.start()
@@ -179,10 +183,9 @@ class BaseDispatcher:
             self._backend.enqueue((job,))
             accepted = True
         finally:
-            with counters.lock:
-                counters.submitted += 1
-                if accepted:
-                    counters.accepted += 1
+            next(counters.submitted)
+            if accepted:
+                next(counters.accepted)
         if hooks.active:
             hooks.call("after_enqueue", job)
 
@@ -214,10 +217,9 @@ class BaseDispatcher:
                 self._backend.enqueue(batch)
             accepted = True
         finally:
-            with counters.lock:
-                counters.submitted += len(batch)
-                if accepted:
-                    counters.accepted += len(batch)
+            counters.add(counters.submitted, len(batch))
+            if accepted:
+                counters.add(counters.accepted, len(batch))
         if hooks.active:
             for job in batch:
                 hooks.call("after_enqueue", job)

@@ -18,7 +18,7 @@ from csjd_core.engine.watchdog import Attempt, Watchdog
 from csjd_core.errors import InvalidJob, PermanentError
 from csjd_core.hooks import HookRunner
 from csjd_core.job import check_json, timeout_seconds
-from csjd_core.metrics import Counters
+from csjd_core.metrics import Counters, Tally
 from csjd_core.retry import RetryPolicy
 
 __all__ = ["Engine"]
@@ -39,11 +39,12 @@ def format_traceback(exc: BaseException) -> str:
 class Worker:
     """One worker thread's state. A detached worker's thread exits after its handler."""
 
-    __slots__ = ("detached", "id", "loop", "slot", "thread")
+    __slots__ = ("detached", "id", "loop", "slot", "tally", "thread")
 
-    def __init__(self, slot: int, worker_id: str) -> None:
+    def __init__(self, slot: int, worker_id: str, tally: Tally) -> None:
         self.slot = slot
         self.id = worker_id
+        self.tally = tally
         self.detached = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
@@ -96,6 +97,7 @@ class Engine:
         self.counters = counters
         self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
         self.watchdog = Watchdog(self._on_overrun)
+        self._watchdog_tally = counters.tally()  # written only by the watchdog thread
         self.live_detached = 0
         self._workers: list[Worker] = []
         self._generation = 0
@@ -112,7 +114,9 @@ class Engine:
 
     def _spawn(self, slot: int) -> Worker:
         self._generation += 1
-        worker = Worker(slot, f"{self.worker_prefix}:w{slot}.{self._generation}")
+        worker = Worker(
+            slot, f"{self.worker_prefix}:w{slot}.{self._generation}", self.counters.tally()
+        )
         thread = threading.Thread(
             target=self._worker_main, args=(worker,), name=f"csjd-worker-{slot}", daemon=True
         )
@@ -178,6 +182,7 @@ class Engine:
                     break
         finally:
             worker.close_loop()
+            self.counters.retire(worker.tally)
             if worker.detached:
                 with self.counters.lock:
                     self.live_detached -= 1
@@ -196,6 +201,7 @@ class Engine:
                 delivery,
                 AttemptError("unknown_type", f"no handler registered for job type {job.type!r}"),
                 None,
+                worker.tally,
             )
             return
         timeout = job.timeout
@@ -243,19 +249,22 @@ class Engine:
                 try:
                     check_json(result, f"return value of job {job.id!r}")
                 except InvalidJob as exc:
-                    self._record_failure(delivery, AttemptError("invalid_result", str(exc)), None)
+                    self._record_failure(
+                        delivery, AttemptError("invalid_result", str(exc)), None, worker.tally
+                    )
                     return
             if backend.succeed(delivery, result):
-                with self.counters.lock:
-                    self.counters.processed += 1
-                    self.counters.succeeded += 1
+                tally = worker.tally
+                tally.seq += 1
+                tally.processed += 1
+                tally.succeeded += 1
+                tally.seq += 1
                 if self._joiners:
-                    with self._idle_cond:
-                        self._idle_cond.notify_all()
+                    self._notify_idle()
             else:
                 self._lost_claim(delivery)
             return
-        self._record_failure(delivery, self._classify(error, ctx), error)
+        self._record_failure(delivery, self._classify(error, ctx), error, worker.tally)
 
     def _classify(self, error: BaseException | None, ctx: JobContext) -> AttemptError:
         if isinstance(error, PermanentError):
@@ -273,10 +282,13 @@ class Engine:
 
     # -- outcomes (also used by the watchdog when it detaches) -----------------------------
     def _record_failure(
-        self, delivery: Delivery, error: AttemptError, exc: BaseException | None
+        self,
+        delivery: Delivery,
+        error: AttemptError,
+        exc: BaseException | None,
+        tally: Tally,
     ) -> None:
         job = delivery.job
-        counters = self.counters
         panic = error.kind == "panic"
         terminal = error.kind in _TERMINAL_KINDS or delivery.attempt >= delivery.max_attempts
         if terminal:
@@ -311,14 +323,15 @@ class Engine:
         if not ok:
             self._lost_claim(delivery)
             return
-        with counters.lock:
-            counters.processed += 1
-            if panic:
-                counters.panics += 1
-            if terminal:
-                counters.failed += 1
-            else:
-                counters.retried += 1
+        tally.seq += 1
+        tally.processed += 1
+        if panic:
+            tally.panics += 1
+        if terminal:
+            tally.failed += 1
+        else:
+            tally.retried += 1
+        tally.seq += 1
         hooks = self.hooks
         if hooks.active:
             if terminal:
@@ -326,6 +339,10 @@ class Engine:
             else:
                 hooks.call("after_retry_scheduled", job, delivery.attempt, delay)
         if self._joiners:
+            self._notify_idle()
+
+    def _notify_idle(self) -> None:
+        if not self.backend.pending():
             with self._idle_cond:
                 self._idle_cond.notify_all()
 
@@ -371,5 +388,6 @@ class Engine:
                 "timeout", f"attempt {attempt.delivery.attempt} timed out; handler detached"
             ),
             None,
+            self._watchdog_tally,
         )
         return False

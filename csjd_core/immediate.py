@@ -1,0 +1,80 @@
+"""Immediate mode: every job runs at enqueue, in the caller's thread (for users' tests)."""
+
+from __future__ import annotations
+
+import threading
+
+from csjd_core.backends.memory import MemoryBackend
+from csjd_core.config import Config
+from csjd_core.engine.dispatcher import BaseDispatcher
+from csjd_core.engine.pool import Worker
+from csjd_core.engine.registry import HandlerRegistry
+from csjd_core.job import Job, timeout_seconds
+from csjd_core.retry import RetryPolicy, seconds
+
+__all__ = ["ImmediateDispatcher"]
+
+
+class ImmediateDispatcher(BaseDispatcher):
+    """Like Celery's ``task_always_eager`` and Django's ``ImmediateBackend``.
+
+    ``submit`` returns once the job has finished: every attempt runs back to back (retries do
+    not wait for their backoff), ``run_at`` / countdowns are not waited for, and failures are
+    recorded in the job's status (``handle.result()`` raises `JobFailed`) rather than raised
+    from ``submit``. A job enqueued by a running job runs after it, still inside ``submit``.
+    """
+
+    def __init__(self, config: Config | None = None, *, registry: HandlerRegistry | None = None):
+        self.config = config = config if config is not None else Config()
+        super().__init__(
+            MemoryBackend(),
+            workers=1,
+            max_pending_jobs=config.max_pending_jobs,
+            max_detached_handlers=0,
+            default_max_attempts=config.default_max_attempts,
+            default_timeout=timeout_seconds(config.default_timeout),
+            retry=RetryPolicy(base_delay=0, max_delay=0, jitter=None),
+            hooks=config.hooks,
+            result_ttl=seconds(config.result_ttl, "result_ttl"),
+            max_results=config.max_results,
+            registry=registry,
+        )
+        self._memory: MemoryBackend = self._backend  # type: ignore[assignment]
+        self._local = threading.local()
+
+    def start(self) -> None:
+        """Open the backend; immediate mode has no worker threads."""
+        self._ensure_open()
+        with self._lifecycle:
+            self._started = True
+
+    def submit(self, job: Job) -> None:
+        """Admit the job and run it (and anything it enqueues) to the end."""
+        super().submit(job)
+        self._drain()
+
+    def submit_batch(self, jobs: object) -> None:  # type: ignore[override]
+        """Admit all jobs (all or none), then run them."""
+        super().submit_batch(jobs)  # type: ignore[arg-type]
+        self._drain()
+
+    def _drain(self) -> None:
+        local = self._local
+        if getattr(local, "draining", False):
+            return  # a job enqueued from a running job: the outer loop runs it next
+        local.draining = True
+        worker = Worker(0, f"{self._engine.worker_prefix}:immediate", self._counters.tally())
+        try:
+            backend = self._memory
+            while True:
+                backend.promote_all()
+                delivery = backend.fetch(0.0)
+                if delivery is None:
+                    break
+                self._engine.run_attempt(delivery, worker)
+        finally:
+            local.draining = False
+            worker.close_loop()
+            self._counters.retire(worker.tally)
+
+
