@@ -139,9 +139,32 @@ def timeout_seconds(value: float | timedelta | None) -> float | None:
     return float(value)
 
 
+def _plain_json(value: Any, depth: int = 0) -> bool:
+    """True for values built only of dict/list/str/int/bool/None/finite float.
+
+    A fast path: it never calls the encoder. False means "not sure" (subclasses, tuples,
+    deep nesting, non-str keys), and `check_json` then asks `json.dumps`.
+    """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if depth > 32:
+        return False
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not _plain_json(item, depth + 1):
+                return False
+        return True
+    if kind is list:
+        return all(_plain_json(item, depth + 1) for item in value)
+    return False
+
+
 def check_json(value: Any, what: str) -> None:
     """Raise `InvalidJob` unless ``value`` is JSON-serializable (strict: no NaN)."""
-    if isinstance(value, _SCALARS):
+    if isinstance(value, _SCALARS) or _plain_json(value):
         return
     if isinstance(value, float):
         if math.isfinite(value):

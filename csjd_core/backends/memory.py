@@ -41,6 +41,7 @@ class Entry:
         "run_at",
         "started_at",
         "state",
+        "stored",
         "traceback",
         "worker_id",
     )
@@ -199,8 +200,9 @@ class MemoryBackend(Backend):
         with self._lock:
             for entry in entries:
                 self._unfinished[entry.job.id] = entry
-                if entry.state is _SCHEDULED and entry.run_at is not None and entry.run_at > now:
-                    entry.due = time.monotonic() + (entry.run_at - now)
+                run_at = entry.get("run_at")
+                if entry.state is _SCHEDULED and run_at is not None and run_at > now:
+                    entry.due = time.monotonic() + (run_at - now)
                     heapq.heappush(self._scheduled, (entry.due, next(self._seq), entry))
                 else:
                     entry.state = _QUEUED

@@ -1,0 +1,366 @@
+"""The write-ahead log: framed records, group commit, torn-tail and corruption detection.
+
+Frame (little-endian): magic ``b"CJ"``, version (u8), type (u8), payload length (u32),
+sequence number (u64), CRC32 (u32) over version..sequence and the payload; then the payload.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from csjd_core.errors import StoreCorrupted, StoreFailed
+
+__all__ = ["HEADER", "MAX_RECORD", "Record", "WriteAheadLog", "encode", "scan"]
+
+logger = logging.getLogger("csjd_core.store")
+
+MAGIC = b"CJ"
+VERSION = 1
+HEADER = struct.Struct("<2sBBIQI")
+MAX_RECORD = 64 * 1024 * 1024
+_CRC_SPAN = slice(2, 16)  # version, type, length, sequence
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One decoded record and where it sits in the file."""
+
+    type: int
+    seq: int
+    payload: bytes
+    offset: int
+    end: int
+
+
+def encode(rtype: int, seq: int, payload: bytes) -> bytes:
+    """Frame one record."""
+    head = struct.pack("<BBIQ", VERSION, rtype, len(payload), seq)
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    return MAGIC + head + struct.pack("<I", crc) + payload
+
+
+def _parse(buf: bytes | memoryview, pos: int, types: frozenset[int]) -> Record | None:
+    """The record at ``pos`` if it is complete and valid, else None."""
+    end_header = pos + HEADER.size
+    if end_header > len(buf):
+        return None
+    magic, version, rtype, length, seq, crc = HEADER.unpack_from(buf, pos)
+    if magic != MAGIC or version != VERSION or rtype not in types or length > MAX_RECORD:
+        return None
+    end = end_header + length
+    if end > len(buf):
+        return None
+    payload = bytes(buf[end_header:end])
+    if zlib.crc32(payload, zlib.crc32(bytes(buf[pos + 2 : pos + 16]))) != crc:
+        return None
+    return Record(rtype, seq, payload, pos, end)
+
+
+def scan(
+    buf: bytes, types: frozenset[int], after_seq: int = 0
+) -> tuple[list[Record], int, int | None]:
+    """Decode the longest valid prefix of ``buf``.
+
+    Returns:
+        (records, valid_end, corrupt_offset): ``valid_end`` is where the valid prefix ends;
+        ``corrupt_offset`` is set when an invalid record is followed by a valid one (corruption
+        in the middle), and None for a clean file or a torn tail.
+    """
+    records: list[Record] = []
+    pos, last_seq = 0, after_seq
+    size = len(buf)
+    view = memoryview(buf)
+    while pos < size:
+        record = _parse(view, pos, types)
+        if record is None or (records and record.seq <= last_seq):
+            break
+        records.append(record)
+        last_seq = record.seq
+        pos = record.end
+    if pos >= size:
+        return records, pos, None
+    # Something invalid at pos: a torn tail unless a valid record follows somewhere.
+    probe = buf.find(MAGIC, pos + 1)
+    while probe != -1:
+        later = _parse(view, probe, types)
+        if later is not None and later.seq > last_seq:
+            return records, pos, pos
+        probe = buf.find(MAGIC, probe + 1)
+    return records, pos, None
+
+
+def fsync_directory(path: str) -> None:
+    """fsync a directory so a rename or a new file in it is durable."""
+    fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class WriteAheadLog:
+    """An append-only log file with one writer lock and leader-based group commit.
+
+    ``append(data, durable=True)`` returns once ``data`` is written and, under the ``always``
+    policy, fsynced: while one thread runs fsync, others append; the next fsync covers them all.
+    """
+
+    def __init__(self, path: str, fsync: str, interval: float) -> None:
+        self.path = path
+        self.policy = fsync
+        self.interval = interval
+        self._fd = -1
+        self._write_lock = threading.Lock()
+        self._sync_cond = threading.Condition()
+        self._syncing = False
+        self._written = 0  # bytes of valid records in the file
+        # Group commit counts bytes ever appended (monotonic, unlike the file size, which a
+        # rotation shrinks): a waiter is done once ``_synced`` reaches its target.
+        self._total = 0
+        self._synced = 0
+        self._failed: BaseException | None = None
+        self._seq = 0
+        self._closed = True
+        self._flusher: threading.Thread | None = None
+        self.fsync_count = 0
+
+    # -- open and recover ------------------------------------------------------------------
+    def open(self, types: frozenset[int], after_seq: int, repair: bool) -> Iterator[Record]:
+        """Open (creating) the log, cut a torn tail, and return the records to replay.
+
+        Raises:
+            StoreCorrupted: an invalid record is followed by valid ones and ``repair`` is off.
+        """
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        self._fd = os.open(self.path, flags, 0o600)
+        with open(self.path, "rb") as f:
+            buf = f.read()
+        records, valid_end, corrupt = scan(buf, types, after_seq)
+        if corrupt is not None:
+            if not repair:
+                os.close(self._fd)
+                self._fd = -1
+                raise StoreCorrupted(
+                    f"write-ahead log {self.path} is corrupted at byte offset {corrupt} "
+                    f"(valid records follow it); open with repair=True to keep a copy and cut "
+                    "the log there",
+                    path=self.path,
+                    offset=corrupt,
+                )
+            broken = f"{self.path}.broken-{int(time.time())}"
+            shutil.copyfile(self.path, broken)
+            logger.error(
+                "write-ahead log corrupted; repaired path=%s offset=%d dropped_bytes=%d copy=%s",
+                self.path,
+                corrupt,
+                len(buf) - valid_end,
+                broken,
+            )
+        elif valid_end < len(buf):
+            logger.warning(
+                "write-ahead log has a torn tail; cut path=%s offset=%d dropped_bytes=%d",
+                self.path,
+                valid_end,
+                len(buf) - valid_end,
+            )
+        if valid_end < len(buf):
+            # Cut before the next append, or the old bytes would resurface after new records.
+            os.ftruncate(self._fd, valid_end)
+            os.fsync(self._fd)
+        self._written = valid_end
+        self._total = self._synced = 0
+        self._seq = max([after_seq] + [r.seq for r in records[-1:]])
+        self._closed = False
+        if self.policy == "interval":
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="csjd-wal-fsync", daemon=True
+            )
+            self._flusher.start()
+        return iter([r for r in records if r.seq > after_seq])
+
+    @property
+    def size(self) -> int:
+        """Bytes in the log."""
+        return self._written
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last record written."""
+        return self._seq
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The fsync error that put the log in the failed state, if any."""
+        return self._failed
+
+    # -- writing ---------------------------------------------------------------------------
+    def append(
+        self,
+        records: list[tuple[int, bytes]],
+        *,
+        durable: bool,
+        on_written: Callable[[], None] | None = None,
+    ) -> None:
+        """Write framed records; with ``durable`` wait for fsync under the ``always`` policy.
+
+        ``on_written`` runs under the write lock right after a successful write, so a snapshot
+        taken under the same lock sees exactly the records that are in the file.
+
+        Raises:
+            StoreFailed: the log is closed or failed, the disk is full, or a write failed (the
+                file is cut back to the last good record: nothing half-written remains).
+        """
+        with self._write_lock:
+            if self._failed is not None:
+                raise StoreFailed(
+                    f"job store {self.path} failed earlier ({self._failed}); restart the process"
+                ) from self._failed
+            if self._closed:
+                raise StoreFailed(f"job store {self.path} is closed")
+            parts = []
+            seq = self._seq
+            for rtype, payload in records:
+                seq += 1
+                parts.append(encode(rtype, seq, payload))
+            data = b"".join(parts)
+            self._write_all(data)
+            self._seq = seq
+            self._written += len(data)
+            end = self._total = self._total + len(data)
+            if on_written is not None:
+                on_written()
+        if durable and self.policy == "always":
+            self._sync_to(end)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(view):
+                n = os.write(self._fd, view[written:])
+                if n <= 0:
+                    raise OSError(errno.EIO, "short write")
+                written += n
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, self._written)
+            except OSError:
+                logger.exception("could not cut the log back path=%s", self.path)
+                self._failed = exc
+            reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            raise StoreFailed(
+                f"job store {self.path}: write failed ({reason}); the job was not accepted"
+            ) from exc
+
+    def _sync_to(self, target: int) -> None:
+        cond = self._sync_cond
+        with cond:
+            while self._synced < target:
+                if self._failed is not None:
+                    raise StoreFailed(f"job store {self.path}: fsync failed") from self._failed
+                if self._syncing:
+                    cond.wait()
+                    continue
+                self._syncing = True
+                goal = self._total
+                cond.release()
+                try:
+                    error = self._fsync()
+                finally:
+                    cond.acquire()
+                    self._syncing = False
+                    cond.notify_all()
+                if error is None:
+                    self._synced = max(self._synced, goal)
+            if self._failed is not None:
+                raise StoreFailed(f"job store {self.path}: fsync failed") from self._failed
+
+    def _fsync(self) -> BaseException | None:
+        try:
+            os.fsync(self._fd)
+            self.fsync_count += 1
+            return None
+        except OSError as exc:
+            # After a failed fsync the kernel may have dropped the dirty pages ("fsyncgate"):
+            # retrying could report success for data that is gone. The store stops accepting.
+            logger.critical("fsync failed; job store is now read-only path=%s error=%s",
+                            self.path, exc)
+            self._failed = exc
+            return exc
+
+    def _flush_loop(self) -> None:
+        while not self._closed and self._failed is None:
+            time.sleep(self.interval)
+            try:
+                self.sync()
+            except StoreFailed:
+                return  # logged by _fsync; submits now fail
+
+    def sync(self) -> None:
+        """fsync now whatever was written."""
+        if self._total > self._synced and self._failed is None and not self._closed:
+            self._sync_to(self._total)
+
+    # -- rotation and close ----------------------------------------------------------------
+    def rotate(self, keep_from: int) -> None:
+        """Replace the log with its bytes from ``keep_from`` on (after a snapshot).
+
+        The caller holds no write lock; this takes it. Crash-safe: the new log is written to a
+        temporary file, fsynced and renamed over the old one.
+        """
+        with self._write_lock, self._sync_cond:
+            while self._syncing:  # never close the descriptor under a running fsync
+                self._sync_cond.wait()
+            if self._closed:
+                return
+            with open(self.path, "rb") as f:
+                f.seek(keep_from)
+                tail = f.read(self._written - keep_from)
+            tmp = self.path + ".tmp"
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, tail)
+                os.fsync(fd)
+            except OSError:
+                os.close(fd)
+                raise
+            os.replace(tmp, self.path)
+            fsync_directory(os.path.dirname(self.path))
+            os.close(self._fd)
+            self._fd = fd
+            self._written = len(tail)
+            self._synced = self._total  # the new file holds everything, fsynced
+            self._sync_cond.notify_all()
+
+    def close(self) -> None:
+        """fsync (unless the policy is ``never``) and close the file."""
+        with self._write_lock:
+            if self._closed:
+                return
+            with self._sync_cond:
+                while self._syncing:
+                    self._sync_cond.wait()
+                self._closed = True
+                if self.policy != "never" and self._failed is None and self._total > self._synced:
+                    self._fsync()
+                os.close(self._fd)
+            self._fd = -1
+
+    def abandon(self) -> None:
+        """Close the descriptor without writing (a forked child's inherited copy)."""
+        self._closed = True
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
