@@ -1,6 +1,8 @@
 """CSJD: reliability-first background jobs for Python web applications."""
 
+from csjd_core.app import App, JobFailed, JobFunction, JobHandle
 from csjd_core.backends.base import Backend
+from csjd_core.backends.file import FileJobStore
 from csjd_core.config import Config
 from csjd_core.context import JobContext
 from csjd_core.dispatcher import Dispatcher
@@ -28,6 +30,7 @@ from csjd_core.retry import RetryPolicy
 __version__ = "0.1.0"
 
 __all__ = [
+    "App",
     "Backend",
     "BackendUnavailable",
     "CSJDError",
@@ -35,10 +38,14 @@ __all__ = [
     "Dispatcher",
     "DispatcherClosed",
     "DuplicateJob",
+    "FileJobStore",
     "Hooks",
     "InvalidJob",
     "Job",
     "JobContext",
+    "JobFailed",
+    "JobFunction",
+    "JobHandle",
     "JobNotFound",
     "JobState",
     "JobStatus",

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from csjd_core.config import Config
@@ -208,7 +208,7 @@ class JobFunction(Generic[P, R]):
                 delay = seconds(countdown, "countdown")
             except ValueError as exc:
                 raise InvalidJob(str(exc)) from exc
-            run_at = datetime.now(timezone.utc) + timedelta(seconds=delay)
+            run_at = datetime.now(UTC) + timedelta(seconds=delay)
         job = Job(
             job_id if job_id is not None else uuid.uuid4().hex,
             self.type,

@@ -6,12 +6,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from csjd_core.backends.base import Backend
 from csjd_core.retry import RetryPolicy, seconds
-
-if TYPE_CHECKING:
-    from csjd_core.backends.base import Backend
 
 __all__ = ["Config"]
 
@@ -94,10 +92,9 @@ class Config:
         if isinstance(self.hooks, str | bytes) or not isinstance(self.hooks, Sequence):
             raise ValueError(f"Config.hooks must be a sequence of hook objects, got {self.hooks!r}")
         object.__setattr__(self, "hooks", tuple(self.hooks))
-        if self.store is not None:
-            from csjd_core.backends.base import Backend
-
-            if not isinstance(self.store, Backend) or not self.store.durable:
-                raise ValueError(
-                    f"Config.store must be a durable store such as FileJobStore, got {self.store!r}"
-                )
+        if self.store is not None and (
+            not isinstance(self.store, Backend) or not self.store.durable
+        ):
+            raise ValueError(
+                f"Config.store must be a durable store such as FileJobStore, got {self.store!r}"
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 from csjd_core.backends.memory import MemoryBackend
 from csjd_core.config import Config
@@ -39,7 +40,8 @@ class ImmediateDispatcher(BaseDispatcher):
             max_results=config.max_results,
             registry=registry,
         )
-        self._memory: MemoryBackend = self._backend  # type: ignore[assignment]
+        assert isinstance(self._backend, MemoryBackend)
+        self._memory = self._backend
         self._local = threading.local()
 
     def start(self) -> None:
@@ -53,9 +55,9 @@ class ImmediateDispatcher(BaseDispatcher):
         super().submit(job)
         self._drain()
 
-    def submit_batch(self, jobs: object) -> None:  # type: ignore[override]
+    def submit_batch(self, jobs: Iterable[Job]) -> None:
         """Admit all jobs (all or none), then run them."""
-        super().submit_batch(jobs)  # type: ignore[arg-type]
+        super().submit_batch(jobs)
         self._drain()
 
     def _drain(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -66,7 +66,7 @@ class Job:
                 max_attempts=data.get("max_attempts"),
                 timeout=data.get("timeout"),
                 run_at=(
-                    datetime.fromtimestamp(run_at, tz=timezone.utc) if run_at is not None else None
+                    datetime.fromtimestamp(run_at, tz=UTC) if run_at is not None else None
                 ),
                 queue=data.get("queue"),
             )
@@ -127,7 +127,7 @@ class JobStatus:
 
 def utc_from_timestamp(ts: float | None) -> datetime | None:
     """A UTC datetime from a Unix timestamp, passing ``None`` through."""
-    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
+    return None if ts is None else datetime.fromtimestamp(ts, tz=UTC)
 
 
 def timeout_seconds(value: float | timedelta | None) -> float | None:

@@ -46,6 +46,17 @@ class Entry:
         "worker_id",
     )
 
+    # Optional attributes (unset until needed; read them with `get`).
+    due: float  # time.monotonic() when a scheduled entry becomes ready
+    run_at: float | None  # the same moment as a wall-clock timestamp, for status
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    traceback: str | None
+    result: Any
+    worker_id: str | None
+    stored: bool  # its submitted record is in the log (durable subclasses)
+
     def __init__(self, job: Job, max_attempts: int, enqueued_at: float) -> None:
         # Only what every job needs is set here: each attribute set costs on the submit path.
         # The others are read with getattr defaults (see `Entry.get`).
@@ -162,7 +173,7 @@ class MemoryBackend(Backend):
                 job, job.max_attempts or self._default_max_attempts, now
             )
             return [entry]
-        entries = []
+        entries: list[Entry] = []
         default_attempts = self._default_max_attempts
         for job in jobs:
             if job.id in unfinished:

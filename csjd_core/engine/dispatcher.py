@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from csjd_core.backends.base import Backend, BackendSettings
 from csjd_core.engine.pool import Engine

@@ -20,11 +20,12 @@ class Handler:
 
     __slots__ = ("fn", "is_async", "type")
 
-    def __init__(self, type: str, fn: HandlerFn) -> None:
-        self.type = type
+    def __init__(self, job_type: str, fn: HandlerFn) -> None:
+        self.type = job_type
         self.fn = fn
-        target = getattr(fn, "__call__", fn) if not inspect.isroutine(fn) else fn
-        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(target)
+        # A callable object with an ``async def __call__`` is a coroutine function too.
+        call = fn if inspect.isroutine(fn) else type(fn).__call__
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
 
 
 class HandlerRegistry:

@@ -8,6 +8,7 @@ Attempts without a timeout never touch this module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -47,10 +48,8 @@ class Attempt:
         self.ctx.cancel(timed_out=True)
         loop, task = self.loop, self.task
         if loop is not None and task is not None and not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed in between
                 loop.call_soon_threadsafe(task.cancel)
-            except RuntimeError:  # the loop closed in between
-                pass
 
 
 class Watchdog:

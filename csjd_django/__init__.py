@@ -1,0 +1,1 @@
+"""Django integration for CSJD (coming: see issue 7)."""

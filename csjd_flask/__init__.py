@@ -1,0 +1,1 @@
+"""Flask integration for CSJD (coming: see issue 8)."""
