@@ -3,6 +3,8 @@
 from csjd_core.app import App, JobFailed, JobFunction, JobHandle
 from csjd_core.backends.base import Backend
 from csjd_core.backends.file import FileJobStore
+from csjd_core.batch import AsyncBatchLoader, BatchLoader
+from csjd_core.cache import CacheStats, TTLCache
 from csjd_core.config import Config
 from csjd_core.context import JobContext
 from csjd_core.dispatcher import Dispatcher
@@ -31,9 +33,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "AsyncBatchLoader",
     "Backend",
     "BackendUnavailable",
+    "BatchLoader",
     "CSJDError",
+    "CacheStats",
     "Config",
     "Dispatcher",
     "DispatcherClosed",
@@ -58,6 +63,7 @@ __all__ = [
     "StopReport",
     "StoreCorrupted",
     "StoreFailed",
+    "TTLCache",
     "UnknownJobType",
     "permanent",
 ]
