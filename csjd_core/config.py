@@ -11,7 +11,7 @@ from typing import Any
 from csjd_core.backends.base import Backend
 from csjd_core.retry import RetryPolicy, seconds
 
-__all__ = ["Config"]
+__all__ = ["Config", "DistributedConfig", "RedisConfig"]
 
 
 def check_int(value: object, name: str, minimum: int) -> int:
@@ -98,3 +98,164 @@ class Config:
             raise ValueError(
                 f"Config.store must be a durable store such as FileJobStore, got {self.store!r}"
             )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedisConfig:
+    """How to reach Redis (or Valkey). Give ``url`` or ``addr``, not both.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS.
+        addr: ``"host:port"``.
+        username, password: ACL credentials (never logged).
+        db: database number.
+        ssl: use TLS (implied by ``rediss://``).
+        socket_timeout: seconds for a command's reply.
+        connect_timeout: seconds to connect.
+    """
+
+    url: str | None = None
+    addr: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    db: int = 0
+    ssl: bool = False
+    socket_timeout: float = 5.0
+    connect_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.addr is None):
+            raise ValueError("RedisConfig needs exactly one of url= or addr=")
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"RedisConfig.url must start with redis://, rediss:// or unix://, got "
+                f"{redact_url(self.url)!r}"
+            )
+        if self.addr is not None:
+            host, sep, port = self.addr.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"RedisConfig.addr must be 'host:port', got {self.addr!r}")
+        check_int(self.db, "RedisConfig.db", 0)
+        for name in ("socket_timeout", "connect_timeout"):
+            if check_timeout(getattr(self, name), f"RedisConfig.{name}") is None:
+                raise ValueError(f"RedisConfig.{name} must be positive seconds")
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisConfig:
+        """A config from a ``redis://`` / ``rediss://`` URL plus keyword options."""
+        return cls(url=url, **options)
+
+    @property
+    def display(self) -> str:
+        """Where this points, without the password (safe to log)."""
+        if self.url is not None:
+            return redact_url(self.url)
+        scheme = "rediss" if self.ssl else "redis"
+        user = f"{self.username}@" if self.username else ""
+        return f"{scheme}://{user}{self.addr}/{self.db}"
+
+    def __repr__(self) -> str:
+        return f"RedisConfig({self.display!r})"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{creds}@{host}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DistributedConfig:
+    """Settings of a `RedisDistributedDispatcher`.
+
+    Args:
+        workers: handlers that may run at once in this process.
+        stream: key prefix of the queues; queue ``q`` lives under ``{stream}:{q}`` (with
+            ``{q}`` the Redis Cluster hash tag, so every key of one queue shares a slot).
+        group: the consumer group.
+        consumer: this process's consumer name; ``None`` makes one unique to the process
+            (host, pid, random suffix). A stable name reads its own pending entries first.
+        queues: the queues this process consumes (and the default queue is the first).
+        max_pending_jobs: cap on unfinished jobs per queue, across all processes.
+        default_max_attempts, default_timeout, retry, max_detached_handlers, hooks: as in
+            `Config`.
+        lease: seconds an entry may stay unrenewed before another consumer reclaims it.
+        claim_interval: seconds between reclaimer runs.
+        heartbeat_interval: seconds between heartbeats (and lease renewals).
+        max_deliveries: an entry delivered this many times without an outcome is dead-lettered.
+        dedupe_window: seconds a finished job's id stays taken.
+        max_payload_bytes: largest accepted job (id + type + payload, as JSON).
+        result_ttl: seconds a finished job's status and result are kept.
+        prefetch: entries read ahead; ``None`` reads only as many as workers are idle.
+        block: seconds one blocking read waits for new entries.
+    """
+
+    workers: int = 8
+    stream: str = "csjd:jobs"
+    group: str = "csjd-workers"
+    consumer: str | None = None
+    queues: tuple[str, ...] = ("default",)
+    max_pending_jobs: int = 20_000
+    default_max_attempts: int = 3
+    default_timeout: float | timedelta | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_detached_handlers: int = 0
+    lease: float | timedelta = 30.0
+    claim_interval: float | timedelta = 5.0
+    heartbeat_interval: float | timedelta = 5.0
+    max_deliveries: int = 5
+    dedupe_window: float | timedelta = 600.0
+    max_payload_bytes: int = 1024 * 1024
+    result_ttl: float | timedelta = 600.0
+    prefetch: int | None = None
+    block: float | timedelta = 1.0
+    hooks: Sequence[object] = ()
+
+    def __post_init__(self) -> None:
+        check_int(self.workers, "DistributedConfig.workers", 1)
+        check_int(self.max_pending_jobs, "DistributedConfig.max_pending_jobs", 1)
+        check_int(self.default_max_attempts, "DistributedConfig.default_max_attempts", 1)
+        check_int(self.max_detached_handlers, "DistributedConfig.max_detached_handlers", 0)
+        check_int(self.max_deliveries, "DistributedConfig.max_deliveries", 1)
+        check_int(self.max_payload_bytes, "DistributedConfig.max_payload_bytes", 64)
+        if self.prefetch is not None:
+            check_int(self.prefetch, "DistributedConfig.prefetch", 1)
+        for name in ("stream", "group"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value or "{" in value or "}" in value:
+                raise ValueError(
+                    f"DistributedConfig.{name} must be a non-empty string without braces, "
+                    f"got {value!r}"
+                )
+        if self.consumer is not None and (not isinstance(self.consumer, str) or not self.consumer):
+            raise ValueError(f"DistributedConfig.consumer must be a non-empty string or None, "
+                             f"got {self.consumer!r}")
+        queues = (self.queues,) if isinstance(self.queues, str) else tuple(self.queues)
+        if not queues or any(not isinstance(q, str) or not q or "{" in q or "}" in q
+                             for q in queues):
+            raise ValueError(f"DistributedConfig.queues must be non-empty names without braces, "
+                             f"got {self.queues!r}")
+        object.__setattr__(self, "queues", queues)
+        object.__setattr__(self, "default_timeout",
+                           check_timeout(self.default_timeout, "DistributedConfig.default_timeout"))
+        object.__setattr__(self, "retry", retry_policy(self.retry, "DistributedConfig.retry"))
+        for name in ("lease", "claim_interval", "heartbeat_interval", "block"):
+            value = check_timeout(getattr(self, name), f"DistributedConfig.{name}")
+            if value is None:
+                raise ValueError(f"DistributedConfig.{name} must be positive seconds")
+            object.__setattr__(self, name, value)
+        for name in ("dedupe_window", "result_ttl"):
+            value = seconds(getattr(self, name), f"DistributedConfig.{name}")
+            object.__setattr__(self, name, value)
+        if self.heartbeat_interval >= self.lease:  # type: ignore[operator]
+            raise ValueError(
+                f"DistributedConfig.heartbeat_interval ({self.heartbeat_interval}) must be "
+                f"shorter than lease ({self.lease}): leases are renewed at each heartbeat"
+            )
+        if isinstance(self.hooks, str | bytes) or not isinstance(self.hooks, Sequence):
+            raise ValueError(f"DistributedConfig.hooks must be a sequence, got {self.hooks!r}")
+        object.__setattr__(self, "hooks", tuple(self.hooks))

@@ -57,6 +57,8 @@ class Job:
         Raises:
             InvalidJob: a required field is missing or has the wrong type.
         """
+        if not isinstance(data, dict):
+            raise InvalidJob(f"malformed job record: expected an object, got {type(data).__name__}")
         try:
             run_at = data.get("run_at")
             job = cls(

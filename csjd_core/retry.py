@@ -67,14 +67,18 @@ class RetryPolicy:
         """The un-jittered delay in seconds after failed attempt ``attempt`` (1-based)."""
         if attempt < 1:
             raise ValueError(f"attempt is 1-based, got {attempt}")
-        # Compare exponents instead of computing huge powers that overflow a float.
         if self.base_delay == 0:
             return 0.0
-        if self.factor > 1 and (attempt - 1) * math.log(self.factor) > math.log(
-            self.max_delay / self.base_delay if self.max_delay else 1.0
-        ) + 1:
+        # Compare logarithms instead of computing huge powers that overflow a float. The ratio
+        # is a difference of logs: max_delay / base_delay itself overflows for a tiny base.
+        exponent = (attempt - 1) * math.log(self.factor)
+        log_max = math.log(self.max_delay)
+        if exponent > log_max - math.log(self.base_delay) + 1:
             return self.max_delay
-        return min(self.max_delay, self.base_delay * self.factor ** (attempt - 1))
+        try:
+            return min(self.max_delay, self.base_delay * self.factor ** (attempt - 1))
+        except OverflowError:  # factor**(n-1) alone exceeds a float while base_delay is tiny
+            return min(self.max_delay, math.exp(min(math.log(self.base_delay) + exponent, log_max)))
 
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """The jittered delay in seconds after failed attempt ``attempt`` (1-based)."""

@@ -6,6 +6,7 @@ sequence number (u64), CRC32 (u32) over version..sequence and the payload; then 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 from csjd_core.errors import StoreCorrupted, StoreFailed
 
-__all__ = ["HEADER", "MAX_RECORD", "Record", "WriteAheadLog", "encode", "scan"]
+__all__ = ["HEADER", "MAX_RECORD", "Record", "WriteAheadLog", "encode", "scan", "write_all"]
 
 logger = logging.getLogger("csjd_core.store")
 
@@ -98,6 +99,29 @@ def scan(
     return records, pos, None
 
 
+def _unused_name(base: str) -> str:
+    """``base``, or ``base.1``, ``base.2``... whichever does not exist yet."""
+    name, n = base, 0
+    while os.path.exists(name):
+        n += 1
+        name = f"{base}.{n}"
+    return name
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``, looping on short writes.
+
+    Raises:
+        OSError: the write failed, or made no progress (reported as ``EIO``).
+    """
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.EIO, "short write: no bytes written")
+        view = view[n:]
+
+
 def fsync_directory(path: str) -> None:
     """fsync a directory so a rename or a new file in it is durable."""
     fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY)
@@ -131,6 +155,7 @@ class WriteAheadLog:
         self._seq = 0
         self._closed = True
         self._flusher: threading.Thread | None = None
+        self._stop_flusher = threading.Event()
         self.fsync_count = 0
 
     # -- open and recover ------------------------------------------------------------------
@@ -156,7 +181,7 @@ class WriteAheadLog:
                     path=self.path,
                     offset=corrupt,
                 )
-            broken = f"{self.path}.broken-{int(time.time())}"
+            broken = _unused_name(f"{self.path}.broken-{int(time.time())}")
             shutil.copyfile(self.path, broken)
             logger.error(
                 "write-ahead log corrupted; repaired path=%s offset=%d dropped_bytes=%d copy=%s",
@@ -180,7 +205,9 @@ class WriteAheadLog:
         self._total = self._synced = 0
         self._seq = max([after_seq] + [r.seq for r in records[-1:]])
         self._closed = False
+        self._failed = None
         if self.policy == "interval":
+            self._stop_flusher = threading.Event()
             self._flusher = threading.Thread(
                 target=self._flush_loop, name="csjd-wal-fsync", daemon=True
             )
@@ -242,16 +269,12 @@ class WriteAheadLog:
             self._sync_to(end)
 
     def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        written = 0
         try:
-            while written < len(view):
-                n = os.write(self._fd, view[written:])
-                if n <= 0:
-                    raise OSError(errno.EIO, "short write")
-                written += n
+            write_all(self._fd, data)
         except OSError as exc:
             try:
+                # Part of ``data`` may be in the file: cut it, or the next append would land
+                # after a torn record and be lost as "corruption" at the next open.
                 os.ftruncate(self._fd, self._written)
             except OSError:
                 logger.exception("could not cut the log back path=%s", self.path)
@@ -267,6 +290,8 @@ class WriteAheadLog:
             while self._synced < target:
                 if self._failed is not None:
                     raise StoreFailed(f"job store {self.path}: fsync failed") from self._failed
+                if self._closed:  # close() fsyncs what was written, unless its fsync failed
+                    raise StoreFailed(f"job store {self.path} was closed before fsync")
                 if self._syncing:
                     cond.wait()
                     continue
@@ -298,12 +323,12 @@ class WriteAheadLog:
             return exc
 
     def _flush_loop(self) -> None:
-        while not self._closed and self._failed is None:
-            time.sleep(self.interval)
+        stop = self._stop_flusher
+        while not stop.wait(self.interval) and self._failed is None:
             try:
                 self.sync()
             except StoreFailed:
-                return  # logged by _fsync; submits now fail
+                return  # logged by _fsync (submits now fail), or the log was closed
 
     def sync(self) -> None:
         """fsync now whatever was written."""
@@ -326,12 +351,15 @@ class WriteAheadLog:
                 f.seek(keep_from)
                 tail = f.read(self._written - keep_from)
             tmp = self.path + ".tmp"
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+            fd = os.open(tmp, flags, 0o600)
             try:
-                os.write(fd, tail)
+                write_all(fd, tail)
                 os.fsync(fd)
             except OSError:
                 os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
                 raise
             os.replace(tmp, self.path)
             fsync_directory(os.path.dirname(self.path))
@@ -350,17 +378,26 @@ class WriteAheadLog:
                 while self._syncing:
                     self._sync_cond.wait()
                 self._closed = True
-                if self.policy != "never" and self._failed is None and self._total > self._synced:
-                    self._fsync()
+                pending = self._total > self._synced
+                if self.policy != "never" and self._failed is None and pending and (
+                    self._fsync() is None
+                ):
+                    self._synced = self._total
                 os.close(self._fd)
-            self._fd = -1
+                self._fd = -1
+                self._sync_cond.notify_all()
+        self._stop_flusher.set()
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join()
 
     def abandon(self) -> None:
-        """Close the descriptor without writing (a forked child's inherited copy)."""
+        """Close the descriptor without writing (a forked child's inherited copy).
+
+        Takes no lock: in a forked child a lock may have been copied in the held state.
+        """
         self._closed = True
         if self._fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
             self._fd = -1

@@ -80,6 +80,9 @@ class Backend(ABC):
             How many unfinished jobs were recovered and re-admitted.
         """
 
+    def start_consuming(self) -> None:  # noqa: B027 - an optional hook, not abstract
+        """Begin delivering jobs to this process (a producer-only process never calls it)."""
+
     @abstractmethod
     def enqueue(self, jobs: Sequence[Job]) -> None:
         """Admit ``jobs`` atomically: all of them, or none and an error.
@@ -115,8 +118,8 @@ class Backend(ABC):
         return [True for _ in deliveries]
 
     @abstractmethod
-    def status(self, job_id: str) -> JobStatus | None:
-        """What is known about ``job_id``, or ``None`` if nothing is."""
+    def status(self, job_id: str, queue: str | None = None) -> JobStatus | None:
+        """What is known about ``job_id`` (in ``queue`` if given), or ``None``."""
 
     @abstractmethod
     def pending(self) -> int:

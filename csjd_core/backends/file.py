@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -10,8 +11,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
-
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Literal
@@ -82,7 +82,9 @@ class FileJobStore(MemoryBackend):
         interval = seconds(fsync_interval, "fsync_interval")
         if interval <= 0:
             raise ValueError(f"fsync_interval must be positive, got {fsync_interval!r}")
-        if isinstance(compact_bytes, bool) or not isinstance(compact_bytes, int) or compact_bytes < 1:
+        if isinstance(compact_bytes, bool) or not isinstance(compact_bytes, int) or (
+            compact_bytes < 1
+        ):
             raise ValueError(f"compact_bytes must be a positive int, got {compact_bytes!r}")
         self.path = os.path.abspath(os.fspath(path))
         self.log_path = self.path + ".log"
@@ -108,30 +110,44 @@ class FileJobStore(MemoryBackend):
             JobStoreLocked: another process, store object or forked child holds the lock.
             StoreCorrupted: the snapshot is unreadable, or the log is corrupted in the middle.
         """
-        if self._owner_pid and self._owner_pid != os.getpid():
-            raise JobStoreLocked(self.path, self._owner_pid)
+        self._check_owner()
         if self._opened:
             return 0
-        super().open(settings or _standalone_settings())
         directory = os.path.dirname(self.path)
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise StoreFailed(f"cannot create the store directory {directory}: {exc}") from exc
+        # Nothing is marked open before the lock is held: a refused opener may retry later.
         self._acquire_lock()
         try:
+            super().open(settings or _standalone_settings())
+            with self._lock:  # a store object reopened after close starts from its files only
+                self._ready.clear()
+                self._scheduled.clear()
+                self._unfinished.clear()
             entries = self._read_snapshot()
             records = self._wal.open(_TYPES, self._snapshot_seq, self.repair)
             for record in records:
-                self._apply(entries, record.type, json.loads(record.payload))
+                try:
+                    self._apply(entries, record.type, json.loads(record.payload))
+                except (ValueError, KeyError, TypeError) as exc:
+                    # The checksum matched, so these bytes were written so: not a torn write.
+                    raise StoreCorrupted(
+                        f"write-ahead log {self.log_path} holds an undecodable record at byte "
+                        f"offset {record.offset} ({exc!r})",
+                        path=self.log_path,
+                        offset=record.offset,
+                    ) from exc
+            self._owner_pid = os.getpid()
+            _OPEN_STORES.add(self)
+            return self._recover(entries)
         except BaseException:
             self._wal.abandon()
             self._release_lock()
             self._opened = False
+            _OPEN_STORES.discard(self)
             raise
-        self._owner_pid = os.getpid()
-        _OPEN_STORES.add(self)
-        return self._recover(entries)
 
     def _acquire_lock(self) -> None:
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
@@ -143,24 +159,26 @@ class FileJobStore(MemoryBackend):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             holder = None
-            try:
-                holder = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
-            except (OSError, ValueError):
-                pass
+            with contextlib.suppress(OSError, ValueError):
+                holder = int(os.pread(fd, 32, 0).split(b"\n")[0] or 0) or None
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise JobStoreLocked(self.path, holder) from None
             raise StoreFailed(f"cannot lock {self.lock_path}: {exc}") from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # Overwrite, then cut: the file never reads as empty to a refused opener.
+        pid = f"{os.getpid()}\n".encode()
+        try:
+            os.pwrite(fd, pid, 0)
+            os.ftruncate(fd, len(pid))
+        except OSError as exc:
+            os.close(fd)
+            raise StoreFailed(f"cannot write the lock file {self.lock_path}: {exc}") from exc
         self._lock_fd = fd
 
     def _release_lock(self) -> None:
         if self._lock_fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.ftruncate(self._lock_fd, 0)
-            except OSError:
-                pass
             os.close(self._lock_fd)  # closing the only descriptor drops the flock
             self._lock_fd = -1
 
@@ -168,15 +186,24 @@ class FileJobStore(MemoryBackend):
         """In a forked child: drop the inherited descriptors, never write the parent's files."""
         self._wal.abandon()
         if self._lock_fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._lock_fd)  # the parent's descriptor keeps its lock
-            except OSError:
-                pass
             self._lock_fd = -1
 
     def _check_owner(self) -> None:
         if self._owner_pid and self._owner_pid != os.getpid():
             raise JobStoreLocked(self.path, self._owner_pid)
+
+    def enqueue(self, jobs: Sequence[Job]) -> None:
+        """Admit ``jobs`` durably: all are in the log (under the fsync policy) or none is.
+
+        Raises:
+            JobStoreLocked: called in a forked child of the process that opened the store.
+            StoreFailed: the record could not be written (disk full, I/O error, fsync failed).
+        """
+        # Before any lock: in a forked child the parent's locks may have been copied held.
+        self._check_owner()
+        super().enqueue(jobs)
 
     def close(self, *, clean: bool = True) -> list[Job]:
         """Compact (fold the log into the snapshot), fsync and release the lock.
@@ -215,6 +242,7 @@ class FileJobStore(MemoryBackend):
 
     # -- replay ----------------------------------------------------------------------------
     def _read_snapshot(self) -> dict[str, Entry]:
+        self._snapshot_seq = 0
         try:
             with open(self.path, "rb") as f:
                 data = json.loads(f.read())
@@ -228,11 +256,17 @@ class FileJobStore(MemoryBackend):
             ) from exc
         if not isinstance(data, dict) or data.get("version") != _SNAPSHOT_VERSION:
             raise StoreCorrupted(f"snapshot {self.path} has an unknown format", path=self.path)
-        self._snapshot_seq = int(data["seq"])
         entries: dict[str, Entry] = {}
-        for item in data["jobs"]:
-            entry = _entry_from_dict(item)
-            entries[entry.job.id] = entry
+        try:
+            seq = int(data["seq"])
+            for item in data["jobs"]:
+                entry = _entry_from_dict(item)
+                entries[entry.job.id] = entry
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreCorrupted(
+                f"snapshot {self.path} holds an undecodable job ({exc!r})", path=self.path
+            ) from exc
+        self._snapshot_seq = seq
         return entries
 
     @staticmethod
@@ -240,13 +274,18 @@ class FileJobStore(MemoryBackend):
         """Apply one log record to the replay state (idempotent)."""
         if rtype == SUBMITTED:
             for item in data["jobs"]:
-                entry = Entry(Job.from_dict(item["job"]), item["max"], item["t"])
+                job = Job.from_dict(item["job"])
+                entry = Entry(job, item["max"], item["t"])
                 entry.stored = True
+                if job.run_at is not None:  # `restore` runs it at once if the time has passed
+                    entry.state = JobState.SCHEDULED
+                    entry.run_at = job.run_at.timestamp()
                 entries[entry.job.id] = entry
             return
-        entry = entries.get(data["id"])
-        if entry is None:
+        found = entries.get(data["id"])
+        if found is None:
             return  # finished and folded into a snapshot already, or never admitted
+        entry = found
         if rtype == STARTED:
             entry.attempts = max(entry.attempts, data["a"])
             entry.state = JobState.RUNNING
@@ -379,6 +418,15 @@ class FileJobStore(MemoryBackend):
             self.open()
         with self._lock:
             return [e.to_status() for e in self._unfinished.values()]
+
+    def job(self, job_id: str) -> Job:
+        """The stored `Job` with this id.
+
+        Raises:
+            KeyError: no unfinished job has this id.
+        """
+        with self._lock:
+            return self._unfinished[job_id].job
 
     def counts(self) -> dict[str, int]:
         """Unfinished jobs per state."""

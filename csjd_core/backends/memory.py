@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from csjd_core.backends.base import AttemptError, Backend, BackendSettings, Delivery
-from csjd_core.errors import DuplicateJob, QueueFull
+from csjd_core.errors import DispatcherClosed, DuplicateJob, QueueFull
 from csjd_core.job import Job, JobState, JobStatus, utc_from_timestamp
 
 __all__ = ["MemoryBackend"]
@@ -116,6 +116,7 @@ class MemoryBackend(Backend):
         self._result_ttl = 600.0
         self._max_results = 100_000
         self._opened = False
+        self._closed = False  # set by `close`: admission is refused from then on
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self, settings: BackendSettings) -> int:
@@ -125,11 +126,15 @@ class MemoryBackend(Backend):
         self._result_ttl = settings.result_ttl
         self._max_results = settings.max_results
         self._opened = True
+        self._closed = False
         return 0
 
     def close(self, *, clean: bool) -> list[Job]:
         """Forget every unfinished job that is not running and return them."""
         with self._lock:
+            # A submit that passed the dispatcher's closed check before stop() began must not
+            # admit a job after this point: it would be neither run nor reported as abandoned.
+            self._closed = True
             left = [e for e in self._unfinished.values() if e.state is not _RUNNING]
             self._ready.clear()
             self._scheduled.clear()
@@ -162,6 +167,8 @@ class MemoryBackend(Backend):
 
     def _admit(self, jobs: Sequence[Job], now: float) -> list[Entry]:
         """Check and reserve ids (lock held). Nothing is visible to workers yet."""
+        if self._closed:
+            raise DispatcherClosed("the dispatcher stopped; submit refused")
         unfinished = self._unfinished
         if len(unfinished) + len(jobs) > self._max_pending:
             raise QueueFull(self._max_pending)
@@ -377,7 +384,7 @@ class MemoryBackend(Backend):
                 finished.pop(old_id, None)
 
     # -- queries ---------------------------------------------------------------------------
-    def status(self, job_id: str) -> JobStatus | None:
+    def status(self, job_id: str, queue: str | None = None) -> JobStatus | None:
         """The job's status, or None if unknown or its result expired."""
         with self._lock:
             entry = self._unfinished.get(job_id)

@@ -130,6 +130,7 @@ class BaseDispatcher:
             if self._started:
                 return
             self._started = True
+            self._backend.start_consuming()
             self._engine.start()
 
     @property
@@ -228,14 +229,18 @@ class BaseDispatcher:
         """Mode-specific batch rules (distributed mode: one queue per batch)."""
 
     # -- queries ---------------------------------------------------------------------------
-    def status(self, job_id: str) -> JobStatus:
+    def status(self, job_id: str, queue: str | None = None) -> JobStatus:
         """The job's state, attempts, timestamps, last error and result.
+
+        Args:
+            job_id: the job's id.
+            queue: where to look (distributed mode; default: every configured queue).
 
         Raises:
             JobNotFound: the id is unknown, or its result expired (``result_ttl``).
         """
         self._ensure_open()
-        found = self._backend.status(job_id)
+        found = self._backend.status(job_id, queue)
         if found is None:
             raise JobNotFound(job_id)
         return found

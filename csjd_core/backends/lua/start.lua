@@ -1,0 +1,28 @@
+-- Record the start of attempts for entries this consumer just read (fenced: owner checked).
+-- KEYS[1] stream
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] job hash key prefix, then pairs: entry id, job id
+-- Returns per pair {code, attempts, deliveries}: code 1 started, 0 not ours (claimed by another
+-- consumer or acked), -1 no job record (an entry not written by enqueue: poison).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+for i = 4, #ARGV, 2 do
+  local entry, id = ARGV[i], ARGV[i + 1]
+  local p = redis.call('XPENDING', KEYS[1], group, entry, entry, 1)
+  if #p == 0 or p[1][2] ~= consumer then
+    out[#out + 1] = {0, 0, 0}
+  else
+    local key = prefix .. id
+    local state = id ~= '' and redis.call('HGET', key, 'state')
+    if not state then
+      out[#out + 1] = {-1, 0, p[1][4]}
+    else
+      local attempts = redis.call('HINCRBY', key, 'attempts', 1)
+      redis.call('HSET', key, 'state', 'running', 'started_at', now, 'worker', consumer,
+        'entry', entry)
+      out[#out + 1] = {1, attempts, p[1][4]}
+    end
+  end
+end
+return out

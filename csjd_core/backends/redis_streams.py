@@ -1,0 +1,814 @@
+"""The Redis Streams backend: queues shared by many worker processes, at-least-once.
+
+Every state change that must be atomic is one Lua script in ``backends/lua/`` (admission, start,
+settle, promote, reclaim, renew, release). Acknowledgements are *fenced*: a script acks an entry
+only if this consumer still owns it with the same delivery count, so an attempt that lost its
+lease can never record an outcome. See docs/distributed.md for the protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from csjd_core.backends.base import AttemptError, Backend, BackendSettings, Delivery
+from csjd_core.config import DistributedConfig, RedisConfig
+from csjd_core.errors import BackendUnavailable, CSJDError, DuplicateJob, InvalidJob, QueueFull
+from csjd_core.job import Job, JobState, JobStatus, utc_from_timestamp, validate_job
+from csjd_core.retry import seconds
+
+__all__ = ["QueueKeys", "RedisStreamsBackend"]
+
+logger = logging.getLogger("csjd_core.redis")
+
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+_MAX_TRACEBACK = 4_000
+_RELEASE_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
+
+
+class QueueKeys:
+    """Every Redis key of one queue, built in one place. ``{name}`` is the Cluster hash tag."""
+
+    __slots__ = ("dead", "delayed", "heartbeat_prefix", "job_prefix", "name", "pending", "stats",
+                 "stream")
+
+    def __init__(self, prefix: str, name: str) -> None:
+        base = f"{prefix}:{{{name}}}"
+        self.name = name
+        self.stream = base
+        self.delayed = base + ":delayed"
+        self.pending = base + ":pending"
+        self.dead = base + ":dead"
+        self.stats = base + ":stats"
+        self.job_prefix = base + ":job:"
+        self.heartbeat_prefix = base + ":hb:"
+
+    def job(self, job_id: str) -> str:
+        """The hash holding one job's record."""
+        return self.job_prefix + job_id
+
+
+def _load_script(name: str) -> str:
+    return resources.files("csjd_core.backends").joinpath(f"lua/{name}.lua").read_text()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead-lettered job."""
+
+    entry_id: str
+    queue: str
+    job_id: str
+    type: str | None
+    error: str
+    reason: str
+    attempts: int
+    failed_at: float
+    traceback: str
+    data: str
+
+
+class _Settler:
+    """Group commit for outcomes: concurrent workers share one script call per queue."""
+
+    def __init__(self, flush: Any) -> None:
+        self._flush = flush
+        self._cond = threading.Condition()
+        self._queue: list[list[Any]] = []
+        self._flushing = False
+
+    def settle(self, keys: QueueKeys, op: dict[str, Any]) -> bool:
+        slot: list[Any] = [keys, op, None]
+        cond = self._cond
+        with cond:
+            self._queue.append(slot)
+            while slot[2] is None:
+                if self._flushing:
+                    cond.wait()
+                    continue
+                self._flushing = True
+                batch, self._queue = self._queue, []
+                cond.release()
+                try:
+                    results = self._flush(batch)
+                except BaseException as exc:  # hand the error to every waiter of the batch
+                    results = [exc] * len(batch)
+                finally:
+                    cond.acquire()
+                    self._flushing = False
+                for item, result in zip(batch, results, strict=True):
+                    item[2] = result
+                cond.notify_all()
+        if isinstance(slot[2], BaseException):
+            raise slot[2]
+        return bool(slot[2])
+
+
+class RedisStreamsBackend(Backend):
+    """Jobs in Redis Streams, shared by every process that uses the same keys."""
+
+    durable = True
+    local = False
+
+    def __init__(self, redis_config: RedisConfig, config: DistributedConfig) -> None:
+        self.redis_config = redis_config
+        self.config = config
+        self.consumer = config.consumer or (
+            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        )
+        self.queues = {name: QueueKeys(config.stream, name) for name in config.queues}
+        self.default_queue = config.queues[0]
+        self._client: redis.Redis | None = None
+        self._reader: redis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self._settings: BackendSettings | None = None
+        self._cond = threading.Condition()
+        self._buffer: deque[Delivery] = deque()
+        self._owned: dict[str, Delivery] = {}  # entry id -> delivery, read but not settled
+        self._idle = 0
+        self._consuming = False
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self._settler = _Settler(self._flush_settles)
+        # Durations are validated floats once DistributedConfig exists; typed here once.
+        self._lease = seconds(config.lease, "lease")
+        self._block = seconds(config.block, "block")
+        self._heartbeat_interval = seconds(config.heartbeat_interval, "heartbeat_interval")
+        self._claim_interval = seconds(config.claim_interval, "claim_interval")
+        self._dedupe_ms = int(seconds(config.dedupe_window, "dedupe_window") * 1000)
+        result_ttl_ms = seconds(config.result_ttl, "result_ttl") * 1000
+        self._ttl_ms = int(max(result_ttl_ms, self._dedupe_ms)) or 1
+        self.deleted_entries = 0  # PEL entries whose stream entry was gone (counted, logged)
+        self.read_calls = 0
+
+    # -- connections -----------------------------------------------------------------------
+    def _make_client(self, socket_timeout: float) -> redis.Redis:
+        rc = self.redis_config
+        # No blind client retries: a timed-out XREADGROUP or XADD must surface to our code.
+        options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": rc.connect_timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+        }
+        if rc.url is not None:
+            extra = {k: v for k, v in (("username", rc.username), ("password", rc.password))
+                     if v is not None}
+            return redis.Redis.from_url(rc.url, **options, **extra)
+        host, _, port = (rc.addr or "").rpartition(":")
+        return redis.Redis(host=host, port=int(port), db=rc.db, username=rc.username,
+                           password=rc.password, ssl=rc.ssl, **options)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The command connection pool (created on first use)."""
+        if self._client is None:
+            self._client = self._make_client(self.redis_config.socket_timeout)
+            for name in ("enqueue", "start", "settle", "promote", "reclaim", "renew", "release",
+                         "delete_consumer", "requeue_dead"):
+                self._scripts[name] = self._client.register_script(_load_script(name))
+        return self._client
+
+    def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        client = self.client  # registers the scripts on first use
+        return self._scripts[name](keys=keys, args=args, client=client)
+
+    def keys_for(self, queue: str | None) -> QueueKeys:
+        """The keys of ``queue`` (``None``: the default queue)."""
+        name = queue or self.default_queue
+        keys = self.queues.get(name)
+        if keys is None:
+            keys = self.queues[name] = QueueKeys(self.config.stream, name)
+        return keys
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self, settings: BackendSettings) -> int:
+        """Remember the settings; connections are made on first use."""
+        self._settings = settings
+        return 0
+
+    def start_consuming(self) -> None:
+        """Create the consumer groups and start the reader and maintenance threads."""
+        for keys in self.queues.values():
+            self._ensure_group(keys)
+        self._reader = self._make_client(self._block + self.redis_config.socket_timeout)
+        self._consuming = True
+        for target, name in ((self._read_loop, "csjd-reader"),
+                             (self._maintenance_loop, "csjd-maintenance")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        logger.info("consumer started consumer=%s group=%s queues=%s redis=%s", self.consumer,
+                    self.config.group, ",".join(self.queues), self.redis_config.display)
+
+    def _ensure_group(self, keys: QueueKeys) -> None:
+        try:
+            self.client.xgroup_create(keys.stream, self.config.group, id="0", mkstream=True)
+            logger.info("consumer group created stream=%s group=%s", keys.stream,
+                        self.config.group)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def wake(self) -> None:
+        """Stop fetching: no new reads; prefetched entries are handed back."""
+        self._stopping = True
+        with self._cond:
+            buffered = list(self._buffer)
+            self._buffer.clear()
+            self._cond.notify_all()
+        self._release(buffered)
+
+    def close(self, *, clean: bool) -> list[Job]:
+        """Stop the threads, remove the heartbeat, close connections; jobs stay in Redis."""
+        self.wake()
+        self._consuming = False
+        for thread in self._threads:
+            thread.join(timeout=self._block + 5)
+        if self._client is not None and self._threads:
+            with contextlib.suppress(*_REDIS_DOWN):
+                self._client.delete(*(k.heartbeat_prefix + self.consumer
+                                      for k in self.queues.values()))
+        for client in (self._reader, self._client):
+            if client is not None:
+                client.close()
+        return []
+
+    # -- admission -------------------------------------------------------------------------
+    def encode(self, job: Job) -> str:
+        """The wire form of a job (the stream entry's ``d`` field)."""
+        settings = self._settings
+        max_attempts = job.max_attempts or (settings.default_max_attempts if settings else 3)
+        data = json.dumps({"type": job.type, "payload": job.payload, "max_attempts": max_attempts,
+                           "timeout": job.to_dict()["timeout"], "queue": job.queue},
+                          separators=(",", ":"), allow_nan=False)
+        if len(data) + len(job.id) > self.config.max_payload_bytes:
+            raise InvalidJob(f"job {job.id!r} is {len(data) + len(job.id)} bytes as JSON; "
+                             f"max_payload_bytes={self.config.max_payload_bytes}")
+        return data
+
+    def enqueue(self, jobs: Sequence[Job]) -> None:
+        """Admit ``jobs`` (all in one queue) in one round trip (see enqueue.lua)."""
+        keys = self.keys_for(jobs[0].queue)
+        args: list[Any] = [self.config.max_pending_jobs, self._dedupe_ms]
+        job_keys = []
+        for job in jobs:
+            run_at = "" if job.run_at is None else str(int(job.run_at.timestamp() * 1000))
+            data = self.encode(job)
+            args += [job.id, data, run_at, json.loads(data)["max_attempts"]]
+            job_keys.append(keys.job(job.id))
+        try:
+            reply = self._script("enqueue", [keys.stream, keys.delayed, keys.pending, *job_keys],
+                                 args)
+        except _REDIS_DOWN as exc:
+            raise BackendUnavailable(
+                f"Redis at {self.redis_config.display} unavailable while enqueuing ({exc}); the "
+                "job may or may not be enqueued: submitting it again with the same id is safe"
+            ) from exc
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"Redis refused the enqueue: {exc}") from exc
+        verdict = _text(reply[0])
+        if verdict == "full":
+            raise QueueFull(self.config.max_pending_jobs,
+                            f"queue {keys.name!r} full: {int(reply[1])} unfinished jobs, "
+                            f"max_pending_jobs={self.config.max_pending_jobs}")
+        if verdict == "dup":
+            raise DuplicateJob(_text(reply[1]), f"job id {_text(reply[1])!r} is taken by an "
+                               "unfinished job, or one that finished within dedupe_window")
+
+    # -- consumption -----------------------------------------------------------------------
+    def fetch(self, timeout: float) -> Delivery | None:
+        """The next delivery read by the reader thread, waiting up to ``timeout``."""
+        try:
+            return self._buffer.popleft()
+        except IndexError:
+            pass
+        if self._stopping or timeout <= 0:
+            return None
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._idle += 1
+            self._cond.notify_all()  # the reader may read for this idle worker
+            try:
+                while not self._buffer:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._stopping:
+                        return None
+                    self._cond.wait(remaining)
+                return self._buffer.popleft()
+            finally:
+                self._idle -= 1
+
+    def _capacity(self) -> int:
+        want = max(self._idle, self.config.prefetch or 0)
+        return want - len(self._buffer)
+
+    def _read_loop(self) -> None:
+        backoff = _Backoff()
+        # Our own pending entries first (a reply lost on the wire strands them there).
+        history: dict[Any, Any] = {k.stream: "0" for k in self.queues.values()}
+        while self._consuming and not self._stopping:
+            with self._cond:
+                while (self._capacity() <= 0 and self._consuming and not self._stopping):
+                    self._cond.wait(0.5)
+            if not self._consuming or self._stopping:
+                return
+            count = max(1, self._capacity())
+            try:
+                assert self._reader is not None
+                self.read_calls += 1
+                if history:
+                    reply = self._reader.xreadgroup(self.config.group, self.consumer, history,
+                                                    count=count)
+                else:
+                    reply = self._reader.xreadgroup(
+                        self.config.group, self.consumer,
+                        {k.stream: ">" for k in self.queues.values()}, count=count,
+                        block=int(self._block * 1000))
+                backoff.reset()
+            except redis.ResponseError as exc:
+                self._on_read_error(exc, backoff)
+                continue
+            except _REDIS_DOWN as exc:
+                logger.warning("redis unreachable; reconnecting redis=%s error=%s delay=%.2f",
+                               self.redis_config.display, exc, backoff.peek())
+                backoff.sleep(lambda: self._stopping)
+                continue
+            for stream, entries in _stream_replies(reply):
+                if history and not entries:
+                    history.pop(stream, None)
+                elif history and stream in history:
+                    history[stream] = _text(entries[-1][0])
+                self._accept(self._queue_of(stream), entries)
+
+    def _on_read_error(self, exc: redis.ResponseError, backoff: _Backoff) -> None:
+        if "NOGROUP" in str(exc):
+            logger.error("consumer group or stream vanished (Redis restarted without "
+                         "persistence?); recreating group=%s", self.config.group)
+            try:
+                for keys in self.queues.values():
+                    self._ensure_group(keys)
+            except redis.RedisError as again:
+                logger.error("could not recreate the consumer group: %s", again)
+        else:
+            logger.error("read failed: %s", exc)
+        backoff.sleep(lambda: self._stopping)
+
+    def _queue_of(self, stream: str) -> QueueKeys:
+        for keys in self.queues.values():
+            if keys.stream == stream:
+                return keys
+        raise CSJDError(f"entries from an unknown stream {stream!r}")
+
+    def _accept(self, keys: QueueKeys, entries: list[Any]) -> None:
+        """Turn read or claimed entries into deliveries (poison is dead-lettered at once)."""
+        valid: list[tuple[str, Job, str]] = []
+        for raw_id, fields in entries:
+            entry_id = _text(raw_id)
+            if fields is None:  # a PEL entry whose stream entry was deleted
+                self.deleted_entries += 1
+                logger.warning("pending entry without data acked queue=%s entry=%s",
+                               keys.name, entry_id)
+                self.client.xack(keys.stream, self.config.group, entry_id)
+                continue
+            job, data, problem = self._decode(fields)
+            if problem is not None or job is None:
+                self._poison(keys, entry_id, _text(fields.get(b"id")), data, problem or "?")
+                continue
+            valid.append((entry_id, job, data))
+        if not valid:
+            return
+        args: list[Any] = [self.config.group, self.consumer, keys.job_prefix]
+        for entry_id, job, _ in valid:
+            args += [entry_id, job.id]
+        try:
+            codes = self._script("start", [keys.stream], args)
+        except redis.RedisError as exc:
+            logger.warning("could not start entries (they will be reclaimed) error=%s", exc)
+            return
+        default_attempts = self._settings.default_max_attempts if self._settings else 3
+        fresh: list[Delivery] = []
+        for (entry_id, job, data), (code, attempts, deliveries) in zip(valid, codes, strict=True):
+            if code == -1:
+                self._poison(keys, entry_id, job.id, data,
+                             "no job record: the entry was not written by CSJD's enqueue")
+            elif code == 1:
+                delivery = Delivery(job, int(attempts), job.max_attempts or default_attempts,
+                                    int(deliveries), (keys, entry_id))
+                fresh.append(delivery)
+        with self._cond:
+            for delivery in fresh:
+                self._owned[delivery.ref[1]] = delivery
+                self._buffer.append(delivery)
+            self._cond.notify_all()
+        if self._stopping:
+            self.wake()
+
+    def _decode(self, fields: dict[bytes, bytes]) -> tuple[Job | None, str, str | None]:
+        try:
+            job_id = fields[b"id"].decode()
+            raw = fields[b"d"]
+            data = raw.decode()
+        except KeyError as exc:
+            return None, "", f"malformed entry: missing field {exc.args[0]!r}"
+        except UnicodeDecodeError:
+            return None, "", "malformed entry: not UTF-8"
+        if len(raw) + len(job_id) > self.config.max_payload_bytes:
+            return None, "", (f"oversized entry: {len(raw)} bytes > max_payload_bytes="
+                              f"{self.config.max_payload_bytes}")
+        try:
+            d = json.loads(data)
+            job = Job(job_id, d["type"], d.get("payload"), max_attempts=d.get("max_attempts"),
+                      timeout=d.get("timeout"), queue=d.get("queue"))
+            validate_job(job)
+        except (ValueError, KeyError, TypeError, InvalidJob) as exc:
+            return None, data, f"malformed entry: {exc!r}"
+        return job, data, None
+
+    def _poison(self, keys: QueueKeys, entry_id: str, job_id: str, data: str, reason: str) -> None:
+        logger.error("poison entry dead-lettered queue=%s entry=%s id=%s reason=%s",
+                     keys.name, entry_id, job_id, reason)
+        op = {"k": "dead", "e": entry_id, "id": job_id, "err": reason, "reason": "poison",
+              "d": data}
+        try:
+            self._settler.settle(keys, op)
+        except redis.RedisError as exc:
+            logger.error("could not dead-letter poison entry=%s error=%s", entry_id, exc)
+
+    def started(self, delivery: Delivery, worker_id: str) -> None:
+        """Nothing to do: the start script ran when the entry was read."""
+
+    # -- outcomes --------------------------------------------------------------------------
+    def _op(self, delivery: Delivery, kind: str, **extra: Any) -> bool:
+        keys, entry_id = delivery.ref
+        op = {"k": kind, "e": entry_id, "id": delivery.job.id, "n": delivery.token, **extra}
+        deadline = time.monotonic() + self._lease
+        backoff = _Backoff()
+        while True:
+            try:
+                ok = self._settler.settle(keys, op)
+                break
+            except _REDIS_DOWN as exc:
+                if time.monotonic() >= deadline:
+                    logger.error("could not record an outcome before the lease ran out; the job "
+                                 "will be reclaimed and may run again id=%s error=%s",
+                                 delivery.job.id, exc)
+                    ok = False
+                    break
+                logger.warning("redis unreachable while recording an outcome; retrying "
+                               "id=%s error=%s", delivery.job.id, exc)
+                backoff.sleep(lambda: False)
+        with self._cond:
+            self._owned.pop(entry_id, None)
+        return ok
+
+    def succeed(self, delivery: Delivery, result: Any) -> bool:
+        """Ack with the JSON result (fenced, group-committed)."""
+        return self._op(delivery, "ok", r=json.dumps(result, separators=(",", ":")))
+
+    def retry(self, delivery: Delivery, error: AttemptError, delay: float) -> bool:
+        """Ack and park the job in the delayed set for ``delay`` seconds (one atomic step)."""
+        return self._op(delivery, "retry", err=error.message,
+                        tb=(error.traceback or "")[-_MAX_TRACEBACK:], delay=delay * 1000)
+
+    def fail(self, delivery: Delivery, error: AttemptError) -> bool:
+        """Ack and dead-letter the job (one atomic step)."""
+        return self._op(delivery, "dead", err=error.message, reason=error.kind,
+                        tb=(error.traceback or "")[-_MAX_TRACEBACK:])
+
+    def _flush_settles(self, batch: list[list[Any]]) -> list[Any]:
+        by_queue: dict[str, list[int]] = {}
+        for index, (keys, _, _) in enumerate(batch):
+            by_queue.setdefault(keys.name, []).append(index)
+        results: list[Any] = [0] * len(batch)
+        for indexes in by_queue.values():
+            keys = batch[indexes[0]][0]
+            ops = [batch[i][1] for i in indexes]
+            reply = self._script(
+                "settle", [keys.stream, keys.delayed, keys.pending, keys.dead, keys.stats],
+                [self.config.group, self.consumer, keys.job_prefix, self._ttl_ms,
+                 json.dumps(ops, separators=(",", ":"))])
+            for i, flag in zip(indexes, reply, strict=True):
+                results[i] = int(flag)
+        return results
+
+    def renew(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Fenced lease renewal (renew.lua); False where the entry was lost."""
+        out: list[bool] = []
+        by_queue: dict[str, list[Delivery]] = {}
+        for d in deliveries:
+            by_queue.setdefault(d.ref[0].name, []).append(d)
+        flags: dict[str, bool] = {}
+        for group in by_queue.values():
+            keys = group[0].ref[0]
+            args: list[Any] = [self.config.group, self.consumer]
+            for d in group:
+                args += [d.ref[1], d.token]
+            for d, flag in zip(group, self._script("renew", [keys.stream], args), strict=True):
+                flags[d.ref[1]] = bool(flag)
+        for d in deliveries:
+            out.append(flags[d.ref[1]])
+        return out
+
+    def _release(self, deliveries: list[Delivery]) -> None:
+        by_queue: dict[str, list[Delivery]] = {}
+        for d in deliveries:
+            by_queue.setdefault(d.ref[0].name, []).append(d)
+        for group in by_queue.values():
+            keys = group[0].ref[0]
+            args: list[Any] = [self.config.group, self.consumer, keys.job_prefix,
+                               _RELEASE_IDLE_MS]
+            for d in group:
+                args += [d.ref[1], d.job.id]
+            try:
+                self._script("release", [keys.stream], args)
+            except redis.RedisError as exc:
+                logger.warning("could not hand back prefetched entries (reclaimed after the "
+                               "lease) error=%s", exc)
+            with self._cond:
+                for d in group:
+                    self._owned.pop(d.ref[1], None)
+
+    # -- maintenance: promotion, heartbeats, lease renewal, reclaiming, consumer GC ---------
+    def _maintenance_loop(self) -> None:
+        config = self.config
+        next_promote = dict.fromkeys(self.queues, 0.0)
+        next_beat = next_claim = next_gc = 0.0
+        backoff = _Backoff()
+        while self._consuming:
+            now = time.monotonic()
+            try:
+                for name, keys in self.queues.items():
+                    if now >= next_promote[name]:
+                        moved, wait_ms = self._script("promote", [keys.stream, keys.delayed],
+                                                      [keys.job_prefix, 500])
+                        wait = 0.0 if moved >= 500 else 0.25 if wait_ms < 0 else wait_ms / 1000
+                        next_promote[name] = now + min(wait, 0.25)
+                if now >= next_beat:
+                    self._heartbeat()
+                    next_beat = now + self._heartbeat_interval
+                if now >= next_claim and not self._stopping:
+                    self._reclaim()
+                    next_claim = now + self._claim_interval
+                if now >= next_gc:
+                    self._collect_consumers()
+                    next_gc = now + 10 * self._claim_interval
+                backoff.reset()
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    logger.error("consumer group vanished; recreating group=%s", config.group)
+                    for keys in self.queues.values():
+                        with contextlib.suppress(redis.RedisError):
+                            self._ensure_group(keys)
+                else:
+                    logger.exception("maintenance failed")
+                backoff.sleep(lambda: not self._consuming)
+                continue
+            except _REDIS_DOWN as exc:
+                logger.warning("redis unreachable in maintenance error=%s", exc)
+                backoff.sleep(lambda: not self._consuming)
+                continue
+            wake = min([*next_promote.values(), next_beat, next_claim])
+            with self._cond:
+                if self._consuming:
+                    self._cond.wait(max(0.005, min(0.25, wake - time.monotonic())))
+
+    def _heartbeat(self) -> None:
+        ttl = int(self._heartbeat_interval * 3000)
+        pipe = self.client.pipeline(transaction=False)
+        for keys in self.queues.values():
+            pipe.set(keys.heartbeat_prefix + self.consumer, str(time.time()), px=ttl)
+        pipe.execute()
+        with self._cond:
+            owned = list(self._owned.values())
+        if owned:
+            for delivery, ok in zip(owned, self.renew(owned), strict=True):
+                if not ok:
+                    logger.warning("lease lost; the outcome of this attempt will be refused "
+                                   "id=%s entry=%s", delivery.job.id, delivery.ref[1])
+
+    def _reclaim(self) -> None:
+        lease_ms = int(self._lease * 1000)
+        for keys in self.queues.values():
+            cursor = "0-0"
+            while True:
+                count = self._capacity()
+                if count <= 0:
+                    break
+                next_cursor, claimed, deleted, dead = self._script(
+                    "reclaim", [keys.stream, keys.pending, keys.dead, keys.stats],
+                    [self.config.group, self.consumer, lease_ms, self.config.max_deliveries,
+                     count, cursor, keys.job_prefix, self._ttl_ms])
+                if deleted:
+                    self.deleted_entries += len(deleted)
+                    logger.warning("reclaimer dropped pending entries whose data was deleted "
+                                   "queue=%s count=%d", keys.name, len(deleted))
+                for job_id in dead:
+                    logger.error("job dead-lettered: delivered max_deliveries=%d times without "
+                                 "an outcome queue=%s id=%s", self.config.max_deliveries,
+                                 keys.name, _text(job_id))
+                if claimed:
+                    logger.warning("reclaimed entries from stalled consumers queue=%s count=%d",
+                                   keys.name, len(claimed))
+                    self._accept(keys, [(e[0], _fields(e[1])) for e in claimed])
+                cursor = _text(next_cursor)
+                if cursor == "0-0":
+                    break
+
+    def _collect_consumers(self) -> None:
+        for keys in self.queues.values():
+            for info in self.client.xinfo_consumers(keys.stream, self.config.group):
+                name = _text(info.get("name"))
+                if name == self.consumer or self.client.exists(keys.heartbeat_prefix + name):
+                    continue
+                if int(info.get("pending", 0)) == 0 and self._script(
+                    "delete_consumer", [keys.stream], [self.config.group, name]
+                ):
+                    logger.info("deleted expired consumer queue=%s consumer=%s", keys.name, name)
+
+    # -- queries ---------------------------------------------------------------------------
+    def status(self, job_id: str, queue: str | None = None) -> JobStatus | None:
+        """The job's record (looked up in ``queue``, else in every configured queue)."""
+        candidates = [self.keys_for(queue)] if queue else list(self.queues.values())
+        for keys in candidates:
+            try:
+                raw = self.client.hgetall(keys.job(job_id))
+            except _REDIS_DOWN as exc:
+                raise BackendUnavailable(f"Redis unavailable: {exc}") from exc
+            if raw:
+                return _status(job_id, keys.name, {_text(k): _text(v) for k, v in raw.items()})
+        return None
+
+    def pending(self) -> int:
+        """Unfinished jobs across this process's queues (all producers and consumers)."""
+        pipe = self.client.pipeline(transaction=False)
+        for keys in self.queues.values():
+            pipe.get(keys.pending)
+        return sum(int(v or 0) for v in pipe.execute())
+
+    def ready_count(self) -> int:
+        """Entries in the streams not yet delivered to any consumer (approximate)."""
+        return sum(int(self.client.xlen(k.stream)) for k in self.queues.values())
+
+    def stats(self) -> dict[str, Any]:
+        """Cluster-wide figures per queue."""
+        out: dict[str, Any] = {}
+        now = time.time()
+        for keys in self.queues.values():
+            client = self.client
+            consumers = []
+            try:
+                infos = client.xinfo_consumers(keys.stream, self.config.group)
+            except redis.ResponseError:
+                infos = []
+            for info in infos:
+                name = _text(info.get("name"))
+                beat = client.get(keys.heartbeat_prefix + name)
+                consumers.append({
+                    "name": name,
+                    "pending": int(info.get("pending", 0)),
+                    "idle_ms": int(info.get("idle", 0)),
+                    "heartbeat_age": None if beat is None else round(now - float(beat), 3),
+                })
+            counters = {_text(k): int(v) for k, v in client.hgetall(keys.stats).items()}
+            try:
+                in_flight = int(client.xpending(keys.stream, self.config.group)["pending"])
+            except redis.ResponseError:
+                in_flight = 0
+            out[keys.name] = {
+                "stream_length": int(client.xlen(keys.stream)),
+                "in_flight": in_flight,
+                "scheduled": int(client.zcard(keys.delayed)),
+                "dead": int(client.xlen(keys.dead)),
+                "unfinished": int(client.get(keys.pending) or 0),
+                "consumers": consumers,
+                "counters": counters,
+            }
+        return out
+
+    # -- dead letters ----------------------------------------------------------------------
+    def dead_letters(self, queue: str | None = None, count: int = 100) -> list[DeadLetter]:
+        """The oldest ``count`` dead letters of ``queue``."""
+        keys = self.keys_for(queue)
+        letters = []
+        for raw_id, raw in self.client.xrange(keys.dead, count=count) or []:
+            f = {_text(k): _text(v) for k, v in (raw or {}).items()}
+            try:
+                job_type = json.loads(f.get("d") or "null")
+                job_type = job_type.get("type") if isinstance(job_type, dict) else None
+            except ValueError:
+                job_type = None
+            letters.append(DeadLetter(
+                entry_id=_text(raw_id), queue=keys.name, job_id=f.get("id", ""), type=job_type,
+                error=f.get("error", ""), reason=f.get("reason", ""),
+                attempts=int(f.get("attempts") or 0),
+                failed_at=int(f.get("failed_at") or 0) / 1000, traceback=f.get("traceback", ""),
+                data=f.get("d", "")))
+        return letters
+
+    def requeue_dead(self, entry_id: str, queue: str | None = None) -> bool:
+        """Put one dead letter back on its queue as a fresh job.
+
+        Raises:
+            DuplicateJob: the job's id is taken by an unfinished job.
+            InvalidJob: the dead letter has no job id or data (a poison entry).
+        """
+        keys = self.keys_for(queue)
+        rows = self.client.xrange(keys.dead, entry_id, entry_id)
+        if not rows:
+            return False
+        f = {_text(k): _text(v) for k, v in (rows[0][1] or {}).items()}
+        if not f.get("id") or not f.get("d"):
+            raise InvalidJob(f"dead letter {entry_id} has no job to requeue ({f.get('error')})")
+        code = self._script("requeue_dead", [keys.stream, keys.dead, keys.pending,
+                                             keys.job(f["id"])], [entry_id, f["id"], f["d"]])
+        if code == -1:
+            raise DuplicateJob(f["id"])
+        return bool(code)
+
+    def purge_dead(self, queue: str | None = None) -> int:
+        """Delete every dead letter of ``queue``; returns how many."""
+        keys = self.keys_for(queue)
+        count = int(self.client.xlen(keys.dead))
+        self.client.delete(keys.dead)
+        return count
+
+
+class _Backoff:
+    """Exponential backoff with full jitter for reconnect loops (never a hot loop)."""
+
+    def __init__(self, base: float = 0.05, cap: float = 5.0) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+
+    def peek(self) -> float:
+        return float(min(self.cap, self.base * 2.0**self.failures))
+
+    def sleep(self, stop: Any) -> None:
+        delay = random.uniform(self.peek() / 2, self.peek())
+        self.failures = min(self.failures + 1, 16)
+        deadline = time.monotonic() + delay
+        while not stop() and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def _fields(raw: Any) -> Any:
+    if raw is None or isinstance(raw, dict):
+        return raw
+    return {raw[i]: raw[i + 1] for i in range(0, len(raw), 2)}
+
+
+def _stream_replies(reply: Any) -> list[tuple[str, list[Any]]]:
+    if not reply:
+        return []
+    if isinstance(reply, dict):  # RESP3
+        return [(_text(k), v[0] if v and isinstance(v[0], list) else v) for k, v in reply.items()]
+    return [(_text(stream), entries) for stream, entries in reply]
+
+
+def _status(job_id: str, queue: str, f: dict[str, str]) -> JobStatus:
+    def ms(name: str) -> float | None:
+        value = f.get(name)
+        return int(value) / 1000 if value else None
+
+    try:
+        data = json.loads(f.get("data") or "{}")
+    except ValueError:
+        data = {}
+    state = JobState(f.get("state", "queued"))
+    result = None
+    if state is JobState.SUCCEEDED and f.get("result"):
+        result = json.loads(f["result"])
+    return JobStatus(
+        id=job_id, type=data.get("type", ""), state=state, attempts=int(f.get("attempts") or 0),
+        max_attempts=int(data.get("max_attempts") or f.get("max") or 0), queue=queue,
+        enqueued_at=utc_from_timestamp(ms("enqueued_at")),
+        started_at=utc_from_timestamp(ms("started_at")),
+        finished_at=utc_from_timestamp(ms("finished_at")),
+        run_at=utc_from_timestamp(ms("run_at")) if state is JobState.SCHEDULED else None,
+        last_error=f.get("error") or None, last_traceback=f.get("traceback") or None,
+        result=result, worker_id=f.get("worker") or None)

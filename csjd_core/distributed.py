@@ -1,0 +1,82 @@
+"""The distributed dispatcher: the shared engine over the Redis Streams backend."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from csjd_core.backends.redis_streams import DeadLetter, RedisStreamsBackend
+from csjd_core.config import DistributedConfig, RedisConfig
+from csjd_core.engine.dispatcher import BaseDispatcher
+from csjd_core.engine.registry import HandlerRegistry
+from csjd_core.errors import InvalidJob
+from csjd_core.job import Job, timeout_seconds
+from csjd_core.metrics import StopReport
+from csjd_core.retry import seconds
+
+__all__ = ["DeadLetter", "RedisDistributedDispatcher"]
+
+
+class RedisDistributedDispatcher(BaseDispatcher):
+    """Many worker processes on many machines sharing queues on Redis Streams.
+
+    A process that only submits (a web server) never calls `start`; a worker process registers
+    its handlers and calls `start` (or runs ``csjd worker``). Delivery is at-least-once: see
+    docs/distributed.md for when a job can run twice.
+    """
+
+    def __init__(
+        self,
+        redis: RedisConfig,
+        config: DistributedConfig | None = None,
+        *,
+        registry: HandlerRegistry | None = None,
+    ) -> None:
+        self.config = config = config if config is not None else DistributedConfig()
+        self.redis_config = redis
+        self.backend = RedisStreamsBackend(redis, config)
+        super().__init__(
+            self.backend,
+            workers=config.workers,
+            max_pending_jobs=config.max_pending_jobs,
+            max_detached_handlers=config.max_detached_handlers,
+            default_max_attempts=config.default_max_attempts,
+            default_timeout=timeout_seconds(config.default_timeout),
+            retry=config.retry,
+            hooks=config.hooks,
+            result_ttl=seconds(config.result_ttl, "result_ttl"),
+            max_results=0,
+            registry=registry,
+        )
+
+    @property
+    def consumer(self) -> str:
+        """This process's consumer name."""
+        return self.backend.consumer
+
+    def _check_batch(self, batch: list[Job]) -> None:
+        queues = {job.queue or self.backend.default_queue for job in batch}
+        if len(queues) > 1:
+            raise InvalidJob(
+                f"a batch must target one queue (atomic per queue); got {sorted(queues)}"
+            )
+
+    def close(self, timeout: float | timedelta | None = None) -> StopReport:
+        """Stop consuming (if started) and close the connections."""
+        return self.stop(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """Cluster-wide figures per queue: lengths, in flight, scheduled, dead, consumers."""
+        return self.backend.stats()
+
+    def dead_letters(self, queue: str | None = None, count: int = 100) -> list[DeadLetter]:
+        """The oldest dead letters of ``queue``."""
+        return self.backend.dead_letters(queue, count)
+
+    def requeue_dead(self, entry_id: str, queue: str | None = None) -> bool:
+        """Move one dead letter back to its queue (attempts reset)."""
+        return self.backend.requeue_dead(entry_id, queue)
+
+    def purge_dead(self, queue: str | None = None) -> int:
+        """Delete the dead letters of ``queue``; returns how many."""
+        return self.backend.purge_dead(queue)
