@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
-from csjd_core.config import Config
+from csjd_core.config import Config, DistributedConfig, RedisConfig
 from csjd_core.context import JobContext
 from csjd_core.dispatcher import Dispatcher
 from csjd_core.engine.dispatcher import BaseDispatcher
@@ -30,8 +30,8 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-Mode = Literal["inprocess", "immediate"]
-MODES = ("inprocess", "immediate")
+Mode = Literal["inprocess", "redis", "immediate"]
+MODES = ("inprocess", "redis", "immediate")
 
 
 class JobFailed(CSJDError):
@@ -55,7 +55,7 @@ class JobHandle(Generic[R]):
 
     def status(self) -> JobStatus:
         """The job's current status (raises `JobNotFound` for an unknown or expired id)."""
-        return self._app.status(self.id)
+        return self._app.status(self.id, self.queue)
 
     def result(self, timeout: float | timedelta | None = None) -> R:
         """Wait for the job to finish and return its result.
@@ -257,19 +257,31 @@ class App:
 
     Args:
         mode: ``"inprocess"`` (worker threads in this process, started lazily on the first
-            enqueue) or ``"immediate"`` (jobs run at enqueue, in the caller's thread — for
-            tests).
-        config: the in-process `Config`.
+            enqueue), ``"redis"`` (enqueue to Redis Streams; workers run ``csjd worker``), or
+            ``"immediate"`` (jobs run at enqueue, in the caller's thread — for tests).
+        config: the in-process (and immediate) `Config`.
+        redis: where Redis is (``"redis"`` mode).
+        distributed: the `DistributedConfig` (``"redis"`` mode).
         name: a label for logs.
     """
 
     def __init__(
-        self, *, mode: Mode = "inprocess", config: Config | None = None, name: str = "csjd"
+        self,
+        *,
+        mode: Mode = "inprocess",
+        config: Config | None = None,
+        redis: RedisConfig | None = None,
+        distributed: DistributedConfig | None = None,
+        name: str = "csjd",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "redis" and redis is None:
+            raise ValueError("mode='redis' needs redis=RedisConfig(url=...)")
         self.mode = mode
         self.config = config if config is not None else Config()
+        self.redis = redis
+        self.distributed = distributed if distributed is not None else DistributedConfig()
         self.name = name
         self.registry = HandlerRegistry()
         self.jobs: dict[str, JobFunction[Any, Any]] = {}
@@ -364,6 +376,11 @@ class App:
     def _build(self) -> BaseDispatcher:
         if self.mode == "immediate":
             return ImmediateDispatcher(self.config, registry=self.registry)
+        if self.mode == "redis":
+            from csjd_core.distributed import RedisDistributedDispatcher  # noqa: PLC0415 - needs redis
+
+            assert self.redis is not None
+            return RedisDistributedDispatcher(self.redis, self.distributed, registry=self.registry)
         return Dispatcher(self.config, registry=self.registry)
 
     def start(self) -> None:
@@ -371,15 +388,19 @@ class App:
         self.dispatcher.start()
 
     def enqueue(self, job: Job) -> None:
-        """Submit a `Job` through this app's dispatcher, starting it if needed."""
+        """Submit a `Job` through this app's dispatcher.
+
+        In-process mode starts the workers on the first enqueue; Redis mode only produces (the
+        workers are separate ``csjd worker`` processes).
+        """
         dispatcher = self.dispatcher
-        if not dispatcher.started:
+        if self.mode != "redis" and not dispatcher.started:
             dispatcher.start()
         dispatcher.submit(job)
 
-    def status(self, job_id: str) -> JobStatus:
+    def status(self, job_id: str, queue: str | None = None) -> JobStatus:
         """Status of a job submitted through this app."""
-        return self.dispatcher.status(job_id)
+        return self.dispatcher.status(job_id, queue)
 
     def wait(self, timeout: float | timedelta | None = None) -> bool:
         """Block until every enqueued job finished (for tests). False on timeout."""
