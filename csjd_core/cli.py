@@ -23,13 +23,17 @@ __all__ = ["main"]
 @click.group()
 @click.option(
     "--log-level",
-    default="WARNING",
-    show_default=True,
+    default=None,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    help="Log level for CSJD's loggers.",
+    help="Log level (default: INFO for worker, WARNING otherwise).",
 )
-def main(log_level: str) -> None:
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None) -> None:
     """CSJD: reliability-first background jobs."""
+    ctx.ensure_object(dict)
+    if log_level is None:
+        log_level = "INFO" if ctx.invoked_subcommand == "worker" else "WARNING"
+    ctx.obj["log_level"] = log_level.upper()
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -136,6 +140,17 @@ def replay(path: str, run_app: str | None, export: bool, repair: bool) -> None:
     click.echo(f"ran {m.accepted} jobs: {m.succeeded} succeeded, {m.failed} failed, "
                f"{m.retried} retries")
 
+
+def _add_redis_commands() -> None:
+    try:
+        from csjd_core import cli_redis  # noqa: PLC0415 - needs the optional redis package
+    except ImportError:  # pragma: no cover - without the [redis] extra
+        return
+    for command in (cli_redis.worker, cli_redis.stats, cli_redis.health, cli_redis.dead):
+        main.add_command(command)
+
+
+_add_redis_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,255 @@
+"""The ``csjd`` commands that operate distributed mode: worker, stats, dead, health."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import sys
+import time
+from typing import Any
+
+import click
+
+from csjd_core.app import App
+from csjd_core.distributed import RedisDistributedDispatcher
+from csjd_core.errors import CSJDError
+from csjd_core.supervisor import EXIT_RECYCLE, supervise
+from csjd_core.worker import run_worker
+
+__all__ = ["dead", "health", "stats", "worker"]
+
+logger = logging.getLogger("csjd_core.worker")
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"512M"``, ``"2G"``, ``"100000"``.
+
+    Raises:
+        click.BadParameter: not a size.
+    """
+    match = _SIZE.match(text)
+    if not match:
+        raise click.BadParameter(f"expected a size like 512M or 2G, got {text!r}")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit])
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def distributed_dispatcher(
+    app: App, queues: str | None = None, workers: int | None = None
+) -> RedisDistributedDispatcher:
+    """A Redis dispatcher for ``app`` with the command line's overrides.
+
+    Raises:
+        click.ClickException: the app is not in Redis mode.
+    """
+    if app.mode != "redis" or app.redis is None:
+        raise click.ClickException(
+            f"{app.name!r} is in {app.mode!r} mode: separate worker processes need Redis mode "
+            "(in-process mode runs its workers inside the application process)"
+        )
+    changes: dict[str, Any] = {}
+    if queues:
+        changes["queues"] = tuple(q.strip() for q in queues.split(",") if q.strip())
+    if workers:
+        changes["workers"] = workers
+    try:
+        config = dataclasses.replace(app.distributed, **changes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    return RedisDistributedDispatcher(app.redis, config, registry=app.registry)
+
+
+@click.command()
+@click.argument("app_spec", metavar="APP")
+@click.option("--queues", help="Comma-separated queues to consume (default: the app's).")
+@click.option("--workers", type=click.IntRange(1, 1024), help="Worker threads per process.")
+@click.option("--processes", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Worker processes under one supervisor.")
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
+@click.option("--max-jobs", type=click.IntRange(1), help="Recycle a process after N jobs.")
+@click.option("--max-memory", help="Recycle a process past this RSS (e.g. 512M).")
+@click.option("--drain-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Seconds to let in-flight jobs finish after SIGTERM.")
+@click.option("--child", is_flag=True, hidden=True)
+@click.pass_context
+def worker(ctx: click.Context, app_spec: str, queues: str | None, workers: int | None,
+           processes: int, burst: bool, max_jobs: int | None, max_memory: str | None,
+           drain_timeout: float, child: bool) -> None:
+    """Consume the app's Redis queues until SIGTERM (a second signal stops at once)."""
+    from csjd_core.cli import load_app  # noqa: PLC0415 - cli imports this module
+
+    app = load_app(app_spec)
+    memory_limit = parse_size(max_memory) if max_memory else None
+    dispatcher = distributed_dispatcher(app, queues, workers)
+    if not child and (processes > 1 or max_jobs or memory_limit):
+        argv = ["--log-level", ctx.obj.get("log_level", "INFO"), "worker", app_spec, "--child",
+                "--drain-timeout", str(drain_timeout)]
+        for flag, value in (("--queues", queues), ("--workers", workers),
+                            ("--max-jobs", max_jobs), ("--max-memory", max_memory)):
+            if value:
+                argv += [flag, str(value)]
+        if burst:
+            argv.append("--burst")
+        _banner(dispatcher, processes)
+        sys.exit(supervise(argv, processes, burst=burst))
+    if not child:
+        _banner(dispatcher, 1)
+    recycled = []
+
+    def should_stop() -> bool:
+        if max_jobs and dispatcher.metrics().processed >= max_jobs:
+            recycled.append(f"max_jobs={max_jobs}")
+        elif memory_limit and rss_bytes() > memory_limit:
+            recycled.append(f"max_memory={max_memory}")
+        return bool(recycled)
+
+    report = run_worker(dispatcher, burst=burst, drain_timeout=drain_timeout,
+                        should_stop=should_stop)
+    if recycled:
+        logger.info("recycling worker process reason=%s report=%s", recycled[0], report)
+        sys.exit(EXIT_RECYCLE)
+    sys.exit(0 if report.clean else 1)
+
+
+def _banner(dispatcher: RedisDistributedDispatcher, processes: int) -> None:
+    config = dispatcher.config
+    click.echo(
+        f"csjd worker: queues={','.join(config.queues)} processes={processes} "
+        f"workers={config.workers} group={config.group} redis={dispatcher.redis_config.display} "
+        f"types={','.join(dispatcher.registry.types()) or '-'}", err=True)
+
+
+@click.command()
+@click.argument("app_spec", metavar="APP")
+@click.option("--queues", help="Comma-separated queues (default: the app's).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stats(app_spec: str, queues: str | None, as_json: bool) -> None:
+    """Queue lengths, in flight, scheduled, dead letters, consumers, counters."""
+    from csjd_core.cli import load_app  # noqa: PLC0415
+
+    dispatcher = distributed_dispatcher(load_app(app_spec), queues)
+    try:
+        figures = dispatcher.stats()
+    except Exception as exc:
+        raise click.ClickException(f"cannot read stats: {exc}") from exc
+    if as_json:
+        click.echo(json.dumps(figures, indent=2, sort_keys=True))
+        return
+    for name, q in figures.items():
+        click.echo(f"queue {name}: stream={q['stream_length']} in_flight={q['in_flight']} "
+                   f"scheduled={q['scheduled']} unfinished={q['unfinished']} dead={q['dead']}")
+        counters = " ".join(f"{k}={v}" for k, v in sorted(q["counters"].items()))
+        click.echo(f"  counters: {counters or '-'}")
+        for c in q["consumers"]:
+            age = "expired" if c["heartbeat_age"] is None else f"{c['heartbeat_age']:.1f}s"
+            click.echo(f"  consumer {c['name']}: pending={c['pending']} idle={c['idle_ms']}ms "
+                       f"heartbeat={age}")
+
+
+@click.command()
+@click.argument("app_spec", metavar="APP")
+@click.option("--queues", help="Comma-separated queues (default: the app's).")
+def health(app_spec: str, queues: str | None) -> None:
+    """Exit 0 if every queue has a live worker (fresh heartbeat), 1 otherwise."""
+    from csjd_core.cli import load_app  # noqa: PLC0415
+
+    dispatcher = distributed_dispatcher(load_app(app_spec), queues)
+    try:
+        figures = dispatcher.stats()
+    except Exception as exc:
+        click.echo(f"unhealthy: cannot reach Redis: {exc}", err=True)
+        sys.exit(1)
+    dead_queues = [name for name, q in figures.items()
+                   if not any(c["heartbeat_age"] is not None for c in q["consumers"])]
+    for name, q in figures.items():
+        live = sum(1 for c in q["consumers"] if c["heartbeat_age"] is not None)
+        click.echo(f"queue {name}: {live} live worker(s)")
+    if dead_queues:
+        click.echo(f"unhealthy: no live worker for {', '.join(dead_queues)}", err=True)
+        sys.exit(1)
+
+
+@click.group()
+def dead() -> None:
+    """Dead letters: list, show, requeue, purge."""
+
+
+def _dead_dispatcher(app_spec: str) -> RedisDistributedDispatcher:
+    from csjd_core.cli import load_app  # noqa: PLC0415
+
+    return distributed_dispatcher(load_app(app_spec))
+
+
+@dead.command("list")
+@click.argument("app_spec", metavar="APP")
+@click.option("--queue", default=None, help="Queue (default: the app's default queue).")
+@click.option("--count", type=click.IntRange(1), default=50, show_default=True)
+def dead_list(app_spec: str, queue: str | None, count: int) -> None:
+    """List the oldest dead letters."""
+    for letter in _dead_dispatcher(app_spec).dead_letters(queue, count):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(letter.failed_at))
+        click.echo(f"{letter.entry_id}  {letter.job_id}  {letter.type}  attempts="
+                   f"{letter.attempts}  {when}Z  {letter.reason}: {letter.error[:120]}")
+
+
+@dead.command("show")
+@click.argument("app_spec", metavar="APP")
+@click.argument("entry_id")
+@click.option("--queue", default=None)
+def dead_show(app_spec: str, entry_id: str, queue: str | None) -> None:
+    """Show one dead letter with its traceback and payload."""
+    for letter in _dead_dispatcher(app_spec).dead_letters(queue, 100_000):
+        if letter.entry_id == entry_id:
+            click.echo(json.dumps(dataclasses.asdict(letter), indent=2))
+            return
+    raise click.ClickException(f"no dead letter {entry_id}")
+
+
+@dead.command("requeue")
+@click.argument("app_spec", metavar="APP")
+@click.argument("entry_ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Requeue every dead letter.")
+@click.option("--queue", default=None)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dead_requeue(app_spec: str, entry_ids: tuple[str, ...], everything: bool,
+                 queue: str | None, yes: bool) -> None:
+    """Put dead letters back on their queue (attempts reset)."""
+    dispatcher = _dead_dispatcher(app_spec)
+    ids = list(entry_ids)
+    if everything:
+        ids = [letter.entry_id for letter in dispatcher.dead_letters(queue, 1_000_000)]
+    if not ids:
+        raise click.UsageError("give dead-letter entry ids or --all")
+    if not yes:
+        click.confirm(f"requeue {len(ids)} dead letter(s)?", abort=True)
+    done = 0
+    for entry_id in ids:
+        try:
+            done += dispatcher.requeue_dead(entry_id, queue)
+        except CSJDError as exc:
+            click.echo(f"skipped {entry_id}: {exc}", err=True)
+    click.echo(f"requeued {done} of {len(ids)}")
+
+
+@dead.command("purge")
+@click.argument("app_spec", metavar="APP")
+@click.option("--queue", default=None)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dead_purge(app_spec: str, queue: str | None, yes: bool) -> None:
+    """Delete every dead letter of a queue."""
+    dispatcher = _dead_dispatcher(app_spec)
+    count = len(dispatcher.dead_letters(queue, 1_000_000))
+    if not yes:
+        click.confirm(f"delete {count} dead letter(s)?", abort=True)
+    click.echo(f"purged {dispatcher.purge_dead(queue)}")

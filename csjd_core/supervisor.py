@@ -1,0 +1,97 @@
+"""``csjd worker --processes N``: a supervisor that runs N worker child processes.
+
+Each child is a fresh interpreter (``python -m csjd_core.cli worker ... --child``), so it builds
+its dispatcher, connections and threads after the process starts: nothing is inherited from the
+supervisor. A child that dies is restarted (with backoff if it keeps dying); a child that exits
+with `EXIT_RECYCLE` (``--max-jobs`` / ``--max-memory`` reached, in-flight work finished) is
+replaced at once. The first SIGTERM/SIGINT is forwarded to every child (they drain); a second one
+kills them and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from types import FrameType
+
+from csjd_core.worker import EXIT_FORCED
+
+__all__ = ["EXIT_RECYCLE", "supervise"]
+
+logger = logging.getLogger("csjd_core.supervisor")
+
+#: A child's exit status when it recycles itself (max jobs or memory reached, drained).
+EXIT_RECYCLE = 4
+
+
+def supervise(child_argv: list[str], processes: int, *, burst: bool = False) -> int:
+    """Run ``processes`` children of ``child_argv`` until a signal (or, in burst mode, until all
+    children finished). Returns the exit status for the supervisor process."""
+    stop = threading.Event()
+    forced = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            forced.set()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    failures = dict.fromkeys(range(processes), 0)
+    not_before = dict.fromkeys(range(processes), 0.0)
+    finished: set[int] = set()
+
+    def spawn(slot: int) -> None:
+        env = dict(os.environ, CSJD_WORKER_SLOT=str(slot))
+        children[slot] = subprocess.Popen([sys.executable, "-m", "csjd_core.cli", *child_argv],
+                                          env=env)
+        logger.info("worker child started slot=%d pid=%d", slot, children[slot].pid)
+
+    for slot in range(processes):
+        spawn(slot)
+    signalled = False
+    while True:
+        if stop.is_set() and not signalled:
+            signalled = True
+            logger.info("stopping: draining %d worker children", len(children))
+            for child in children.values():
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+        if forced.is_set():
+            logger.warning("second signal: killing worker children")
+            for child in children.values():
+                if child.poll() is None:
+                    child.kill()
+            for child in children.values():
+                child.wait()
+            return EXIT_FORCED
+        for slot, child in list(children.items()):
+            code = child.poll()
+            if code is None:
+                continue
+            del children[slot]
+            if stop.is_set() or (burst and code == 0):
+                finished.add(slot)
+                continue
+            if code == EXIT_RECYCLE:
+                logger.info("worker child recycled slot=%d pid=%d", slot, child.pid)
+                failures[slot] = 0
+            else:
+                failures[slot] += 1
+                delay = min(30.0, 0.5 * 2 ** (failures[slot] - 1))
+                not_before[slot] = time.monotonic() + delay
+                logger.error("worker child died slot=%d pid=%d code=%s; restarting in %.1fs",
+                             slot, child.pid, code, delay)
+        for slot in range(processes):
+            if (slot not in children and slot not in finished and not stop.is_set()
+                    and time.monotonic() >= not_before[slot]):
+                spawn(slot)
+        if not children and (stop.is_set() or len(finished) == processes):
+            return 0
+        time.sleep(0.1)
