@@ -66,10 +66,11 @@ def app_from_settings(
         raise SettingsError("CSJD_MODE", f"must be one of {MODES}, got {mode!r}")
     config_kwargs: dict[str, Any] = {"hooks": hooks}
     distributed_kwargs: dict[str, Any] = {"hooks": hooks}
-    for key, value in values.items():
+    for key, raw in values.items():
         target, field = SETTINGS[key]
-        if key == "QUEUES" and isinstance(value, str):
-            value = tuple(q.strip() for q in value.split(",") if q.strip())
+        value = raw
+        if key == "QUEUES" and isinstance(raw, str):
+            value = tuple(q.strip() for q in raw.split(",") if q.strip())
         if target in ("config", "both"):
             config_kwargs[field] = value
         if target in ("distributed", "both"):

@@ -71,5 +71,7 @@ def test_bad_settings_are_clear_errors_naming_the_setting(settings: dict, named:
 
 
 def test_every_distributed_field_has_a_setting() -> None:
-    assert {"LEASE", "CLAIM_INTERVAL", "HEARTBEAT_INTERVAL", "MAX_DELIVERIES", "DEDUPE_WINDOW",
-            "MAX_PAYLOAD_BYTES", "PREFETCH", "STREAM", "GROUP", "CONSUMER", "QUEUES"} <= set(SETTINGS)
+    expected = {"LEASE", "CLAIM_INTERVAL", "HEARTBEAT_INTERVAL", "MAX_DELIVERIES",
+                "DEDUPE_WINDOW", "MAX_PAYLOAD_BYTES", "PREFETCH", "STREAM", "GROUP", "CONSUMER",
+                "QUEUES"}
+    assert expected <= set(SETTINGS)
