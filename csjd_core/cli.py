@@ -99,10 +99,13 @@ def demo(jobs: int, workers: int, store: str | None, slow: float) -> None:
 @click.option("--run", "run_app", metavar="APP",
               help="Run the stored jobs with the handlers of this App (module:attr).")
 @click.option("--export", is_flag=True, help="Print every unfinished job as a JSON line.")
+@click.option("--into-redis", "redis_app", metavar="APP",
+              help="Move the unfinished jobs into the Redis queues of this App (module:attr).")
 @click.option("--repair", is_flag=True,
               help="Open a log corrupted in the middle: keep a copy, cut it at the damage.")
-def replay(path: str, run_app: str | None, export: bool, repair: bool) -> None:
-    """List, export or run the unfinished jobs of a file store."""
+def replay(path: str, run_app: str | None, export: bool, redis_app: str | None,
+           repair: bool) -> None:
+    """List, export, run, or move into Redis the unfinished jobs of a file store."""
     if not os.path.exists(path) and not os.path.exists(path + ".log"):
         raise click.ClickException(f"no job store at {path} (nor {path}.log)")
     app = load_app(run_app) if run_app else None
@@ -111,6 +114,13 @@ def replay(path: str, run_app: str | None, export: bool, repair: bool) -> None:
         statuses = store.jobs()
     except CSJDError as exc:
         raise click.ClickException(str(exc)) from exc
+    if redis_app:
+        from csjd_core.cli_redis import move_into_redis  # noqa: PLC0415 - optional redis
+
+        moved, already = move_into_redis(store, load_app(redis_app))
+        store.close()
+        click.echo(f"moved {moved} jobs into Redis ({already} were already there)")
+        return
     if export:
         for status in statuses:
             job = store.job(status.id)

@@ -14,12 +14,14 @@ from typing import Any
 import click
 
 from csjd_core.app import App
+from csjd_core.backends.file import FileJobStore
 from csjd_core.distributed import RedisDistributedDispatcher
-from csjd_core.errors import CSJDError
+from csjd_core.errors import CSJDError, DuplicateJob
+from csjd_core.job import JobState
 from csjd_core.supervisor import EXIT_RECYCLE, supervise
 from csjd_core.worker import run_worker
 
-__all__ = ["dead", "health", "stats", "worker"]
+__all__ = ["dead", "health", "move_into_redis", "stats", "worker"]
 
 logger = logging.getLogger("csjd_core.worker")
 
@@ -68,6 +70,35 @@ def distributed_dispatcher(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     return RedisDistributedDispatcher(app.redis, config, registry=app.registry)
+
+
+def move_into_redis(store: FileJobStore, app: App, batch: int = 500) -> tuple[int, int]:
+    """Move a file store's unfinished jobs into ``app``'s Redis queues, each exactly once.
+
+    Ids are kept, so a re-run after an interruption meets `DuplicateJob` for jobs already moved
+    (unfinished in Redis, or finished within ``dedupe_window``) and only drops them from the
+    store. Each batch is folded into the store's snapshot (fsynced) before the next one.
+
+    Returns:
+        (moved now, found already in Redis).
+    """
+    dispatcher = distributed_dispatcher(app)
+    moved = already = 0
+    statuses = [s for s in store.jobs() if s.state is not JobState.RUNNING]
+    for start in range(0, len(statuses), batch):
+        done: list[str] = []
+        for status in statuses[start:start + batch]:
+            job = store.job(status.id)
+            try:
+                dispatcher.submit(job)
+                moved += 1
+            except DuplicateJob:
+                already += 1
+            done.append(job.id)
+        store.discard(done, "moved to Redis")
+        store.compact()
+    dispatcher.close()
+    return moved, already
 
 
 @click.command()

@@ -383,6 +383,27 @@ class MemoryBackend(Backend):
             if finished.get(old_id) is old:
                 finished.pop(old_id, None)
 
+    def discard(self, job_ids: Iterable[str], reason: str) -> int:
+        """Finish unfinished, not-running jobs without running them (moved elsewhere).
+
+        For a store that no dispatcher is consuming (``csjd replay --into-redis``).
+
+        Returns:
+            How many were discarded.
+        """
+        wanted = set(job_ids)
+        with self._lock:
+            gone = [e for i in wanted if (e := self._unfinished.get(i)) is not None
+                    and e.state is not _RUNNING]
+            for entry in gone:
+                entry.error = reason
+                self._finish(entry, _FAILED)
+            ids = {e.job.id for e in gone}
+            self._ready = deque(e for e in self._ready if e.job.id not in ids)
+            self._scheduled = [item for item in self._scheduled if item[2].job.id not in ids]
+            heapq.heapify(self._scheduled)
+        return len(gone)
+
     # -- queries ---------------------------------------------------------------------------
     def status(self, job_id: str, queue: str | None = None) -> JobStatus | None:
         """The job's status, or None if unknown or its result expired."""
