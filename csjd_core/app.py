@@ -265,6 +265,9 @@ class App:
         name: a label for logs.
     """
 
+    #: The class `job` wraps functions in; frameworks add methods (e.g. ``delay_on_commit``).
+    job_class: type[JobFunction[Any, Any]] = JobFunction
+
     def __init__(
         self,
         *,
@@ -278,7 +281,7 @@ class App:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "redis" and redis is None:
             raise ValueError("mode='redis' needs redis=RedisConfig(url=...)")
-        self.mode = mode
+        self.mode: Mode = mode
         self.config = config if config is not None else Config()
         self.redis = redis
         self.distributed = distributed if distributed is not None else DistributedConfig()
@@ -338,7 +341,7 @@ class App:
 
         def decorate(fn: Callable[..., Any]) -> JobFunction[Any, Any]:
             name = type or f"{fn.__module__}.{fn.__qualname__}"
-            wrapped: JobFunction[Any, Any] = JobFunction(
+            wrapped: JobFunction[Any, Any] = self.job_class(
                 self,
                 fn,
                 name,
@@ -356,6 +359,35 @@ class App:
     def register_handler(self, type: str, fn: HandlerFn) -> None:
         """Register a raw ``fn(ctx, job)`` handler."""
         self.registry.register(type, fn)
+
+    def configure(
+        self,
+        *,
+        mode: Mode | None = None,
+        config: Config | None = None,
+        redis: RedisConfig | None = None,
+        distributed: DistributedConfig | None = None,
+    ) -> None:
+        """Change the settings before the dispatcher is built (frameworks read their settings
+        after the job functions were decorated).
+
+        Raises:
+            CSJDError: this process's dispatcher already exists.
+            ValueError: an unknown mode, or Redis mode without ``redis``.
+        """
+        with self._lock:
+            if self._dispatcher is not None and self._pid == os.getpid():
+                raise CSJDError(f"{self!r} is running; configure it before the first enqueue")
+            mode = mode or self.mode
+            if mode not in MODES:
+                raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            redis = redis or self.redis
+            if mode == "redis" and redis is None:
+                raise ValueError("mode='redis' needs redis=RedisConfig(url=...)")
+            self.mode = mode
+            self.config = config or self.config
+            self.redis = redis
+            self.distributed = distributed or self.distributed
 
     # -- the dispatcher --------------------------------------------------------------------
     @property

@@ -125,6 +125,7 @@ class JobStatus:
     last_traceback: str | None = None
     result: Any = None
     worker_id: str | None = None
+    payload: Any = None
 
 
 def utc_from_timestamp(ts: float | None) -> datetime | None:

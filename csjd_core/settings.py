@@ -12,7 +12,7 @@ from csjd_core.backends.file import FileJobStore
 from csjd_core.config import Config, DistributedConfig, RedisConfig
 from csjd_core.errors import CSJDError
 
-__all__ = ["SETTINGS", "SettingsError", "app_from_settings"]
+__all__ = ["SETTINGS", "SettingsError", "app_from_settings", "app_options"]
 
 PREFIX = "CSJD_"
 
@@ -56,6 +56,16 @@ def app_from_settings(
     Raises:
         SettingsError: an unknown ``CSJD_*`` key, or a bad value, naming the setting.
     """
+    return App(name=name, **app_options(settings, hooks=hooks))
+
+
+def app_options(settings: Mapping[str, Any], *, hooks: tuple[object, ...] = ()) -> dict[str, Any]:
+    """The ``mode``/``config``/``redis``/``distributed`` arguments that ``CSJD_*`` settings give
+    (for `App` or `App.configure`).
+
+    Raises:
+        SettingsError: an unknown ``CSJD_*`` key, or a bad value, naming the setting.
+    """
     values = {k[len(PREFIX):]: v for k, v in settings.items() if k.startswith(PREFIX)}
     unknown = sorted(set(values) - set(SETTINGS))
     if unknown:
@@ -88,7 +98,7 @@ def app_from_settings(
         redis = RedisConfig.from_url(redis_url) if redis_url else None
     except (ValueError, TypeError) as exc:
         raise SettingsError(_setting_named(str(exc)), str(exc)) from exc
-    return App(mode=mode, config=config, redis=redis, distributed=distributed, name=name)
+    return {"mode": mode, "config": config, "redis": redis, "distributed": distributed}
 
 
 def _setting_named(message: str) -> str:

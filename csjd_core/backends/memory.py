@@ -88,6 +88,7 @@ class Entry:
             last_traceback=get("traceback"),
             result=get("result"),
             worker_id=get("worker_id"),
+            payload=self.job.payload,
         )
 
 
@@ -344,6 +345,9 @@ class MemoryBackend(Backend):
             entry = self._owns(delivery)
             if entry is None:
                 return False
+            # This attempt is over: a second outcome for the same delivery is stale (after
+            # succeed/fail the entry leaves `_unfinished`; here the entry stays, so fence it).
+            delivery.token = None
             entry.error = error.message
             entry.traceback = error.traceback
             entry.state = _SCHEDULED
