@@ -21,7 +21,7 @@ from csjd_core.job import JobState
 from csjd_core.supervisor import EXIT_RECYCLE, supervise
 from csjd_core.worker import run_worker
 
-__all__ = ["dead", "health", "move_into_redis", "stats", "worker"]
+__all__ = ["dead", "health", "move_into_redis", "serve", "stats", "worker"]
 
 logger = logging.getLogger("csjd_core.worker")
 
@@ -120,12 +120,45 @@ def worker(ctx: click.Context, app_spec: str, queues: str | None, workers: int |
     """Consume the app's Redis queues until SIGTERM (a second signal stops at once)."""
     from csjd_core.cli import load_app  # noqa: PLC0415 - cli imports this module
 
-    app = load_app(app_spec)
+    sys.exit(serve(
+        load_app(app_spec),
+        child_command=[sys.executable, "-m", "csjd_core.cli", "--log-level",
+                       ctx.obj.get("log_level", "INFO"), "worker", app_spec],
+        queues=queues, workers=workers, processes=processes, burst=burst, max_jobs=max_jobs,
+        max_memory=max_memory, drain_timeout=drain_timeout, child=child))
+
+
+def serve(
+    app: App,
+    *,
+    child_command: list[str],
+    queues: str | None = None,
+    workers: int | None = None,
+    processes: int = 1,
+    burst: bool = False,
+    max_jobs: int | None = None,
+    max_memory: str | None = None,
+    drain_timeout: float = 30.0,
+    child: bool = False,
+) -> int:
+    """Run workers for ``app``: in this process, or as ``processes`` supervised children.
+
+    Shared by ``csjd worker``, ``manage.py csjd_worker`` and ``flask csjd run``, which only
+    parse their options.
+
+    Args:
+        app: a Redis-mode `App` with its handlers registered.
+        child_command: the command that runs one worker (a child adds ``--child`` and the
+            options to it).
+
+    Returns:
+        The process exit status: 0 after a clean drain, `EXIT_RECYCLE` when a child recycled
+        itself, 1 if jobs were still running at the drain deadline.
+    """
     memory_limit = parse_size(max_memory) if max_memory else None
     dispatcher = distributed_dispatcher(app, queues, workers)
     if not child and (processes > 1 or max_jobs or memory_limit):
-        argv = ["--log-level", ctx.obj.get("log_level", "INFO"), "worker", app_spec, "--child",
-                "--drain-timeout", str(drain_timeout)]
+        argv = ["--child", "--drain-timeout", str(drain_timeout)]
         for flag, value in (("--queues", queues), ("--workers", workers),
                             ("--max-jobs", max_jobs), ("--max-memory", max_memory)):
             if value:
@@ -133,10 +166,10 @@ def worker(ctx: click.Context, app_spec: str, queues: str | None, workers: int |
         if burst:
             argv.append("--burst")
         _banner(dispatcher, processes)
-        sys.exit(supervise(argv, processes, burst=burst))
+        return supervise(argv, processes, burst=burst, command=child_command)
     if not child:
         _banner(dispatcher, 1)
-    recycled = []
+    recycled: list[str] = []
 
     def should_stop() -> bool:
         if max_jobs and dispatcher.metrics().processed >= max_jobs:
@@ -149,8 +182,8 @@ def worker(ctx: click.Context, app_spec: str, queues: str | None, workers: int |
                         should_stop=should_stop)
     if recycled:
         logger.info("recycling worker process reason=%s report=%s", recycled[0], report)
-        sys.exit(EXIT_RECYCLE)
-    sys.exit(0 if report.clean else 1)
+        return EXIT_RECYCLE
+    return 0 if report.clean else 1
 
 
 def _banner(dispatcher: RedisDistributedDispatcher, processes: int) -> None:

@@ -29,9 +29,26 @@ logger = logging.getLogger("csjd_core.supervisor")
 EXIT_RECYCLE = 4
 
 
-def supervise(child_argv: list[str], processes: int, *, burst: bool = False) -> int:
-    """Run ``processes`` children of ``child_argv`` until a signal (or, in burst mode, until all
-    children finished). Returns the exit status for the supervisor process."""
+def supervise(
+    child_argv: list[str],
+    processes: int,
+    *,
+    burst: bool = False,
+    command: list[str] | None = None,
+) -> int:
+    """Run ``processes`` children until a signal (or, in burst mode, until all finished).
+
+    Args:
+        child_argv: arguments of one child worker.
+        processes: how many children to keep running.
+        burst: children exit 0 when the queues are empty; do not restart them then.
+        command: the program the arguments follow (default ``python -m csjd_core.cli``;
+            Django passes ``python manage.py``).
+
+    Returns:
+        The exit status for the supervisor process.
+    """
+    program = command or [sys.executable, "-m", "csjd_core.cli"]
     stop = threading.Event()
     forced = threading.Event()
 
@@ -49,8 +66,7 @@ def supervise(child_argv: list[str], processes: int, *, burst: bool = False) -> 
 
     def spawn(slot: int) -> None:
         env = dict(os.environ, CSJD_WORKER_SLOT=str(slot))
-        children[slot] = subprocess.Popen([sys.executable, "-m", "csjd_core.cli", *child_argv],
-                                          env=env)
+        children[slot] = subprocess.Popen([*program, *child_argv], env=env)
         logger.info("worker child started slot=%d pid=%d", slot, children[slot].pid)
 
     for slot in range(processes):
