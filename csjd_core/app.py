@@ -290,7 +290,7 @@ class App:
         self.jobs: dict[str, JobFunction[Any, Any]] = {}
         self._dispatcher: BaseDispatcher | None = None
         self._pid = os.getpid()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _build may call configure (frameworks)
 
     # -- the decorator family --------------------------------------------------------------
     @overload
@@ -437,7 +437,9 @@ class App:
     def wait(self, timeout: float | timedelta | None = None) -> bool:
         """Block until every enqueued job finished (for tests). False on timeout."""
         dispatcher = self._dispatcher
-        return True if dispatcher is None else dispatcher.join(timeout)
+        if dispatcher is None or self._pid != os.getpid():
+            return True  # nothing enqueued here (a forked child has none of the parent's jobs)
+        return dispatcher.join(timeout)
 
     def stop(self, timeout: float | timedelta | None = None) -> None:
         """Stop this process's dispatcher (a later enqueue builds a new one)."""

@@ -1,0 +1,84 @@
+"""The project's CSJD `App`, configured from ``settings.CSJD_*`` on first use."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from django.db import transaction
+
+from csjd_core.app import App, JobFunction, JobHandle
+from csjd_core.engine.dispatcher import BaseDispatcher
+from csjd_core.errors import CSJDError
+
+__all__ = ["DjangoApp", "DjangoJobFunction"]
+
+logger = logging.getLogger("csjd_django")
+
+
+class DjangoJobFunction(JobFunction[Any, Any]):
+    """``@csjd.job`` functions: the core family plus transaction-aware enqueueing."""
+
+    def delay_on_commit(self, *args: Any, **kwargs: Any) -> JobHandle[Any]:
+        """Enqueue when the current transaction commits (at once outside a transaction);
+        nothing is enqueued if it rolls back."""
+        return self.apply_async_on_commit(args, kwargs)
+
+    def apply_async_on_commit(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        using: str | None = None,
+        **options: Any,
+    ) -> JobHandle[Any]:
+        """`apply_async` deferred to ``transaction.on_commit``.
+
+        The job is built and validated now (bad arguments fail here, inside the transaction);
+        it is admitted after the commit. If that admission fails (Redis down, queue full),
+        the error is logged with the job id — the transaction has committed and cannot be
+        undone, so the caller is no longer there to see an exception.
+        """
+        options.setdefault("job_id", uuid.uuid4().hex)
+        job = self.build_job(args, kwargs, **options)
+
+        def enqueue() -> None:
+            try:
+                self.app.enqueue(job)
+            except CSJDError:
+                logger.exception("enqueue after commit failed; job not enqueued id=%s type=%s",
+                                 job.id, job.type)
+
+        transaction.on_commit(enqueue, using=using, robust=True)
+        return JobHandle(self.app, job.id, job.queue)
+
+
+class DjangoApp(App):
+    """An `App` whose settings come from Django's, read when the dispatcher is first built."""
+
+    job_class = DjangoJobFunction
+
+    def __init__(self) -> None:
+        super().__init__(name="django")
+        self._configured = False
+
+    def configure_from_settings(self) -> None:
+        """Apply ``settings.CSJD_*`` (idempotent until the dispatcher exists)."""
+        from csjd_django.conf import options_from_settings  # noqa: PLC0415 - needs settings
+
+        self.configure(**options_from_settings())
+        self._configured = True
+
+    def reset(self, timeout: float | None = 5.0) -> None:
+        """Stop this process's dispatcher and forget the settings read (when a ``CSJD_*``
+        setting changes, e.g. under ``override_settings``)."""
+        self.stop(timeout)
+        with self._lock:
+            self._configured = False
+
+    def _build(self) -> BaseDispatcher:
+        if not self._configured:
+            self.configure_from_settings()
+        return super()._build()

@@ -1,0 +1,253 @@
+"""A backend for Django's Tasks framework that runs ``@task`` functions on CSJD.
+
+``TASKS = {"default": {"BACKEND": "csjd_django.backends.CSJDBackend",
+"QUEUES": ["default"], "OPTIONS": {"MAX_ATTEMPTS": 3, "TIMEOUT": 30}}}``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+import uuid
+from collections.abc import Iterable
+from inspect import iscoroutinefunction
+from typing import Any
+
+from django.core import checks
+from django.utils import timezone
+
+from csjd_core.context import JobContext
+from csjd_core.engine.dispatcher import JobNotFound
+from csjd_core.errors import InvalidJob, PermanentError
+from csjd_core.job import Job, JobState, JobStatus, check_json, timeout_seconds
+from csjd_django.compat import (
+    BaseTaskBackend,
+    InvalidTaskError,
+    Task,
+    TaskContext,
+    TaskError,
+    TaskResult,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    task_enqueued,
+    task_finished,
+    task_started,
+)
+
+__all__ = ["CSJDBackend", "CSJDTask"]
+
+TYPE_PREFIX = "django.tasks:"
+
+_STATUS = {
+    JobState.QUEUED: TaskResultStatus.READY,
+    JobState.SCHEDULED: TaskResultStatus.READY,
+    JobState.RUNNING: TaskResultStatus.RUNNING,
+    JobState.SUCCEEDED: TaskResultStatus.SUCCESSFUL,
+    JobState.FAILED: TaskResultStatus.FAILED,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CSJDTask(Task):  # type: ignore[misc]
+    """A Task with CSJD's options: ``@task(max_attempts=5, timeout=30)`` (Django 6.1 and the
+    backport forward extra ``@task`` options to the backend's ``task_class``)."""
+
+    max_attempts: int | None = None
+    timeout: float | None = None
+
+
+class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
+    """Django Tasks on CSJD: retries, timeouts, results, and ``csjd_worker`` to run them."""
+
+    task_class = CSJDTask
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = False
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        unknown = set(self.options) - {"MAX_ATTEMPTS", "TIMEOUT"}
+        if unknown:
+            raise InvalidTaskError(f"unknown OPTIONS for {alias!r}: {sorted(unknown)}; "
+                                   "known: MAX_ATTEMPTS, TIMEOUT")
+        self.max_attempts: int | None = self.options.get("MAX_ATTEMPTS")
+        self.timeout: float | None = timeout_seconds(self.options.get("TIMEOUT"))
+        self._tasks: dict[str, Task] = {}
+
+    @staticmethod
+    def job_type(task: Task) -> str:
+        """The CSJD job type of a task: its module path, behind a prefix."""
+        return TYPE_PREFIX + task.module_path
+
+    def validate_task(self, task: Task) -> None:
+        """Django's checks, plus CSJD's options; registers the task's handler (the allow-list
+        a worker uses: a job type never names code to import)."""
+        super().validate_task(task)
+        max_attempts = getattr(task, "max_attempts", None)
+        if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
+            raise InvalidTaskError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        timeout = getattr(task, "timeout", None)
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+            raise InvalidTaskError(f"timeout must be positive seconds, got {timeout!r}")
+        from csjd_django import app  # noqa: PLC0415 - csjd_django imports this lazily
+
+        job_type = self.job_type(task)
+        known = self._tasks.get(job_type)
+        if known is not None and known.func is not task.func:
+            raise InvalidTaskError(f"another task is registered as {task.module_path}")
+        if job_type not in app.registry:
+            app.register_handler(job_type, self._handler(job_type))
+        self._tasks.setdefault(job_type, task)
+
+    # -- producing -------------------------------------------------------------------------
+    def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
+        """Admit the task as a CSJD job and return its `TaskResult` (status READY)."""
+        from csjd_django import app  # noqa: PLC0415
+
+        self.validate_task(task)
+        args, kwargs = list(args), dict(kwargs)
+        try:
+            for index, value in enumerate(args):
+                check_json(value, f"argument {index} of task {task.name}")
+            for key, value in kwargs.items():
+                check_json(value, f"argument {key!r} of task {task.name}")
+        except InvalidJob as exc:
+            raise InvalidTaskError(str(exc)) from exc
+        job = Job(
+            uuid.uuid4().hex,
+            self.job_type(task),
+            {"args": args, "kwargs": kwargs},
+            max_attempts=getattr(task, "max_attempts", None) or self.max_attempts,
+            timeout=getattr(task, "timeout", None) or self.timeout,
+            run_at=task.run_after,
+            queue=task.queue_name,
+        )
+        app.enqueue(job)
+        result = self._result(task, job.id, args, kwargs)
+        object.__setattr__(result, "enqueued_at", timezone.now())
+        task_enqueued.send(type(self), task_result=result)
+        if app.mode == "immediate":  # it already ran: report what happened
+            return self.get_result(job.id)
+        return result
+
+    def get_result(self, result_id: str) -> TaskResult:
+        """The task's result, from CSJD's job status.
+
+        Raises:
+            TaskResultDoesNotExist: unknown id, expired result, or a task this process does not
+                define.
+        """
+        from csjd_django import app  # noqa: PLC0415
+
+        try:
+            status = app.status(result_id)
+        except JobNotFound as exc:
+            raise TaskResultDoesNotExist(result_id) from exc
+        task = self._tasks.get(status.type)
+        if task is None:
+            raise TaskResultDoesNotExist(f"{result_id} is not a task of backend {self.alias!r}")
+        payload = status.payload if isinstance(status.payload, dict) else {}
+        return self._from_status(task, status, payload)
+
+    def check(self, **kwargs: Any) -> Iterable[checks.CheckMessage]:
+        """The backend's system checks (the CSJD settings are checked by ``csjd.E001``)."""
+        if self.queues and not all(isinstance(q, str) and q for q in self.queues):
+            yield checks.Error(f"TASKS[{self.alias!r}]['QUEUES'] must be names",
+                               id="csjd.E010")
+
+    # -- results ---------------------------------------------------------------------------
+    def _result(self, task: Task, result_id: str, args: list[Any],
+                kwargs: dict[str, Any]) -> TaskResult:
+        return TaskResult(task=task, id=result_id, status=TaskResultStatus.READY,
+                          enqueued_at=None, started_at=None, last_attempted_at=None,
+                          finished_at=None, args=args, kwargs=kwargs, backend=self.alias,
+                          errors=[], worker_ids=[])
+
+    def _from_status(self, task: Task, status: JobStatus, payload: dict[str, Any]) -> TaskResult:
+        result = self._result(task, status.id, list(payload.get("args") or []),
+                              dict(payload.get("kwargs") or {}))
+        for name, value in (("status", _STATUS[status.state]),
+                            ("enqueued_at", status.enqueued_at),
+                            ("started_at", status.started_at),
+                            ("last_attempted_at", status.started_at),
+                            ("finished_at", status.finished_at)):
+            object.__setattr__(result, name, value)
+        if status.worker_id:
+            result.worker_ids.extend([status.worker_id] * max(1, status.attempts))
+        if status.last_error and status.state is JobState.FAILED:
+            result.errors.append(TaskError(
+                exception_class_path=_exception_path(status.last_traceback, status.last_error),
+                traceback=status.last_traceback or status.last_error))
+        if status.state is JobState.SUCCEEDED:
+            object.__setattr__(result, "_return_value", status.result)
+        return result
+
+    # -- running (in the worker) ------------------------------------------------------------
+    def _handler(self, job_type: str) -> Any:
+        backend = self
+
+        def prepare(ctx: JobContext, job: Job) -> tuple[Task, TaskResult, list[Any],
+                                                        dict[str, Any]]:
+            task = backend._tasks[job_type]
+            payload = job.payload if isinstance(job.payload, dict) else {}
+            args = list(payload.get("args") or [])
+            kwargs = dict(payload.get("kwargs") or {})
+            result = backend._result(task, job.id, args, kwargs)
+            now = timezone.now()
+            for name in ("started_at", "last_attempted_at"):
+                object.__setattr__(result, name, now)
+            object.__setattr__(result, "status", TaskResultStatus.RUNNING)
+            result.worker_ids.extend(["csjd"] * ctx.attempt)  # TaskContext.attempt counts these
+            task_started.send(type(backend), task_result=result)
+            if task.takes_context:
+                args.insert(0, TaskContext(task_result=result))
+            return task, result, args, kwargs
+
+        def finish(ctx: JobContext, job: Job, result: TaskResult, value: Any,
+                   error: BaseException | None) -> None:
+            object.__setattr__(result, "finished_at", timezone.now())
+            if error is None:
+                object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+                object.__setattr__(result, "_return_value", value)
+            else:
+                final = (isinstance(error, PermanentError)
+                         or ctx.attempt >= (job.max_attempts or ctx.attempt))
+                if not final:
+                    return  # retried: Django's model has no "retrying" state to report
+                object.__setattr__(result, "status", TaskResultStatus.FAILED)
+                result.errors.append(TaskError(
+                    exception_class_path=f"{type(error).__module__}.{type(error).__qualname__}",
+                    traceback="".join(traceback.format_exception(error))))
+            task_finished.send(type(backend), task_result=result)
+
+        def run(ctx: JobContext, job: Job) -> Any:
+            task, result, args, kwargs = prepare(ctx, job)
+            if iscoroutinefunction(task.func):
+                return run_async(ctx, job, task, result, args, kwargs)
+            try:
+                value = task.func(*args, **kwargs)
+            except BaseException as exc:
+                finish(ctx, job, result, None, exc)
+                raise
+            finish(ctx, job, result, value, None)
+            return value
+
+        async def run_async(ctx: JobContext, job: Job, task: Task, result: TaskResult,
+                            args: list[Any], kwargs: dict[str, Any]) -> Any:
+            try:
+                value = await task.func(*args, **kwargs)
+            except BaseException as exc:
+                finish(ctx, job, result, None, exc)
+                raise
+            finish(ctx, job, result, value, None)
+            return value
+
+        return run
+
+
+def _exception_path(traceback_text: str | None, error: str) -> str:
+    """``module.Class`` of the error from its traceback's last line (``pkg.Error: message``)."""
+    last = (traceback_text or "").strip().splitlines()[-1:] or [error]
+    name = last[0].split(":", 1)[0].strip()
+    return name if "." in name else f"builtins.{name}"

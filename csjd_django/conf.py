@@ -1,0 +1,28 @@
+"""Reading ``settings.CSJD_*`` (validated by system checks, applied on first use)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+from csjd_core.settings import app_options
+from csjd_django.hooks import CloseOldConnections
+
+__all__ = ["csjd_settings", "options_from_settings"]
+
+
+def csjd_settings() -> dict[str, Any]:
+    """Every ``CSJD_*`` name defined in the Django settings."""
+    return {name: getattr(settings, name) for name in dir(settings) if name.startswith("CSJD_")}
+
+
+def options_from_settings() -> dict[str, Any]:
+    """`App.configure` arguments from the settings, with Django's connection hook added.
+
+    Raises:
+        SettingsError: a bad or unknown ``CSJD_*`` setting (also reported by ``manage.py check``
+            as ``csjd.E001``).
+    """
+    hooks = (CloseOldConnections(),)
+    return app_options(csjd_settings(), hooks=hooks)

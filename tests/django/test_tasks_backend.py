@@ -1,0 +1,117 @@
+"""CSJDBackend: Django's Tasks framework on CSJD."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+import csjd_django as csjd
+from csjd_django.backends import CSJDBackend, CSJDTask
+from csjd_django.compat import (
+    InvalidTaskError,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    task_backends,
+    task_enqueued,
+    task_finished,
+    task_started,
+)
+from testapp import tasks
+
+pytestmark = pytest.mark.django_db
+
+
+def test_backend_is_configured_with_honest_capabilities() -> None:
+    backend = task_backends["default"]
+    assert isinstance(backend, CSJDBackend)
+    assert backend.supports_defer and backend.supports_get_result and backend.supports_async_task
+    assert not backend.supports_priority
+    assert isinstance(tasks.add, CSJDTask)
+
+
+def test_enqueue_runs_and_get_result_reports_it() -> None:
+    result = tasks.add.enqueue(2, 3)
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == 5
+    assert result.args == [2, 3]
+    assert result.enqueued_at is not None and result.finished_at is not None
+    again = tasks.add.get_result(result.id)
+    assert again.return_value == 5
+    assert again.worker_ids
+
+
+def test_errors_carry_the_exception_class_and_traceback() -> None:
+    result = tasks.explode.enqueue("kaboom")
+    assert result.status == TaskResultStatus.FAILED
+    [error] = result.errors
+    assert error.exception_class is ValueError
+    assert "kaboom" in error.traceback
+
+
+def test_context_and_async_tasks() -> None:
+    assert tasks.with_context.enqueue("hi").return_value == "hi:1"
+    assert tasks.async_double.enqueue(21).return_value == 42
+
+
+def test_aenqueue_and_aget_result() -> None:
+    async def go() -> Any:
+        result = await tasks.add.aenqueue(1, 1)
+        return await tasks.add.aget_result(result.id)
+
+    assert asyncio.run(go()).return_value == 2
+
+
+def test_signals_are_sent() -> None:
+    seen: list[str] = []
+
+    def on(signal_name: str) -> Any:
+        def receiver(sender: Any, task_result: Any, **kwargs: Any) -> None:
+            seen.append(f"{signal_name}:{task_result.status}")
+
+        return receiver
+
+    receivers = [(task_enqueued, on("enqueued")), (task_started, on("started")),
+                 (task_finished, on("finished"))]
+    for signal, receiver in receivers:
+        signal.connect(receiver)
+    try:
+        tasks.add.enqueue(1, 2)
+    finally:
+        for signal, receiver in receivers:
+            signal.disconnect(receiver)
+    assert "started:RUNNING" in seen
+    assert "finished:SUCCESSFUL" in seen
+    assert any(s.startswith("enqueued:") for s in seen)
+
+
+def test_validation_errors() -> None:
+    with pytest.raises(InvalidTaskError, match="not JSON"):
+        tasks.add.enqueue(object(), 1)
+    with pytest.raises(InvalidTaskError):
+        tasks.add.using(priority=10)
+    with pytest.raises(InvalidTaskError):
+        tasks.add.using(run_after=timezone.now().replace(tzinfo=None))
+
+
+def test_unknown_result_id() -> None:
+    with pytest.raises(TaskResultDoesNotExist):
+        tasks.add.get_result("no-such-id")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_run_after_is_honoured_in_process() -> None:
+    with override_settings(CSJD_MODE="inprocess"):
+        result = tasks.add.using(run_after=timezone.now() + timedelta(seconds=30)).enqueue(1, 2)
+        assert result.status == TaskResultStatus.READY
+        assert tasks.add.get_result(result.id).status == TaskResultStatus.READY
+        assert csjd.app.status(result.id).state == "scheduled"
+
+
+def test_retries_come_from_backend_options() -> None:
+    result = tasks.explode.enqueue("again")
+    assert csjd.app.status(result.id).attempts == 2  # OPTIONS MAX_ATTEMPTS

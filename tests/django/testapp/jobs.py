@@ -1,0 +1,32 @@
+"""Job functions of the test app (autodiscovered by csjd_django)."""
+
+from __future__ import annotations
+
+from django.core import mail
+
+import csjd_django as csjd
+from csjd_core import JobContext, permanent
+from testapp.models import Order, Receipt
+
+CALLS: list[str] = []
+
+
+@csjd.job("email.receipt", max_attempts=3)
+def send_receipt(order_id: int) -> str:
+    order = Order.objects.get(pk=order_id)
+    mail.send_mail(f"Receipt {order.number}", "Thanks!", "shop@example.com", [order.customer])
+    Receipt.objects.create(order=order, sent_by="csjd")
+    return order.number
+
+
+@csjd.job("flaky", max_attempts=3, takes_context=True)
+def flaky(ctx: JobContext, fail_times: int) -> int:
+    CALLS.append(f"flaky:{ctx.attempt}")
+    if ctx.attempt <= fail_times:
+        raise RuntimeError(f"attempt {ctx.attempt} failed")
+    return ctx.attempt
+
+
+@csjd.job("always.fails", max_attempts=2)
+def always_fails() -> None:
+    raise permanent(ValueError("bad input <script>alert(1)</script>"))

@@ -1,0 +1,71 @@
+"""Settings of the Django project the csjd_django tests run against."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+SECRET_KEY = "csjd-tests-not-secret"
+DEBUG = False
+USE_TZ = True
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "testproject.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "csjd_django",
+    "testapp",
+]
+if importlib.util.find_spec("django.tasks") is None:  # Django 5.2: the backport
+    INSTALLED_APPS.insert(0, "django_tasks")
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "DIRS": [],
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": [
+        "django.template.context_processors.request",
+        "django.contrib.auth.context_processors.auth",
+        "django.contrib.messages.context_processors.messages",
+    ]},
+}]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("CSJD_TEST_DB", ":memory:"),
+        "TEST": {"NAME": os.environ.get("CSJD_TEST_DB") or None},
+    }
+}
+
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+STATIC_URL = "/static/"
+
+CSJD_MODE = os.environ.get("CSJD_TEST_MODE", "immediate")
+if os.environ.get("CSJD_TEST_REDIS_URL"):
+    CSJD_REDIS_URL = os.environ["CSJD_TEST_REDIS_URL"]
+    CSJD_LEASE = 2.0
+    CSJD_HEARTBEAT_INTERVAL = 0.3
+    CSJD_CLAIM_INTERVAL = 0.3
+    CSJD_BLOCK = 0.2
+CSJD_RETRY = {"base_delay": 0.001, "max_delay": 0.01}
+
+TASKS = {
+    "default": {
+        "BACKEND": "csjd_django.backends.CSJDBackend",
+        "OPTIONS": {"MAX_ATTEMPTS": 2},
+    }
+}
