@@ -9,16 +9,49 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from csjd_core.engine.dispatcher import BaseDispatcher
+from csjd_core.hooks import Hooks
 from csjd_core.metrics import StopReport
 
-__all__ = ["EXIT_FORCED", "run_worker"]
+if TYPE_CHECKING:
+    from csjd_core.context import JobContext
+    from csjd_core.job import Job
+
+__all__ = ["EXIT_FORCED", "InFlight", "run_worker"]
 
 logger = logging.getLogger("csjd_core.worker")
 
 #: Exit status after a second SIGTERM/SIGINT stopped the worker without draining.
 EXIT_FORCED = 3
+
+#: Seconds between two checks of ``should_stop`` (and of an empty queue in burst mode).
+_POLL = 0.1
+
+
+class InFlight(Hooks):
+    """Counts the attempts running in this process, for the progress line.
+
+    Add it to the dispatcher's hooks. (A handler detached after its timeout is not counted
+    down: its attempt ended for the engine, but its thread still runs.)
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+
+    def before_process(self, job: Job, ctx: JobContext) -> None:
+        with self._lock:
+            self._running += 1
+
+    def after_process(self, job: Job, result: Any, error: BaseException | None) -> None:
+        with self._lock:
+            self._running -= 1
+
+    def __call__(self) -> int:
+        """Attempts running now."""
+        return max(0, self._running)
 
 
 def run_worker(
@@ -28,6 +61,7 @@ def run_worker(
     drain_timeout: float | None = 30.0,
     install_signals: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    in_flight: Callable[[], int] | None = None,
 ) -> StopReport:
     """Start ``dispatcher`` and block until told to stop, then drain.
 
@@ -41,7 +75,8 @@ def run_worker(
         burst: return once nothing is left to do (no unfinished job in the backend).
         drain_timeout: seconds to wait for in-flight jobs when stopping.
         install_signals: install the SIGTERM/SIGINT handlers (main thread only).
-        should_stop: polled once a second; True stops like a signal (``--max-jobs`` etc).
+        should_stop: polled ten times a second; True stops like a signal (``--max-jobs``).
+        in_flight: how many attempts run now (an `InFlight` hook), for the progress line.
 
     Returns:
         The dispatcher's `StopReport`.
@@ -56,13 +91,28 @@ def run_worker(
                 os._exit(EXIT_FORCED)
             stop.set()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _serve(dispatcher, stop, burst, drain_timeout, should_stop, in_flight)
+    finally:
+        if install_signals:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _serve(
+    dispatcher: BaseDispatcher,
+    stop: threading.Event,
+    burst: bool,
+    drain_timeout: float | None,
+    should_stop: Callable[[], bool] | None,
+    in_flight: Callable[[], int] | None,
+) -> StopReport:
     dispatcher.start()
     last = dispatcher.metrics()
     last_at = time.monotonic()
-    while not stop.wait(0.05 if burst else 1.0):
-        if burst and dispatcher.pending() == 0:
+    while not stop.wait(_POLL):
+        if burst and _queues_empty(dispatcher):
             break
         if should_stop is not None and should_stop():
             break
@@ -70,10 +120,12 @@ def run_worker(
         if now - last_at >= 1.0:
             current = dispatcher.metrics()
             done = current.processed - last.processed
-            if done:
+            running = in_flight() if in_flight is not None else 0
+            if done or running:  # busy: one line a second; idle: silence
                 logger.info(
-                    "progress jobs_per_s=%.0f retries=%d failures=%d panics=%d",
+                    "progress jobs_per_s=%.0f in_flight=%d retries=%d failures=%d panics=%d",
                     done / (now - last_at),
+                    running,
                     current.retried - last.retried,
                     current.failed - last.failed,
                     current.panics - last.panics,
@@ -84,3 +136,12 @@ def run_worker(
     report = dispatcher.stop(drain_timeout)
     logger.info("worker stopped report=%s", report)
     return report
+
+
+def _queues_empty(dispatcher: BaseDispatcher) -> bool:
+    try:
+        return dispatcher.pending() == 0
+    except Exception as exc:  # Redis unreachable for a moment: not a reason to crash
+        # The backend logs the outage (with backoff); a line per poll would only add noise.
+        logger.debug("cannot count unfinished jobs; burst mode keeps waiting error=%s", exc)
+        return False

@@ -65,11 +65,13 @@ class DjangoApp(App):
         self._configured = False
 
     def configure_from_settings(self) -> None:
-        """Apply ``settings.CSJD_*`` (idempotent until the dispatcher exists)."""
+        """Apply ``settings.CSJD_*`` once (until `reset`)."""
         from csjd_django.conf import options_from_settings  # noqa: PLC0415 - needs settings
 
-        self.configure(**options_from_settings())
-        self._configured = True
+        with self._lock:
+            if not self._configured:
+                self.configure(**options_from_settings())
+                self._configured = True
 
     def reset(self, timeout: float | None = 5.0) -> None:
         """Stop this process's dispatcher and forget the settings read (when a ``CSJD_*``

@@ -1,0 +1,84 @@
+"""manage.py csjd_worker / csjd_stats / csjd_dead / csjd_replay and the system checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import override_settings
+
+import csjd_django as csjd
+from csjd_core import FileJobStore, Job, JobState
+from csjd_django.checks import check_settings
+from testapp import jobs, tasks
+from testapp.models import Order, Receipt
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def redis_mode(redis_url: str, redis_client: object) -> Iterator[str]:
+    with override_settings(CSJD_MODE="redis", CSJD_REDIS_URL=redis_url, CSJD_BLOCK=0.2,
+                           CSJD_HEARTBEAT_INTERVAL=0.3, CSJD_CLAIM_INTERVAL=0.3, CSJD_LEASE=2.0):
+        yield redis_url
+
+
+def test_worker_burst_runs_jobs_and_tasks_enqueued_to_redis(
+    redis_mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    order = Order.objects.create(number="R-1", customer="bob@example.com")
+    handle = jobs.send_receipt.delay(order.pk)
+    task_result = tasks.add.enqueue(20, 22)
+    assert handle.status().state is JobState.QUEUED  # a web process only produces
+    call_command("csjd_worker", "--burst", "--workers", "2")
+    assert handle.status().state is JobState.SUCCEEDED
+    assert Receipt.objects.filter(order=order).count() == 1
+    assert tasks.add.get_result(task_result.id).return_value == 42
+    assert "csjd worker: queues=default" in capsys.readouterr().err
+
+
+def test_stats_and_dead_commands(redis_mode: str, capsys: pytest.CaptureFixture[str]) -> None:
+    jobs.always_fails.delay()
+    call_command("csjd_worker", "--burst")
+    capsys.readouterr()
+    call_command("csjd_stats")
+    assert "dead=1" in capsys.readouterr().out
+    call_command("csjd_dead", "list")
+    listing = capsys.readouterr().out
+    assert "always.fails" not in listing or "bad input" in listing
+    entry_id = listing.split()[0]
+    call_command("csjd_dead", "requeue", entry_id, "--yes")
+    assert "requeued 1 of 1" in capsys.readouterr().out
+    call_command("csjd_dead", "purge", "--yes")
+
+
+def test_worker_refuses_inprocess_mode() -> None:
+    with override_settings(CSJD_MODE="inprocess"), pytest.raises(CommandError, match="Redis"):
+        call_command("csjd_worker", "--burst")
+
+
+def test_replay_lists_a_store(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    path = f"{tmp_path}/jobs.json"
+    with FileJobStore(path) as store:
+        store.enqueue([Job("j1", "flaky", {"args": [0], "kwargs": {}})])
+    call_command("csjd_replay", path)
+    assert "1 unfinished jobs" in capsys.readouterr().out
+    with override_settings(CSJD_MODE="inprocess"):
+        call_command("csjd_replay", path, "--run")
+    assert "1 succeeded" in capsys.readouterr().out
+
+
+def test_checks_report_bad_settings_with_ids() -> None:
+    with override_settings(CSJD_WORKERS=0):
+        [error] = check_settings()
+        assert error.id == "csjd.E001"
+        assert "CSJD_WORKERS" in error.msg
+    with override_settings(CSJD_WORKRS=2):
+        assert check_settings()[0].id == "csjd.E002"
+    with override_settings(CSJD_MODE="inprocess"):
+        assert [m.id for m in check_settings()] == ["csjd.W001"]
+    with override_settings(CSJD_MODE="immediate"):
+        assert check_settings() == []
+    assert csjd.app.mode in ("immediate", "inprocess", "redis")
