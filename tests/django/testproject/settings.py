@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import django
+
 SECRET_KEY = "csjd-tests-not-secret"
 DEBUG = False
 USE_TZ = True
@@ -51,8 +53,10 @@ DATABASES = {
     }
 }
 
-EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 STATIC_URL = "/static/"
+
+if django.VERSION >= (6, 1):  # Django 6.1 replaced EMAIL_BACKEND with MAILERS
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
 
 CSJD_MODE = os.environ.get("CSJD_TEST_MODE", "immediate")
 if os.environ.get("CSJD_TEST_REDIS_URL"):
