@@ -1,11 +1,13 @@
 """CSJD: reliability-first background jobs for Python web applications."""
 
+from typing import TYPE_CHECKING, Any
+
 from csjd_core.app import App, JobFailed, JobFunction, JobHandle
 from csjd_core.backends.base import Backend
 from csjd_core.backends.file import FileJobStore
 from csjd_core.batch import AsyncBatchLoader, BatchLoader
 from csjd_core.cache import CacheStats, TTLCache
-from csjd_core.config import Config
+from csjd_core.config import Config, DistributedConfig, RedisConfig
 from csjd_core.context import JobContext
 from csjd_core.dispatcher import Dispatcher
 from csjd_core.engine.dispatcher import JobNotFound
@@ -29,6 +31,9 @@ from csjd_core.job import Job, JobState, JobStatus
 from csjd_core.metrics import MetricsSnapshot, StopReport
 from csjd_core.retry import RetryPolicy
 
+if TYPE_CHECKING:
+    from csjd_core.distributed import RedisDistributedDispatcher
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -42,6 +47,7 @@ __all__ = [
     "Config",
     "Dispatcher",
     "DispatcherClosed",
+    "DistributedConfig",
     "DuplicateJob",
     "FileJobStore",
     "Hooks",
@@ -59,6 +65,8 @@ __all__ = [
     "MetricsSnapshot",
     "PermanentError",
     "QueueFull",
+    "RedisConfig",
+    "RedisDistributedDispatcher",
     "RetryPolicy",
     "StopReport",
     "StoreCorrupted",
@@ -67,3 +75,12 @@ __all__ = [
     "UnknownJobType",
     "permanent",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The distributed dispatcher imports redis, an optional extra: load it on first use.
+    if name == "RedisDistributedDispatcher":
+        from csjd_core.distributed import RedisDistributedDispatcher  # noqa: PLC0415
+
+        return RedisDistributedDispatcher
+    raise AttributeError(f"module 'csjd_core' has no attribute {name!r}")

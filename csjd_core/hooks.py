@@ -85,5 +85,5 @@ class HookRunner:
         for method in self._calls.get(name, ()):
             try:
                 method(*args)
-            except Exception:
+            except BaseException:  # even SystemExit: a hook must never kill a worker
                 logger.exception("hook failed hook=%r method=%s", method, name)

@@ -197,6 +197,8 @@ class MemoryBackend(Backend):
         """Make reserved entries visible: ready now, or scheduled for ``run_at`` (lock held)."""
         ready = self._ready
         woken = 0
+        scheduled = self._scheduled
+        earliest = scheduled[0][0] if scheduled else None
         for entry in entries:
             run_at = entry.job.run_at
             if run_at is not None:
@@ -205,11 +207,16 @@ class MemoryBackend(Backend):
                     entry.state = _SCHEDULED
                     entry.run_at = when
                     entry.due = time.monotonic() + (when - now)
-                    heapq.heappush(self._scheduled, (entry.due, next(self._seq), entry))
+                    heapq.heappush(scheduled, (entry.due, next(self._seq), entry))
                     continue
             ready.append(entry)
             woken += 1
-        if self._waiters and woken:
+        if not self._waiters:
+            return
+        if scheduled and (earliest is None or scheduled[0][0] < earliest):
+            # A new earliest due time: blocked fetches sized their wait without it.
+            self._cond.notify_all()
+        elif woken:
             self._cond.notify(woken)
 
     def restore(self, entries: Iterable[Entry]) -> int:
@@ -365,11 +372,15 @@ class MemoryBackend(Backend):
         entry.state = state
         entry.finished_at = now = time.time()
         job_id = entry.job.id
-        self._unfinished.pop(job_id, None)
         if self._logs:
             self._persist_finished(entry)
-        if self._max_results and self._result_ttl:
+        keep = self._max_results and self._result_ttl
+        if keep:
+            # Visible as finished before it stops being unfinished: a lock-free succeed runs
+            # beside status(), which must never find the job in neither map.
             self._finished[job_id] = entry
+        self._unfinished.pop(job_id, None)
+        if keep:
             order = self._finished_order
             order.append((now + self._result_ttl, job_id, entry))
             if (order[0][0] <= now or len(order) > self._max_results) and (

@@ -74,6 +74,7 @@ class BaseDispatcher:
             worker_id=self._engine.worker_prefix,
         )
         self._lifecycle = threading.Lock()
+        self._stopping = threading.Lock()
         self._opened = False
         self._started = False
         self._closed = False
@@ -181,12 +182,17 @@ class BaseDispatcher:
                 self._ensure_open()
             if hooks.active:
                 hooks.call("before_enqueue", job)
-            self._backend.enqueue((job,))
+            # Counted before workers can see the job, so no snapshot shows it finished but not
+            # accepted; taken back if admission fails.
+            next(counters.accepted)
             accepted = True
+            self._backend.enqueue((job,))
+        except BaseException:
+            if accepted:
+                counters.add(counters.accepted, -1)
+            raise
         finally:
             next(counters.submitted)
-            if accepted:
-                next(counters.accepted)
         if hooks.active:
             hooks.call("after_enqueue", job)
 
@@ -214,13 +220,16 @@ class BaseDispatcher:
             if hooks.active:
                 for job in batch:
                     hooks.call("before_enqueue", job)
+            counters.add(counters.accepted, len(batch))
+            accepted = True
             if batch:
                 self._backend.enqueue(batch)
-            accepted = True
+        except BaseException:
+            if accepted:
+                counters.add(counters.accepted, -len(batch))
+            raise
         finally:
             counters.add(counters.submitted, len(batch))
-            if accepted:
-                counters.add(counters.accepted, len(batch))
         if hooks.active:
             for job in batch:
                 hooks.call("after_enqueue", job)
@@ -273,9 +282,14 @@ class BaseDispatcher:
             A `StopReport`; never raises because work was left.
         """
         limit = None if timeout is None else seconds(timeout, "timeout")
+        # One shutdown: a concurrent caller waits for it and gets the same report.
+        with self._stopping:
+            if self._stop_report is None:
+                self._stop_report = self._shutdown(limit)
+            return self._stop_report
+
+    def _shutdown(self, limit: float | None) -> StopReport:
         with self._lifecycle:
-            if self._stop_report is not None:
-                return self._stop_report
             self._closed = True
             started, opened = self._started, self._opened
         before = self._counters.snapshot().processed
@@ -307,5 +321,4 @@ class BaseDispatcher:
             still_running=still_running,
             timed_out=timed_out,
         )
-        self._stop_report = report
         return report

@@ -39,12 +39,13 @@ def format_traceback(exc: BaseException) -> str:
 class Worker:
     """One worker thread's state. A detached worker's thread exits after its handler."""
 
-    __slots__ = ("detached", "id", "loop", "slot", "tally", "thread")
+    __slots__ = ("busy", "detached", "id", "loop", "slot", "tally", "thread")
 
     def __init__(self, slot: int, worker_id: str, tally: Tally) -> None:
         self.slot = slot
         self.id = worker_id
         self.tally = tally
+        self.busy = False  # between fetching a delivery and counting its outcome
         self.detached = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
@@ -103,6 +104,9 @@ class Engine:
         self._generation = 0
         self._stopping = False  # drain: fetch only what is ready, then exit
         self._halt = False  # deadline passed: exit after the current attempt
+        # Orders detach spawns against stop: once `_stopping` is set under it, no new worker
+        # appears, and a worker spawned before is started before stop() can join it.
+        self._spawn_lock = threading.Lock()
         self._idle_cond = threading.Condition()
         self._joiners = 0
 
@@ -130,13 +134,15 @@ class Engine:
 
     def begin_stop(self) -> None:
         """Stop fetching new work once the ready queue is empty."""
-        self._stopping = True
+        with self._spawn_lock:
+            self._stopping = True
         self.backend.wake()
 
     def halt(self) -> None:
         """Stop fetching at once; running attempts finish on their own."""
-        self._stopping = True
-        self._halt = True
+        with self._spawn_lock:
+            self._stopping = True
+            self._halt = True
         self.backend.wake()
 
     def join_workers(self, deadline: float | None) -> int:
@@ -150,12 +156,16 @@ class Engine:
         return sum(1 for w in self._workers if w.thread is not None and w.thread.is_alive())
 
     def wait_idle(self, timeout: float | None) -> bool:
-        """Block until the backend has no unfinished job; False on timeout."""
+        """Block until the backend has no unfinished job and every outcome is counted.
+
+        Returns:
+            False if ``timeout`` seconds passed first.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle_cond:
             self._joiners += 1
             try:
-                while self.backend.pending():
+                while self.backend.pending() or self._any_busy():
                     remaining = 0.05 if deadline is None else deadline - time.monotonic()
                     if remaining <= 0:
                         return False
@@ -177,7 +187,13 @@ class Engine:
                     if self._stopping:
                         break
                     continue
-                self.run_attempt(delivery, worker)
+                worker.busy = True
+                try:
+                    self.run_attempt(delivery, worker)
+                finally:
+                    worker.busy = False
+                if self._joiners:
+                    self._notify_idle()
                 if worker.detached:
                     break
         finally:
@@ -230,6 +246,8 @@ class Engine:
                     result = worker.run_coroutine(result, attempt)
         except BaseException as exc:
             error = exc
+        if hooks.active:  # every before_process gets its after_process, detached or not
+            hooks.call("after_process", job, result, error)
         if attempt is not None:
             attempt.done = True
             with self.counters.lock:
@@ -242,8 +260,6 @@ class Engine:
                     )
                     return
                 attempt.settled = True
-        if hooks.active:
-            hooks.call("after_process", job, result, error)
         if error is None and not ctx.timed_out:
             if result is not None:
                 try:
@@ -341,8 +357,11 @@ class Engine:
         if self._joiners:
             self._notify_idle()
 
+    def _any_busy(self) -> bool:
+        return any(w.busy and not w.detached for w in list(self._workers))
+
     def _notify_idle(self) -> None:
-        if not self.backend.pending():
+        if not self.backend.pending() and not self._any_busy():
             with self._idle_cond:
                 self._idle_cond.notify_all()
 
@@ -368,10 +387,12 @@ class Engine:
             if self.live_detached >= self.max_detached:
                 return True
             attempt.settled = True
+            # Under the same lock as `settled`: a handler returning right now must find its
+            # worker detached, or that worker would go on to take the next job.
+            worker = attempt.worker
+            worker.detached = True
             self.live_detached += 1
             self.counters.detached += 1
-        worker = attempt.worker
-        worker.detached = True
         job = attempt.delivery.job
         logger.warning(
             "handler ignored its timeout; detached id=%s type=%s attempt=%d worker=%s",
@@ -380,8 +401,9 @@ class Engine:
             attempt.delivery.attempt,
             worker.id,
         )
-        if not self._stopping:
-            self._spawn(worker.slot)
+        with self._spawn_lock:
+            if not self._stopping:
+                self._spawn(worker.slot)
         self._record_failure(
             attempt.delivery,
             AttemptError(

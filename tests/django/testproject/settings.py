@@ -20,6 +20,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",  # the admin's CSS in the browser test (live_server serves it)
     "csjd_django",
     "testapp",
 ]
@@ -54,6 +55,8 @@ DATABASES = {
 }
 
 STATIC_URL = "/static/"
+# Fast hashing for the test users (Django's testing advice); never in a real project.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 if django.VERSION >= (6, 1):  # Django 6.1 replaced EMAIL_BACKEND with MAILERS
     MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}

@@ -1,0 +1,393 @@
+"""The admin dashboard's views: figures, the throughput chart, dead letters and their actions.
+
+Wired into the admin by `csjd_django.admin.DashboardAdmin` (its URLs, the login redirect, CSRF
+protection and the permission checks). Everything shown passes through template autoescaping or
+`format_html`; job payloads are shown only on request (``?payload=1``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+
+from csjd_core.errors import CSJDError, DuplicateJob, InvalidJob
+from csjd_core.settings import SettingsError
+from csjd_django.throughput import Sample, ThroughputSamples, throughput_svg
+
+if TYPE_CHECKING:
+    from csjd_core.distributed import DeadLetter, RedisDistributedDispatcher
+    from csjd_django.admin import DashboardAdmin
+
+__all__ = [
+    "DEAD_LETTER_LIMIT",
+    "collect_figures",
+    "dashboard",
+    "dead_letter_action",
+    "delete_dead_letter",
+    "throughput_samples",
+]
+
+logger = logging.getLogger("csjd_django.admin")
+
+#: Dead letters listed per queue (the oldest first, as Redis keeps them).
+DEAD_LETTER_LIMIT = 50
+#: Auto-refresh periods the page offers (seconds).
+REFRESH_CHOICES = (5, 15, 60)
+
+#: This web process's samples of the counters, for the throughput chart.
+throughput_samples = ThroughputSamples()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """One Redis queue's figures."""
+
+    name: str
+    length: int
+    waiting: int
+    in_flight: int
+    scheduled: int
+    unfinished: int
+    dead: int
+    processed: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerRow:
+    """One consumer of a queue's group."""
+
+    queue: str
+    name: str
+    pending: int
+    idle: float
+    heartbeat_age: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    """One dead letter as the page shows it (``payload`` only when asked for)."""
+
+    queue: str
+    entry_id: str
+    job_id: str
+    type: str
+    error: str
+    reason: str
+    attempts: int
+    failed_at: datetime | None
+    traceback: str
+    payload: str | None
+
+
+@dataclass
+class Figures:
+    """Everything the dashboard shows."""
+
+    mode: str
+    scope: str
+    metrics: Any = None
+    cluster: dict[str, int] | None = None
+    queues: list[QueueRow] = field(default_factory=list)
+    consumers: list[ConsumerRow] = field(default_factory=list)
+    dead_letters: list[DeadLetterRow] = field(default_factory=list)
+    dead_total: int = 0
+    started: bool = False
+    unfinished: int | None = None
+    workers: int | None = None
+    store: str | None = None
+    chart: Any = None
+    error: str | None = None
+
+
+# -- figures -------------------------------------------------------------------------------
+def collect_figures(*, show_payload: bool = False) -> Figures:
+    """Read this project's figures now (and record a throughput sample).
+
+    Never raises for an unreachable Redis or bad settings: the page shows the error instead.
+    """
+    from csjd_django import app  # noqa: PLC0415 - the app module imports settings lazily
+
+    try:
+        app.configure_from_settings()
+        dispatcher = app.dispatcher
+    except (SettingsError, CSJDError, ValueError) as exc:
+        return Figures(mode="?", scope="", error=f"CSJD settings are invalid: {exc}")
+    pid = os.getpid()
+    if app.mode == "redis":
+        return _redis_figures(dispatcher, show_payload=show_payload)  # type: ignore[arg-type]
+    if app.mode == "immediate":
+        scope = (
+            f"Immediate mode: jobs run when they are enqueued, in the caller's thread "
+            f"(tests and development). These are this process's figures (pid {pid})."
+        )
+    else:
+        scope = (
+            f"In-process mode: these are the figures of this web process only (pid {pid}). "
+            "Each web process runs its own workers and keeps its own counters; jobs of "
+            "other processes are not shown here."
+        )
+    metrics = dispatcher.metrics()
+    started = dispatcher.started
+    store = app.config.store
+    figures = Figures(
+        mode=app.mode,
+        scope=scope,
+        metrics=metrics,
+        started=started,
+        unfinished=dispatcher.pending() if started else None,
+        workers=app.config.workers if app.mode == "inprocess" else None,
+        store=str(getattr(store, "path", store)) if store is not None else None,
+    )
+    source = f"{app.mode} pid={pid} dispatcher={id(dispatcher)}"
+    figures.chart = _chart(source, metrics.processed, metrics.failed)
+    return figures
+
+
+def _redis_figures(dispatcher: RedisDistributedDispatcher, *, show_payload: bool) -> Figures:
+    import redis  # noqa: PLC0415 - Redis mode only
+
+    where = dispatcher.redis_config.display
+    queues = ", ".join(dispatcher.config.queues)
+    figures = Figures(
+        mode="redis",
+        metrics=dispatcher.metrics(),
+        scope=(
+            f"Redis mode: cluster-wide figures of the queues {queues} at {where}, read now. "
+            "The column 'this web process' counts only what this process submitted."
+        ),
+    )
+    try:
+        stats = dispatcher.stats()
+        letters = {name: dispatcher.dead_letters(name, DEAD_LETTER_LIMIT) for name in stats}
+    except (redis.RedisError, CSJDError, OSError) as exc:
+        logger.warning("dashboard could not read Redis url=%s error=%s", where, exc)
+        figures.error = f"Redis at {where} is unavailable: {exc}"
+        return figures
+    cluster = dict.fromkeys(("processed", "succeeded", "retried", "failed"), 0)
+    for name, queue in stats.items():
+        counters = queue.get("counters", {})
+        for key in cluster:
+            cluster[key] += int(counters.get(key, 0))
+        figures.queues.append(
+            QueueRow(
+                name=name,
+                length=queue["stream_length"],
+                waiting=max(0, queue["stream_length"] - queue["in_flight"]),
+                in_flight=queue["in_flight"],
+                scheduled=queue["scheduled"],
+                unfinished=queue["unfinished"],
+                dead=queue["dead"],
+                processed=int(counters.get("processed", 0)),
+                failed=int(counters.get("failed", 0)),
+            )
+        )
+        figures.consumers.extend(
+            ConsumerRow(
+                queue=name,
+                name=c["name"],
+                pending=c["pending"],
+                idle=c["idle_ms"] / 1000,
+                heartbeat_age=c["heartbeat_age"],
+            )
+            for c in queue["consumers"]
+        )
+        figures.dead_total += queue["dead"]
+        figures.dead_letters.extend(_dead_letter_row(d, show_payload) for d in letters[name])
+    figures.cluster = cluster
+    source = f"redis {where} {dispatcher.config.stream} {queues}"
+    figures.chart = _chart(source, cluster["processed"], cluster["failed"])
+    return figures
+
+
+def _dead_letter_row(letter: DeadLetter, show_payload: bool) -> DeadLetterRow:
+    payload = None
+    if show_payload:
+        try:
+            payload = json.dumps(
+                json.loads(letter.data).get("payload"), indent=2, ensure_ascii=False
+            )
+        except (ValueError, AttributeError):
+            payload = letter.data  # a poison entry: show what is there, escaped like the rest
+    return DeadLetterRow(
+        queue=letter.queue,
+        entry_id=letter.entry_id,
+        job_id=letter.job_id,
+        type=letter.type or "?",
+        error=letter.error,
+        reason=letter.reason,
+        attempts=letter.attempts,
+        failed_at=datetime.fromtimestamp(letter.failed_at, UTC) if letter.failed_at else None,
+        traceback=letter.traceback,
+        payload=payload,
+    )
+
+
+def _chart(source: str, processed: int, failed: int) -> Any:
+    now = time.time()
+    throughput_samples.record(source, Sample(now, processed, failed))
+    return throughput_svg(throughput_samples.rates(source), now=now)
+
+
+# -- views ---------------------------------------------------------------------------------
+def dashboard(request: HttpRequest, model_admin: DashboardAdmin) -> HttpResponse:
+    """The dashboard page (GET ``?payload=1`` shows payloads, ``?refresh=N`` reloads it).
+
+    Raises:
+        PermissionDenied: the user lacks ``csjd_django.view_csjd_dashboard`` (403).
+    """
+    if not model_admin.has_view_permission(request):
+        raise PermissionDenied
+    show_payload = request.GET.get("payload") == "1"
+    refresh = _refresh(request.GET.get("refresh"))
+    figures = collect_figures(show_payload=show_payload)
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": "CSJD jobs",
+        "opts": model_admin.opts,
+        "app_label": model_admin.opts.app_label,
+        "figures": figures,
+        "show_payload": show_payload,
+        "payload_toggle_url": _query(request, payload=None if show_payload else "1"),
+        "refresh": refresh,
+        "refresh_links": [
+            (f"every {n} s", _query(request, refresh=str(n)), n == refresh) for n in REFRESH_CHOICES
+        ]
+        + [("off", _query(request, refresh=None), refresh is None)],
+        "can_manage": model_admin.has_manage_permission(request),
+        "dead_letter_limit": DEAD_LETTER_LIMIT,
+        "redis_mode": figures.mode == "redis",
+    }
+    return TemplateResponse(request, "csjd_django/dashboard.html", context)
+
+
+def _query(request: HttpRequest, **changes: str | None) -> str:
+    """This page's query string with ``changes`` applied (``None`` removes a parameter)."""
+    query = request.GET.copy()
+    for name, value in changes.items():
+        if value is None:
+            query.pop(name, None)
+        else:
+            query[name] = value
+    return f"?{query.urlencode()}" if query else "?"
+
+
+def _refresh(value: str | None) -> int | None:
+    """A valid auto-refresh period from the query string, else None."""
+    if value and value.isdigit() and int(value) in REFRESH_CHOICES:
+        return int(value)
+    return None
+
+
+class DeadLetterForm(forms.Form):
+    """Which dead letter an action is for."""
+
+    queue = forms.CharField(max_length=200)
+    entry_id = forms.RegexField(regex=re.compile(r"^\d{1,20}-\d{1,20}$"), max_length=41)
+
+
+def dead_letter_action(
+    request: HttpRequest, model_admin: DashboardAdmin, action: str
+) -> HttpResponse:
+    """POST ``queue`` + ``entry_id``: ``action`` is ``"requeue"`` or ``"delete"``; then back to
+    the dashboard with a message. (GET is refused with 405 by the URL's ``require_POST``.)
+
+    Raises:
+        PermissionDenied: the user lacks ``csjd_django.manage_dead_letters`` (403).
+    """
+    if not model_admin.has_manage_permission(request):
+        raise PermissionDenied
+    form = DeadLetterForm(request.POST)
+    if not form.is_valid():
+        return HttpResponseBadRequest("bad dead-letter reference")
+    queue, entry_id = form.cleaned_data["queue"], form.cleaned_data["entry_id"]
+    back = HttpResponseRedirect(
+        reverse(
+            f"admin:{model_admin.opts.app_label}_{model_admin.opts.model_name}_changelist",
+            current_app=model_admin.admin_site.name,
+        )
+    )
+    from csjd_django import app  # noqa: PLC0415
+
+    try:
+        app.configure_from_settings()
+        dispatcher = app.dispatcher
+    except (CSJDError, ValueError) as exc:
+        messages.error(request, f"CSJD settings are invalid: {exc}")
+        return back
+    if app.mode != "redis":
+        messages.error(request, "Dead letters exist in Redis mode only.")
+        return back
+    if queue not in dispatcher.config.queues:  # type: ignore[attr-defined]
+        return HttpResponseBadRequest("unknown queue")
+    _act(request, dispatcher, action, queue, entry_id)  # type: ignore[arg-type]
+    return back
+
+
+def _act(
+    request: HttpRequest,
+    dispatcher: RedisDistributedDispatcher,
+    action: str,
+    queue: str,
+    entry_id: str,
+) -> None:
+    import redis  # noqa: PLC0415 - Redis mode only
+
+    user = request.user.get_username()
+    try:
+        if action == "requeue":
+            done = dispatcher.requeue_dead(entry_id, queue)
+        else:
+            done = delete_dead_letter(dispatcher, entry_id, queue)
+    except DuplicateJob as exc:
+        messages.error(
+            request,
+            f"Dead letter {entry_id} not requeued: its job id is taken by a "
+            f"job that is queued or running again ({exc}).",
+        )
+        return
+    except InvalidJob as exc:
+        messages.error(
+            request, f"Dead letter {entry_id} cannot be requeued: {exc}. Delete it instead."
+        )
+        return
+    except (redis.RedisError, CSJDError, OSError) as exc:
+        logger.warning(
+            "dead letter %s failed queue=%s entry=%s error=%s", action, queue, entry_id, exc
+        )
+        messages.error(request, f"Redis is unavailable, nothing was changed: {exc}")
+        return
+    if not done:
+        messages.warning(
+            request,
+            f"Dead letter {entry_id} is gone (requeued or deleted meanwhile): nothing was changed.",
+        )
+        return
+    past = "requeued" if action == "requeue" else "deleted"
+    logger.info("dead letter %s queue=%s entry=%s user=%s", past, queue, entry_id, user)
+    messages.success(request, f"Dead letter {entry_id} of queue {queue} {past}.")
+
+
+def delete_dead_letter(
+    dispatcher: RedisDistributedDispatcher, entry_id: str, queue: str | None = None
+) -> bool:
+    """Delete one dead letter (``XDEL`` on the queue's dead-letter stream).
+
+    Returns:
+        False if there was no such entry (already requeued or deleted).
+    """
+    backend = dispatcher.backend
+    return bool(backend.client.xdel(backend.keys_for(queue).dead, entry_id))

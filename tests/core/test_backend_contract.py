@@ -1,0 +1,363 @@
+"""The backend seam (`csjd_core.backends.base.Backend`): one contract, every backend.
+
+The `backend` fixture is parametrized over factories. Only `MemoryBackend` is listed here;
+`FileJobStore` and the Redis Streams backend join by adding a factory to `FACTORIES` (a factory
+gets pytest's ``request`` so it can use ``tmp_path`` or a Redis server fixture). Tests speak
+only the `Backend` API and never look at a backend's internals.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from csjd_core import DuplicateJob, Job, JobState, QueueFull
+from csjd_core.backends.base import AttemptError, Backend, BackendSettings, Delivery
+from csjd_core.backends.memory import MemoryBackend
+from csjd_core.testing import wait_until
+
+CAP = 5
+DEADLINE = 10.0  # generous: a condition returns as soon as it holds; this only bounds failures
+SETTINGS = BackendSettings(
+    max_pending_jobs=CAP,
+    default_max_attempts=3,
+    result_ttl=60.0,
+    max_results=1000,
+    worker_id="contract:1",
+)
+ERROR = AttemptError("error", "RuntimeError: boom", "Traceback (most recent call last): ...")
+
+Factory = Callable[[pytest.FixtureRequest], Backend]
+
+
+def memory_backend(request: pytest.FixtureRequest) -> Backend:
+    return MemoryBackend()
+
+
+FACTORIES: dict[str, Factory] = {
+    "memory": memory_backend,
+}
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    instance = FACTORIES[request.param](request)
+    assert instance.open(SETTINGS) == 0  # a fresh backend has nothing to recover
+    try:
+        yield instance
+    finally:
+        instance.wake()
+        instance.close(clean=True)
+
+
+def fetch(backend: Backend, timeout: float = DEADLINE) -> Delivery:
+    delivery = backend.fetch(timeout)
+    assert delivery is not None, f"nothing ready within {timeout} s"
+    return delivery
+
+
+def state(backend: Backend, job_id: str) -> JobState | None:
+    status = backend.status(job_id)
+    return None if status is None else status.state
+
+
+# -- admission -------------------------------------------------------------------------------
+
+
+def test_enqueue_makes_jobs_pending_and_ready(backend: Backend) -> None:
+    backend.enqueue([Job("a", "t", {"n": 1})])
+    backend.enqueue([Job("b", "t"), Job("c", "t", max_attempts=7)])
+    assert backend.pending() == 3
+    assert backend.ready_count() == 3
+    status = backend.status("c")
+    assert status is not None
+    assert (status.id, status.type, status.state) == ("c", "t", JobState.QUEUED)
+    assert (status.attempts, status.max_attempts) == (0, 7)
+    assert status.enqueued_at is not None
+    assert backend.status("a").max_attempts == 3  # type: ignore[union-attr]
+    assert backend.status("missing") is None
+
+
+def test_enqueue_refuses_an_unfinished_duplicate(backend: Backend) -> None:
+    backend.enqueue([Job("a", "t")])
+    with pytest.raises(DuplicateJob):
+        backend.enqueue([Job("a", "t")])
+    assert backend.pending() == 1
+
+
+def test_batch_with_a_duplicate_in_the_middle_admits_nothing(backend: Backend) -> None:
+    backend.enqueue([Job("taken", "t")])
+    with pytest.raises(DuplicateJob):
+        backend.enqueue([Job("x", "t"), Job("taken", "t"), Job("y", "t")])
+    with pytest.raises(DuplicateJob):
+        backend.enqueue([Job("p", "t"), Job("q", "t"), Job("p", "t")])  # repeated in the batch
+    assert backend.pending() == 1
+    assert backend.ready_count() == 1
+    for job_id in ("x", "y", "p", "q"):
+        assert backend.status(job_id) is None
+    backend.enqueue([Job("x", "t"), Job("p", "t")])  # nothing of them was reserved
+    assert backend.pending() == 3
+
+
+def test_the_cap_counts_every_unfinished_job_and_batches_are_atomic(backend: Backend) -> None:
+    backend.enqueue([Job(f"j{i}", "t") for i in range(3)])
+    running = fetch(backend)
+    backend.started(running, "w")
+    retrying = fetch(backend)
+    backend.started(retrying, "w")
+    assert backend.retry(retrying, ERROR, 60.0)
+    backend.enqueue([Job("later", "t", run_at=datetime.now(UTC) + timedelta(hours=1))])
+    assert backend.pending() == 4  # queued + running + waiting for retry + scheduled
+    with pytest.raises(QueueFull):
+        backend.enqueue([Job("over-1", "t"), Job("over-2", "t")])  # 4 + 2 > 5
+    assert backend.status("over-1") is None
+    backend.enqueue([Job("exactly", "t")])  # 4 + 1 == 5
+    with pytest.raises(QueueFull):
+        backend.enqueue([Job("over", "t")])
+    assert backend.pending() == CAP
+
+
+# -- fetch -----------------------------------------------------------------------------------
+
+
+def test_fetch_is_fifo_and_counts_attempts(backend: Backend) -> None:
+    backend.enqueue([Job(f"f{i}", "t", i) for i in range(3)])
+    backend.enqueue([Job("f3", "t", 3)])
+    deliveries = [fetch(backend) for _ in range(4)]
+    assert [d.job.id for d in deliveries] == ["f0", "f1", "f2", "f3"]
+    assert [d.job.payload for d in deliveries] == [0, 1, 2, 3]
+    assert {d.attempt for d in deliveries} == {1}
+    assert {d.max_attempts for d in deliveries} == {3}
+    assert backend.ready_count() == 0
+    assert backend.pending() == 4  # fetched is not finished
+
+
+def test_fetch_on_an_empty_backend_returns_none_after_its_timeout(backend: Backend) -> None:
+    started = time.monotonic()
+    assert backend.fetch(0.0) is None
+    assert backend.fetch(0.05) is None
+    elapsed = time.monotonic() - started
+    assert 0.04 <= elapsed < 1.0
+
+
+def test_a_blocked_fetch_returns_as_soon_as_a_job_arrives(backend: Backend) -> None:
+    got: list[Delivery | None] = []
+    thread = threading.Thread(target=lambda: got.append(backend.fetch(DEADLINE)))
+    thread.start()
+    wait_until(thread.is_alive, DEADLINE)
+    started = time.monotonic()
+    backend.enqueue([Job("arrives", "t")])
+    thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 1.0
+    assert [d.job.id if d else None for d in got] == ["arrives"]
+
+
+def test_wake_unblocks_a_blocked_fetch(backend: Backend) -> None:
+    got: list[Delivery | None] = []
+    entered = threading.Event()
+
+    def fetcher() -> None:
+        entered.set()
+        got.append(backend.fetch(30.0))
+
+    thread = threading.Thread(target=fetcher)
+    thread.start()
+    assert entered.wait(DEADLINE)
+    # wake() may race with the fetcher reaching its wait; call it until the fetch returns.
+    wait_until(
+        lambda: (backend.wake(), not thread.is_alive())[1],
+        DEADLINE,
+        interval=0.01,
+        message="wake() never unblocked fetch(30)",
+    )
+    assert got == [None]
+
+
+# -- outcomes --------------------------------------------------------------------------------
+
+
+def test_started_then_succeed(backend: Backend) -> None:
+    backend.enqueue([Job("s", "t")])
+    delivery = fetch(backend)
+    backend.started(delivery, "worker-7")
+    running = backend.status("s")
+    assert running is not None
+    assert (running.state, running.attempts, running.worker_id) == (JobState.RUNNING, 1, "worker-7")
+    assert running.started_at is not None
+    assert running.finished_at is None
+    assert backend.succeed(delivery, {"ok": [1, 2]})
+    done = backend.status("s")
+    assert done is not None
+    assert (done.state, done.result, done.attempts) == (JobState.SUCCEEDED, {"ok": [1, 2]}, 1)
+    assert done.finished_at is not None
+    assert done.finished_at >= running.started_at
+    assert backend.pending() == 0
+    backend.enqueue([Job("s", "t")])  # a finished id may be used again
+    assert state(backend, "s") is JobState.QUEUED
+
+
+def test_retry_schedules_the_next_attempt(backend: Backend) -> None:
+    backend.enqueue([Job("r", "t")])
+    first = fetch(backend)
+    backend.started(first, "w")
+    assert backend.retry(first, ERROR, 0.1)
+    waiting = backend.status("r")
+    assert waiting is not None
+    assert (waiting.state, waiting.attempts, waiting.last_error) == (
+        JobState.SCHEDULED,
+        1,
+        "RuntimeError: boom",
+    )
+    assert waiting.last_traceback == ERROR.traceback
+    assert waiting.run_at is not None
+    assert backend.pending() == 1
+    assert backend.ready_count() == 0
+    assert backend.fetch(0.0) is None  # not before its delay
+    second = fetch(backend)
+    assert (second.job.id, second.attempt) == ("r", 2)
+    assert datetime.now(UTC) >= waiting.run_at - timedelta(milliseconds=5)
+
+
+def test_fail_is_terminal_and_keeps_the_error(backend: Backend) -> None:
+    backend.enqueue([Job("f", "t")])
+    delivery = fetch(backend)
+    backend.started(delivery, "w")
+    assert backend.fail(delivery, ERROR)
+    status = backend.status("f")
+    assert status is not None
+    assert (status.state, status.last_error, status.last_traceback) == (
+        JobState.FAILED,
+        ERROR.message,
+        ERROR.traceback,
+    )
+    assert status.finished_at is not None
+    assert backend.pending() == 0
+    assert backend.fetch(0.0) is None
+
+
+@pytest.mark.parametrize("late", ["succeed", "retry", "fail"])
+def test_a_stale_delivery_is_refused_and_changes_nothing(backend: Backend, late: str) -> None:
+    backend.enqueue([Job("j", "t")])
+    stale = fetch(backend)
+    backend.started(stale, "old-worker")
+    assert backend.retry(stale, ERROR, 0.0)
+    current = fetch(backend)  # the same job, delivered again
+    assert (current.job.id, current.attempt) == ("j", 2)
+    backend.started(current, "new-worker")
+    before = backend.status("j")
+    outcome = {
+        "succeed": lambda: backend.succeed(stale, "stale result"),
+        "retry": lambda: backend.retry(stale, ERROR, 0.0),
+        "fail": lambda: backend.fail(stale, ERROR),
+    }[late]()
+    assert outcome is False
+    assert backend.status("j") == before
+    assert backend.ready_count() == 0
+    assert backend.succeed(current, "fresh result")
+    assert backend.status("j").result == "fresh result"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("retry", "succeed"), ("retry", "retry"), ("retry", "fail"), ("fail", "succeed")],
+)
+def test_a_delivery_records_one_outcome_only(backend: Backend, first: str, second: str) -> None:
+    """A second outcome for the same delivery is stale too: after retry(d), succeed(d) must
+    not finish the job that is waiting for its next attempt (it would run again later)."""
+    backend.enqueue([Job("j", "t")])
+    delivery = fetch(backend)
+    backend.started(delivery, "w")
+    calls = {
+        "succeed": lambda: backend.succeed(delivery, "second outcome"),
+        "retry": lambda: backend.retry(delivery, ERROR, 0.0),
+        "fail": lambda: backend.fail(delivery, ERROR),
+    }
+    assert calls[first]() is True
+    after_first = backend.status("j")
+    pending = backend.pending()
+    assert calls[second]() is False
+    assert backend.status("j") == after_first
+    assert backend.pending() == pending
+    if first == "retry":
+        again = fetch(backend)  # exactly one next attempt is waiting
+        assert again.attempt == 2
+        assert backend.fetch(0.0) is None
+
+
+# -- scheduling ------------------------------------------------------------------------------
+
+
+def test_run_at_jobs_become_ready_at_their_due_time(backend: Backend) -> None:
+    now = datetime.now(UTC)
+    backend.enqueue(
+        [
+            Job("late", "t", run_at=now + timedelta(seconds=0.2)),
+            Job("soon", "t", run_at=now + timedelta(seconds=0.1)),
+            Job("past", "t", run_at=now - timedelta(seconds=5)),
+        ]
+    )
+    status = backend.status("soon")
+    assert status is not None
+    assert status.state is JobState.SCHEDULED
+    assert status.run_at is not None
+    assert abs((status.run_at - (now + timedelta(seconds=0.1))).total_seconds()) < 0.01
+    assert backend.pending() == 3
+    assert backend.ready_count() == 1
+    assert fetch(backend, 0.0).job.id == "past"
+    assert backend.fetch(0.0) is None
+    soon = fetch(backend)
+    assert soon.job.id == "soon"
+    assert datetime.now(UTC) >= now + timedelta(seconds=0.1)
+    late = fetch(backend)
+    assert late.job.id == "late"
+    assert datetime.now(UTC) >= now + timedelta(seconds=0.2)
+
+
+def test_a_blocked_fetch_wakes_for_a_job_scheduled_while_it_waits(backend: Backend) -> None:
+    """A fetch that started waiting on an empty backend must not sleep through a run_at job
+    enqueued meanwhile: it returns at the job's due time, not at the end of its own timeout."""
+    got: list[Delivery | None] = []
+    entered = threading.Event()
+
+    def fetcher() -> None:
+        entered.set()
+        got.append(backend.fetch(DEADLINE))
+
+    thread = threading.Thread(target=fetcher)
+    thread.start()
+    assert entered.wait(DEADLINE)
+    wait_until(  # the fetcher is blocked inside fetch()
+        lambda: (
+            sys._current_frames().get(thread.ident or -1) is not None
+            and "wait" in sys._current_frames()[thread.ident or -1].f_code.co_name
+        ),
+        DEADLINE,
+        message="fetcher never blocked",
+    )
+    due = time.monotonic() + 0.1
+    backend.enqueue([Job("soon", "t", run_at=datetime.now(UTC) + timedelta(seconds=0.1))])
+    thread.join(DEADLINE)
+    late = time.monotonic() - due
+    assert [d.job.id if d else None for d in got] == ["soon"]
+    assert late < DEADLINE / 2, f"the scheduled job was fetched {late:.2f} s after its due time"
+
+
+# -- close -----------------------------------------------------------------------------------
+
+
+def test_close_returns_the_unfinished_jobs_that_are_not_running(backend: Backend) -> None:
+    backend.enqueue([Job(f"c{i}", "t") for i in range(3)])
+    running = fetch(backend)
+    backend.started(running, "w")
+    done = fetch(backend)
+    backend.started(done, "w")
+    backend.succeed(done, None)
+    backend.enqueue([Job("future", "t", run_at=datetime.now(UTC) + timedelta(hours=1))])
+    left = backend.close(clean=False)
+    assert sorted(job.id for job in left) == ["c2", "future"]

@@ -1,0 +1,113 @@
+"""Config: defaults, validation of every field, RetryPolicy from a mapping."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from csjd_core import Config, Hooks, RetryPolicy
+from csjd_core.backends.memory import MemoryBackend
+
+
+def test_defaults_match_the_spec() -> None:
+    config = Config()
+    assert config.workers == 4
+    assert config.max_pending_jobs == 10_000
+    assert config.max_detached_handlers == 0
+    assert config.store is None
+    assert config.default_max_attempts == 3
+    assert config.default_timeout is None
+    assert config.retry == RetryPolicy()
+    assert config.hooks == ()
+
+
+def test_is_frozen_and_keyword_only() -> None:
+    config = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.workers = 8  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Config(4)  # type: ignore[misc]
+
+
+def test_unknown_field_is_an_error() -> None:
+    with pytest.raises(TypeError, match="worker"):
+        Config(worker=4)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("workers", 0),
+        ("workers", -1),
+        ("workers", 2.0),
+        ("workers", True),
+        ("workers", "4"),
+        ("max_pending_jobs", 0),
+        ("max_pending_jobs", None),
+        ("max_detached_handlers", -1),
+        ("max_detached_handlers", 1.5),
+        ("default_max_attempts", 0),
+        ("default_max_attempts", False),
+        ("max_results", -1),
+        ("default_timeout", 0),
+        ("default_timeout", -1),
+        ("default_timeout", float("nan")),
+        ("default_timeout", float("inf")),
+        ("default_timeout", "30"),
+        ("default_timeout", timedelta(0)),
+        ("result_ttl", -1),
+        ("result_ttl", float("inf")),
+        ("result_ttl", "600"),
+        ("hooks", "not-hooks"),
+        ("hooks", Hooks()),
+        ("hooks", None),
+        ("retry", None),
+        ("retry", 5),
+    ],
+)
+def test_bad_value_names_the_field_and_the_value(field: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=rf"Config\.{field}") as info:
+        Config(**{field: value})
+    assert repr(value) in str(info.value) or str(value) in str(info.value)
+
+
+def test_durations_accept_timedelta_and_become_seconds() -> None:
+    config = Config(default_timeout=timedelta(milliseconds=200), result_ttl=timedelta(minutes=1))
+    assert config.default_timeout == 0.2
+    assert config.result_ttl == 60.0
+
+
+def test_zero_is_allowed_where_it_means_something() -> None:
+    config = Config(max_detached_handlers=0, max_results=0, result_ttl=0)
+    assert (config.max_detached_handlers, config.max_results, config.result_ttl) == (0, 0, 0.0)
+
+
+def test_retry_from_a_mapping() -> None:
+    config = Config(retry={"base_delay": 0.001, "max_delay": 0.01, "jitter": None})
+    assert config.retry == RetryPolicy(base_delay=0.001, max_delay=0.01, jitter=None)
+
+
+def test_retry_mapping_with_unknown_keys_is_an_error_naming_them() -> None:
+    with pytest.raises(ValueError, match=r"Config\.retry has unknown keys \['base', 'maximum'\]"):
+        Config(retry={"base": 1, "maximum": 2, "factor": 2})
+
+
+def test_retry_mapping_with_a_bad_value_names_the_policy_field() -> None:
+    with pytest.raises(ValueError, match=r"RetryPolicy\.factor"):
+        Config(retry={"factor": 0.1})
+
+
+def test_hooks_become_a_tuple() -> None:
+    hook = Hooks()
+    config = Config(hooks=[hook])
+    assert config.hooks == (hook,)
+
+
+def test_store_must_be_durable() -> None:
+    with pytest.raises(ValueError, match=r"Config\.store must be a durable store"):
+        Config(store=MemoryBackend())
+    with pytest.raises(ValueError, match=r"Config\.store"):
+        Config(store="jobs.db")  # type: ignore[arg-type]
