@@ -1,1 +1,20 @@
-"""Flask integration for CSJD (coming: see issue 8)."""
+"""CSJD for Flask: ``csjd = CSJD(app)`` (or ``CSJD()`` + ``init_app(app)``), ``@csjd.job``,
+``flask csjd run``. Configuration is the ``CSJD_*`` keys of ``app.config`` (docs/flask.md)."""
+
+from csjd_flask.extension import (
+    CSJD,
+    AlreadyInitialized,
+    CSJDState,
+    FlaskJobFunction,
+    NoAppContext,
+    NotInitialized,
+)
+
+__all__ = [  # noqa: RUF022 - plainly sorted, as csjd_core's (a test checks it)
+    "AlreadyInitialized",
+    "CSJD",
+    "CSJDState",
+    "FlaskJobFunction",
+    "NoAppContext",
+    "NotInitialized",
+]

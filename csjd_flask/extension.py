@@ -1,0 +1,322 @@
+"""`CSJD`, the Flask extension: ``CSJD(app)`` or ``CSJD()`` + ``init_app(app)``.
+
+One extension object keeps the job *definitions* (``@csjd.job``); every Flask app it is
+initialised on gets its own core `App` (registry, settings, dispatcher) in
+``app.extensions["csjd"]``, which registers every definition — those decorated before and after
+``init_app`` — wrapped so that the job runs inside that app's application context.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
+
+from flask import Flask, current_app, has_app_context
+
+from csjd_core.app import App, JobFunction
+from csjd_core.context import JobContext
+from csjd_core.errors import CSJDError
+from csjd_core.job import Job, JobStatus
+from csjd_core.settings import app_options
+
+__all__ = [
+    "CSJD",
+    "EXTENSION_KEY",
+    "AlreadyInitialized",
+    "CSJDState",
+    "FlaskJobFunction",
+    "NoAppContext",
+    "NotInitialized",
+]
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: The key of the per-app state in ``app.extensions``.
+EXTENSION_KEY = "csjd"
+
+
+class NoAppContext(CSJDError, RuntimeError):
+    """CSJD needed ``current_app`` (to know which app's queue to use) outside an app context."""
+
+
+class NotInitialized(CSJDError, RuntimeError):
+    """The Flask app was not initialised with this `CSJD` extension (``init_app`` missing)."""
+
+
+class AlreadyInitialized(CSJDError, RuntimeError):
+    """``init_app`` was called a second time on the same Flask app."""
+
+
+class FlaskJobFunction(JobFunction[P, R]):
+    """A function decorated with ``@csjd.job``: the core `JobFunction` family.
+
+    ``f(*args)`` runs it inline; ``.delay`` / ``.apply_async`` / ``.adelay`` / ``.aapply_async``
+    enqueue it through the CSJD of ``flask.current_app``, so one function serves every app the
+    extension is initialised on. The handle they return is bound to that app's core `App` and
+    can be used outside the application context afterwards.
+    """
+
+    _definitions: _Definitions
+
+    @property
+    def app(self) -> App:
+        """The core `App` of ``current_app``.
+
+        Raises:
+            NoAppContext: no application context is active.
+            NotInitialized: ``current_app`` was not initialised with this job's extension.
+        """
+        return self._definitions.extension.state(job_type=self.type).core
+
+    @app.setter
+    def app(self, definitions: App) -> None:
+        # JobFunction.__init__ binds a job to the App that decorated it: here the extension's
+        # definitions. Enqueueing never goes there; the getter follows current_app.
+        if not isinstance(definitions, _Definitions):
+            raise TypeError("a FlaskJobFunction is created by CSJD.job, not bound to an App")
+        self._definitions = definitions
+
+    @property
+    def extension(self) -> CSJD:
+        """The `CSJD` extension that defined this job."""
+        return self._definitions.extension
+
+
+class _Definitions(App):
+    """The extension's registry of job definitions. It validates ``@csjd.job`` exactly as the
+    core ``@app.job`` does (options, default type name, one function per type) and never runs a
+    job: each Flask app's own core `App` registers the definitions (see `CSJDState.register`)."""
+
+    job_class = FlaskJobFunction
+
+    def __init__(self, extension: CSJD) -> None:
+        super().__init__(mode="immediate", name="csjd_flask.definitions")
+        self.extension = extension
+
+
+class _InAppContext:
+    """The handler a Flask app registers for a job: the job's ``run_job`` inside a fresh
+    application context of that app (an ``async def`` job's coroutine runs inside one too)."""
+
+    __slots__ = ("flask_app", "run_job")
+
+    def __init__(self, flask_app: Flask, run_job: Callable[[JobContext, Job], Any]) -> None:
+        self.flask_app = flask_app
+        self.run_job = run_job
+
+    def __call__(self, ctx: JobContext, job: Job) -> Any:
+        with self.flask_app.app_context():
+            result = self.run_job(ctx, job)
+        if inspect.isawaitable(result):  # an async def job: only the coroutine was created
+            return self._await_in_context(result)
+        return result
+
+    async def _await_in_context(self, awaitable: Awaitable[Any]) -> Any:
+        with self.flask_app.app_context():
+            return await awaitable
+
+    def __repr__(self) -> str:
+        return f"<{self.run_job!r} in app {self.flask_app.name!r}>"
+
+
+class CSJDState:
+    """What ``app.extensions["csjd"]`` holds: the extension and this app's core `App`."""
+
+    __slots__ = ("core", "extension")
+
+    def __init__(self, extension: CSJD, core: App) -> None:
+        self.extension = extension
+        self.core = core
+
+    @classmethod
+    def of(cls, app: Flask, *, job_type: str | None = None) -> CSJDState:
+        """The state ``init_app`` stored in ``app.extensions``.
+
+        Raises:
+            NotInitialized: ``app`` was not initialised with CSJD.
+        """
+        state = app.extensions.get(EXTENSION_KEY)
+        if not isinstance(state, cls):
+            raise NotInitialized(
+                f"{_subject(job_type)}: Flask app {app.name!r} is not initialised with CSJD; "
+                "call csjd.init_app(app) in the application factory (or create CSJD(app))"
+            )
+        return state
+
+    def register(self, flask_app: Flask, job: FlaskJobFunction[Any, Any]) -> None:
+        """Register ``job`` in this app's core registry, run inside ``flask_app``'s context."""
+        self.core.register_handler(job.type, _InAppContext(flask_app, job.run_job))
+        self.core.jobs[job.type] = job
+
+    def __repr__(self) -> str:
+        return f"<CSJDState {self.core!r}>"
+
+
+def _subject(job_type: str | None) -> str:
+    return f"job {job_type!r}" if job_type else "CSJD"
+
+
+class CSJD:
+    """CSJD background jobs for Flask apps.
+
+    ``csjd = CSJD(app)``, or ``csjd = CSJD()`` then ``csjd.init_app(app)`` in an application
+    factory. The ``CSJD_*`` keys of ``app.config`` are read by ``init_app`` (see docs/flask.md).
+
+    Args:
+        app: a Flask app to initialise now.
+        hooks: core `Hooks` objects added to every app's dispatcher.
+    """
+
+    def __init__(self, app: Flask | None = None, *, hooks: Sequence[object] = ()) -> None:
+        if isinstance(hooks, str | bytes) or not isinstance(hooks, Sequence):
+            raise TypeError(f"hooks must be a sequence of Hooks objects, got {hooks!r}")
+        self.hooks = tuple(hooks)
+        self._definitions = _Definitions(self)
+        # The apps initialised so far, to register jobs decorated after init_app. Weak: the
+        # state lives in app.extensions, the extension never keeps an app alive.
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Set up CSJD on ``app``: read its ``CSJD_*`` config, build its core `App`, register
+        every job, add the ``flask csjd`` commands. Starts nothing (in-process workers start on
+        the first enqueue).
+
+        Raises:
+            AlreadyInitialized: ``app`` was already initialised.
+            SettingsError: an unknown ``CSJD_*`` key or a bad value, naming the key.
+        """
+        from csjd_flask.cli import csjd_group  # noqa: PLC0415 - the CLI imports this module
+
+        if EXTENSION_KEY in app.extensions:
+            raise AlreadyInitialized(
+                f"CSJD is already initialised on Flask app {app.name!r}; call init_app once per "
+                "app (import and use the extension object that initialised it)"
+            )
+        settings = app.config.get_namespace("CSJD_", lowercase=False, trim_namespace=False)
+        core = App(name=app.name, **app_options(settings, hooks=self.hooks))
+        state = CSJDState(self, core)
+        with self._lock:
+            for job in self._definitions.jobs.values():
+                state.register(app, cast(FlaskJobFunction[Any, Any], job))
+            app.extensions[EXTENSION_KEY] = state
+            self._apps.add(app)
+        app.cli.add_command(csjd_group)
+        logger.debug("csjd initialised app=%s mode=%s jobs=%d", app.name, core.mode, len(core.jobs))
+
+    # -- the decorator ---------------------------------------------------------------------
+    @overload
+    def job(
+        self,
+        type: str | None = ...,
+        *,
+        max_attempts: int | None = ...,
+        timeout: float | timedelta | None = ...,
+        queue: str | None = ...,
+        takes_context: Literal[False] = ...,
+    ) -> Callable[[Callable[P, R]], FlaskJobFunction[P, R]]: ...
+
+    @overload
+    def job(
+        self,
+        type: str | None = ...,
+        *,
+        max_attempts: int | None = ...,
+        timeout: float | timedelta | None = ...,
+        queue: str | None = ...,
+        takes_context: Literal[True],
+    ) -> Callable[[Callable[..., R]], FlaskJobFunction[..., R]]: ...
+
+    def job(
+        self,
+        type: str | None = None,
+        *,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        queue: str | None = None,
+        takes_context: bool = False,
+    ) -> Callable[[Callable[..., Any]], FlaskJobFunction[Any, Any]]:
+        """Decorate a function as a job of ``type`` (default: ``module.qualname``) for every
+        app this extension is (or will be) initialised on. Options as the core ``@app.job``.
+
+        Raises:
+            ValueError: a bad option, or ``type`` already names another function.
+        """
+        decorate = self._definitions.job(
+            type,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            queue=queue,
+            takes_context=takes_context,
+        )  # type: ignore[call-overload]  # a bool here; the overloads above narrow it
+
+        def register(fn: Callable[..., Any]) -> FlaskJobFunction[Any, Any]:
+            with self._lock:
+                job = cast(FlaskJobFunction[Any, Any], decorate(fn))
+                for app in list(self._apps):
+                    app.extensions[EXTENSION_KEY].register(app, job)
+            return job
+
+        return register
+
+    @property
+    def jobs(self) -> Mapping[str, FlaskJobFunction[Any, Any]]:
+        """The job functions defined on this extension, by type."""
+        return cast(Mapping[str, FlaskJobFunction[Any, Any]], dict(self._definitions.jobs))
+
+    # -- per-app state ---------------------------------------------------------------------
+    def state(self, app: Flask | None = None, *, job_type: str | None = None) -> CSJDState:
+        """The `CSJDState` of ``app`` (default: ``current_app``).
+
+        Raises:
+            NoAppContext: ``app`` not given and no application context is active.
+            NotInitialized: ``app`` was not initialised with this extension.
+        """
+        if app is None:
+            if not has_app_context():
+                raise NoAppContext(
+                    f"{_subject(job_type)}: no Flask application context, so no app to enqueue "
+                    "to. Enqueue inside a request or a CLI command, or inside "
+                    "`with app.app_context():`"
+                )
+            app = cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
+        state = CSJDState.of(app, job_type=job_type)
+        if state.extension is not self:
+            raise NotInitialized(
+                f"{_subject(job_type)}: Flask app {app.name!r} was initialised with another CSJD "
+                "extension object; define jobs on the one that initialised the app"
+            )
+        return state
+
+    def core_app(self, app: Flask | None = None) -> App:
+        """The core `App` (registry, settings, dispatcher) serving ``app`` (default:
+        ``current_app``); see `state` for the errors."""
+        return self.state(app).core
+
+    def status(
+        self, job_id: str, queue: str | None = None, *, app: Flask | None = None
+    ) -> JobStatus:
+        """The `JobStatus` of a job enqueued through ``app`` (default: ``current_app``)."""
+        return self.core_app(app).status(job_id, queue)
+
+    def wait(self, timeout: float | timedelta | None = None, *, app: Flask | None = None) -> bool:
+        """Block until every job enqueued in this process through ``app`` finished (in-process
+        mode, for tests). False on timeout."""
+        return self.core_app(app).wait(timeout)
+
+    def stop(self, timeout: float | timedelta | None = None, *, app: Flask | None = None) -> None:
+        """Stop this process's dispatcher of ``app`` (a later enqueue starts a new one)."""
+        self.core_app(app).stop(timeout)
+
+    def __repr__(self) -> str:
+        return f"<CSJD jobs={len(self._definitions.jobs)}>"
