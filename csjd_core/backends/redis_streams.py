@@ -139,6 +139,8 @@ class RedisStreamsBackend(Backend):
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         )
         self.queues = {name: QueueKeys(config.stream, name) for name in config.queues}
+        # Queues only submitted to: never consumed, never iterated by the maintenance thread.
+        self._other_queues: dict[str, QueueKeys] = {}
         self.default_queue = config.queues[0]
         self._client: redis.Redis | None = None
         self._reader: redis.Redis | None = None
@@ -151,6 +153,9 @@ class RedisStreamsBackend(Backend):
         self._consuming = False
         self._stopping = False
         self._threads: list[threading.Thread] = []
+        # Set once the reader has read our own pending list; the reclaimer waits for it, or the
+        # entries it claims into that list would be read (and started) a second time.
+        self._own_pending_read = threading.Event()
         self._settler = _Settler(self._flush_settles)
         # Durations are validated floats once DistributedConfig exists; typed here once.
         self._lease = seconds(config.lease, "lease")
@@ -198,9 +203,9 @@ class RedisStreamsBackend(Backend):
     def keys_for(self, queue: str | None) -> QueueKeys:
         """The keys of ``queue`` (``None``: the default queue)."""
         name = queue or self.default_queue
-        keys = self.queues.get(name)
+        keys = self.queues.get(name) or self._other_queues.get(name)
         if keys is None:
-            keys = self.queues[name] = QueueKeys(self.config.stream, name)
+            keys = self._other_queues.setdefault(name, QueueKeys(self.config.stream, name))
         return keys
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -211,8 +216,12 @@ class RedisStreamsBackend(Backend):
 
     def start_consuming(self) -> None:
         """Create the consumer groups and start the reader and maintenance threads."""
-        for keys in self.queues.values():
-            self._ensure_group(keys)
+        try:
+            for keys in self.queues.values():
+                self._ensure_group(keys)
+        except _REDIS_DOWN as exc:
+            raise BackendUnavailable(f"Redis at {self.redis_config.display} unavailable: "
+                                     f"{exc}") from exc
         self._reader = self._make_client(self._block + self.redis_config.socket_timeout)
         self._consuming = True
         for target, name in ((self._read_loop, "csjd-reader"),
@@ -356,12 +365,18 @@ class RedisStreamsBackend(Backend):
                                self.redis_config.display, exc, backoff.peek())
                 backoff.sleep(lambda: self._stopping)
                 continue
-            for stream, entries in _stream_replies(reply):
-                if history and not entries:
-                    history.pop(stream, None)
-                elif history and stream in history:
-                    history[stream] = _text(entries[-1][0])
-                self._accept(self._queue_of(stream), entries)
+            try:
+                for stream, entries in _stream_replies(reply):
+                    if history and not entries:
+                        history.pop(stream, None)
+                    elif history and stream in history:
+                        history[stream] = _text(entries[-1][0])
+                    self._accept(self._queue_of(stream), entries)
+                if not history:
+                    self._own_pending_read.set()
+            except Exception:  # the reader must outlive any one reply (read entries are reclaimed)
+                logger.exception("could not take read entries; they are reclaimed after the lease")
+                backoff.sleep(lambda: self._stopping)
 
     def _on_read_error(self, exc: redis.ResponseError, backoff: _Backoff) -> None:
         if "NOGROUP" in str(exc):
@@ -387,11 +402,12 @@ class RedisStreamsBackend(Backend):
         valid: list[tuple[str, Job, str]] = []
         for raw_id, fields in entries:
             entry_id = _text(raw_id)
-            if fields is None:  # a PEL entry whose stream entry was deleted
+            if not fields:  # a PEL entry whose stream entry was deleted (None or {})
                 self.deleted_entries += 1
                 logger.warning("pending entry without data acked queue=%s entry=%s",
                                keys.name, entry_id)
-                self.client.xack(keys.stream, self.config.group, entry_id)
+                with contextlib.suppress(redis.RedisError):  # else the reclaimer drops it
+                    self.client.xack(keys.stream, self.config.group, entry_id)
                 continue
             job, data, problem = self._decode(fields)
             if problem is not None or job is None:
@@ -480,8 +496,17 @@ class RedisStreamsBackend(Backend):
                 logger.warning("redis unreachable while recording an outcome; retrying "
                                "id=%s error=%s", delivery.job.id, exc)
                 backoff.sleep(lambda: False)
+            except redis.RedisError as exc:
+                # NOGROUP after a restart without persistence, or any refusal: the entry is not
+                # ours to ack any more. Raising would kill the engine's worker thread.
+                logger.error("could not record an outcome; the attempt lost its claim id=%s "
+                             "error=%s", delivery.job.id, exc)
+                ok = False
+                break
         with self._cond:
-            self._owned.pop(entry_id, None)
+            # Only this attempt: a newer attempt of the same entry (claimed back) keeps renewing.
+            if self._owned.get(entry_id) is delivery:
+                del self._owned[entry_id]
         return ok
 
     def succeed(self, delivery: Delivery, result: Any) -> bool:
@@ -569,7 +594,7 @@ class RedisStreamsBackend(Backend):
                 if now >= next_beat:
                     self._heartbeat()
                     next_beat = now + self._heartbeat_interval
-                if now >= next_claim and not self._stopping:
+                if now >= next_claim and not self._stopping and self._own_pending_read.is_set():
                     self._reclaim()
                     next_claim = now + self._claim_interval
                 if now >= next_gc:
@@ -588,6 +613,10 @@ class RedisStreamsBackend(Backend):
                 continue
             except _REDIS_DOWN as exc:
                 logger.warning("redis unreachable in maintenance error=%s", exc)
+                backoff.sleep(lambda: not self._consuming)
+                continue
+            except Exception:  # without this thread no lease is renewed: it must live on
+                logger.exception("maintenance failed")
                 backoff.sleep(lambda: not self._consuming)
                 continue
             wake = min([*next_promote.values(), next_beat, next_claim])
@@ -811,4 +840,4 @@ def _status(job_id: str, queue: str, f: dict[str, str]) -> JobStatus:
         finished_at=utc_from_timestamp(ms("finished_at")),
         run_at=utc_from_timestamp(ms("run_at")) if state is JobState.SCHEDULED else None,
         last_error=f.get("error") or None, last_traceback=f.get("traceback") or None,
-        result=result, worker_id=f.get("worker") or None)
+        result=result, worker_id=f.get("worker") or None, payload=data.get("payload"))

@@ -13,10 +13,15 @@ local pending = tonumber(redis.call('GET', KEYS[3]) or '0')
 if pending + n > cap then
   return {'full', pending}
 end
+local seen = {}
 for i = 1, n do
+  local id = ARGV[2 + (i - 1) * 4 + 1]
+  if seen[id] then
+    return {'dup', id}  -- repeated within the batch
+  end
+  seen[id] = true
   local state = redis.call('HGET', KEYS[3 + i], 'state')
   if state then
-    local id = ARGV[2 + (i - 1) * 4 + 1]
     if state ~= 'succeeded' and state ~= 'failed' then
       return {'dup', id}
     end

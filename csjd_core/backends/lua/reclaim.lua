@@ -1,5 +1,7 @@
--- Recover entries whose consumer stopped renewing them: first dead-letter the idle ones already
--- delivered max_deliveries times (poison that kills workers), then XAUTOCLAIM the rest.
+-- Recover entries whose consumer stopped renewing them: XAUTOCLAIM the idle ones (from the
+-- caller's cursor), then dead-letter those that are now over max_deliveries (poison that kills
+-- workers). XAUTOCLAIM's reply carries no delivery counts, so each claimed entry's count is read
+-- with XPENDING in this same script: every entry handed back to the caller has been checked.
 -- KEYS[1] stream, KEYS[2] pending counter, KEYS[3] dead-letter stream, KEYS[4] stats hash
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] lease (ms), ARGV[4] max_deliveries, ARGV[5] count,
 --   ARGV[6] XAUTOCLAIM cursor, ARGV[7] job hash key prefix, ARGV[8] finished-record TTL (ms)
@@ -8,23 +10,26 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local group, consumer, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local maxd, count, prefix, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[7], tonumber(ARGV[8])
-local dead = {}
-local idle = redis.call('XPENDING', KEYS[1], group, 'IDLE', lease, '-', '+', count)
-for _, p in ipairs(idle) do
-  if p[4] >= maxd then
-    local entry = p[1]
-    local rows = redis.call('XRANGE', KEYS[1], entry, entry)
+local r = redis.call('XAUTOCLAIM', KEYS[1], group, consumer, lease, ARGV[6], 'COUNT', count)
+local claimed, dead = {}, {}
+for _, e in ipairs(r[2]) do
+  local entry = e[1]
+  -- The claim counted one more delivery: the entry had `deliveries - 1` without an outcome.
+  local deliveries = redis.call('XPENDING', KEYS[1], group, entry, entry, 1)[1][4]
+  if deliveries <= maxd then
+    claimed[#claimed + 1] = e
+  else
     local id, data = '', ''
-    if #rows > 0 then
-      local f = rows[1][2]
+    local f = e[2]
+    if type(f) == 'table' then
       for j = 1, #f, 2 do
         if f[j] == 'id' then id = f[j + 1] elseif f[j] == 'd' then data = f[j + 1] end
       end
     end
     local key = prefix .. id
     local state = id ~= '' and redis.call('HGET', key, 'state')
-    local reason = 'delivered ' .. p[4] .. ' times without an outcome (its worker died or ' ..
-      'lost the lease each time)'
+    local reason = 'delivered ' .. (deliveries - 1) .. ' times without an outcome (its worker ' ..
+      'died or lost the lease each time)'
     redis.call('XADD', KEYS[3], '*', 'id', id, 'entry', entry, 'd', data, 'error', reason,
       'traceback', '', 'reason', 'max_deliveries', 'attempts',
       (state and redis.call('HGET', key, 'attempts')) or 0, 'failed_at', now)
@@ -40,5 +45,4 @@ for _, p in ipairs(idle) do
     dead[#dead + 1] = id
   end
 end
-local r = redis.call('XAUTOCLAIM', KEYS[1], group, consumer, lease, ARGV[6], 'COUNT', count)
-return {r[1], r[2], r[3] or {}, dead}
+return {r[1], claimed, r[3] or {}, dead}

@@ -1,5 +1,6 @@
 -- Hand back entries that were read and started but never ran (prefetched at shutdown): undo the
--- attempt and mark them idle for a long time so any consumer's reclaimer takes them at once.
+-- attempt and the delivery (it must not count against max_deliveries), and mark them idle for a
+-- long time so any consumer's reclaimer takes them at once.
 -- KEYS[1] stream
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job hash key prefix, ARGV[4] idle (ms), then pairs:
 --   entry id, job id
@@ -13,7 +14,8 @@ for i = 5, #ARGV, 2 do
       redis.call('HINCRBY', key, 'attempts', -1)
       redis.call('HSET', key, 'state', 'queued')
     end
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, entry, 'IDLE', ARGV[4], 'JUSTID')
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, entry, 'IDLE', ARGV[4],
+      'RETRYCOUNT', math.max(0, p[1][4] - 1), 'JUSTID')
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
