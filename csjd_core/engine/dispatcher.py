@@ -130,8 +130,8 @@ class BaseDispatcher:
                 raise DispatcherClosed("dispatcher is stopped; create a new one")
             if self._started:
                 return
+            self._backend.start_consuming()  # may raise (Redis down): then not started
             self._started = True
-            self._backend.start_consuming()
             self._engine.start()
 
     @property

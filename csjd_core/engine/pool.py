@@ -182,7 +182,12 @@ class Engine:
         fetch = self.backend.fetch
         try:
             while not self._halt:
-                delivery = fetch(0.0 if self._stopping else _IDLE_POLL)
+                try:
+                    delivery = fetch(0.0 if self._stopping else _IDLE_POLL)
+                except Exception:  # the backend failed (Redis down...): never lose the worker
+                    logger.exception("fetch failed; retrying worker=%s", worker.id)
+                    time.sleep(_IDLE_POLL)
+                    continue
                 if delivery is None:
                     if self._stopping:
                         break
@@ -190,6 +195,14 @@ class Engine:
                 worker.busy = True
                 try:
                     self.run_attempt(delivery, worker)
+                except Exception:
+                    # Recording the outcome failed: the job stays unfinished in the backend
+                    # (reclaimed after its lease in Redis, requeued by the store on restart).
+                    logger.exception(
+                        "could not record an outcome; the job stays unfinished id=%s type=%s",
+                        delivery.job.id,
+                        delivery.job.type,
+                    )
                 finally:
                     worker.busy = False
                 if self._joiners:
@@ -361,7 +374,11 @@ class Engine:
         return any(w.busy and not w.detached for w in list(self._workers))
 
     def _notify_idle(self) -> None:
-        if not self.backend.pending() and not self._any_busy():
+        try:
+            idle = not self.backend.pending() and not self._any_busy()
+        except Exception:  # a join() is waiting; it will poll again
+            return
+        if idle:
             with self._idle_cond:
                 self._idle_cond.notify_all()
 
