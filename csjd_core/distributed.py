@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
+
+import redis
 
 from csjd_core.backends.redis_streams import DeadLetter, RedisStreamsBackend
 from csjd_core.config import DistributedConfig, RedisConfig
 from csjd_core.engine.dispatcher import BaseDispatcher
 from csjd_core.engine.registry import HandlerRegistry
-from csjd_core.errors import InvalidJob
+from csjd_core.errors import BackendUnavailable, InvalidJob
 from csjd_core.job import Job, timeout_seconds
 from csjd_core.metrics import StopReport
 from csjd_core.retry import seconds
 
 __all__ = ["DeadLetter", "RedisDistributedDispatcher"]
+
+T = TypeVar("T")
 
 
 class RedisDistributedDispatcher(BaseDispatcher):
@@ -65,18 +70,35 @@ class RedisDistributedDispatcher(BaseDispatcher):
         """Stop consuming (if started) and close the connections."""
         return self.stop(timeout)
 
+    def _admin(self, call: Callable[..., T], *args: Any) -> T:
+        """Run an operator call; Redis errors become `BackendUnavailable`."""
+        try:
+            return call(*args)
+        except redis.RedisError as exc:
+            raise BackendUnavailable(
+                f"Redis at {self.redis_config.display} failed: {exc}"
+            ) from exc
+
     def stats(self) -> dict[str, Any]:
-        """Cluster-wide figures per queue: lengths, in flight, scheduled, dead, consumers."""
-        return self.backend.stats()
+        """Cluster-wide figures per queue: lengths, in flight, scheduled, dead, consumers.
+
+        Raises:
+            BackendUnavailable: Redis could not be reached.
+        """
+        return self._admin(self.backend.stats)
 
     def dead_letters(self, queue: str | None = None, count: int = 100) -> list[DeadLetter]:
         """The oldest dead letters of ``queue``."""
-        return self.backend.dead_letters(queue, count)
+        return self._admin(self.backend.dead_letters, queue, count)
 
     def requeue_dead(self, entry_id: str, queue: str | None = None) -> bool:
         """Move one dead letter back to its queue (attempts reset)."""
-        return self.backend.requeue_dead(entry_id, queue)
+        return self._admin(self.backend.requeue_dead, entry_id, queue)
+
+    def delete_dead(self, entry_id: str, queue: str | None = None) -> bool:
+        """Delete one dead letter; False if it was already gone."""
+        return self._admin(self.backend.delete_dead, entry_id, queue)
 
     def purge_dead(self, queue: str | None = None) -> int:
         """Delete the dead letters of ``queue``; returns how many."""
-        return self.backend.purge_dead(queue)
+        return self._admin(self.backend.purge_dead, queue)

@@ -384,10 +384,9 @@ def _act(
 def delete_dead_letter(
     dispatcher: RedisDistributedDispatcher, entry_id: str, queue: str | None = None
 ) -> bool:
-    """Delete one dead letter (``XDEL`` on the queue's dead-letter stream).
+    """Delete one dead letter.
 
     Returns:
         False if there was no such entry (already requeued or deleted).
     """
-    backend = dispatcher.backend
-    return bool(backend.client.xdel(backend.keys_for(queue).dead, entry_id))
+    return dispatcher.delete_dead(entry_id, queue)

@@ -777,6 +777,10 @@ class RedisStreamsBackend(Backend):
             raise DuplicateJob(f["id"])
         return bool(code)
 
+    def delete_dead(self, entry_id: str, queue: str | None = None) -> bool:
+        """Delete one dead letter; False if there was no such entry."""
+        return bool(self.client.xdel(self.keys_for(queue).dead, entry_id))
+
     def purge_dead(self, queue: str | None = None) -> int:
         """Delete every dead letter of ``queue``; returns how many."""
         keys = self.keys_for(queue)
