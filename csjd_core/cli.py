@@ -106,19 +106,28 @@ def demo(jobs: int, workers: int, store: str | None, slow: float) -> None:
 def replay(path: str, run_app: str | None, export: bool, redis_app: str | None,
            repair: bool) -> None:
     """List, export, run, or move into Redis the unfinished jobs of a file store."""
+    if sum(map(bool, (run_app, export, redis_app))) > 1:
+        raise click.UsageError("give at most one of --run, --export, --into-redis")
     if not os.path.exists(path) and not os.path.exists(path + ".log"):
         raise click.ClickException(f"no job store at {path} (nor {path}.log)")
     app = load_app(run_app) if run_app else None
+    target = load_app(redis_app) if redis_app else None
     store = FileJobStore(path, repair=repair)
     try:
         statuses = store.jobs()
     except CSJDError as exc:
         raise click.ClickException(str(exc)) from exc
-    if redis_app:
+    if target is not None:
         from csjd_core.cli_redis import move_into_redis  # noqa: PLC0415 - optional redis
 
-        moved, already = move_into_redis(store, load_app(redis_app))
-        store.close()
+        try:
+            moved, already = move_into_redis(store, target)
+        except CSJDError as exc:
+            raise click.ClickException(
+                f"move interrupted: {exc}. The jobs moved so far left the store; run the same "
+                "command again to move the rest (each job lands in Redis once)") from exc
+        finally:
+            store.close()
         click.echo(f"moved {moved} jobs into Redis ({already} were already there)")
         return
     if export:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import time
 from typing import Any
@@ -16,10 +17,10 @@ import click
 from csjd_core.app import App
 from csjd_core.backends.file import FileJobStore
 from csjd_core.distributed import RedisDistributedDispatcher
-from csjd_core.errors import CSJDError, DuplicateJob
+from csjd_core.errors import BackendUnavailable, CSJDError, DuplicateJob
 from csjd_core.job import JobState
 from csjd_core.supervisor import EXIT_RECYCLE, supervise
-from csjd_core.worker import run_worker
+from csjd_core.worker import InFlight, run_worker
 
 __all__ = ["dead", "health", "move_into_redis", "serve", "stats", "worker"]
 
@@ -48,9 +49,12 @@ def rss_bytes() -> int:
 
 
 def distributed_dispatcher(
-    app: App, queues: str | None = None, workers: int | None = None
+    app: App,
+    queues: str | None = None,
+    workers: int | None = None,
+    hooks: tuple[object, ...] = (),
 ) -> RedisDistributedDispatcher:
-    """A Redis dispatcher for ``app`` with the command line's overrides.
+    """A Redis dispatcher for ``app`` with the command line's overrides (and extra hooks).
 
     Raises:
         click.ClickException: the app is not in Redis mode.
@@ -65,6 +69,8 @@ def distributed_dispatcher(
         changes["queues"] = tuple(q.strip() for q in queues.split(",") if q.strip())
     if workers:
         changes["workers"] = workers
+    if hooks:
+        changes["hooks"] = (*app.distributed.hooks, *hooks)
     try:
         config = dataclasses.replace(app.distributed, **changes)
     except ValueError as exc:
@@ -77,27 +83,37 @@ def move_into_redis(store: FileJobStore, app: App, batch: int = 500) -> tuple[in
 
     Ids are kept, so a re-run after an interruption meets `DuplicateJob` for jobs already moved
     (unfinished in Redis, or finished within ``dedupe_window``) and only drops them from the
-    store. Each batch is folded into the store's snapshot (fsynced) before the next one.
+    store. Each batch is folded into the store's snapshot (fsynced) before the next one, and
+    so is a partial batch when a submit fails.
 
     Returns:
         (moved now, found already in Redis).
+
+    Raises:
+        QueueFull, BackendUnavailable, InvalidJob: a job could not be admitted; the jobs before
+            it are moved and recorded, it and the rest stay in the store.
     """
     dispatcher = distributed_dispatcher(app)
     moved = already = 0
     statuses = [s for s in store.jobs() if s.state is not JobState.RUNNING]
-    for start in range(0, len(statuses), batch):
-        done: list[str] = []
-        for status in statuses[start:start + batch]:
-            job = store.job(status.id)
+    try:
+        for start in range(0, len(statuses), batch):
+            done: list[str] = []
             try:
-                dispatcher.submit(job)
-                moved += 1
-            except DuplicateJob:
-                already += 1
-            done.append(job.id)
-        store.discard(done, "moved to Redis")
-        store.compact()
-    dispatcher.close()
+                for status in statuses[start:start + batch]:
+                    job = store.job(status.id)
+                    try:
+                        dispatcher.submit(job)
+                        moved += 1
+                    except DuplicateJob:
+                        already += 1
+                    done.append(job.id)
+            finally:  # also when a submit fails: what reached Redis leaves the store
+                if done:
+                    store.discard(done, "moved to Redis")
+                    store.compact()
+    finally:
+        dispatcher.close()
     return moved, already
 
 
@@ -112,18 +128,23 @@ def move_into_redis(store: FileJobStore, app: App, batch: int = 500) -> tuple[in
 @click.option("--max-memory", help="Recycle a process past this RSS (e.g. 512M).")
 @click.option("--drain-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
               help="Seconds to let in-flight jobs finish after SIGTERM.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
+                                               case_sensitive=False),
+              help="Log level (default: INFO, or the one given before the command).")
 @click.option("--child", is_flag=True, hidden=True)
 @click.pass_context
 def worker(ctx: click.Context, app_spec: str, queues: str | None, workers: int | None,
            processes: int, burst: bool, max_jobs: int | None, max_memory: str | None,
-           drain_timeout: float, child: bool) -> None:
+           drain_timeout: float, log_level: str | None, child: bool) -> None:
     """Consume the app's Redis queues until SIGTERM (a second signal stops at once)."""
     from csjd_core.cli import load_app  # noqa: PLC0415 - cli imports this module
 
+    level = (log_level or ctx.obj.get("log_level", "INFO")).upper()
+    logging.getLogger().setLevel(level)
     sys.exit(serve(
         load_app(app_spec),
-        child_command=[sys.executable, "-m", "csjd_core.cli", "--log-level",
-                       ctx.obj.get("log_level", "INFO"), "worker", app_spec],
+        child_command=[sys.executable, "-m", "csjd_core.cli", "--log-level", level, "worker",
+                       app_spec],
         queues=queues, workers=workers, processes=processes, burst=burst, max_jobs=max_jobs,
         max_memory=max_memory, drain_timeout=drain_timeout, child=child))
 
@@ -156,7 +177,8 @@ def serve(
         itself, 1 if jobs were still running at the drain deadline.
     """
     memory_limit = parse_size(max_memory) if max_memory else None
-    dispatcher = distributed_dispatcher(app, queues, workers)
+    in_flight = InFlight()
+    dispatcher = distributed_dispatcher(app, queues, workers, hooks=(in_flight,))
     if not child and (processes > 1 or max_jobs or memory_limit):
         argv = ["--child", "--drain-timeout", str(drain_timeout)]
         for flag, value in (("--queues", queues), ("--workers", workers),
@@ -170,16 +192,24 @@ def serve(
     if not child:
         _banner(dispatcher, 1)
     recycled: list[str] = []
+    supervisor = os.getppid()
 
     def should_stop() -> bool:
         if max_jobs and dispatcher.metrics().processed >= max_jobs:
             recycled.append(f"max_jobs={max_jobs}")
         elif memory_limit and rss_bytes() > memory_limit:
             recycled.append(f"max_memory={max_memory}")
+        elif child and os.getppid() != supervisor:
+            # The supervisor was killed (SIGKILL, OOM killer): drain rather than run orphaned.
+            recycled.append("supervisor_gone")
         return bool(recycled)
 
-    report = run_worker(dispatcher, burst=burst, drain_timeout=drain_timeout,
-                        should_stop=should_stop)
+    try:
+        report = run_worker(dispatcher, burst=burst, drain_timeout=drain_timeout,
+                            should_stop=should_stop, in_flight=in_flight)
+    except BackendUnavailable as exc:  # Redis down at start: the process manager retries
+        logger.error("cannot start the worker: %s", exc)
+        return 1
     if recycled:
         logger.info("recycling worker process reason=%s report=%s", recycled[0], report)
         return EXIT_RECYCLE
@@ -224,7 +254,10 @@ def stats(app_spec: str, queues: str | None, as_json: bool) -> None:
 @click.command()
 @click.argument("app_spec", metavar="APP")
 @click.option("--queues", help="Comma-separated queues (default: the app's).")
-def health(app_spec: str, queues: str | None) -> None:
+@click.option("--this-host", is_flag=True,
+              help="Count only workers of this host (consumer names start with the hostname): "
+                   "a container's liveness probe.")
+def health(app_spec: str, queues: str | None, this_host: bool) -> None:
     """Exit 0 if every queue has a live worker (fresh heartbeat), 1 otherwise."""
     from csjd_core.cli import load_app  # noqa: PLC0415
 
@@ -234,46 +267,59 @@ def health(app_spec: str, queues: str | None) -> None:
     except Exception as exc:
         click.echo(f"unhealthy: cannot reach Redis: {exc}", err=True)
         sys.exit(1)
-    dead_queues = [name for name, q in figures.items()
-                   if not any(c["heartbeat_age"] is not None for c in q["consumers"])]
-    for name, q in figures.items():
-        live = sum(1 for c in q["consumers"] if c["heartbeat_age"] is not None)
-        click.echo(f"queue {name}: {live} live worker(s)")
+    prefix = socket.gethostname() + ":" if this_host else ""
+    live = {name: sum(1 for c in q["consumers"]
+                      if c["heartbeat_age"] is not None and c["name"].startswith(prefix))
+            for name, q in figures.items()}
+    where = f" on {prefix[:-1]}" if prefix else ""
+    for name, count in live.items():
+        click.echo(f"queue {name}: {count} live worker(s){where}")
+    dead_queues = [name for name, count in live.items() if not count]
     if dead_queues:
         click.echo(f"unhealthy: no live worker for {', '.join(dead_queues)}", err=True)
         sys.exit(1)
 
 
-@click.group()
-def dead() -> None:
-    """Dead letters: list, show, requeue, purge."""
+class _DeadGroup(click.Group):
+    """``csjd dead APP ACTION``; the older order ``csjd dead ACTION APP`` is accepted too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if len(args) >= 2 and args[0] in self.commands and args[1] not in self.commands:
+            args = [args[1], args[0], *args[2:]]
+        return super().parse_args(ctx, args)
 
 
-def _dead_dispatcher(app_spec: str) -> RedisDistributedDispatcher:
+@click.group(cls=_DeadGroup)
+@click.argument("app_spec", metavar="APP")
+@click.pass_context
+def dead(ctx: click.Context, app_spec: str) -> None:
+    """Dead letters of APP: list, show, requeue, purge."""
+    ctx.meta["csjd.dead_app"] = app_spec
+
+
+def _dead_dispatcher() -> RedisDistributedDispatcher:
     from csjd_core.cli import load_app  # noqa: PLC0415
 
-    return distributed_dispatcher(load_app(app_spec))
+    return distributed_dispatcher(load_app(click.get_current_context().meta["csjd.dead_app"]))
 
 
 @dead.command("list")
-@click.argument("app_spec", metavar="APP")
 @click.option("--queue", default=None, help="Queue (default: the app's default queue).")
 @click.option("--count", type=click.IntRange(1), default=50, show_default=True)
-def dead_list(app_spec: str, queue: str | None, count: int) -> None:
+def dead_list(queue: str | None, count: int) -> None:
     """List the oldest dead letters."""
-    for letter in _dead_dispatcher(app_spec).dead_letters(queue, count):
+    for letter in _dead_dispatcher().dead_letters(queue, count):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(letter.failed_at))
         click.echo(f"{letter.entry_id}  {letter.job_id}  {letter.type}  attempts="
                    f"{letter.attempts}  {when}Z  {letter.reason}: {letter.error[:120]}")
 
 
 @dead.command("show")
-@click.argument("app_spec", metavar="APP")
 @click.argument("entry_id")
 @click.option("--queue", default=None)
-def dead_show(app_spec: str, entry_id: str, queue: str | None) -> None:
+def dead_show(entry_id: str, queue: str | None) -> None:
     """Show one dead letter with its traceback and payload."""
-    for letter in _dead_dispatcher(app_spec).dead_letters(queue, 100_000):
+    for letter in _dead_dispatcher().dead_letters(queue, 100_000):
         if letter.entry_id == entry_id:
             click.echo(json.dumps(dataclasses.asdict(letter), indent=2))
             return
@@ -281,18 +327,20 @@ def dead_show(app_spec: str, entry_id: str, queue: str | None) -> None:
 
 
 @dead.command("requeue")
-@click.argument("app_spec", metavar="APP")
 @click.argument("entry_ids", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Requeue every dead letter.")
 @click.option("--queue", default=None)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def dead_requeue(app_spec: str, entry_ids: tuple[str, ...], everything: bool,
-                 queue: str | None, yes: bool) -> None:
+def dead_requeue(entry_ids: tuple[str, ...], everything: bool, queue: str | None,
+                 yes: bool) -> None:
     """Put dead letters back on their queue (attempts reset)."""
-    dispatcher = _dead_dispatcher(app_spec)
+    dispatcher = _dead_dispatcher()
     ids = list(entry_ids)
     if everything:
         ids = [letter.entry_id for letter in dispatcher.dead_letters(queue, 1_000_000)]
+        if not ids:
+            click.echo("no dead letters to requeue")
+            return
     if not ids:
         raise click.UsageError("give dead-letter entry ids or --all")
     if not yes:
@@ -307,12 +355,11 @@ def dead_requeue(app_spec: str, entry_ids: tuple[str, ...], everything: bool,
 
 
 @dead.command("purge")
-@click.argument("app_spec", metavar="APP")
 @click.option("--queue", default=None)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def dead_purge(app_spec: str, queue: str | None, yes: bool) -> None:
+def dead_purge(queue: str | None, yes: bool) -> None:
     """Delete every dead letter of a queue."""
-    dispatcher = _dead_dispatcher(app_spec)
+    dispatcher = _dead_dispatcher()
     count = len(dispatcher.dead_letters(queue, 1_000_000))
     if not yes:
         click.confirm(f"delete {count} dead letter(s)?", abort=True)

@@ -5,7 +5,8 @@ its dispatcher, connections and threads after the process starts: nothing is inh
 supervisor. A child that dies is restarted (with backoff if it keeps dying); a child that exits
 with `EXIT_RECYCLE` (``--max-jobs`` / ``--max-memory`` reached, in-flight work finished) is
 replaced at once. The first SIGTERM/SIGINT is forwarded to every child (they drain); a second one
-kills them and exits.
+kills them and exits. Children run in their own process group, so only the supervisor receives a
+terminal's Ctrl-C; a child whose supervisor vanished (SIGKILL) drains and exits by itself.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ logger = logging.getLogger("csjd_core.supervisor")
 #: A child's exit status when it recycles itself (max jobs or memory reached, drained).
 EXIT_RECYCLE = 4
 
+#: A child that ran this many seconds before dying is restarted with the shortest delay again.
+_STABLE_AFTER = 30.0
+
 
 def supervise(
     child_argv: list[str],
@@ -46,7 +50,8 @@ def supervise(
             Django passes ``python manage.py``).
 
     Returns:
-        The exit status for the supervisor process.
+        The exit status for the supervisor process: 0, `EXIT_FORCED` after a second signal, 1 if
+        a child did not drain cleanly.
     """
     program = command or [sys.executable, "-m", "csjd_core.cli"]
     stop = threading.Event()
@@ -62,11 +67,18 @@ def supervise(
     children: dict[int, subprocess.Popen[bytes]] = {}
     failures = dict.fromkeys(range(processes), 0)
     not_before = dict.fromkeys(range(processes), 0.0)
+    started_at = dict.fromkeys(range(processes), 0.0)
     finished: set[int] = set()
+    unclean = False
 
     def spawn(slot: int) -> None:
         env = dict(os.environ, CSJD_WORKER_SLOT=str(slot))
-        children[slot] = subprocess.Popen([*program, *child_argv], env=env)
+        # Its own process group: a Ctrl-C in a terminal (or an init that signals the whole
+        # group) reaches the supervisor only, which forwards exactly one SIGTERM. Otherwise a
+        # child would see two signals and stop without draining.
+        children[slot] = subprocess.Popen([*program, *child_argv], env=env,
+                                          stdin=subprocess.DEVNULL, process_group=0)
+        started_at[slot] = time.monotonic()
         logger.info("worker child started slot=%d pid=%d", slot, children[slot].pid)
 
     for slot in range(processes):
@@ -93,12 +105,19 @@ def supervise(
                 continue
             del children[slot]
             if stop.is_set() or (burst and code == 0):
+                # -SIGTERM: the forwarded signal came before the child installed its handler.
+                if code not in (0, EXIT_RECYCLE, -signal.SIGTERM):
+                    logger.error("worker child did not drain cleanly slot=%d pid=%d code=%s",
+                                 slot, child.pid, code)
+                    unclean = True
                 finished.add(slot)
                 continue
             if code == EXIT_RECYCLE:
                 logger.info("worker child recycled slot=%d pid=%d", slot, child.pid)
                 failures[slot] = 0
             else:
+                if time.monotonic() - started_at[slot] >= _STABLE_AFTER:
+                    failures[slot] = 0
                 failures[slot] += 1
                 delay = min(30.0, 0.5 * 2 ** (failures[slot] - 1))
                 not_before[slot] = time.monotonic() + delay
@@ -109,5 +128,5 @@ def supervise(
                     and time.monotonic() >= not_before[slot]):
                 spawn(slot)
         if not children and (stop.is_set() or len(finished) == processes):
-            return 0
+            return 1 if unclean else 0
         time.sleep(0.1)
