@@ -288,8 +288,6 @@ class Engine:
                 tally.processed += 1
                 tally.succeeded += 1
                 tally.seq += 1
-                if self._joiners:
-                    self._notify_idle()
             else:
                 self._lost_claim(delivery)
             return
@@ -367,8 +365,6 @@ class Engine:
                 hooks.call("after_failed", job, error.message)
             else:
                 hooks.call("after_retry_scheduled", job, delivery.attempt, delay)
-        if self._joiners:
-            self._notify_idle()
 
     def _any_busy(self) -> bool:
         return any(w.busy and not w.detached for w in list(self._workers))
