@@ -48,7 +48,8 @@ def bench_dispatcher(n: int, payload: object) -> float:
     elapsed = time.perf_counter() - start
     report = dispatcher.stop()
     metrics = dispatcher.metrics()
-    assert metrics.succeeded == n and report.clean, (metrics, report)
+    if metrics.succeeded != n or not report.clean:
+        raise SystemExit(f"benchmark run lost jobs: {metrics} {report}")
     return n / elapsed
 
 
@@ -108,9 +109,10 @@ def main() -> None:
         print(f"{labels[name]:<34}{rate:>12,.0f}{rate / base:>8.2f}")
     if args.memory_jobs:
         mem = bench_memory(args.memory_jobs)
+        peak, base = mem["peak_kib"] / 1024, mem["base_kib"] / 1024
         print(
             f"\nmemory: {mem['pending']:,} queued jobs (payload=None): peak RSS "
-            f"{mem['peak_kib'] / 1024:.0f} MiB (interpreter + import: {mem['base_kib'] / 1024:.0f} MiB)"
+            f"{peak:.0f} MiB (interpreter + import: {base:.0f} MiB)"
         )
 
 
