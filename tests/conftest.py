@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
 from redis_server import (
     SERVER_ENV,
     RedisServerError,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from redis_server import (
     SERVER_ENV,
     RedisServerError,

@@ -6,8 +6,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 import csjd_core
 
 # SPEC section 2: the names tests outside this repository import from csjd_core.
