@@ -15,8 +15,10 @@ import struct
 import threading
 import time
 import zlib
+from _thread import allocate_lock as _allocate_lock
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from csjd_core.errors import StoreCorrupted, StoreFailed
 
@@ -28,11 +30,9 @@ MAGIC = b"CJ"
 VERSION = 1
 HEADER = struct.Struct("<2sBBIQI")
 MAX_RECORD = 64 * 1024 * 1024
-_CRC_SPAN = slice(2, 16)  # version, type, length, sequence
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One decoded record and where it sits in the file."""
 
     type: int
@@ -42,11 +42,14 @@ class Record:
     end: int
 
 
+_HEAD = struct.Struct("<BBIQ")  # the CRC'd part of the header: version, type, length, sequence
+_CRC = struct.Struct("<I")
+
+
 def encode(rtype: int, seq: int, payload: bytes) -> bytes:
     """Frame one record."""
-    head = struct.pack("<BBIQ", VERSION, rtype, len(payload), seq)
-    crc = zlib.crc32(payload, zlib.crc32(head))
-    return MAGIC + head + struct.pack("<I", crc) + payload
+    head = _HEAD.pack(VERSION, rtype, len(payload), seq)
+    return b"".join((MAGIC, head, _CRC.pack(zlib.crc32(payload, zlib.crc32(head))), payload))
 
 
 def _parse(buf: bytes | memoryview, pos: int, types: frozenset[int]) -> Record | None:
@@ -60,10 +63,10 @@ def _parse(buf: bytes | memoryview, pos: int, types: frozenset[int]) -> Record |
     end = end_header + length
     if end > len(buf):
         return None
-    payload = bytes(buf[end_header:end])
-    if zlib.crc32(payload, zlib.crc32(bytes(buf[pos + 2 : pos + 16]))) != crc:
+    view = memoryview(buf)
+    if zlib.crc32(view[end_header:end], zlib.crc32(view[pos + 2 : pos + 16])) != crc:
         return None
-    return Record(rtype, seq, payload, pos, end)
+    return Record(rtype, seq, bytes(view[end_header:end]), pos, end)
 
 
 def scan(
@@ -77,19 +80,33 @@ def scan(
         in the middle), and None for a clean file or a torn tail.
     """
     records: list[Record] = []
+    append = records.append
     pos, last_seq = 0, after_seq
     size = len(buf)
-    view = memoryview(buf)
-    while pos < size:
-        record = _parse(view, pos, types)
-        if record is None or (records and record.seq <= last_seq):
+    # `_parse`, inlined: this loop runs once per record of the log at every start.
+    unpack, crc32, header_size = HEADER.unpack_from, zlib.crc32, HEADER.size
+    while pos + header_size <= size:
+        magic, version, rtype, length, seq, crc = unpack(buf, pos)
+        body = pos + header_size
+        end = body + length
+        if (
+            magic != MAGIC
+            or version != VERSION
+            or rtype not in types
+            or end > size
+            or length > MAX_RECORD
+        ):
             break
-        records.append(record)
-        last_seq = record.seq
-        pos = record.end
+        payload = buf[body:end]
+        if crc32(payload, crc32(buf[pos + 2 : body - 4])) != crc or (records and seq <= last_seq):
+            break
+        append(Record(rtype, seq, payload, pos, end))
+        last_seq = seq
+        pos = end
     if pos >= size:
         return records, pos, None
     # Something invalid at pos: a torn tail unless a valid record follows somewhere.
+    view = memoryview(buf)
     probe = buf.find(MAGIC, pos + 1)
     while probe != -1:
         later = _parse(view, probe, types)
@@ -131,6 +148,30 @@ def fsync_directory(path: str) -> None:
         os.close(fd)
 
 
+#: fsyncs one leader runs in a row before handing over (bounds the leader's own latency).
+_LEAD_ROUNDS = 4
+
+
+class _Batch:
+    """Writers waiting for the same fsync, each blocked on its own gate (a held lock).
+
+    A gate per waiter, rather than a `threading.Condition`, so that a waiter woken by its fsync
+    returns at once instead of queueing again for the mutex the leader holds.
+    """
+
+    __slots__ = ("end", "gates")
+
+    def __init__(self) -> None:
+        self.end = 0  # bytes ever appended that the batch's fsync covers (set by the leader)
+        self.gates: list[threading.Lock] = []
+
+    def release_all(self) -> None:
+        """Wake every waiter (each re-checks what the fsync achieved)."""
+        gates, self.gates = self.gates, []
+        for gate in gates:
+            gate.release()
+
+
 class WriteAheadLog:
     """An append-only log file with one writer lock and leader-based group commit.
 
@@ -144,8 +185,14 @@ class WriteAheadLog:
         self.interval = interval
         self._fd = -1
         self._write_lock = threading.Lock()
-        self._sync_cond = threading.Condition()
-        self._syncing = False
+        # Group commit. Writers waiting for fsync join the open batch; one of them (the leader)
+        # takes the batch and runs one fsync for all of it while the next batch fills up.
+        # An fsync wakes only the waiters it covered, plus one waiter of the next batch to lead.
+        self._sync_mutex = threading.Lock()
+        self._open_batch = _Batch()
+        self._running_batch = _Batch()
+        self._leading = False
+        self._idle = threading.Condition(self._sync_mutex)  # no fsync running
         self._written = 0  # bytes of valid records in the file
         # Group commit counts bytes ever appended (monotonic, unlike the file size, which a
         # rotation shrinks): a waiter is done once ``_synced`` reaches its target.
@@ -156,6 +203,8 @@ class WriteAheadLog:
         self._closed = True
         self._flusher: threading.Thread | None = None
         self._stop_flusher = threading.Event()
+        # Records posted by threads that hold other locks; the next append writes them first.
+        self._deferred: deque[tuple[int, bytes]] = deque()
         self.fsync_count = 0
 
     # -- open and recover ------------------------------------------------------------------
@@ -206,13 +255,16 @@ class WriteAheadLog:
         self._seq = max([after_seq] + [r.seq for r in records[-1:]])
         self._closed = False
         self._failed = None
+        self._deferred.clear()  # a store object reopened: close() wrote them already
         if self.policy == "interval":
             self._stop_flusher = threading.Event()
             self._flusher = threading.Thread(
                 target=self._flush_loop, name="csjd-wal-fsync", daemon=True
             )
             self._flusher.start()
-        return iter([r for r in records if r.seq > after_seq])
+        if records and records[0].seq <= after_seq:  # folded into the snapshot already
+            records = [r for r in records if r.seq > after_seq]
+        return iter(records)
 
     @property
     def size(self) -> int:
@@ -253,24 +305,100 @@ class WriteAheadLog:
                 ) from self._failed
             if self._closed:
                 raise StoreFailed(f"job store {self.path} is closed")
-            parts = []
+            deferred = self._take_deferred() if self._deferred else []
+            if deferred:
+                records = deferred + records
+            elif not records:
+                return
             seq = self._seq
-            for rtype, payload in records:
+            if len(records) == 1:
+                rtype, payload = records[0]
                 seq += 1
-                parts.append(encode(rtype, seq, payload))
-            data = b"".join(parts)
-            self._write_all(data)
+                data = encode(rtype, seq, payload)
+            else:
+                parts = []
+                for rtype, payload in records:
+                    seq += 1
+                    parts.append(encode(rtype, seq, payload))
+                data = b"".join(parts)
+            try:
+                self._write_all(data)
+            except StoreFailed:
+                if deferred:
+                    logger.error(
+                        "progress records lost; after a crash jobs may run again path=%s count=%d",
+                        self.path,
+                        len(deferred),
+                    )
+                raise
             self._seq = seq
             self._written += len(data)
             end = self._total = self._total + len(data)
             if on_written is not None:
                 on_written()
         if durable and self.policy == "always":
-            self._sync_to(end)
+            try:
+                self._sync_to(end)
+            except StoreFailed:
+                self._discard_unsynced()
+                raise
+
+    def _discard_unsynced(self) -> None:
+        """After a failed fsync, cut the records no fsync covered.
+
+        Under ``always`` those are the records of submits that now fail (plus progress records,
+        whose loss means at worst a re-run): cutting them keeps "not accepted" true after a
+        restart too. The store stays failed: the kernel may have dropped dirty pages.
+        """
+        with self._write_lock:
+            unsynced = self._total - self._synced
+            if self._failed is None or self._closed or unsynced <= 0:
+                return
+            keep = self._written - unsynced
+            try:
+                os.ftruncate(self._fd, keep)
+            except OSError:
+                logger.exception("could not cut unsynced records path=%s", self.path)
+                return
+            logger.error(
+                "cut records that were never fsynced path=%s offset=%d dropped_bytes=%d",
+                self.path,
+                keep,
+                unsynced,
+            )
+            self._written = keep
+            self._total = self._synced
+
+    def defer(self, rtype: int, payload: bytes) -> None:
+        """Queue a record for the next `append` (or `flush`): no lock, no system call.
+
+        For callers that hold a lock of their own: they call `flush` once they let it go.
+        """
+        self._deferred.append((rtype, payload))
+
+    def flush(self) -> None:
+        """Write the deferred records now (no fsync).
+
+        Raises:
+            StoreFailed: as `append`.
+        """
+        if self._deferred:
+            self.append([], durable=False)
+
+    def _take_deferred(self) -> list[tuple[int, bytes]]:
+        taken = []
+        popleft = self._deferred.popleft
+        while True:  # popleft is atomic: a record deferred meanwhile is taken now or next time
+            try:
+                taken.append(popleft())
+            except IndexError:
+                return taken
 
     def _write_all(self, data: bytes) -> None:
         try:
-            write_all(self._fd, data)
+            written = os.write(self._fd, data)
+            if written != len(data):  # finish a short write, or learn why (ENOSPC, EFBIG...)
+                write_all(self._fd, data[written:])
         except OSError as exc:
             try:
                 # Part of ``data`` may be in the file: cut it, or the next append would land
@@ -285,29 +413,84 @@ class WriteAheadLog:
             ) from exc
 
     def _sync_to(self, target: int) -> None:
-        cond = self._sync_cond
-        with cond:
+        """Return once the first ``target`` bytes ever appended are fsynced (group commit).
+
+        Raises:
+            StoreFailed: fsync failed (now or earlier), or the log was closed first.
+        """
+        mutex = self._sync_mutex
+        mutex.acquire()
+        try:
             while self._synced < target:
-                if self._failed is not None:
-                    raise StoreFailed(f"job store {self.path}: fsync failed") from self._failed
-                if self._closed:  # close() fsyncs what was written, unless its fsync failed
-                    raise StoreFailed(f"job store {self.path} was closed before fsync")
-                if self._syncing:
-                    cond.wait()
+                if self._failed is not None or self._closed:
+                    raise self._sync_error()
+                if not self._leading:
+                    self._lead()
                     continue
-                self._syncing = True
-                goal = self._total
-                cond.release()
+                # An fsync runs. Wait for it if it covers our bytes, else for the next one.
+                running = self._running_batch
+                batch = running if target <= running.end else self._open_batch
+                gate = _allocate_lock()
+                gate.acquire()
+                batch.gates.append(gate)
+                mutex.release()
+                try:
+                    gate.acquire()  # released when the batch is done, or to make us lead
+                finally:
+                    mutex.acquire()
+        finally:
+            mutex.release()
+
+    def _sync_error(self) -> StoreFailed:
+        if self._failed is not None:
+            error = StoreFailed(f"job store {self.path}: fsync failed; the job was not accepted")
+            error.__cause__ = self._failed
+            return error
+        return StoreFailed(f"job store {self.path} was closed before its fsync")
+
+    def _lead(self) -> None:
+        """Run fsyncs for the open batch and the ones after it (sync mutex held).
+
+        Everything written so far is in the file: one fsync covers it all, the caller's bytes
+        included. While it runs the next batch fills; the leader syncs that one too (it holds
+        the GIL already, a waiter would first have to get it), up to ``_LEAD_ROUNDS`` fsyncs,
+        then hands over to a waiter of the open batch. After a failure nobody leads again: the
+        open batch's waiters are woken to raise.
+        """
+        mutex = self._sync_mutex
+        try:
+            for _ in range(_LEAD_ROUNDS):
+                batch = self._running_batch = self._open_batch
+                batch.end = self._total
+                self._open_batch = _Batch()
+                self._leading = True
+                mutex.release()
+                synced = False
                 try:
                     error = self._fsync()
+                    synced = error is None
                 finally:
-                    cond.acquire()
-                    self._syncing = False
-                    cond.notify_all()
-                if error is None:
-                    self._synced = max(self._synced, goal)
-            if self._failed is not None:
-                raise StoreFailed(f"job store {self.path}: fsync failed") from self._failed
+                    mutex.acquire()
+                    self._leading = False
+                    if synced:
+                        self._synced = max(self._synced, batch.end)
+                    batch.release_all()  # even if fsync raised something unexpected
+                    self._idle.notify_all()
+                if error is not None or self._closed or not self._open_batch.gates:
+                    break
+            else:
+                self._open_batch.gates.pop(0).release()  # that waiter leads the next fsync
+                return
+        except BaseException:
+            self._open_batch.release_all()  # one of them leads again
+            raise
+        if self._failed is not None or self._closed:
+            self._open_batch.release_all()
+
+    def _wait_idle(self) -> None:
+        """Wait until no fsync runs (sync mutex held)."""
+        while self._leading:
+            self._idle.wait()
 
     def _fsync(self) -> BaseException | None:
         try:
@@ -317,14 +500,15 @@ class WriteAheadLog:
         except OSError as exc:
             # After a failed fsync the kernel may have dropped the dirty pages ("fsyncgate"):
             # retrying could report success for data that is gone. The store stops accepting.
-            logger.critical("fsync failed; job store is now read-only path=%s error=%s",
-                            self.path, exc)
+            logger.critical(
+                "fsync failed; job store is now read-only path=%s error=%s", self.path, exc
+            )
             self._failed = exc
             return exc
 
     def _flush_loop(self) -> None:
         stop = self._stop_flusher
-        while not stop.wait(self.interval) and self._failed is None:
+        while not stop.wait(self.interval) and self._failed is None and not self._closed:
             try:
                 self.sync()
             except StoreFailed:
@@ -342,9 +526,8 @@ class WriteAheadLog:
         The caller holds no write lock; this takes it. Crash-safe: the new log is written to a
         temporary file, fsynced and renamed over the old one.
         """
-        with self._write_lock, self._sync_cond:
-            while self._syncing:  # never close the descriptor under a running fsync
-                self._sync_cond.wait()
+        with self._write_lock, self._sync_mutex:
+            self._wait_idle()  # never replace the descriptor under a running fsync
             if self._closed:
                 return
             with open(self.path, "rb") as f:
@@ -367,25 +550,29 @@ class WriteAheadLog:
             self._fd = fd
             self._written = len(tail)
             self._synced = self._total  # the new file holds everything, fsynced
-            self._sync_cond.notify_all()
+            self._open_batch.release_all()
 
     def close(self) -> None:
-        """fsync (unless the policy is ``never``) and close the file."""
+        """Write deferred records, fsync (unless the policy is ``never``) and close the file."""
+        with contextlib.suppress(StoreFailed):  # failed: logged already, nothing more to save
+            self.flush()
         with self._write_lock:
             if self._closed:
                 return
-            with self._sync_cond:
-                while self._syncing:
-                    self._sync_cond.wait()
+            with self._sync_mutex:
+                self._wait_idle()  # never close the descriptor under a running fsync
                 self._closed = True
                 pending = self._total > self._synced
-                if self.policy != "never" and self._failed is None and pending and (
-                    self._fsync() is None
+                if (
+                    self.policy != "never"
+                    and self._failed is None
+                    and pending
+                    and (self._fsync() is None)
                 ):
                     self._synced = self._total
                 os.close(self._fd)
                 self._fd = -1
-                self._sync_cond.notify_all()
+                self._open_batch.release_all()  # its waiters return or raise now
         self._stop_flusher.set()
         flusher, self._flusher = self._flusher, None
         if flusher is not None and flusher is not threading.current_thread():

@@ -5,22 +5,25 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import json
 import logging
+import math
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Literal
 
-from csjd_core.backends._wal import WriteAheadLog, fsync_directory
-from csjd_core.backends.base import BackendSettings
+from csjd_core.backends._wal import Record, WriteAheadLog, fsync_directory, write_all
+from csjd_core.backends.base import AttemptError, BackendSettings, Delivery
 from csjd_core.backends.memory import Entry, MemoryBackend
-from csjd_core.errors import JobStoreLocked, StoreCorrupted, StoreFailed
-from csjd_core.job import Job, JobState, JobStatus
+from csjd_core.errors import InvalidJob, JobStoreLocked, StoreCorrupted, StoreFailed
+from csjd_core.job import Job, JobState, JobStatus, utc_from_timestamp
 from csjd_core.retry import seconds
 
 __all__ = ["FileJobStore"]
@@ -33,6 +36,28 @@ SUBMITTED, STARTED, RETRY, FINISHED = 1, 2, 3, 4
 _TYPES = frozenset({SUBMITTED, STARTED, RETRY, FINISHED})
 _SNAPSHOT_VERSION = 1
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_json_str = json.encoder.encode_basestring_ascii
+_decode_json = json.JSONDecoder().decode
+_REPLAY_BATCH = 20_000  # records decoded per JSON call at open
+
+
+def _fast_encoder() -> Callable[[Any], str]:
+    """`_encode` without its per-call set-up: the C encoder, built once (when there is one).
+
+    No circular-reference check: payloads passed `check_json` at admission.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _encode
+
+    def refuse(value: Any) -> Any:
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+    encoder = make(None, refuse, _json_str, None, ":", ",", False, False, False)
+    return lambda value: "".join(encoder(value, 0))
+
+
+_encode_fast = _fast_encoder()
 
 # Stores open in this process: a forked child must not use the parent's descriptors or lock.
 _OPEN_STORES: weakref.WeakSet[FileJobStore] = weakref.WeakSet()
@@ -82,8 +107,10 @@ class FileJobStore(MemoryBackend):
         interval = seconds(fsync_interval, "fsync_interval")
         if interval <= 0:
             raise ValueError(f"fsync_interval must be positive, got {fsync_interval!r}")
-        if isinstance(compact_bytes, bool) or not isinstance(compact_bytes, int) or (
-            compact_bytes < 1
+        if (
+            isinstance(compact_bytes, bool)
+            or not isinstance(compact_bytes, int)
+            or (compact_bytes < 1)
         ):
             raise ValueError(f"compact_bytes must be a positive int, got {compact_bytes!r}")
         self.path = os.path.abspath(os.fspath(path))
@@ -97,7 +124,7 @@ class FileJobStore(MemoryBackend):
         self._snapshot_seq = 0
         self._compacting = threading.Lock()
         self._owner_pid = 0
-        self.recovered: list[JobStatus] = []
+        self._recovered: list[tuple[Entry, JobState, int, str | None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self, settings: BackendSettings | None = None) -> int:
@@ -126,22 +153,20 @@ class FileJobStore(MemoryBackend):
                 self._ready.clear()
                 self._scheduled.clear()
                 self._unfinished.clear()
-            entries = self._read_snapshot()
-            records = self._wal.open(_TYPES, self._snapshot_seq, self.repair)
-            for record in records:
-                try:
-                    self._apply(entries, record.type, json.loads(record.payload))
-                except (ValueError, KeyError, TypeError) as exc:
-                    # The checksum matched, so these bytes were written so: not a torn write.
-                    raise StoreCorrupted(
-                        f"write-ahead log {self.log_path} holds an undecodable record at byte "
-                        f"offset {record.offset} ({exc!r})",
-                        path=self.log_path,
-                        offset=record.offset,
-                    ) from exc
-            self._owner_pid = os.getpid()
-            _OPEN_STORES.add(self)
-            return self._recover(entries)
+            with _gc_paused():
+                jobs = self._read_snapshot()
+                records = list(self._wal.open(_TYPES, self._snapshot_seq, self.repair))
+                for start in range(0, len(records), _REPLAY_BATCH):
+                    batch = records[start : start + _REPLAY_BATCH]
+                    try:
+                        _replay(jobs, batch, self._decode(batch))
+                    except _BadRecord as bad:
+                        raise self._undecodable(bad.offset, bad.__cause__ or bad) from bad
+                del records
+                entries = [self._entry(job) for job in jobs.values()]
+                self._owner_pid = os.getpid()
+                _OPEN_STORES.add(self)
+                return self._recover(entries)
         except BaseException:
             self._wal.abandon()
             self._release_lock()
@@ -209,17 +234,19 @@ class FileJobStore(MemoryBackend):
         """Compact (fold the log into the snapshot), fsync and release the lock.
 
         Returns:
-            The unfinished jobs, which stay in the store for the next `open`.
+            The unfinished jobs that are not running; they stay in the store for the next
+            `open` (so do running ones, whose attempt then counts as cut short by a crash).
         """
         if not self._opened or (self._owner_pid and self._owner_pid != os.getpid()):
             return []
         with self._lock:
-            left = [e.job for e in self._unfinished.values()]
+            left = [e.job for e in self._unfinished.values() if e.state is not JobState.RUNNING]
         try:
             self.compact()
         except (OSError, StoreFailed) as exc:
-            logger.error("compaction at close failed; the log is kept path=%s error=%s",
-                         self.path, exc)
+            logger.error(
+                "compaction at close failed; the log is kept path=%s error=%s", self.path, exc
+            )
         self._wal.close()
         self._release_lock()
         self._opened = False
@@ -241,7 +268,7 @@ class FileJobStore(MemoryBackend):
         self.close()
 
     # -- replay ----------------------------------------------------------------------------
-    def _read_snapshot(self) -> dict[str, Entry]:
+    def _read_snapshot(self) -> dict[str, _Replayed]:
         self._snapshot_seq = 0
         try:
             with open(self.path, "rb") as f:
@@ -256,75 +283,137 @@ class FileJobStore(MemoryBackend):
             ) from exc
         if not isinstance(data, dict) or data.get("version") != _SNAPSHOT_VERSION:
             raise StoreCorrupted(f"snapshot {self.path} has an unknown format", path=self.path)
-        entries: dict[str, Entry] = {}
+        jobs: dict[str, _Replayed] = {}
         try:
             seq = int(data["seq"])
             for item in data["jobs"]:
-                entry = _entry_from_dict(item)
-                entries[entry.job.id] = entry
+                job = _Replayed(item, None)
+                job.attempts = int(item["a"])
+                job.state = JobState(item["state"])
+                job.run_at = item.get("run_at")
+                job.error = item.get("err")
+                jobs[item["job"]["id"]] = job
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreCorrupted(
                 f"snapshot {self.path} holds an undecodable job ({exc!r})", path=self.path
             ) from exc
         self._snapshot_seq = seq
-        return entries
+        return jobs
 
-    @staticmethod
-    def _apply(entries: dict[str, Entry], rtype: int, data: Any) -> None:
-        """Apply one log record to the replay state (idempotent)."""
-        if rtype == SUBMITTED:
-            for item in data["jobs"]:
-                job = Job.from_dict(item["job"])
-                entry = Entry(job, item["max"], item["t"])
-                entry.stored = True
-                if job.run_at is not None:  # `restore` runs it at once if the time has passed
-                    entry.state = JobState.SCHEDULED
-                    entry.run_at = job.run_at.timestamp()
-                entries[entry.job.id] = entry
-            return
-        found = entries.get(data["id"])
-        if found is None:
-            return  # finished and folded into a snapshot already, or never admitted
-        entry = found
-        if rtype == STARTED:
-            entry.attempts = max(entry.attempts, data["a"])
-            entry.state = JobState.RUNNING
-            entry.started_at = data["t"]
-        elif rtype == RETRY:
-            entry.attempts = max(entry.attempts, data["a"])
+    def _decode(self, records: list[Record]) -> list[Any]:
+        """The records' JSON payloads, decoded in one call when they all decode (the usual
+        case: a call per record would cost more than the decoding itself)."""
+        try:
+            text = b"[" + b",".join(r.payload for r in records) + b"]"
+            decoded = _decode_json(text.decode())
+        except ValueError:  # UnicodeDecodeError too
+            decoded = None
+        if isinstance(decoded, list) and len(decoded) == len(records):
+            return decoded
+        result = []
+        for record in records:  # find the culprit
+            try:
+                result.append(_decode_json(record.payload.decode()))
+            except ValueError as exc:
+                raise self._undecodable(record.offset, exc) from exc
+        return result
+
+    def _undecodable(self, offset: int | None, exc: BaseException) -> StoreCorrupted:
+        # The checksum matched, so these bytes were written so: not a torn write.
+        where = f"write-ahead log {self.log_path}"
+        if offset is None:
+            where = f"snapshot {self.path}"
+        return StoreCorrupted(
+            f"{where} holds an undecodable record"
+            + (f" at byte offset {offset}" if offset is not None else "")
+            + f" ({exc!r})",
+            path=self.log_path if offset is not None else self.path,
+            offset=offset,
+        )
+
+    def _entry(self, job: _Replayed) -> Entry:
+        """Build the `Entry` of a job that is still unfinished after the replay."""
+        item = job.item
+        try:
+            built = Job.from_dict(item["job"])
+            entry = Entry(built, int(item["max"]), float(item["t"]))
+        except (InvalidJob, ValueError, KeyError, TypeError) as exc:
+            raise self._undecodable(job.offset, exc) from exc
+        entry.stored = True
+        entry.attempts = job.attempts
+        entry.state = job.state
+        if job.run_at is not None:
+            entry.run_at = job.run_at
+        elif job.state is JobState.QUEUED and built.run_at is not None:
+            # Never started: it waits for its run_at (`restore` runs it at once if it passed).
             entry.state = JobState.SCHEDULED
-            entry.run_at = data["due"]
-            entry.error = data.get("err")
-        elif rtype == FINISHED:
-            del entries[data["id"]]
+            entry.run_at = built.run_at.timestamp()
+        if job.error is not None:
+            entry.error = job.error
+        if job.started_at is not None:
+            entry.started_at = job.started_at
+        return entry
 
-    def _recover(self, entries: dict[str, Entry]) -> int:
+    def _recover(self, entries: list[Entry]) -> int:
         survivors: list[Entry] = []
-        self.recovered = []
-        for entry in entries.values():
+        self._recovered = recovered = []
+        for entry in entries:
             if entry.state is JobState.RUNNING:
                 # The process died during this attempt: it counts, so a job that kills its
                 # process cannot loop forever.
                 crash = f"process crashed during attempt {entry.attempts}"
                 entry.error = crash
                 if entry.attempts >= entry.max_attempts:
-                    logger.error("job failed: crashed on every attempt id=%s type=%s attempts=%d",
-                                 entry.job.id, entry.job.type, entry.attempts)
+                    logger.error(
+                        "job failed: crashed on every attempt id=%s type=%s attempts=%d",
+                        entry.job.id,
+                        entry.job.type,
+                        entry.attempts,
+                    )
                     entry.state = JobState.FAILED
                     entry.finished_at = time.time()
-                    self._write([(FINISHED, _encode(
-                        {"id": entry.job.id, "s": "failed", "t": entry.finished_at, "err": crash}
-                    ).encode())], durable=True)
+                    self._write(
+                        [
+                            (
+                                FINISHED,
+                                _encode(
+                                    {
+                                        "id": entry.job.id,
+                                        "s": "failed",
+                                        "t": entry.finished_at,
+                                        "err": crash,
+                                    }
+                                ).encode(),
+                            )
+                        ],
+                        durable=True,
+                    )
                     self._finished[entry.job.id] = entry
-                    self.recovered.append(entry.to_status())
+                    recovered.append((entry, entry.state, entry.attempts, entry.get("error")))
                     continue
                 entry.state = JobState.QUEUED
             survivors.append(entry)
-            self.recovered.append(entry.to_status())
+            recovered.append((entry, entry.state, entry.attempts, entry.get("error")))
         count = self.restore(survivors)
         if count:
             logger.info("recovered unfinished jobs path=%s count=%d", self.path, count)
         return count
+
+    @property
+    def recovered(self) -> list[JobStatus]:
+        """The unfinished jobs the last `open` found, as it found them (state, attempts)."""
+        return [
+            replace(
+                entry.to_status(),
+                state=state,
+                attempts=attempts,
+                last_error=error,
+                finished_at=None
+                if state is not JobState.FAILED
+                else utc_from_timestamp(entry.get("finished_at")),
+            )
+            for entry, state, attempts, error in self._recovered
+        ]
 
     # -- the persistence seam --------------------------------------------------------------
     def _write(
@@ -344,13 +433,14 @@ class FileJobStore(MemoryBackend):
         try:
             self._write([(rtype, _encode(data).encode())], durable=False)
         except (StoreFailed, JobStoreLocked) as exc:
-            logger.error("could not record job progress; after a crash the job may run again "
-                         "id=%s error=%s", data.get("id"), exc)
+            logger.error(
+                "could not record job progress; after a crash the job may run again id=%s error=%s",
+                data.get("id"),
+                exc,
+            )
 
     def _persist_submitted(self, entries: list[Entry]) -> None:
-        payload = _encode({"jobs": [
-            {"job": e.job.to_dict(), "max": e.max_attempts, "t": e.enqueued_at} for e in entries
-        ]}).encode()
+        payload = _submitted(entries)
 
         def mark_stored() -> None:
             for entry in entries:
@@ -359,25 +449,96 @@ class FileJobStore(MemoryBackend):
         self._write([(SUBMITTED, payload)], durable=True, on_written=mark_stored)
 
     def _persist_started(self, entry: Entry) -> None:
-        self._write_quietly(STARTED, {"id": entry.job.id, "a": entry.attempts,
-                                      "t": entry.get("started_at")})
+        # Written before the handler runs (not deferred): if the handler kills the process,
+        # this record is what makes recovery count the crash as an attempt.
+        payload = _progress(entry.job.id, "a", entry.attempts, entry.get("started_at"))
+        try:
+            self._write([(STARTED, payload)], durable=False)
+        except (StoreFailed, JobStoreLocked) as exc:
+            logger.error(
+                "could not record an attempt start; a crash during it will not count "
+                "id=%s error=%s",
+                entry.job.id,
+                exc,
+            )
 
+    # Retry and finished records are written under the index lock: they are deferred, and
+    # written by `succeed` / `fail` / `retry` below once the lock is released, so no thread
+    # waits for the index while another is in a system call.
     def _persist_retry(self, entry: Entry) -> None:
-        self._write_quietly(RETRY, {"id": entry.job.id, "a": entry.attempts,
-                                    "due": entry.get("run_at"), "err": entry.get("error")})
+        self._wal.defer(
+            RETRY,
+            _encode(
+                {
+                    "id": entry.job.id,
+                    "a": entry.attempts,
+                    "due": entry.get("run_at"),
+                    "err": entry.get("error"),
+                }
+            ).encode(),
+        )
 
     def _persist_finished(self, entry: Entry) -> None:
-        self._write_quietly(FINISHED, {"id": entry.job.id, "s": str(entry.state),
-                                       "t": entry.get("finished_at")})
+        self._wal.defer(
+            FINISHED, _progress(entry.job.id, "s", str(entry.state), entry.get("finished_at"))
+        )
+
+    def _flush_progress(self) -> None:
+        try:
+            self._write([], durable=False)
+        except (StoreFailed, JobStoreLocked) as exc:
+            logger.error(
+                "could not record job progress; after a crash jobs may run again path=%s error=%s",
+                self.path,
+                exc,
+            )
+
+    def succeed(self, delivery: Delivery, result: Any) -> bool:
+        """Record success (fenced); the finished record is in the log when this returns."""
+        try:
+            return super().succeed(delivery, result)
+        finally:
+            self._flush_progress()
+
+    def fail(self, delivery: Delivery, error: AttemptError) -> bool:
+        """Record a terminal failure (fenced); its record is in the log when this returns."""
+        try:
+            return super().fail(delivery, error)
+        finally:
+            self._flush_progress()
+
+    def retry(self, delivery: Delivery, error: AttemptError, delay: float) -> bool:
+        """Schedule the next attempt (fenced); its record is in the log when this returns."""
+        try:
+            return super().retry(delivery, error, delay)
+        finally:
+            self._flush_progress()
+
+    def discard(self, job_ids: Iterable[str], reason: str) -> int:
+        """Finish jobs without running them (see `MemoryBackend.discard`), durably."""
+        self._check_owner()
+        try:
+            return super().discard(job_ids, reason)
+        finally:
+            self._flush_progress()
 
     # -- compaction ------------------------------------------------------------------------
     def _compact_in_background(self) -> None:
-        try:
-            self._compact_locked()
-        except Exception:
-            logger.exception("background compaction failed path=%s", self.path)
-        finally:
-            self._compacting.release()
+        """Compact until the log is under the limit (entered with ``_compacting`` held)."""
+        while True:
+            try:
+                self._compact_locked()
+            except Exception:
+                logger.exception("background compaction failed path=%s", self.path)
+                return
+            finally:
+                self._compacting.release()
+            # Writes went on meanwhile; one that passed the limit could not start a compaction
+            # while this one ran, so look again after letting go of the lock.
+            if not self._opened or self._wal.failed is not None:
+                return
+            if self._wal.size <= self.compact_bytes or not self._compacting.acquire(False):
+                return
 
     def compact(self) -> None:
         """Fold the log into a new snapshot (atomically) and start a fresh log."""
@@ -388,21 +549,27 @@ class FileJobStore(MemoryBackend):
         self._check_owner()
         if self._wal.failed is not None:
             return
-        # Capture a consistent state: no record can be written while both locks are held.
+        # Capture a consistent state: no record can be written while both locks are held, so
+        # copy only what may change (attempts, state...) and encode after letting go.
         with self._lock, self._wal._write_lock:
             seq = self._wal.last_seq
             keep_from = self._wal.size
             # Entries whose submitted record is not written yet are not folded in: their record
             # lands after ``seq`` (or their submit fails and they were never accepted).
-            jobs = [_entry_to_dict(e) for e in self._unfinished.values() if e.get("stored")]
-        tmp = self.path + ".tmp"
+            captured = [_snapshot_fields(e) for e in self._unfinished.values() if e.get("stored")]
+        jobs = [_snapshot_item(*fields) for fields in captured]
         data = _encode({"version": _SNAPSHOT_VERSION, "seq": seq, "jobs": jobs}).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = self.path + ".tmp"
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600
+        )
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
@@ -436,6 +603,11 @@ class FileJobStore(MemoryBackend):
         return counts
 
     @property
+    def failed(self) -> BaseException | None:
+        """The error (a failed fsync) that stopped the store from accepting jobs, or None."""
+        return self._wal.failed
+
+    @property
     def fsync_count(self) -> int:
         """fsync calls made on the log so far (for benchmarks and tests)."""
         return self._wal.fsync_count
@@ -444,32 +616,140 @@ class FileJobStore(MemoryBackend):
         return f"FileJobStore({self.path!r}, fsync={self.fsync!r})"
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cycle collector while a replay allocates millions of acyclic objects: each
+    collection would walk them all, which more than doubles the time to open a large log."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class _Replayed:
+    """A job met while replaying the snapshot and the log.
+
+    Its `Job` is only built if it is still unfinished at the end: most jobs in a log are not.
+    """
+
+    __slots__ = ("attempts", "error", "item", "offset", "run_at", "started_at", "state")
+
+    def __init__(self, item: dict[str, Any], offset: int | None) -> None:
+        self.item = item  # {"job": Job.to_dict(), "max": ..., "t": ...}
+        self.offset = offset  # of its submitted record; None: from the snapshot
+        self.state = JobState.QUEUED
+        self.attempts = 0
+        self.run_at: float | None = None
+        self.started_at: float | None = None
+        self.error: str | None = None
+
+
+class _BadRecord(Exception):
+    """A log record whose checksum matched but whose content has the wrong shape."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(f"bad record at byte offset {offset}")
+        self.offset = offset
+
+
+def _replay(jobs: dict[str, _Replayed], records: list[Record], decoded: list[Any]) -> None:
+    """Apply log records to the replay state (idempotent: replaying one twice is harmless).
+
+    Raises:
+        _BadRecord: a record does not have the expected shape.
+    """
+    running, scheduled = JobState.RUNNING, JobState.SCHEDULED
+    get = jobs.get
+    for record, data in zip(records, decoded, strict=True):
+        try:
+            rtype = record.type
+            if rtype == SUBMITTED:
+                for item in data["jobs"]:
+                    job_id = item["job"]["id"]
+                    if not isinstance(job_id, str):
+                        raise TypeError(f"job id {job_id!r} is not a string")
+                    jobs[job_id] = _Replayed(item, record.offset)
+                continue
+            job = get(data["id"])
+            if job is None:
+                continue  # finished and folded into a snapshot already, or never admitted
+            if rtype == STARTED:
+                job.attempts = max(job.attempts, int(data["a"]))
+                job.state = running
+                job.started_at = data["t"]
+            elif rtype == RETRY:
+                job.attempts = max(job.attempts, int(data["a"]))
+                job.state = scheduled
+                job.run_at = data["due"]
+                job.error = data.get("err")
+            elif rtype == FINISHED:
+                del jobs[data["id"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _BadRecord(record.offset) from exc
+
+
+def _submitted(entries: list[Entry]) -> bytes:
+    """A submitted record's payload: ``{"jobs": [{"job": ..., "max": ..., "t": ...}, ...]}``."""
+    if len(entries) != 1 or type(entries[0].enqueued_at) is not float:
+        return _encode(
+            {
+                "jobs": [
+                    {"job": e.job.to_dict(), "max": e.max_attempts, "t": e.enqueued_at}
+                    for e in entries
+                ]
+            }
+        ).encode()
+    entry = entries[0]  # the common case, a single submit: only the job goes through json
+    job = _encode_fast(entry.job.to_dict())
+    at = entry.enqueued_at
+    return f'{{"jobs":[{{"job":{job},"max":{entry.max_attempts},"t":{at!r}}}]}}'.encode()
+
+
+def _progress(job_id: str, key: str, value: int | str, at: float | None) -> bytes:
+    """A started / finished record's payload, JSON encoded by hand: there are two per job."""
+    if type(at) is not float or not math.isfinite(at):
+        return _encode({"id": job_id, key: value, "t": at}).encode()
+    shown = _json_str(value) if isinstance(value, str) else int(value)
+    return f'{{"id":{_json_str(job_id)},"{key}":{shown},"t":{at!r}}}'.encode()
+
+
 def _standalone_settings() -> BackendSettings:
-    return BackendSettings(max_pending_jobs=10**9, default_max_attempts=3, result_ttl=600.0,
-                           max_results=100_000, worker_id=f"store:{os.getpid()}")
+    return BackendSettings(
+        max_pending_jobs=10**9,
+        default_max_attempts=3,
+        result_ttl=600.0,
+        max_results=100_000,
+        worker_id=f"store:{os.getpid()}",
+    )
 
 
-def _entry_to_dict(entry: Entry) -> dict[str, Any]:
+_SnapshotFields = tuple[Job, int, float, int, JobState, float | None, str | None]
+
+
+def _snapshot_fields(entry: Entry) -> _SnapshotFields:
+    get = entry.get
+    return (entry.job, entry.max_attempts, entry.enqueued_at, entry.attempts, entry.state,
+            get("run_at"), get("error"))  # fmt: skip
+
+
+def _snapshot_item(
+    job: Job,
+    max_attempts: int,
+    enqueued_at: float,
+    attempts: int,
+    state: JobState,
+    run_at: float | None,
+    error: str | None,
+) -> dict[str, Any]:
     return {
-        "job": entry.job.to_dict(),
-        "max": entry.max_attempts,
-        "t": entry.enqueued_at,
-        "a": entry.attempts,
-        "state": str(entry.state),
-        "run_at": entry.get("run_at"),
-        "err": entry.get("error"),
+        "job": job.to_dict(),
+        "max": max_attempts,
+        "t": enqueued_at,
+        "a": attempts,
+        "state": str(state),
+        "run_at": run_at,
+        "err": error,
     }
-
-
-def _entry_from_dict(item: dict[str, Any]) -> Entry:
-    entry = Entry(Job.from_dict(item["job"]), item["max"], item["t"])
-    entry.stored = True
-    entry.attempts = item["a"]
-    entry.state = JobState(item["state"])
-    if item.get("run_at") is not None:
-        entry.run_at = item["run_at"]
-    if item.get("err") is not None:
-        entry.error = item["err"]
-    return entry
-
-

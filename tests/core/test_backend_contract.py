@@ -18,6 +18,7 @@ import pytest
 
 from csjd_core import DuplicateJob, Job, JobState, QueueFull
 from csjd_core.backends.base import AttemptError, Backend, BackendSettings, Delivery
+from csjd_core.backends.file import FileJobStore
 from csjd_core.backends.memory import MemoryBackend
 from csjd_core.testing import wait_until
 
@@ -39,8 +40,14 @@ def memory_backend(request: pytest.FixtureRequest) -> Backend:
     return MemoryBackend()
 
 
+def file_store(request: pytest.FixtureRequest) -> Backend:
+    tmp_path = request.getfixturevalue("tmp_path")
+    return FileJobStore(tmp_path / "store" / "jobs.json", fsync="never")
+
+
 FACTORIES: dict[str, Factory] = {
     "memory": memory_backend,
+    "file": file_store,
 }
 
 
