@@ -38,8 +38,9 @@ class JobFailed(CSJDError):
     """``handle.result()``: the job ended in the failed state."""
 
     def __init__(self, status: JobStatus) -> None:
-        super().__init__(f"job {status.id!r} failed after {status.attempts} attempt(s): "
-                         f"{status.last_error}")
+        super().__init__(
+            f"job {status.id!r} failed after {status.attempts} attempt(s): {status.last_error}"
+        )
         self.status = status
 
 
@@ -451,4 +452,3 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} mode={self.mode} jobs={len(self.jobs)}>"
-

@@ -55,9 +55,7 @@ def load_app(spec: str) -> App:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise click.BadParameter(
-            f"cannot import {module_name!r}: {exc}", param_hint="APP"
-        ) from exc
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="APP") from exc
     target = module
     for part in attr.split("."):
         try:
@@ -85,8 +83,13 @@ def load_app(spec: str) -> App:
     default=None,
     help="Durable mode: keep jobs in this FileJobStore; kill the demo and run it again.",
 )
-@click.option("--slow", default=0.0, show_default=True, type=click.FloatRange(0, 60),
-              help="Extra seconds per email job (time to kill the demo mid-run).")
+@click.option(
+    "--slow",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 60),
+    help="Extra seconds per email job (time to kill the demo mid-run).",
+)
 def demo(jobs: int, workers: int, store: str | None, slow: float) -> None:
     """Run a realistic mix of jobs (successes, retries, failures, a timeout, a panic)."""
     # Retries and failures are part of the show: keep their tracebacks out of the table.
@@ -96,15 +99,27 @@ def demo(jobs: int, workers: int, store: str | None, slow: float) -> None:
 
 @main.command()
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--run", "run_app", metavar="APP",
-              help="Run the stored jobs with the handlers of this App (module:attr).")
+@click.option(
+    "--run",
+    "run_app",
+    metavar="APP",
+    help="Run the stored jobs with the handlers of this App (module:attr).",
+)
 @click.option("--export", is_flag=True, help="Print every unfinished job as a JSON line.")
-@click.option("--into-redis", "redis_app", metavar="APP",
-              help="Move the unfinished jobs into the Redis queues of this App (module:attr).")
-@click.option("--repair", is_flag=True,
-              help="Open a log corrupted in the middle: keep a copy, cut it at the damage.")
-def replay(path: str, run_app: str | None, export: bool, redis_app: str | None,
-           repair: bool) -> None:
+@click.option(
+    "--into-redis",
+    "redis_app",
+    metavar="APP",
+    help="Move the unfinished jobs into the Redis queues of this App (module:attr).",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Open a log corrupted in the middle: keep a copy, cut it at the damage.",
+)
+def replay(
+    path: str, run_app: str | None, export: bool, redis_app: str | None, repair: bool
+) -> None:
     """List, export, run, or move into Redis the unfinished jobs of a file store."""
     if sum(map(bool, (run_app, export, redis_app))) > 1:
         raise click.UsageError("give at most one of --run, --export, --into-redis")
@@ -125,7 +140,8 @@ def replay(path: str, run_app: str | None, export: bool, redis_app: str | None,
         except CSJDError as exc:
             raise click.ClickException(
                 f"move interrupted: {exc}. The jobs moved so far left the store; run the same "
-                "command again to move the rest (each job lands in Redis once)") from exc
+                "command again to move the rest (each job lands in Redis once)"
+            ) from exc
         finally:
             store.close()
         click.echo(f"moved {moved} jobs into Redis ({already} were already there)")
@@ -133,17 +149,29 @@ def replay(path: str, run_app: str | None, export: bool, redis_app: str | None,
     if export:
         for status in statuses:
             job = store.job(status.id)
-            click.echo(json.dumps({**job.to_dict(), "state": str(status.state),
-                                   "attempts": status.attempts, "last_error": status.last_error}))
+            click.echo(
+                json.dumps(
+                    {
+                        **job.to_dict(),
+                        "state": str(status.state),
+                        "attempts": status.attempts,
+                        "last_error": status.last_error,
+                    }
+                )
+            )
         store.close()
         return
     counts = store.counts()
-    click.echo(f"{path}: {len(statuses)} unfinished jobs"
-               + "".join(f", {n} {state}" for state, n in sorted(counts.items())))
+    click.echo(
+        f"{path}: {len(statuses)} unfinished jobs"
+        + "".join(f", {n} {state}" for state, n in sorted(counts.items()))
+    )
     if app is None:
         for status in statuses[:50]:
-            click.echo(f"  {status.id}  {status.type}  {status.state}  attempts={status.attempts}"
-                       + (f"  last_error={status.last_error}" if status.last_error else ""))
+            click.echo(
+                f"  {status.id}  {status.type}  {status.state}  attempts={status.attempts}"
+                + (f"  last_error={status.last_error}" if status.last_error else "")
+            )
         if len(statuses) > 50:
             click.echo(f"  ... and {len(statuses) - 50} more (use --export)")
         store.close()
@@ -156,8 +184,9 @@ def replay(path: str, run_app: str | None, export: bool, redis_app: str | None,
     with dispatcher:
         dispatcher.join()
     m = dispatcher.metrics()
-    click.echo(f"ran {m.accepted} jobs: {m.succeeded} succeeded, {m.failed} failed, "
-               f"{m.retried} retries")
+    click.echo(
+        f"ran {m.accepted} jobs: {m.succeeded} succeeded, {m.failed} failed, {m.retried} retries"
+    )
 
 
 def _add_redis_commands() -> None:

@@ -100,7 +100,7 @@ def move_into_redis(store: FileJobStore, app: App, batch: int = 500) -> tuple[in
         for start in range(0, len(statuses), batch):
             done: list[str] = []
             try:
-                for status in statuses[start:start + batch]:
+                for status in statuses[start : start + batch]:
                     job = store.job(status.id)
                     try:
                         dispatcher.submit(job)
@@ -121,32 +121,70 @@ def move_into_redis(store: FileJobStore, app: App, batch: int = 500) -> tuple[in
 @click.argument("app_spec", metavar="APP")
 @click.option("--queues", help="Comma-separated queues to consume (default: the app's).")
 @click.option("--workers", type=click.IntRange(1, 1024), help="Worker threads per process.")
-@click.option("--processes", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Worker processes under one supervisor.")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Worker processes under one supervisor.",
+)
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
 @click.option("--max-jobs", type=click.IntRange(1), help="Recycle a process after N jobs.")
 @click.option("--max-memory", help="Recycle a process past this RSS (e.g. 512M).")
-@click.option("--drain-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
-              help="Seconds to let in-flight jobs finish after SIGTERM.")
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
-                                               case_sensitive=False),
-              help="Log level (default: INFO, or the one given before the command).")
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to let in-flight jobs finish after SIGTERM.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Log level (default: INFO, or the one given before the command).",
+)
 @click.option("--child", is_flag=True, hidden=True)
 @click.pass_context
-def worker(ctx: click.Context, app_spec: str, queues: str | None, workers: int | None,
-           processes: int, burst: bool, max_jobs: int | None, max_memory: str | None,
-           drain_timeout: float, log_level: str | None, child: bool) -> None:
+def worker(
+    ctx: click.Context,
+    app_spec: str,
+    queues: str | None,
+    workers: int | None,
+    processes: int,
+    burst: bool,
+    max_jobs: int | None,
+    max_memory: str | None,
+    drain_timeout: float,
+    log_level: str | None,
+    child: bool,
+) -> None:
     """Consume the app's Redis queues until SIGTERM (a second signal stops at once)."""
     from csjd_core.cli import load_app  # noqa: PLC0415 - cli imports this module
 
     level = (log_level or ctx.obj.get("log_level", "INFO")).upper()
     logging.getLogger().setLevel(level)
-    sys.exit(serve(
-        load_app(app_spec),
-        child_command=[sys.executable, "-m", "csjd_core.cli", "--log-level", level, "worker",
-                       app_spec],
-        queues=queues, workers=workers, processes=processes, burst=burst, max_jobs=max_jobs,
-        max_memory=max_memory, drain_timeout=drain_timeout, child=child))
+    sys.exit(
+        serve(
+            load_app(app_spec),
+            child_command=[
+                sys.executable,
+                "-m",
+                "csjd_core.cli",
+                "--log-level",
+                level,
+                "worker",
+                app_spec,
+            ],
+            queues=queues,
+            workers=workers,
+            processes=processes,
+            burst=burst,
+            max_jobs=max_jobs,
+            max_memory=max_memory,
+            drain_timeout=drain_timeout,
+            child=child,
+        )
+    )
 
 
 def serve(
@@ -181,8 +219,12 @@ def serve(
     dispatcher = distributed_dispatcher(app, queues, workers, hooks=(in_flight,))
     if not child and (processes > 1 or max_jobs or memory_limit):
         argv = ["--child", "--drain-timeout", str(drain_timeout)]
-        for flag, value in (("--queues", queues), ("--workers", workers),
-                            ("--max-jobs", max_jobs), ("--max-memory", max_memory)):
+        for flag, value in (
+            ("--queues", queues),
+            ("--workers", workers),
+            ("--max-jobs", max_jobs),
+            ("--max-memory", max_memory),
+        ):
             if value:
                 argv += [flag, str(value)]
         if burst:
@@ -205,8 +247,13 @@ def serve(
         return bool(recycled)
 
     try:
-        report = run_worker(dispatcher, burst=burst, drain_timeout=drain_timeout,
-                            should_stop=should_stop, in_flight=in_flight)
+        report = run_worker(
+            dispatcher,
+            burst=burst,
+            drain_timeout=drain_timeout,
+            should_stop=should_stop,
+            in_flight=in_flight,
+        )
     except BackendUnavailable as exc:  # Redis down at start: the process manager retries
         logger.error("cannot start the worker: %s", exc)
         return 1
@@ -221,7 +268,9 @@ def _banner(dispatcher: RedisDistributedDispatcher, processes: int) -> None:
     click.echo(
         f"csjd worker: queues={','.join(config.queues)} processes={processes} "
         f"workers={config.workers} group={config.group} redis={dispatcher.redis_config.display} "
-        f"types={','.join(dispatcher.registry.types()) or '-'}", err=True)
+        f"types={','.join(dispatcher.registry.types()) or '-'}",
+        err=True,
+    )
 
 
 @click.command()
@@ -241,22 +290,29 @@ def stats(app_spec: str, queues: str | None, as_json: bool) -> None:
         click.echo(json.dumps(figures, indent=2, sort_keys=True))
         return
     for name, q in figures.items():
-        click.echo(f"queue {name}: stream={q['stream_length']} in_flight={q['in_flight']} "
-                   f"scheduled={q['scheduled']} unfinished={q['unfinished']} dead={q['dead']}")
+        click.echo(
+            f"queue {name}: stream={q['stream_length']} in_flight={q['in_flight']} "
+            f"scheduled={q['scheduled']} unfinished={q['unfinished']} dead={q['dead']}"
+        )
         counters = " ".join(f"{k}={v}" for k, v in sorted(q["counters"].items()))
         click.echo(f"  counters: {counters or '-'}")
         for c in q["consumers"]:
             age = "expired" if c["heartbeat_age"] is None else f"{c['heartbeat_age']:.1f}s"
-            click.echo(f"  consumer {c['name']}: pending={c['pending']} idle={c['idle_ms']}ms "
-                       f"heartbeat={age}")
+            click.echo(
+                f"  consumer {c['name']}: pending={c['pending']} idle={c['idle_ms']}ms "
+                f"heartbeat={age}"
+            )
 
 
 @click.command()
 @click.argument("app_spec", metavar="APP")
 @click.option("--queues", help="Comma-separated queues (default: the app's).")
-@click.option("--this-host", is_flag=True,
-              help="Count only workers of this host (consumer names start with the hostname): "
-                   "a container's liveness probe.")
+@click.option(
+    "--this-host",
+    is_flag=True,
+    help="Count only workers of this host (consumer names start with the hostname): "
+    "a container's liveness probe.",
+)
 def health(app_spec: str, queues: str | None, this_host: bool) -> None:
     """Exit 0 if every queue has a live worker (fresh heartbeat), 1 otherwise."""
     from csjd_core.cli import load_app  # noqa: PLC0415
@@ -268,9 +324,14 @@ def health(app_spec: str, queues: str | None, this_host: bool) -> None:
         click.echo(f"unhealthy: cannot reach Redis: {exc}", err=True)
         sys.exit(1)
     prefix = socket.gethostname() + ":" if this_host else ""
-    live = {name: sum(1 for c in q["consumers"]
-                      if c["heartbeat_age"] is not None and c["name"].startswith(prefix))
-            for name, q in figures.items()}
+    live = {
+        name: sum(
+            1
+            for c in q["consumers"]
+            if c["heartbeat_age"] is not None and c["name"].startswith(prefix)
+        )
+        for name, q in figures.items()
+    }
     where = f" on {prefix[:-1]}" if prefix else ""
     for name, count in live.items():
         click.echo(f"queue {name}: {count} live worker(s){where}")
@@ -310,8 +371,10 @@ def dead_list(queue: str | None, count: int) -> None:
     """List the oldest dead letters."""
     for letter in _dead_dispatcher().dead_letters(queue, count):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(letter.failed_at))
-        click.echo(f"{letter.entry_id}  {letter.job_id}  {letter.type}  attempts="
-                   f"{letter.attempts}  {when}Z  {letter.reason}: {letter.error[:120]}")
+        click.echo(
+            f"{letter.entry_id}  {letter.job_id}  {letter.type}  attempts="
+            f"{letter.attempts}  {when}Z  {letter.reason}: {letter.error[:120]}"
+        )
 
 
 @dead.command("show")
@@ -331,8 +394,9 @@ def dead_show(entry_id: str, queue: str | None) -> None:
 @click.option("--all", "everything", is_flag=True, help="Requeue every dead letter.")
 @click.option("--queue", default=None)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def dead_requeue(entry_ids: tuple[str, ...], everything: bool, queue: str | None,
-                 yes: bool) -> None:
+def dead_requeue(
+    entry_ids: tuple[str, ...], everything: bool, queue: str | None, yes: bool
+) -> None:
     """Put dead letters back on their queue (attempts reset)."""
     dispatcher = _dead_dispatcher()
     ids = list(entry_ids)

@@ -232,16 +232,24 @@ class DistributedConfig:
                     f"got {value!r}"
                 )
         if self.consumer is not None and (not isinstance(self.consumer, str) or not self.consumer):
-            raise ValueError(f"DistributedConfig.consumer must be a non-empty string or None, "
-                             f"got {self.consumer!r}")
+            raise ValueError(
+                f"DistributedConfig.consumer must be a non-empty string or None, "
+                f"got {self.consumer!r}"
+            )
         queues = (self.queues,) if isinstance(self.queues, str) else tuple(self.queues)
-        if not queues or any(not isinstance(q, str) or not q or "{" in q or "}" in q
-                             for q in queues):
-            raise ValueError(f"DistributedConfig.queues must be non-empty names without braces, "
-                             f"got {self.queues!r}")
+        if not queues or any(
+            not isinstance(q, str) or not q or "{" in q or "}" in q for q in queues
+        ):
+            raise ValueError(
+                f"DistributedConfig.queues must be non-empty names without braces, "
+                f"got {self.queues!r}"
+            )
         object.__setattr__(self, "queues", queues)
-        object.__setattr__(self, "default_timeout",
-                           check_timeout(self.default_timeout, "DistributedConfig.default_timeout"))
+        object.__setattr__(
+            self,
+            "default_timeout",
+            check_timeout(self.default_timeout, "DistributedConfig.default_timeout"),
+        )
         object.__setattr__(self, "retry", retry_policy(self.retry, "DistributedConfig.retry"))
         for name in ("lease", "claim_interval", "heartbeat_interval", "block"):
             value = check_timeout(getattr(self, name), f"DistributedConfig.{name}")

@@ -145,5 +145,3 @@ def run_demo(
         file=out,
     )
     return 0 if ok else 1
-
-

@@ -75,9 +75,7 @@ class RedisDistributedDispatcher(BaseDispatcher):
         try:
             return call(*args)
         except redis.RedisError as exc:
-            raise BackendUnavailable(
-                f"Redis at {self.redis_config.display} failed: {exc}"
-            ) from exc
+            raise BackendUnavailable(f"Redis at {self.redis_config.display} failed: {exc}") from exc
 
     def stats(self) -> dict[str, Any]:
         """Cluster-wide figures per queue: lengths, in flight, scheduled, dead, consumers.

@@ -78,5 +78,3 @@ class ImmediateDispatcher(BaseDispatcher):
             local.draining = False
             worker.close_loop()
             self._counters.retire(worker.tally)
-
-

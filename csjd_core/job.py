@@ -67,9 +67,7 @@ class Job:
                 data.get("payload"),
                 max_attempts=data.get("max_attempts"),
                 timeout=data.get("timeout"),
-                run_at=(
-                    datetime.fromtimestamp(run_at, tz=UTC) if run_at is not None else None
-                ),
+                run_at=(datetime.fromtimestamp(run_at, tz=UTC) if run_at is not None else None),
                 queue=data.get("queue"),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:

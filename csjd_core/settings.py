@@ -33,9 +33,17 @@ SETTINGS: dict[str, tuple[str, str]] = {
     **{
         f.name.upper(): ("distributed", f.name)
         for f in dataclasses.fields(DistributedConfig)
-        if f.name not in {"workers", "max_pending_jobs", "default_max_attempts",
-                          "default_timeout", "retry", "max_detached_handlers", "result_ttl",
-                          "hooks"}
+        if f.name
+        not in {
+            "workers",
+            "max_pending_jobs",
+            "default_max_attempts",
+            "default_timeout",
+            "retry",
+            "max_detached_handlers",
+            "result_ttl",
+            "hooks",
+        }
     },
 }
 
@@ -66,11 +74,13 @@ def app_options(settings: Mapping[str, Any], *, hooks: tuple[object, ...] = ()) 
     Raises:
         SettingsError: an unknown ``CSJD_*`` key, or a bad value, naming the setting.
     """
-    values = {k[len(PREFIX):]: v for k, v in settings.items() if k.startswith(PREFIX)}
+    values = {k[len(PREFIX) :]: v for k, v in settings.items() if k.startswith(PREFIX)}
     unknown = sorted(set(values) - set(SETTINGS))
     if unknown:
-        raise SettingsError(PREFIX + unknown[0],
-                            f"unknown setting; known: {', '.join(PREFIX + k for k in SETTINGS)}")
+        raise SettingsError(
+            PREFIX + unknown[0],
+            f"unknown setting; known: {', '.join(PREFIX + k for k in SETTINGS)}",
+        )
     mode = values.get("MODE", "inprocess")
     if mode not in MODES:
         raise SettingsError("CSJD_MODE", f"must be one of {MODES}, got {mode!r}")
@@ -91,8 +101,9 @@ def app_options(settings: Mapping[str, Any], *, hooks: tuple[object, ...] = ()) 
         raise SettingsError("CSJD_REDIS_URL", "required when CSJD_MODE='redis'")
     try:
         if store_path and mode == "inprocess":
-            config_kwargs["store"] = FileJobStore(store_path,
-                                                  fsync=values.get("STORE_FSYNC", "always"))
+            config_kwargs["store"] = FileJobStore(
+                store_path, fsync=values.get("STORE_FSYNC", "always")
+            )
         config = Config(**config_kwargs)
         distributed = DistributedConfig(**distributed_kwargs) if mode == "redis" else None
         redis = RedisConfig.from_url(redis_url) if redis_url else None
@@ -106,7 +117,7 @@ def _setting_named(message: str) -> str:
     head = message.split(" ", 1)[0]
     for prefix in ("Config.", "DistributedConfig.", "RedisConfig.", "RetryPolicy."):
         if head.startswith(prefix):
-            field = head[len(prefix):].rstrip(":")
+            field = head[len(prefix) :].rstrip(":")
             if prefix == "RetryPolicy.":
                 return "CSJD_RETRY"
             if prefix == "RedisConfig.":

@@ -76,8 +76,9 @@ def supervise(
         # Its own process group: a Ctrl-C in a terminal (or an init that signals the whole
         # group) reaches the supervisor only, which forwards exactly one SIGTERM. Otherwise a
         # child would see two signals and stop without draining.
-        children[slot] = subprocess.Popen([*program, *child_argv], env=env,
-                                          stdin=subprocess.DEVNULL, process_group=0)
+        children[slot] = subprocess.Popen(
+            [*program, *child_argv], env=env, stdin=subprocess.DEVNULL, process_group=0
+        )
         started_at[slot] = time.monotonic()
         logger.info("worker child started slot=%d pid=%d", slot, children[slot].pid)
 
@@ -107,8 +108,12 @@ def supervise(
             if stop.is_set() or (burst and code == 0):
                 # -SIGTERM: the forwarded signal came before the child installed its handler.
                 if code not in (0, EXIT_RECYCLE, -signal.SIGTERM):
-                    logger.error("worker child did not drain cleanly slot=%d pid=%d code=%s",
-                                 slot, child.pid, code)
+                    logger.error(
+                        "worker child did not drain cleanly slot=%d pid=%d code=%s",
+                        slot,
+                        child.pid,
+                        code,
+                    )
                     unclean = True
                 finished.add(slot)
                 continue
@@ -121,11 +126,20 @@ def supervise(
                 failures[slot] += 1
                 delay = min(30.0, 0.5 * 2 ** (failures[slot] - 1))
                 not_before[slot] = time.monotonic() + delay
-                logger.error("worker child died slot=%d pid=%d code=%s; restarting in %.1fs",
-                             slot, child.pid, code, delay)
+                logger.error(
+                    "worker child died slot=%d pid=%d code=%s; restarting in %.1fs",
+                    slot,
+                    child.pid,
+                    code,
+                    delay,
+                )
         for slot in range(processes):
-            if (slot not in children and slot not in finished and not stop.is_set()
-                    and time.monotonic() >= not_before[slot]):
+            if (
+                slot not in children
+                and slot not in finished
+                and not stop.is_set()
+                and time.monotonic() >= not_before[slot]
+            ):
                 spawn(slot)
         if not children and (stop.is_set() or len(finished) == processes):
             return 1 if unclean else 0

@@ -48,8 +48,9 @@ class DjangoJobFunction(JobFunction[Any, Any]):
             try:
                 self.app.enqueue(job)
             except CSJDError:
-                logger.exception("enqueue after commit failed; job not enqueued id=%s type=%s",
-                                 job.id, job.type)
+                logger.exception(
+                    "enqueue after commit failed; job not enqueued id=%s type=%s", job.id, job.type
+                )
 
         transaction.on_commit(enqueue, using=using, robust=True)
         return JobHandle(self.app, job.id, job.queue)

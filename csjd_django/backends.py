@@ -69,8 +69,9 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
         super().__init__(alias, params)
         unknown = set(self.options) - {"MAX_ATTEMPTS", "TIMEOUT"}
         if unknown:
-            raise InvalidTaskError(f"unknown OPTIONS for {alias!r}: {sorted(unknown)}; "
-                                   "known: MAX_ATTEMPTS, TIMEOUT")
+            raise InvalidTaskError(
+                f"unknown OPTIONS for {alias!r}: {sorted(unknown)}; known: MAX_ATTEMPTS, TIMEOUT"
+            )
         self.max_attempts: int | None = self.options.get("MAX_ATTEMPTS")
         self.timeout: float | None = timeout_seconds(self.options.get("TIMEOUT"))
         self._tasks: dict[str, Task] = {}
@@ -153,32 +154,48 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
     def check(self, **kwargs: Any) -> Iterable[checks.CheckMessage]:
         """The backend's system checks (the CSJD settings are checked by ``csjd.E001``)."""
         if self.queues and not all(isinstance(q, str) and q for q in self.queues):
-            yield checks.Error(f"TASKS[{self.alias!r}]['QUEUES'] must be names",
-                               id="csjd.E010")
+            yield checks.Error(f"TASKS[{self.alias!r}]['QUEUES'] must be names", id="csjd.E010")
 
     # -- results ---------------------------------------------------------------------------
-    def _result(self, task: Task, result_id: str, args: list[Any],
-                kwargs: dict[str, Any]) -> TaskResult:
-        return TaskResult(task=task, id=result_id, status=TaskResultStatus.READY,
-                          enqueued_at=None, started_at=None, last_attempted_at=None,
-                          finished_at=None, args=args, kwargs=kwargs, backend=self.alias,
-                          errors=[], worker_ids=[])
+    def _result(
+        self, task: Task, result_id: str, args: list[Any], kwargs: dict[str, Any]
+    ) -> TaskResult:
+        return TaskResult(
+            task=task,
+            id=result_id,
+            status=TaskResultStatus.READY,
+            enqueued_at=None,
+            started_at=None,
+            last_attempted_at=None,
+            finished_at=None,
+            args=args,
+            kwargs=kwargs,
+            backend=self.alias,
+            errors=[],
+            worker_ids=[],
+        )
 
     def _from_status(self, task: Task, status: JobStatus, payload: dict[str, Any]) -> TaskResult:
-        result = self._result(task, status.id, list(payload.get("args") or []),
-                              dict(payload.get("kwargs") or {}))
-        for name, value in (("status", _STATUS[status.state]),
-                            ("enqueued_at", status.enqueued_at),
-                            ("started_at", status.started_at),
-                            ("last_attempted_at", status.started_at),
-                            ("finished_at", status.finished_at)):
+        result = self._result(
+            task, status.id, list(payload.get("args") or []), dict(payload.get("kwargs") or {})
+        )
+        for name, value in (
+            ("status", _STATUS[status.state]),
+            ("enqueued_at", status.enqueued_at),
+            ("started_at", status.started_at),
+            ("last_attempted_at", status.started_at),
+            ("finished_at", status.finished_at),
+        ):
             object.__setattr__(result, name, value)
         if status.worker_id:
             result.worker_ids.extend([status.worker_id] * max(1, status.attempts))
         if status.last_error and status.state is JobState.FAILED:
-            result.errors.append(TaskError(
-                exception_class_path=_exception_path(status.last_traceback, status.last_error),
-                traceback=status.last_traceback or status.last_error))
+            result.errors.append(
+                TaskError(
+                    exception_class_path=_exception_path(status.last_traceback, status.last_error),
+                    traceback=status.last_traceback or status.last_error,
+                )
+            )
         if status.state is JobState.SUCCEEDED:
             object.__setattr__(result, "_return_value", status.result)
         return result
@@ -187,8 +204,9 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
     def _handler(self, job_type: str) -> Any:
         backend = self
 
-        def prepare(ctx: JobContext, job: Job) -> tuple[Task, TaskResult, list[Any],
-                                                        dict[str, Any]]:
+        def prepare(
+            ctx: JobContext, job: Job
+        ) -> tuple[Task, TaskResult, list[Any], dict[str, Any]]:
             task = backend._tasks[job_type]
             payload = job.payload if isinstance(job.payload, dict) else {}
             args = list(payload.get("args") or [])
@@ -204,21 +222,26 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
                 args.insert(0, TaskContext(task_result=result))
             return task, result, args, kwargs
 
-        def finish(ctx: JobContext, job: Job, result: TaskResult, value: Any,
-                   error: BaseException | None) -> None:
+        def finish(
+            ctx: JobContext, job: Job, result: TaskResult, value: Any, error: BaseException | None
+        ) -> None:
             object.__setattr__(result, "finished_at", timezone.now())
             if error is None:
                 object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
                 object.__setattr__(result, "_return_value", value)
             else:
-                final = (isinstance(error, PermanentError)
-                         or ctx.attempt >= (job.max_attempts or ctx.attempt))
+                final = isinstance(error, PermanentError) or ctx.attempt >= (
+                    job.max_attempts or ctx.attempt
+                )
                 if not final:
                     return  # retried: Django's model has no "retrying" state to report
                 object.__setattr__(result, "status", TaskResultStatus.FAILED)
-                result.errors.append(TaskError(
-                    exception_class_path=f"{type(error).__module__}.{type(error).__qualname__}",
-                    traceback="".join(traceback.format_exception(error))))
+                result.errors.append(
+                    TaskError(
+                        exception_class_path=f"{type(error).__module__}.{type(error).__qualname__}",
+                        traceback="".join(traceback.format_exception(error)),
+                    )
+                )
             task_finished.send(type(backend), task_result=result)
 
         def run(ctx: JobContext, job: Job) -> Any:
@@ -233,8 +256,14 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
             finish(ctx, job, result, value, None)
             return value
 
-        async def run_async(ctx: JobContext, job: Job, task: Task, result: TaskResult,
-                            args: list[Any], kwargs: dict[str, Any]) -> Any:
+        async def run_async(
+            ctx: JobContext,
+            job: Job,
+            task: Task,
+            result: TaskResult,
+            args: list[Any],
+            kwargs: dict[str, Any],
+        ) -> Any:
             try:
                 value = await task.func(*args, **kwargs)
             except BaseException as exc:

@@ -408,8 +408,11 @@ class MemoryBackend(Backend):
         """
         wanted = set(job_ids)
         with self._lock:
-            gone = [e for i in wanted if (e := self._unfinished.get(i)) is not None
-                    and e.state is not _RUNNING]
+            gone = [
+                e
+                for i in wanted
+                if (e := self._unfinished.get(i)) is not None and e.state is not _RUNNING
+            ]
             for entry in gone:
                 entry.error = reason
                 self._finish(entry, _FAILED)

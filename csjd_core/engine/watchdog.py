@@ -69,9 +69,7 @@ class Watchdog:
         assert deadline is not None
         with self._cond:
             if self._thread is None and not self._stopped:
-                self._thread = threading.Thread(
-                    target=self._run, name="csjd-watchdog", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name="csjd-watchdog", daemon=True)
                 self._thread.start()
             heapq.heappush(self._heap, (deadline, next(self._seq), 0, attempt))
             if self._heap[0][3] is attempt:

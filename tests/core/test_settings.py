@@ -16,14 +16,16 @@ def test_defaults_give_an_inprocess_app_and_ignore_other_keys() -> None:
 
 
 def test_values_reach_the_configs() -> None:
-    app = app_from_settings({
-        "CSJD_WORKERS": 2,
-        "CSJD_MAX_PENDING_JOBS": 50,
-        "CSJD_DEFAULT_TIMEOUT": 3,
-        "CSJD_RETRY": {"base_delay": 0.5, "jitter": None},
-        "CSJD_STORE_PATH": "/tmp/csjd-settings-test/jobs.json",
-        "CSJD_STORE_FSYNC": "interval",
-    })
+    app = app_from_settings(
+        {
+            "CSJD_WORKERS": 2,
+            "CSJD_MAX_PENDING_JOBS": 50,
+            "CSJD_DEFAULT_TIMEOUT": 3,
+            "CSJD_RETRY": {"base_delay": 0.5, "jitter": None},
+            "CSJD_STORE_PATH": "/tmp/csjd-settings-test/jobs.json",
+            "CSJD_STORE_FSYNC": "interval",
+        }
+    )
     assert app.config.workers == 2
     assert app.config.max_pending_jobs == 50
     assert app.config.default_timeout == 3.0
@@ -33,13 +35,15 @@ def test_values_reach_the_configs() -> None:
 
 
 def test_redis_mode_builds_distributed_settings() -> None:
-    app = app_from_settings({
-        "CSJD_MODE": "redis",
-        "CSJD_REDIS_URL": "redis://user:secret@localhost:6379/1",
-        "CSJD_QUEUES": "emails, reports",
-        "CSJD_LEASE": 60,
-        "CSJD_WORKERS": 16,
-    })
+    app = app_from_settings(
+        {
+            "CSJD_MODE": "redis",
+            "CSJD_REDIS_URL": "redis://user:secret@localhost:6379/1",
+            "CSJD_QUEUES": "emails, reports",
+            "CSJD_LEASE": 60,
+            "CSJD_WORKERS": 16,
+        }
+    )
     assert app.mode == "redis"
     assert app.distributed.queues == ("emails", "reports")
     assert app.distributed.lease == 60.0
@@ -71,7 +75,17 @@ def test_bad_settings_are_clear_errors_naming_the_setting(settings: dict, named:
 
 
 def test_every_distributed_field_has_a_setting() -> None:
-    expected = {"LEASE", "CLAIM_INTERVAL", "HEARTBEAT_INTERVAL", "MAX_DELIVERIES",
-                "DEDUPE_WINDOW", "MAX_PAYLOAD_BYTES", "PREFETCH", "STREAM", "GROUP", "CONSUMER",
-                "QUEUES"}
+    expected = {
+        "LEASE",
+        "CLAIM_INTERVAL",
+        "HEARTBEAT_INTERVAL",
+        "MAX_DELIVERIES",
+        "DEDUPE_WINDOW",
+        "MAX_PAYLOAD_BYTES",
+        "PREFETCH",
+        "STREAM",
+        "GROUP",
+        "CONSUMER",
+        "QUEUES",
+    }
     assert expected <= set(SETTINGS)

@@ -20,8 +20,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def redis_mode(redis_url: str, redis_client: object) -> Iterator[str]:
-    with override_settings(CSJD_MODE="redis", CSJD_REDIS_URL=redis_url, CSJD_BLOCK=0.2,
-                           CSJD_HEARTBEAT_INTERVAL=0.3, CSJD_CLAIM_INTERVAL=0.3, CSJD_LEASE=2.0):
+    with override_settings(
+        CSJD_MODE="redis",
+        CSJD_REDIS_URL=redis_url,
+        CSJD_BLOCK=0.2,
+        CSJD_HEARTBEAT_INTERVAL=0.3,
+        CSJD_CLAIM_INTERVAL=0.3,
+        CSJD_LEASE=2.0,
+    ):
         yield redis_url
 
 

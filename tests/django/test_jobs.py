@@ -84,8 +84,7 @@ def test_enqueue_failure_after_commit_is_logged_with_the_job_id(
         jobs.flaky.apply_async(args=[0], countdown=60)  # fills the queue
         with transaction.atomic():
             handle = jobs.send_receipt.delay_on_commit(order.pk)
-        assert any(handle.id in r.getMessage() and r.levelname == "ERROR"
-                   for r in caplog.records)
+        assert any(handle.id in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -75,8 +75,11 @@ def test_signals_are_sent() -> None:
 
         return receiver
 
-    receivers = [(task_enqueued, on("enqueued")), (task_started, on("started")),
-                 (task_finished, on("finished"))]
+    receivers = [
+        (task_enqueued, on("enqueued")),
+        (task_started, on("started")),
+        (task_finished, on("finished")),
+    ]
     for signal, receiver in receivers:
         signal.connect(receiver)
     try:

@@ -21,8 +21,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"]
-        argv = ["dead", action, "csjd_django.management.commands.csjd_replay:redis_app",
-                *options["entry_ids"]]
+        argv = [
+            "dead",
+            action,
+            "csjd_django.management.commands.csjd_replay:redis_app",
+            *options["entry_ids"],
+        ]
         if options["queue"]:
             argv += ["--queue", options["queue"]]
         if options["all"] and action == "requeue":

@@ -15,12 +15,19 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("path", nargs="?", help="The store (default: CSJD_STORE_PATH).")
         parser.add_argument("--export", action="store_true", help="Print jobs as JSON lines.")
-        parser.add_argument("--run", action="store_true",
-                            help="Run the stored jobs with this project's handlers.")
-        parser.add_argument("--into-redis", action="store_true",
-                            help="Move them into the Redis queues of CSJD_REDIS_URL.")
-        parser.add_argument("--repair", action="store_true",
-                            help="Open a log corrupted in the middle (keeps a copy).")
+        parser.add_argument(
+            "--run", action="store_true", help="Run the stored jobs with this project's handlers."
+        )
+        parser.add_argument(
+            "--into-redis",
+            action="store_true",
+            help="Move them into the Redis queues of CSJD_REDIS_URL.",
+        )
+        parser.add_argument(
+            "--repair",
+            action="store_true",
+            help="Open a log corrupted in the middle (keeps a copy).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from django.conf import settings  # noqa: PLC0415
