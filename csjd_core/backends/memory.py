@@ -149,6 +149,9 @@ class MemoryBackend(Backend):
         """Admit all ``jobs`` or none (see `Backend.enqueue`)."""
         now = time.time()
         if not self._logs:
+            if len(jobs) == 1 and jobs[0].run_at is None:
+                self._enqueue_one(jobs[0], now)
+                return
             with self._lock:
                 entries = self._admit(jobs, now)
                 self._publish(entries, now)
@@ -165,6 +168,23 @@ class MemoryBackend(Backend):
             raise
         with self._lock:
             self._publish(entries, now)
+
+    def _enqueue_one(self, job: Job, now: float) -> None:
+        """The common case, `_admit` + `_publish` for one job due now, without the loops."""
+        unfinished = self._unfinished
+        with self._lock:
+            if self._closed:
+                raise DispatcherClosed("the dispatcher stopped; submit refused")
+            if len(unfinished) >= self._max_pending:
+                raise QueueFull(self._max_pending)
+            if job.id in unfinished:
+                raise DuplicateJob(job.id)
+            entry = unfinished[job.id] = Entry(
+                job, job.max_attempts or self._default_max_attempts, now
+            )
+            self._ready.append(entry)
+            if self._waiters:
+                self._cond.notify()
 
     def _admit(self, jobs: Sequence[Job], now: float) -> list[Entry]:
         """Check and reserve ids (lock held). Nothing is visible to workers yet."""

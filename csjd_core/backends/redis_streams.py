@@ -30,7 +30,14 @@ from redis.retry import Retry
 from csjd_core.backends.base import AttemptError, Backend, BackendSettings, Delivery
 from csjd_core.config import DistributedConfig, RedisConfig
 from csjd_core.errors import BackendUnavailable, CSJDError, DuplicateJob, InvalidJob, QueueFull
-from csjd_core.job import Job, JobState, JobStatus, utc_from_timestamp, validate_job
+from csjd_core.job import (
+    Job,
+    JobState,
+    JobStatus,
+    timeout_seconds,
+    utc_from_timestamp,
+    validate_job,
+)
 from csjd_core.retry import seconds
 
 __all__ = ["QueueKeys", "RedisStreamsBackend"]
@@ -45,8 +52,16 @@ _RELEASE_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
 class QueueKeys:
     """Every Redis key of one queue, built in one place. ``{name}`` is the Cluster hash tag."""
 
-    __slots__ = ("dead", "delayed", "heartbeat_prefix", "job_prefix", "name", "pending", "stats",
-                 "stream")
+    __slots__ = (
+        "dead",
+        "delayed",
+        "heartbeat_prefix",
+        "job_prefix",
+        "name",
+        "pending",
+        "stats",
+        "stream",
+    )
 
     def __init__(self, prefix: str, name: str) -> None:
         base = f"{prefix}:{{{name}}}"
@@ -146,7 +161,13 @@ class RedisStreamsBackend(Backend):
         self._reader: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._settings: BackendSettings | None = None
-        self._cond = threading.Condition()
+        # One lock, three wait queues: workers wait for entries (_cond), the reader waits for
+        # room (_space), maintenance sleeps on an event: a wake-up reaches only who needs it.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._space = threading.Condition(self._lock)
+        self._reader_waiting = False
+        self._maint_wake = threading.Event()
         self._buffer: deque[Delivery] = deque()
         self._owned: dict[str, Delivery] = {}  # entry id -> delivery, read but not settled
         self._idle = 0
@@ -179,20 +200,40 @@ class RedisStreamsBackend(Backend):
             "health_check_interval": 0,
         }
         if rc.url is not None:
-            extra = {k: v for k, v in (("username", rc.username), ("password", rc.password))
-                     if v is not None}
+            extra = {
+                k: v
+                for k, v in (("username", rc.username), ("password", rc.password))
+                if v is not None
+            }
             return redis.Redis.from_url(rc.url, **options, **extra)
         host, _, port = (rc.addr or "").rpartition(":")
-        return redis.Redis(host=host, port=int(port), db=rc.db, username=rc.username,
-                           password=rc.password, ssl=rc.ssl, **options)
+        return redis.Redis(
+            host=host,
+            port=int(port),
+            db=rc.db,
+            username=rc.username,
+            password=rc.password,
+            ssl=rc.ssl,
+            **options,
+        )
 
     @property
     def client(self) -> redis.Redis:
         """The command connection pool (created on first use)."""
         if self._client is None:
             self._client = self._make_client(self.redis_config.socket_timeout)
-            for name in ("enqueue", "start", "settle", "promote", "reclaim", "renew", "release",
-                         "delete_consumer", "requeue_dead"):
+            for name in (
+                "enqueue",
+                "start",
+                "read_start",
+                "settle",
+                "promote",
+                "reclaim",
+                "renew",
+                "release",
+                "delete_consumer",
+                "requeue_dead",
+            ):
                 self._scripts[name] = self._client.register_script(_load_script(name))
         return self._client
 
@@ -220,23 +261,30 @@ class RedisStreamsBackend(Backend):
             for keys in self.queues.values():
                 self._ensure_group(keys)
         except _REDIS_DOWN as exc:
-            raise BackendUnavailable(f"Redis at {self.redis_config.display} unavailable: "
-                                     f"{exc}") from exc
+            raise BackendUnavailable(
+                f"Redis at {self.redis_config.display} unavailable: {exc}"
+            ) from exc
         self._reader = self._make_client(self._block + self.redis_config.socket_timeout)
         self._consuming = True
-        for target, name in ((self._read_loop, "csjd-reader"),
-                             (self._maintenance_loop, "csjd-maintenance")):
+        for target, name in (
+            (self._read_loop, "csjd-reader"),
+            (self._maintenance_loop, "csjd-maintenance"),
+        ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             self._threads.append(thread)
             thread.start()
-        logger.info("consumer started consumer=%s group=%s queues=%s redis=%s", self.consumer,
-                    self.config.group, ",".join(self.queues), self.redis_config.display)
+        logger.info(
+            "consumer started consumer=%s group=%s queues=%s redis=%s",
+            self.consumer,
+            self.config.group,
+            ",".join(self.queues),
+            self.redis_config.display,
+        )
 
     def _ensure_group(self, keys: QueueKeys) -> None:
         try:
             self.client.xgroup_create(keys.stream, self.config.group, id="0", mkstream=True)
-            logger.info("consumer group created stream=%s group=%s", keys.stream,
-                        self.config.group)
+            logger.info("consumer group created stream=%s group=%s", keys.stream, self.config.group)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -248,18 +296,21 @@ class RedisStreamsBackend(Backend):
             buffered = list(self._buffer)
             self._buffer.clear()
             self._cond.notify_all()
+            self._space.notify_all()
         self._release(buffered)
 
     def close(self, *, clean: bool) -> list[Job]:
         """Stop the threads, remove the heartbeat, close connections; jobs stay in Redis."""
         self.wake()
         self._consuming = False
+        self._maint_wake.set()
         for thread in self._threads:
             thread.join(timeout=self._block + 5)
         if self._client is not None and self._threads:
             with contextlib.suppress(*_REDIS_DOWN):
-                self._client.delete(*(k.heartbeat_prefix + self.consumer
-                                      for k in self.queues.values()))
+                self._client.delete(
+                    *(k.heartbeat_prefix + self.consumer for k in self.queues.values())
+                )
         for client in (self._reader, self._client):
             if client is not None:
                 client.close()
@@ -268,15 +319,29 @@ class RedisStreamsBackend(Backend):
     # -- admission -------------------------------------------------------------------------
     def encode(self, job: Job) -> str:
         """The wire form of a job (the stream entry's ``d`` field)."""
+        return self._encode(job)[0]
+
+    def _encode(self, job: Job) -> tuple[str, int]:
+        """The wire form and the effective max_attempts (no second JSON parse per job)."""
         settings = self._settings
         max_attempts = job.max_attempts or (settings.default_max_attempts if settings else 3)
-        data = json.dumps({"type": job.type, "payload": job.payload, "max_attempts": max_attempts,
-                           "timeout": job.to_dict()["timeout"], "queue": job.queue},
-                          separators=(",", ":"), allow_nan=False)
+        data = json.dumps(
+            {
+                "type": job.type,
+                "payload": job.payload,
+                "max_attempts": max_attempts,
+                "timeout": timeout_seconds(job.timeout),
+                "queue": job.queue,
+            },
+            separators=(",", ":"),
+            allow_nan=False,
+        )
         if len(data) + len(job.id) > self.config.max_payload_bytes:
-            raise InvalidJob(f"job {job.id!r} is {len(data) + len(job.id)} bytes as JSON; "
-                             f"max_payload_bytes={self.config.max_payload_bytes}")
-        return data
+            raise InvalidJob(
+                f"job {job.id!r} is {len(data) + len(job.id)} bytes as JSON; "
+                f"max_payload_bytes={self.config.max_payload_bytes}"
+            )
+        return data, max_attempts
 
     def enqueue(self, jobs: Sequence[Job]) -> None:
         """Admit ``jobs`` (all in one queue) in one round trip (see enqueue.lua)."""
@@ -285,12 +350,13 @@ class RedisStreamsBackend(Backend):
         job_keys = []
         for job in jobs:
             run_at = "" if job.run_at is None else str(int(job.run_at.timestamp() * 1000))
-            data = self.encode(job)
-            args += [job.id, data, run_at, json.loads(data)["max_attempts"]]
+            data, max_attempts = self._encode(job)
+            args += [job.id, data, run_at, max_attempts]
             job_keys.append(keys.job(job.id))
         try:
-            reply = self._script("enqueue", [keys.stream, keys.delayed, keys.pending, *job_keys],
-                                 args)
+            reply = self._script(
+                "enqueue", [keys.stream, keys.delayed, keys.pending, *job_keys], args
+            )
         except _REDIS_DOWN as exc:
             raise BackendUnavailable(
                 f"Redis at {self.redis_config.display} unavailable while enqueuing ({exc}); the "
@@ -300,26 +366,39 @@ class RedisStreamsBackend(Backend):
             raise BackendUnavailable(f"Redis refused the enqueue: {exc}") from exc
         verdict = _text(reply[0])
         if verdict == "full":
-            raise QueueFull(self.config.max_pending_jobs,
-                            f"queue {keys.name!r} full: {int(reply[1])} unfinished jobs, "
-                            f"max_pending_jobs={self.config.max_pending_jobs}")
+            raise QueueFull(
+                self.config.max_pending_jobs,
+                f"queue {keys.name!r} full: {int(reply[1])} unfinished jobs, "
+                f"max_pending_jobs={self.config.max_pending_jobs}",
+            )
         if verdict == "dup":
-            raise DuplicateJob(_text(reply[1]), f"job id {_text(reply[1])!r} is taken by an "
-                               "unfinished job, or one that finished within dedupe_window")
+            raise DuplicateJob(
+                _text(reply[1]),
+                f"job id {_text(reply[1])!r} is taken by an "
+                "unfinished job, or one that finished within dedupe_window",
+            )
 
     # -- consumption -----------------------------------------------------------------------
     def fetch(self, timeout: float) -> Delivery | None:
         """The next delivery read by the reader thread, waiting up to ``timeout``."""
+        buffer = self._buffer
         try:
-            return self._buffer.popleft()
+            delivery = buffer.popleft()
         except IndexError:
             pass
+        else:
+            # Refill before the buffer runs dry (half the prefetch left): no bubble.
+            if self._reader_waiting and len(buffer) <= self._refill_at:
+                with self._lock:
+                    self._space.notify()
+            return delivery
         if self._stopping or timeout <= 0:
             return None
         deadline = time.monotonic() + timeout
         with self._cond:
             self._idle += 1
-            self._cond.notify_all()  # the reader may read for this idle worker
+            if self._reader_waiting:
+                self._space.notify()  # the reader may read for this idle worker
             try:
                 while not self._buffer:
                     remaining = deadline - time.monotonic()
@@ -330,6 +409,17 @@ class RedisStreamsBackend(Backend):
             finally:
                 self._idle -= 1
 
+    @property
+    def _refill_at(self) -> int:
+        return (self.config.prefetch or 0) // 2
+
+    def _should_read(self) -> bool:
+        # Read for idle workers at once; top the prefetch up only once half of it is used.
+        buffered = len(self._buffer)
+        return self._idle > buffered or (
+            self.config.prefetch is not None and buffered <= self._refill_at
+        )
+
     def _capacity(self) -> int:
         want = max(self._idle, self.config.prefetch or 0)
         return want - len(self._buffer)
@@ -339,30 +429,44 @@ class RedisStreamsBackend(Backend):
         # Our own pending entries first (a reply lost on the wire strands them there).
         history: dict[Any, Any] = {k.stream: "0" for k in self.queues.values()}
         while self._consuming and not self._stopping:
-            with self._cond:
-                while (self._capacity() <= 0 and self._consuming and not self._stopping):
-                    self._cond.wait(0.5)
+            with self._lock:
+                while not self._should_read() and self._consuming and not self._stopping:
+                    self._reader_waiting = True
+                    self._space.wait(0.5)
+                self._reader_waiting = False
             if not self._consuming or self._stopping:
                 return
             count = max(1, self._capacity())
             try:
                 assert self._reader is not None
-                self.read_calls += 1
                 if history:
-                    reply = self._reader.xreadgroup(self.config.group, self.consumer, history,
-                                                    count=count)
-                else:
+                    self.read_calls += 1
                     reply = self._reader.xreadgroup(
-                        self.config.group, self.consumer,
-                        {k.stream: ">" for k in self.queues.values()}, count=count,
-                        block=int(self._block * 1000))
+                        self.config.group, self.consumer, history, count=count
+                    )
+                elif self._read_started(count):  # entries were waiting: read + start, one trip
+                    backoff.reset()
+                    continue
+                else:
+                    self.read_calls += 1
+                    reply = self._reader.xreadgroup(
+                        self.config.group,
+                        self.consumer,
+                        {k.stream: ">" for k in self.queues.values()},
+                        count=count,
+                        block=int(self._block * 1000),
+                    )
                 backoff.reset()
             except redis.ResponseError as exc:
                 self._on_read_error(exc, backoff)
                 continue
             except _REDIS_DOWN as exc:
-                logger.warning("redis unreachable; reconnecting redis=%s error=%s delay=%.2f",
-                               self.redis_config.display, exc, backoff.peek())
+                logger.warning(
+                    "redis unreachable; reconnecting redis=%s error=%s delay=%.2f",
+                    self.redis_config.display,
+                    exc,
+                    backoff.peek(),
+                )
                 backoff.sleep(lambda: self._stopping)
                 continue
             try:
@@ -380,8 +484,11 @@ class RedisStreamsBackend(Backend):
 
     def _on_read_error(self, exc: redis.ResponseError, backoff: _Backoff) -> None:
         if "NOGROUP" in str(exc):
-            logger.error("consumer group or stream vanished (Redis restarted without "
-                         "persistence?); recreating group=%s", self.config.group)
+            logger.error(
+                "consumer group or stream vanished (Redis restarted without "
+                "persistence?); recreating group=%s",
+                self.config.group,
+            )
             try:
                 for keys in self.queues.values():
                     self._ensure_group(keys)
@@ -404,12 +511,13 @@ class RedisStreamsBackend(Backend):
             entry_id = _text(raw_id)
             if not fields:  # a PEL entry whose stream entry was deleted (None or {})
                 self.deleted_entries += 1
-                logger.warning("pending entry without data acked queue=%s entry=%s",
-                               keys.name, entry_id)
+                logger.warning(
+                    "pending entry without data acked queue=%s entry=%s", keys.name, entry_id
+                )
                 with contextlib.suppress(redis.RedisError):  # else the reclaimer drops it
                     self.client.xack(keys.stream, self.config.group, entry_id)
                 continue
-            job, data, problem = self._decode(fields)
+            job, data, problem = self._decode(fields.get(b"id"), fields.get(b"d"))
             if problem is not None or job is None:
                 self._poison(keys, entry_id, _text(fields.get(b"id")), data, problem or "?")
                 continue
@@ -428,46 +536,149 @@ class RedisStreamsBackend(Backend):
         fresh: list[Delivery] = []
         for (entry_id, job, data), (code, attempts, deliveries) in zip(valid, codes, strict=True):
             if code == -1:
-                self._poison(keys, entry_id, job.id, data,
-                             "no job record: the entry was not written by CSJD's enqueue")
+                self._poison(
+                    keys,
+                    entry_id,
+                    job.id,
+                    data,
+                    "no job record: the entry was not written by CSJD's enqueue",
+                )
             elif code == 1:
-                delivery = Delivery(job, int(attempts), job.max_attempts or default_attempts,
-                                    int(deliveries), (keys, entry_id))
+                delivery = Delivery(
+                    job,
+                    int(attempts),
+                    job.max_attempts or default_attempts,
+                    int(deliveries),
+                    (keys, entry_id),
+                )
                 fresh.append(delivery)
-        with self._cond:
-            for delivery in fresh:
-                self._owned[delivery.ref[1]] = delivery
-                self._buffer.append(delivery)
-            self._cond.notify_all()
+        self._hand_over(fresh)
+
+    def _read_started(self, count: int) -> bool:
+        """Read and start new entries, one script call per queue; True if any were read.
+
+        Redis errors propagate to the read loop; an error while taking entries already read is
+        logged (they are reclaimed after the lease) and the reader goes on.
+        """
+        got = False
+        for keys in self.queues.values():
+            self.read_calls += 1
+            flat = self._script(
+                "read_start",
+                [keys.stream],
+                [self.config.group, self.consumer, keys.job_prefix, count],
+            )
+            if not flat:
+                continue
+            got = True
+            try:
+                self._accept_started(keys, flat)
+            except Exception:  # the reader must outlive any one reply
+                logger.exception("could not take read entries; handing them back")
+                # Undo the attempts started by the script, so that the reclaimer runs them as
+                # if they had never been read (as an entry read by XREADGROUP alone would be).
+                self._hand_back(
+                    keys, [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 4)]
+                )
+        return got
+
+    def _accept_started(self, keys: QueueKeys, flat: list[Any]) -> None:
+        """Deliveries from read_start.lua's reply (entry, job id, data, attempts per entry)."""
+        default_attempts = self._settings.default_max_attempts if self._settings else 3
+        fresh: list[Delivery] = []
+        for i in range(0, len(flat), 4):
+            entry_id = _text(flat[i])
+            raw_id, raw, attempts = flat[i + 1], flat[i + 2], int(flat[i + 3])
+            if attempts == -2:
+                self._poison(
+                    keys,
+                    entry_id,
+                    _text(raw_id),
+                    _text(raw),
+                    "malformed entry: missing field 'id' or 'd'",
+                )
+                continue
+            job, data, problem = self._decode(raw_id, raw)
+            if problem is not None or job is None:
+                self._poison(keys, entry_id, _text(raw_id), data, problem or "?")
+            elif attempts == -1:
+                self._poison(
+                    keys,
+                    entry_id,
+                    job.id,
+                    data,
+                    "no job record: the entry was not written by CSJD's enqueue",
+                )
+            else:  # read with '>': delivered once, so the fencing token is 1
+                fresh.append(
+                    Delivery(
+                        job, attempts, job.max_attempts or default_attempts, 1, (keys, entry_id)
+                    )
+                )
+        self._hand_over(fresh)
+
+    def _hand_over(self, fresh: list[Delivery]) -> None:
+        """Buffer started deliveries and wake as many workers as there are deliveries."""
+        if fresh:
+            with self._cond:
+                for delivery in fresh:
+                    self._owned[delivery.ref[1]] = delivery
+                    self._buffer.append(delivery)
+                self._cond.notify(len(fresh))
         if self._stopping:
             self.wake()
 
-    def _decode(self, fields: dict[bytes, bytes]) -> tuple[Job | None, str, str | None]:
+    def _decode(
+        self, raw_id: bytes | None, raw: bytes | None
+    ) -> tuple[Job | None, str, str | None]:
+        if raw_id is None or raw is None:
+            missing = b"id" if raw_id is None else b"d"
+            return None, "", f"malformed entry: missing field {missing!r}"
         try:
-            job_id = fields[b"id"].decode()
-            raw = fields[b"d"]
+            job_id = raw_id.decode()
             data = raw.decode()
-        except KeyError as exc:
-            return None, "", f"malformed entry: missing field {exc.args[0]!r}"
         except UnicodeDecodeError:
             return None, "", "malformed entry: not UTF-8"
         if len(raw) + len(job_id) > self.config.max_payload_bytes:
-            return None, "", (f"oversized entry: {len(raw)} bytes > max_payload_bytes="
-                              f"{self.config.max_payload_bytes}")
+            return (
+                None,
+                "",
+                (
+                    f"oversized entry: {len(raw)} bytes > max_payload_bytes="
+                    f"{self.config.max_payload_bytes}"
+                ),
+            )
         try:
             d = json.loads(data)
-            job = Job(job_id, d["type"], d.get("payload"), max_attempts=d.get("max_attempts"),
-                      timeout=d.get("timeout"), queue=d.get("queue"))
+            job = Job(
+                job_id,
+                d["type"],
+                d.get("payload"),
+                max_attempts=d.get("max_attempts"),
+                timeout=d.get("timeout"),
+                queue=d.get("queue"),
+            )
             validate_job(job)
         except (ValueError, KeyError, TypeError, InvalidJob) as exc:
             return None, data, f"malformed entry: {exc!r}"
         return job, data, None
 
     def _poison(self, keys: QueueKeys, entry_id: str, job_id: str, data: str, reason: str) -> None:
-        logger.error("poison entry dead-lettered queue=%s entry=%s id=%s reason=%s",
-                     keys.name, entry_id, job_id, reason)
-        op = {"k": "dead", "e": entry_id, "id": job_id, "err": reason, "reason": "poison",
-              "d": data}
+        logger.error(
+            "poison entry dead-lettered queue=%s entry=%s id=%s reason=%s",
+            keys.name,
+            entry_id,
+            job_id,
+            reason,
+        )
+        op = {
+            "k": "dead",
+            "e": entry_id,
+            "id": job_id,
+            "err": reason,
+            "reason": "poison",
+            "d": data,
+        }
         try:
             self._settler.settle(keys, op)
         except redis.RedisError as exc:
@@ -488,19 +699,28 @@ class RedisStreamsBackend(Backend):
                 break
             except _REDIS_DOWN as exc:
                 if time.monotonic() >= deadline:
-                    logger.error("could not record an outcome before the lease ran out; the job "
-                                 "will be reclaimed and may run again id=%s error=%s",
-                                 delivery.job.id, exc)
+                    logger.error(
+                        "could not record an outcome before the lease ran out; the job "
+                        "will be reclaimed and may run again id=%s error=%s",
+                        delivery.job.id,
+                        exc,
+                    )
                     ok = False
                     break
-                logger.warning("redis unreachable while recording an outcome; retrying "
-                               "id=%s error=%s", delivery.job.id, exc)
+                logger.warning(
+                    "redis unreachable while recording an outcome; retrying id=%s error=%s",
+                    delivery.job.id,
+                    exc,
+                )
                 backoff.sleep(lambda: False)
             except redis.RedisError as exc:
                 # NOGROUP after a restart without persistence, or any refusal: the entry is not
                 # ours to ack any more. Raising would kill the engine's worker thread.
-                logger.error("could not record an outcome; the attempt lost its claim id=%s "
-                             "error=%s", delivery.job.id, exc)
+                logger.error(
+                    "could not record an outcome; the attempt lost its claim id=%s error=%s",
+                    delivery.job.id,
+                    exc,
+                )
                 ok = False
                 break
         with self._cond:
@@ -515,13 +735,23 @@ class RedisStreamsBackend(Backend):
 
     def retry(self, delivery: Delivery, error: AttemptError, delay: float) -> bool:
         """Ack and park the job in the delayed set for ``delay`` seconds (one atomic step)."""
-        return self._op(delivery, "retry", err=error.message,
-                        tb=(error.traceback or "")[-_MAX_TRACEBACK:], delay=delay * 1000)
+        return self._op(
+            delivery,
+            "retry",
+            err=error.message,
+            tb=(error.traceback or "")[-_MAX_TRACEBACK:],
+            delay=delay * 1000,
+        )
 
     def fail(self, delivery: Delivery, error: AttemptError) -> bool:
         """Ack and dead-letter the job (one atomic step)."""
-        return self._op(delivery, "dead", err=error.message, reason=error.kind,
-                        tb=(error.traceback or "")[-_MAX_TRACEBACK:])
+        return self._op(
+            delivery,
+            "dead",
+            err=error.message,
+            reason=error.kind,
+            tb=(error.traceback or "")[-_MAX_TRACEBACK:],
+        )
 
     def _flush_settles(self, batch: list[list[Any]]) -> list[Any]:
         by_queue: dict[str, list[int]] = {}
@@ -530,12 +760,25 @@ class RedisStreamsBackend(Backend):
         results: list[Any] = [0] * len(batch)
         for indexes in by_queue.values():
             keys = batch[indexes[0]][0]
-            ops = [batch[i][1] for i in indexes]
+            other = [i for i in indexes if batch[i][1]["k"] != "ok"]
+            ok = [i for i in indexes if batch[i][1]["k"] == "ok"]
+            args: list[Any] = [
+                self.config.group,
+                self.consumer,
+                keys.job_prefix,
+                self._ttl_ms,
+                json.dumps([batch[i][1] for i in other], separators=(",", ":")),
+            ]
+            if ok:
+                ids = [batch[i][1]["e"] for i in ok]
+                args += [min(ids, key=_entry_key), max(ids, key=_entry_key)]
+                for i in ok:
+                    op = batch[i][1]
+                    args += [op["e"], op["id"], op["n"], op["r"]]
             reply = self._script(
-                "settle", [keys.stream, keys.delayed, keys.pending, keys.dead, keys.stats],
-                [self.config.group, self.consumer, keys.job_prefix, self._ttl_ms,
-                 json.dumps(ops, separators=(",", ":"))])
-            for i, flag in zip(indexes, reply, strict=True):
+                "settle", [keys.stream, keys.delayed, keys.pending, keys.dead, keys.stats], args
+            )
+            for i, flag in zip(other + ok, reply, strict=True):
                 results[i] = int(flag)
         return results
 
@@ -562,19 +805,22 @@ class RedisStreamsBackend(Backend):
         for d in deliveries:
             by_queue.setdefault(d.ref[0].name, []).append(d)
         for group in by_queue.values():
-            keys = group[0].ref[0]
-            args: list[Any] = [self.config.group, self.consumer, keys.job_prefix,
-                               _RELEASE_IDLE_MS]
-            for d in group:
-                args += [d.ref[1], d.job.id]
-            try:
-                self._script("release", [keys.stream], args)
-            except redis.RedisError as exc:
-                logger.warning("could not hand back prefetched entries (reclaimed after the "
-                               "lease) error=%s", exc)
+            self._hand_back(group[0].ref[0], [(d.ref[1], d.job.id) for d in group])
             with self._cond:
                 for d in group:
                     self._owned.pop(d.ref[1], None)
+
+    def _hand_back(self, keys: QueueKeys, entries: list[tuple[str, str]]) -> None:
+        """Release (entry id, job id) pairs read but never run (release.lua)."""
+        args: list[Any] = [self.config.group, self.consumer, keys.job_prefix, _RELEASE_IDLE_MS]
+        for entry_id, job_id in entries:
+            args += [entry_id, job_id]
+        try:
+            self._script("release", [keys.stream], args)
+        except redis.RedisError as exc:
+            logger.warning(
+                "could not hand back read entries (reclaimed after the lease) error=%s", exc
+            )
 
     # -- maintenance: promotion, heartbeats, lease renewal, reclaiming, consumer GC ---------
     def _maintenance_loop(self) -> None:
@@ -587,8 +833,9 @@ class RedisStreamsBackend(Backend):
             try:
                 for name, keys in self.queues.items():
                     if now >= next_promote[name]:
-                        moved, wait_ms = self._script("promote", [keys.stream, keys.delayed],
-                                                      [keys.job_prefix, 500])
+                        moved, wait_ms = self._script(
+                            "promote", [keys.stream, keys.delayed], [keys.job_prefix, 500]
+                        )
                         wait = 0.0 if moved >= 500 else 0.25 if wait_ms < 0 else wait_ms / 1000
                         next_promote[name] = now + min(wait, 0.25)
                 if now >= next_beat:
@@ -620,9 +867,8 @@ class RedisStreamsBackend(Backend):
                 backoff.sleep(lambda: not self._consuming)
                 continue
             wake = min([*next_promote.values(), next_beat, next_claim])
-            with self._cond:
-                if self._consuming:
-                    self._cond.wait(max(0.005, min(0.25, wake - time.monotonic())))
+            if self._consuming:
+                self._maint_wake.wait(max(0.005, min(0.25, wake - time.monotonic())))
 
     def _heartbeat(self) -> None:
         ttl = int(self._heartbeat_interval * 3000)
@@ -635,8 +881,11 @@ class RedisStreamsBackend(Backend):
         if owned:
             for delivery, ok in zip(owned, self.renew(owned), strict=True):
                 if not ok:
-                    logger.warning("lease lost; the outcome of this attempt will be refused "
-                                   "id=%s entry=%s", delivery.job.id, delivery.ref[1])
+                    logger.warning(
+                        "lease lost; the outcome of this attempt will be refused id=%s entry=%s",
+                        delivery.job.id,
+                        delivery.ref[1],
+                    )
 
     def _reclaim(self) -> None:
         lease_ms = int(self._lease * 1000)
@@ -647,20 +896,41 @@ class RedisStreamsBackend(Backend):
                 if count <= 0:
                     break
                 next_cursor, claimed, deleted, dead = self._script(
-                    "reclaim", [keys.stream, keys.pending, keys.dead, keys.stats],
-                    [self.config.group, self.consumer, lease_ms, self.config.max_deliveries,
-                     count, cursor, keys.job_prefix, self._ttl_ms])
+                    "reclaim",
+                    [keys.stream, keys.pending, keys.dead, keys.stats],
+                    [
+                        self.config.group,
+                        self.consumer,
+                        lease_ms,
+                        self.config.max_deliveries,
+                        count,
+                        cursor,
+                        keys.job_prefix,
+                        self._ttl_ms,
+                    ],
+                )
                 if deleted:
                     self.deleted_entries += len(deleted)
-                    logger.warning("reclaimer dropped pending entries whose data was deleted "
-                                   "queue=%s count=%d", keys.name, len(deleted))
+                    logger.warning(
+                        "reclaimer dropped pending entries whose data was deleted "
+                        "queue=%s count=%d",
+                        keys.name,
+                        len(deleted),
+                    )
                 for job_id in dead:
-                    logger.error("job dead-lettered: delivered max_deliveries=%d times without "
-                                 "an outcome queue=%s id=%s", self.config.max_deliveries,
-                                 keys.name, _text(job_id))
+                    logger.error(
+                        "job dead-lettered: delivered max_deliveries=%d times without "
+                        "an outcome queue=%s id=%s",
+                        self.config.max_deliveries,
+                        keys.name,
+                        _text(job_id),
+                    )
                 if claimed:
-                    logger.warning("reclaimed entries from stalled consumers queue=%s count=%d",
-                                   keys.name, len(claimed))
+                    logger.warning(
+                        "reclaimed entries from stalled consumers queue=%s count=%d",
+                        keys.name,
+                        len(claimed),
+                    )
                     self._accept(keys, [(e[0], _fields(e[1])) for e in claimed])
                 cursor = _text(next_cursor)
                 if cursor == "0-0":
@@ -715,12 +985,14 @@ class RedisStreamsBackend(Backend):
             for info in infos:
                 name = _text(info.get("name"))
                 beat = client.get(keys.heartbeat_prefix + name)
-                consumers.append({
-                    "name": name,
-                    "pending": int(info.get("pending", 0)),
-                    "idle_ms": int(info.get("idle", 0)),
-                    "heartbeat_age": None if beat is None else round(now - float(beat), 3),
-                })
+                consumers.append(
+                    {
+                        "name": name,
+                        "pending": int(info.get("pending", 0)),
+                        "idle_ms": int(info.get("idle", 0)),
+                        "heartbeat_age": None if beat is None else round(now - float(beat), 3),
+                    }
+                )
             counters = {_text(k): int(v) for k, v in client.hgetall(keys.stats).items()}
             try:
                 in_flight = int(client.xpending(keys.stream, self.config.group)["pending"])
@@ -749,12 +1021,20 @@ class RedisStreamsBackend(Backend):
                 job_type = job_type.get("type") if isinstance(job_type, dict) else None
             except ValueError:
                 job_type = None
-            letters.append(DeadLetter(
-                entry_id=_text(raw_id), queue=keys.name, job_id=f.get("id", ""), type=job_type,
-                error=f.get("error", ""), reason=f.get("reason", ""),
-                attempts=int(f.get("attempts") or 0),
-                failed_at=int(f.get("failed_at") or 0) / 1000, traceback=f.get("traceback", ""),
-                data=f.get("d", "")))
+            letters.append(
+                DeadLetter(
+                    entry_id=_text(raw_id),
+                    queue=keys.name,
+                    job_id=f.get("id", ""),
+                    type=job_type,
+                    error=f.get("error", ""),
+                    reason=f.get("reason", ""),
+                    attempts=int(f.get("attempts") or 0),
+                    failed_at=int(f.get("failed_at") or 0) / 1000,
+                    traceback=f.get("traceback", ""),
+                    data=f.get("d", ""),
+                )
+            )
         return letters
 
     def requeue_dead(self, entry_id: str, queue: str | None = None) -> bool:
@@ -771,8 +1051,11 @@ class RedisStreamsBackend(Backend):
         f = {_text(k): _text(v) for k, v in (rows[0][1] or {}).items()}
         if not f.get("id") or not f.get("d"):
             raise InvalidJob(f"dead letter {entry_id} has no job to requeue ({f.get('error')})")
-        code = self._script("requeue_dead", [keys.stream, keys.dead, keys.pending,
-                                             keys.job(f["id"])], [entry_id, f["id"], f["d"]])
+        code = self._script(
+            "requeue_dead",
+            [keys.stream, keys.dead, keys.pending, keys.job(f["id"])],
+            [entry_id, f["id"], f["d"]],
+        )
         if code == -1:
             raise DuplicateJob(f["id"])
         return bool(code)
@@ -809,6 +1092,11 @@ class _Backoff:
         self.failures = 0
 
 
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _fields(raw: Any) -> Any:
     if raw is None or isinstance(raw, dict):
         return raw
@@ -837,11 +1125,19 @@ def _status(job_id: str, queue: str, f: dict[str, str]) -> JobStatus:
     if state is JobState.SUCCEEDED and f.get("result"):
         result = json.loads(f["result"])
     return JobStatus(
-        id=job_id, type=data.get("type", ""), state=state, attempts=int(f.get("attempts") or 0),
-        max_attempts=int(data.get("max_attempts") or f.get("max") or 0), queue=queue,
+        id=job_id,
+        type=data.get("type", ""),
+        state=state,
+        attempts=int(f.get("attempts") or 0),
+        max_attempts=int(data.get("max_attempts") or f.get("max") or 0),
+        queue=queue,
         enqueued_at=utc_from_timestamp(ms("enqueued_at")),
         started_at=utc_from_timestamp(ms("started_at")),
         finished_at=utc_from_timestamp(ms("finished_at")),
         run_at=utc_from_timestamp(ms("run_at")) if state is JobState.SCHEDULED else None,
-        last_error=f.get("error") or None, last_traceback=f.get("traceback") or None,
-        result=result, worker_id=f.get("worker") or None, payload=data.get("payload"))
+        last_error=f.get("error") or None,
+        last_traceback=f.get("traceback") or None,
+        result=result,
+        worker_id=f.get("worker") or None,
+        payload=data.get("payload"),
+    )

@@ -154,7 +154,7 @@ class BaseDispatcher:
     # -- admission -------------------------------------------------------------------------
     def _check(self, job: Job) -> None:
         validate_job(job)
-        if self._backend.local and job.type not in self._registry:
+        if self._backend.local and job.type not in self._registry.handlers:
             raise UnknownJobType(
                 f"no handler registered for job type {job.type!r} (job id={job.id!r}); "
                 f"registered: {self._registry.types()}"

@@ -223,7 +223,7 @@ class Engine:
         job = delivery.job
         backend = self.backend
         backend.started(delivery, worker.id)
-        handler = self.registry.get(job.type)
+        handler = self.registry.handlers.get(job.type)
         if handler is None:
             # Only reachable in distributed mode: in-process admission rejects unknown types.
             self._record_failure(

@@ -32,7 +32,8 @@ class HandlerRegistry:
     """Job type -> handler. Types are looked up here, never imported from a message."""
 
     def __init__(self) -> None:
-        self._handlers: dict[str, Handler] = {}
+        #: type -> `Handler`; replaced, never mutated (copy-on-write): read it without a lock.
+        self.handlers: dict[str, Handler] = {}
         self._lock = threading.Lock()
 
     def register(self, type: str, fn: HandlerFn) -> None:
@@ -47,24 +48,24 @@ class HandlerRegistry:
         if not callable(fn):
             raise TypeError(f"handler for {type!r} must be callable, got {fn!r}")
         with self._lock:
-            existing = self._handlers.get(type)
+            existing = self.handlers.get(type)
             if existing is not None and existing.fn is not fn:
                 raise ValueError(
                     f"job type {type!r} already has handler {existing.fn!r}; "
                     "one type maps to one handler"
                 )
             # Copy-on-write: readers on the hot path never take the lock.
-            handlers = dict(self._handlers)
+            handlers = dict(self.handlers)
             handlers[type] = Handler(type, fn)
-            self._handlers = handlers
+            self.handlers = handlers
 
     def get(self, type: str) -> Handler | None:
         """The handler for ``type`` or None."""
-        return self._handlers.get(type)
+        return self.handlers.get(type)
 
     def __contains__(self, type: object) -> bool:
-        return type in self._handlers
+        return type in self.handlers
 
     def types(self) -> list[str]:
         """Registered types, sorted."""
-        return sorted(self._handlers)
+        return sorted(self.handlers)

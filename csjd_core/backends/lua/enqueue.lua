@@ -13,7 +13,7 @@ local pending = tonumber(redis.call('GET', KEYS[3]) or '0')
 if pending + n > cap then
   return {'full', pending}
 end
-local seen = {}
+local seen, stale = {}, {}
 for i = 1, n do
   local id = ARGV[2 + (i - 1) * 4 + 1]
   if seen[id] then
@@ -22,6 +22,7 @@ for i = 1, n do
   seen[id] = true
   local state = redis.call('HGET', KEYS[3 + i], 'state')
   if state then
+    stale[i] = true
     if state ~= 'succeeded' and state ~= 'failed' then
       return {'dup', id}
     end
@@ -35,15 +36,17 @@ for i = 1, n do
   local base = 2 + (i - 1) * 4
   local id, data, run_at, max = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
   local key = KEYS[3 + i]
-  redis.call('DEL', key)
+  if stale[i] then  -- the record of a finished job whose dedupe window is over
+    redis.call('DEL', key)
+  end
   if run_at ~= '' and tonumber(run_at) > now then
     redis.call('HSET', key, 'state', 'scheduled', 'attempts', 0, 'max', max, 'data', data,
       'enqueued_at', now, 'run_at', run_at)
     redis.call('ZADD', KEYS[2], tonumber(run_at), id)
   else
-    local entry = redis.call('XADD', KEYS[1], '*', 'id', id, 'd', data)
+    redis.call('XADD', KEYS[1], '*', 'id', id, 'd', data)
     redis.call('HSET', key, 'state', 'queued', 'attempts', 0, 'max', max, 'data', data,
-      'enqueued_at', now, 'entry', entry)
+      'enqueued_at', now)
   end
 end
 redis.call('INCRBY', KEYS[3], n)

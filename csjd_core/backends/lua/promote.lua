@@ -10,8 +10,8 @@ for _, id in ipairs(ids) do
   local key = ARGV[1] .. id
   local data = redis.call('HGET', key, 'data')
   if data then
-    local entry = redis.call('XADD', KEYS[1], '*', 'id', id, 'd', data)
-    redis.call('HSET', key, 'state', 'queued', 'entry', entry)
+    redis.call('XADD', KEYS[1], '*', 'id', id, 'd', data)
+    redis.call('HSET', key, 'state', 'queued')
   end
 end
 local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')

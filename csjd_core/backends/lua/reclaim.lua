@@ -37,7 +37,6 @@ for _, e in ipairs(r[2]) do
     redis.call('XDEL', KEYS[1], entry)
     if state and state ~= 'succeeded' and state ~= 'failed' then
       redis.call('HSET', key, 'state', 'failed', 'error', reason, 'finished_at', now)
-      redis.call('HDEL', key, 'entry')
       redis.call('PEXPIRE', key, ttl)
       redis.call('DECR', KEYS[2])
     end

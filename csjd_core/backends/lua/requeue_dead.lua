@@ -11,10 +11,10 @@ if state and state ~= 'succeeded' and state ~= 'failed' then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local entry = redis.call('XADD', KEYS[1], '*', 'id', ARGV[2], 'd', ARGV[3])
+redis.call('XADD', KEYS[1], '*', 'id', ARGV[2], 'd', ARGV[3])
 redis.call('DEL', KEYS[4])
 redis.call('HSET', KEYS[4], 'state', 'queued', 'attempts', 0, 'data', ARGV[3],
-  'enqueued_at', now, 'entry', entry)
+  'enqueued_at', now)
 redis.call('XDEL', KEYS[2], ARGV[1])
 redis.call('INCR', KEYS[3])
 return 1

@@ -3,40 +3,41 @@
 -- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] pending counter, KEYS[4] dead-letter stream,
 --   KEYS[5] stats hash
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job hash key prefix, ARGV[4] finished-record TTL (ms),
---   ARGV[5] JSON list of ops {k="ok"|"retry"|"dead", e=entry, id=job id, n=deliveries,
---   r=result JSON, err=error, tb=traceback, delay=ms, reason=dead-letter reason, a=attempts}
--- Returns one 1/0 per op.
+--   ARGV[5] JSON list of retry/dead ops {k="retry"|"dead", e=entry, id=job id, n=deliveries,
+--   err=error, tb=traceback, delay=ms, reason=dead-letter reason, a=attempts, d=data},
+--   ARGV[6], ARGV[7] lowest and highest entry id of the successes, then per success:
+--   entry, job id, deliveries, result JSON.
+-- Returns one 1/0 per op: the JSON ops first, then the successes. Acks, deletes and counters
+-- are issued once per call (invisible to others: the script is one atomic step).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local group, consumer, prefix, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local ops = cjson.decode(ARGV[5])
 local out = {}
-for i, op in ipairs(ops) do
-  local p = redis.call('XPENDING', KEYS[1], group, op.e, op.e, 1)
-  if #p == 0 or p[1][2] ~= consumer or (op.n and p[1][4] ~= op.n) then
-    out[i] = 0
+local acked, seen = {}, {}
+local succeeded, retried, failed, finished = 0, 0, 0, 0
+for _, op in ipairs(cjson.decode(ARGV[5])) do
+  local p = not seen[op.e] and redis.call('XPENDING', KEYS[1], group, op.e, op.e, 1)
+  if not p or #p == 0 or p[1][2] ~= consumer or (op.n and p[1][4] ~= op.n) then
+    out[#out + 1] = 0
   else
-    redis.call('XACK', KEYS[1], group, op.e)
-    redis.call('XDEL', KEYS[1], op.e)
+    seen[op.e] = true
+    acked[#acked + 1] = op.e
     local key = prefix .. (op.id or '')
     local state = op.id and op.id ~= '' and redis.call('HGET', key, 'state')
     local live = state and state ~= 'succeeded' and state ~= 'failed'
-    redis.call('HINCRBY', KEYS[5], 'processed', 1)
     if op.k == 'ok' then
       if live then
         redis.call('HSET', key, 'state', 'succeeded', 'result', op.r or 'null', 'finished_at', now)
-        redis.call('HDEL', key, 'entry')
         redis.call('PEXPIRE', key, ttl)
-        redis.call('DECR', KEYS[3])
+        finished = finished + 1
       end
-      redis.call('HINCRBY', KEYS[5], 'succeeded', 1)
+      succeeded = succeeded + 1
     elseif op.k == 'retry' and live then
       local due = now + math.floor(op.delay)
       redis.call('HSET', key, 'state', 'scheduled', 'error', op.err or '', 'traceback',
         op.tb or '', 'run_at', due)
-      redis.call('HDEL', key, 'entry')
       redis.call('ZADD', KEYS[2], due, op.id)
-      redis.call('HINCRBY', KEYS[5], 'retried', 1)
+      retried = retried + 1
     else
       local data = (state and redis.call('HGET', key, 'data')) or op.d or ''
       local attempts = (state and redis.call('HGET', key, 'attempts')) or op.a or 0
@@ -46,13 +47,49 @@ for i, op in ipairs(ops) do
       if live then
         redis.call('HSET', key, 'state', 'failed', 'error', op.err or '', 'traceback',
           op.tb or '', 'finished_at', now)
-        redis.call('HDEL', key, 'entry')
         redis.call('PEXPIRE', key, ttl)
-        redis.call('DECR', KEYS[3])
+        finished = finished + 1
       end
-      redis.call('HINCRBY', KEYS[5], 'failed', 1)
+      failed = failed + 1
     end
-    out[i] = 1
+    out[#out + 1] = 1
   end
 end
+if #ARGV > 7 then
+  -- One fence read for every success: this consumer's pending entries in their id range.
+  local owned, from = {}, ARGV[6]
+  while true do
+    local p = redis.call('XPENDING', KEYS[1], group, from, ARGV[7], 1000, consumer)
+    for _, e in ipairs(p) do owned[e[1]] = e[4] end
+    if #p < 1000 then break end
+    from = '(' .. p[#p][1]
+  end
+  for i = 8, #ARGV, 4 do
+    local entry, id = ARGV[i], ARGV[i + 1]
+    if seen[entry] or owned[entry] ~= tonumber(ARGV[i + 2]) then
+      out[#out + 1] = 0
+    else
+      seen[entry] = true
+      acked[#acked + 1] = entry
+      -- The fence passed: this attempt still owns the entry, so the job is running (only
+      -- this consumer's settle or the reclaimer, which acks first, can end it).
+      local key = prefix .. id
+      redis.call('HSET', key, 'state', 'succeeded', 'result', ARGV[i + 3], 'finished_at', now)
+      redis.call('PEXPIRE', key, ttl)
+      finished = finished + 1
+      succeeded = succeeded + 1
+      out[#out + 1] = 1
+    end
+  end
+end
+for i = 1, #acked, 500 do
+  local chunk = {unpack(acked, i, math.min(i + 499, #acked))}
+  redis.call('XACK', KEYS[1], group, unpack(chunk))
+  redis.call('XDEL', KEYS[1], unpack(chunk))
+end
+if #acked > 0 then redis.call('HINCRBY', KEYS[5], 'processed', #acked) end
+if succeeded > 0 then redis.call('HINCRBY', KEYS[5], 'succeeded', succeeded) end
+if retried > 0 then redis.call('HINCRBY', KEYS[5], 'retried', retried) end
+if failed > 0 then redis.call('HINCRBY', KEYS[5], 'failed', failed) end
+if finished > 0 then redis.call('INCRBY', KEYS[3], -finished) end  -- INCRBY: in the worker ACL
 return out

@@ -19,8 +19,7 @@ for i = 4, #ARGV, 2 do
       out[#out + 1] = {-1, 0, p[1][4]}
     else
       local attempts = redis.call('HINCRBY', key, 'attempts', 1)
-      redis.call('HSET', key, 'state', 'running', 'started_at', now, 'worker', consumer,
-        'entry', entry)
+      redis.call('HSET', key, 'state', 'running', 'started_at', now, 'worker', consumer)
       out[#out + 1] = {1, attempts, p[1][4]}
     end
   end
