@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from csjd_core import Hooks, Job, JobContext
 
@@ -20,3 +20,8 @@ class CloseOldConnections(Hooks):
 
     def after_process(self, job: Job, result: Any, error: BaseException | None) -> None:
         close_old_connections()
+
+    def worker_stopped(self, worker_id: str) -> None:
+        # Connections are per thread: close this worker thread's before it ends, rather than
+        # leaving them to the garbage collector (Python 3.13 warns about such connections).
+        connections.close_all()
