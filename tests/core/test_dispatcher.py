@@ -15,14 +15,12 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from csjd_core import (
-    Config,
     CSJDError,
     Dispatcher,
     DispatcherClosed,
@@ -33,7 +31,6 @@ from csjd_core import (
     JobContext,
     JobNotFound,
     JobState,
-    JobStatus,
     MetricsSnapshot,
     QueueFull,
     RetryPolicy,
@@ -45,43 +42,9 @@ from csjd_core.backends.memory import MemoryBackend
 from csjd_core.engine.dispatcher import BaseDispatcher
 from csjd_core.testing import wait_until
 
-FAST = RetryPolicy(base_delay=0.001, max_delay=0.01)
+from core_support import DEADLINE, FAST, Harness, state_of, wait_state
+
 SLOW = RetryPolicy(base_delay=30.0, max_delay=30.0, jitter=None)  # retries that never come due
-DEADLINE = 10.0  # generous: a condition returns as soon as it holds; this only bounds failures
-
-
-class Harness:
-    """Dispatchers and gates of one test; teardown opens every gate, then stops every dispatcher."""
-
-    def __init__(self) -> None:
-        self.dispatchers: list[Dispatcher] = []
-        self.gates: list[threading.Event] = []
-
-    def dispatcher(self, **config: Any) -> Dispatcher:
-        config.setdefault("retry", FAST)
-        dispatcher = Dispatcher(Config(**config))
-        self.dispatchers.append(dispatcher)
-        return dispatcher
-
-    def gate(self) -> threading.Event:
-        gate = threading.Event()
-        self.gates.append(gate)
-        return gate
-
-    def close(self) -> None:
-        for gate in self.gates:
-            gate.set()
-        for dispatcher in self.dispatchers:
-            dispatcher.stop(timeout=2.0)
-
-
-@pytest.fixture
-def harness() -> Iterator[Harness]:
-    h = Harness()
-    try:
-        yield h
-    finally:
-        h.close()
 
 
 class Recorder(Hooks):
@@ -122,22 +85,6 @@ class Recorder(Hooks):
 
     def worker_stopped(self, worker_id: str) -> None:
         self._add("worker_stopped", worker_id, threading.current_thread())
-
-
-def state_of(d: Dispatcher, job_id: str) -> JobState | None:
-    try:
-        return d.status(job_id).state
-    except JobNotFound:
-        return None
-
-
-def wait_state(d: Dispatcher, job_id: str, *states: JobState) -> JobStatus:
-    wait_until(
-        lambda: state_of(d, job_id) in states,
-        DEADLINE,
-        message=lambda: f"job {job_id!r} is {state_of(d, job_id)}, never {states}",
-    )
-    return d.status(job_id)
 
 
 def settle(d: Dispatcher, **expected: int) -> MetricsSnapshot:
