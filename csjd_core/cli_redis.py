@@ -16,6 +16,7 @@ import click
 
 from csjd_core.app import App
 from csjd_core.backends.file import FileJobStore
+from csjd_core.cli_options import worker_options
 from csjd_core.distributed import RedisDistributedDispatcher
 from csjd_core.errors import BackendUnavailable, CSJDError, DuplicateJob
 from csjd_core.job import JobState
@@ -120,30 +121,12 @@ def move_into_redis(store: FileJobStore, app: App, batch: int = 500) -> tuple[in
 @click.command()
 @click.argument("app_spec", metavar="APP")
 @click.option("--queues", help="Comma-separated queues to consume (default: the app's).")
-@click.option("--workers", type=click.IntRange(1, 1024), help="Worker threads per process.")
-@click.option(
-    "--processes",
-    type=click.IntRange(1, 256),
-    default=1,
-    show_default=True,
-    help="Worker processes under one supervisor.",
-)
-@click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
-@click.option("--max-jobs", type=click.IntRange(1), help="Recycle a process after N jobs.")
-@click.option("--max-memory", help="Recycle a process past this RSS (e.g. 512M).")
-@click.option(
-    "--drain-timeout",
-    type=click.FloatRange(0),
-    default=30.0,
-    show_default=True,
-    help="Seconds to let in-flight jobs finish after SIGTERM.",
-)
+@worker_options
 @click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="Log level (default: INFO, or the one given before the command).",
 )
-@click.option("--child", is_flag=True, hidden=True)
 @click.pass_context
 def worker(
     ctx: click.Context,

@@ -13,6 +13,7 @@ from flask import current_app
 from flask.cli import AppGroup, ScriptInfo, pass_script_info
 
 from csjd_core.app import App
+from csjd_core.cli_options import worker_options
 from csjd_flask.extension import CSJDState, NotInitialized
 
 __all__ = ["csjd_group", "current_core_app"]
@@ -65,26 +66,8 @@ def _core_command(argv: list[str], prog_name: str) -> None:
 
 @csjd_group.command("run")
 @click.option("--queues", help="Comma-separated queues to consume (default: CSJD_QUEUES).")
-@click.option("--workers", type=click.IntRange(1, 1024), help="Worker threads per process.")
-@click.option(
-    "--processes",
-    type=click.IntRange(1, 256),
-    default=1,
-    show_default=True,
-    help="Worker processes under one supervisor.",
-)
-@click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
-@click.option("--max-jobs", type=click.IntRange(1), help="Recycle a process after N jobs.")
-@click.option("--max-memory", help="Recycle a process past this RSS (e.g. 512M).")
-@click.option(
-    "--drain-timeout",
-    type=click.FloatRange(0),
-    default=30.0,
-    show_default=True,
-    help="Seconds to let in-flight jobs finish after SIGTERM.",
-)
+@worker_options
 @click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True)
-@click.option("--child", is_flag=True, hidden=True)
 @pass_script_info
 def run(
     info: ScriptInfo,
