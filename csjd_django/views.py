@@ -36,7 +36,6 @@ __all__ = [
     "collect_figures",
     "dashboard",
     "dead_letter_action",
-    "delete_dead_letter",
     "throughput_samples",
 ]
 
@@ -351,7 +350,7 @@ def _act(
         if action == "requeue":
             done = dispatcher.requeue_dead(entry_id, queue)
         else:
-            done = delete_dead_letter(dispatcher, entry_id, queue)
+            done = dispatcher.delete_dead(entry_id, queue)
     except DuplicateJob as exc:
         messages.error(
             request,
@@ -379,14 +378,3 @@ def _act(
     past = "requeued" if action == "requeue" else "deleted"
     logger.info("dead letter %s queue=%s entry=%s user=%s", past, queue, entry_id, user)
     messages.success(request, f"Dead letter {entry_id} of queue {queue} {past}.")
-
-
-def delete_dead_letter(
-    dispatcher: RedisDistributedDispatcher, entry_id: str, queue: str | None = None
-) -> bool:
-    """Delete one dead letter.
-
-    Returns:
-        False if there was no such entry (already requeued or deleted).
-    """
-    return dispatcher.delete_dead(entry_id, queue)
