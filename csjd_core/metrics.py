@@ -95,6 +95,7 @@ class Counters:
         self.submitted = itertools.count()
         self.accepted = itertools.count()
         self.detached = 0
+        self.lost_successes = 0  # counted by a worker, then refused by the backend (lost claim)
         self._bulk: dict[int, int] = {}  # batch increments, keyed by id() of the count
         self._tallies: list[Tally] = []
         self._retired = (0, 0, 0, 0, 0)
@@ -122,6 +123,8 @@ class Counters:
         """Copy the counters."""
         with self.lock:
             processed, retried, succeeded, failed, panics = self._retired
+            processed -= self.lost_successes
+            succeeded -= self.lost_successes
             for block in self._tallies:
                 p, r, s, f, x = block.read()
                 processed += p

@@ -10,7 +10,7 @@ suite in ``tests/core/test_backend_contract.py``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,8 @@ class BackendSettings:
     result_ttl: float
     max_results: int
     worker_id: str
+    #: Told of a success `Backend.succeed_nowait` accepted but could not record (lost claim).
+    on_lost_claim: Callable[[Delivery], None] | None = None
 
 
 class Delivery:
@@ -104,6 +106,15 @@ class Backend(ABC):
     @abstractmethod
     def succeed(self, delivery: Delivery, result: Any) -> bool:
         """Record success with a JSON result. Returns False if the delivery lost its claim."""
+
+    def succeed_nowait(self, delivery: Delivery, result: Any) -> bool | None:
+        """Like `succeed`, but a backend may record the outcome after returning ``None``.
+
+        The engine calls this on its hot path. A backend that batches outcomes (Redis: with its
+        next read) returns ``None`` and, if the outcome is then refused, calls
+        ``BackendSettings.on_lost_claim``. The default records it now.
+        """
+        return self.succeed(delivery, result)
 
     @abstractmethod
     def retry(self, delivery: Delivery, error: AttemptError, delay: float) -> bool:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import random
 import socket
 import threading
@@ -47,6 +48,18 @@ logger = logging.getLogger("csjd_core.redis")
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 _MAX_TRACEBACK = 4_000
 _RELEASE_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
+_SCRIPTS = (
+    "enqueue",
+    "start",
+    "read_start",
+    "settle",
+    "promote",
+    "reclaim",
+    "renew",
+    "release",
+    "delete_consumer",
+    "requeue_dead",
+)
 
 
 class QueueKeys:
@@ -161,16 +174,14 @@ class RedisStreamsBackend(Backend):
         self._reader: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._settings: BackendSettings | None = None
-        # One lock, three wait queues: workers wait for entries (_cond), the reader waits for
-        # room (_space), maintenance sleeps on an event: a wake-up reaches only who needs it.
+        # Workers wait for deliveries on `_ready`, the reader for room or successes to record
+        # on `_doorbell` (C queues: one cheap wake-up each); maintenance sleeps on an event.
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._space = threading.Condition(self._lock)
+        self._ready: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
+        self._doorbell: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._reader_waiting = False
         self._maint_wake = threading.Event()
-        self._buffer: deque[Delivery] = deque()
         self._owned: dict[str, Delivery] = {}  # entry id -> delivery, read but not settled
-        self._idle = 0
         self._consuming = False
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -178,6 +189,11 @@ class RedisStreamsBackend(Backend):
         # entries it claims into that list would be read (and started) a second time.
         self._own_pending_read = threading.Event()
         self._settler = _Settler(self._flush_settles)
+        # Successes queued for the reader's next round trip (see succeed_nowait): while the
+        # reader cycles, it records them in the same pipeline as its next read.
+        self._acks: deque[tuple[Delivery, dict[str, Any]]] = deque()
+        self._pipelining = False
+        self._cycle_conn: Any = None
         # Durations are validated floats once DistributedConfig exists; typed here once.
         self._lease = seconds(config.lease, "lease")
         self._block = seconds(config.block, "block")
@@ -222,20 +238,17 @@ class RedisStreamsBackend(Backend):
         """The command connection pool (created on first use)."""
         if self._client is None:
             self._client = self._make_client(self.redis_config.socket_timeout)
-            for name in (
-                "enqueue",
-                "start",
-                "read_start",
-                "settle",
-                "promote",
-                "reclaim",
-                "renew",
-                "release",
-                "delete_consumer",
-                "requeue_dead",
-            ):
+            for name in _SCRIPTS:
                 self._scripts[name] = self._client.register_script(_load_script(name))
         return self._client
+
+    def _load_scripts(self) -> None:
+        """Load every script into Redis (pipelined calls use EVALSHA without a fallback)."""
+        for script in self._scripts.values():
+            self.client.script_load(script.script)
+
+    def _evalsha(self, name: str, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
+        return ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
 
     def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         client = self.client  # registers the scripts on first use
@@ -260,6 +273,7 @@ class RedisStreamsBackend(Backend):
         try:
             for keys in self.queues.values():
                 self._ensure_group(keys)
+            self._load_scripts()
         except _REDIS_DOWN as exc:
             raise BackendUnavailable(
                 f"Redis at {self.redis_config.display} unavailable: {exc}"
@@ -292,11 +306,15 @@ class RedisStreamsBackend(Backend):
     def wake(self) -> None:
         """Stop fetching: no new reads; prefetched entries are handed back."""
         self._stopping = True
-        with self._cond:
-            buffered = list(self._buffer)
-            self._buffer.clear()
-            self._cond.notify_all()
-            self._space.notify_all()
+        buffered = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                delivery = self._ready.get_nowait()
+                if delivery is not None:
+                    buffered.append(delivery)
+        for _ in range(self.config.workers):
+            self._ready.put(None)  # wakes a blocked fetch
+        self._doorbell.put(None)
         self._release(buffered)
 
     def close(self, *, clean: bool) -> list[Job]:
@@ -381,109 +399,192 @@ class RedisStreamsBackend(Backend):
     # -- consumption -----------------------------------------------------------------------
     def fetch(self, timeout: float) -> Delivery | None:
         """The next delivery read by the reader thread, waiting up to ``timeout``."""
-        buffer = self._buffer
         try:
-            delivery = buffer.popleft()
-        except IndexError:
-            pass
-        else:
-            # Refill before the buffer runs dry (half the prefetch left): no bubble.
-            if self._reader_waiting and len(buffer) <= self._refill_at:
-                with self._lock:
-                    self._space.notify()
-            return delivery
-        if self._stopping or timeout <= 0:
+            if timeout <= 0 or self._stopping:
+                return self._ready.get_nowait()
+            return self._ready.get(timeout=timeout)
+        except queue.Empty:
             return None
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            self._idle += 1
-            if self._reader_waiting:
-                self._space.notify()  # the reader may read for this idle worker
-            try:
-                while not self._buffer:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self._stopping:
-                        return None
-                    self._cond.wait(remaining)
-                return self._buffer.popleft()
-            finally:
-                self._idle -= 1
-
-    @property
-    def _refill_at(self) -> int:
-        return (self.config.prefetch or 0) // 2
-
-    def _should_read(self) -> bool:
-        # Read for idle workers at once; top the prefetch up only once half of it is used.
-        buffered = len(self._buffer)
-        return self._idle > buffered or (
-            self.config.prefetch is not None and buffered <= self._refill_at
-        )
 
     def _capacity(self) -> int:
-        want = max(self._idle, self.config.prefetch or 0)
-        return want - len(self._buffer)
+        """How many entries to read: workers (or the prefetch) minus the deliveries in hand.
+
+        In hand are the buffered and the running deliveries; successes queued for the next
+        round trip are done (their workers are idle again).
+        """
+        want = max(self.config.workers, self.config.prefetch or 0)
+        return want - (len(self._owned) - len(self._acks))
+
+    def _ring(self) -> None:
+        """Wake the reader if it waits for room or for successes to record."""
+        if self._reader_waiting:
+            self._doorbell.put(None)
 
     def _read_loop(self) -> None:
         backoff = _Backoff()
         # Our own pending entries first (a reply lost on the wire strands them there).
         history: dict[Any, Any] = {k.stream: "0" for k in self.queues.values()}
-        while self._consuming and not self._stopping:
-            with self._lock:
-                while not self._should_read() and self._consuming and not self._stopping:
-                    self._reader_waiting = True
-                    self._space.wait(0.5)
+        try:
+            while self._consuming and not self._stopping:
+                self._reader_waiting = True
+                # Set before looking, so a worker finishing now either is seen or rings.
+                while not (self._acks or self._capacity() > 0 or self._stopping):
+                    with contextlib.suppress(queue.Empty):
+                        self._doorbell.get(timeout=0.5)
+                    if not self._consuming:
+                        break
                 self._reader_waiting = False
-            if not self._consuming or self._stopping:
-                return
-            count = max(1, self._capacity())
-            try:
-                assert self._reader is not None
-                if history:
-                    self.read_calls += 1
-                    reply = self._reader.xreadgroup(
-                        self.config.group, self.consumer, history, count=count
-                    )
-                elif self._read_started(count):  # entries were waiting: read + start, one trip
+                if not self._consuming or self._stopping:
+                    return
+                try:
+                    if history:
+                        self._read_history(history)
+                    elif not self._cycle(self._capacity()):
+                        self._read_blocking()
                     backoff.reset()
-                    continue
-                else:
-                    self.read_calls += 1
-                    reply = self._reader.xreadgroup(
-                        self.config.group,
-                        self.consumer,
-                        {k.stream: ">" for k in self.queues.values()},
-                        count=count,
-                        block=int(self._block * 1000),
+                except redis.ResponseError as exc:
+                    self._on_read_error(exc, backoff)
+                except _REDIS_DOWN as exc:
+                    logger.warning(
+                        "redis unreachable; reconnecting redis=%s error=%s delay=%.2f",
+                        self.redis_config.display,
+                        exc,
+                        backoff.peek(),
                     )
-                backoff.reset()
-            except redis.ResponseError as exc:
-                self._on_read_error(exc, backoff)
-                continue
-            except _REDIS_DOWN as exc:
-                logger.warning(
-                    "redis unreachable; reconnecting redis=%s error=%s delay=%.2f",
-                    self.redis_config.display,
-                    exc,
-                    backoff.peek(),
-                )
-                backoff.sleep(lambda: self._stopping)
-                continue
-            try:
-                for stream, entries in _stream_replies(reply):
-                    if history and not entries:
+                    backoff.sleep(lambda: self._stopping)
+        finally:
+            with self._lock:
+                self._pipelining = False
+            self._settle_now(self._take_acks())
+
+    def _read_history(self, history: dict[Any, Any]) -> None:
+        """Read a slice of our own pending list (entries delivered to us before a restart)."""
+        assert self._reader is not None
+        self.read_calls += 1
+        reply = self._reader.xreadgroup(
+            self.config.group, self.consumer, history, count=max(1, self._capacity())
+        )
+        self._take(reply, history)
+        if not history:
+            self._own_pending_read.set()
+            self._pipelining = True
+
+    def _read_blocking(self) -> None:
+        """Wait in XREADGROUP BLOCK for new entries; successes are recorded directly meanwhile."""
+        with self._lock:
+            if self._acks:
+                return
+            self._pipelining = False
+        try:
+            assert self._reader is not None
+            self.read_calls += 1
+            reply = self._reader.xreadgroup(
+                self.config.group,
+                self.consumer,
+                {k.stream: ">" for k in self.queues.values()},
+                count=max(1, self._capacity()),
+                block=int(self._block * 1000),
+            )
+        finally:
+            self._pipelining = True
+        self._take(reply, None)
+
+    def _take(self, reply: Any, history: dict[Any, Any] | None) -> None:
+        try:
+            for stream, entries in _stream_replies(reply):
+                if history is not None:
+                    if not entries:
                         history.pop(stream, None)
-                    elif history and stream in history:
+                    elif stream in history:
                         history[stream] = _text(entries[-1][0])
-                    self._accept(self._queue_of(stream), entries)
-                if not history:
-                    self._own_pending_read.set()
-            except Exception:  # the reader must outlive any one reply (read entries are reclaimed)
-                logger.exception("could not take read entries; they are reclaimed after the lease")
-                backoff.sleep(lambda: self._stopping)
+                self._accept(self._queue_of(stream), entries)
+        except Exception:  # the reader must outlive any one reply (read entries are reclaimed)
+            logger.exception("could not take read entries; they are reclaimed after the lease")
+
+    def _take_acks(self) -> list[tuple[Delivery, dict[str, Any]]]:
+        acks = self._acks
+        taken = []
+        with contextlib.suppress(IndexError):
+            while True:
+                taken.append(acks.popleft())
+        return taken
+
+    def _cycle(self, count: int) -> bool:
+        """One round trip: record the queued successes and read (and start) up to ``count``.
+
+        Returns:
+            False if there was nothing to record and nothing to read.
+        """
+        acks = self._take_acks()
+        commands: list[tuple[Any, ...]] = []
+        settles: list[list[tuple[Delivery, dict[str, Any]]]] = []
+        by_queue: dict[str, list[tuple[Delivery, dict[str, Any]]]] = {}
+        for item in acks:
+            by_queue.setdefault(item[0].ref[0].name, []).append(item)
+        for group in by_queue.values():
+            keys = group[0][0].ref[0]
+            args, _ = self._settle_args(keys, [op for _, op in group])
+            commands.append(self._evalsha("settle", self._settle_keys(keys), args))
+            settles.append(group)
+        reads = list(self.queues.values()) if count > 0 else []
+        for keys in reads:
+            self.read_calls += 1
+            commands.append(
+                self._evalsha(
+                    "read_start",
+                    [keys.stream],
+                    [self.config.group, self.consumer, keys.job_prefix, count],
+                )
+            )
+        try:
+            replies = self._roundtrip(commands)
+        except BaseException:
+            self._acks.extendleft(reversed(acks))  # recorded on the next cycle
+            raise
+        for group, reply in zip(settles, replies, strict=False):
+            self._settled(group, reply)
+        got = False
+        for keys, flat in zip(reads, replies[len(settles) :], strict=True):
+            if isinstance(flat, Exception):
+                raise flat
+            if flat:
+                got = True
+                try:
+                    self._accept_started(keys, flat)
+                except Exception:  # the reader must outlive any one reply
+                    logger.exception("could not take read entries; handing them back")
+                    self._hand_back(
+                        keys,
+                        [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 4)],
+                    )
+        return got or bool(acks)
+
+    def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write on the reader's own connection; error replies are
+        returned in place (a pipeline without redis-py's per-call bookkeeping)."""
+        conn = self._cycle_conn
+        if conn is None:
+            assert self._reader is not None
+            conn = self._cycle_conn = self._reader.connection_pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        return replies
 
     def _on_read_error(self, exc: redis.ResponseError, backoff: _Backoff) -> None:
-        if "NOGROUP" in str(exc):
+        if "NOSCRIPT" in str(exc):  # Redis restarted without our scripts
+            logger.warning("scripts missing in Redis (restarted?); loading them again")
+            with contextlib.suppress(redis.RedisError):
+                self._load_scripts()
+        elif "NOGROUP" in str(exc):
             logger.error(
                 "consumer group or stream vanished (Redis restarted without "
                 "persistence?); recreating group=%s",
@@ -554,34 +655,6 @@ class RedisStreamsBackend(Backend):
                 fresh.append(delivery)
         self._hand_over(fresh)
 
-    def _read_started(self, count: int) -> bool:
-        """Read and start new entries, one script call per queue; True if any were read.
-
-        Redis errors propagate to the read loop; an error while taking entries already read is
-        logged (they are reclaimed after the lease) and the reader goes on.
-        """
-        got = False
-        for keys in self.queues.values():
-            self.read_calls += 1
-            flat = self._script(
-                "read_start",
-                [keys.stream],
-                [self.config.group, self.consumer, keys.job_prefix, count],
-            )
-            if not flat:
-                continue
-            got = True
-            try:
-                self._accept_started(keys, flat)
-            except Exception:  # the reader must outlive any one reply
-                logger.exception("could not take read entries; handing them back")
-                # Undo the attempts started by the script, so that the reclaimer runs them as
-                # if they had never been read (as an entry read by XREADGROUP alone would be).
-                self._hand_back(
-                    keys, [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 4)]
-                )
-        return got
-
     def _accept_started(self, keys: QueueKeys, flat: list[Any]) -> None:
         """Deliveries from read_start.lua's reply (entry, job id, data, attempts per entry)."""
         default_attempts = self._settings.default_max_attempts if self._settings else 3
@@ -620,11 +693,11 @@ class RedisStreamsBackend(Backend):
     def _hand_over(self, fresh: list[Delivery]) -> None:
         """Buffer started deliveries and wake as many workers as there are deliveries."""
         if fresh:
-            with self._cond:
+            with self._lock:
                 for delivery in fresh:
                     self._owned[delivery.ref[1]] = delivery
-                    self._buffer.append(delivery)
-                self._cond.notify(len(fresh))
+            for delivery in fresh:
+                self._ready.put(delivery)
         if self._stopping:
             self.wake()
 
@@ -689,13 +762,17 @@ class RedisStreamsBackend(Backend):
 
     # -- outcomes --------------------------------------------------------------------------
     def _op(self, delivery: Delivery, kind: str, **extra: Any) -> bool:
-        keys, entry_id = delivery.ref
-        op = {"k": kind, "e": entry_id, "id": delivery.job.id, "n": delivery.token, **extra}
+        op = {"k": kind, "e": delivery.ref[1], "id": delivery.job.id, "n": delivery.token, **extra}
+        return self._settle_sync(delivery, op)
+
+    def _settle_sync(self, delivery: Delivery, op: dict[str, Any]) -> bool:
+        """Record one outcome now (group-committed with other workers'); retried until the lease
+        runs out while Redis is unreachable."""
         deadline = time.monotonic() + self._lease
         backoff = _Backoff()
         while True:
             try:
-                ok = self._settler.settle(keys, op)
+                ok = self._settler.settle(delivery.ref[0], op)
                 break
             except _REDIS_DOWN as exc:
                 if time.monotonic() >= deadline:
@@ -723,11 +800,61 @@ class RedisStreamsBackend(Backend):
                 )
                 ok = False
                 break
-        with self._cond:
-            # Only this attempt: a newer attempt of the same entry (claimed back) keeps renewing.
-            if self._owned.get(entry_id) is delivery:
-                del self._owned[entry_id]
+        self._forget(delivery)
         return ok
+
+    def _forget(self, delivery: Delivery) -> None:
+        with self._lock:
+            # Only this attempt: a newer attempt of the same entry (claimed back) keeps renewing.
+            if self._owned.get(delivery.ref[1]) is delivery:
+                del self._owned[delivery.ref[1]]
+        self._ring()
+
+    def succeed_nowait(self, delivery: Delivery, result: Any) -> bool | None:
+        """Queue the success for the reader's next round trip while it is cycling (``None``:
+        a refusal is reported to ``on_lost_claim``); else record it now, like `succeed`."""
+        op = {
+            "k": "ok",
+            "e": delivery.ref[1],
+            "id": delivery.job.id,
+            "n": delivery.token,
+            "r": json.dumps(result, separators=(",", ":")),
+        }
+        with self._lock:
+            if self._pipelining:
+                self._acks.append((delivery, op))
+                queued = True
+            else:
+                queued = False
+        if queued:
+            self._ring()
+            return None
+        return self._settle_sync(delivery, op)
+
+    def _settled(self, group: list[tuple[Delivery, dict[str, Any]]], reply: Any) -> None:
+        """Take the reply of a pipelined settle.lua call for the queued successes ``group``."""
+        if isinstance(reply, redis.ResponseError) and "NOSCRIPT" in str(reply):
+            self._load_scripts()  # Redis restarted without them: record again next cycle
+            self._acks.extendleft(reversed(group))
+            return
+        if isinstance(reply, Exception):
+            logger.error("could not record outcomes; the attempts lost their claim error=%s", reply)
+            reply = [0] * len(group)
+        for (delivery, _), flag in zip(group, reply, strict=True):
+            self._forget(delivery)
+            if not flag:
+                self._lost(delivery)
+
+    def _settle_now(self, acks: list[tuple[Delivery, dict[str, Any]]]) -> None:
+        """Record queued successes when the reader stops."""
+        for delivery, op in acks:
+            if not self._settle_sync(delivery, op):
+                self._lost(delivery)
+
+    def _lost(self, delivery: Delivery) -> None:
+        settings = self._settings
+        if settings is not None and settings.on_lost_claim is not None:
+            settings.on_lost_claim(delivery)
 
     def succeed(self, delivery: Delivery, result: Any) -> bool:
         """Ack with the JSON result (fenced, group-committed)."""
@@ -753,6 +880,30 @@ class RedisStreamsBackend(Backend):
             tb=(error.traceback or "")[-_MAX_TRACEBACK:],
         )
 
+    def _settle_keys(self, keys: QueueKeys) -> list[str]:
+        return [keys.stream, keys.delayed, keys.pending, keys.dead, keys.stats]
+
+    def _settle_args(
+        self, keys: QueueKeys, ops: list[dict[str, Any]]
+    ) -> tuple[list[Any], list[int]]:
+        """settle.lua's arguments for ``ops`` of one queue, and the op index of each reply flag."""
+        other = [i for i, op in enumerate(ops) if op["k"] != "ok"]
+        ok = [i for i, op in enumerate(ops) if op["k"] == "ok"]
+        args: list[Any] = [
+            self.config.group,
+            self.consumer,
+            keys.job_prefix,
+            self._ttl_ms,
+            json.dumps([ops[i] for i in other], separators=(",", ":")),
+        ]
+        if ok:
+            ids = [ops[i]["e"] for i in ok]
+            args += [min(ids, key=_entry_key), max(ids, key=_entry_key)]
+            for i in ok:
+                op = ops[i]
+                args += [op["e"], op["id"], op["n"], op["r"]]
+        return args, other + ok
+
     def _flush_settles(self, batch: list[list[Any]]) -> list[Any]:
         by_queue: dict[str, list[int]] = {}
         for index, (keys, _, _) in enumerate(batch):
@@ -760,26 +911,10 @@ class RedisStreamsBackend(Backend):
         results: list[Any] = [0] * len(batch)
         for indexes in by_queue.values():
             keys = batch[indexes[0]][0]
-            other = [i for i in indexes if batch[i][1]["k"] != "ok"]
-            ok = [i for i in indexes if batch[i][1]["k"] == "ok"]
-            args: list[Any] = [
-                self.config.group,
-                self.consumer,
-                keys.job_prefix,
-                self._ttl_ms,
-                json.dumps([batch[i][1] for i in other], separators=(",", ":")),
-            ]
-            if ok:
-                ids = [batch[i][1]["e"] for i in ok]
-                args += [min(ids, key=_entry_key), max(ids, key=_entry_key)]
-                for i in ok:
-                    op = batch[i][1]
-                    args += [op["e"], op["id"], op["n"], op["r"]]
-            reply = self._script(
-                "settle", [keys.stream, keys.delayed, keys.pending, keys.dead, keys.stats], args
-            )
-            for i, flag in zip(other + ok, reply, strict=True):
-                results[i] = int(flag)
+            args, order = self._settle_args(keys, [batch[i][1] for i in indexes])
+            reply = self._script("settle", self._settle_keys(keys), args)
+            for i, flag in zip(order, reply, strict=True):
+                results[indexes[i]] = int(flag)
         return results
 
     def renew(self, deliveries: Sequence[Delivery]) -> list[bool]:
@@ -806,7 +941,7 @@ class RedisStreamsBackend(Backend):
             by_queue.setdefault(d.ref[0].name, []).append(d)
         for group in by_queue.values():
             self._hand_back(group[0].ref[0], [(d.ref[1], d.job.id) for d in group])
-            with self._cond:
+            with self._lock:
                 for d in group:
                     self._owned.pop(d.ref[1], None)
 
@@ -876,7 +1011,7 @@ class RedisStreamsBackend(Backend):
         for keys in self.queues.values():
             pipe.set(keys.heartbeat_prefix + self.consumer, str(time.time()), px=ttl)
         pipe.execute()
-        with self._cond:
+        with self._lock:
             owned = list(self._owned.values())
         if owned:
             for delivery, ok in zip(owned, self.renew(owned), strict=True):

@@ -72,6 +72,7 @@ class BaseDispatcher:
             result_ttl=result_ttl,
             max_results=max_results,
             worker_id=self._engine.worker_prefix,
+            on_lost_claim=self._engine.success_lost,
         )
         self._lifecycle = threading.Lock()
         self._stopping = threading.Lock()

@@ -282,7 +282,7 @@ class Engine:
                         delivery, AttemptError("invalid_result", str(exc)), None, worker.tally
                     )
                     return
-            if backend.succeed(delivery, result):
+            if backend.succeed_nowait(delivery, result) is not False:
                 tally = worker.tally
                 tally.seq += 1
                 tally.processed += 1
@@ -377,6 +377,12 @@ class Engine:
         if idle:
             with self._idle_cond:
                 self._idle_cond.notify_all()
+
+    def success_lost(self, delivery: Delivery) -> None:
+        """A success counted when it was queued was refused when the backend recorded it."""
+        with self.counters.lock:
+            self.counters.lost_successes += 1
+        self._lost_claim(delivery)
 
     def _lost_claim(self, delivery: Delivery) -> None:
         logger.warning(
