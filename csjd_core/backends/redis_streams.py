@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from csjd_core.backends.base import AttemptError, Backend, BackendSettings, Delivery
@@ -402,7 +403,7 @@ class RedisStreamsBackend(Backend):
         try:
             if timeout <= 0 or self._stopping:
                 return self._ready.get_nowait()
-            return self._ready.get(timeout=timeout)
+            return self._ready.get(True, timeout)
         except queue.Empty:
             return None
 
@@ -510,77 +511,75 @@ class RedisStreamsBackend(Backend):
         return taken
 
     def _cycle(self, count: int) -> bool:
-        """One round trip: record the queued successes and read (and start) up to ``count``.
+        """One round trip: read (and start) up to ``count`` entries and record the queued
+        successes. The reads go first, so workers run them while the settle reply is on its way.
 
         Returns:
             False if there was nothing to record and nothing to read.
         """
         acks = self._take_acks()
-        commands: list[tuple[Any, ...]] = []
-        settles: list[list[tuple[Delivery, dict[str, Any]]]] = []
-        by_queue: dict[str, list[tuple[Delivery, dict[str, Any]]]] = {}
+        reads = list(self.queues.values()) if count > 0 else []
+        commands = [
+            self._evalsha(
+                "read_start",
+                [keys.stream],
+                [self.config.group, self.consumer, keys.job_prefix, count],
+            )
+            for keys in reads
+        ]
+        settles: dict[str, list[tuple[Delivery, dict[str, Any]]]] = {}
         for item in acks:
-            by_queue.setdefault(item[0].ref[0].name, []).append(item)
-        for group in by_queue.values():
+            settles.setdefault(item[0].ref[0].name, []).append(item)
+        for group in settles.values():
             keys = group[0][0].ref[0]
             args, _ = self._settle_args(keys, [op for _, op in group])
             commands.append(self._evalsha("settle", self._settle_keys(keys), args))
-            settles.append(group)
-        reads = list(self.queues.values()) if count > 0 else []
-        for keys in reads:
-            self.read_calls += 1
-            commands.append(
-                self._evalsha(
-                    "read_start",
-                    [keys.stream],
-                    [self.config.group, self.consumer, keys.job_prefix, count],
-                )
-            )
-        try:
-            replies = self._roundtrip(commands)
-        except BaseException:
-            self._acks.extendleft(reversed(acks))  # recorded on the next cycle
-            raise
-        for group, reply in zip(settles, replies, strict=False):
-            self._settled(group, reply)
-        got = False
-        for keys, flat in zip(reads, replies[len(settles) :], strict=True):
-            if isinstance(flat, Exception):
-                raise flat
-            if flat:
-                got = True
-                try:
-                    self._accept_started(keys, flat)
-                except Exception:  # the reader must outlive any one reply
-                    logger.exception("could not take read entries; handing them back")
-                    self._hand_back(
-                        keys,
-                        [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 4)],
-                    )
-        return got or bool(acks)
-
-    def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send ``commands`` in one write on the reader's own connection; error replies are
-        returned in place (a pipeline without redis-py's per-call bookkeeping)."""
         conn = self._cycle_conn
         if conn is None:
             assert self._reader is not None
             conn = self._cycle_conn = self._reader.connection_pool.get_connection()
+        got = False
+        error: redis.ResponseError | None = None
+        settled = 0
+        self.read_calls += len(reads)
         try:
             conn.send_packed_command(conn.pack_commands(commands))
-            replies: list[Any] = []
-            for _ in commands:
+            for keys in reads:
                 try:
-                    replies.append(conn.read_response())
+                    flat = conn.read_response()
                 except redis.ResponseError as exc:
-                    replies.append(exc)
+                    error = exc  # raised once every reply is read: the connection stays in step
+                    continue
+                if flat:
+                    got = True
+                    self._take_started(keys, flat)
+            for group in settles.values():
+                try:
+                    reply = conn.read_response()
+                except redis.ResponseError as exc:
+                    reply = exc
+                settled += 1
+                self._settled(group, reply)
         except BaseException:
             conn.disconnect()
+            for group in list(settles.values())[settled:]:  # recorded on the next cycle
+                self._acks.extendleft(reversed(group))
             raise
-        return replies
+        if error is not None:
+            raise error
+        return got or bool(acks)
+
+    def _take_started(self, keys: QueueKeys, flat: list[Any]) -> None:
+        try:
+            self._accept_started(keys, flat)
+        except Exception:  # the reader must outlive any one reply
+            logger.exception("could not take read entries; handing them back")
+            self._hand_back(
+                keys, [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 4)]
+            )
 
     def _on_read_error(self, exc: redis.ResponseError, backoff: _Backoff) -> None:
-        if "NOSCRIPT" in str(exc):  # Redis restarted without our scripts
+        if isinstance(exc, NoScriptError):  # Redis restarted without our scripts
             logger.warning("scripts missing in Redis (restarted?); loading them again")
             with contextlib.suppress(redis.RedisError):
                 self._load_scripts()
@@ -818,7 +817,7 @@ class RedisStreamsBackend(Backend):
             "e": delivery.ref[1],
             "id": delivery.job.id,
             "n": delivery.token,
-            "r": json.dumps(result, separators=(",", ":")),
+            "r": "null" if result is None else json.dumps(result, separators=(",", ":")),
         }
         with self._lock:
             if self._pipelining:
@@ -833,7 +832,7 @@ class RedisStreamsBackend(Backend):
 
     def _settled(self, group: list[tuple[Delivery, dict[str, Any]]], reply: Any) -> None:
         """Take the reply of a pipelined settle.lua call for the queued successes ``group``."""
-        if isinstance(reply, redis.ResponseError) and "NOSCRIPT" in str(reply):
+        if isinstance(reply, NoScriptError):
             self._load_scripts()  # Redis restarted without them: record again next cycle
             self._acks.extendleft(reversed(group))
             return
@@ -897,8 +896,8 @@ class RedisStreamsBackend(Backend):
             json.dumps([ops[i] for i in other], separators=(",", ":")),
         ]
         if ok:
-            ids = [ops[i]["e"] for i in ok]
-            args += [min(ids, key=_entry_key), max(ids, key=_entry_key)]
+            ids = sorted((_entry_key(ops[i]["e"]), ops[i]["e"]) for i in ok)
+            args += [ids[0][1], ids[-1][1]]
             for i in ok:
                 op = ops[i]
                 args += [op["e"], op["id"], op["n"], op["r"]]
