@@ -243,6 +243,13 @@ class RedisStreamsBackend(Backend):
                 self._scripts[name] = self._client.register_script(_load_script(name))
         return self._client
 
+    @property
+    def reader(self) -> redis.Redis:
+        """The reader's connection pool: blocking reads wait longer than its socket timeout."""
+        if self._reader is None:
+            self._reader = self._make_client(self._block + self.redis_config.socket_timeout)
+        return self._reader
+
     def _load_scripts(self) -> None:
         """Load every script into Redis (pipelined calls use EVALSHA without a fallback)."""
         for script in self._scripts.values():
@@ -279,7 +286,6 @@ class RedisStreamsBackend(Backend):
             raise BackendUnavailable(
                 f"Redis at {self.redis_config.display} unavailable: {exc}"
             ) from exc
-        self._reader = self._make_client(self._block + self.redis_config.socket_timeout)
         self._consuming = True
         for target, name in (
             (self._read_loop, "csjd-reader"),
@@ -460,9 +466,8 @@ class RedisStreamsBackend(Backend):
 
     def _read_history(self, history: dict[Any, Any]) -> None:
         """Read a slice of our own pending list (entries delivered to us before a restart)."""
-        assert self._reader is not None
         self.read_calls += 1
-        reply = self._reader.xreadgroup(
+        reply = self.reader.xreadgroup(
             self.config.group, self.consumer, history, count=max(1, self._capacity())
         )
         self._take(reply, history)
@@ -477,9 +482,8 @@ class RedisStreamsBackend(Backend):
                 return
             self._pipelining = False
         try:
-            assert self._reader is not None
             self.read_calls += 1
-            reply = self._reader.xreadgroup(
+            reply = self.reader.xreadgroup(
                 self.config.group,
                 self.consumer,
                 {k.stream: ">" for k in self.queues.values()},
@@ -536,8 +540,7 @@ class RedisStreamsBackend(Backend):
             commands.append(self._evalsha("settle", self._settle_keys(keys), args))
         conn = self._cycle_conn
         if conn is None:
-            assert self._reader is not None
-            conn = self._cycle_conn = self._reader.connection_pool.get_connection()
+            conn = self._cycle_conn = self.reader.connection_pool.get_connection()
         got = False
         error: redis.ResponseError | None = None
         settled = 0

@@ -799,6 +799,8 @@ def test_stop_abandons_scheduled_jobs_and_logs_each(
     d.start()
     d.submit(Job("retry-wait", "fail"))
     wait_state(d, "retry-wait", JobState.SCHEDULED)
+    # The worker counts the attempt just after the store records it: not a "finished" at stop.
+    wait_until(lambda: d.metrics().retried == 1, DEADLINE)
     future = datetime.now(UTC) + timedelta(hours=1)
     d.submit_batch([Job("future-1", "t", run_at=future), Job("future-2", "t", run_at=future)])
     started = time.monotonic()

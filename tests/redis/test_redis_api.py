@@ -492,3 +492,28 @@ def test_a_worker_that_submits_to_another_queue_keeps_its_maintenance(
     assert d.status("follow-up", queue="elsewhere").state is JobState.QUEUED
     assert redis_client.xinfo_groups("csjd:jobs:{elsewhere}") == []
     assert "follow-up" not in ran.ids()
+
+
+def test_a_success_refused_after_a_takeover_is_not_counted(
+    dispatchers: Dispatchers, redis_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Successes ride on the reader's next round trip (or go at once while it blocks): either way
+    # a success whose entry was taken over meanwhile is refused, logged and not counted.
+    d = dispatchers(workers=1)
+    release = threading.Event()
+    d.register_handler("t", lambda ctx, job: release.wait(DEADLINE))
+    d.register_handler("quick", lambda ctx, job: None)
+    d.start()
+    d.submit(Job("taken", "t"))
+    wait_state(d, "taken", JobState.RUNNING)
+    stream = "csjd:jobs:{default}"
+    (row,) = redis_client.xpending_range(stream, "csjd-workers", "-", "+", 10)
+    redis_client.xclaim(stream, "csjd-workers", "other", 0, [row["message_id"]])
+    with caplog.at_level(logging.WARNING, logger="csjd_core.engine"):
+        release.set()
+        wait_until(lambda: "lost its claim" in caplog.text, DEADLINE)
+    d.submit(Job("after", "quick"))  # the worker goes on
+    wait_state(d, "after", JobState.SUCCEEDED)
+    metrics = d.metrics()
+    assert (metrics.processed, metrics.succeeded) == (1, 1)
+    assert d.status("taken").state is JobState.RUNNING  # still pending, now the other's

@@ -33,6 +33,7 @@ class Consumers:
     def __init__(self, url: str) -> None:
         self.url = url
         self.made: list[RedisStreamsBackend] = []
+        self.lost: list[Delivery] = []  # successes queued, then refused (on_lost_claim)
 
     def __call__(self, name: str, **config: Any) -> RedisStreamsBackend:
         config.setdefault("lease", LEASE)
@@ -48,6 +49,7 @@ class Consumers:
                 result_ttl=60.0,
                 max_results=0,
                 worker_id=name,
+                on_lost_claim=self.lost.append,
             )
         )
         backend._ensure_group(KEYS)
@@ -105,8 +107,17 @@ def owner(redis_client: Any, entry: str) -> tuple[str, int]:
 ERROR = AttemptError("error", "RuntimeError: late", "Traceback ...")
 
 
+def queued_success(consumers: Consumers, backend: RedisStreamsBackend, d: Delivery) -> bool:
+    """A success taken by the reader's next round trip, as on the hot path; True if recorded."""
+    backend._pipelining = True  # as the reader sets it once it cycles
+    assert backend.succeed_nowait(d, "queued") is None
+    assert d.job.id not in [lost.job.id for lost in consumers.lost]
+    backend._cycle(0)  # the round trip: records it, reads nothing
+    return d not in consumers.lost
+
+
 @pytest.mark.parametrize("takeover", ["reclaimer", "xclaim", "xclaim-justid"])
-@pytest.mark.parametrize("late", ["succeed", "retry", "fail"])
+@pytest.mark.parametrize("late", ["succeed", "succeed_nowait", "retry", "fail"])
 def test_a_late_outcome_from_the_old_owner_is_refused(
     consumers: Consumers, redis_client: Any, takeover: str, late: str
 ) -> None:
@@ -129,10 +140,12 @@ def test_a_late_outcome_from_the_old_owner_is_refused(
 
     refused = {
         "succeed": lambda: a.succeed(da, "from A"),
+        "succeed_nowait": lambda: queued_success(consumers, a, da),
         "retry": lambda: a.retry(da, ERROR, 0.0),
         "fail": lambda: a.fail(da, ERROR),
     }[late]()
     assert refused is False
+    assert consumers.lost == ([da] if late == "succeed_nowait" else [])
     assert owner(redis_client, entry)[0] == "B"  # the entry is still pending, still B's
     running = a.status("j")
     assert running.state is JobState.RUNNING
@@ -152,6 +165,40 @@ def test_a_late_outcome_from_the_old_owner_is_refused(
     assert redis_client.xlen(KEYS.stream) == 0
     assert a.pending() == 0
     assert a.succeed(da, "again") is False  # acked and deleted: still refused
+
+
+def test_a_queued_success_is_recorded_by_the_next_round_trip(
+    consumers: Consumers, redis_client: Any
+) -> None:
+    a = consumers("A")
+    a.enqueue([Job("j", "t")])
+    (da,) = read(a)
+    assert queued_success(consumers, a, da) is True
+    done = a.status("j")
+    assert (done.state, done.result, done.attempts) == (JobState.SUCCEEDED, "queued", 1)
+    assert pel(redis_client) == []
+    assert a.pending() == 0
+    assert a._owned == {}
+
+
+def test_a_queued_success_outlives_a_dropped_connection(
+    consumers: Consumers, redis_client: Any
+) -> None:
+    a = consumers("A")
+    a.enqueue([Job("j", "t")])
+    (da,) = read(a)
+    a._pipelining = True
+    a._cycle(0)  # connects the reader's connection
+    redis_client.client_kill_filter(_type="normal", skipme=True)
+    assert a.succeed_nowait(da, "queued") is None
+    with pytest.raises(redis.ConnectionError):
+        a._cycle(0)
+    assert len(a._acks) == 1  # kept for the next round trip, not lost
+    assert a.status("j").state is JobState.RUNNING
+    a._cycle(0)
+    assert consumers.lost == []
+    assert a.status("j").state is JobState.SUCCEEDED
+    assert pel(redis_client) == []
 
 
 def test_a_stale_renewal_is_refused_and_does_not_take_the_entry_back(
