@@ -459,6 +459,9 @@ class RedisStreamsBackend(Backend):
                         backoff.peek(),
                     )
                     backoff.sleep(lambda: self._stopping)
+                except Exception:  # the reader must outlive anything (read entries are reclaimed)
+                    logger.exception("reader cycle failed")
+                    backoff.sleep(lambda: self._stopping)
         finally:
             with self._lock:
                 self._pipelining = False
