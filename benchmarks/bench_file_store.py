@@ -34,8 +34,9 @@ from pathlib import Path
 
 from csjd_core import Config, Dispatcher, FileJobStore, Job
 from csjd_core.backends._wal import encode
-from csjd_core.backends.file import FINISHED, STARTED, SUBMITTED, _progress, _submitted
+from csjd_core.backends.file import FINISHED, STARTED, SUBMITTED, _finished, _started, _submitted
 from csjd_core.backends.memory import Entry
+from csjd_core.job import JobState
 
 THREADS = 8
 WORKERS = 8
@@ -150,9 +151,9 @@ def build_log(path: Path, records: int, finished_share: float) -> int:
             chunks.append(encode(SUBMITTED, seq, _submitted([Entry(job, 3, now)])))
             if seq + 2 <= records and (i * finished_share) % 1 + finished_share >= 1:
                 seq += 1
-                chunks.append(encode(STARTED, seq, _progress(job.id, "a", 1, now)))
+                chunks.append(encode(STARTED, seq, _started(job.id, 1, now)))
                 seq += 1
-                chunks.append(encode(FINISHED, seq, _progress(job.id, "s", "succeeded", now)))
+                chunks.append(encode(FINISHED, seq, _finished(job.id, JobState.SUCCEEDED, now)))
             else:
                 unfinished += 1
             i += 1

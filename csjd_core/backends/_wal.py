@@ -2,6 +2,8 @@
 
 Frame (little-endian): magic ``b"CJ"``, version (u8), type (u8), payload length (u32),
 sequence number (u64), CRC32 (u32) over version..sequence and the payload; then the payload.
+The frame is the same in every version; the version says how the store encodes payloads, so
+one log may hold frames of several versions (an old store appended to by a newer release).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ __all__ = ["HEADER", "MAX_RECORD", "Record", "WriteAheadLog", "encode", "scan", 
 logger = logging.getLogger("csjd_core.store")
 
 MAGIC = b"CJ"
-VERSION = 1
+VERSION = 2  # written; 2: binary started / finished payloads (see file.py)
+READABLE_VERSIONS = frozenset({1, 2})
 HEADER = struct.Struct("<2sBBIQI")
 MAX_RECORD = 64 * 1024 * 1024
 
@@ -40,15 +43,16 @@ class Record(NamedTuple):
     payload: bytes
     offset: int
     end: int
+    version: int = VERSION
 
 
 _HEAD = struct.Struct("<BBIQ")  # the CRC'd part of the header: version, type, length, sequence
 _CRC = struct.Struct("<I")
 
 
-def encode(rtype: int, seq: int, payload: bytes) -> bytes:
-    """Frame one record."""
-    head = _HEAD.pack(VERSION, rtype, len(payload), seq)
+def encode(rtype: int, seq: int, payload: bytes, version: int = VERSION) -> bytes:
+    """Frame one record (``version``: other than the current one only to test reading)."""
+    head = _HEAD.pack(version, rtype, len(payload), seq)
     return b"".join((MAGIC, head, _CRC.pack(zlib.crc32(payload, zlib.crc32(head))), payload))
 
 
@@ -58,7 +62,12 @@ def _parse(buf: bytes | memoryview, pos: int, types: frozenset[int]) -> Record |
     if end_header > len(buf):
         return None
     magic, version, rtype, length, seq, crc = HEADER.unpack_from(buf, pos)
-    if magic != MAGIC or version != VERSION or rtype not in types or length > MAX_RECORD:
+    if (
+        magic != MAGIC
+        or version not in READABLE_VERSIONS
+        or rtype not in types
+        or length > MAX_RECORD
+    ):
         return None
     end = end_header + length
     if end > len(buf):
@@ -66,7 +75,7 @@ def _parse(buf: bytes | memoryview, pos: int, types: frozenset[int]) -> Record |
     view = memoryview(buf)
     if zlib.crc32(view[end_header:end], zlib.crc32(view[pos + 2 : pos + 16])) != crc:
         return None
-    return Record(rtype, seq, bytes(view[end_header:end]), pos, end)
+    return Record(rtype, seq, bytes(view[end_header:end]), pos, end, version)
 
 
 def scan(
@@ -83,30 +92,32 @@ def scan(
     append = records.append
     pos, last_seq = 0, after_seq
     size = len(buf)
+    view = memoryview(buf)
     # `_parse`, inlined: this loop runs once per record of the log at every start.
     unpack, crc32, header_size = HEADER.unpack_from, zlib.crc32, HEADER.size
+    versions, new = READABLE_VERSIONS, tuple.__new__
     while pos + header_size <= size:
         magic, version, rtype, length, seq, crc = unpack(buf, pos)
         body = pos + header_size
         end = body + length
         if (
             magic != MAGIC
-            or version != VERSION
+            or version not in versions
             or rtype not in types
             or end > size
             or length > MAX_RECORD
+            or (records and seq <= last_seq)
         ):
             break
         payload = buf[body:end]
-        if crc32(payload, crc32(buf[pos + 2 : body - 4])) != crc or (records and seq <= last_seq):
+        if crc32(payload, crc32(view[pos + 2 : body - 4])) != crc:
             break
-        append(Record(rtype, seq, payload, pos, end))
+        append(new(Record, (rtype, seq, payload, pos, end, version)))
         last_seq = seq
         pos = end
     if pos >= size:
         return records, pos, None
     # Something invalid at pos: a torn tail unless a valid record follows somewhere.
-    view = memoryview(buf)
     probe = buf.find(MAGIC, pos + 1)
     while probe != -1:
         later = _parse(view, probe, types)

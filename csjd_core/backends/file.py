@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import struct
 import threading
 import time
 import weakref
@@ -34,6 +35,12 @@ FsyncPolicy = Literal["always", "interval", "never"]
 
 SUBMITTED, STARTED, RETRY, FINISHED = 1, 2, 3, 4
 _TYPES = frozenset({SUBMITTED, STARTED, RETRY, FINISHED})
+_JSON_TYPES = frozenset({SUBMITTED, RETRY})  # in version 2; every payload of version 1
+# Since log version 2, started and finished records are binary (two per job: JSON cost more
+# than the rest of their write): these fields, then the job id in UTF-8.
+_STARTED = struct.Struct("<dQ")  # started_at (NaN: unknown), attempt
+_FINISHED = struct.Struct("<dB")  # finished_at (NaN: unknown), outcome (see _OUTCOMES)
+_OUTCOMES = {JobState.SUCCEEDED: 0, JobState.FAILED: 1}
 _SNAPSHOT_VERSION = 1
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _json_str = json.encoder.encode_basestring_ascii
@@ -301,8 +308,10 @@ class FileJobStore(MemoryBackend):
         return jobs
 
     def _decode(self, records: list[Record]) -> list[Any]:
-        """The records' JSON payloads, decoded in one call when they all decode (the usual
-        case: a call per record would cost more than the decoding itself)."""
+        """The JSON payloads among ``records`` (all but version-2 started / finished ones),
+        decoded in one call when they all decode (the usual case: a call per record would cost
+        more than the decoding itself)."""
+        records = [r for r in records if r.version == 1 or r.type in _JSON_TYPES]
         try:
             text = b"[" + b",".join(r.payload for r in records) + b"]"
             decoded = _decode_json(text.decode())
@@ -373,19 +382,7 @@ class FileJobStore(MemoryBackend):
                     entry.state = JobState.FAILED
                     entry.finished_at = time.time()
                     self._write(
-                        [
-                            (
-                                FINISHED,
-                                _encode(
-                                    {
-                                        "id": entry.job.id,
-                                        "s": "failed",
-                                        "t": entry.finished_at,
-                                        "err": crash,
-                                    }
-                                ).encode(),
-                            )
-                        ],
+                        [(FINISHED, _finished(entry.job.id, entry.state, entry.finished_at))],
                         durable=True,
                     )
                     self._finished[entry.job.id] = entry
@@ -451,7 +448,7 @@ class FileJobStore(MemoryBackend):
     def _persist_started(self, entry: Entry) -> None:
         # Written before the handler runs (not deferred): if the handler kills the process,
         # this record is what makes recovery count the crash as an attempt.
-        payload = _progress(entry.job.id, "a", entry.attempts, entry.get("started_at"))
+        payload = _started(entry.job.id, entry.attempts, entry.started_at)
         try:
             self._write([(STARTED, payload)], durable=False)
         except (StoreFailed, JobStoreLocked) as exc:
@@ -479,9 +476,7 @@ class FileJobStore(MemoryBackend):
         )
 
     def _persist_finished(self, entry: Entry) -> None:
-        self._wal.defer(
-            FINISHED, _progress(entry.job.id, "s", str(entry.state), entry.get("finished_at"))
-        )
+        self._wal.defer(FINISHED, _finished(entry.job.id, entry.state, entry.finished_at))
 
     def _flush_progress(self) -> None:
         try:
@@ -626,6 +621,14 @@ def _gc_paused() -> Iterator[None]:
         yield
     finally:
         if enabled:
+            # What the replay kept is in the youngest generation, and the first collection
+            # after this would walk all of it (about 1 s per million objects). Freeze and
+            # unfreeze move it to the oldest generation without a walk, as it would end up
+            # anyway; skipped when the application freezes objects itself (unfreeze would
+            # undo that).
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
@@ -658,14 +661,38 @@ class _BadRecord(Exception):
 def _replay(jobs: dict[str, _Replayed], records: list[Record], decoded: list[Any]) -> None:
     """Apply log records to the replay state (idempotent: replaying one twice is harmless).
 
+    ``decoded`` holds the JSON payloads (see `FileJobStore._decode`), in order.
+
     Raises:
         _BadRecord: a record does not have the expected shape.
     """
     running, scheduled = JobState.RUNNING, JobState.SCHEDULED
     get = jobs.get
-    for record, data in zip(records, decoded, strict=True):
+    pop = jobs.pop
+    next_json = iter(decoded).__next__
+    started_size, finished_size = _STARTED.size, _FINISHED.size
+    unpack_started = _STARTED.unpack_from
+    isnan = math.isnan
+    json_types = _JSON_TYPES
+    for record in records:
         try:
             rtype = record.type
+            if record.version != 1 and rtype not in json_types:
+                payload = record.payload
+                if rtype == FINISHED:
+                    if len(payload) < finished_size:
+                        raise ValueError("short finished record")
+                    pop(payload[finished_size:].decode("utf-8", "surrogatepass"), None)
+                    continue
+                at, attempt = unpack_started(payload)
+                job = get(payload[started_size:].decode("utf-8", "surrogatepass"))
+                if job is None:
+                    continue
+                job.attempts = max(job.attempts, attempt)
+                job.state = running
+                job.started_at = None if isnan(at) else at
+                continue
+            data = next_json()
             if rtype == SUBMITTED:
                 for item in data["jobs"]:
                     job_id = item["job"]["id"]
@@ -687,7 +714,7 @@ def _replay(jobs: dict[str, _Replayed], records: list[Record], decoded: list[Any
                 job.error = data.get("err")
             elif rtype == FINISHED:
                 del jobs[data["id"]]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, struct.error) as exc:  # UnicodeDecodeError too
             raise _BadRecord(record.offset) from exc
 
 
@@ -708,12 +735,21 @@ def _submitted(entries: list[Entry]) -> bytes:
     return f'{{"jobs":[{{"job":{job},"max":{entry.max_attempts},"t":{at!r}}}]}}'.encode()
 
 
-def _progress(job_id: str, key: str, value: int | str, at: float | None) -> bytes:
-    """A started / finished record's payload, JSON encoded by hand: there are two per job."""
-    if type(at) is not float or not math.isfinite(at):
-        return _encode({"id": job_id, key: value, "t": at}).encode()
-    shown = _json_str(value) if isinstance(value, str) else int(value)
-    return f'{{"id":{_json_str(job_id)},"{key}":{shown},"t":{at!r}}}'.encode()
+def _started(job_id: str, attempt: int, at: float | None) -> bytes:
+    """A started record's payload (binary: see `_STARTED`)."""
+    return _STARTED.pack(_NAN if at is None else at, attempt) + job_id.encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def _finished(job_id: str, state: JobState, at: float | None) -> bytes:
+    """A finished record's payload (binary: see `_FINISHED`)."""
+    return _FINISHED.pack(_NAN if at is None else at, _OUTCOMES[state]) + job_id.encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+_NAN = float("nan")
 
 
 def _standalone_settings() -> BackendSettings:

@@ -190,6 +190,62 @@ def test_a_valid_frame_with_an_undecodable_payload_is_corruption(store_path: Pat
     assert open_view(store_path) == {"a": ("queued", 0)}
 
 
+def test_a_log_written_by_format_version_1_opens_and_takes_version_2_records_after_it(
+    store_path: Path,
+) -> None:
+    """Version 1 wrote every payload as JSON; version 2 writes started / finished records in
+    binary. A store written by the previous release opens, and one log may hold both."""
+    store_path.parent.mkdir(parents=True)
+
+    def submitted(job_id: str) -> bytes:
+        item = {"job": Job(job_id, "t", {"n": job_id}).to_dict(), "max": 3, "t": 1.0}
+        return json.dumps({"jobs": [item]}).encode()
+
+    v1 = [
+        (1, submitted("done")),
+        (1, submitted("running")),
+        (1, submitted("retrying")),
+        (1, submitted("queued")),
+        (2, b'{"id":"done","a":1,"t":2.0}'),
+        (4, b'{"id":"done","s":"succeeded","t":3.0}'),
+        (2, b'{"id":"running","a":1,"t":2.0}'),
+        (2, b'{"id":"retrying","a":1,"t":2.0}'),
+        (3, b'{"id":"retrying","a":1,"due":4102444800.0,"err":"boom"}'),
+    ]
+    log = b"".join(encode(t, i + 1, p, version=1) for i, (t, p) in enumerate(v1))
+    Path(f"{store_path}.log").write_bytes(log)
+    expected = {"running": ("queued", 1), "retrying": ("scheduled", 1), "queued": ("queued", 0)}
+    image = store_path.parent.parent / "v1"
+    image.mkdir()
+    shutil.copy(f"{store_path}.log", image / "jobs.json.log")
+    assert open_view(image / "jobs.json") == expected  # (close compacts: use a copy)
+
+    # Appended to by this version (binary started / finished), then reopened from a crash image.
+    store = FileJobStore(store_path, fsync="never", compact_bytes=1 << 30)
+    store.open()
+    try:
+        assert view(store) == expected
+        first = store.fetch(0)
+        assert first is not None and first.job.id == "running"
+        store.started(first, "w")
+        store.succeed(first, None)
+        second = store.fetch(0)
+        assert second is not None and second.job.id == "queued"
+        store.started(second, "w")
+        store.enqueue([Job("new", "t")])
+        data = Path(store.log_path).read_bytes()
+        assert data.startswith(log)  # the old records are kept as they were
+        assert HEADER.unpack_from(data, len(log))[1] == 2  # new ones in the current version
+        recovered = open_view(crash_image(store, store_path.parent.parent / "mixed"))
+    finally:
+        store.close()
+    assert recovered == {
+        "retrying": ("scheduled", 1),
+        "queued": ("queued", 1),  # was running: the crash is its attempt 1
+        "new": ("queued", 0),
+    }
+
+
 def test_a_damaged_snapshot_is_reported_not_ignored(store_path: Path) -> None:
     with FileJobStore(store_path) as store:
         store.enqueue([Job("a", "t")])

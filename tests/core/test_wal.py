@@ -52,7 +52,7 @@ def test_encode_frames_length_checksum_type_version_and_sequence() -> None:
     payload = b'{"id":"x"}'
     frame = encode(3, 42, payload)
     magic, version, rtype, length, seq, crc = HEADER.unpack_from(frame)
-    assert (magic, version, rtype, length, seq) == (b"CJ", 1, 3, len(payload), 42)
+    assert (magic, version, rtype, length, seq) == (b"CJ", 2, 3, len(payload), 42)
     assert crc == zlib.crc32(payload, zlib.crc32(frame[2:16]))
     assert frame[HEADER.size :] == payload
     [record] = scan(frame, TYPES)[0]
