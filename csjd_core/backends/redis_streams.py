@@ -259,8 +259,35 @@ class RedisStreamsBackend(Backend):
         return ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
 
     def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        client = self.client  # registers the scripts on first use
-        return self._scripts[name](keys=keys, args=args, client=client)
+        """Run a script in one round trip on a pooled connection.
+
+        Straight on the connection: redis-py's command path (events, retries, observability)
+        costs as much as the round trip itself on a small machine. A server that lost its
+        scripts (restarted) is given them again (SCRIPT LOAD: the worker ACL has no EVAL).
+        """
+        pool = self.client.connection_pool  # registers the scripts on first use
+        script = self._scripts[name]
+        conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
+        try:
+            conn.send_packed_command(
+                conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            )
+            try:
+                return conn.read_response()
+            except NoScriptError:
+                conn.send_packed_command(conn.pack_command("SCRIPT", "LOAD", script.script))
+                conn.read_response()
+                conn.send_packed_command(
+                    conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                )
+                return conn.read_response()
+        except redis.ResponseError:
+            raise  # a reply: the connection is in step
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
     def keys_for(self, queue: str | None) -> QueueKeys:
         """The keys of ``queue`` (``None``: the default queue)."""
