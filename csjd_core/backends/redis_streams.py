@@ -793,10 +793,6 @@ class RedisStreamsBackend(Backend):
         """Nothing to do: the start script ran when the entry was read."""
 
     # -- outcomes --------------------------------------------------------------------------
-    def _op(self, delivery: Delivery, kind: str, **extra: Any) -> bool:
-        op = {"k": kind, "e": delivery.ref[1], "id": delivery.job.id, "n": delivery.token, **extra}
-        return self._settle_sync(delivery, op)
-
     def _settle_sync(self, delivery: Delivery, op: dict[str, Any]) -> bool:
         """Record one outcome now (group-committed with other workers'); retried until the lease
         runs out while Redis is unreachable."""
@@ -845,19 +841,11 @@ class RedisStreamsBackend(Backend):
     def succeed_nowait(self, delivery: Delivery, result: Any) -> bool | None:
         """Queue the success for the reader's next round trip while it is cycling (``None``:
         a refusal is reported to ``on_lost_claim``); else record it now, like `succeed`."""
-        op = {
-            "k": "ok",
-            "e": delivery.ref[1],
-            "id": delivery.job.id,
-            "n": delivery.token,
-            "r": "null" if result is None else json.dumps(result, separators=(",", ":")),
-        }
+        op = _op(delivery, "ok", r=_result_json(result))
         with self._lock:
-            if self._pipelining:
+            queued = self._pipelining
+            if queued:
                 self._acks.append((delivery, op))
-                queued = True
-            else:
-                queued = False
         if queued:
             self._ring()
             return None
@@ -890,26 +878,32 @@ class RedisStreamsBackend(Backend):
 
     def succeed(self, delivery: Delivery, result: Any) -> bool:
         """Ack with the JSON result (fenced, group-committed)."""
-        return self._op(delivery, "ok", r=json.dumps(result, separators=(",", ":")))
+        return self._settle_sync(delivery, _op(delivery, "ok", r=_result_json(result)))
 
     def retry(self, delivery: Delivery, error: AttemptError, delay: float) -> bool:
         """Ack and park the job in the delayed set for ``delay`` seconds (one atomic step)."""
-        return self._op(
+        return self._settle_sync(
             delivery,
-            "retry",
-            err=error.message,
-            tb=(error.traceback or "")[-_MAX_TRACEBACK:],
-            delay=delay * 1000,
+            _op(
+                delivery,
+                "retry",
+                err=error.message,
+                tb=(error.traceback or "")[-_MAX_TRACEBACK:],
+                delay=delay * 1000,
+            ),
         )
 
     def fail(self, delivery: Delivery, error: AttemptError) -> bool:
         """Ack and dead-letter the job (one atomic step)."""
-        return self._op(
+        return self._settle_sync(
             delivery,
-            "dead",
-            err=error.message,
-            reason=error.kind,
-            tb=(error.traceback or "")[-_MAX_TRACEBACK:],
+            _op(
+                delivery,
+                "dead",
+                err=error.message,
+                reason=error.kind,
+                tb=(error.traceback or "")[-_MAX_TRACEBACK:],
+            ),
         )
 
     def _settle_keys(self, keys: QueueKeys) -> list[str]:
@@ -1257,6 +1251,15 @@ class _Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+def _op(delivery: Delivery, kind: str, **extra: Any) -> dict[str, Any]:
+    """An outcome for settle.lua, fenced by the delivery's entry and token."""
+    return {"k": kind, "e": delivery.ref[1], "id": delivery.job.id, "n": delivery.token, **extra}
+
+
+def _result_json(result: Any) -> str:
+    return "null" if result is None else json.dumps(result, separators=(",", ":"))
 
 
 def _entry_key(entry_id: str) -> tuple[int, int]:
