@@ -194,7 +194,6 @@ class RedisStreamsBackend(Backend):
         # reader cycles, it records them in the same pipeline as its next read.
         self._acks: deque[tuple[Delivery, dict[str, Any]]] = deque()
         self._pipelining = False
-        self._cycle_conn: Any = None
         # Durations are validated floats once DistributedConfig exists; typed here once.
         self._lease = seconds(config.lease, "lease")
         self._block = seconds(config.block, "block")
@@ -568,9 +567,8 @@ class RedisStreamsBackend(Backend):
             keys = group[0][0].ref[0]
             args, _ = self._settle_args(keys, [op for _, op in group])
             commands.append(self._evalsha("settle", self._settle_keys(keys), args))
-        conn = self._cycle_conn
-        if conn is None:
-            conn = self._cycle_conn = self.reader.connection_pool.get_connection()
+        pool = self.reader.connection_pool
+        conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
         got = False
         error: redis.ResponseError | None = None
         settled = 0
@@ -598,6 +596,8 @@ class RedisStreamsBackend(Backend):
             for group in list(settles.values())[settled:]:  # recorded on the next cycle
                 self._acks.extendleft(reversed(group))
             raise
+        finally:
+            pool.release(conn)
         if error is not None:
             raise error
         return got or bool(acks)
