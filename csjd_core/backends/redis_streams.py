@@ -550,6 +550,9 @@ class RedisStreamsBackend(Backend):
         Returns:
             False if there was nothing to record and nothing to read.
         """
+        pool = self.reader.connection_pool
+        # Connected before the successes are taken: if Redis is down they stay queued.
+        conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
         acks = self._take_acks()
         reads = list(self.queues.values()) if count > 0 else []
         commands = [
@@ -567,8 +570,6 @@ class RedisStreamsBackend(Backend):
             keys = group[0][0].ref[0]
             args, _ = self._settle_args(keys, [op for _, op in group])
             commands.append(self._evalsha("settle", self._settle_keys(keys), args))
-        pool = self.reader.connection_pool
-        conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
         got = False
         error: redis.ResponseError | None = None
         settled = 0
