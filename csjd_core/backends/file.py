@@ -425,17 +425,6 @@ class FileJobStore(MemoryBackend):
         if self._wal.size > self.compact_bytes and self._compacting.acquire(blocking=False):
             threading.Thread(target=self._compact_in_background, daemon=True).start()
 
-    def _write_quietly(self, rtype: int, data: dict[str, Any]) -> None:
-        """Write a record whose loss means at worst a re-run after a crash: log, never raise."""
-        try:
-            self._write([(rtype, _encode(data).encode())], durable=False)
-        except (StoreFailed, JobStoreLocked) as exc:
-            logger.error(
-                "could not record job progress; after a crash the job may run again id=%s error=%s",
-                data.get("id"),
-                exc,
-            )
-
     def _persist_submitted(self, entries: list[Entry]) -> None:
         payload = _submitted(entries)
 
