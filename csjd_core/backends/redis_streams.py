@@ -550,11 +550,12 @@ class RedisStreamsBackend(Backend):
         Returns:
             False if there was nothing to record and nothing to read.
         """
+        reads = list(self.queues.values()) if count > 0 else []
+        self.read_calls += len(reads)  # attempts, counted even if Redis cannot be reached
         pool = self.reader.connection_pool
         # Connected before the successes are taken: if Redis is down they stay queued.
         conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
         acks = self._take_acks()
-        reads = list(self.queues.values()) if count > 0 else []
         commands = [
             self._evalsha(
                 "read_start",
@@ -573,7 +574,6 @@ class RedisStreamsBackend(Backend):
         got = False
         error: redis.ResponseError | None = None
         settled = 0
-        self.read_calls += len(reads)
         try:
             conn.send_packed_command(conn.pack_commands(commands))
             for keys in reads:
