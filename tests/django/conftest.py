@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from django.test import override_settings
 
 import csjd_django
 
@@ -15,3 +17,17 @@ def fresh_csjd_app() -> Iterator[None]:
     csjd_django.app.reset()
     yield
     csjd_django.app.reset()
+
+
+@pytest.fixture
+def redis_mode(redis_url: str, redis_client: Any) -> Iterator[Any]:
+    """The project in Redis mode on the suite's (flushed) server; yields a redis client."""
+    with override_settings(
+        CSJD_MODE="redis",
+        CSJD_REDIS_URL=redis_url,
+        CSJD_BLOCK=0.2,
+        CSJD_HEARTBEAT_INTERVAL=0.3,
+        CSJD_CLAIM_INTERVAL=0.3,
+        CSJD_LEASE=2.0,
+    ):
+        yield redis_client

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -44,20 +43,6 @@ def viewer() -> Any:
 @pytest.fixture
 def manager() -> Any:
     return StaffFactory(permissions=[VIEW_PERMISSION, MANAGE_PERMISSION])
-
-
-@pytest.fixture
-def redis_mode(redis_url: str, redis_client: Any) -> Iterator[Any]:
-    """The project in Redis mode on the suite's (flushed) server; yields a redis client."""
-    with override_settings(
-        CSJD_MODE="redis",
-        CSJD_REDIS_URL=redis_url,
-        CSJD_BLOCK=0.2,
-        CSJD_HEARTBEAT_INTERVAL=0.3,
-        CSJD_CLAIM_INTERVAL=0.3,
-        CSJD_LEASE=2.0,
-    ):
-        yield redis_client
 
 
 def dead_letters() -> list[Any]:

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.test import override_settings
 from factories import PASSWORD, StaffFactory
 
 import csjd_django as csjd
@@ -71,19 +70,6 @@ def chromium() -> str:
             )
         pytest.skip(f"real-browser test skipped: {problem}")
     return CHROMIUM
-
-
-@pytest.fixture
-def redis_mode(redis_url: str, redis_client: Any) -> Iterator[Any]:
-    with override_settings(
-        CSJD_MODE="redis",
-        CSJD_REDIS_URL=redis_url,
-        CSJD_BLOCK=0.2,
-        CSJD_HEARTBEAT_INTERVAL=0.3,
-        CSJD_CLAIM_INTERVAL=0.3,
-        CSJD_LEASE=2.0,
-    ):
-        yield redis_client
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -18,21 +16,8 @@ from testapp.models import Order, Receipt
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def redis_mode(redis_url: str, redis_client: object) -> Iterator[str]:
-    with override_settings(
-        CSJD_MODE="redis",
-        CSJD_REDIS_URL=redis_url,
-        CSJD_BLOCK=0.2,
-        CSJD_HEARTBEAT_INTERVAL=0.3,
-        CSJD_CLAIM_INTERVAL=0.3,
-        CSJD_LEASE=2.0,
-    ):
-        yield redis_url
-
-
 def test_worker_burst_runs_jobs_and_tasks_enqueued_to_redis(
-    redis_mode: str, capsys: pytest.CaptureFixture[str]
+    redis_mode: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
     order = Order.objects.create(number="R-1", customer="bob@example.com")
     handle = jobs.send_receipt.delay(order.pk)
@@ -45,7 +30,7 @@ def test_worker_burst_runs_jobs_and_tasks_enqueued_to_redis(
     assert "csjd worker: queues=default" in capsys.readouterr().err
 
 
-def test_stats_and_dead_commands(redis_mode: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stats_and_dead_commands(redis_mode: object, capsys: pytest.CaptureFixture[str]) -> None:
     jobs.always_fails.delay()
     call_command("csjd_worker", "--burst")
     capsys.readouterr()
