@@ -49,6 +49,7 @@ logger = logging.getLogger("csjd_core.redis")
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 _MAX_TRACEBACK = 4_000
 _RELEASE_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
+_NO_RECORD = "no job record: the entry was not written by CSJD's enqueue"
 _SCRIPTS = (
     "enqueue",
     "start",
@@ -374,8 +375,7 @@ class RedisStreamsBackend(Backend):
 
     def _encode(self, job: Job) -> tuple[str, int]:
         """The wire form and the effective max_attempts (no second JSON parse per job)."""
-        settings = self._settings
-        max_attempts = job.max_attempts or (settings.default_max_attempts if settings else 3)
+        max_attempts = job.max_attempts or self._default_attempts()
         data = json.dumps(
             {
                 "type": job.type,
@@ -666,17 +666,11 @@ class RedisStreamsBackend(Backend):
         except redis.RedisError as exc:
             logger.warning("could not start entries (they will be reclaimed) error=%s", exc)
             return
-        default_attempts = self._settings.default_max_attempts if self._settings else 3
+        default_attempts = self._default_attempts()
         fresh: list[Delivery] = []
         for (entry_id, job, data), (code, attempts, deliveries) in zip(valid, codes, strict=True):
             if code == -1:
-                self._poison(
-                    keys,
-                    entry_id,
-                    job.id,
-                    data,
-                    "no job record: the entry was not written by CSJD's enqueue",
-                )
+                self._poison(keys, entry_id, job.id, data, _NO_RECORD)
             elif code == 1:
                 delivery = Delivery(
                     job,
@@ -688,9 +682,12 @@ class RedisStreamsBackend(Backend):
                 fresh.append(delivery)
         self._hand_over(fresh)
 
+    def _default_attempts(self) -> int:
+        return self._settings.default_max_attempts if self._settings else 3
+
     def _accept_started(self, keys: QueueKeys, flat: list[Any]) -> None:
         """Deliveries from read_start.lua's reply (entry, job id, data, attempts per entry)."""
-        default_attempts = self._settings.default_max_attempts if self._settings else 3
+        default_attempts = self._default_attempts()
         fresh: list[Delivery] = []
         for i in range(0, len(flat), 4):
             entry_id = _text(flat[i])
@@ -708,13 +705,7 @@ class RedisStreamsBackend(Backend):
             if problem is not None or job is None:
                 self._poison(keys, entry_id, _text(raw_id), data, problem or "?")
             elif attempts == -1:
-                self._poison(
-                    keys,
-                    entry_id,
-                    job.id,
-                    data,
-                    "no job record: the entry was not written by CSJD's enqueue",
-                )
+                self._poison(keys, entry_id, job.id, data, _NO_RECORD)
             else:  # read with '>': delivered once, so the fencing token is 1
                 fresh.append(
                     Delivery(
