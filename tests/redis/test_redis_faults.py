@@ -442,9 +442,10 @@ def test_redis_restart_without_persistence_workers_recover_without_a_hot_loop(
         assert w.done() and ran  # both consumers came back
         # Logged loudly by whichever consumer (reader or maintenance thread) met NOGROUP first.
         assert "vanished" in w.log() + caplog.text
-        assert redis.Redis.from_url(server.url).xinfo_groups("csjd:jobs:{default}")
         elapsed = time.monotonic() - up_at
-        stats = redis.Redis.from_url(server.url).info("commandstats")["cmdstat_xreadgroup"]
+        with redis.Redis.from_url(server.url) as admin:
+            assert admin.xinfo_groups("csjd:jobs:{default}")
+            stats = admin.info("commandstats")["cmdstat_xreadgroup"]
         # After the restart each consumer meets NOGROUP once or twice (until one of them has
         # recreated the group), then blocking reads: at most one per block (0.2 s) when idle,
         # one per batch when busy.
