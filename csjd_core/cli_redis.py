@@ -79,6 +79,13 @@ def distributed_dispatcher(
     return RedisDistributedDispatcher(app.redis, config, registry=app.registry)
 
 
+def command_dispatcher(app: App, queues: str | None = None) -> RedisDistributedDispatcher:
+    """A dispatcher for one command (no consumers), closed when the command's context ends."""
+    dispatcher = distributed_dispatcher(app, queues)
+    click.get_current_context().call_on_close(dispatcher.close)
+    return dispatcher
+
+
 def move_into_redis(store: FileJobStore, app: App, batch: int = 500) -> tuple[int, int]:
     """Move a file store's unfinished jobs into ``app``'s Redis queues, each exactly once.
 
@@ -264,7 +271,7 @@ def stats(app_spec: str, queues: str | None, as_json: bool) -> None:
     """Queue lengths, in flight, scheduled, dead letters, consumers, counters."""
     from csjd_core.cli import load_app  # noqa: PLC0415
 
-    dispatcher = distributed_dispatcher(load_app(app_spec), queues)
+    dispatcher = command_dispatcher(load_app(app_spec), queues)
     try:
         figures = dispatcher.stats()
     except Exception as exc:
@@ -300,7 +307,7 @@ def health(app_spec: str, queues: str | None, this_host: bool) -> None:
     """Exit 0 if every queue has a live worker (fresh heartbeat), 1 otherwise."""
     from csjd_core.cli import load_app  # noqa: PLC0415
 
-    dispatcher = distributed_dispatcher(load_app(app_spec), queues)
+    dispatcher = command_dispatcher(load_app(app_spec), queues)
     try:
         figures = dispatcher.stats()
     except Exception as exc:
@@ -344,7 +351,7 @@ def dead(ctx: click.Context, app_spec: str) -> None:
 def _dead_dispatcher() -> RedisDistributedDispatcher:
     from csjd_core.cli import load_app  # noqa: PLC0415
 
-    return distributed_dispatcher(load_app(click.get_current_context().meta["csjd.dead_app"]))
+    return command_dispatcher(load_app(click.get_current_context().meta["csjd.dead_app"]))
 
 
 @dead.command("list")

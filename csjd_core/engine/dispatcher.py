@@ -292,7 +292,7 @@ class BaseDispatcher:
     def _shutdown(self, limit: float | None) -> StopReport:
         with self._lifecycle:
             self._closed = True
-            started, opened = self._started, self._opened
+            started = self._started
         before = self._counters.snapshot().processed
         deadline = None if limit is None else time.monotonic() + limit
         still_running = 0
@@ -305,7 +305,9 @@ class BaseDispatcher:
                 self._engine.halt()
                 still_running = self._engine.join_workers(time.monotonic())
         self._engine.watchdog.stop()
-        left: list[Job] = self._backend.close(clean=not still_running) if opened else []
+        # Also when never opened: a dispatcher used only for status or admin calls holds
+        # connections (Redis) that must not be left to the garbage collector.
+        left: list[Job] = self._backend.close(clean=not still_running)
         abandoned = left_pending = 0
         if left:
             if self._backend.durable:

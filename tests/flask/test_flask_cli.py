@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from flask.cli import ScriptInfo
 from flaskjobs import csjd, fails, greet, whoami
 
 from csjd_core import FileJobStore, Job, JobState
+from csjd_core.testing import wait_until
 from csjd_flask.cli import _child_command
 
 MakeApp = Callable[..., Flask]
@@ -139,6 +141,31 @@ def test_dead_letters_list_show_requeue_purge(
     assert invoke(app, "run", "--burst").exit_code == 0  # fails again: a dead letter again
     assert "purged 1" in invoke(app, "dead", "purge", "--yes").output
     assert invoke(app, "dead", "list").output.strip() == ""
+
+
+def test_stats_and_dead_commands_close_their_connections(
+    make_app: MakeApp, redis_config: dict[str, Any], redis_client: Any
+) -> None:
+    app = make_app(**redis_config)
+
+    def clients() -> int:
+        return int(redis_client.info("clients")["connected_clients"])
+
+    before = clients()
+    # Each command closes its connections itself: the collector (off here) may run much later.
+    gc.disable()
+    try:
+        for args in (
+            ["stats"],
+            ["dead", "list"],
+            ["dead", "show", "0-1"],
+            ["dead", "requeue", "--all", "--yes"],
+            ["dead", "purge", "--yes"],
+        ):
+            invoke(app, *args)
+        wait_until(lambda: clients() == before, DEADLINE, message=f"{clients()} vs {before}")
+    finally:
+        gc.enable()
 
 
 def _store_with_jobs(path: Path) -> None:
