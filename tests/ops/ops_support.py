@@ -165,9 +165,11 @@ class Cli:
 
     def ran(self) -> Counter[str]:
         """How many times each job id was executed (by any process)."""
-        if not self.log.exists():
-            return Counter()
-        return Counter(line.split()[0] for line in self.log.read_text().splitlines() if line)
+        return _ids_in(self.log)
+
+    def began(self) -> Counter[str]:
+        """How many attempts of each ``record`` job began (its handler was entered)."""
+        return _ids_in(self.log.with_name(self.log.name + ".started"))
 
     def enqueue(
         self,
@@ -202,6 +204,12 @@ class Cli:
 def keys(queue: str = "default") -> QueueKeys:
     """The Redis keys of one of opsapp's queues."""
     return QueueKeys("csjd:jobs", queue)
+
+
+def _ids_in(log: Path) -> Counter[str]:
+    if not log.exists():
+        return Counter()
+    return Counter(line.split()[0] for line in log.read_text().splitlines() if line)
 
 
 def states(client: Any, ids: Iterable[str], queue: str = "default") -> Counter[str]:

@@ -2,7 +2,8 @@
 
 Everything comes from the environment, so each test points the CLI at its own Redis and files:
 ``CSJD_TEST_REDIS_URL`` (the server), ``CSJD_OPS_LOG`` (a file each handler appends
-``job_id pid`` to, one line per execution), ``CSJD_OPS_LEASE`` (seconds, default 1) and
+``job_id pid`` to, one line per execution; ``record`` also appends to ``<log>.started`` as it
+begins), ``CSJD_OPS_LEASE`` (seconds, default 1) and
 ``CSJD_OPS_MAX_PENDING`` (the per-queue cap).
 """
 
@@ -34,10 +35,11 @@ app = App(
 )
 
 
-def _record(ctx: JobContext) -> None:
+def _record(ctx: JobContext, suffix: str = "") -> None:
     # One short O_APPEND write per execution: lines from concurrent processes never interleave.
     line = f"{ctx.job_id} {os.getpid()}\n".encode()
-    fd = os.open(os.environ["CSJD_OPS_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    path = os.environ["CSJD_OPS_LOG"] + suffix
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
     finally:
@@ -47,7 +49,8 @@ def _record(ctx: JobContext) -> None:
 @app.job("record", takes_context=True)
 def record(ctx: JobContext, pause: float = 0.0, pause_first: float = 0.0) -> str:
     """Sleep ``pause`` seconds (``pause_first`` more on the first attempt), then append this
-    job's id to the log."""
+    job's id to the log (and, before sleeping, to the log of started attempts)."""
+    _record(ctx, ".started")
     time.sleep(pause + (pause_first if ctx.attempt == 1 else 0.0))
     _record(ctx)
     return ctx.job_id
