@@ -11,6 +11,8 @@ Run: ``python benchmarks/bench_file_store.py [--dir DIR] [--repeat R] [--quick]`
 3. End to end: N jobs submitted from one thread and run by 8 workers with a no-op handler,
    jobs/s for no store and for each policy, and the ratio to the no-store run of the same
    process. ``always`` is also run with 8 submitting threads (one fsync per submit otherwise).
+   Then the two sides alone: µs per submit with no worker running, and µs per job to drain what
+   was submitted, with 1 and with 8 workers, without a store and under ``never``.
 4. Recovery: ``FileJobStore.open()`` of a log of 1,000,000 records (500,000 jobs submitted, half
    of them started and finished: 250,000 recovered), and of 1,000,000 submitted records (all
    recovered); then the compaction of what was recovered (``close()``).
@@ -132,6 +134,27 @@ def end_to_end(base: Path, policy: str | None, n: int, submitters: int = 1) -> f
     return n / elapsed
 
 
+def phases(base: Path, policy: str | None, workers: int, n: int) -> tuple[float, float]:
+    """(µs per submit, µs per drained job): N jobs submitted from one thread before the workers
+    start, then drained by ``workers`` — each side timed alone, without the other contending."""
+    store = None if policy is None else fresh_store(base, policy)
+    dispatcher = Dispatcher(Config(workers=workers, max_pending_jobs=n + 1, store=store))
+    dispatcher.register_handler("noop", lambda ctx, job: None)
+    jobs = [Job(f"job-{i}", "noop") for i in range(n)]
+    submit = dispatcher.submit
+    start = time.perf_counter()
+    for job in jobs:
+        submit(job)
+    submitted = time.perf_counter() - start
+    start = time.perf_counter()
+    dispatcher.start()
+    dispatcher.join()
+    drained = time.perf_counter() - start
+    dispatcher.stop()
+    assert dispatcher.metrics().succeeded == n, dispatcher.metrics()
+    return submitted / n * 1e6, drained / n * 1e6
+
+
 # -- 4 -------------------------------------------------------------------------------------------
 def build_log(path: Path, records: int, finished_share: float) -> int:
     """Write a log of ``records`` records as the store writes them; return the unfinished count.
@@ -233,6 +256,16 @@ def main() -> None:
         if policy == "interval":
             note += " (target >= 60,000 jobs/s)"
         rows.append((label, f"{rate:,.0f} jobs/s [best {best:,.0f}]", note))
+
+    for policy, workers in ((None, 1), ("never", 1), (None, WORKERS), ("never", WORKERS)):
+        submit_us, drain_us = phases(base, policy, workers, n // 2)
+        rows.append(
+            (
+                f"phases alone, {policy or 'no store'}, {workers} worker{'s' * (workers > 1)}",
+                f"submit {submit_us:.1f} µs/job, drain {drain_us:.1f} µs/job",
+                "each side timed without the other running",
+            )
+        )
 
     records = args.records // scale
     for share, what in ((0.5, "half finished"), (0.0, "all submitted")):
