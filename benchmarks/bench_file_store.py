@@ -137,6 +137,7 @@ def end_to_end(base: Path, policy: str | None, n: int, submitters: int = 1) -> f
 def phases(base: Path, policy: str | None, workers: int, n: int) -> tuple[float, float]:
     """(µs per submit, µs per drained job): N jobs submitted from one thread before the workers
     start, then drained by ``workers`` — each side timed alone, without the other contending."""
+    gc.collect()  # not the garbage of earlier runs
     store = None if policy is None else fresh_store(base, policy)
     dispatcher = Dispatcher(Config(workers=workers, max_pending_jobs=n + 1, store=store))
     dispatcher.register_handler("noop", lambda ctx, job: None)
