@@ -1121,8 +1121,22 @@ class RedisStreamsBackend(Backend):
         return sum(int(v or 0) for v in pipe.execute())
 
     def ready_count(self) -> int:
-        """Entries in the streams not yet delivered to any consumer (approximate)."""
-        return sum(int(self.client.xlen(k.stream)) for k in self.queues.values())
+        """Entries not yet delivered to a consumer: each stream's length minus its group's
+        pending entries (an entry leaves the stream when it is acknowledged)."""
+        total = 0
+        for keys in self.queues.values():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xlen(keys.stream)
+            pipe.xpending(keys.stream, self.config.group)
+            length, pending = pipe.execute(raise_on_error=False)
+            if isinstance(length, Exception):
+                raise length
+            if isinstance(pending, Exception):
+                if "NOGROUP" not in str(pending):
+                    raise pending
+                pending = {"pending": 0}  # no consumer ever started: nothing was delivered
+            total += int(length) - int(pending["pending"])
+        return total
 
     def stats(self) -> dict[str, Any]:
         """Cluster-wide figures per queue."""

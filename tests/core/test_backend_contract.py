@@ -1,9 +1,12 @@
 """The backend seam (`csjd_core.backends.base.Backend`): one contract, every backend.
 
-The `backend` fixture is parametrized over factories. Only `MemoryBackend` is listed here;
-`FileJobStore` and the Redis Streams backend join by adding a factory to `FACTORIES` (a factory
-gets pytest's ``request`` so it can use ``tmp_path`` or a Redis server fixture). Tests speak
-only the `Backend` API and never look at a backend's internals.
+The `backend` fixture is parametrized over factories: `MemoryBackend`, `FileJobStore` and the
+Redis Streams backend (on the suite's server). Tests speak only the `Backend` API. Consumption
+starts at the first fetch, as the engine starts it with its workers: before that a job is only
+queued. Where a distributed backend differs by design the test says so (`local` is False):
+it delivers through a reader thread (a job ready "now" arrives within a round trip), it records
+the consumer (the process) as the worker of an attempt, and at close it leaves the unfinished
+jobs in the shared queue instead of returning them.
 """
 
 from __future__ import annotations
@@ -45,10 +48,28 @@ def file_store(request: pytest.FixtureRequest) -> Backend:
     return FileJobStore(tmp_path / "store" / "jobs.json", fsync="never")
 
 
+def redis_streams(request: pytest.FixtureRequest) -> Backend:
+    from csjd_core.backends.redis_streams import RedisStreamsBackend  # noqa: PLC0415
+    from csjd_core.config import DistributedConfig, RedisConfig  # noqa: PLC0415
+
+    request.getfixturevalue("redis_client")  # the suite's server, flushed
+    config = DistributedConfig(
+        max_pending_jobs=CAP,
+        dedupe_window=0,  # the contract's ids are free again once finished (as in process)
+        block=0.2,
+        lease=5.0,
+        heartbeat_interval=0.5,
+        claim_interval=0.5,
+    )
+    return RedisStreamsBackend(RedisConfig.from_url(request.getfixturevalue("redis_url")), config)
+
+
 FACTORIES: dict[str, Factory] = {
     "memory": memory_backend,
     "file": file_store,
+    "redis": redis_streams,
 }
+_consuming: set[int] = set()  # backends whose consumption `poll` started
 
 
 @pytest.fixture(params=sorted(FACTORIES))
@@ -58,14 +79,35 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     try:
         yield instance
     finally:
+        _consuming.discard(id(instance))
         instance.wake()
         instance.close(clean=True)
 
 
+def poll(backend: Backend, timeout: float) -> Delivery | None:
+    """`Backend.fetch`, consumption started first (once) as the engine does with its workers."""
+    if id(backend) not in _consuming:
+        _consuming.add(id(backend))
+        backend.start_consuming()
+    return backend.fetch(timeout)
+
+
 def fetch(backend: Backend, timeout: float = DEADLINE) -> Delivery:
-    delivery = backend.fetch(timeout)
+    delivery = poll(backend, timeout)
     assert delivery is not None, f"nothing ready within {timeout} s"
     return delivery
+
+
+def at_once(backend: Backend) -> float:
+    """The fetch timeout for a job ready now: none in process, a round trip's worth if a reader
+    thread delivers it."""
+    return 0.0 if backend.local else DEADLINE
+
+
+def worker_of(backend: Backend, worker_id: str) -> str | None:
+    """The worker an attempt's status names: the thread's id in process, the consumer (the
+    process) in a distributed backend."""
+    return worker_id if backend.local else getattr(backend, "consumer", None)
 
 
 def state(backend: Backend, job_id: str) -> JobState | None:
@@ -146,15 +188,15 @@ def test_fetch_is_fifo_and_counts_attempts(backend: Backend) -> None:
 
 def test_fetch_on_an_empty_backend_returns_none_after_its_timeout(backend: Backend) -> None:
     started = time.monotonic()
-    assert backend.fetch(0.0) is None
-    assert backend.fetch(0.05) is None
+    assert poll(backend, 0.0) is None
+    assert poll(backend, 0.05) is None
     elapsed = time.monotonic() - started
     assert 0.04 <= elapsed < 1.0
 
 
 def test_a_blocked_fetch_returns_as_soon_as_a_job_arrives(backend: Backend) -> None:
     got: list[Delivery | None] = []
-    thread = threading.Thread(target=lambda: got.append(backend.fetch(DEADLINE)))
+    thread = threading.Thread(target=lambda: got.append(poll(backend, DEADLINE)))
     thread.start()
     wait_until(thread.is_alive, DEADLINE)
     started = time.monotonic()
@@ -171,7 +213,7 @@ def test_wake_unblocks_a_blocked_fetch(backend: Backend) -> None:
 
     def fetcher() -> None:
         entered.set()
-        got.append(backend.fetch(30.0))
+        got.append(poll(backend, 30.0))
 
     thread = threading.Thread(target=fetcher)
     thread.start()
@@ -195,7 +237,8 @@ def test_started_then_succeed(backend: Backend) -> None:
     backend.started(delivery, "worker-7")
     running = backend.status("s")
     assert running is not None
-    assert (running.state, running.attempts, running.worker_id) == (JobState.RUNNING, 1, "worker-7")
+    assert (running.state, running.attempts) == (JobState.RUNNING, 1)
+    assert running.worker_id == worker_of(backend, "worker-7")
     assert running.started_at is not None
     assert running.finished_at is None
     assert backend.succeed(delivery, {"ok": [1, 2]})
@@ -225,7 +268,7 @@ def test_retry_schedules_the_next_attempt(backend: Backend) -> None:
     assert waiting.run_at is not None
     assert backend.pending() == 1
     assert backend.ready_count() == 0
-    assert backend.fetch(0.0) is None  # not before its delay
+    assert poll(backend, 0.0) is None  # not before its delay
     second = fetch(backend)
     assert (second.job.id, second.attempt) == ("r", 2)
     assert datetime.now(UTC) >= waiting.run_at - timedelta(milliseconds=5)
@@ -245,7 +288,7 @@ def test_fail_is_terminal_and_keeps_the_error(backend: Backend) -> None:
     )
     assert status.finished_at is not None
     assert backend.pending() == 0
-    assert backend.fetch(0.0) is None
+    assert poll(backend, 0.0) is None
 
 
 @pytest.mark.parametrize("late", ["succeed", "retry", "fail"])
@@ -294,7 +337,7 @@ def test_a_delivery_records_one_outcome_only(backend: Backend, first: str, secon
     if first == "retry":
         again = fetch(backend)  # exactly one next attempt is waiting
         assert again.attempt == 2
-        assert backend.fetch(0.0) is None
+        assert poll(backend, 0.0) is None
 
 
 # -- scheduling ------------------------------------------------------------------------------
@@ -316,8 +359,8 @@ def test_run_at_jobs_become_ready_at_their_due_time(backend: Backend) -> None:
     assert abs((status.run_at - (now + timedelta(seconds=0.1))).total_seconds()) < 0.01
     assert backend.pending() == 3
     assert backend.ready_count() == 1
-    assert fetch(backend, 0.0).job.id == "past"
-    assert backend.fetch(0.0) is None
+    assert fetch(backend, at_once(backend)).job.id == "past"
+    assert poll(backend, 0.0) is None
     soon = fetch(backend)
     assert soon.job.id == "soon"
     assert datetime.now(UTC) >= now + timedelta(seconds=0.1)
@@ -334,15 +377,16 @@ def test_a_blocked_fetch_wakes_for_a_job_scheduled_while_it_waits(backend: Backe
 
     def fetcher() -> None:
         entered.set()
-        got.append(backend.fetch(DEADLINE))
+        got.append(poll(backend, DEADLINE))
 
     thread = threading.Thread(target=fetcher)
     thread.start()
     assert entered.wait(DEADLINE)
+    waits = ("wait",) if backend.local else ("wait", "fetch")  # a C queue's get has no frame
     wait_until(  # the fetcher is blocked inside fetch()
         lambda: (
             sys._current_frames().get(thread.ident or -1) is not None
-            and "wait" in sys._current_frames()[thread.ident or -1].f_code.co_name
+            and any(w in sys._current_frames()[thread.ident or -1].f_code.co_name for w in waits)
         ),
         DEADLINE,
         message="fetcher never blocked",
@@ -367,4 +411,9 @@ def test_close_returns_the_unfinished_jobs_that_are_not_running(backend: Backend
     backend.succeed(done, None)
     backend.enqueue([Job("future", "t", run_at=datetime.now(UTC) + timedelta(hours=1))])
     left = backend.close(clean=False)
-    assert sorted(job.id for job in left) == ["c2", "future"]
+    if backend.local:
+        assert sorted(job.id for job in left) == ["c2", "future"]
+        return
+    # Distributed: nothing is returned; the jobs stay in the shared queue for other consumers.
+    assert left == []
+    assert [state(backend, i) for i in ("c2", "future")] == [JobState.QUEUED, JobState.SCHEDULED]
