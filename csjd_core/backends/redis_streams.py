@@ -266,20 +266,18 @@ class RedisStreamsBackend(Backend):
         scripts (restarted) is given them again (SCRIPT LOAD: the worker ACL has no EVAL).
         """
         pool = self.client.connection_pool  # registers the scripts on first use
-        script = self._scripts[name]
+        command = self._evalsha(name, keys, args)
         conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
         try:
-            conn.send_packed_command(
-                conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            )
+            conn.send_packed_command(conn.pack_command(*command))
             try:
                 return conn.read_response()
             except NoScriptError:
-                conn.send_packed_command(conn.pack_command("SCRIPT", "LOAD", script.script))
-                conn.read_response()
                 conn.send_packed_command(
-                    conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                    conn.pack_command("SCRIPT", "LOAD", self._scripts[name].script)
                 )
+                conn.read_response()
+                conn.send_packed_command(conn.pack_command(*command))
                 return conn.read_response()
         except redis.ResponseError:
             raise  # a reply: the connection is in step
@@ -880,7 +878,7 @@ class RedisStreamsBackend(Backend):
                 delivery,
                 "retry",
                 err=error.message,
-                tb=(error.traceback or "")[-_MAX_TRACEBACK:],
+                tb=_traceback(error),
                 delay=delay * 1000,
             ),
         )
@@ -894,7 +892,7 @@ class RedisStreamsBackend(Backend):
                 "dead",
                 err=error.message,
                 reason=error.kind,
-                tb=(error.traceback or "")[-_MAX_TRACEBACK:],
+                tb=_traceback(error),
             ),
         )
 
@@ -1123,19 +1121,20 @@ class RedisStreamsBackend(Backend):
     def ready_count(self) -> int:
         """Entries not yet delivered to a consumer: each stream's length minus its group's
         pending entries (an entry leaves the stream when it is acknowledged)."""
-        total = 0
+        pipe = self.client.pipeline(transaction=False)
         for keys in self.queues.values():
-            pipe = self.client.pipeline(transaction=False)
             pipe.xlen(keys.stream)
             pipe.xpending(keys.stream, self.config.group)
-            length, pending = pipe.execute(raise_on_error=False)
+        replies = pipe.execute(raise_on_error=False)
+        total = 0
+        for length, pending in zip(replies[::2], replies[1::2], strict=True):
             if isinstance(length, Exception):
                 raise length
-            if isinstance(pending, Exception):
-                if "NOGROUP" not in str(pending):
-                    raise pending
-                pending = {"pending": 0}  # no consumer ever started: nothing was delivered
-            total += int(length) - int(pending["pending"])
+            total += int(length)
+            if not isinstance(pending, Exception):
+                total -= int(pending["pending"])
+            elif "NOGROUP" not in str(pending):  # no group: no consumer ever started
+                raise pending
         return total
 
     def stats(self) -> dict[str, Any]:
@@ -1262,6 +1261,11 @@ class _Backoff:
 def _op(delivery: Delivery, kind: str, **extra: Any) -> dict[str, Any]:
     """An outcome for settle.lua, fenced by the delivery's entry and token."""
     return {"k": kind, "e": delivery.ref[1], "id": delivery.job.id, "n": delivery.token, **extra}
+
+
+def _traceback(error: AttemptError) -> str:
+    """The tail of an attempt's traceback that a job record and a dead letter keep."""
+    return (error.traceback or "")[-_MAX_TRACEBACK:]
 
 
 def _result_json(result: Any) -> str:
