@@ -175,6 +175,7 @@ class RedisStreamsBackend(Backend):
         self._client: redis.Redis | None = None
         self._reader: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
+        self._init_lock = threading.Lock()  # creates the two pools above, once each
         self._settings: BackendSettings | None = None
         # Workers wait for deliveries on `_ready`, the reader for room or successes to record
         # on `_doorbell` (C queues: one cheap wake-up each); maintenance sleeps on an event.
@@ -236,19 +237,29 @@ class RedisStreamsBackend(Backend):
 
     @property
     def client(self) -> redis.Redis:
-        """The command connection pool (created on first use)."""
-        if self._client is None:
-            self._client = self._make_client(self.redis_config.socket_timeout)
-            for name in _SCRIPTS:
-                self._scripts[name] = self._client.register_script(_load_script(name))
-        return self._client
+        """The command connection pool (created on first use, by one thread: the first
+        submits of a web process may come from several at once)."""
+        client = self._client
+        if client is None:
+            with self._init_lock:
+                if self._client is None:
+                    client = self._make_client(self.redis_config.socket_timeout)
+                    for name in _SCRIPTS:
+                        self._scripts[name] = client.register_script(_load_script(name))
+                    self._client = client  # published with its scripts registered
+                client = self._client
+        return client
 
     @property
     def reader(self) -> redis.Redis:
         """The reader's connection pool: blocking reads wait longer than its socket timeout."""
-        if self._reader is None:
-            self._reader = self._make_client(self._block + self.redis_config.socket_timeout)
-        return self._reader
+        reader = self._reader
+        if reader is None:
+            with self._init_lock:
+                if self._reader is None:
+                    self._reader = self._make_client(self._block + self.redis_config.socket_timeout)
+                reader = self._reader
+        return reader
 
     def _load_scripts(self) -> None:
         """Load every script into Redis (pipelined calls use EVALSHA without a fallback)."""

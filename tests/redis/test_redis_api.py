@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -89,6 +90,38 @@ def test_submit_status_and_json_result(dispatchers: Dispatchers) -> None:
     wait_until(lambda: d.metrics().succeeded == 1, DEADLINE)  # counted right after the ack
     m = d.metrics()
     assert (m.submitted, m.accepted, m.processed, m.succeeded) == (1, 1, 1, 1)
+
+
+def test_the_first_submits_from_many_threads_at_once_are_all_accepted(
+    dispatchers: Dispatchers,
+) -> None:
+    """A web process's first requests may submit from several threads at once: the connection
+    pool and its scripts are created once, by one of them, and every submit goes through."""
+    threads_per_round, rounds = 8, 20
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible inside the first use
+    try:
+        for r in range(rounds):
+            d = dispatchers()
+            barrier = threading.Barrier(threads_per_round)
+            errors: list[BaseException] = []
+
+            def submit(i: int, d: RedisDistributedDispatcher = d, r: int = r) -> None:
+                barrier.wait()
+                try:
+                    d.submit(Job(f"first-{r}-{i}", "t"))
+                except BaseException as exc:  # reported by the assertion below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=submit, args=(i,)) for i in range(threads_per_round)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(DEADLINE)
+            assert errors == [], f"round {r}: {errors!r}"
+            assert d.pending() == threads_per_round * (r + 1)
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def test_submit_batch_is_atomic_per_queue(dispatchers: Dispatchers, redis_client: Any) -> None:
