@@ -20,7 +20,8 @@ from csjd_core.engine.dispatcher import BaseDispatcher
 from csjd_core.engine.registry import HandlerFn, HandlerRegistry
 from csjd_core.errors import CSJDError, InvalidJob
 from csjd_core.immediate import ImmediateDispatcher
-from csjd_core.job import Job, JobState, JobStatus, check_json, timeout_seconds, validate_job
+from csjd_core.job import Job, JobState, JobStatus, check_json, validate_job
+from csjd_core.limits import MAX_ATTEMPTS, name_problem
 from csjd_core.retry import seconds
 
 __all__ = ["App", "JobFailed", "JobFunction", "JobHandle"]
@@ -200,7 +201,7 @@ class JobFunction(Generic[P, R]):
         if isinstance(args, str | bytes) or not isinstance(args, Sequence):
             raise InvalidJob(f"args must be a list or tuple, got {type(args).__name__}")
         kwargs = dict(kwargs or {})
-        self._check_arguments(args, kwargs)
+        self._bind(args, kwargs)
         if countdown is not None and eta is not None:
             raise InvalidJob("give countdown or eta, not both")
         run_at = eta
@@ -219,16 +220,24 @@ class JobFunction(Generic[P, R]):
             run_at=run_at,
             queue=queue if queue is not None else self.queue,
         )
-        validate_job(job)
+        try:
+            validate_job(job)
+        except InvalidJob:
+            self._check_arguments(args, kwargs)  # name the argument at fault, if one is
+            raise
         return job
 
-    def _check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+    def _bind(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Raise `TypeError` unless the arguments fit the function's signature."""
         bind_args = (None, *args) if self.takes_context else tuple(args)
         try:
-            bound = self._signature.bind(*bind_args, **kwargs)
+            self._signature.bind(*bind_args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.type}: {exc}") from None
-        names = list(bound.signature.parameters)
+
+    def _check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """`check_json` each argument, naming the first one that is refused."""
+        names = list(self._signature.parameters)
         for index, value in enumerate(args):
             position = index + (1 if self.takes_context else 0)
             name = names[position] if position < len(names) else f"#{index}"
@@ -251,6 +260,33 @@ class JobFunction(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<JobFunction {self.type!r} ({self.__qualname__})>"
+
+
+def _check_job_options(
+    max_attempts: int | None, timeout: float | timedelta | None, queue: str | None
+) -> float | None:
+    """Validate ``@job`` options as admission would (so a bad one fails at import, not at the
+    first enqueue); returns the timeout in seconds.
+
+    Raises:
+        ValueError: naming the option and its limit.
+    """
+    if max_attempts is not None and (
+        isinstance(max_attempts, bool)
+        or not isinstance(max_attempts, int)
+        or not 1 <= max_attempts <= MAX_ATTEMPTS
+    ):
+        raise ValueError(
+            f"max_attempts must be an int >= 1 and at most {MAX_ATTEMPTS}, got {max_attempts!r}"
+        )
+    limit = None if timeout is None else seconds(timeout, "timeout")
+    if limit == 0:
+        raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+    if queue is not None:
+        problem = name_problem(queue, "queue")
+        if problem is not None:
+            raise ValueError(problem)
+    return limit
 
 
 class App:
@@ -330,15 +366,7 @@ class App:
         Raises:
             ValueError: a bad option, or ``type`` already names another function.
         """
-        if max_attempts is not None and (
-            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
-        ):
-            raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
-        limit = timeout_seconds(timeout)
-        if limit is not None and not limit > 0:
-            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
-        if queue is not None and (not isinstance(queue, str) or not queue):
-            raise ValueError(f"queue must be a non-empty string, got {queue!r}")
+        limit = _check_job_options(max_attempts, timeout, queue)
 
         def decorate(fn: Callable[..., Any]) -> JobFunction[Any, Any]:
             name = type or f"{fn.__module__}.{fn.__qualname__}"

@@ -10,12 +10,16 @@ from typing import Any, TypeVar
 
 import click
 
+from csjd_core.limits import MAX_WORKERS
+
 __all__ = ["worker_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _OPTIONS = (
-    click.option("--workers", type=click.IntRange(1, 1024), help="Worker threads per process."),
+    click.option(
+        "--workers", type=click.IntRange(1, MAX_WORKERS), help="Worker threads per process."
+    ),
     click.option(
         "--processes",
         type=click.IntRange(1, 256),

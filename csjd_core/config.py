@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
 from csjd_core.backends.base import Backend
+from csjd_core.limits import (
+    DEFAULT_MAX_DEAD_LETTERS,
+    DEFAULT_MAX_RESULT_BYTES,
+    MAX_ATTEMPTS,
+    MAX_JOB_BYTES,
+    MAX_WORKERS,
+    name_problem,
+)
 from csjd_core.retry import RetryPolicy, seconds
 
 __all__ = ["Config", "DistributedConfig", "RedisConfig"]
 
 
-def check_int(value: object, name: str, minimum: int) -> int:
+def check_int(value: object, name: str, minimum: int, maximum: int | None = None) -> int:
     """Validate an integer setting.
 
     Raises:
@@ -22,6 +29,8 @@ def check_int(value: object, name: str, minimum: int) -> int:
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
     return value
 
 
@@ -30,7 +39,7 @@ def check_timeout(value: float | timedelta | None, name: str) -> float | None:
     if value is None:
         return None
     result = seconds(value, name)
-    if result == 0 or not math.isfinite(result):
+    if result == 0:
         raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
     return result
 
@@ -65,6 +74,7 @@ class Config:
         hooks: `Hooks` objects called around each job.
         result_ttl: seconds a finished job's status and result stay queryable.
         max_results: at most this many finished jobs are remembered (oldest dropped first).
+        max_result_bytes: the largest return value kept, as JSON; a larger one fails the job.
     """
 
     workers: int = 4
@@ -77,13 +87,15 @@ class Config:
     hooks: Sequence[object] = ()
     result_ttl: float | timedelta = 600.0
     max_results: int = 100_000
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
 
     def __post_init__(self) -> None:
-        check_int(self.workers, "Config.workers", 1)
+        check_int(self.workers, "Config.workers", 1, MAX_WORKERS)
         check_int(self.max_pending_jobs, "Config.max_pending_jobs", 1)
         check_int(self.max_detached_handlers, "Config.max_detached_handlers", 0)
-        check_int(self.default_max_attempts, "Config.default_max_attempts", 1)
+        check_int(self.default_max_attempts, "Config.default_max_attempts", 1, MAX_ATTEMPTS)
         check_int(self.max_results, "Config.max_results", 0)
+        check_int(self.max_result_bytes, "Config.max_result_bytes", 0, MAX_JOB_BYTES)
         object.__setattr__(
             self, "default_timeout", check_timeout(self.default_timeout, "Config.default_timeout")
         )
@@ -126,6 +138,15 @@ class RedisConfig:
     def __post_init__(self) -> None:
         if (self.url is None) == (self.addr is None):
             raise ValueError("RedisConfig needs exactly one of url= or addr=")
+        for name in ("url", "addr", "username", "password"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                shown = "***" if name == "password" else repr(value)
+                raise ValueError(
+                    f"RedisConfig.{name} must be a string, got {type(value).__name__} {shown}"
+                )
+        if not isinstance(self.ssl, bool):
+            raise ValueError(f"RedisConfig.ssl must be True or False, got {self.ssl!r}")
         if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(
                 f"RedisConfig.url must start with redis://, rediss:// or unix://, got "
@@ -190,6 +211,8 @@ class DistributedConfig:
         dedupe_window: seconds a finished job's id stays taken.
         max_payload_bytes: largest accepted job (id + type + payload, as JSON).
         result_ttl: seconds a finished job's status and result are kept.
+        max_result_bytes: the largest return value kept, as JSON; a larger one fails the job.
+        max_dead_letters: dead letters kept per queue (about: the oldest are trimmed).
         prefetch: entries read ahead; ``None`` reads only as many as workers are idle.
         block: seconds one blocking read waits for new entries.
     """
@@ -211,39 +234,44 @@ class DistributedConfig:
     dedupe_window: float | timedelta = 600.0
     max_payload_bytes: int = 1024 * 1024
     result_ttl: float | timedelta = 600.0
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    max_dead_letters: int = DEFAULT_MAX_DEAD_LETTERS
     prefetch: int | None = None
     block: float | timedelta = 1.0
     hooks: Sequence[object] = ()
 
     def __post_init__(self) -> None:
-        check_int(self.workers, "DistributedConfig.workers", 1)
+        check_int(self.workers, "DistributedConfig.workers", 1, MAX_WORKERS)
         check_int(self.max_pending_jobs, "DistributedConfig.max_pending_jobs", 1)
-        check_int(self.default_max_attempts, "DistributedConfig.default_max_attempts", 1)
+        check_int(
+            self.default_max_attempts, "DistributedConfig.default_max_attempts", 1, MAX_ATTEMPTS
+        )
         check_int(self.max_detached_handlers, "DistributedConfig.max_detached_handlers", 0)
-        check_int(self.max_deliveries, "DistributedConfig.max_deliveries", 1)
-        check_int(self.max_payload_bytes, "DistributedConfig.max_payload_bytes", 64)
+        check_int(self.max_deliveries, "DistributedConfig.max_deliveries", 1, MAX_ATTEMPTS)
+        check_int(self.max_payload_bytes, "DistributedConfig.max_payload_bytes", 64, MAX_JOB_BYTES)
+        check_int(self.max_result_bytes, "DistributedConfig.max_result_bytes", 0, MAX_JOB_BYTES)
+        check_int(self.max_dead_letters, "DistributedConfig.max_dead_letters", 1)
         if self.prefetch is not None:
-            check_int(self.prefetch, "DistributedConfig.prefetch", 1)
-        for name in ("stream", "group"):
+            check_int(self.prefetch, "DistributedConfig.prefetch", 1, MAX_WORKERS)
+        for name in ("stream", "group", "consumer"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not value or "{" in value or "}" in value:
-                raise ValueError(
-                    f"DistributedConfig.{name} must be a non-empty string without braces, "
-                    f"got {value!r}"
-                )
-        if self.consumer is not None and (not isinstance(self.consumer, str) or not self.consumer):
+            problem = None if value is None and name == "consumer" else name_problem(value, name)
+            if problem is not None:
+                raise ValueError(f"DistributedConfig.{problem}")
+        if isinstance(self.queues, str):
+            queues: tuple[Any, ...] = (self.queues,)
+        elif isinstance(self.queues, Sequence):
+            queues = tuple(self.queues)
+        else:
             raise ValueError(
-                f"DistributedConfig.consumer must be a non-empty string or None, "
-                f"got {self.consumer!r}"
+                f"DistributedConfig.queues must be a list of queue names, got {self.queues!r}"
             )
-        queues = (self.queues,) if isinstance(self.queues, str) else tuple(self.queues)
-        if not queues or any(
-            not isinstance(q, str) or not q or "{" in q or "}" in q for q in queues
-        ):
-            raise ValueError(
-                f"DistributedConfig.queues must be non-empty names without braces, "
-                f"got {self.queues!r}"
-            )
+        if not queues:
+            raise ValueError("DistributedConfig.queues must name at least one queue")
+        for queue in queues:
+            problem = name_problem(queue, "queues")
+            if problem is not None:
+                raise ValueError(f"DistributedConfig.{problem}")
         object.__setattr__(self, "queues", queues)
         object.__setattr__(
             self,

@@ -36,5 +36,6 @@ class Dispatcher(BaseDispatcher):
             hooks=config.hooks,
             result_ttl=seconds(config.result_ttl, "result_ttl"),
             max_results=config.max_results,
+            max_result_bytes=config.max_result_bytes,
             registry=registry,
         )

@@ -51,6 +51,7 @@ class RedisDistributedDispatcher(BaseDispatcher):
             hooks=config.hooks,
             result_ttl=seconds(config.result_ttl, "result_ttl"),
             max_results=0,
+            max_result_bytes=config.max_result_bytes,
             registry=registry,
         )
 

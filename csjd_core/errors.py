@@ -1,6 +1,11 @@
-"""The exception tree: every failure CSJD reports has a name here."""
+"""The exception tree: every failure CSJD reports has a name here; and how any error is told as
+text that never fails, never grows without bound and always encodes."""
 
 from __future__ import annotations
+
+import traceback as _traceback
+
+from csjd_core.limits import clip_text, clip_traceback
 
 __all__ = [
     "BackendUnavailable",
@@ -15,6 +20,8 @@ __all__ = [
     "StoreCorrupted",
     "StoreFailed",
     "UnknownJobType",
+    "describe_error",
+    "format_traceback",
     "permanent",
 ]
 
@@ -105,7 +112,34 @@ def permanent(exc: BaseException | str) -> PermanentError:
     if isinstance(exc, PermanentError):
         return exc
     if isinstance(exc, BaseException):
-        err = PermanentError(f"{type(exc).__name__}: {exc}", cause=exc)
+        err = PermanentError(describe_error(exc), cause=exc)
         err.__cause__ = exc
         return err
     return PermanentError(str(exc))
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"Type: message"`` for an exception, at most `MAX_ERROR_TEXT` characters, encodable.
+
+    Never raises: an exception whose ``__str__`` fails is described by its ``repr``, and one
+    whose ``repr`` fails too by its type alone.
+    """
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception:
+        try:
+            text = f"<str() failed> {exc!r}"
+        except Exception:
+            text = "<str() and repr() failed>"
+    return clip_text(f"{name}: {text}" if text else name)
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The exception's traceback as text, keeping its last `MAX_TRACEBACK` characters. Never
+    raises (the `traceback` module already survives a failing ``__str__``)."""
+    try:
+        text = "".join(_traceback.format_exception(exc))
+    except Exception:
+        text = describe_error(exc)
+    return clip_traceback(text)

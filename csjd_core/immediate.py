@@ -38,6 +38,7 @@ class ImmediateDispatcher(BaseDispatcher):
             hooks=config.hooks,
             result_ttl=seconds(config.result_ttl, "result_ttl"),
             max_results=config.max_results,
+            max_result_bytes=config.max_result_bytes,
             registry=registry,
         )
         assert isinstance(self._backend, MemoryBackend)
@@ -73,7 +74,7 @@ class ImmediateDispatcher(BaseDispatcher):
                 delivery = backend.fetch(0.0)
                 if delivery is None:
                     break
-                self._engine.run_attempt(delivery, worker)
+                self._engine.attempt(delivery, worker)
         finally:
             local.draining = False
             worker.close_loop()

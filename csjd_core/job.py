@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from csjd_core.errors import InvalidJob
+from csjd_core.limits import (
+    MAX_ATTEMPTS,
+    MAX_DURATION,
+    MAX_INT_BITS,
+    MAX_JOB_BYTES,
+    MAX_NAME_LENGTH,
+    MAX_NESTING,
+    is_text,
+    name_problem,
+)
+from csjd_core.retry import seconds
 
 __all__ = ["Job", "JobState", "JobStatus"]
-
-_SCALARS = (str, int, bool, type(None))
 
 
 @dataclass(slots=True, eq=True)
@@ -140,76 +150,186 @@ def timeout_seconds(value: float | timedelta | None) -> float | None:
     return float(value)
 
 
-def _plain_json(value: Any, depth: int = 0) -> bool:
-    """True for values built only of dict/list/str/int/bool/None/finite float.
+class _Refused(Exception):
+    """Why a value is not JSON that CSJD accepts (the walk below found it)."""
 
-    A fast path: it never calls the encoder. False means "not sure" (subclasses, tuples,
-    deep nesting, non-str keys), and `check_json` then asks `json.dumps`.
+
+_INT_LIMIT = 1 << MAX_INT_BITS
+_LONE_SURROGATE = (
+    "holds text that is not valid Unicode (a lone surrogate, as os.fsdecode makes of "
+    "undecodable bytes)"
+)
+
+
+def _json_size(value: Any, depth: int) -> int:
+    """An upper bound of ``value``'s length as compact ASCII JSON, checking every limit.
+
+    A fast path for what payloads are made of (exact types first, no encoder call); subclasses
+    of the JSON types are accepted as `json` accepts them.
+
+    Raises:
+        _Refused: naming the problem.
     """
     kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return True
+    if kind is str:
+        if value.isascii():  # constant time in CPython
+            return 6 * len(value) + 2  # each character at most a \u00XX escape
+        if not is_text(value):
+            raise _Refused(_LONE_SURROGATE)
+        return 12 * len(value) + 2  # a surrogate pair of escapes at most
+    if kind is int:
+        if -_INT_LIMIT < value < _INT_LIMIT:
+            return int(value.bit_length()) // 3 + 2
+        raise _Refused(
+            f"holds an integer of {value.bit_length()} bits; at most {MAX_INT_BITS} "
+            "(csjd_core.limits.MAX_INT_BITS: the range of a JSON number read as a double)"
+        )
+    if kind is bool or value is None:
+        return 5
     if kind is float:
-        return math.isfinite(value)
-    if depth > 32:
-        return False
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or not _plain_json(item, depth + 1):
-                return False
-        return True
-    if kind is list:
-        return all(_plain_json(item, depth + 1) for item in value)
-    return False
-
-
-def check_json(value: Any, what: str) -> None:
-    """Raise `InvalidJob` unless ``value`` is JSON-serializable (strict: no NaN)."""
-    if isinstance(value, _SCALARS) or _plain_json(value):
-        return
-    if isinstance(value, float):
         if math.isfinite(value):
-            return
-        raise InvalidJob(f"{what} is not JSON-serializable: {value!r} is not a finite number")
+            return 24
+        raise _Refused(f"is not JSON-serializable: {value!r} is not a finite number")
+    if kind is dict or kind is list or kind is tuple:
+        if depth >= MAX_NESTING:
+            raise _Refused(
+                f"nests lists and objects deeper than {MAX_NESTING} levels "
+                "(csjd_core.limits.MAX_NESTING), or refers to itself"
+            )
+        size = 2 + 2 * len(value)  # brackets, commas and colons
+        if kind is dict:
+            for key, item in value.items():
+                if type(key) is str:
+                    size += _json_size(key, depth) + _json_size(item, depth + 1)
+                else:
+                    size += _key_size(key, depth) + _json_size(item, depth + 1)
+        else:
+            for item in value:
+                size += _json_size(item, depth + 1)
+        return size
+    # Subclasses (StrEnum, IntEnum, OrderedDict...), written by `json` as their base type.
+    if isinstance(value, str):
+        return _json_size(str.__str__(value), depth)
+    if isinstance(value, int):
+        return _json_size(int.__int__(value), depth)
+    if isinstance(value, float):
+        return _json_size(float.__float__(value), depth)
+    if isinstance(value, dict):
+        return _json_size(dict(value.items()), depth)
+    if isinstance(value, list | tuple):
+        return _json_size(list(value), depth)
+    raise _Refused(f"is not JSON-serializable: {kind.__name__} {_brief(value)}")
+
+
+def _key_size(key: Any, depth: int) -> int:
+    """Bound of a non-str object key, which `json` writes as a string (``{1: x}``)."""
+    if isinstance(key, str):
+        return _json_size(str.__str__(key), depth)
+    if isinstance(key, int | float) or key is None:
+        return _json_size(key, depth) + 2
+    raise _Refused(f"is not JSON-serializable: keys must be strings, got {_brief(key)}")
+
+
+def _brief(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages."""
     try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as exc:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not hide the real problem
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_encode_compact = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def check_json(
+    value: Any, what: str, *, max_bytes: int = MAX_JOB_BYTES, limit_name: str = ""
+) -> None:
+    """Raise `InvalidJob` unless ``value`` is JSON that CSJD accepts.
+
+    JSON types only (no NaN or infinity), integers below ``2**MAX_INT_BITS`` in magnitude, text
+    without lone surrogates, nesting at most `MAX_NESTING` deep, and at most ``max_bytes`` as
+    compact JSON. The same rules in every mode, so a job that one mode accepts every mode can
+    store.
+
+    Args:
+        value: the payload, an argument or a result.
+        what: names it in the error ("payload of job 'x'").
+        max_bytes: the size limit; ``limit_name`` names it in the error.
+    """
+    try:
+        if _json_size(value, 0) <= max_bytes:
+            return
+        size = len(_encode_compact(value))  # the bound is loose: measure
+    except _Refused as refused:
+        raise InvalidJob(f"{what} {refused}") from None
+    except (TypeError, ValueError) as exc:  # a subclass's own methods, the encoder
         raise InvalidJob(f"{what} is not JSON-serializable: {exc}") from exc
+    if size > max_bytes:
+        name = limit_name or "csjd_core.limits.MAX_JOB_BYTES"
+        raise InvalidJob(f"{what} is {size} bytes as JSON; at most {max_bytes} ({name})")
+
+
+def check_name(value: Any, what: str, where: str = "") -> None:
+    """Raise `InvalidJob` unless ``value`` can be a job id or type: a non-empty string of at
+    most `MAX_NAME_LENGTH` characters of valid Unicode."""
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH:
+        raise InvalidJob(
+            f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH} characters, "
+            f"got {_brief(value)}{where}"
+        )
+    if not is_text(value):
+        raise InvalidJob(f"{what} {_LONE_SURROGATE}: {_brief(value)}{where}")
 
 
 def validate_job(job: Job) -> None:
-    """The admission checks shared by every mode.
+    """The admission checks shared by every mode (see `csjd_core.limits`).
 
     Raises:
         InvalidJob: naming the field and the problem.
     """
     if not isinstance(job, Job):
         raise InvalidJob(f"expected a Job, got {type(job).__name__}")
-    if not isinstance(job.id, str) or not job.id:
-        raise InvalidJob(f"job id must be a non-empty string, got {job.id!r}")
-    if not isinstance(job.type, str) or not job.type:
-        raise InvalidJob(f"job type must be a non-empty string, got {job.type!r} (id={job.id!r})")
+    check_name(job.id, "job id")
+    check_name(job.type, "job type", f" (id={job.id!r})")
     if job.payload is not None:
         check_json(job.payload, f"payload of job {job.id!r}")
     if job.max_attempts is not None and (
         not isinstance(job.max_attempts, int)
         or isinstance(job.max_attempts, bool)
-        or job.max_attempts < 1
+        or not 1 <= job.max_attempts <= MAX_ATTEMPTS
     ):
-        raise InvalidJob(f"max_attempts must be an int >= 1, got {job.max_attempts!r}")
+        raise InvalidJob(
+            f"max_attempts must be an int >= 1 and at most {MAX_ATTEMPTS} "
+            f"(csjd_core.limits.MAX_ATTEMPTS), got {_brief(job.max_attempts)}"
+        )
     if job.timeout is not None:
-        if isinstance(job.timeout, bool) or not isinstance(job.timeout, int | float | timedelta):
-            raise InvalidJob(f"timeout must be seconds or a timedelta, got {job.timeout!r}")
-        seconds = timeout_seconds(job.timeout)
-        if seconds is None or not seconds > 0 or not math.isfinite(seconds):
+        try:
+            timeout = seconds(job.timeout, "timeout")
+        except ValueError as exc:
+            raise InvalidJob(f"{exc} (job id={job.id!r})") from None
+        if timeout == 0:
             raise InvalidJob(f"timeout must be positive, got {job.timeout!r}")
     if job.run_at is not None:
-        if not isinstance(job.run_at, datetime):
-            raise InvalidJob(f"run_at must be a datetime, got {type(job.run_at).__name__}")
-        if job.run_at.tzinfo is None or job.run_at.utcoffset() is None:
-            raise InvalidJob(
-                f"run_at must be timezone-aware (got naive {job.run_at.isoformat()}); "
-                "use datetime.now(timezone.utc) + timedelta(...)"
-            )
-    if job.queue is not None and (not isinstance(job.queue, str) or not job.queue):
-        raise InvalidJob(f"queue must be a non-empty string or None, got {job.queue!r}")
+        check_run_at(job.run_at)
+    if job.queue is not None:
+        problem = name_problem(job.queue, "queue")
+        if problem is not None:
+            raise InvalidJob(problem)
+
+
+def check_run_at(run_at: Any) -> None:
+    """Raise `InvalidJob` unless ``run_at`` is a timezone-aware datetime at most
+    `MAX_DURATION` ahead."""
+    if not isinstance(run_at, datetime):
+        raise InvalidJob(f"run_at must be a datetime, got {type(run_at).__name__}")
+    if run_at.tzinfo is None or run_at.utcoffset() is None:
+        raise InvalidJob(
+            f"run_at must be timezone-aware (got naive {run_at.isoformat()}); "
+            "use datetime.now(timezone.utc) + timedelta(...)"
+        )
+    if run_at.timestamp() - time.time() > MAX_DURATION:
+        raise InvalidJob(
+            f"run_at {run_at.isoformat()} is more than {MAX_DURATION:.0f} seconds ahead "
+            "(ten years, csjd_core.limits.MAX_DURATION)"
+        )

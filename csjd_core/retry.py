@@ -9,24 +9,35 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
+from csjd_core.limits import MAX_DURATION
+
 __all__ = ["RetryPolicy"]
 
 Jitter = Literal["full", "equal"] | None
 
 
 def seconds(value: float | timedelta, name: str) -> float:
-    """A non-negative finite duration in seconds from a number or `timedelta`.
+    """A duration in seconds from a number or `timedelta`, between 0 and `MAX_DURATION`.
 
     Raises:
-        ValueError: naming ``name`` when the value is negative, infinite or not a number.
+        ValueError: naming ``name`` when the value is negative, not a number, or longer than
+            `MAX_DURATION` (ten years: no wait on it can overflow a timer).
     """
     if isinstance(value, timedelta):
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be seconds (a number or timedelta), got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    try:
+        value = float(value)
+    except OverflowError:  # an int too large for a float
+        value = math.inf
+    if not value >= 0:  # negative or NaN
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if value > MAX_DURATION:
+        raise ValueError(
+            f"{name} must be at most {MAX_DURATION:.0f} seconds (ten years, "
+            f"csjd_core.limits.MAX_DURATION), got {value!r}"
+        )
     return value
 
 

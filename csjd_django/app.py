@@ -49,7 +49,7 @@ class DjangoJobFunction(JobFunction[Any, Any]):
                 self.app.enqueue(job)
             except CSJDError:
                 logger.exception(
-                    "enqueue after commit failed; job not enqueued id=%s type=%s", job.id, job.type
+                    "enqueue after commit failed; job not enqueued id=%r type=%r", job.id, job.type
                 )
 
         transaction.on_commit(enqueue, using=using, robust=True)

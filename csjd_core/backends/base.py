@@ -58,7 +58,8 @@ class AttemptError:
     """Why an attempt failed, in the form backends store (text, never the exception object).
 
     ``kind`` is one of ``"error"``, ``"timeout"``, ``"panic"``, ``"permanent"``,
-    ``"unknown_type"``, ``"invalid_result"``.
+    ``"unknown_type"``, ``"invalid_result"``, ``"internal"`` (the outcome could not be
+    recorded). ``message`` and ``traceback`` are within `csjd_core.limits` and encodable.
     """
 
     kind: str
@@ -123,6 +124,11 @@ class Backend(ABC):
     @abstractmethod
     def fail(self, delivery: Delivery, error: AttemptError) -> bool:
         """Record a terminal failure (dead-letter it). False if fenced out."""
+
+    @abstractmethod
+    def release(self, delivery: Delivery) -> None:
+        """Stop holding an attempt whose outcome could not be recorded at all (the engine's
+        last resort): the job runs again later, within the limits of its attempts."""
 
     def renew(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Extend the lease of running attempts; False where the claim was lost."""

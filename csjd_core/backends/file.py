@@ -374,7 +374,7 @@ class FileJobStore(MemoryBackend):
                 entry.error = crash
                 if entry.attempts >= entry.max_attempts:
                     logger.error(
-                        "job failed: crashed on every attempt id=%s type=%s attempts=%d",
+                        "job failed: crashed on every attempt id=%r type=%r attempts=%d",
                         entry.job.id,
                         entry.job.type,
                         entry.attempts,
@@ -443,7 +443,7 @@ class FileJobStore(MemoryBackend):
         except (StoreFailed, JobStoreLocked) as exc:
             logger.error(
                 "could not record an attempt start; a crash during it will not count "
-                "id=%s error=%s",
+                "id=%r error=%s",
                 entry.job.id,
                 exc,
             )
@@ -495,6 +495,13 @@ class FileJobStore(MemoryBackend):
         """Schedule the next attempt (fenced); its record is in the log when this returns."""
         try:
             return super().retry(delivery, error, delay)
+        finally:
+            self._flush_progress()
+
+    def release(self, delivery: Delivery) -> None:
+        """Requeue or fail the job (see `MemoryBackend.release`), durably."""
+        try:
+            super().release(delivery)
         finally:
             self._flush_progress()
 

@@ -387,6 +387,22 @@ class MemoryBackend(Backend):
                 self._cond.notify_all()
         return True
 
+    def release(self, delivery: Delivery) -> None:
+        """Requeue the job (fenced): ready again while attempts remain, else failed."""
+        with self._lock:
+            entry = self._owns(delivery)
+            if entry is None:
+                return
+            delivery.token = None
+            if entry.attempts < entry.max_attempts:
+                entry.state = _QUEUED
+                self._ready.append(entry)
+                if self._waiters:
+                    self._cond.notify()
+            else:
+                entry.error = "the outcome of its last attempt could not be recorded"
+                self._finish(entry, _FAILED)
+
     def _finish(self, entry: Entry, state: JobState) -> None:
         """Move an entry from unfinished to the retained results (atomic steps only)."""
         entry.state = state

@@ -771,7 +771,7 @@ class RedisStreamsBackend(Backend):
 
     def _poison(self, keys: QueueKeys, entry_id: str, job_id: str, data: str, reason: str) -> None:
         logger.error(
-            "poison entry dead-lettered queue=%s entry=%s id=%s reason=%s",
+            "poison entry dead-lettered queue=%s entry=%s id=%r reason=%s",
             keys.name,
             entry_id,
             job_id,
@@ -807,14 +807,14 @@ class RedisStreamsBackend(Backend):
                 if time.monotonic() >= deadline:
                     logger.error(
                         "could not record an outcome before the lease ran out; the job "
-                        "will be reclaimed and may run again id=%s error=%s",
+                        "will be reclaimed and may run again id=%r error=%s",
                         delivery.job.id,
                         exc,
                     )
                     ok = False
                     break
                 logger.warning(
-                    "redis unreachable while recording an outcome; retrying id=%s error=%s",
+                    "redis unreachable while recording an outcome; retrying id=%r error=%s",
                     delivery.job.id,
                     exc,
                 )
@@ -823,7 +823,7 @@ class RedisStreamsBackend(Backend):
                 # NOGROUP after a restart without persistence, or any refusal: the entry is not
                 # ours to ack any more. Raising would kill the engine's worker thread.
                 logger.error(
-                    "could not record an outcome; the attempt lost its claim id=%s error=%s",
+                    "could not record an outcome; the attempt lost its claim id=%r error=%s",
                     delivery.job.id,
                     exc,
                 )
@@ -876,6 +876,16 @@ class RedisStreamsBackend(Backend):
         settings = self._settings
         if settings is not None and settings.on_lost_claim is not None:
             settings.on_lost_claim(delivery)
+
+    def release(self, delivery: Delivery) -> None:
+        """Stop renewing the entry's lease: any consumer's reclaimer takes it after the lease
+        (a delivery counted against ``max_deliveries``)."""
+        self._forget(delivery)
+        logger.error(
+            "attempt released without an outcome; reclaimed after the lease id=%r entry=%s",
+            delivery.job.id,
+            delivery.ref[1],
+        )
 
     def succeed(self, delivery: Delivery, result: Any) -> bool:
         """Ack with the JSON result (fenced, group-committed)."""
@@ -1044,7 +1054,7 @@ class RedisStreamsBackend(Backend):
             for delivery, ok in zip(owned, self.renew(owned), strict=True):
                 if not ok:
                     logger.warning(
-                        "lease lost; the outcome of this attempt will be refused id=%s entry=%s",
+                        "lease lost; the outcome of this attempt will be refused id=%r entry=%s",
                         delivery.job.id,
                         delivery.ref[1],
                     )
@@ -1082,7 +1092,7 @@ class RedisStreamsBackend(Backend):
                 for job_id in dead:
                     logger.error(
                         "job dead-lettered: delivered max_deliveries=%d times without "
-                        "an outcome queue=%s id=%s",
+                        "an outcome queue=%s id=%r",
                         self.config.max_deliveries,
                         keys.name,
                         _text(job_id),

@@ -16,6 +16,7 @@ from csjd_core.engine.registry import HandlerFn, HandlerRegistry
 from csjd_core.errors import CSJDError, DispatcherClosed, InvalidJob, UnknownJobType
 from csjd_core.hooks import HookRunner
 from csjd_core.job import Job, JobStatus, validate_job
+from csjd_core.limits import DEFAULT_MAX_RESULT_BYTES
 from csjd_core.metrics import Counters, MetricsSnapshot, StopReport
 from csjd_core.retry import RetryPolicy, seconds
 
@@ -50,6 +51,7 @@ class BaseDispatcher:
         hooks: Sequence[object],
         result_ttl: float,
         max_results: int,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         registry: HandlerRegistry | None = None,
     ) -> None:
         self._backend = backend
@@ -62,6 +64,7 @@ class BaseDispatcher:
             workers=workers,
             max_detached=max_detached_handlers,
             default_timeout=default_timeout,
+            max_result_bytes=max_result_bytes,
             retry=retry,
             hooks=self._hooks,
             counters=self._counters,
@@ -316,7 +319,7 @@ class BaseDispatcher:
             else:
                 abandoned = len(left)
                 for job in left:
-                    logger.warning("job abandoned at stop id=%s type=%s", job.id, job.type)
+                    logger.warning("job abandoned at stop id=%r type=%r", job.id, job.type)
         report = StopReport(
             finished=self._counters.snapshot().processed - before,
             abandoned=abandoned,

@@ -8,16 +8,16 @@ import os
 import socket
 import threading
 import time
-import traceback
 from typing import Any
 
 from csjd_core.backends.base import AttemptError, Backend, Delivery
 from csjd_core.context import JobContext
 from csjd_core.engine.registry import HandlerRegistry
 from csjd_core.engine.watchdog import Attempt, Watchdog
-from csjd_core.errors import InvalidJob, PermanentError
+from csjd_core.errors import InvalidJob, PermanentError, describe_error, format_traceback
 from csjd_core.hooks import HookRunner
 from csjd_core.job import check_json, timeout_seconds
+from csjd_core.limits import MAX_ERROR_TEXT, clip_text
 from csjd_core.metrics import Counters, Tally
 from csjd_core.retry import RetryPolicy
 
@@ -25,15 +25,8 @@ __all__ = ["Engine"]
 
 logger = logging.getLogger("csjd_core.engine")
 
-_MAX_TRACEBACK = 8_000
 _IDLE_POLL = 1.0  # seconds an idle worker blocks in fetch before re-checking for stop
-_TERMINAL_KINDS = frozenset({"permanent", "unknown_type", "invalid_result"})
-
-
-def format_traceback(exc: BaseException) -> str:
-    """The exception's traceback as text, keeping the end if it is long."""
-    text = "".join(traceback.format_exception(exc))
-    return text if len(text) <= _MAX_TRACEBACK else "...\n" + text[-_MAX_TRACEBACK:]
+_TERMINAL_KINDS = frozenset({"permanent", "unknown_type", "invalid_result", "internal"})
 
 
 class Worker:
@@ -84,6 +77,7 @@ class Engine:
         workers: int,
         max_detached: int,
         default_timeout: float | None,
+        max_result_bytes: int,
         retry: RetryPolicy,
         hooks: HookRunner,
         counters: Counters,
@@ -93,6 +87,7 @@ class Engine:
         self.workers = workers
         self.max_detached = max_detached
         self.default_timeout = default_timeout
+        self.max_result_bytes = max_result_bytes
         self.retry_policy = retry
         self.hooks = hooks
         self.counters = counters
@@ -194,15 +189,7 @@ class Engine:
                     continue
                 worker.busy = True
                 try:
-                    self.run_attempt(delivery, worker)
-                except Exception:
-                    # Recording the outcome failed: the job stays unfinished in the backend
-                    # (reclaimed after its lease in Redis, requeued by the store on restart).
-                    logger.exception(
-                        "could not record an outcome; the job stays unfinished id=%s type=%s",
-                        delivery.job.id,
-                        delivery.job.type,
-                    )
+                    self.attempt(delivery, worker)
                 finally:
                     worker.busy = False
                 if self._joiners:
@@ -217,6 +204,39 @@ class Engine:
                     self.live_detached -= 1
             if hooks.active:
                 hooks.call("worker_stopped", worker.id)
+
+    def attempt(self, delivery: Delivery, worker: Worker) -> None:
+        """`run_attempt`, and if its outcome cannot be recorded, fail the job (or, failing
+        that, release the delivery): a delivery is never kept without an outcome."""
+        try:
+            self.run_attempt(delivery, worker)
+        except Exception as exc:
+            self._unrecorded(delivery, exc, worker.tally)
+
+    def _unrecorded(self, delivery: Delivery, exc: Exception, tally: Tally) -> None:
+        job = delivery.job
+        logger.exception(
+            "could not record the outcome of an attempt; failing the job id=%r type=%r "
+            "attempt=%d",
+            job.id,
+            job.type,
+            delivery.attempt,
+        )
+        error = AttemptError(
+            "internal",
+            f"the outcome of attempt {delivery.attempt} could not be recorded: "
+            + describe_error(exc),
+            format_traceback(exc),
+        )
+        try:
+            self._record_failure(delivery, error, None, tally)
+            return
+        except Exception:
+            logger.exception("could not fail the job either; releasing it id=%r", job.id)
+        try:
+            self.backend.release(delivery)
+        except Exception:
+            logger.exception("could not release the job id=%r", job.id)
 
     def run_attempt(self, delivery: Delivery, worker: Worker) -> None:
         """Run one attempt and record its outcome (unless it was detached meanwhile)."""
@@ -266,7 +286,7 @@ class Engine:
             with self.counters.lock:
                 if attempt.settled:  # detached: its outcome was already recorded
                     logger.warning(
-                        "detached handler finished; result discarded job id=%s type=%s attempt=%d",
+                        "detached handler finished; result discarded job id=%r type=%r attempt=%d",
                         job.id,
                         job.type,
                         delivery.attempt,
@@ -276,7 +296,12 @@ class Engine:
         if error is None and not ctx.timed_out:
             if result is not None:
                 try:
-                    check_json(result, f"return value of job {job.id!r}")
+                    check_json(
+                        result,
+                        f"return value of job {job.id!r}",
+                        max_bytes=self.max_result_bytes,
+                        limit_name=f"max_result_bytes={self.max_result_bytes}",
+                    )
                 except InvalidJob as exc:
                     self._record_failure(
                         delivery, AttemptError("invalid_result", str(exc)), None, worker.tally
@@ -294,18 +319,23 @@ class Engine:
         self._record_failure(delivery, self._classify(error, ctx), error, worker.tally)
 
     def _classify(self, error: BaseException | None, ctx: JobContext) -> AttemptError:
+        """What an attempt's error is, as text that never fails to build (see
+        `describe_error`) and never exceeds the limits."""
         if isinstance(error, PermanentError):
-            return AttemptError("permanent", str(error), format_traceback(error))
+            text = error.args[0] if error.args and isinstance(error.args[0], str) else ""
+            return AttemptError(
+                "permanent", clip_text(text) or describe_error(error), format_traceback(error)
+            )
         if ctx.timed_out:
             message = f"attempt {ctx.attempt} timed out"
             if error is not None and not isinstance(error, asyncio.CancelledError):
-                message += f" ({type(error).__name__}: {error})"
+                message += f" ({describe_error(error)})"
             return AttemptError(
                 "timeout", message, format_traceback(error) if error is not None else None
             )
         assert error is not None
         kind = "error" if isinstance(error, Exception) else "panic"
-        return AttemptError(kind, f"{type(error).__name__}: {error}", format_traceback(error))
+        return AttemptError(kind, describe_error(error), format_traceback(error))
 
     # -- outcomes (also used by the watchdog when it detaches) -----------------------------
     def _record_failure(
@@ -318,18 +348,24 @@ class Engine:
         job = delivery.job
         panic = error.kind == "panic"
         terminal = error.kind in _TERMINAL_KINDS or delivery.attempt >= delivery.max_attempts
+        # The exception itself (for log handlers such as Sentry's) unless its text had to be
+        # clipped: then the clipped traceback, so one huge message cannot flood the logs.
+        clipped = exc is not None and len(error.message) > MAX_ERROR_TEXT
+        trace = f"\n{error.traceback}" if clipped and error.traceback else ""
+        exc_info = None if clipped else exc
         if terminal:
             ok = self.backend.fail(delivery, error)
             if ok:
                 logger.error(
-                    "job failed id=%s type=%s attempt=%d/%d kind=%s error=%s",
+                    "job failed id=%r type=%r attempt=%d/%d kind=%s error=%s%s",
                     job.id,
                     job.type,
                     delivery.attempt,
                     delivery.max_attempts,
                     error.kind,
                     error.message,
-                    exc_info=exc,
+                    trace,
+                    exc_info=exc_info,
                 )
         else:
             delay = self.retry_policy.delay(delivery.attempt)
@@ -337,7 +373,7 @@ class Engine:
             if ok:
                 log = logger.error if panic else logger.warning
                 log(
-                    "job retry id=%s type=%s attempt=%d/%d kind=%s delay=%.3f error=%s",
+                    "job retry id=%r type=%r attempt=%d/%d kind=%s delay=%.3f error=%s%s",
                     job.id,
                     job.type,
                     delivery.attempt,
@@ -345,7 +381,8 @@ class Engine:
                     error.kind,
                     delay,
                     error.message,
-                    exc_info=exc,
+                    trace,
+                    exc_info=exc_info,
                 )
         if not ok:
             self._lost_claim(delivery)
@@ -386,7 +423,7 @@ class Engine:
 
     def _lost_claim(self, delivery: Delivery) -> None:
         logger.warning(
-            "attempt lost its claim; outcome discarded id=%s type=%s attempt=%d",
+            "attempt lost its claim; outcome discarded id=%r type=%r attempt=%d",
             delivery.job.id,
             delivery.job.type,
             delivery.attempt,
@@ -414,7 +451,7 @@ class Engine:
             self.counters.detached += 1
         job = attempt.delivery.job
         logger.warning(
-            "handler ignored its timeout; detached id=%s type=%s attempt=%d worker=%s",
+            "handler ignored its timeout; detached id=%r type=%r attempt=%d worker=%s",
             job.id,
             job.type,
             attempt.delivery.attempt,

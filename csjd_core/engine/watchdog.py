@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 #: Seconds after the deadline before a handler that ignores cancellation is detached.
 DETACH_GRACE = 0.1
 
+#: Longest single wait of the watchdog (seconds): far below ``threading.TIMEOUT_MAX``.
+_MAX_WAIT = 60.0
+
 
 class Attempt:
     """A running attempt that has a deadline."""
@@ -85,35 +88,47 @@ class Watchdog:
             thread.join(timeout=5)
 
     def _run(self) -> None:
-        heap = self._heap
+        # Nothing may end this thread but stop(): every later timeout of the process depends
+        # on it. Deadlines are bounded at admission (MAX_DURATION); the wait is clamped anyway.
         while True:
-            overruns: list[Attempt] = []
-            with self._cond:
-                while not self._stopped:
-                    now = time.monotonic()
-                    if heap and heap[0][0] <= now:
-                        break
-                    self._cond.wait(heap[0][0] - now if heap else None)
-                if self._stopped:
+            try:
+                if not self._cycle():
                     return
+            except Exception:
+                logger.exception("watchdog cycle failed; carrying on")
+                time.sleep(0.05)  # whatever failed, never a hot loop
+
+    def _cycle(self) -> bool:
+        """Wait for the next deadline, fire what is due. Returns False once stopped."""
+        heap = self._heap
+        overruns: list[Attempt] = []
+        with self._cond:
+            while not self._stopped:
                 now = time.monotonic()
-                while heap and heap[0][0] <= now:
-                    _, _, phase, attempt = heapq.heappop(heap)
-                    if attempt.done or attempt.settled:
-                        continue
-                    if phase == 0:
-                        attempt.cancel()
-                        heapq.heappush(heap, (now + DETACH_GRACE, next(self._seq), 1, attempt))
-                    else:
-                        overruns.append(attempt)
-            for attempt in overruns:
-                try:
-                    recheck = self._on_overrun(attempt)
-                except Exception:
-                    logger.exception("detach failed job id=%s", attempt.delivery.job.id)
-                    recheck = False
-                if recheck:
-                    with self._cond:
-                        heapq.heappush(
-                            heap, (time.monotonic() + DETACH_GRACE, next(self._seq), 1, attempt)
-                        )
+                if heap and heap[0][0] <= now:
+                    break
+                self._cond.wait(min(heap[0][0] - now, _MAX_WAIT) if heap else _MAX_WAIT)
+            if self._stopped:
+                return False
+            now = time.monotonic()
+            while heap and heap[0][0] <= now:
+                _, _, phase, attempt = heapq.heappop(heap)
+                if attempt.done or attempt.settled:
+                    continue
+                if phase == 0:
+                    attempt.cancel()
+                    heapq.heappush(heap, (now + DETACH_GRACE, next(self._seq), 1, attempt))
+                else:
+                    overruns.append(attempt)
+        for attempt in overruns:
+            try:
+                recheck = self._on_overrun(attempt)
+            except Exception:
+                logger.exception("detach failed job id=%r", attempt.delivery.job.id)
+                recheck = False
+            if recheck:
+                with self._cond:
+                    heapq.heappush(
+                        heap, (time.monotonic() + DETACH_GRACE, next(self._seq), 1, attempt)
+                    )
+        return True

@@ -522,7 +522,7 @@ def test_metrics_are_final_when_join_returns(harness: Harness) -> None:
         failure, before the worker counted it."""
 
         def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("job failed id=doomed"):
+            if record.getMessage().startswith("job failed id='doomed'"):
                 in_window.set()
                 joined.wait(1.0)
 
@@ -811,9 +811,9 @@ def test_stop_abandons_scheduled_jobs_and_logs_each(
     )
     abandoned = [r for r in caplog.records if "abandoned" in r.getMessage()]
     assert sorted(r.getMessage() for r in abandoned) == [
-        "job abandoned at stop id=future-1 type=t",
-        "job abandoned at stop id=future-2 type=t",
-        "job abandoned at stop id=retry-wait type=fail",
+        "job abandoned at stop id='future-1' type='t'",
+        "job abandoned at stop id='future-2' type='t'",
+        "job abandoned at stop id='retry-wait' type='fail'",
     ]
     assert all(r.levelno == logging.WARNING for r in abandoned)
 

@@ -100,7 +100,7 @@ def test_failed_attempts_are_retried_until_success(
     settle(d, processed=3, retried=2, succeeded=1, failed=0, panics=0)
     retries = [r for r in caplog.records if r.getMessage().startswith("job retry")]
     assert [r.levelno for r in retries] == [logging.WARNING] * 2
-    assert "id=f type=t attempt=1/3 kind=error" in retries[0].getMessage()
+    assert "id='f' type='t' attempt=1/3 kind=error" in retries[0].getMessage()
     assert "ConnectionError: attempt 1 failed" in retries[0].getMessage()
 
 
@@ -447,7 +447,7 @@ def test_a_hung_handler_is_detached_and_its_slot_refilled(
     wait_until(
         lambda: len(csjd_threads() - before) <= 2, DEADLINE, message="detached thread never exited"
     )
-    detach_logs = [r for r in caplog.records if "detached id=hung" in r.getMessage()]
+    detach_logs = [r for r in caplog.records if "detached id='hung'" in r.getMessage()]
     assert len(detach_logs) == 1
     assert detach_logs[0].levelno == logging.WARNING
 

@@ -75,7 +75,7 @@ def test_payload_must_be_json(payload: Any) -> None:
 def test_circular_payload_is_invalid() -> None:
     loop: list[Any] = []
     loop.append(loop)
-    with pytest.raises(InvalidJob, match="not JSON-serializable"):
+    with pytest.raises(InvalidJob, match="refers to itself"):
         validate_job(Job("j", "t", loop))
 
 
@@ -92,7 +92,7 @@ def test_absurdly_deep_payload_is_invalid_not_a_crash() -> None:
         try:
             validate_job(Job("j", "t", deep))
         except InvalidJob as exc:
-            print("invalid:", "not JSON-serializable" in str(exc))
+            print("invalid:", "deeper than 64 levels" in str(exc))
         """
     )
     result = subprocess.run(
@@ -138,7 +138,7 @@ def test_timeout_accepts_seconds_and_timedelta() -> None:
 
 @pytest.mark.parametrize("bad", ["", 5])
 def test_queue_must_be_a_non_empty_string_or_none(bad: Any) -> None:
-    with pytest.raises(InvalidJob, match="queue must be a non-empty string"):
+    with pytest.raises(InvalidJob, match="queue must be 1 to 200 letters"):
         validate_job(Job("j", "t", queue=bad))
 
 
@@ -229,7 +229,8 @@ json_values = st.recursive(
 @given(
     payload=json_values,
     stamp=st.datetimes(
-        min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+        # run_at at most ten years ahead (MAX_DURATION)
+        min_value=datetime(1971, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)
     ),
     timeout=st.none() | st.floats(min_value=1e-3, max_value=1e6),
     attempts=st.none() | st.integers(min_value=1, max_value=1000),

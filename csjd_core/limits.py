@@ -1,0 +1,121 @@
+"""Every limit CSJD enforces, in one place: what admission refuses and what records keep.
+
+A value past a limit is refused where it enters (`InvalidJob` at admission, `ValueError` /
+``SettingsError`` in a configuration) with a message naming the limit, so that no value a
+producer chose can kill a background thread, poison a batch or grow a record without bound.
+docs/limits.md lists them with the errors a user sees.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+__all__ = [
+    "DEFAULT_MAX_DEAD_LETTERS",
+    "DEFAULT_MAX_RESULT_BYTES",
+    "MAX_ATTEMPTS",
+    "MAX_DURATION",
+    "MAX_ERROR_TEXT",
+    "MAX_INT_BITS",
+    "MAX_JOB_BYTES",
+    "MAX_NAME_LENGTH",
+    "MAX_NESTING",
+    "MAX_TRACEBACK",
+    "MAX_WORKERS",
+    "NAME_PATTERN",
+    "clip_text",
+    "clip_traceback",
+    "is_name",
+    "is_text",
+    "name_problem",
+]
+
+#: Longest duration in seconds anywhere one is accepted: timeouts, countdowns, how far ahead an
+#: ``eta`` may be, retry delays, leases, intervals, TTLs (ten years). Far below
+#: ``threading.TIMEOUT_MAX``, so a wait on any of them can never overflow.
+MAX_DURATION = min(10 * 365 * 24 * 3600.0, threading.TIMEOUT_MAX / 4)
+
+#: Most attempts a job may be given (``max_attempts``, ``default_max_attempts``).
+MAX_ATTEMPTS = 10_000
+
+#: Most worker threads (or read-ahead entries) one process may have: a typo such as
+#: ``workers=100000`` is refused at start-up, not by the system halfway through spawning them.
+MAX_WORKERS = 1024
+
+#: Deepest nesting of lists and objects in a payload or a result.
+MAX_NESTING = 64
+
+#: Integers in payloads and results stay below ``2**MAX_INT_BITS`` in magnitude: the range of a
+#: JSON number read as a double, so every reader of the JSON gets a finite number back.
+MAX_INT_BITS = 1024
+
+#: Largest job (id, type and payload as JSON) in any mode; also the file store's record limit.
+MAX_JOB_BYTES = 64 * 1024 * 1024
+
+#: Longest job id, job type or queue name (characters).
+MAX_NAME_LENGTH = 1024
+
+#: Error messages kept in a status, a log line or a dead letter (characters; the start is kept).
+MAX_ERROR_TEXT = 4_000
+
+#: Tracebacks kept in a status or a dead letter (characters; the end is kept).
+MAX_TRACEBACK = 8_000
+
+#: Default ``max_result_bytes``: the largest return value kept, as JSON.
+DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
+
+#: Default ``max_dead_letters``: dead letters kept per queue (Redis ``XADD MAXLEN ~``).
+DEFAULT_MAX_DEAD_LETTERS = 10_000
+
+#: Queue names, stream prefixes, group and consumer names: they become parts of Redis keys, so
+#: no braces (a Cluster hash tag), no whitespace or control characters.
+NAME_PATTERN = re.compile(r"[\w.:@/+-]{1,200}")
+
+
+def is_text(value: str) -> bool:
+    """True if ``value`` encodes as UTF-8 (no lone surrogates such as ``os.fsdecode`` makes)."""
+    if value.isascii():  # constant time in CPython
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_name(value: object) -> bool:
+    """True if ``value`` may name a queue, a stream prefix, a group or a consumer."""
+    return isinstance(value, str) and NAME_PATTERN.fullmatch(value) is not None
+
+
+def name_problem(value: object, what: str) -> str | None:
+    """Why ``value`` cannot name a queue (or prefix, group, consumer), or None if it can."""
+    if is_name(value):
+        return None
+    return (
+        f"{what} must be 1 to 200 letters, digits or '_.:@/+-' (no braces, spaces or control "
+        f"characters: names become parts of Redis keys), got {value!r}"
+    )
+
+
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates spelled out (``\\udcff``): safe to encode anywhere."""
+    if is_text(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def clip_text(text: str, limit: int = MAX_ERROR_TEXT) -> str:
+    """``text`` cut to ``limit`` characters (keeping the start) and made encodable."""
+    if len(text) > limit:
+        text = f"{text[:limit]}... [{len(text) - limit} more characters]"
+    return _printable(text)
+
+
+def clip_traceback(text: str, limit: int = MAX_TRACEBACK) -> str:
+    """A traceback cut to its last ``limit`` characters (the innermost frames and the error)
+    and made encodable."""
+    if len(text) > limit:
+        text = "...\n" + text[-limit:]
+    return _printable(text)
