@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import random
+import re
 import socket
 import threading
 import time
@@ -40,6 +41,7 @@ from csjd_core.job import (
     utc_from_timestamp,
     validate_job,
 )
+from csjd_core.limits import clip_text, clip_traceback, name_problem
 from csjd_core.retry import seconds
 
 __all__ = ["QueueKeys", "RedisStreamsBackend"]
@@ -47,7 +49,6 @@ __all__ = ["QueueKeys", "RedisStreamsBackend"]
 logger = logging.getLogger("csjd_core.redis")
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
-_MAX_TRACEBACK = 4_000
 _RELEASE_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
 _NO_RECORD = "no job record: the entry was not written by CSJD's enqueue"
 _SCRIPTS = (
@@ -62,6 +63,10 @@ _SCRIPTS = (
     "delete_consumer",
     "requeue_dead",
 )
+
+
+class _NotSent(redis.ConnectionError):
+    """No connection could be made: the command was never sent (so it certainly did not run)."""
 
 
 class QueueKeys:
@@ -79,6 +84,9 @@ class QueueKeys:
     )
 
     def __init__(self, prefix: str, name: str) -> None:
+        problem = name_problem(name, "queue")
+        if problem is not None:  # the one place keys are built from a name: refuse it here
+            raise InvalidJob(problem)
         base = f"{prefix}:{{{name}}}"
         self.name = name
         self.stream = base
@@ -106,7 +114,9 @@ def _text(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """One dead-lettered job."""
+    """One dead-lettered job. ``damaged`` says what is wrong with a letter whose fields could not
+    all be read (``attempts`` / ``failed_at`` are then ``None``); it can still be requeued or
+    deleted."""
 
     entry_id: str
     queue: str
@@ -114,10 +124,11 @@ class DeadLetter:
     type: str | None
     error: str
     reason: str
-    attempts: int
-    failed_at: float
+    attempts: int | None
+    failed_at: float | None
     traceback: str
     data: str
+    damaged: str | None = None
 
 
 class _Settler:
@@ -185,6 +196,9 @@ class RedisStreamsBackend(Backend):
         self._reader_waiting = False
         self._maint_wake = threading.Event()
         self._owned: dict[str, Delivery] = {}  # entry id -> delivery, read but not settled
+        # Entries of `_owned` whose outcome is on its way (a renewal refused for one of them
+        # means it was settled meanwhile, not that its lease was lost).
+        self._settling: set[str] = set()
         self._consuming = False
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -278,7 +292,10 @@ class RedisStreamsBackend(Backend):
         """
         pool = self.client.connection_pool  # registers the scripts on first use
         command = self._evalsha(name, keys, args)
-        conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
+        try:
+            conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
+        except _REDIS_DOWN as exc:
+            raise _NotSent(str(exc)) from exc
         try:
             conn.send_packed_command(conn.pack_command(*command))
             try:
@@ -417,6 +434,11 @@ class RedisStreamsBackend(Backend):
             reply = self._script(
                 "enqueue", [keys.stream, keys.delayed, keys.pending, *job_keys], args
             )
+        except _NotSent as exc:
+            raise BackendUnavailable(
+                f"Redis at {self.redis_config.display} unreachable ({exc}); the job was not "
+                "enqueued"
+            ) from exc
         except _REDIS_DOWN as exc:
             raise BackendUnavailable(
                 f"Redis at {self.redis_config.display} unavailable while enqueuing ({exc}); the "
@@ -695,7 +717,10 @@ class RedisStreamsBackend(Backend):
         return self._settings.default_max_attempts if self._settings else 3
 
     def _accept_started(self, keys: QueueKeys, flat: list[Any]) -> None:
-        """Deliveries from read_start.lua's reply (entry, job id, data, attempts per entry)."""
+        """Deliveries from read_start.lua's reply (entry, job id, data, attempts per entry).
+
+        Entry by entry: one that cannot be taken is dead-lettered alone, its batch-mates run.
+        """
         default_attempts = self._default_attempts()
         fresh: list[Delivery] = []
         for i in range(0, len(flat), 4):
@@ -737,6 +762,7 @@ class RedisStreamsBackend(Backend):
     def _decode(
         self, raw_id: bytes | None, raw: bytes | None
     ) -> tuple[Job | None, str, str | None]:
+        """(job, data, None), or (None, data, why it is poison). Never raises."""
         if raw_id is None or raw is None:
             missing = b"id" if raw_id is None else b"d"
             return None, "", f"malformed entry: missing field {missing!r}"
@@ -764,9 +790,11 @@ class RedisStreamsBackend(Backend):
                 timeout=d.get("timeout"),
                 queue=d.get("queue"),
             )
-            validate_job(job)
-        except (ValueError, KeyError, TypeError, InvalidJob) as exc:
-            return None, data, f"malformed entry: {exc!r}"
+            validate_job(job)  # the admission limits: what a producer could not submit
+        except InvalidJob as exc:
+            return None, data, f"malformed entry: {clip_text(str(exc), 500)}"
+        except Exception as exc:  # RecursionError, AttributeError...: never the batch's fault
+            return None, data, f"malformed entry: {clip_text(repr(exc), 500)}"
         return job, data, None
 
     def _poison(self, keys: QueueKeys, entry_id: str, job_id: str, data: str, reason: str) -> None:
@@ -797,6 +825,7 @@ class RedisStreamsBackend(Backend):
     def _settle_sync(self, delivery: Delivery, op: dict[str, Any]) -> bool:
         """Record one outcome now (group-committed with other workers'); retried until the lease
         runs out while Redis is unreachable."""
+        self._settling.add(delivery.ref[1])
         deadline = time.monotonic() + self._lease
         backoff = _Backoff()
         while True:
@@ -833,10 +862,14 @@ class RedisStreamsBackend(Backend):
         return ok
 
     def _forget(self, delivery: Delivery) -> None:
+        entry = delivery.ref[1]
         with self._lock:
             # Only this attempt: a newer attempt of the same entry (claimed back) keeps renewing.
-            if self._owned.get(delivery.ref[1]) is delivery:
-                del self._owned[delivery.ref[1]]
+            current = self._owned.get(entry)
+            if current is delivery:
+                del self._owned[entry]
+            if current is delivery or current is None:
+                self._settling.discard(entry)
         self._ring()
 
     def succeed_nowait(self, delivery: Delivery, result: Any) -> bool | None:
@@ -846,6 +879,7 @@ class RedisStreamsBackend(Backend):
         with self._lock:
             queued = self._pipelining
             if queued:
+                self._settling.add(delivery.ref[1])
                 self._acks.append((delivery, op))
         if queued:
             self._ring()
@@ -895,26 +929,14 @@ class RedisStreamsBackend(Backend):
         """Ack and park the job in the delayed set for ``delay`` seconds (one atomic step)."""
         return self._settle_sync(
             delivery,
-            _op(
-                delivery,
-                "retry",
-                err=error.message,
-                tb=_traceback(error),
-                delay=delay * 1000,
-            ),
+            _op(delivery, "retry", delay=delay * 1000, **_error_fields(error)),
         )
 
     def fail(self, delivery: Delivery, error: AttemptError) -> bool:
         """Ack and dead-letter the job (one atomic step)."""
         return self._settle_sync(
             delivery,
-            _op(
-                delivery,
-                "dead",
-                err=error.message,
-                reason=error.kind,
-                tb=_traceback(error),
-            ),
+            _op(delivery, "dead", reason=error.kind, **_error_fields(error)),
         )
 
     def _settle_keys(self, keys: QueueKeys) -> list[str]:
@@ -931,6 +953,7 @@ class RedisStreamsBackend(Backend):
             self.consumer,
             keys.job_prefix,
             self._ttl_ms,
+            self.config.max_dead_letters,
             json.dumps([ops[i] for i in other], separators=(",", ":")),
         ]
         if ok:
@@ -1052,12 +1075,19 @@ class RedisStreamsBackend(Backend):
             owned = list(self._owned.values())
         if owned:
             for delivery, ok in zip(owned, self.renew(owned), strict=True):
-                if not ok:
+                if not ok and self._holds(delivery):
                     logger.warning(
                         "lease lost; the outcome of this attempt will be refused id=%r entry=%s",
                         delivery.job.id,
                         delivery.ref[1],
                     )
+
+    def _holds(self, delivery: Delivery) -> bool:
+        """True while ``delivery`` is held and no outcome for it is on its way: a renewal
+        refused then means the lease was lost, not that the entry was settled meanwhile."""
+        entry = delivery.ref[1]
+        with self._lock:
+            return self._owned.get(entry) is delivery and entry not in self._settling
 
     def _reclaim(self) -> None:
         lease_ms = int(self._lease * 1000)
@@ -1079,6 +1109,7 @@ class RedisStreamsBackend(Backend):
                         cursor,
                         keys.job_prefix,
                         self._ttl_ms,
+                        self.config.max_dead_letters,
                     ],
                 )
                 if deleted:
@@ -1190,6 +1221,7 @@ class RedisStreamsBackend(Backend):
                 "in_flight": in_flight,
                 "scheduled": int(client.zcard(keys.delayed)),
                 "dead": int(client.xlen(keys.dead)),
+                "max_dead_letters": self.config.max_dead_letters,
                 "unfinished": int(client.get(keys.pending) or 0),
                 "consumers": consumers,
                 "counters": counters,
@@ -1200,29 +1232,10 @@ class RedisStreamsBackend(Backend):
     def dead_letters(self, queue: str | None = None, count: int = 100) -> list[DeadLetter]:
         """The oldest ``count`` dead letters of ``queue``."""
         keys = self.keys_for(queue)
-        letters = []
-        for raw_id, raw in self.client.xrange(keys.dead, count=count) or []:
-            f = {_text(k): _text(v) for k, v in (raw or {}).items()}
-            try:
-                job_type = json.loads(f.get("d") or "null")
-                job_type = job_type.get("type") if isinstance(job_type, dict) else None
-            except ValueError:
-                job_type = None
-            letters.append(
-                DeadLetter(
-                    entry_id=_text(raw_id),
-                    queue=keys.name,
-                    job_id=f.get("id", ""),
-                    type=job_type,
-                    error=f.get("error", ""),
-                    reason=f.get("reason", ""),
-                    attempts=int(f.get("attempts") or 0),
-                    failed_at=int(f.get("failed_at") or 0) / 1000,
-                    traceback=f.get("traceback", ""),
-                    data=f.get("d", ""),
-                )
-            )
-        return letters
+        return [
+            _dead_letter(keys.name, _text(raw_id), raw)
+            for raw_id, raw in self.client.xrange(keys.dead, count=count) or []
+        ]
 
     def requeue_dead(self, entry_id: str, queue: str | None = None) -> bool:
         """Put one dead letter back on its queue as a fresh job.
@@ -1232,6 +1245,7 @@ class RedisStreamsBackend(Backend):
             InvalidJob: the dead letter has no job id or data (a poison entry).
         """
         keys = self.keys_for(queue)
+        _check_entry_id(entry_id)
         rows = self.client.xrange(keys.dead, entry_id, entry_id)
         if not rows:
             return False
@@ -1249,7 +1263,9 @@ class RedisStreamsBackend(Backend):
 
     def delete_dead(self, entry_id: str, queue: str | None = None) -> bool:
         """Delete one dead letter; False if there was no such entry."""
-        return bool(self.client.xdel(self.keys_for(queue).dead, entry_id))
+        keys = self.keys_for(queue)
+        _check_entry_id(entry_id)
+        return bool(self.client.xdel(keys.dead, entry_id))
 
     def purge_dead(self, queue: str | None = None) -> int:
         """Delete every dead letter of ``queue``; returns how many."""
@@ -1279,14 +1295,57 @@ class _Backoff:
         self.failures = 0
 
 
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+def _check_entry_id(entry_id: str) -> None:
+    """Raise `InvalidJob` unless ``entry_id`` is a stream entry id (``1712345678901-0``)."""
+    if not isinstance(entry_id, str) or _ENTRY_ID.fullmatch(entry_id) is None:
+        raise InvalidJob(f"not a dead-letter entry id (like 1712345678901-0): {entry_id!r:.80}")
+
+
+def _dead_letter(queue: str, entry_id: str, raw: Any) -> DeadLetter:
+    """A dead letter from its stream entry; fields that cannot be read make it ``damaged``."""
+    f = {_text(k): _text(v) for k, v in (raw or {}).items()}
+    problems = []
+    numbers: dict[str, float | None] = {}
+    for name in ("attempts", "failed_at"):
+        try:
+            numbers[name] = int(f.get(name) or 0)
+        except ValueError:
+            numbers[name] = None
+            problems.append(f"{name} is not a number: {f[name]!r:.40}")
+    try:
+        data = json.loads(f.get("d") or "null")
+        job_type = data.get("type") if isinstance(data, dict) else None
+    except (ValueError, RecursionError):
+        job_type = None
+    failed_ms = numbers["failed_at"]
+    attempts = numbers["attempts"]
+    return DeadLetter(
+        entry_id=entry_id,
+        queue=queue,
+        job_id=f.get("id", ""),
+        type=job_type if isinstance(job_type, str) else None,
+        error=f.get("error", ""),
+        reason=f.get("reason", ""),
+        attempts=None if attempts is None else int(attempts),
+        failed_at=None if failed_ms is None else failed_ms / 1000,
+        traceback=f.get("traceback", ""),
+        data=f.get("d", ""),
+        damaged="; ".join(problems) or None,
+    )
+
+
 def _op(delivery: Delivery, kind: str, **extra: Any) -> dict[str, Any]:
     """An outcome for settle.lua, fenced by the delivery's entry and token."""
     return {"k": kind, "e": delivery.ref[1], "id": delivery.job.id, "n": delivery.token, **extra}
 
 
-def _traceback(error: AttemptError) -> str:
-    """The tail of an attempt's traceback that a job record and a dead letter keep."""
-    return (error.traceback or "")[-_MAX_TRACEBACK:]
+def _error_fields(error: AttemptError) -> dict[str, str]:
+    """An attempt's error as settle.lua's op fields: clipped and encodable whoever built it
+    (Redis's JSON decoder refuses a lone surrogate, and would refuse the whole batch)."""
+    return {"err": clip_text(error.message), "tb": clip_traceback(error.traceback or "")}
 
 
 def _result_json(result: Any) -> str:

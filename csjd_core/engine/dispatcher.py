@@ -15,8 +15,8 @@ from csjd_core.engine.pool import Engine
 from csjd_core.engine.registry import HandlerFn, HandlerRegistry
 from csjd_core.errors import CSJDError, DispatcherClosed, InvalidJob, UnknownJobType
 from csjd_core.hooks import HookRunner
-from csjd_core.job import Job, JobStatus, validate_job
-from csjd_core.limits import DEFAULT_MAX_RESULT_BYTES
+from csjd_core.job import Job, JobStatus, check_name, validate_job
+from csjd_core.limits import DEFAULT_MAX_RESULT_BYTES, name_problem
 from csjd_core.metrics import Counters, MetricsSnapshot, StopReport
 from csjd_core.retry import RetryPolicy, seconds
 
@@ -251,7 +251,14 @@ class BaseDispatcher:
 
         Raises:
             JobNotFound: the id is unknown, or its result expired (``result_ttl``).
+            InvalidJob: ``queue`` is not a queue name.
         """
+        try:
+            check_name(job_id, "job id")
+        except InvalidJob:
+            raise JobNotFound(job_id) from None  # no job can have it
+        if queue is not None and (problem := name_problem(queue, "queue")) is not None:
+            raise InvalidJob(problem)
         self._ensure_open()
         found = self._backend.status(job_id, queue)
         if found is None:

@@ -216,8 +216,7 @@ class Engine:
     def _unrecorded(self, delivery: Delivery, exc: Exception, tally: Tally) -> None:
         job = delivery.job
         logger.exception(
-            "could not record the outcome of an attempt; failing the job id=%r type=%r "
-            "attempt=%d",
+            "could not record the outcome of an attempt; failing the job id=%r type=%r attempt=%d",
             job.id,
             job.type,
             delivery.attempt,

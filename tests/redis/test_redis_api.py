@@ -482,7 +482,10 @@ def test_backend_unavailable_when_redis_is_unreachable() -> None:
             RedisConfig(addr=f"127.0.0.1:{port}", connect_timeout=1.0), fast_config()
         )
         started = time.monotonic()
-        with pytest.raises(BackendUnavailable, match="may or may not be enqueued") as info:
+        # Refused before anything was sent: the error says so (no "may or may not").
+        with pytest.raises(
+            BackendUnavailable, match="unreachable .* the job was not enqueued"
+        ) as info:
             d.submit(Job("j", "t"))
         assert time.monotonic() - started < 2.0
         assert isinstance(info.value.__cause__, redis.ConnectionError)
@@ -499,6 +502,57 @@ def test_backend_unavailable_when_redis_is_unreachable() -> None:
         with pytest.raises(BackendUnavailable):
             worker.start()
         worker.stop(1)
+
+
+BUSY_SCRIPT = """
+local start = redis.call('TIME')
+while true do
+  local now = redis.call('TIME')
+  if (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > tonumber(ARGV[1]) then return 1 end
+end
+"""
+
+
+def test_a_reply_that_never_comes_means_maybe_enqueued(
+    dispatchers: Dispatchers, redis_client: Any, redis_url: str
+) -> None:
+    # A script keeps the server busy for 1.5 s: the submit is sent, its reply does not come
+    # within the socket timeout, and the server runs the enqueue once it is free. The error must
+    # say "may or may not", and a second submit with the same id is refused as a duplicate.
+    d = dispatchers()
+    keys = d.backend.keys_for(None)
+    producer = RedisDistributedDispatcher(
+        RedisConfig(url=redis_url, socket_timeout=0.3), fast_config()
+    )
+    def keep_busy() -> None:
+        with redis.Redis.from_url(redis_url) as client:
+            client.eval(BUSY_SCRIPT, 0, 1_500_000)
+
+    busy = threading.Thread(target=keep_busy)
+    probe = redis.Redis.from_url(redis_url, socket_timeout=0.05)
+
+    def server_busy() -> bool:
+        try:
+            probe.ping()
+        except redis.TimeoutError:
+            return True
+        probe.connection_pool.disconnect()
+        return False
+
+    try:
+        producer.submit(Job("warm-up", "t"))  # connected before the server is busy
+        busy.start()
+        wait_until(server_busy, DEADLINE)
+        with pytest.raises(BackendUnavailable, match="may or may not be enqueued"):
+            producer.submit(Job("maybe", "t"))
+        busy.join(DEADLINE)
+        wait_until(lambda: redis_client.exists(keys.job("maybe")), DEADLINE)
+        with pytest.raises(DuplicateJob):
+            producer.submit(Job("maybe", "t"))
+    finally:
+        busy.join(DEADLINE)
+        probe.close()
+        producer.close()
 
 
 def test_a_worker_that_submits_to_another_queue_keeps_its_maintenance(

@@ -4,7 +4,8 @@
 -- with XPENDING in this same script: every entry handed back to the caller has been checked.
 -- KEYS[1] stream, KEYS[2] pending counter, KEYS[3] dead-letter stream, KEYS[4] stats hash
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] lease (ms), ARGV[4] max_deliveries, ARGV[5] count,
---   ARGV[6] XAUTOCLAIM cursor, ARGV[7] job hash key prefix, ARGV[8] finished-record TTL (ms)
+--   ARGV[6] XAUTOCLAIM cursor, ARGV[7] job hash key prefix, ARGV[8] finished-record TTL (ms),
+--   ARGV[9] dead letters kept (the stream is trimmed to about that many, oldest first)
 -- Returns {next cursor, claimed entries, deleted ids, dead-lettered job ids}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -30,7 +31,8 @@ for _, e in ipairs(r[2]) do
     local state = id ~= '' and redis.call('HGET', key, 'state')
     local reason = 'delivered ' .. (deliveries - 1) .. ' times without an outcome (its worker ' ..
       'died or lost the lease each time)'
-    redis.call('XADD', KEYS[3], '*', 'id', id, 'entry', entry, 'd', data, 'error', reason,
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'id', id, 'entry', entry, 'd', data,
+      'error', reason,
       'traceback', '', 'reason', 'max_deliveries', 'attempts',
       (state and redis.call('HGET', key, 'attempts')) or 0, 'failed_at', now)
     redis.call('XACK', KEYS[1], group, entry)

@@ -3,19 +3,21 @@
 -- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] pending counter, KEYS[4] dead-letter stream,
 --   KEYS[5] stats hash
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job hash key prefix, ARGV[4] finished-record TTL (ms),
---   ARGV[5] JSON list of retry/dead ops {k="retry"|"dead", e=entry, id=job id, n=deliveries,
+--   ARGV[5] dead letters kept (the stream is trimmed to about that many, oldest first),
+--   ARGV[6] JSON list of retry/dead ops {k="retry"|"dead", e=entry, id=job id, n=deliveries,
 --   err=error, tb=traceback, delay=ms, reason=dead-letter reason, a=attempts, d=data},
---   ARGV[6], ARGV[7] lowest and highest entry id of the successes, then per success:
+--   ARGV[7], ARGV[8] lowest and highest entry id of the successes, then per success:
 --   entry, job id, deliveries, result JSON.
 -- Returns one 1/0 per op: the JSON ops first, then the successes. Acks, deletes and counters
 -- are issued once per call (invisible to others: the script is one atomic step).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local group, consumer, prefix, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local keep = ARGV[5]
 local out = {}
 local acked, seen = {}, {}
 local succeeded, retried, failed, finished = 0, 0, 0, 0
-for _, op in ipairs(cjson.decode(ARGV[5])) do
+for _, op in ipairs(cjson.decode(ARGV[6])) do
   local p = not seen[op.e] and redis.call('XPENDING', KEYS[1], group, op.e, op.e, 1)
   if not p or #p == 0 or p[1][2] ~= consumer or (op.n and p[1][4] ~= op.n) then
     out[#out + 1] = 0
@@ -41,7 +43,8 @@ for _, op in ipairs(cjson.decode(ARGV[5])) do
     else
       local data = (state and redis.call('HGET', key, 'data')) or op.d or ''
       local attempts = (state and redis.call('HGET', key, 'attempts')) or op.a or 0
-      redis.call('XADD', KEYS[4], '*', 'id', op.id or '', 'entry', op.e, 'd', data,
+      redis.call('XADD', KEYS[4], 'MAXLEN', '~', keep, '*', 'id', op.id or '', 'entry', op.e,
+        'd', data,
         'error', op.err or '', 'traceback', op.tb or '', 'reason', op.reason or 'failed',
         'attempts', attempts, 'failed_at', now)
       if live then
@@ -55,16 +58,16 @@ for _, op in ipairs(cjson.decode(ARGV[5])) do
     out[#out + 1] = 1
   end
 end
-if #ARGV > 7 then
+if #ARGV > 8 then
   -- One fence read for every success: this consumer's pending entries in their id range.
-  local owned, from = {}, ARGV[6]
+  local owned, from = {}, ARGV[7]
   while true do
-    local p = redis.call('XPENDING', KEYS[1], group, from, ARGV[7], 1000, consumer)
+    local p = redis.call('XPENDING', KEYS[1], group, from, ARGV[8], 1000, consumer)
     for _, e in ipairs(p) do owned[e[1]] = e[4] end
     if #p < 1000 then break end
     from = '(' .. p[#p][1]
   end
-  for i = 8, #ARGV, 4 do
+  for i = 9, #ARGV, 4 do
     local entry, id = ARGV[i], ARGV[i + 1]
     if seen[entry] or owned[entry] ~= tonumber(ARGV[i + 2]) then
       out[#out + 1] = 0
