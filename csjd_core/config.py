@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
+from urllib.parse import unquote_plus, urlsplit
 
 from csjd_core.backends.base import Backend
 from csjd_core.limits import (
@@ -179,14 +181,37 @@ class RedisConfig:
         return f"RedisConfig({self.display!r})"
 
 
+#: Query parameters whose values are hidden: redis-py passes every one to the connection
+#: (``?password=``, ``?ssl_password=``...), so any of them may carry a credential.
+_SECRET_PARAMETER = re.compile(r"pass|secret|token|auth|credential", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{creds}@{host}"
+    """``url`` with every credential replaced by ``***``: the password of the user part
+    (``redis://user:pw@host``, ``unix://:pw@/path``) and secret query parameters
+    (``?password=``, ``?ssl_password=``...). Everything else is kept as written."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        creds, _, host = netloc.rpartition("@")
+        user, colon, _ = creds.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"{creds}@{host}"
+    query = "&".join(_redact_parameter(pair) for pair in parts.query.split("&"))
+    return (
+        f"{parts.scheme}://{netloc}{parts.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )
+
+
+def _redact_parameter(pair: str) -> str:
+    name, equals, _ = pair.partition("=")
+    if equals and _SECRET_PARAMETER.search(unquote_plus(name)):
+        return f"{name}=***"
+    return pair
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -115,16 +115,22 @@ def app_options(settings: Mapping[str, Any], *, hooks: tuple[object, ...] = ()) 
 def _setting_named(message: str) -> str:
     """Map ``Config.workers must ...`` back to ``CSJD_WORKERS``."""
     head = message.split(" ", 1)[0]
-    for prefix in ("Config.", "DistributedConfig.", "RedisConfig.", "RetryPolicy."):
+    for prefix in (
+        "Config.",
+        "DistributedConfig.",
+        "RedisConfig.",
+        "RetryPolicy.",
+        "FileJobStore.",
+    ):
         if head.startswith(prefix):
             field = head[len(prefix) :].rstrip(":")
             if prefix == "RetryPolicy.":
                 return "CSJD_RETRY"
             if prefix == "RedisConfig.":
                 return "CSJD_REDIS_URL"
+            if prefix == "FileJobStore.":
+                return "CSJD_STORE_FSYNC" if field == "fsync" else "CSJD_STORE_PATH"
             return PREFIX + field.upper()
     if "url" in message.lower():
         return "CSJD_REDIS_URL"
-    if "fsync" in message:
-        return "CSJD_STORE_FSYNC"
     return "CSJD_*"

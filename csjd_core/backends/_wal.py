@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from csjd_core.errors import StoreCorrupted, StoreFailed
+from csjd_core.limits import MAX_JOB_BYTES
 
 __all__ = ["HEADER", "MAX_RECORD", "Record", "WriteAheadLog", "encode", "scan", "write_all"]
 
@@ -32,7 +33,9 @@ MAGIC = b"CJ"
 VERSION = 2  # written; 2: binary started / finished payloads (see file.py)
 READABLE_VERSIONS = frozenset({1, 2})
 HEADER = struct.Struct("<2sBBIQI")
-MAX_RECORD = 64 * 1024 * 1024
+#: Largest record: a job of `MAX_JOB_BYTES` (the admission limit) plus room for its id, type
+#: and framing, so that every job admission accepts fits one record. Checked when reading too.
+MAX_RECORD = MAX_JOB_BYTES + 1024 * 1024
 
 
 class Record(NamedTuple):

@@ -20,7 +20,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Literal
 
-from csjd_core.backends._wal import Record, WriteAheadLog, fsync_directory, write_all
+from csjd_core.backends._wal import MAX_RECORD, Record, WriteAheadLog, fsync_directory, write_all
 from csjd_core.backends.base import AttemptError, BackendSettings, Delivery
 from csjd_core.backends.memory import Entry, MemoryBackend
 from csjd_core.errors import InvalidJob, JobStoreLocked, StoreCorrupted, StoreFailed
@@ -110,7 +110,9 @@ class FileJobStore(MemoryBackend):
     ) -> None:
         super().__init__()
         if fsync not in ("always", "interval", "never"):
-            raise ValueError(f"fsync must be 'always', 'interval' or 'never', got {fsync!r}")
+            raise ValueError(
+                f"FileJobStore.fsync must be 'always', 'interval' or 'never', got {fsync!r}"
+            )
         interval = seconds(fsync_interval, "fsync_interval")
         if interval <= 0:
             raise ValueError(f"fsync_interval must be positive, got {fsync_interval!r}")
@@ -120,7 +122,11 @@ class FileJobStore(MemoryBackend):
             or (compact_bytes < 1)
         ):
             raise ValueError(f"compact_bytes must be a positive int, got {compact_bytes!r}")
+        if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+            raise ValueError(f"FileJobStore.path must be a file path, got {path!r}")
         self.path = os.path.abspath(os.fspath(path))
+        if os.path.isdir(self.path):
+            raise ValueError(_is_a_directory(self.path))
         self.log_path = self.path + ".log"
         self.lock_path = self.path + ".lock"
         self.fsync = fsync
@@ -147,6 +153,8 @@ class FileJobStore(MemoryBackend):
         self._check_owner()
         if self._opened:
             return 0
+        if os.path.isdir(self.path):  # made a directory since the store was created
+            raise StoreFailed(_is_a_directory(self.path))
         directory = os.path.dirname(self.path)
         try:
             os.makedirs(directory, exist_ok=True)
@@ -282,7 +290,7 @@ class FileJobStore(MemoryBackend):
                 data = json.loads(f.read())
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise StoreCorrupted(
                 f"snapshot {self.path} is unreadable ({exc}); snapshots are written atomically, "
                 "so this file was damaged after it was written",
@@ -315,7 +323,7 @@ class FileJobStore(MemoryBackend):
         try:
             text = b"[" + b",".join(r.payload for r in records) + b"]"
             decoded = _decode_json(text.decode())
-        except ValueError:  # UnicodeDecodeError too
+        except (ValueError, RecursionError):  # UnicodeDecodeError too
             decoded = None
         if isinstance(decoded, list) and len(decoded) == len(records):
             return decoded
@@ -323,7 +331,7 @@ class FileJobStore(MemoryBackend):
         for record in records:  # find the culprit
             try:
                 result.append(_decode_json(record.payload.decode()))
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise self._undecodable(record.offset, exc) from exc
         return result
 
@@ -427,6 +435,11 @@ class FileJobStore(MemoryBackend):
 
     def _persist_submitted(self, entries: list[Entry]) -> None:
         payload = _submitted(entries)
+        if len(payload) > MAX_RECORD:  # only a batch can get here: admission bounds a job
+            raise InvalidJob(
+                f"a batch of {len(entries)} jobs is {len(payload)} bytes in the log; one record "
+                f"holds at most {MAX_RECORD}: submit it in smaller batches"
+            )
 
         def mark_stored() -> None:
             for entry in entries:
@@ -605,6 +618,13 @@ class FileJobStore(MemoryBackend):
 
     def __repr__(self) -> str:
         return f"FileJobStore({self.path!r}, fsync={self.fsync!r})"
+
+
+def _is_a_directory(path: str) -> str:
+    return (
+        f"FileJobStore.path {path} is a directory; give the snapshot file's path, e.g. "
+        f"{os.path.join(path, 'jobs.json')} (the log and the lock file go beside it)"
+    )
 
 
 @contextlib.contextmanager
