@@ -32,7 +32,12 @@ class Hooks:
         """Called on the worker thread right before the handler runs."""
 
     def after_process(self, job: Job, result: Any, error: BaseException | None) -> None:
-        """Called after every attempt with its result or error."""
+        """Called after every attempt with its result or error, before the engine decides
+        the outcome (a result after the timeout still fails): for the outcome, see
+        `after_succeeded`, `after_retry_scheduled` and `after_failed`."""
+
+    def after_succeeded(self, job: Job, result: Any) -> None:
+        """Called when the job succeeded (its outcome recorded), with its JSON result."""
 
     def after_retry_scheduled(self, job: Job, attempt: int, delay: float) -> None:
         """Called when failed attempt ``attempt`` was scheduled to retry in ``delay`` seconds."""
@@ -52,6 +57,7 @@ _HOOK_NAMES = (
     "after_enqueue",
     "before_process",
     "after_process",
+    "after_succeeded",
     "after_retry_scheduled",
     "after_failed",
     "worker_started",

@@ -5,7 +5,8 @@ It is registered on ``admin.site`` for the unmanaged `Dashboard` model; a projec
 
 Who sees what: anonymous users and non-staff are sent to the admin login page (the admin's own
 ``admin_view``); staff need ``csjd_django.view_csjd_dashboard`` to open the page (else 403) and
-``csjd_django.manage_dead_letters`` to requeue or delete dead letters (POST only, CSRF-checked).
+``csjd_django.manage_dead_letters`` *as well* to requeue or delete dead letters (POST only,
+CSRF-checked).
 Superusers have both.
 """
 
@@ -32,8 +33,8 @@ class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return request.user.has_perm(VIEW_PERMISSION)
 
     def has_manage_permission(self, request: HttpRequest) -> bool:
-        """May this user requeue or delete dead letters?"""
-        return request.user.has_perm(MANAGE_PERMISSION)
+        """May this user requeue or delete dead letters? Only one who may also see them."""
+        return self.has_view_permission(request) and request.user.has_perm(MANAGE_PERMISSION)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -11,7 +11,6 @@ from django.db import transaction
 
 from csjd_core.app import App, JobFunction, JobHandle
 from csjd_core.engine.dispatcher import BaseDispatcher
-from csjd_core.errors import CSJDError
 
 __all__ = ["DjangoApp", "DjangoJobFunction"]
 
@@ -47,7 +46,7 @@ class DjangoJobFunction(JobFunction[Any, Any]):
         def enqueue() -> None:
             try:
                 self.app.enqueue(job)
-            except CSJDError:
+            except Exception:  # any error: the caller is gone, this log line is all there is
                 logger.exception(
                     "enqueue after commit failed; job not enqueued id=%r type=%r", job.id, job.type
                 )

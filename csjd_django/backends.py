@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
-import traceback
+import threading
 import uuid
 from collections.abc import Iterable
 from inspect import iscoroutinefunction
@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from csjd_core.context import JobContext
 from csjd_core.engine.dispatcher import JobNotFound
-from csjd_core.errors import InvalidJob, PermanentError
+from csjd_core.errors import InvalidJob, format_traceback
 from csjd_core.job import Job, JobState, JobStatus, check_json, timeout_seconds
 from csjd_django.compat import (
     BaseTaskBackend,
@@ -33,6 +33,7 @@ from csjd_django.compat import (
     task_finished,
     task_started,
 )
+from csjd_django.hooks import TASK_BACKENDS
 
 __all__ = ["CSJDBackend", "CSJDTask"]
 
@@ -100,6 +101,7 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
         if job_type not in app.registry:
             app.register_handler(job_type, self._handler(job_type))
         self._tasks.setdefault(job_type, task)
+        TASK_BACKENDS.setdefault(job_type, self)
 
     # -- producing -------------------------------------------------------------------------
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
@@ -204,75 +206,97 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
     def _handler(self, job_type: str) -> Any:
         backend = self
 
-        def prepare(
-            ctx: JobContext, job: Job
-        ) -> tuple[Task, TaskResult, list[Any], dict[str, Any]]:
+        def prepare(ctx: JobContext, job: Job) -> tuple[Task, list[Any], dict[str, Any]]:
             task = backend._tasks[job_type]
-            payload = job.payload if isinstance(job.payload, dict) else {}
-            args = list(payload.get("args") or [])
-            kwargs = dict(payload.get("kwargs") or {})
-            result = backend._result(task, job.id, args, kwargs)
-            now = timezone.now()
-            for name in ("started_at", "last_attempted_at"):
-                object.__setattr__(result, name, now)
-            object.__setattr__(result, "status", TaskResultStatus.RUNNING)
-            result.worker_ids.extend(["csjd"] * ctx.attempt)  # TaskContext.attempt counts these
+            result = backend._running_result(task, job, ctx.attempt)
             task_started.send(type(backend), task_result=result)
+            # Kept for the outcome hook (csjd_django.hooks.TaskSignals), run on this thread.
+            _attempt.current = _Attempt(job.id, result)
+            args, kwargs = list(result.args), dict(result.kwargs)
             if task.takes_context:
                 args.insert(0, TaskContext(task_result=result))
-            return task, result, args, kwargs
-
-        def finish(
-            ctx: JobContext, job: Job, result: TaskResult, value: Any, error: BaseException | None
-        ) -> None:
-            object.__setattr__(result, "finished_at", timezone.now())
-            if error is None:
-                object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
-                object.__setattr__(result, "_return_value", value)
-            else:
-                final = isinstance(error, PermanentError) or ctx.attempt >= (
-                    job.max_attempts or ctx.attempt
-                )
-                if not final:
-                    return  # retried: Django's model has no "retrying" state to report
-                object.__setattr__(result, "status", TaskResultStatus.FAILED)
-                result.errors.append(
-                    TaskError(
-                        exception_class_path=f"{type(error).__module__}.{type(error).__qualname__}",
-                        traceback="".join(traceback.format_exception(error)),
-                    )
-                )
-            task_finished.send(type(backend), task_result=result)
+            return task, args, kwargs
 
         def run(ctx: JobContext, job: Job) -> Any:
-            task, result, args, kwargs = prepare(ctx, job)
+            task, args, kwargs = prepare(ctx, job)
             if iscoroutinefunction(task.func):
-                return run_async(ctx, job, task, result, args, kwargs)
+                return run_async(task, args, kwargs)
             try:
-                value = task.func(*args, **kwargs)
+                return task.func(*args, **kwargs)
             except BaseException as exc:
-                finish(ctx, job, result, None, exc)
+                _attempt.current.error = exc
                 raise
-            finish(ctx, job, result, value, None)
-            return value
 
-        async def run_async(
-            ctx: JobContext,
-            job: Job,
-            task: Task,
-            result: TaskResult,
-            args: list[Any],
-            kwargs: dict[str, Any],
-        ) -> Any:
+        async def run_async(task: Task, args: list[Any], kwargs: dict[str, Any]) -> Any:
+            attempt = _attempt.current
             try:
-                value = await task.func(*args, **kwargs)
+                return await task.func(*args, **kwargs)
             except BaseException as exc:
-                finish(ctx, job, result, None, exc)
+                attempt.error = exc
                 raise
-            finish(ctx, job, result, value, None)
-            return value
 
         return run
+
+    def _running_result(self, task: Task, job: Job, attempt: int) -> TaskResult:
+        """The `TaskResult` of an attempt that starts now."""
+        payload = job.payload if isinstance(job.payload, dict) else {}
+        result = self._result(
+            task, job.id, list(payload.get("args") or []), dict(payload.get("kwargs") or {})
+        )
+        now = timezone.now()
+        for name in ("started_at", "last_attempted_at"):
+            object.__setattr__(result, name, now)
+        object.__setattr__(result, "status", TaskResultStatus.RUNNING)
+        result.worker_ids.extend(["csjd"] * attempt)  # TaskContext.attempt counts these
+        return result
+
+    def retried(self, job: Job) -> None:
+        """The engine scheduled a retry: Django's model has no "retrying" state to report."""
+        _attempt.current = None
+
+    def finished(self, job: Job, value: Any, error: str | None) -> None:
+        """Send ``task_finished`` for a task whose outcome the engine has recorded."""
+        attempt = getattr(_attempt, "current", None)
+        _attempt.current = None
+        task = self._tasks.get(job.type)
+        if task is None:
+            return
+        if attempt is not None and attempt.job_id == job.id:
+            result = attempt.result
+        else:  # decided off the worker thread (a detached timeout): no attempt to report
+            result = self._running_result(task, job, 1)
+        object.__setattr__(result, "finished_at", timezone.now())
+        if error is None:
+            object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+            object.__setattr__(result, "_return_value", value)
+        else:
+            object.__setattr__(result, "status", TaskResultStatus.FAILED)
+            exc = attempt.error if attempt is not None and attempt.job_id == job.id else None
+            result.errors.append(
+                TaskError(
+                    exception_class_path=(
+                        f"{type(exc).__module__}.{type(exc).__qualname__}"
+                        if exc is not None
+                        else _exception_path(None, error)
+                    ),
+                    traceback=format_traceback(exc) if exc is not None else error,
+                )
+            )
+        task_finished.send(type(self), task_result=result)
+
+
+class _Attempt:
+    """The attempt a worker thread is running: its `TaskResult` and the error it raised."""
+
+    __slots__ = ("error", "job_id", "result")
+
+    def __init__(self, job_id: str, result: TaskResult) -> None:
+        self.job_id = job_id
+        self.result = result
+        self.error: BaseException | None = None
+
+
+_attempt = threading.local()
 
 
 def _exception_path(traceback_text: str | None, error: str) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 
 from csjd_core.settings import app_options
-from csjd_django.hooks import CloseOldConnections
+from csjd_django.hooks import CloseOldConnections, TaskSignals
 
 __all__ = ["csjd_settings", "options_from_settings"]
 
@@ -24,5 +24,5 @@ def options_from_settings() -> dict[str, Any]:
         SettingsError: a bad or unknown ``CSJD_*`` setting (also reported by ``manage.py check``
             as ``csjd.E001``).
     """
-    hooks = (CloseOldConnections(),)
+    hooks = (CloseOldConnections(), TaskSignals())
     return app_options(csjd_settings(), hooks=hooks)

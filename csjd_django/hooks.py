@@ -1,14 +1,15 @@
-"""Engine hooks that keep Django's database connections healthy in worker threads."""
+"""Engine hooks of the Django integration: database connections in worker threads, and the
+Tasks framework's ``task_finished`` signal."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from django.db import close_old_connections, connections
 
 from csjd_core import Hooks, Job, JobContext
 
-__all__ = ["CloseOldConnections"]
+__all__ = ["TASK_BACKENDS", "CloseOldConnections", "TaskSignals"]
 
 
 class CloseOldConnections(Hooks):
@@ -25,3 +26,35 @@ class CloseOldConnections(Hooks):
         # Connections are per thread: close this worker thread's before it ends, rather than
         # leaving them to the garbage collector (Python 3.13 warns about such connections).
         connections.close_all()
+
+
+class _TaskBackend(Protocol):
+    def finished(self, job: Job, value: Any, error: str | None) -> None: ...
+
+    def retried(self, job: Job) -> None: ...
+
+
+#: Job type -> the `CSJDBackend` that runs that task (filled as tasks are validated; this module
+#: does not import the Tasks framework, which Django 5.2 only has with the backport).
+TASK_BACKENDS: dict[str, _TaskBackend] = {}
+
+
+class TaskSignals(Hooks):
+    """Sends Django's ``task_finished`` once per task, when the engine has decided that it
+    ended: it succeeded, or failed for good (attempts exhausted, a permanent error, a timeout on
+    its last attempt) — never after an attempt that is retried."""
+
+    def after_succeeded(self, job: Job, result: Any) -> None:
+        backend = TASK_BACKENDS.get(job.type)
+        if backend is not None:
+            backend.finished(job, result, None)
+
+    def after_failed(self, job: Job, error: str) -> None:
+        backend = TASK_BACKENDS.get(job.type)
+        if backend is not None:
+            backend.finished(job, None, error)
+
+    def after_retry_scheduled(self, job: Job, attempt: int, delay: float) -> None:
+        backend = TASK_BACKENDS.get(job.type)
+        if backend is not None:
+            backend.retried(job)

@@ -86,10 +86,11 @@ class DeadLetterRow:
     type: str
     error: str
     reason: str
-    attempts: int
+    attempts: int | None
     failed_at: datetime | None
     traceback: str
     payload: str | None
+    damaged: str | None = None
 
 
 @dataclass
@@ -232,6 +233,7 @@ def _dead_letter_row(letter: DeadLetter, show_payload: bool) -> DeadLetterRow:
         failed_at=datetime.fromtimestamp(letter.failed_at, UTC) if letter.failed_at else None,
         traceback=letter.traceback,
         payload=payload,
+        damaged=letter.damaged,
     )
 
 

@@ -312,6 +312,8 @@ class Engine:
                 tally.processed += 1
                 tally.succeeded += 1
                 tally.seq += 1
+                if hooks.active:
+                    hooks.call("after_succeeded", job, result)
             else:
                 self._lost_claim(delivery)
             return

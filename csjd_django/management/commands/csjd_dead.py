@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from csjd_core.cli import main as csjd_cli
+from csjd_django.management import redis_app
 
 
 class Command(BaseCommand):
@@ -20,6 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        redis_app("manage.py csjd_dead", "works on the dead letters of the Redis queues")
         action = options["action"]
         argv = [
             "dead",

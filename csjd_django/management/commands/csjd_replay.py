@@ -59,10 +59,8 @@ def replay_app() -> Any:
 
 
 def redis_app() -> Any:
-    """This project's app, which must be in Redis mode."""
-    from csjd_django import app  # noqa: PLC0415
+    """This project's app, which must be in Redis mode (for ``--into-redis`` and the commands
+    that run the core ``csjd`` commands on the Redis queues)."""
+    from csjd_django import management  # noqa: PLC0415
 
-    app.configure_from_settings()
-    if app.mode != "redis":
-        raise CommandError("--into-redis needs CSJD_MODE='redis' and CSJD_REDIS_URL")
-    return app
+    return management.redis_app("manage.py csjd_replay --into-redis", "moves jobs into Redis")

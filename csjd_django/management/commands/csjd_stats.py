@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from csjd_core.cli import main as csjd_cli
+from csjd_django.management import redis_app
 
 
 class Command(BaseCommand):
@@ -17,6 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        redis_app("manage.py csjd_stats", "reads the Redis queues")
         argv = ["stats", "csjd_django.management.commands.csjd_replay:redis_app"]
         if options["queues"]:
             argv += ["--queues", options["queues"]]

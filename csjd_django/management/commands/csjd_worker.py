@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import autoreload
 
 from csjd_core.cli_redis import serve
+from csjd_django.management import redis_app
 
 
 class Command(BaseCommand):
@@ -38,15 +39,7 @@ class Command(BaseCommand):
         parser.add_argument("--child", action="store_true", help="(internal: a supervised child)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from csjd_django import app  # noqa: PLC0415
-
-        app.configure_from_settings()
-        if app.mode != "redis":
-            raise CommandError(
-                f"csjd_worker consumes Redis queues, but CSJD_MODE is {app.mode!r}: in-process "
-                "mode runs its workers inside the web process. Set CSJD_MODE='redis' and "
-                "CSJD_REDIS_URL to run separate workers."
-            )
+        redis_app("manage.py csjd_worker", "consumes the Redis queues")
         if options["processes"] < 1:
             raise CommandError("--processes must be >= 1")
         if options["reload"]:
