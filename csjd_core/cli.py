@@ -21,6 +21,7 @@ __all__ = ["main"]
 
 
 @click.group()
+@click.version_option(package_name="csjd", prog_name="csjd")
 @click.option(
     "--log-level",
     default=None,
@@ -91,10 +92,18 @@ def load_app(spec: str) -> App:
     help="Extra seconds per email job (time to kill the demo mid-run).",
 )
 def demo(jobs: int, workers: int, store: str | None, slow: float) -> None:
-    """Run a realistic mix of jobs (successes, retries, failures, a timeout, a panic)."""
+    """Run a realistic mix of jobs (successes, retries, failures, a timeout, a panic).
+
+    Ctrl-C stops it gracefully: running jobs finish, and with --store the rest stay in the
+    store for the next run.
+    """
     # Retries and failures are part of the show: keep their tracebacks out of the table.
     logging.getLogger("csjd_core").setLevel(logging.CRITICAL)
-    sys.exit(run_demo(jobs=jobs, workers=workers, store=store, slow=slow))
+    try:
+        code = run_demo(jobs=jobs, workers=workers, store=store, slow=slow)
+    except CSJDError as exc:  # the store is locked by another process, or damaged
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
 
 
 @main.command()
@@ -120,7 +129,11 @@ def demo(jobs: int, workers: int, store: str | None, slow: float) -> None:
 def replay(
     path: str, run_app: str | None, export: bool, redis_app: str | None, repair: bool
 ) -> None:
-    """List, export, run, or move into Redis the unfinished jobs of a file store."""
+    """List, export, run, or move into Redis the unfinished jobs of the file store at PATH.
+
+    APP (for --run and --into-redis) is module:attr naming your csjd_core.App, or a function
+    that returns one, e.g. myproject.jobs:app.
+    """
     if sum(map(bool, (run_app, export, redis_app))) > 1:
         raise click.UsageError("give at most one of --run, --export, --into-redis")
     if not os.path.exists(path) and not os.path.exists(path + ".log"):

@@ -148,7 +148,11 @@ def worker(
     log_level: str | None,
     child: bool,
 ) -> None:
-    """Consume the app's Redis queues until SIGTERM (a second signal stops at once)."""
+    """Consume the Redis queues of APP until SIGTERM (a second signal stops at once).
+
+    APP is module:attr naming your csjd_core.App, or a function that returns one, e.g.
+    myproject.jobs:app (imported from the current directory, like flask --app).
+    """
     from csjd_core.cli import load_app  # noqa: PLC0415 - cli imports this module
 
     level = (log_level or ctx.obj.get("log_level", "INFO")).upper()
@@ -268,7 +272,8 @@ def _banner(dispatcher: RedisDistributedDispatcher, processes: int) -> None:
 @click.option("--queues", help="Comma-separated queues (default: the app's).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats(app_spec: str, queues: str | None, as_json: bool) -> None:
-    """Queue lengths, in flight, scheduled, dead letters, consumers, counters."""
+    """Queue lengths, in flight, scheduled, dead letters, consumers, counters of APP
+    (module:attr naming your csjd_core.App)."""
     from csjd_core.cli import load_app  # noqa: PLC0415
 
     dispatcher = command_dispatcher(load_app(app_spec), queues)
@@ -282,7 +287,8 @@ def stats(app_spec: str, queues: str | None, as_json: bool) -> None:
     for name, q in figures.items():
         click.echo(
             f"queue {name}: stream={q['stream_length']} in_flight={q['in_flight']} "
-            f"scheduled={q['scheduled']} unfinished={q['unfinished']} dead={q['dead']}"
+            f"scheduled={q['scheduled']} unfinished={q['unfinished']} dead={q['dead']} "
+            f"(kept: about {q['max_dead_letters']})"
         )
         counters = " ".join(f"{k}={v}" for k, v in sorted(q["counters"].items()))
         click.echo(f"  counters: {counters or '-'}")
@@ -304,7 +310,8 @@ def stats(app_spec: str, queues: str | None, as_json: bool) -> None:
     "a container's liveness probe.",
 )
 def health(app_spec: str, queues: str | None, this_host: bool) -> None:
-    """Exit 0 if every queue has a live worker (fresh heartbeat), 1 otherwise."""
+    """Exit 0 if every queue of APP (module:attr naming your csjd_core.App) has a live worker
+    (fresh heartbeat), 1 otherwise."""
     from csjd_core.cli import load_app  # noqa: PLC0415
 
     dispatcher = command_dispatcher(load_app(app_spec), queues)
@@ -344,7 +351,8 @@ class _DeadGroup(click.Group):
 @click.argument("app_spec", metavar="APP")
 @click.pass_context
 def dead(ctx: click.Context, app_spec: str) -> None:
-    """Dead letters of APP: list, show, requeue, purge."""
+    """Dead letters of APP (module:attr naming your csjd_core.App): list, show, requeue,
+    purge."""
     ctx.meta["csjd.dead_app"] = app_spec
 
 
@@ -359,11 +367,21 @@ def _dead_dispatcher() -> RedisDistributedDispatcher:
 @click.option("--count", type=click.IntRange(1), default=50, show_default=True)
 def dead_list(queue: str | None, count: int) -> None:
     """List the oldest dead letters."""
-    for letter in _dead_dispatcher().dead_letters(queue, count):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(letter.failed_at))
+    dispatcher = _dead_dispatcher()
+    letters = dispatcher.dead_letters(queue, count)
+    if not letters:
+        click.echo(f"no dead letters in queue {queue or dispatcher.config.queues[0]}")
+    for letter in letters:
+        when = (
+            "?"
+            if letter.failed_at is None
+            else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(letter.failed_at))
+        )
+        attempts = "?" if letter.attempts is None else letter.attempts
+        damaged = f"  DAMAGED ({letter.damaged})" if letter.damaged else ""
         click.echo(
-            f"{letter.entry_id}  {letter.job_id}  {letter.type}  attempts="
-            f"{letter.attempts}  {when}Z  {letter.reason}: {letter.error[:120]}"
+            f"{letter.entry_id}  {letter.job_id}  {letter.type}  attempts={attempts}  {when}  "
+            f"{letter.reason}: {letter.error[:120]}{damaged}"
         )
 
 
@@ -414,7 +432,10 @@ def dead_requeue(
 def dead_purge(queue: str | None, yes: bool) -> None:
     """Delete every dead letter of a queue."""
     dispatcher = _dead_dispatcher()
-    count = len(dispatcher.dead_letters(queue, 1_000_000))
+    count = dispatcher.dead_count(queue)
+    if not count:
+        click.echo(f"no dead letters to purge in queue {queue or dispatcher.config.queues[0]}")
+        return
     if not yes:
         click.confirm(f"delete {count} dead letter(s)?", abort=True)
     click.echo(f"purged {dispatcher.purge_dead(queue)}")

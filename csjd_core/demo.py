@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import threading
@@ -13,10 +14,13 @@ from csjd_core.app import App
 from csjd_core.backends.file import FileJobStore
 from csjd_core.config import Config
 from csjd_core.context import JobContext
+from csjd_core.engine.dispatcher import BaseDispatcher
 from csjd_core.errors import permanent
 from csjd_core.retry import RetryPolicy
 
 __all__ = ["build_demo_app", "run_demo"]
+
+_DRAIN_TIMEOUT = 10.0  # seconds Ctrl-C lets running and ready jobs finish
 
 
 def build_demo_app(config: Config, *, slow: float = 0.0) -> App:
@@ -79,6 +83,27 @@ def _plan(app: App, jobs: int) -> None:
     j["digest.weekly"].apply_async(args=[7], countdown=1.0)  # scheduled for later
 
 
+def _interrupted(dispatcher: BaseDispatcher, store: str | None, out: TextIO) -> int:
+    """Ctrl-C: stop like a worker does on SIGTERM (a second Ctrl-C exits at once)."""
+    print(
+        f"\ninterrupted: draining for up to {_DRAIN_TIMEOUT:.0f} s (Ctrl-C again to exit now)",
+        file=out,
+    )
+    try:
+        report = dispatcher.stop(timeout=_DRAIN_TIMEOUT)
+    except KeyboardInterrupt:
+        print("second Ctrl-C: exiting without draining", file=out)
+        os._exit(130)  # like kill -9: a file store recovers its jobs on the next run
+    print(f"stop report: {report}", file=out)
+    if store and report.left_pending:
+        print(
+            f"{report.left_pending} unfinished jobs stay in {store}: run the same command to "
+            "finish them",
+            file=out,
+        )
+    return 130
+
+
 def run_demo(
     *,
     jobs: int = 20,
@@ -107,6 +132,13 @@ def run_demo(
     app = build_demo_app(config, slow=slow)
     where = f"durable file store {store}" if store else "memory"
     print(f"csjd demo: {workers} workers, in-process ({where}), {jobs} users", file=out)
+    if store:
+        print(
+            f"pid {os.getpid()}: `kill -9 {os.getpid()}` while it runs, then run the same "
+            "command again to see what it recovers (--slow SECONDS makes each email slower: "
+            "a longer window)",
+            file=out,
+        )
     started = time.monotonic()
     dispatcher = app.dispatcher
     dispatcher.start()
@@ -119,14 +151,17 @@ def run_demo(
         print("running them; no new jobs are planned this time", file=out)
     else:
         _plan(app, jobs)
-    while not app.wait(0.25):
-        m = dispatcher.metrics()
-        print(
-            f"  t={time.monotonic() - started:4.1f}s pending={dispatcher.pending():3d} "
-            f"succeeded={m.succeeded:3d} retried={m.retried:3d} failed={m.failed:3d} "
-            f"panics={m.panics}",
-            file=out,
-        )
+    try:
+        while not app.wait(0.25):
+            m = dispatcher.metrics()
+            print(
+                f"  t={time.monotonic() - started:4.1f}s pending={dispatcher.pending():3d} "
+                f"succeeded={m.succeeded:3d} retried={m.retried:3d} failed={m.failed:3d} "
+                f"panics={m.panics}",
+                file=out,
+            )
+    except KeyboardInterrupt:
+        return _interrupted(dispatcher, store, out)
     m = dispatcher.metrics()
     report = dispatcher.stop(timeout=5)
     elapsed = time.monotonic() - started

@@ -98,6 +98,10 @@ class RedisDistributedDispatcher(BaseDispatcher):
         """Delete one dead letter; False if it was already gone."""
         return self._admin(self.backend.delete_dead, entry_id, queue)
 
+    def dead_count(self, queue: str | None = None) -> int:
+        """How many dead letters ``queue`` holds."""
+        return self._admin(self.backend.dead_count, queue)
+
     def purge_dead(self, queue: str | None = None) -> int:
         """Delete the dead letters of ``queue``; returns how many."""
         return self._admin(self.backend.purge_dead, queue)

@@ -1267,6 +1267,10 @@ class RedisStreamsBackend(Backend):
         _check_entry_id(entry_id)
         return bool(self.client.xdel(keys.dead, entry_id))
 
+    def dead_count(self, queue: str | None = None) -> int:
+        """How many dead letters ``queue`` holds."""
+        return int(self.client.xlen(self.keys_for(queue).dead))
+
     def purge_dead(self, queue: str | None = None) -> int:
         """Delete every dead letter of ``queue``; returns how many."""
         keys = self.keys_for(queue)

@@ -140,7 +140,13 @@ def test_dead_letters_list_show_requeue_purge(
     assert "requeued 1 of 1" in requeued.output
     assert invoke(app, "run", "--burst").exit_code == 0  # fails again: a dead letter again
     assert "purged 1" in invoke(app, "dead", "purge", "--yes").output
-    assert invoke(app, "dead", "list").output.strip() == ""
+    assert invoke(app, "dead", "list").output.strip() == "no dead letters in queue default"
+    # Nothing to purge: said so, no question asked (no --yes, no input given).
+    empty = invoke(app, "dead", "purge")
+    assert (empty.exit_code, empty.output.strip()) == (
+        0,
+        "no dead letters to purge in queue default",
+    )
 
 
 def test_stats_and_dead_commands_close_their_connections(

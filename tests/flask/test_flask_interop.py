@@ -1,5 +1,6 @@
-"""Flask and Django on one Redis stream: ``example.greet`` (registered by both examples)
-submitted by one framework is executed by the other's worker process."""
+"""Flask and Django on one Redis: each example has its own queue, and ``example.greet``
+(registered by both) sent by one framework to the other's queue is executed by the other's
+worker process — while neither worker touches the other's queue."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 from flask import Flask
 from flask_support import DEADLINE, DJANGO_EXAMPLE, FLASK_EXAMPLE, flask_env, worker_pid
+
+from csjd_core import JobState
 
 
 def django_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
@@ -50,7 +53,8 @@ def test_a_job_from_flask_is_run_by_the_django_worker(
     from flask_example.jobs import greet  # noqa: PLC0415
 
     with example_app.app_context():
-        handle = greet.delay("from flask")
+        handle = greet.apply_async(["from flask"], queue="shop")  # the Django site's queue
+        own = greet.delay("stays in the flask queue")
     pid, code, output = run_logged(
         [sys.executable, "manage.py", "csjd_worker", "--burst"],
         DJANGO_EXAMPLE,
@@ -61,6 +65,7 @@ def test_a_job_from_flask_is_run_by_the_django_worker(
     assert "example.greet" in output  # the Django worker's banner lists the type
     assert handle.result(DEADLINE) == "hello from flask"
     assert worker_pid(handle.status().worker_id) == pid  # run by manage.py csjd_worker
+    assert own.status().state is JobState.QUEUED  # the shop's worker left the Flask queue alone
 
 
 def test_a_job_from_django_is_run_by_the_flask_worker(
@@ -74,7 +79,8 @@ def test_a_job_from_django_is_run_by_the_flask_worker(
             "manage.py",
             "shell",
             "-c",
-            "from shop.jobs import greet; print(greet.delay('from django').id)",
+            "from shop.jobs import greet; "
+            "print(greet.apply_async(['from django'], queue='flask_example').id)",
         ],
         cwd=DJANGO_EXAMPLE,
         env=django_env(redis_config["CSJD_REDIS_URL"], tmp_path),

@@ -484,7 +484,7 @@ def test_backend_unavailable_when_redis_is_unreachable() -> None:
         started = time.monotonic()
         # Refused before anything was sent: the error says so (no "may or may not").
         with pytest.raises(
-            BackendUnavailable, match="unreachable .* the job was not enqueued"
+            BackendUnavailable, match=r"unreachable .* the job was not enqueued"
         ) as info:
             d.submit(Job("j", "t"))
         assert time.monotonic() - started < 2.0

@@ -49,5 +49,6 @@ def build_sales_report(day: str) -> dict[str, int]:
 
 @csjd.job("example.greet")
 def greet(name: str) -> str:
-    """A job any CSJD app can enqueue by type: the Flask example sends it to this site's workers."""
+    """A job type the Flask example registers too: either app can hand one to the other's
+    workers by sending it to their queue, ``greet.apply_async(["Ada"], queue="shop")``."""
     return f"hello {name}"

@@ -62,6 +62,15 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several threads write at once (CSJD's workers, in the web process or in csjd_worker):
+    # take the write lock when a transaction begins (no "database is locked" on a lock upgrade),
+    # let readers run beside a writer (WAL), and wait for a busy lock instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        transaction_mode="IMMEDIATE",
+        timeout=20,
+        init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 USE_TZ = True
@@ -87,6 +96,9 @@ CSJD_MODE = env.str("CSJD_MODE", default="inprocess")
 CSJD_STORE_PATH = env.str("CSJD_STORE_PATH", default=str(BASE_DIR / "var" / "jobs.json"))
 if env.str("CSJD_REDIS_URL", default=""):
     CSJD_REDIS_URL = env.str("CSJD_REDIS_URL")
+# The shop's own queue: a queue belongs to one set of job types, and a worker dead-letters a type
+# it does not know (unknown_type), so another app sharing this Redis must use its own queue.
+CSJD_QUEUES = env.list("CSJD_QUEUES", default=["shop"])
 CSJD_WORKERS = env.int("CSJD_WORKERS", default=4)
 CSJD_DEFAULT_MAX_ATTEMPTS = env.int("CSJD_DEFAULT_MAX_ATTEMPTS", default=5)
 CSJD_RETRY = {"base_delay": 1.0, "max_delay": 60.0}

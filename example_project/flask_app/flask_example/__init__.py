@@ -24,6 +24,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(
         CSJD_MODE="inprocess",  # worker threads in the web process, started on first enqueue
         CSJD_WORKERS=2,
+        # Redis mode: this app's own queue. A queue belongs to one set of job types (a worker
+        # dead-letters a type it does not know), so apps sharing a Redis each use their own.
+        CSJD_QUEUES="flask_example",
     )
     app.config.from_prefixed_env()  # FLASK_CSJD_MODE, FLASK_CSJD_REDIS_URL, ...
     if test_config is not None:

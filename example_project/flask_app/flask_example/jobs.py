@@ -1,5 +1,6 @@
-"""The example's jobs. ``example.greet`` is registered by the Django example too: a job
-submitted by either can be run by the other's workers (same Redis stream, same payload)."""
+"""The example's jobs. ``example.greet`` is registered by the Django example too: either app
+can hand one to the other's workers by sending it to their queue (the same wire format):
+``greet.apply_async(["Ada"], queue="shop")`` from here runs on the shop's ``csjd_worker``."""
 
 from __future__ import annotations
 
