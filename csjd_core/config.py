@@ -16,6 +16,7 @@ from csjd_core.limits import (
     MAX_ATTEMPTS,
     MAX_JOB_BYTES,
     MAX_WORKERS,
+    brief,
     name_problem,
 )
 from csjd_core.retry import RetryPolicy, seconds
@@ -30,9 +31,9 @@ def check_int(value: object, name: str, minimum: int, maximum: int | None = None
         ValueError: naming the field and the bad value.
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be an int >= {minimum}, got {brief(value)}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
+        raise ValueError(f"{name} must be at most {maximum}, got {brief(value)}")
     return value
 
 
@@ -42,7 +43,7 @@ def check_timeout(value: float | timedelta | None, name: str) -> float | None:
         return None
     result = seconds(value, name)
     if result == 0:
-        raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+        raise ValueError(f"{name} must be a positive number of seconds or None, got {brief(value)}")
     return result
 
 
@@ -56,7 +57,7 @@ def retry_policy(value: RetryPolicy | Mapping[str, Any], name: str) -> RetryPoli
         if unknown:
             raise ValueError(f"{name} has unknown keys {unknown}; known: {sorted(known)}")
         return RetryPolicy(**value)
-    raise ValueError(f"{name} must be a RetryPolicy or a dict of its fields, got {value!r}")
+    raise ValueError(f"{name} must be a RetryPolicy or a dict of its fields, got {brief(value)}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,13 +105,16 @@ class Config:
         object.__setattr__(self, "result_ttl", seconds(self.result_ttl, "Config.result_ttl"))
         object.__setattr__(self, "retry", retry_policy(self.retry, "Config.retry"))
         if isinstance(self.hooks, str | bytes) or not isinstance(self.hooks, Sequence):
-            raise ValueError(f"Config.hooks must be a sequence of hook objects, got {self.hooks!r}")
+            raise ValueError(
+                f"Config.hooks must be a sequence of hook objects, got {brief(self.hooks)}"
+            )
         object.__setattr__(self, "hooks", tuple(self.hooks))
         if self.store is not None and (
             not isinstance(self.store, Backend) or not self.store.durable
         ):
             raise ValueError(
-                f"Config.store must be a durable store such as FileJobStore, got {self.store!r}"
+                "Config.store must be a durable store such as FileJobStore, "
+                f"got {brief(self.store)}"
             )
 
 
@@ -148,7 +152,7 @@ class RedisConfig:
                     f"RedisConfig.{name} must be a string, got {type(value).__name__} {shown}"
                 )
         if not isinstance(self.ssl, bool):
-            raise ValueError(f"RedisConfig.ssl must be True or False, got {self.ssl!r}")
+            raise ValueError(f"RedisConfig.ssl must be True or False, got {brief(self.ssl)}")
         if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(
                 f"RedisConfig.url must start with redis://, rediss:// or unix://, got "
@@ -157,7 +161,7 @@ class RedisConfig:
         if self.addr is not None:
             host, sep, port = self.addr.rpartition(":")
             if not sep or not host or not port.isdigit():
-                raise ValueError(f"RedisConfig.addr must be 'host:port', got {self.addr!r}")
+                raise ValueError(f"RedisConfig.addr must be 'host:port', got {brief(self.addr)}")
         check_int(self.db, "RedisConfig.db", 0)
         for name in ("socket_timeout", "connect_timeout"):
             if check_timeout(getattr(self, name), f"RedisConfig.{name}") is None:
@@ -289,7 +293,7 @@ class DistributedConfig:
             queues = tuple(self.queues)
         else:
             raise ValueError(
-                f"DistributedConfig.queues must be a list of queue names, got {self.queues!r}"
+                f"DistributedConfig.queues must be a list of queue names, got {brief(self.queues)}"
             )
         if not queues:
             raise ValueError("DistributedConfig.queues must name at least one queue")
@@ -318,5 +322,5 @@ class DistributedConfig:
                 f"shorter than lease ({self.lease}): leases are renewed at each heartbeat"
             )
         if isinstance(self.hooks, str | bytes) or not isinstance(self.hooks, Sequence):
-            raise ValueError(f"DistributedConfig.hooks must be a sequence, got {self.hooks!r}")
+            raise ValueError(f"DistributedConfig.hooks must be a sequence, got {brief(self.hooks)}")
         object.__setattr__(self, "hooks", tuple(self.hooks))

@@ -18,6 +18,7 @@ from csjd_core.limits import (
     MAX_JOB_BYTES,
     MAX_NAME_LENGTH,
     MAX_NESTING,
+    brief,
     is_text,
     name_problem,
 )
@@ -218,7 +219,7 @@ def _json_size(value: Any, depth: int) -> int:
         return _json_size(dict(value.items()), depth)
     if isinstance(value, list | tuple):
         return _json_size(list(value), depth)
-    raise _Refused(f"is not JSON-serializable: {kind.__name__} {_brief(value)}")
+    raise _Refused(f"is not JSON-serializable: {kind.__name__} {brief(value)}")
 
 
 def _key_size(key: Any, depth: int) -> int:
@@ -227,16 +228,7 @@ def _key_size(key: Any, depth: int) -> int:
         return _json_size(str.__str__(key), depth)
     if isinstance(key, int | float) or key is None:
         return _json_size(key, depth) + 2
-    raise _Refused(f"is not JSON-serializable: keys must be strings, got {_brief(key)}")
-
-
-def _brief(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for error messages."""
-    try:
-        text = repr(value)
-    except Exception:  # a broken __repr__ must not hide the real problem
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    raise _Refused(f"is not JSON-serializable: keys must be strings, got {brief(key)}")
 
 
 _encode_compact = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
@@ -276,10 +268,10 @@ def check_name(value: Any, what: str, where: str = "") -> None:
     if not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH:
         raise InvalidJob(
             f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH} characters, "
-            f"got {_brief(value)}{where}"
+            f"got {brief(value)}{where}"
         )
     if not is_text(value):
-        raise InvalidJob(f"{what} {_LONE_SURROGATE}: {_brief(value)}{where}")
+        raise InvalidJob(f"{what} {_LONE_SURROGATE}: {brief(value)}{where}")
 
 
 def validate_job(job: Job) -> None:
@@ -301,7 +293,7 @@ def validate_job(job: Job) -> None:
     ):
         raise InvalidJob(
             f"max_attempts must be an int >= 1 and at most {MAX_ATTEMPTS} "
-            f"(csjd_core.limits.MAX_ATTEMPTS), got {_brief(job.max_attempts)}"
+            f"(csjd_core.limits.MAX_ATTEMPTS), got {brief(job.max_attempts)}"
         )
     if job.timeout is not None:
         try:

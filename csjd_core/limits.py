@@ -24,6 +24,7 @@ __all__ = [
     "MAX_TRACEBACK",
     "MAX_WORKERS",
     "NAME_PATTERN",
+    "brief",
     "clip_text",
     "clip_traceback",
     "is_name",
@@ -73,6 +74,18 @@ DEFAULT_MAX_DEAD_LETTERS = 10_000
 NAME_PATTERN = re.compile(r"[\w.:@/+-]{1,200}")
 
 
+def brief(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages: never raises (a huge
+    int has no repr, a broken ``__repr__`` must not hide the real problem)."""
+    try:
+        text = repr(value)
+    except Exception:
+        if isinstance(value, int):
+            return f"<an int of {value.bit_length()} bits>"
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def is_text(value: str) -> bool:
     """True if ``value`` encodes as UTF-8 (no lone surrogates such as ``os.fsdecode`` makes)."""
     if value.isascii():  # constant time in CPython
@@ -95,7 +108,7 @@ def name_problem(value: object, what: str) -> str | None:
         return None
     return (
         f"{what} must be 1 to 200 letters, digits or '_.:@/+-' (no braces, spaces or control "
-        f"characters: names become parts of Redis keys), got {value!r}"
+        f"characters: names become parts of Redis keys), got {brief(value)}"
     )
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from csjd_core.limits import MAX_DURATION
+from csjd_core.limits import MAX_DURATION, brief
 
 __all__ = ["RetryPolicy"]
 
@@ -26,17 +26,17 @@ def seconds(value: float | timedelta, name: str) -> float:
     if isinstance(value, timedelta):
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be seconds (a number or timedelta), got {value!r}")
+        raise ValueError(f"{name} must be seconds (a number or timedelta), got {brief(value)}")
     try:
         value = float(value)
     except OverflowError:  # an int too large for a float
         value = math.inf
     if not value >= 0:  # negative or NaN
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {brief(value)}")
     if value > MAX_DURATION:
         raise ValueError(
             f"{name} must be at most {MAX_DURATION:.0f} seconds (ten years, "
-            f"csjd_core.limits.MAX_DURATION), got {value!r}"
+            f"csjd_core.limits.MAX_DURATION), got {brief(value)}"
         )
     return value
 
@@ -61,9 +61,9 @@ class RetryPolicy:
         object.__setattr__(self, "base_delay", seconds(self.base_delay, "RetryPolicy.base_delay"))
         object.__setattr__(self, "max_delay", seconds(self.max_delay, "RetryPolicy.max_delay"))
         if isinstance(self.factor, bool) or not isinstance(self.factor, int | float):
-            raise ValueError(f"RetryPolicy.factor must be a number >= 1, got {self.factor!r}")
+            raise ValueError(f"RetryPolicy.factor must be a number >= 1, got {brief(self.factor)}")
         if not math.isfinite(self.factor) or self.factor < 1:
-            raise ValueError(f"RetryPolicy.factor must be a number >= 1, got {self.factor!r}")
+            raise ValueError(f"RetryPolicy.factor must be a number >= 1, got {brief(self.factor)}")
         if self.max_delay < self.base_delay:
             raise ValueError(
                 f"RetryPolicy.max_delay ({self.max_delay}) must be >= base_delay "
@@ -71,7 +71,7 @@ class RetryPolicy:
             )
         if self.jitter not in ("full", "equal", None):
             raise ValueError(
-                f"RetryPolicy.jitter must be 'full', 'equal' or None, got {self.jitter!r}"
+                f"RetryPolicy.jitter must be 'full', 'equal' or None, got {brief(self.jitter)}"
             )
 
     def ceiling(self, attempt: int) -> float:

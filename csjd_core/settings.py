@@ -11,6 +11,7 @@ from csjd_core.app import MODES, App
 from csjd_core.backends.file import FileJobStore
 from csjd_core.config import Config, DistributedConfig, RedisConfig
 from csjd_core.errors import CSJDError
+from csjd_core.limits import brief
 
 __all__ = ["SETTINGS", "SettingsError", "app_from_settings", "app_options"]
 
@@ -83,7 +84,7 @@ def app_options(settings: Mapping[str, Any], *, hooks: tuple[object, ...] = ()) 
         )
     mode = values.get("MODE", "inprocess")
     if mode not in MODES:
-        raise SettingsError("CSJD_MODE", f"must be one of {MODES}, got {mode!r}")
+        raise SettingsError("CSJD_MODE", f"must be one of {MODES}, got {brief(mode)}")
     config_kwargs: dict[str, Any] = {"hooks": hooks}
     distributed_kwargs: dict[str, Any] = {"hooks": hooks}
     for key, raw in values.items():

@@ -230,7 +230,9 @@ json_values = st.recursive(
     payload=json_values,
     stamp=st.datetimes(
         # run_at at most ten years ahead (MAX_DURATION)
-        min_value=datetime(1971, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)
+        min_value=datetime(1971, 1, 1),
+        max_value=datetime(2030, 1, 1),
+        timezones=st.just(UTC),
     ),
     timeout=st.none() | st.floats(min_value=1e-3, max_value=1e6),
     attempts=st.none() | st.integers(min_value=1, max_value=1000),

@@ -524,6 +524,7 @@ def test_a_reply_that_never_comes_means_maybe_enqueued(
     producer = RedisDistributedDispatcher(
         RedisConfig(url=redis_url, socket_timeout=0.3), fast_config()
     )
+
     def keep_busy() -> None:
         with redis.Redis.from_url(redis_url) as client:
             client.eval(BUSY_SCRIPT, 0, 1_500_000)
