@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import Client, override_settings
 from django.urls import reverse
 from factories import PASSWORD, StaffFactory, UserFactory
@@ -260,6 +260,85 @@ def test_viewers_without_the_manage_permission_see_no_buttons_and_get_403(
     )
     assert response.status_code == 403
     assert len(dead_letters()) == 2
+
+
+def test_managers_without_the_view_permission_cannot_act(client: Client, redis_mode: Any) -> None:
+    # Was: a staff user with manage_dead_letters alone could delete a dead letter (302).
+    letter = make_dead_letters()[0]
+    client.force_login(StaffFactory(permissions=[MANAGE_PERMISSION]))
+    form = {"queue": letter.queue, "entry_id": letter.entry_id}
+    for action in ("requeue", "delete"):
+        assert client.post(action_url(action), form).status_code == 403
+    assert len(dead_letters()) == 2
+
+
+def test_a_damaged_dead_letter_is_shown_as_damaged(
+    client: Client, viewer: Any, redis_mode: Any
+) -> None:
+    # Was: a dead letter whose attempts field is not a number made the page answer 500.
+    redis_mode.xadd(
+        dead_key(redis_mode),
+        {"id": "odd", "d": '{"type": "t"}', "error": "boom", "attempts": "many"},
+    )
+    client.force_login(viewer)
+    response = client.get(dashboard_url())
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Damaged record:" in page and "attempts is not a number: &#x27;many&#x27;" in page
+
+
+@pytest.mark.parametrize(
+    ("time_zone", "shown"),
+    [
+        ("UTC", "2026-01-15 05:39:35 UTC"),
+        ("America/Chicago", "2026-01-14 23:39:35 CST"),  # Django's default TIME_ZONE
+    ],
+)
+def test_failure_times_name_the_time_zone_they_are_shown_in(
+    client: Client, viewer: Any, redis_mode: Any, time_zone: str, shown: str
+) -> None:
+    # Was: converted to the active time zone by the date filter, then labelled "UTC".
+    failed_at = 1768455575_000  # 2026-01-15 05:39:35 UTC, in ms as the scripts write it
+    redis_mode.xadd(
+        dead_key(redis_mode),
+        {"id": "j", "d": '{"type": "t"}', "error": "e", "attempts": 1, "failed_at": failed_at},
+    )
+    client.force_login(viewer)
+    with override_settings(TIME_ZONE=time_zone):
+        page = client.get(dashboard_url()).content.decode()
+    assert f">{shown}</time>" in page
+    assert 'datetime="2026-01-1' in page  # the machine-readable instant, with its offset
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:1/9?password=SECRET-Q",
+        "redis://:SECRET-U@127.0.0.1:1/9",
+        "unix:///nowhere/redis.sock?password=SECRET-S",
+    ],
+)
+def test_credentials_in_the_redis_url_never_show(
+    client: Client, viewer: Any, caplog: pytest.LogCaptureFixture, url: str
+) -> None:
+    client.force_login(viewer)
+    with override_settings(CSJD_MODE="redis", CSJD_REDIS_URL=url):
+        page = client.get(dashboard_url()).content.decode()
+        with pytest.raises(CommandError) as stats_error:
+            call_command("csjd_stats")
+    assert "is unavailable" in page and "***" in page
+    for text in (page, str(stats_error.value), caplog.text):
+        assert "SECRET" not in text
+
+
+def test_a_redis_url_that_is_not_text_is_reported_on_the_page(client: Client, viewer: Any) -> None:
+    # Was: AttributeError, a 500.
+    client.force_login(viewer)
+    with override_settings(CSJD_MODE="redis", CSJD_REDIS_URL=123):
+        response = client.get(dashboard_url())
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "CSJD settings are invalid: CSJD_REDIS_URL: RedisConfig.url must be a string" in page
 
 
 def test_bad_references_are_400(client: Client, manager: Any, redis_mode: Any) -> None:

@@ -73,3 +73,19 @@ def test_checks_report_bad_settings_with_ids() -> None:
     with override_settings(CSJD_MODE="immediate"):
         assert check_settings() == []
     assert csjd.app.mode in ("immediate", "inprocess", "redis")
+
+
+@pytest.mark.parametrize(
+    ("argv", "need"),
+    [
+        (["csjd_stats"], "manage.py csjd_stats reads the Redis queues"),
+        (["csjd_dead", "list"], "manage.py csjd_dead works on the dead letters"),
+        (["csjd_worker", "--burst"], "manage.py csjd_worker consumes the Redis queues"),
+    ],
+)
+def test_redis_commands_name_their_own_need_in_inprocess_mode(argv: list[str], need: str) -> None:
+    # Was: "--into-redis needs CSJD_MODE='redis'", an option never passed.
+    with override_settings(CSJD_MODE="inprocess"), pytest.raises(CommandError) as error:
+        call_command(*argv)
+    assert str(error.value).startswith(need)
+    assert "--into-redis" not in str(error.value)

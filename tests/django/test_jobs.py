@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.core import mail
 from django.db import transaction
@@ -85,6 +87,25 @@ def test_enqueue_failure_after_commit_is_logged_with_the_job_id(
         with transaction.atomic():
             handle = jobs.send_receipt.delay_on_commit(order.pk)
         assert any(handle.id in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_any_error_of_an_enqueue_after_commit_is_logged(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Was: only CSJDError was caught; anything else left Django's own on_commit message, without
+    # the job id or what was lost.
+    order = make_order()
+
+    def broken_enqueue(job: Any) -> None:
+        raise RuntimeError("a bug in the enqueue path")
+
+    monkeypatch.setattr(csjd.app, "enqueue", broken_enqueue)
+    with transaction.atomic():
+        handle = jobs.send_receipt.delay_on_commit(order.pk)
+    (record,) = [r for r in caplog.records if "enqueue after commit failed" in r.getMessage()]
+    assert repr(handle.id) in record.getMessage()
+    assert record.exc_info is not None and "a bug in the enqueue path" in caplog.text
 
 
 @pytest.mark.django_db(transaction=True)

@@ -92,6 +92,36 @@ def test_signals_are_sent() -> None:
     assert any(s.startswith("enqueued:") for s in seen)
 
 
+def finished_signals() -> tuple[list[Any], Any]:
+    """A receiver recording every ``task_finished`` (status, errors), and its disconnect."""
+    seen: list[Any] = []
+
+    def receiver(sender: Any, task_result: Any, **kwargs: Any) -> None:
+        seen.append((task_result.id, task_result.status, len(task_result.errors)))
+
+    task_finished.connect(receiver)
+    return seen, lambda: task_finished.disconnect(receiver)
+
+
+@pytest.mark.parametrize("mode", ["immediate", "inprocess"])
+def test_task_finished_is_sent_once_when_the_task_ends(mode: str) -> None:
+    # Without MAX_ATTEMPTS, `job.max_attempts or ctx.attempt` made every failed attempt look
+    # final: a task that failed twice then succeeded sent FAILED, FAILED, SUCCESSFUL.
+    seen, disconnect = finished_signals()
+    try:
+        with override_settings(CSJD_MODE=mode):
+            recovered = tasks.fails_twice.using(backend="plain").enqueue(f"key-{mode}")
+            doomed = tasks.explode.using(backend="plain").enqueue("always")
+            assert csjd.wait(timeout=10)
+            assert csjd.app.status(recovered.id).attempts == 3
+            assert csjd.app.status(doomed.id).attempts == 3  # CSJD_DEFAULT_MAX_ATTEMPTS
+    finally:
+        disconnect()
+    assert sorted(seen) == sorted(
+        [(recovered.id, TaskResultStatus.SUCCESSFUL, 0), (doomed.id, TaskResultStatus.FAILED, 1)]
+    )
+
+
 def test_validation_errors() -> None:
     with pytest.raises(InvalidTaskError, match="not JSON"):
         tasks.add.enqueue(object(), 1)

@@ -30,3 +30,15 @@ def explode(message: str) -> None:
 @task()
 async def async_double(n: int) -> int:
     return n * 2
+
+
+FLAKY_CALLS: list[str] = []
+
+
+@task()
+def fails_twice(key: str) -> str:
+    """Fails on its first two attempts, then succeeds."""
+    FLAKY_CALLS.append(key)
+    if FLAKY_CALLS.count(key) <= 2:
+        raise ConnectionError(f"attempt {FLAKY_CALLS.count(key)} of {key} failed")
+    return key

@@ -78,5 +78,7 @@ TASKS = {
     "default": {
         "BACKEND": "csjd_django.backends.CSJDBackend",
         "OPTIONS": {"MAX_ATTEMPTS": 2},
-    }
+    },
+    # No MAX_ATTEMPTS: tasks get CSJD_DEFAULT_MAX_ATTEMPTS (3).
+    "plain": {"BACKEND": "csjd_django.backends.CSJDBackend"},
 }
