@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from csjd_core import Config, Hooks, RetryPolicy
+from csjd_core import Config, Hooks, RedisConfig, RetryPolicy
 from csjd_core.backends.memory import MemoryBackend
 
 
@@ -111,3 +111,27 @@ def test_store_must_be_durable() -> None:
         Config(store=MemoryBackend())
     with pytest.raises(ValueError, match=r"Config\.store"):
         Config(store="jobs.db")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://h/9?password=SECRET", "redis://h/9?password=***"),
+        ("redis://u:SECRET@h:6379/0", "redis://u:***@h:6379/0"),
+        ("redis://:SECRET@h", "redis://:***@h"),
+        (
+            "rediss://u:p%40SECRET@h/0?ssl_password=SECRET&db=1",
+            "rediss://u:***@h/0?ssl_password=***&db=1",
+        ),
+        ("unix:///run/redis.sock?db=2&password=SECRET", "unix:///run/redis.sock?db=2&password=***"),
+        ("unix://:SECRET@/run/redis.sock", "unix://:***@/run/redis.sock"),
+        ("redis://h/0?Pass%77ord=SECRET", "redis://h/0?Pass%77ord=***"),
+        ("redis://u:a@SECRET@h/0", "redis://u:***@h/0"),
+        ("redis://h:6379/0?socket_timeout=5", "redis://h:6379/0?socket_timeout=5"),
+    ],
+)
+def test_every_credential_form_redis_py_accepts_is_redacted(url: str, shown: str) -> None:
+    # Was: only the user part was redacted; ?password= (which redis-py accepts) was shown.
+    config = RedisConfig.from_url(url)
+    assert config.display == shown
+    assert "SECRET" not in repr(config) and "SECRET" not in str(config)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from csjd_core import FileJobStore, RetryPolicy
-from csjd_core.settings import SETTINGS, SettingsError, app_from_settings
+from csjd_core.settings import SETTINGS, SettingsError, app_from_settings, app_options
 
 
 def test_defaults_give_an_inprocess_app_and_ignore_other_keys() -> None:
@@ -89,3 +91,22 @@ def test_every_distributed_field_has_a_setting() -> None:
         "QUEUES",
     }
     assert expected <= set(SETTINGS)
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+@pytest.mark.parametrize("mode", ["inprocess", "redis"])
+def test_a_value_of_any_wrong_type_is_a_settings_error_naming_its_setting(
+    setting: str, mode: str
+) -> None:
+    # Was: CSJD_REDIS_URL=123 raised AttributeError (a 500 on the dashboard).
+    bad_values: list[Any] = [object(), [1], {"a": 1}, -1, 1e300, 10**400, "\udcff", "", None]
+    for bad in bad_values:
+        settings = {"CSJD_MODE": mode, "CSJD_REDIS_URL": "redis://localhost:6379/0"}
+        settings[f"CSJD_{setting}"] = bad
+        # Accepted is fine too (an empty CSJD_STORE_PATH means none): never another error.
+        named = None
+        try:
+            app_options(settings)
+        except SettingsError as exc:
+            named = exc.setting
+        assert named in (None, f"CSJD_{setting}"), bad

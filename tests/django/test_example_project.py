@@ -8,6 +8,7 @@ Redis-mode test. The query-count test (BatchLoader's N+1 fix) is one of them.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,3 +60,49 @@ def test_the_example_sites_own_tests_pass(redis_url: str, redis_client: Any) -> 
     ):
         assert f"{name} PASSED" in output, output
     assert "skipped" not in output.splitlines()[-1], output
+
+
+def test_the_example_runs_concurrent_jobs_on_sqlite_without_lock_errors(
+    redis_url: str, redis_client: Any, tmp_path: Path
+) -> None:
+    # Its first Redis run retried "OperationalError: database is locked" (four worker threads
+    # writing to SQLite) with long tracebacks: the example must work out of the box.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CSJD_", "PYTEST_"))}
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        DJANGO_SETTINGS_MODULE="shop_site.settings",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'shop.sqlite3'}",
+        CSJD_MODE="redis",
+        CSJD_REDIS_URL=redis_url,
+        CSJD_WORKERS="4",
+    )
+
+    def manage(*args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=SITE,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    manage("migrate", "-v", "0")
+    manage(
+        "shell",
+        "-c",
+        "from shop.forms import OrderForm\n"
+        "from shop.views import place_order\n"
+        "for i in range(60):\n"
+        "    form = OrderForm({'customer_email': f'c{i}@example.com', 'item': 'teapot',"
+        " 'quantity': 1, 'unit_price_cents': 100})\n"
+        "    assert form.is_valid()\n"
+        "    place_order(form)\n",
+    )
+    worker = manage("csjd_worker", "--burst")
+    assert "database is locked" not in worker.stderr, worker.stderr
+    counters = json.loads(manage("csjd_stats", "--json").stdout)["shop"]["counters"]
+    assert counters.get("retried", 0) == 0 and counters["succeeded"] == 120, counters

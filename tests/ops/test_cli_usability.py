@@ -1,0 +1,68 @@
+"""The rough edges a new user hit in the ``csjd`` command line (issue: hardening), as real
+subprocesses: the version, what APP is, empty dead-letter lists, the demo's store lock, its
+Ctrl-C and its kill-and-recover walk-through."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+from ops_support import APP, Cli
+
+import csjd_core
+from csjd_core import FileJobStore
+
+
+def test_version_and_what_app_means(cli: Cli) -> None:
+    version = cli.run("--version")
+    assert (version.returncode, version.stdout.strip()) == (
+        0,
+        f"csjd, version {csjd_core.__version__}",
+    )
+    for command in ("worker", "stats", "health", "dead", "replay"):
+        shown = cli.run(command, "--help")
+        assert shown.returncode == 0, shown.stderr
+        assert "module:attr" in " ".join(shown.stdout.split()), (command, shown.stdout)
+
+
+def test_empty_dead_letters_are_said_to_be_empty(cli: Cli, redis_client: Any) -> None:
+    listed = cli.run("dead", APP, "list")
+    assert (listed.returncode, listed.stdout.strip()) == (0, "no dead letters in queue default")
+    # Nothing to delete: no question ("delete 0 dead letter(s)?"), stdin is closed.
+    purged = cli.run("dead", APP, "purge")
+    assert (purged.returncode, purged.stdout.strip()) == (
+        0,
+        "no dead letters to purge in queue default",
+    )
+    stats = cli.run("stats", APP)
+    assert "dead=0 (kept: about 10000)" in stats.stdout, stats.stderr
+
+
+def test_the_demo_on_a_locked_store_is_a_clear_error(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "jobs.json"
+    with FileJobStore(path):  # another process (here: the test) holds the store
+        locked = cli.run("demo", "--store", path)
+    assert locked.returncode == 1
+    assert "Traceback" not in locked.stderr
+    assert re.search(r"Error: job store .*jobs\.json is locked by pid \d+", locked.stderr)
+
+
+def test_the_demo_drains_on_ctrl_c_and_the_rest_runs_next_time(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "jobs.json"
+    demo = cli.start("demo", "--store", path, "--slow", "1")
+    line = demo.wait_for(lambda: re.search(r"pid (\d+): `kill -9 \1`", demo.out()), what="pid")
+    assert int(line.group(1)) == demo.pid  # the pid to kill is printed
+    demo.wait_for(lambda: "succeeded=  " in demo.out() and "t= 0.5s" in demo.out())
+    demo.signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
+    assert demo.wait(60) == 130
+    out = demo.out()
+    assert "interrupted: draining for up to 10 s" in out
+    assert "stop report: StopReport(" in out and "still_running=0" in out
+    assert "Traceback" not in demo.err()
+    # What did not run stays in the store; the next run recovers and finishes it.
+    again = cli.run("demo", "--store", path, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    remaining = cli.run("replay", path)
+    assert remaining.stdout.startswith(f"{path}: 0 unfinished jobs"), remaining.stdout
