@@ -156,6 +156,7 @@ class _Refused(Exception):
 
 
 _INT_LIMIT = 1 << MAX_INT_BITS
+_INT64 = 1 << 63  # at most 19 digits and a sign
 _LONE_SURROGATE = (
     "holds text that is not valid Unicode (a lone surrogate, as os.fsdecode makes of "
     "undecodable bytes)"
@@ -165,16 +166,52 @@ _LONE_SURROGATE = (
 def _json_size(value: Any, depth: int) -> int:
     """An upper bound of ``value``'s length as compact ASCII JSON, checking every limit.
 
-    A fast path for what payloads are made of (exact types first, no encoder call); subclasses
-    of the JSON types are accepted as `json` accepts them.
+    The hot path of admission: exact types first, and the usual members of a container (ASCII
+    text, 64-bit integers, None, booleans) sized inline, without a call each. Subclasses of the
+    JSON types are accepted as `json` accepts them.
 
     Raises:
         _Refused: naming the problem.
     """
     kind = type(value)
+    if kind is dict or kind is list or kind is tuple:
+        if depth >= MAX_NESTING:
+            raise _Refused(
+                f"nests lists and objects deeper than {MAX_NESTING} levels "
+                "(csjd_core.limits.MAX_NESTING), or refers to itself"
+            )
+        depth += 1
+        size = 2 + 2 * len(value)  # brackets, commas and colons
+        if kind is dict:
+            for key, item in value.items():
+                if type(key) is str and key.isascii():  # isascii: constant time in CPython
+                    size += 6 * len(key) + 2
+                else:
+                    size += _key_size(key, depth)
+                kind = type(item)
+                if kind is str and item.isascii():
+                    size += 6 * len(item) + 2  # each character at most a \u00XX escape
+                elif kind is int and -_INT64 < item < _INT64:
+                    size += 20
+                elif item is None or kind is bool:
+                    size += 5
+                else:
+                    size += _json_size(item, depth)
+        else:
+            for item in value:
+                kind = type(item)
+                if kind is str and item.isascii():
+                    size += 6 * len(item) + 2
+                elif kind is int and -_INT64 < item < _INT64:
+                    size += 20
+                elif item is None or kind is bool:
+                    size += 5
+                else:
+                    size += _json_size(item, depth)
+        return size
     if kind is str:
-        if value.isascii():  # constant time in CPython
-            return 6 * len(value) + 2  # each character at most a \u00XX escape
+        if value.isascii():
+            return 6 * len(value) + 2
         if not is_text(value):
             raise _Refused(_LONE_SURROGATE)
         return 12 * len(value) + 2  # a surrogate pair of escapes at most
@@ -191,23 +228,6 @@ def _json_size(value: Any, depth: int) -> int:
         if math.isfinite(value):
             return 24
         raise _Refused(f"is not JSON-serializable: {value!r} is not a finite number")
-    if kind is dict or kind is list or kind is tuple:
-        if depth >= MAX_NESTING:
-            raise _Refused(
-                f"nests lists and objects deeper than {MAX_NESTING} levels "
-                "(csjd_core.limits.MAX_NESTING), or refers to itself"
-            )
-        size = 2 + 2 * len(value)  # brackets, commas and colons
-        if kind is dict:
-            for key, item in value.items():
-                if type(key) is str:
-                    size += _json_size(key, depth) + _json_size(item, depth + 1)
-                else:
-                    size += _key_size(key, depth) + _json_size(item, depth + 1)
-        else:
-            for item in value:
-                size += _json_size(item, depth + 1)
-        return size
     # Subclasses (StrEnum, IntEnum, OrderedDict...), written by `json` as their base type.
     if isinstance(value, str):
         return _json_size(str.__str__(value), depth)
@@ -282,8 +302,12 @@ def validate_job(job: Job) -> None:
     """
     if not isinstance(job, Job):
         raise InvalidJob(f"expected a Job, got {type(job).__name__}")
-    check_name(job.id, "job id")
-    check_name(job.type, "job type", f" (id={job.id!r})")
+    job_id, job_type = job.id, job.type
+    # The usual ASCII names inline (this runs at every submit); `check_name` says what is wrong.
+    if not (type(job_id) is str and 0 < len(job_id) <= MAX_NAME_LENGTH and job_id.isascii()):
+        check_name(job_id, "job id")
+    if not (type(job_type) is str and 0 < len(job_type) <= MAX_NAME_LENGTH and job_type.isascii()):
+        check_name(job_type, "job type", f" (id={job_id!r})")
     if job.payload is not None:
         check_json(job.payload, f"payload of job {job.id!r}")
     if job.max_attempts is not None and (
