@@ -205,10 +205,30 @@ def replay(
 def _add_redis_commands() -> None:
     try:
         from csjd_core import cli_redis  # noqa: PLC0415 - needs the optional redis package
-    except ImportError:  # pragma: no cover - without the [redis] extra
+    except ImportError as exc:  # without the [redis] extra: say so, rather than "No such command"
+        for name in ("worker", "stats", "health", "dead"):
+            main.add_command(_needs_redis(name, exc))
         return
     for command in (cli_redis.worker, cli_redis.stats, cli_redis.health, cli_redis.dead):
         main.add_command(command)
+
+
+def _needs_redis(name: str, error: ImportError) -> click.Command:
+    """A stand-in for a distributed-mode command when redis-py is not installed."""
+
+    def explain() -> None:
+        raise click.ClickException(
+            f"`csjd {name}` works on Redis queues and needs the redis extra: "
+            f"pip install 'csjd[redis]' ({error})"
+        )
+
+    return click.Command(
+        name,
+        callback=explain,
+        help="Needs the redis extra: pip install 'csjd[redis]'.",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=False,
+    )
 
 
 _add_redis_commands()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +68,26 @@ def test_the_demo_drains_on_ctrl_c_and_the_rest_runs_next_time(cli: Cli, tmp_pat
     assert again.returncode == 0, again.stdout + again.stderr
     remaining = cli.run("replay", path)
     assert remaining.stdout.startswith(f"{path}: 0 unfinished jobs"), remaining.stdout
+
+
+def test_redis_commands_without_the_redis_extra_say_what_to_install(cli: Cli) -> None:
+    # Was: "No such command 'worker'" after `pip install csjd` (no [redis] extra).
+    without_redis = (
+        "import sys; sys.modules['redis'] = None; "  # as if redis-py were not installed
+        "from csjd_core.cli import main; main()"
+    )
+    for argv in (["worker", APP], ["worker", "--help"], ["dead", APP, "list"], ["stats", APP]):
+        result = subprocess.run(
+            [sys.executable, "-c", without_redis, *argv],
+            env=cli.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 1, result.stderr
+        assert (
+            f"`csjd {argv[0]}` works on Redis queues and needs the redis extra: pip install "
+            in (result.stderr)
+        )
+        assert "No such command" not in result.stderr
