@@ -147,7 +147,7 @@ class RedisConfig:
         for name in ("url", "addr", "username", "password"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                shown = "***" if name == "password" else repr(value)
+                shown = "***" if name == "password" else brief(value)
                 raise ValueError(
                     f"RedisConfig.{name} must be a string, got {type(value).__name__} {shown}"
                 )

@@ -6,6 +6,7 @@ import threading
 import time
 
 from csjd_core.errors import JobTimeout
+from csjd_core.limits import MAX_DURATION
 
 __all__ = ["JobContext"]
 
@@ -61,7 +62,8 @@ class JobContext:
                 event = self._event
         if self._cancelled:
             return True
-        return event.wait(seconds)
+        # Clamped: a wait past threading.TIMEOUT_MAX would raise OverflowError in the handler.
+        return event.wait(min(seconds, MAX_DURATION))
 
     def raise_if_cancelled(self) -> None:
         """Raise `JobTimeout` if the attempt has been cancelled."""

@@ -32,8 +32,7 @@ for _, e in ipairs(r[2]) do
     local reason = 'delivered ' .. (deliveries - 1) .. ' times without an outcome (its worker ' ..
       'died or lost the lease each time)'
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'id', id, 'entry', entry, 'd', data,
-      'error', reason,
-      'traceback', '', 'reason', 'max_deliveries', 'attempts',
+      'error', reason, 'traceback', '', 'reason', 'max_deliveries', 'attempts',
       (state and redis.call('HGET', key, 'attempts')) or 0, 'failed_at', now)
     redis.call('XACK', KEYS[1], group, entry)
     redis.call('XDEL', KEYS[1], entry)

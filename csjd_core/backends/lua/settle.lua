@@ -44,9 +44,8 @@ for _, op in ipairs(cjson.decode(ARGV[6])) do
       local data = (state and redis.call('HGET', key, 'data')) or op.d or ''
       local attempts = (state and redis.call('HGET', key, 'attempts')) or op.a or 0
       redis.call('XADD', KEYS[4], 'MAXLEN', '~', keep, '*', 'id', op.id or '', 'entry', op.e,
-        'd', data,
-        'error', op.err or '', 'traceback', op.tb or '', 'reason', op.reason or 'failed',
-        'attempts', attempts, 'failed_at', now)
+        'd', data, 'error', op.err or '', 'traceback', op.tb or '', 'reason',
+        op.reason or 'failed', 'attempts', attempts, 'failed_at', now)
       if live then
         redis.call('HSET', key, 'state', 'failed', 'error', op.err or '', 'traceback',
           op.tb or '', 'finished_at', now)
