@@ -182,32 +182,24 @@ def _json_size(value: Any, depth: int) -> int:
             )
         depth += 1
         size = 2 + 2 * len(value)  # brackets, commas and colons
+        items = value
         if kind is dict:
-            for key, item in value.items():
+            for key in value:
                 if type(key) is str and key.isascii():  # isascii: constant time in CPython
                     size += 6 * len(key) + 2
                 else:
                     size += _key_size(key, depth)
-                kind = type(item)
-                if kind is str and item.isascii():
-                    size += 6 * len(item) + 2  # each character at most a \u00XX escape
-                elif kind is int and -_INT64 < item < _INT64:
-                    size += 20
-                elif item is None or kind is bool:
-                    size += 5
-                else:
-                    size += _json_size(item, depth)
-        else:
-            for item in value:
-                kind = type(item)
-                if kind is str and item.isascii():
-                    size += 6 * len(item) + 2
-                elif kind is int and -_INT64 < item < _INT64:
-                    size += 20
-                elif item is None or kind is bool:
-                    size += 5
-                else:
-                    size += _json_size(item, depth)
+            items = value.values()
+        for item in items:
+            kind = type(item)
+            if kind is str and item.isascii():
+                size += 6 * len(item) + 2  # each character at most a \u00XX escape
+            elif kind is int and -_INT64 < item < _INT64:
+                size += 20
+            elif item is None or kind is bool:
+                size += 5
+            else:
+                size += _json_size(item, depth)
         return size
     if kind is str:
         if value.isascii():
