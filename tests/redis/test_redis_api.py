@@ -7,6 +7,7 @@ family in redis mode, secrets in logs and an unreachable server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import sys
@@ -516,9 +517,9 @@ end
 def test_a_reply_that_never_comes_means_maybe_enqueued(
     dispatchers: Dispatchers, redis_client: Any, redis_url: str
 ) -> None:
-    # A script keeps the server busy for 1.5 s: the submit is sent, its reply does not come
-    # within the socket timeout, and the server runs the enqueue once it is free. The error must
-    # say "may or may not", and a second submit with the same id is refused as a duplicate.
+    # A script keeps the server busy for 1.5 s: the submit is sent and its reply does not come
+    # within the socket timeout. The error must say "may or may not" (the server may still run
+    # it), and submitting again with the same id must leave exactly one job.
     d = dispatchers()
     keys = d.backend.keys_for(None)
     producer = RedisDistributedDispatcher(
@@ -547,9 +548,14 @@ def test_a_reply_that_never_comes_means_maybe_enqueued(
         with pytest.raises(BackendUnavailable, match="may or may not be enqueued"):
             producer.submit(Job("maybe", "t"))
         busy.join(DEADLINE)
-        wait_until(lambda: redis_client.exists(keys.job("maybe")), DEADLINE)
-        with pytest.raises(DuplicateJob):
+        # Whether the server ran it depends on the server (Redis 7 runs a command it read
+        # before the client hung up; Valkey drops it): the retry with the same id is safe
+        # either way, and exactly one job exists after it.
+        with contextlib.suppress(DuplicateJob):
             producer.submit(Job("maybe", "t"))
+        assert redis_client.hget(keys.job("maybe"), "state") == b"queued"
+        entries = redis_client.xrange(keys.stream)
+        assert [fields[b"id"] for _, fields in entries].count(b"maybe") == 1
     finally:
         busy.join(DEADLINE)
         probe.close()
