@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -426,7 +427,8 @@ class RedisStreamsBackend(Backend):
         args: list[Any] = [self.config.max_pending_jobs, self._dedupe_ms]
         job_keys = []
         for job in jobs:
-            run_at = "" if job.run_at is None else str(int(job.run_at.timestamp() * 1000))
+            # Rounded up to the millisecond: a job must not start before its run_at.
+            run_at = "" if job.run_at is None else str(math.ceil(job.run_at.timestamp() * 1000))
             data, max_attempts = self._encode(job)
             args += [job.id, data, run_at, max_attempts]
             job_keys.append(keys.job(job.id))
