@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from csjd_core.cache import TTLCache
+from csjd_core.utilities.cache import TTLCache
 
 
 def hit_costs(number: int, repeat: int) -> list[tuple[str, float]]:

@@ -2,25 +2,25 @@
 
 from typing import TYPE_CHECKING, Any
 
-from csjd_core.app import App, JobFailed, JobFunction, JobHandle
+from csjd_core.app import App, JobFunction, JobHandle
 from csjd_core.backends.base import Backend
 from csjd_core.backends.file import FileJobStore
-from csjd_core.batch import AsyncBatchLoader, BatchLoader
-from csjd_core.cache import CacheStats, TTLCache
 from csjd_core.config import Config, DistributedConfig, RedisConfig
 from csjd_core.context import JobContext
 from csjd_core.dispatcher import Dispatcher
-from csjd_core.engine.dispatcher import JobNotFound
 from csjd_core.errors import (
     BackendUnavailable,
     CSJDError,
     DispatcherClosed,
     DuplicateJob,
     InvalidJob,
+    JobFailed,
+    JobNotFound,
     JobStoreLocked,
     JobTimeout,
     PermanentError,
     QueueFull,
+    SettingsError,
     StoreCorrupted,
     StoreFailed,
     UnknownJobType,
@@ -30,6 +30,7 @@ from csjd_core.hooks import Hooks
 from csjd_core.job import Job, JobState, JobStatus
 from csjd_core.metrics import MetricsSnapshot, StopReport
 from csjd_core.retry import RetryPolicy
+from csjd_core.utilities import AsyncBatchLoader, BatchLoader, CacheStats, TTLCache
 
 if TYPE_CHECKING:
     from csjd_core.distributed import RedisDistributedDispatcher
@@ -68,6 +69,7 @@ __all__ = [
     "RedisConfig",
     "RedisDistributedDispatcher",
     "RetryPolicy",
+    "SettingsError",
     "StopReport",
     "StoreCorrupted",
     "StoreFailed",

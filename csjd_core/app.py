@@ -18,7 +18,7 @@ from csjd_core.context import JobContext
 from csjd_core.dispatcher import Dispatcher
 from csjd_core.engine.dispatcher import BaseDispatcher
 from csjd_core.engine.registry import HandlerFn, HandlerRegistry
-from csjd_core.errors import CSJDError, InvalidJob
+from csjd_core.errors import CSJDError, InvalidJob, JobFailed
 from csjd_core.immediate import ImmediateDispatcher
 from csjd_core.job import Job, JobState, JobStatus, check_json, validate_job
 from csjd_core.limits import MAX_ATTEMPTS, brief, name_problem
@@ -33,16 +33,6 @@ R = TypeVar("R")
 
 Mode = Literal["inprocess", "redis", "immediate"]
 MODES = ("inprocess", "redis", "immediate")
-
-
-class JobFailed(CSJDError):
-    """``handle.result()``: the job ended in the failed state."""
-
-    def __init__(self, status: JobStatus) -> None:
-        super().__init__(
-            f"job {status.id!r} failed after {status.attempts} attempt(s): {status.last_error}"
-        )
-        self.status = status
 
 
 class JobHandle(Generic[R]):

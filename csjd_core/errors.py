@@ -4,8 +4,12 @@ text that never fails, never grows without bound and always encodes."""
 from __future__ import annotations
 
 import traceback as _traceback
+from typing import TYPE_CHECKING
 
 from csjd_core.limits import clip_text, clip_traceback
+
+if TYPE_CHECKING:
+    from csjd_core.job import JobStatus
 
 __all__ = [
     "BackendUnavailable",
@@ -13,10 +17,13 @@ __all__ = [
     "DispatcherClosed",
     "DuplicateJob",
     "InvalidJob",
+    "JobFailed",
+    "JobNotFound",
     "JobStoreLocked",
     "JobTimeout",
     "PermanentError",
     "QueueFull",
+    "SettingsError",
     "StoreCorrupted",
     "StoreFailed",
     "UnknownJobType",
@@ -86,6 +93,32 @@ class JobStoreLocked(CSJDError):
         )
         self.path = path
         self.holder_pid = holder_pid
+
+
+class JobNotFound(CSJDError, LookupError):
+    """``status(job_id)``: no job with that id is known (never submitted, or its result expired)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r} (never submitted, or its result expired)")
+        self.job_id = job_id
+
+
+class JobFailed(CSJDError):
+    """``handle.result()``: the job ended in the failed state."""
+
+    def __init__(self, status: JobStatus) -> None:
+        super().__init__(
+            f"job {status.id!r} failed after {status.attempts} attempt(s): {status.last_error}"
+        )
+        self.status = status
+
+
+class SettingsError(CSJDError, ValueError):
+    """A ``CSJD_*`` setting is unknown or has a bad value."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
 
 
 class JobTimeout(CSJDError):

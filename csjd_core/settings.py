@@ -10,7 +10,7 @@ from typing import Any
 from csjd_core.app import MODES, App
 from csjd_core.backends.file import FileJobStore
 from csjd_core.config import Config, DistributedConfig, RedisConfig
-from csjd_core.errors import CSJDError
+from csjd_core.errors import SettingsError
 from csjd_core.limits import brief
 
 __all__ = ["SETTINGS", "SettingsError", "app_from_settings", "app_options"]
@@ -47,14 +47,6 @@ SETTINGS: dict[str, tuple[str, str]] = {
         }
     },
 }
-
-
-class SettingsError(CSJDError, ValueError):
-    """A ``CSJD_*`` setting is unknown or has a bad value."""
-
-    def __init__(self, setting: str, message: str) -> None:
-        super().__init__(f"{setting}: {message}")
-        self.setting = setting
 
 
 def app_from_settings(

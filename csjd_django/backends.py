@@ -17,8 +17,7 @@ from django.core import checks
 from django.utils import timezone
 
 from csjd_core.context import JobContext
-from csjd_core.engine.dispatcher import JobNotFound
-from csjd_core.errors import InvalidJob, format_traceback
+from csjd_core.errors import InvalidJob, JobNotFound, format_traceback
 from csjd_core.job import Job, JobState, JobStatus, check_json, timeout_seconds
 from csjd_django.compat import (
     BaseTaskBackend,

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core import checks
 
-from csjd_core.settings import SettingsError
+from csjd_core.errors import SettingsError
 from csjd_django.conf import options_from_settings
 
 __all__ = ["check_settings"]

@@ -23,8 +23,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpR
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
-from csjd_core.errors import CSJDError, DuplicateJob, InvalidJob
-from csjd_core.settings import SettingsError
+from csjd_core.errors import CSJDError, DuplicateJob, InvalidJob, SettingsError
 from csjd_django.throughput import Sample, ThroughputSamples, throughput_svg
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from typing import TypeVar
 from csjd_core.backends.base import Backend, BackendSettings
 from csjd_core.engine.pool import Engine
 from csjd_core.engine.registry import HandlerFn, HandlerRegistry
-from csjd_core.errors import CSJDError, DispatcherClosed, InvalidJob, UnknownJobType
+from csjd_core.errors import DispatcherClosed, InvalidJob, JobNotFound, UnknownJobType
 from csjd_core.hooks import HookRunner
 from csjd_core.job import Job, JobStatus, check_name, validate_job
 from csjd_core.limits import DEFAULT_MAX_RESULT_BYTES, name_problem
@@ -25,14 +25,6 @@ __all__ = ["BaseDispatcher", "JobNotFound"]
 logger = logging.getLogger("csjd_core.dispatcher")
 
 F = TypeVar("F", bound=HandlerFn)
-
-
-class JobNotFound(CSJDError, LookupError):
-    """``status(job_id)``: no job with that id is known (never submitted, or its result expired)."""
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job with id {job_id!r} (never submitted, or its result expired)")
-        self.job_id = job_id
 
 
 class BaseDispatcher:

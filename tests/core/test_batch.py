@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from csjd_core.batch import AsyncBatchLoader, BatchLoader
+from csjd_core.utilities.batch import AsyncBatchLoader, BatchLoader
 
 DEADLINE = 10.0
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from csjd_core.cache import CacheStats, TTLCache
+from csjd_core.utilities.cache import CacheStats, TTLCache
 
 DEADLINE = 10.0
 
