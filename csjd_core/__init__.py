@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 from csjd_core.app import App, JobFunction, JobHandle
 from csjd_core.backends.base import Backend
 from csjd_core.backends.file import FileJobStore
-from csjd_core.config import Config, DistributedConfig, RedisConfig
+from csjd_core.config import Config, DistributedConfig, EngineConfig, RedisConfig
 from csjd_core.context import JobContext
 from csjd_core.dispatcher import Dispatcher
 from csjd_core.errors import (
@@ -13,6 +13,7 @@ from csjd_core.errors import (
     CSJDError,
     DispatcherClosed,
     DuplicateJob,
+    InvalidConfig,
     InvalidJob,
     JobFailed,
     JobNotFound,
@@ -50,8 +51,10 @@ __all__ = [
     "DispatcherClosed",
     "DistributedConfig",
     "DuplicateJob",
+    "EngineConfig",
     "FileJobStore",
     "Hooks",
+    "InvalidConfig",
     "InvalidJob",
     "Job",
     "JobContext",

@@ -21,7 +21,7 @@ from csjd_core.engine.registry import HandlerFn, HandlerRegistry
 from csjd_core.errors import CSJDError, InvalidJob, JobFailed
 from csjd_core.immediate import ImmediateDispatcher
 from csjd_core.job import Job, JobState, JobStatus, check_json, validate_job
-from csjd_core.limits import MAX_ATTEMPTS, brief, name_problem
+from csjd_core.limits import attempts, name_problem, positive_seconds
 from csjd_core.retry import seconds
 
 __all__ = ["App", "JobFailed", "JobFunction", "JobHandle"]
@@ -261,18 +261,9 @@ def _check_job_options(
     Raises:
         ValueError: naming the option and its limit.
     """
-    if max_attempts is not None and (
-        isinstance(max_attempts, bool)
-        or not isinstance(max_attempts, int)
-        or not 1 <= max_attempts <= MAX_ATTEMPTS
-    ):
-        raise ValueError(
-            f"max_attempts must be an int >= 1 and at most {MAX_ATTEMPTS}, "
-            f"got {brief(max_attempts)}"
-        )
-    limit = None if timeout is None else seconds(timeout, "timeout")
-    if limit == 0:
-        raise ValueError(f"timeout must be positive seconds, got {brief(timeout)}")
+    if max_attempts is not None:
+        attempts(max_attempts, "max_attempts")
+    limit = None if timeout is None else positive_seconds(timeout, "timeout")
     if queue is not None:
         problem = name_problem(queue, "queue")
         if problem is not None:

@@ -6,8 +6,6 @@ from csjd_core.backends.memory import MemoryBackend
 from csjd_core.config import Config
 from csjd_core.engine.dispatcher import BaseDispatcher
 from csjd_core.engine.registry import HandlerRegistry
-from csjd_core.job import timeout_seconds
-from csjd_core.retry import seconds
 
 __all__ = ["Dispatcher"]
 
@@ -27,15 +25,7 @@ class Dispatcher(BaseDispatcher):
         self.config = config = config if config is not None else Config()
         super().__init__(
             config.store if config.store is not None else MemoryBackend(),
-            workers=config.workers,
-            max_pending_jobs=config.max_pending_jobs,
-            max_detached_handlers=config.max_detached_handlers,
-            default_max_attempts=config.default_max_attempts,
-            default_timeout=timeout_seconds(config.default_timeout),
-            retry=config.retry,
-            hooks=config.hooks,
-            result_ttl=seconds(config.result_ttl, "result_ttl"),
-            max_results=config.max_results,
-            max_result_bytes=config.max_result_bytes,
+            config,
             registry=registry,
+            max_results=config.max_results,
         )

@@ -13,9 +13,8 @@ from csjd_core.config import DistributedConfig, RedisConfig
 from csjd_core.engine.dispatcher import BaseDispatcher
 from csjd_core.engine.registry import HandlerRegistry
 from csjd_core.errors import BackendUnavailable, InvalidJob
-from csjd_core.job import Job, timeout_seconds
+from csjd_core.job import Job
 from csjd_core.metrics import StopReport
-from csjd_core.retry import seconds
 
 __all__ = ["DeadLetter", "RedisDistributedDispatcher"]
 
@@ -40,20 +39,7 @@ class RedisDistributedDispatcher(BaseDispatcher):
         self.config = config = config if config is not None else DistributedConfig()
         self.redis_config = redis
         self.backend = RedisStreamsBackend(redis, config)
-        super().__init__(
-            self.backend,
-            workers=config.workers,
-            max_pending_jobs=config.max_pending_jobs,
-            max_detached_handlers=config.max_detached_handlers,
-            default_max_attempts=config.default_max_attempts,
-            default_timeout=timeout_seconds(config.default_timeout),
-            retry=config.retry,
-            hooks=config.hooks,
-            result_ttl=seconds(config.result_ttl, "result_ttl"),
-            max_results=0,
-            max_result_bytes=config.max_result_bytes,
-            registry=registry,
-        )
+        super().__init__(self.backend, config, registry=registry)
 
     @property
     def consumer(self) -> str:

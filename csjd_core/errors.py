@@ -16,6 +16,7 @@ __all__ = [
     "CSJDError",
     "DispatcherClosed",
     "DuplicateJob",
+    "InvalidConfig",
     "InvalidJob",
     "JobFailed",
     "JobNotFound",
@@ -39,6 +40,16 @@ class CSJDError(Exception):
 
 class InvalidJob(CSJDError, ValueError):
     """A job (or its payload, arguments or schedule) cannot be accepted as given."""
+
+
+class InvalidConfig(CSJDError, ValueError):
+    """A configuration value is bad. ``owner`` and ``field`` name it (``Config``,
+    ``workers``), so a settings layer maps it back to its own name without reading the text."""
+
+    def __init__(self, message: str, *, owner: str, field: str) -> None:
+        super().__init__(message)
+        self.owner = owner
+        self.field = field
 
 
 class UnknownJobType(CSJDError, LookupError):

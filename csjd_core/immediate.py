@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterable
 
@@ -10,8 +11,8 @@ from csjd_core.config import Config
 from csjd_core.engine.dispatcher import BaseDispatcher
 from csjd_core.engine.pool import Worker
 from csjd_core.engine.registry import HandlerRegistry
-from csjd_core.job import Job, timeout_seconds
-from csjd_core.retry import RetryPolicy, seconds
+from csjd_core.job import Job
+from csjd_core.retry import RetryPolicy
 
 __all__ = ["ImmediateDispatcher"]
 
@@ -29,17 +30,16 @@ class ImmediateDispatcher(BaseDispatcher):
         self.config = config = config if config is not None else Config()
         super().__init__(
             MemoryBackend(),
-            workers=1,
-            max_pending_jobs=config.max_pending_jobs,
-            max_detached_handlers=0,
-            default_max_attempts=config.default_max_attempts,
-            default_timeout=timeout_seconds(config.default_timeout),
-            retry=RetryPolicy(base_delay=0, max_delay=0, jitter=None),
-            hooks=config.hooks,
-            result_ttl=seconds(config.result_ttl, "result_ttl"),
-            max_results=config.max_results,
-            max_result_bytes=config.max_result_bytes,
+            # One thread (the caller's), retries back to back, nothing to detach.
+            dataclasses.replace(
+                config,
+                workers=1,
+                max_detached_handlers=0,
+                retry=RetryPolicy(base_delay=0, max_delay=0, jitter=None),
+                store=None,
+            ),
             registry=registry,
+            max_results=config.max_results,
         )
         assert isinstance(self._backend, MemoryBackend)
         self._memory = self._backend

@@ -12,17 +12,17 @@ from typing import Any
 
 from csjd_core.errors import InvalidJob
 from csjd_core.limits import (
-    MAX_ATTEMPTS,
     MAX_DURATION,
     MAX_INT_BITS,
     MAX_JOB_BYTES,
     MAX_NAME_LENGTH,
     MAX_NESTING,
+    attempts,
     brief,
     is_text,
     name_problem,
+    positive_seconds,
 )
-from csjd_core.retry import seconds
 
 __all__ = ["Job", "JobState", "JobStatus"]
 
@@ -302,22 +302,15 @@ def validate_job(job: Job) -> None:
         check_name(job_type, "job type", f" (id={job_id!r})")
     if job.payload is not None:
         check_json(job.payload, f"payload of job {job.id!r}")
-    if job.max_attempts is not None and (
-        not isinstance(job.max_attempts, int)
-        or isinstance(job.max_attempts, bool)
-        or not 1 <= job.max_attempts <= MAX_ATTEMPTS
-    ):
-        raise InvalidJob(
-            f"max_attempts must be an int >= 1 and at most {MAX_ATTEMPTS} "
-            f"(csjd_core.limits.MAX_ATTEMPTS), got {brief(job.max_attempts)}"
-        )
-    if job.timeout is not None:
-        try:
-            timeout = seconds(job.timeout, "timeout")
-        except ValueError as exc:
-            raise InvalidJob(f"{exc} (job id={job.id!r})") from None
-        if timeout == 0:
-            raise InvalidJob(f"timeout must be positive, got {job.timeout!r}")
+    try:
+        if job.max_attempts is not None:
+            attempts(job.max_attempts, "max_attempts")
+        if job.timeout is not None and type(job.timeout) is not float:
+            job.timeout = positive_seconds(job.timeout, "timeout")  # plain seconds from here
+        elif job.timeout is not None and not 0 < job.timeout <= MAX_DURATION:
+            positive_seconds(job.timeout, "timeout")  # raises, naming the limit
+    except ValueError as exc:
+        raise InvalidJob(f"{exc} (job id={job_id!r})") from None
     if job.run_at is not None:
         check_run_at(job.run_at)
     if job.queue is not None:

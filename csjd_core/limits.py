@@ -8,8 +8,10 @@ docs/limits.md lists them with the errors a user sees.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
+from datetime import timedelta
 
 __all__ = [
     "DEFAULT_MAX_DEAD_LETTERS",
@@ -24,12 +26,15 @@ __all__ = [
     "MAX_TRACEBACK",
     "MAX_WORKERS",
     "NAME_PATTERN",
+    "attempts",
     "brief",
     "clip_text",
     "clip_traceback",
     "is_name",
     "is_text",
     "name_problem",
+    "positive_seconds",
+    "seconds",
 ]
 
 #: Longest duration in seconds anywhere one is accepted: timeouts, countdowns, how far ahead an
@@ -132,3 +137,56 @@ def clip_traceback(text: str, limit: int = MAX_TRACEBACK) -> str:
     if len(text) > limit:
         text = "...\n" + text[-limit:]
     return _printable(text)
+
+
+# -- The rules every boundary shares. Each raises ValueError naming ``name``; a caller turns it
+# -- into InvalidJob, InvalidConfig or its framework's error.
+def seconds(value: float | timedelta, name: str) -> float:
+    """A duration in seconds from a number or `timedelta`, between 0 and `MAX_DURATION`.
+
+    Raises:
+        ValueError: naming ``name`` when the value is negative, not a number, or longer than
+            `MAX_DURATION` (ten years: no wait on it can overflow a timer).
+    """
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be seconds (a number or timedelta), got {brief(value)}")
+    try:
+        value = float(value)
+    except OverflowError:  # an int too large for a float
+        value = math.inf
+    if not value >= 0:  # negative or NaN
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {brief(value)}")
+    if value > MAX_DURATION:
+        raise ValueError(
+            f"{name} must be at most {MAX_DURATION:.0f} seconds (ten years, "
+            f"csjd_core.limits.MAX_DURATION), got {brief(value)}"
+        )
+    return value
+
+
+def positive_seconds(value: float | timedelta, name: str) -> float:
+    """`seconds`, and more than 0 (a timeout, a lease, an interval).
+
+    Raises:
+        ValueError: naming ``name``.
+    """
+    result = seconds(value, name)
+    if result == 0:
+        raise ValueError(f"{name} must be positive seconds, got {brief(value)}")
+    return result
+
+
+def attempts(value: object, name: str) -> int:
+    """An attempt count: an int from 1 to `MAX_ATTEMPTS`.
+
+    Raises:
+        ValueError: naming ``name``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ATTEMPTS:
+        raise ValueError(
+            f"{name} must be an int >= 1 and at most {MAX_ATTEMPTS} "
+            f"(csjd_core.limits.MAX_ATTEMPTS), got {brief(value)}"
+        )
+    return value

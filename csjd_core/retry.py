@@ -6,39 +6,14 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Literal
 
-from csjd_core.limits import MAX_DURATION, brief
+from csjd_core.errors import InvalidConfig
+from csjd_core.limits import brief, seconds
 
-__all__ = ["RetryPolicy"]
+__all__ = ["RetryPolicy", "seconds"]
 
 Jitter = Literal["full", "equal"] | None
-
-
-def seconds(value: float | timedelta, name: str) -> float:
-    """A duration in seconds from a number or `timedelta`, between 0 and `MAX_DURATION`.
-
-    Raises:
-        ValueError: naming ``name`` when the value is negative, not a number, or longer than
-            `MAX_DURATION` (ten years: no wait on it can overflow a timer).
-    """
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be seconds (a number or timedelta), got {brief(value)}")
-    try:
-        value = float(value)
-    except OverflowError:  # an int too large for a float
-        value = math.inf
-    if not value >= 0:  # negative or NaN
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {brief(value)}")
-    if value > MAX_DURATION:
-        raise ValueError(
-            f"{name} must be at most {MAX_DURATION:.0f} seconds (ten years, "
-            f"csjd_core.limits.MAX_DURATION), got {brief(value)}"
-        )
-    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,20 +33,34 @@ class RetryPolicy:
     jitter: Jitter = "full"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "base_delay", seconds(self.base_delay, "RetryPolicy.base_delay"))
-        object.__setattr__(self, "max_delay", seconds(self.max_delay, "RetryPolicy.max_delay"))
-        if isinstance(self.factor, bool) or not isinstance(self.factor, int | float):
-            raise ValueError(f"RetryPolicy.factor must be a number >= 1, got {brief(self.factor)}")
-        if not math.isfinite(self.factor) or self.factor < 1:
-            raise ValueError(f"RetryPolicy.factor must be a number >= 1, got {brief(self.factor)}")
+        for name in ("base_delay", "max_delay"):
+            try:
+                object.__setattr__(self, name, seconds(getattr(self, name), f"RetryPolicy.{name}"))
+            except ValueError as exc:
+                raise InvalidConfig(str(exc), owner="RetryPolicy", field=name) from None
+        if (
+            isinstance(self.factor, bool)
+            or not isinstance(self.factor, int | float)
+            or not math.isfinite(self.factor)
+            or self.factor < 1
+        ):
+            raise InvalidConfig(
+                f"RetryPolicy.factor must be a number >= 1, got {brief(self.factor)}",
+                owner="RetryPolicy",
+                field="factor",
+            )
         if self.max_delay < self.base_delay:
-            raise ValueError(
+            raise InvalidConfig(
                 f"RetryPolicy.max_delay ({self.max_delay}) must be >= base_delay "
-                f"({self.base_delay})"
+                f"({self.base_delay})",
+                owner="RetryPolicy",
+                field="max_delay",
             )
         if self.jitter not in ("full", "equal", None):
-            raise ValueError(
-                f"RetryPolicy.jitter must be 'full', 'equal' or None, got {brief(self.jitter)}"
+            raise InvalidConfig(
+                f"RetryPolicy.jitter must be 'full', 'equal' or None, got {brief(self.jitter)}",
+                owner="RetryPolicy",
+                field="jitter",
             )
 
     def ceiling(self, attempt: int) -> float:

@@ -9,43 +9,34 @@ from typing import Any
 
 from csjd_core.app import MODES, App
 from csjd_core.backends.file import FileJobStore
-from csjd_core.config import Config, DistributedConfig, RedisConfig
-from csjd_core.errors import SettingsError
+from csjd_core.config import Config, DistributedConfig, EngineConfig, RedisConfig
+from csjd_core.errors import InvalidConfig, SettingsError
 from csjd_core.limits import brief
 
 __all__ = ["SETTINGS", "SettingsError", "app_from_settings", "app_options"]
 
 PREFIX = "CSJD_"
 
-# Setting -> (target, field): "config" is Config, "distributed" DistributedConfig, "both" both.
+_ENGINE = [f.name for f in dataclasses.fields(EngineConfig) if f.name != "hooks"]
+_ONLY = {
+    "config": [
+        f.name for f in dataclasses.fields(Config) if f.name not in {*_ENGINE, "hooks", "store"}
+    ],
+    "distributed": [
+        f.name for f in dataclasses.fields(DistributedConfig) if f.name not in {*_ENGINE, "hooks"}
+    ],
+}
+
+#: Setting (without ``CSJD_``) -> (target, field). "app": an `App` argument; "both": an
+#: `EngineConfig` field, given to `Config` and to `DistributedConfig`; "config" / "distributed":
+#: a field of that config only. Derived from the configs: a field added there is a setting.
 SETTINGS: dict[str, tuple[str, str]] = {
     "MODE": ("app", "mode"),
     "REDIS_URL": ("app", "redis_url"),
     "STORE_PATH": ("app", "store_path"),
     "STORE_FSYNC": ("app", "store_fsync"),
-    "WORKERS": ("both", "workers"),
-    "MAX_PENDING_JOBS": ("both", "max_pending_jobs"),
-    "DEFAULT_MAX_ATTEMPTS": ("both", "default_max_attempts"),
-    "DEFAULT_TIMEOUT": ("both", "default_timeout"),
-    "RETRY": ("both", "retry"),
-    "MAX_DETACHED_HANDLERS": ("both", "max_detached_handlers"),
-    "RESULT_TTL": ("both", "result_ttl"),
-    "MAX_RESULTS": ("config", "max_results"),
-    **{
-        f.name.upper(): ("distributed", f.name)
-        for f in dataclasses.fields(DistributedConfig)
-        if f.name
-        not in {
-            "workers",
-            "max_pending_jobs",
-            "default_max_attempts",
-            "default_timeout",
-            "retry",
-            "max_detached_handlers",
-            "result_ttl",
-            "hooks",
-        }
-    },
+    **{name.upper(): ("both", name) for name in _ENGINE},
+    **{name.upper(): (target, name) for target, names in _ONLY.items() for name in names},
 }
 
 
@@ -100,30 +91,17 @@ def app_options(settings: Mapping[str, Any], *, hooks: tuple[object, ...] = ()) 
         config = Config(**config_kwargs)
         distributed = DistributedConfig(**distributed_kwargs) if mode == "redis" else None
         redis = RedisConfig.from_url(redis_url) if redis_url else None
-    except (ValueError, TypeError) as exc:
-        raise SettingsError(_setting_named(str(exc)), str(exc)) from exc
+    except InvalidConfig as exc:
+        raise SettingsError(_setting_of(exc), str(exc)) from exc
     return {"mode": mode, "config": config, "redis": redis, "distributed": distributed}
 
 
-def _setting_named(message: str) -> str:
-    """Map ``Config.workers must ...`` back to ``CSJD_WORKERS``."""
-    head = message.split(" ", 1)[0]
-    for prefix in (
-        "Config.",
-        "DistributedConfig.",
-        "RedisConfig.",
-        "RetryPolicy.",
-        "FileJobStore.",
-    ):
-        if head.startswith(prefix):
-            field = head[len(prefix) :].rstrip(":")
-            if prefix == "RetryPolicy.":
-                return "CSJD_RETRY"
-            if prefix == "RedisConfig.":
-                return "CSJD_REDIS_URL"
-            if prefix == "FileJobStore.":
-                return "CSJD_STORE_FSYNC" if field == "fsync" else "CSJD_STORE_PATH"
-            return PREFIX + field.upper()
-    if "url" in message.lower():
-        return "CSJD_REDIS_URL"
-    return "CSJD_*"
+def _setting_of(error: InvalidConfig) -> str:
+    """The ``CSJD_*`` setting behind a config error (``Config.workers`` -> ``CSJD_WORKERS``)."""
+    if error.owner == "RetryPolicy":
+        return PREFIX + "RETRY"
+    if error.owner == "RedisConfig":
+        return PREFIX + "REDIS_URL"
+    if error.owner == "FileJobStore":
+        return PREFIX + ("STORE_FSYNC" if error.field == "fsync" else "STORE_PATH")
+    return PREFIX + error.field.upper()

@@ -23,9 +23,15 @@ from typing import Any, Literal
 from csjd_core.backends._wal import MAX_RECORD, Record, WriteAheadLog, fsync_directory, write_all
 from csjd_core.backends.base import AttemptError, BackendSettings, Delivery
 from csjd_core.backends.memory import Entry, MemoryBackend
-from csjd_core.errors import InvalidJob, JobStoreLocked, StoreCorrupted, StoreFailed
+from csjd_core.errors import (
+    InvalidConfig,
+    InvalidJob,
+    JobStoreLocked,
+    StoreCorrupted,
+    StoreFailed,
+)
 from csjd_core.job import Job, JobState, JobStatus, utc_from_timestamp
-from csjd_core.retry import seconds
+from csjd_core.limits import brief, positive_seconds
 
 __all__ = ["FileJobStore"]
 
@@ -109,24 +115,29 @@ class FileJobStore(MemoryBackend):
         repair: bool = False,
     ) -> None:
         super().__init__()
-        if fsync not in ("always", "interval", "never"):
-            raise ValueError(
-                f"FileJobStore.fsync must be 'always', 'interval' or 'never', got {fsync!r}"
+
+        def fail(field: str, message: str) -> InvalidConfig:
+            return InvalidConfig(
+                f"FileJobStore.{field} {message}", owner="FileJobStore", field=field
             )
-        interval = seconds(fsync_interval, "fsync_interval")
-        if interval <= 0:
-            raise ValueError(f"fsync_interval must be positive, got {fsync_interval!r}")
+
+        if fsync not in ("always", "interval", "never"):
+            raise fail("fsync", f"must be 'always', 'interval' or 'never', got {brief(fsync)}")
+        try:
+            interval = positive_seconds(fsync_interval, "FileJobStore.fsync_interval")
+        except ValueError as exc:
+            raise InvalidConfig(str(exc), owner="FileJobStore", field="fsync_interval") from None
         if (
             isinstance(compact_bytes, bool)
             or not isinstance(compact_bytes, int)
-            or (compact_bytes < 1)
+            or compact_bytes < 1
         ):
-            raise ValueError(f"compact_bytes must be a positive int, got {compact_bytes!r}")
+            raise fail("compact_bytes", f"must be a positive int, got {brief(compact_bytes)}")
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
-            raise ValueError(f"FileJobStore.path must be a file path, got {path!r}")
+            raise fail("path", f"must be a file path, got {brief(path)}")
         self.path = os.path.abspath(os.fspath(path))
         if os.path.isdir(self.path):
-            raise ValueError(_is_a_directory(self.path))
+            raise fail("path", _is_a_directory(self.path))
         self.log_path = self.path + ".log"
         self.lock_path = self.path + ".lock"
         self.fsync = fsync
@@ -154,7 +165,7 @@ class FileJobStore(MemoryBackend):
         if self._opened:
             return 0
         if os.path.isdir(self.path):  # made a directory since the store was created
-            raise StoreFailed(_is_a_directory(self.path))
+            raise StoreFailed(f"FileJobStore.path {_is_a_directory(self.path)}")
         directory = os.path.dirname(self.path)
         try:
             os.makedirs(directory, exist_ok=True)
@@ -622,7 +633,7 @@ class FileJobStore(MemoryBackend):
 
 def _is_a_directory(path: str) -> str:
     return (
-        f"FileJobStore.path {path} is a directory; give the snapshot file's path, e.g. "
+        f"{path} is a directory; give the snapshot file's path, e.g. "
         f"{os.path.join(path, 'jobs.json')} (the log and the lock file go beside it)"
     )
 

@@ -43,7 +43,6 @@ from csjd_core.job import (
     validate_job,
 )
 from csjd_core.limits import clip_text, clip_traceback, name_problem
-from csjd_core.retry import seconds
 
 __all__ = ["QueueKeys", "RedisStreamsBackend"]
 
@@ -211,14 +210,12 @@ class RedisStreamsBackend(Backend):
         # reader cycles, it records them in the same pipeline as its next read.
         self._acks: deque[tuple[Delivery, dict[str, Any]]] = deque()
         self._pipelining = False
-        # Durations are validated floats once DistributedConfig exists; typed here once.
-        self._lease = seconds(config.lease, "lease")
-        self._block = seconds(config.block, "block")
-        self._heartbeat_interval = seconds(config.heartbeat_interval, "heartbeat_interval")
-        self._claim_interval = seconds(config.claim_interval, "claim_interval")
-        self._dedupe_ms = int(seconds(config.dedupe_window, "dedupe_window") * 1000)
-        result_ttl_ms = seconds(config.result_ttl, "result_ttl") * 1000
-        self._ttl_ms = int(max(result_ttl_ms, self._dedupe_ms)) or 1
+        self._lease = config.lease
+        self._block = config.block
+        self._heartbeat_interval = config.heartbeat_interval
+        self._claim_interval = config.claim_interval
+        self._dedupe_ms = int(config.dedupe_window * 1000)
+        self._ttl_ms = int(max(config.result_ttl * 1000, self._dedupe_ms)) or 1
         self.deleted_entries = 0  # PEL entries whose stream entry was gone (counted, logged)
         self.read_calls = 0
 

@@ -5,20 +5,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from types import TracebackType
 from typing import TypeVar
 
 from csjd_core.backends.base import Backend, BackendSettings
+from csjd_core.config import EngineConfig
 from csjd_core.engine.pool import Engine
 from csjd_core.engine.registry import HandlerFn, HandlerRegistry
 from csjd_core.errors import DispatcherClosed, InvalidJob, JobNotFound, UnknownJobType
 from csjd_core.hooks import HookRunner
 from csjd_core.job import Job, JobStatus, check_name, validate_job
-from csjd_core.limits import DEFAULT_MAX_RESULT_BYTES, name_problem
+from csjd_core.limits import name_problem
 from csjd_core.metrics import Counters, MetricsSnapshot, StopReport
-from csjd_core.retry import RetryPolicy, seconds
+from csjd_core.retry import seconds
 
 __all__ = ["BaseDispatcher", "JobNotFound"]
 
@@ -33,38 +34,22 @@ class BaseDispatcher:
     def __init__(
         self,
         backend: Backend,
+        config: EngineConfig,
         *,
-        workers: int,
-        max_pending_jobs: int,
-        max_detached_handlers: int,
-        default_max_attempts: int,
-        default_timeout: float | None,
-        retry: RetryPolicy,
-        hooks: Sequence[object],
-        result_ttl: float,
-        max_results: int,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         registry: HandlerRegistry | None = None,
+        max_results: int = 0,
     ) -> None:
         self._backend = backend
         self._registry = registry if registry is not None else HandlerRegistry()
-        self._hooks = HookRunner(hooks)
+        self._hooks = HookRunner(config.hooks)
         self._counters = Counters()
         self._engine = Engine(
-            backend,
-            self._registry,
-            workers=workers,
-            max_detached=max_detached_handlers,
-            default_timeout=default_timeout,
-            max_result_bytes=max_result_bytes,
-            retry=retry,
-            hooks=self._hooks,
-            counters=self._counters,
+            backend, self._registry, config, hooks=self._hooks, counters=self._counters
         )
         self._settings = BackendSettings(
-            max_pending_jobs=max_pending_jobs,
-            default_max_attempts=default_max_attempts,
-            result_ttl=result_ttl,
+            max_pending_jobs=config.max_pending_jobs,
+            default_max_attempts=config.default_max_attempts,
+            result_ttl=config.result_ttl,
             max_results=max_results,
             worker_id=self._engine.worker_prefix,
             on_lost_claim=self._engine.success_lost,

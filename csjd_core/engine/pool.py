@@ -8,18 +8,18 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from csjd_core.backends.base import AttemptError, Backend, Delivery
+from csjd_core.config import EngineConfig
 from csjd_core.context import JobContext
 from csjd_core.engine.registry import HandlerRegistry
 from csjd_core.engine.watchdog import Attempt, Watchdog
 from csjd_core.errors import InvalidJob, PermanentError, describe_error, format_traceback
 from csjd_core.hooks import HookRunner
-from csjd_core.job import check_json, timeout_seconds
+from csjd_core.job import check_json
 from csjd_core.limits import MAX_ERROR_TEXT, clip_text
 from csjd_core.metrics import Counters, Tally
-from csjd_core.retry import RetryPolicy
 
 __all__ = ["Engine"]
 
@@ -73,22 +73,18 @@ class Engine:
         self,
         backend: Backend,
         registry: HandlerRegistry,
+        config: EngineConfig,
         *,
-        workers: int,
-        max_detached: int,
-        default_timeout: float | None,
-        max_result_bytes: int,
-        retry: RetryPolicy,
         hooks: HookRunner,
         counters: Counters,
     ) -> None:
         self.backend = backend
         self.registry = registry
-        self.workers = workers
-        self.max_detached = max_detached
-        self.default_timeout = default_timeout
-        self.max_result_bytes = max_result_bytes
-        self.retry_policy = retry
+        self.workers = config.workers
+        self.max_detached = config.max_detached_handlers
+        self.default_timeout = config.default_timeout
+        self.max_result_bytes = config.max_result_bytes
+        self.retry_policy = config.retry
         self.hooks = hooks
         self.counters = counters
         self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
@@ -252,11 +248,9 @@ class Engine:
                 worker.tally,
             )
             return
-        timeout = job.timeout
+        timeout = cast("float | None", job.timeout)  # plain seconds: admission normalised it
         if timeout is None:
             timeout = self.default_timeout
-        elif type(timeout) is not float:
-            timeout = timeout_seconds(timeout)
         attempt: Attempt | None = None
         if timeout is None:
             ctx = JobContext(job.id, delivery.attempt, None, job.queue)

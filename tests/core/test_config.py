@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from csjd_core import Config, Hooks, RedisConfig, RetryPolicy
+from csjd_core import (
+    Config,
+    DistributedConfig,
+    EngineConfig,
+    FileJobStore,
+    Hooks,
+    InvalidConfig,
+    RedisConfig,
+    RetryPolicy,
+)
 from csjd_core.backends.memory import MemoryBackend
 
 
@@ -135,3 +145,33 @@ def test_every_credential_form_redis_py_accepts_is_redacted(url: str, shown: str
     config = RedisConfig.from_url(url)
     assert config.display == shown
     assert "SECRET" not in repr(config) and "SECRET" not in str(config)
+
+
+@pytest.mark.parametrize(
+    ("build", "owner", "field"),
+    [
+        (lambda: Config(workers=0), "Config", "workers"),
+        (lambda: DistributedConfig(lease=-1), "DistributedConfig", "lease"),
+        (lambda: DistributedConfig(queues=("a b",)), "DistributedConfig", "queues"),
+        (lambda: RetryPolicy(factor=0.5), "RetryPolicy", "factor"),
+        (lambda: RedisConfig(addr="nope"), "RedisConfig", "addr"),
+        (lambda: FileJobStore("x.json", fsync="sometimes"), "FileJobStore", "fsync"),
+    ],
+)
+def test_config_errors_carry_their_owner_and_field(
+    build: Callable[[], object], owner: str, field: str
+) -> None:
+    with pytest.raises(InvalidConfig) as error:
+        build()
+    assert (error.value.owner, error.value.field) == (owner, field)
+    assert str(error.value).startswith(f"{owner}.{field} ")
+    assert isinstance(error.value, ValueError)  # what it was before: callers still catch it
+
+
+def test_the_engine_fields_are_shared_and_durations_are_plain_seconds() -> None:
+    shared = {f.name for f in dataclasses.fields(EngineConfig)}
+    assert shared <= {f.name for f in dataclasses.fields(Config)}
+    assert shared <= {f.name for f in dataclasses.fields(DistributedConfig)}
+    assert (Config().workers, DistributedConfig().workers) == (4, 8)  # defaults per mode
+    config = DistributedConfig(lease=timedelta(minutes=1), default_timeout=timedelta(seconds=3))
+    assert (type(config.lease), config.lease, config.default_timeout) == (float, 60.0, 3.0)

@@ -39,6 +39,7 @@ from csjd_core import (
     permanent,
 )
 from csjd_core.backends.memory import MemoryBackend
+from csjd_core.config import EngineConfig
 from csjd_core.engine.dispatcher import BaseDispatcher
 from csjd_core.testing import wait_until
 
@@ -560,14 +561,7 @@ def test_a_snapshot_never_shows_more_finished_than_accepted() -> None:
 
     d = BaseDispatcher(
         SlowToReturn(),
-        workers=1,
-        max_pending_jobs=10,
-        max_detached_handlers=0,
-        default_max_attempts=1,
-        default_timeout=None,
-        retry=FAST,
-        hooks=(),
-        result_ttl=60.0,
+        EngineConfig(workers=1, max_pending_jobs=10, default_max_attempts=1, retry=FAST),
         max_results=100,
     )
     try:

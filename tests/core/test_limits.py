@@ -40,6 +40,7 @@ from csjd_core import (
 )
 from csjd_core.backends.base import Delivery
 from csjd_core.backends.memory import MemoryBackend
+from csjd_core.config import EngineConfig
 from csjd_core.engine.watchdog import Attempt, Watchdog
 from csjd_core.errors import describe_error
 from csjd_core.limits import (
@@ -338,14 +339,7 @@ def test_an_outcome_that_cannot_be_recorded_never_keeps_the_worker(fail_too: boo
     runs: list[str] = []
     d = BaseDispatcher(
         FaultyBackend({"bad"}, fail_too),
-        workers=1,
-        max_pending_jobs=10,
-        max_detached_handlers=0,
-        default_max_attempts=2,
-        default_timeout=None,
-        retry=FAST,
-        hooks=(),
-        result_ttl=60.0,
+        EngineConfig(workers=1, max_pending_jobs=10, default_max_attempts=2, retry=FAST),
         max_results=100,
     )
     d.register_handler("t", lambda ctx, job: runs.append(job.id))

@@ -110,3 +110,13 @@ def test_a_value_of_any_wrong_type_is_a_settings_error_naming_its_setting(
         except SettingsError as exc:
             named = exc.setting
         assert named in (None, f"CSJD_{setting}"), bad
+
+
+def test_every_engine_setting_reaches_both_configs() -> None:
+    # CSJD_MAX_RESULT_BYTES once reached only the Redis config: the table is derived now.
+    options = app_options({"CSJD_MAX_RESULT_BYTES": 2048, "CSJD_RESULT_TTL": 5})
+    assert (options["config"].max_result_bytes, options["config"].result_ttl) == (2048, 5.0)
+    redis = app_options(
+        {"CSJD_MODE": "redis", "CSJD_REDIS_URL": "redis://h/0", "CSJD_MAX_RESULT_BYTES": 2048}
+    )
+    assert redis["distributed"].max_result_bytes == 2048
