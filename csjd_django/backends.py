@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from csjd_core.context import JobContext
 from csjd_core.errors import InvalidJob, JobNotFound, format_traceback
-from csjd_core.job import Job, JobState, JobStatus, check_json, timeout_seconds
+from csjd_core.job import Job, JobState, JobStatus, check_json
+from csjd_core.limits import attempts, positive_seconds
 from csjd_django.compat import (
     BaseTaskBackend,
     InvalidTaskError,
@@ -72,8 +73,9 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
             raise InvalidTaskError(
                 f"unknown OPTIONS for {alias!r}: {sorted(unknown)}; known: MAX_ATTEMPTS, TIMEOUT"
             )
-        self.max_attempts: int | None = self.options.get("MAX_ATTEMPTS")
-        self.timeout: float | None = timeout_seconds(self.options.get("TIMEOUT"))
+        self.max_attempts, self.timeout = _task_options(
+            self.options.get("MAX_ATTEMPTS"), self.options.get("TIMEOUT"), f"OPTIONS of {alias!r}"
+        )
         self._tasks: dict[str, Task] = {}
 
     @staticmethod
@@ -85,12 +87,9 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
         """Django's checks, plus CSJD's options; registers the task's handler (the allow-list
         a worker uses: a job type never names code to import)."""
         super().validate_task(task)
-        max_attempts = getattr(task, "max_attempts", None)
-        if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
-            raise InvalidTaskError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
-        timeout = getattr(task, "timeout", None)
-        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
-            raise InvalidTaskError(f"timeout must be positive seconds, got {timeout!r}")
+        _task_options(
+            getattr(task, "max_attempts", None), getattr(task, "timeout", None), task.name
+        )
         from csjd_django import app  # noqa: PLC0415 - csjd_django imports this lazily
 
         job_type = self.job_type(task)
@@ -296,6 +295,21 @@ class _Attempt:
 
 
 _attempt = threading.local()
+
+
+def _task_options(max_attempts: Any, timeout: Any, where: str) -> tuple[int | None, float | None]:
+    """``max_attempts`` and ``timeout`` (seconds) checked by the rules admission uses.
+
+    Raises:
+        InvalidTaskError: naming ``where`` and the limit.
+    """
+    try:
+        return (
+            None if max_attempts is None else attempts(max_attempts, "max_attempts"),
+            None if timeout is None else positive_seconds(timeout, "timeout"),
+        )
+    except ValueError as exc:
+        raise InvalidTaskError(f"{where}: {exc}") from None
 
 
 def _exception_path(traceback_text: str | None, error: str) -> str:

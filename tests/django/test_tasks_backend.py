@@ -131,6 +131,19 @@ def test_validation_errors() -> None:
         tasks.add.using(run_after=timezone.now().replace(tzinfo=None))
 
 
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"TIMEOUT": -1}, "timeout must be"),
+        ({"TIMEOUT": 1e12}, "MAX_DURATION"),
+        ({"MAX_ATTEMPTS": 0}, "max_attempts must be an int >= 1"),
+    ],
+)
+def test_backend_options_follow_the_admission_rules(options: dict[str, Any], problem: str) -> None:
+    with pytest.raises(InvalidTaskError, match=problem):
+        CSJDBackend("bad", {"BACKEND": "csjd_django.backends.CSJDBackend", "OPTIONS": options})
+
+
 def test_unknown_result_id() -> None:
     with pytest.raises(TaskResultDoesNotExist):
         tasks.add.get_result("no-such-id")
