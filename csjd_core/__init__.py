@@ -8,6 +8,7 @@ from csjd_core.backends.file import FileJobStore
 from csjd_core.config import Config, DistributedConfig, EngineConfig, RedisConfig
 from csjd_core.context import JobContext
 from csjd_core.dispatcher import Dispatcher
+from csjd_core.engine.outcome import AttemptOutcome, OutcomeKind
 from csjd_core.errors import (
     BackendUnavailable,
     CSJDError,
@@ -41,6 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "AsyncBatchLoader",
+    "AttemptOutcome",
     "Backend",
     "BackendUnavailable",
     "BatchLoader",
@@ -67,6 +69,7 @@ __all__ = [
     "JobStoreLocked",
     "JobTimeout",
     "MetricsSnapshot",
+    "OutcomeKind",
     "PermanentError",
     "QueueFull",
     "RedisConfig",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from csjd_core.context import JobContext
+    from csjd_core.engine.outcome import AttemptOutcome
     from csjd_core.job import Job
 
 __all__ = ["Hooks"]
@@ -36,6 +37,10 @@ class Hooks:
         the outcome (a result after the timeout still fails): for the outcome, see
         `after_succeeded`, `after_retry_scheduled` and `after_failed`."""
 
+    def after_attempt(self, outcome: AttemptOutcome) -> None:
+        """Called once per recorded attempt with its `AttemptOutcome` (kind, ``terminal``,
+        attempt, error): the engine's decision, never to be made again by a hook."""
+
     def after_succeeded(self, job: Job, result: Any) -> None:
         """Called when the job succeeded (its outcome recorded), with its JSON result."""
 
@@ -57,12 +62,16 @@ _HOOK_NAMES = (
     "after_enqueue",
     "before_process",
     "after_process",
+    "after_attempt",
     "after_succeeded",
     "after_retry_scheduled",
     "after_failed",
     "worker_started",
     "worker_stopped",
 )
+
+
+_OUTCOME_HOOKS = ("after_attempt", "after_succeeded", "after_retry_scheduled", "after_failed")
 
 
 class HookRunner:
@@ -81,6 +90,20 @@ class HookRunner:
             if calls:
                 self._calls[name] = calls
         self.active = bool(self._calls)
+        #: Some hook wants the outcome of attempts (the event is only built then).
+        self.wants_outcomes = any(name in self._calls for name in _OUTCOME_HOOKS)
+
+    def outcome(self, outcome: AttemptOutcome) -> None:
+        """Tell the hooks an attempt's outcome: ``after_attempt``, then the older hook that
+        matches it (``after_succeeded``, ``after_retry_scheduled`` or ``after_failed``)."""
+        self.call("after_attempt", outcome)
+        error = outcome.error
+        if outcome.kind == "succeeded":
+            self.call("after_succeeded", outcome.job, outcome.result)
+        elif not outcome.terminal:
+            self.call("after_retry_scheduled", outcome.job, outcome.attempt, outcome.retry_in)
+        elif error is not None:
+            self.call("after_failed", outcome.job, error.message)
 
     def has(self, name: str) -> bool:
         """True if some hook overrides ``name``."""

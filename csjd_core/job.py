@@ -88,7 +88,7 @@ class Job:
 
 
 class JobState(StrEnum):
-    """Where a job is in its life. Values map onto Django's ``TaskResultStatus``."""
+    """Where a job is in its life."""
 
     QUEUED = "queued"
     SCHEDULED = "scheduled"
@@ -100,20 +100,6 @@ class JobState(StrEnum):
     def finished(self) -> bool:
         """True for the terminal states."""
         return self in (JobState.SUCCEEDED, JobState.FAILED)
-
-    @property
-    def django_status(self) -> str:
-        """The matching ``django.tasks.TaskResultStatus`` name."""
-        return _DJANGO_STATUS[self]
-
-
-_DJANGO_STATUS = {
-    JobState.QUEUED: "READY",
-    JobState.SCHEDULED: "READY",
-    JobState.RUNNING: "RUNNING",
-    JobState.SUCCEEDED: "SUCCESSFUL",
-    JobState.FAILED: "FAILED",
-}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,14 +10,14 @@ import dataclasses
 import threading
 import uuid
 from collections.abc import Iterable
-from inspect import iscoroutinefunction
 from typing import Any
 
 from django.core import checks
 from django.utils import timezone
 
 from csjd_core.context import JobContext
-from csjd_core.errors import InvalidJob, JobNotFound, format_traceback
+from csjd_core.engine.outcome import AttemptOutcome, OutcomeKind
+from csjd_core.errors import InvalidJob, JobNotFound
 from csjd_core.job import Job, JobState, JobStatus, check_json
 from csjd_core.limits import attempts, positive_seconds
 from csjd_django.compat import (
@@ -208,8 +208,8 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
             task = backend._tasks[job_type]
             result = backend._running_result(task, job, ctx.attempt)
             task_started.send(type(backend), task_result=result)
-            # Kept for the outcome hook (csjd_django.hooks.TaskSignals), run on this thread.
-            _attempt.current = _Attempt(job.id, result)
+            # Kept for the outcome event (csjd_django.hooks.TaskSignals), told on this thread.
+            _running.current = (job.id, result)
             args, kwargs = list(result.args), dict(result.kwargs)
             if task.takes_context:
                 args.insert(0, TaskContext(task_result=result))
@@ -217,21 +217,7 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
 
         def run(ctx: JobContext, job: Job) -> Any:
             task, args, kwargs = prepare(ctx, job)
-            if iscoroutinefunction(task.func):
-                return run_async(task, args, kwargs)
-            try:
-                return task.func(*args, **kwargs)
-            except BaseException as exc:
-                _attempt.current.error = exc
-                raise
-
-        async def run_async(task: Task, args: list[Any], kwargs: dict[str, Any]) -> Any:
-            attempt = _attempt.current
-            try:
-                return await task.func(*args, **kwargs)
-            except BaseException as exc:
-                attempt.error = exc
-                raise
+            return task.func(*args, **kwargs)  # a coroutine for an async task: the engine awaits
 
         return run
 
@@ -248,53 +234,43 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
         result.worker_ids.extend(["csjd"] * attempt)  # TaskContext.attempt counts these
         return result
 
-    def retried(self, job: Job) -> None:
-        """The engine scheduled a retry: Django's model has no "retrying" state to report."""
-        _attempt.current = None
-
-    def finished(self, job: Job, value: Any, error: str | None) -> None:
-        """Send ``task_finished`` for a task whose outcome the engine has recorded."""
-        attempt = getattr(_attempt, "current", None)
-        _attempt.current = None
+    def finished(self, outcome: AttemptOutcome) -> None:
+        """Send ``task_finished`` for a task the engine has decided ended (its last attempt's
+        outcome, ``terminal``); a retried attempt sends nothing: Django's model has no
+        "retrying" state."""
+        job = outcome.job
+        running = getattr(_running, "current", None)
+        _running.current = None
         task = self._tasks.get(job.type)
-        if task is None:
+        if not outcome.terminal or task is None:
             return
-        if attempt is not None and attempt.job_id == job.id:
-            result = attempt.result
+        if running is not None and running[0] == job.id:
+            result = running[1]
         else:  # decided off the worker thread (a detached timeout): no attempt to report
-            result = self._running_result(task, job, 1)
+            result = self._running_result(task, job, outcome.attempt)
         object.__setattr__(result, "finished_at", timezone.now())
-        if error is None:
+        if outcome.kind is OutcomeKind.SUCCEEDED:
             object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
-            object.__setattr__(result, "_return_value", value)
+            object.__setattr__(result, "_return_value", outcome.result)
         else:
             object.__setattr__(result, "status", TaskResultStatus.FAILED)
-            exc = attempt.error if attempt is not None and attempt.job_id == job.id else None
+            exc, error = outcome.exception, outcome.error
+            message = error.message if error is not None else str(outcome.kind)
             result.errors.append(
                 TaskError(
                     exception_class_path=(
                         f"{type(exc).__module__}.{type(exc).__qualname__}"
                         if exc is not None
-                        else _exception_path(None, error)
+                        else _exception_path(None, message)
                     ),
-                    traceback=format_traceback(exc) if exc is not None else error,
+                    traceback=(error.traceback if error is not None else None) or message,
                 )
             )
         task_finished.send(type(self), task_result=result)
 
 
-class _Attempt:
-    """The attempt a worker thread is running: its `TaskResult` and the error it raised."""
-
-    __slots__ = ("error", "job_id", "result")
-
-    def __init__(self, job_id: str, result: TaskResult) -> None:
-        self.job_id = job_id
-        self.result = result
-        self.error: BaseException | None = None
-
-
-_attempt = threading.local()
+#: The attempt this worker thread runs: (job id, its `TaskResult`).
+_running = threading.local()
 
 
 def _task_options(max_attempts: Any, timeout: Any, where: str) -> tuple[int | None, float | None]:

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from django.db import close_old_connections, connections
 
 from csjd_core import Hooks, Job, JobContext
+from csjd_core.engine.outcome import AttemptOutcome
 
 __all__ = ["TASK_BACKENDS", "CloseOldConnections", "TaskSignals"]
 
@@ -29,9 +30,7 @@ class CloseOldConnections(Hooks):
 
 
 class _TaskBackend(Protocol):
-    def finished(self, job: Job, value: Any, error: str | None) -> None: ...
-
-    def retried(self, job: Job) -> None: ...
+    def finished(self, outcome: AttemptOutcome) -> None: ...
 
 
 #: Job type -> the `CSJDBackend` that runs that task (filled as tasks are validated; this module
@@ -40,21 +39,11 @@ TASK_BACKENDS: dict[str, _TaskBackend] = {}
 
 
 class TaskSignals(Hooks):
-    """Sends Django's ``task_finished`` once per task, when the engine has decided that it
-    ended: it succeeded, or failed for good (attempts exhausted, a permanent error, a timeout on
-    its last attempt) — never after an attempt that is retried."""
+    """Sends Django's ``task_finished`` once per task, from the engine's outcome event: when
+    the attempt's outcome is ``terminal`` (it succeeded, or failed for good), never after an
+    attempt that is retried."""
 
-    def after_succeeded(self, job: Job, result: Any) -> None:
-        backend = TASK_BACKENDS.get(job.type)
+    def after_attempt(self, outcome: AttemptOutcome) -> None:
+        backend = TASK_BACKENDS.get(outcome.job.type)
         if backend is not None:
-            backend.finished(job, result, None)
-
-    def after_failed(self, job: Job, error: str) -> None:
-        backend = TASK_BACKENDS.get(job.type)
-        if backend is not None:
-            backend.finished(job, None, error)
-
-    def after_retry_scheduled(self, job: Job, attempt: int, delay: float) -> None:
-        backend = TASK_BACKENDS.get(job.type)
-        if backend is not None:
-            backend.retried(job)
+            backend.finished(outcome)

@@ -13,6 +13,7 @@ from typing import Any, cast
 from csjd_core.backends.base import AttemptError, Backend, Delivery
 from csjd_core.config import EngineConfig
 from csjd_core.context import JobContext
+from csjd_core.engine.outcome import AttemptOutcome, OutcomeKind, decide
 from csjd_core.engine.registry import HandlerRegistry
 from csjd_core.engine.watchdog import Attempt, Watchdog
 from csjd_core.errors import InvalidJob, PermanentError, describe_error, format_traceback
@@ -26,7 +27,6 @@ __all__ = ["Engine"]
 logger = logging.getLogger("csjd_core.engine")
 
 _IDLE_POLL = 1.0  # seconds an idle worker blocks in fetch before re-checking for stop
-_TERMINAL_KINDS = frozenset({"permanent", "unknown_type", "invalid_result", "internal"})
 
 
 class Worker:
@@ -301,13 +301,7 @@ class Engine:
                     )
                     return
             if backend.succeed_nowait(delivery, result) is not False:
-                tally = worker.tally
-                tally.seq += 1
-                tally.processed += 1
-                tally.succeeded += 1
-                tally.seq += 1
-                if hooks.active:
-                    hooks.call("after_succeeded", job, result)
+                self._count(delivery, OutcomeKind.SUCCEEDED, True, worker.tally, result=result)
             else:
                 self._lost_claim(delivery)
             return
@@ -340,14 +334,15 @@ class Engine:
         exc: BaseException | None,
         tally: Tally,
     ) -> None:
+        """Record a failed attempt as `decide` says: a terminal failure or a retry."""
         job = delivery.job
-        panic = error.kind == "panic"
-        terminal = error.kind in _TERMINAL_KINDS or delivery.attempt >= delivery.max_attempts
+        kind, terminal = decide(delivery, error)
         # The exception itself (for log handlers such as Sentry's) unless its text had to be
         # clipped: then the clipped traceback, so one huge message cannot flood the logs.
         clipped = exc is not None and len(error.message) > MAX_ERROR_TEXT
         trace = f"\n{error.traceback}" if clipped and error.traceback else ""
         exc_info = None if clipped else exc
+        delay = None
         if terminal:
             ok = self.backend.fail(delivery, error)
             if ok:
@@ -366,7 +361,7 @@ class Engine:
             delay = self.retry_policy.delay(delivery.attempt)
             ok = self.backend.retry(delivery, error, delay)
             if ok:
-                log = logger.error if panic else logger.warning
+                log = logger.error if kind is OutcomeKind.PANICKED else logger.warning
                 log(
                     "job retry id=%r type=%r attempt=%d/%d kind=%s delay=%.3f error=%s%s",
                     job.id,
@@ -382,21 +377,48 @@ class Engine:
         if not ok:
             self._lost_claim(delivery)
             return
+        self._count(delivery, kind, terminal, tally, error=error, exception=exc, retry_in=delay)
+
+    def _count(
+        self,
+        delivery: Delivery,
+        kind: OutcomeKind,
+        terminal: bool,
+        tally: Tally,
+        *,
+        result: Any = None,
+        error: AttemptError | None = None,
+        exception: BaseException | None = None,
+        retry_in: float | None = None,
+    ) -> None:
+        """The outcome event of a recorded attempt: counted in the metrics, then told to the
+        hooks that want it (built only for them: the success path stays lean)."""
         tally.seq += 1
         tally.processed += 1
-        if panic:
-            tally.panics += 1
-        if terminal:
+        if kind is OutcomeKind.SUCCEEDED:
+            tally.succeeded += 1
+        elif terminal:
             tally.failed += 1
         else:
             tally.retried += 1
+        if kind is OutcomeKind.PANICKED:
+            tally.panics += 1
         tally.seq += 1
         hooks = self.hooks
-        if hooks.active:
-            if terminal:
-                hooks.call("after_failed", job, error.message)
-            else:
-                hooks.call("after_retry_scheduled", job, delivery.attempt, delay)
+        if hooks.wants_outcomes:
+            hooks.outcome(
+                AttemptOutcome(
+                    delivery.job,
+                    kind,
+                    terminal,
+                    delivery.attempt,
+                    delivery.max_attempts,
+                    error,
+                    exception,
+                    result,
+                    retry_in,
+                )
+            )
 
     def _any_busy(self) -> bool:
         return any(w.busy and not w.detached for w in list(self._workers))

@@ -11,6 +11,8 @@ from django.test import override_settings
 from django.utils import timezone
 
 import csjd_django as csjd
+from csjd_core import JobState
+from csjd_django import backends
 from csjd_django.backends import CSJDBackend, CSJDTask
 from csjd_django.compat import (
     InvalidTaskError,
@@ -32,6 +34,17 @@ def test_backend_is_configured_with_honest_capabilities() -> None:
     assert backend.supports_defer and backend.supports_get_result and backend.supports_async_task
     assert not backend.supports_priority
     assert isinstance(tasks.add, CSJDTask)
+
+
+def test_every_job_state_maps_to_a_django_status() -> None:
+    # The mapping lives in the adapter: core knows nothing of Django.
+    assert backends._STATUS == {
+        JobState.QUEUED: TaskResultStatus.READY,
+        JobState.SCHEDULED: TaskResultStatus.READY,
+        JobState.RUNNING: TaskResultStatus.RUNNING,
+        JobState.SUCCEEDED: TaskResultStatus.SUCCESSFUL,
+        JobState.FAILED: TaskResultStatus.FAILED,
+    }
 
 
 def test_enqueue_runs_and_get_result_reports_it() -> None:
