@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
-from csjd_core.app import App, JobFunction, JobHandle
+from csjd_core.app import App, Mode
 from csjd_core.backends.base import Backend
 from csjd_core.backends.file import FileJobStore
 from csjd_core.config import Config, DistributedConfig, EngineConfig, RedisConfig
@@ -22,6 +22,7 @@ from csjd_core.errors import (
     JobTimeout,
     PermanentError,
     QueueFull,
+    RedisModeRequired,
     SettingsError,
     StoreCorrupted,
     StoreFailed,
@@ -30,6 +31,7 @@ from csjd_core.errors import (
 )
 from csjd_core.hooks import Hooks
 from csjd_core.job import Job, JobState, JobStatus
+from csjd_core.jobs import JobFunction, JobHandle, JobRegistry
 from csjd_core.metrics import MetricsSnapshot, StopReport
 from csjd_core.retry import RetryPolicy
 from csjd_core.utilities import AsyncBatchLoader, BatchLoader, CacheStats, TTLCache
@@ -64,16 +66,19 @@ __all__ = [
     "JobFunction",
     "JobHandle",
     "JobNotFound",
+    "JobRegistry",
     "JobState",
     "JobStatus",
     "JobStoreLocked",
     "JobTimeout",
     "MetricsSnapshot",
+    "Mode",
     "OutcomeKind",
     "PermanentError",
     "QueueFull",
     "RedisConfig",
     "RedisDistributedDispatcher",
+    "RedisModeRequired",
     "RetryPolicy",
     "SettingsError",
     "StopReport",

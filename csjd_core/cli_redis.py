@@ -60,11 +60,10 @@ def distributed_dispatcher(
     Raises:
         click.ClickException: the app is not in Redis mode.
     """
-    if app.mode != "redis" or app.redis is None:
-        raise click.ClickException(
-            f"{app.name!r} is in {app.mode!r} mode: separate worker processes need Redis mode "
-            "(in-process mode runs its workers inside the application process)"
-        )
+    try:
+        redis = app.require_redis("csjd worker")
+    except CSJDError as exc:
+        raise click.ClickException(str(exc)) from exc
     changes: dict[str, Any] = {}
     if queues:
         changes["queues"] = tuple(q.strip() for q in queues.split(",") if q.strip())
@@ -76,7 +75,7 @@ def distributed_dispatcher(
         config = dataclasses.replace(app.distributed, **changes)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    return RedisDistributedDispatcher(app.redis, config, registry=app.registry)
+    return RedisDistributedDispatcher(redis, config, registry=app.registry)
 
 
 def command_dispatcher(app: App, queues: str | None = None) -> RedisDistributedDispatcher:

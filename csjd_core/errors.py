@@ -24,6 +24,7 @@ __all__ = [
     "JobTimeout",
     "PermanentError",
     "QueueFull",
+    "RedisModeRequired",
     "SettingsError",
     "StoreCorrupted",
     "StoreFailed",
@@ -130,6 +131,19 @@ class SettingsError(CSJDError, ValueError):
     def __init__(self, setting: str, message: str) -> None:
         super().__init__(f"{setting}: {message}")
         self.setting = setting
+
+
+class RedisModeRequired(CSJDError):
+    """A command or operation that works on Redis queues was asked of an app in another mode."""
+
+    def __init__(self, needed_by: str, mode: str) -> None:
+        super().__init__(
+            f"{needed_by} works on Redis queues, but CSJD_MODE is {str(mode)!r}: in-process "
+            "mode runs its workers inside the application process. Set CSJD_MODE='redis' and "
+            "CSJD_REDIS_URL (in code: App(mode='redis', redis=RedisConfig(...)))."
+        )
+        self.needed_by = needed_by
+        self.mode = mode
 
 
 class JobTimeout(CSJDError):

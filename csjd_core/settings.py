@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from csjd_core.app import MODES, App
+from csjd_core.app import App, Mode
 from csjd_core.backends.file import FileJobStore
 from csjd_core.config import Config, DistributedConfig, EngineConfig, RedisConfig
 from csjd_core.errors import InvalidConfig, SettingsError
@@ -65,9 +65,13 @@ def app_options(settings: Mapping[str, Any], *, hooks: tuple[object, ...] = ()) 
             PREFIX + unknown[0],
             f"unknown setting; known: {', '.join(PREFIX + k for k in SETTINGS)}",
         )
-    mode = values.get("MODE", "inprocess")
-    if mode not in MODES:
-        raise SettingsError("CSJD_MODE", f"must be one of {MODES}, got {brief(mode)}")
+    try:
+        mode = Mode(values.get("MODE", Mode.INPROCESS))
+    except ValueError:
+        known = ", ".join(repr(str(m)) for m in Mode)
+        raise SettingsError(
+            "CSJD_MODE", f"must be one of {known}, got {brief(values['MODE'])}"
+        ) from None
     config_kwargs: dict[str, Any] = {"hooks": hooks}
     distributed_kwargs: dict[str, Any] = {"hooks": hooks}
     for key, raw in values.items():
@@ -81,15 +85,15 @@ def app_options(settings: Mapping[str, Any], *, hooks: tuple[object, ...] = ()) 
             distributed_kwargs[field] = value
     store_path = values.get("STORE_PATH")
     redis_url = values.get("REDIS_URL")
-    if mode == "redis" and not redis_url:
+    if mode is Mode.REDIS and not redis_url:
         raise SettingsError("CSJD_REDIS_URL", "required when CSJD_MODE='redis'")
     try:
-        if store_path and mode == "inprocess":
+        if store_path and mode is Mode.INPROCESS:
             config_kwargs["store"] = FileJobStore(
                 store_path, fsync=values.get("STORE_FSYNC", "always")
             )
         config = Config(**config_kwargs)
-        distributed = DistributedConfig(**distributed_kwargs) if mode == "redis" else None
+        distributed = DistributedConfig(**distributed_kwargs) if mode is Mode.REDIS else None
         redis = RedisConfig.from_url(redis_url) if redis_url else None
     except InvalidConfig as exc:
         raise SettingsError(_setting_of(exc), str(exc)) from exc

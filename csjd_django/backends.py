@@ -15,6 +15,7 @@ from typing import Any
 from django.core import checks
 from django.utils import timezone
 
+from csjd_core.app import Mode
 from csjd_core.context import JobContext
 from csjd_core.engine.outcome import AttemptOutcome, OutcomeKind
 from csjd_core.errors import InvalidJob, JobNotFound
@@ -128,7 +129,7 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
         result = self._result(task, job.id, args, kwargs)
         object.__setattr__(result, "enqueued_at", timezone.now())
         task_enqueued.send(type(self), task_result=result)
-        if app.mode == "immediate":  # it already ran: report what happened
+        if app.mode is Mode.IMMEDIATE:  # it already ran: report what happened
             return self.get_result(job.id)
         return result
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core import checks
 
+from csjd_core.app import Mode
 from csjd_core.errors import SettingsError
 from csjd_django.conf import options_from_settings
 
@@ -32,7 +33,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         ]
     messages: list[checks.CheckMessage] = []
-    if options["mode"] == "inprocess" and options["config"].store is None:
+    if options["mode"] is Mode.INPROCESS and options["config"].store is None:
         messages.append(
             checks.Warning(
                 "CSJD_MODE='inprocess' without CSJD_STORE_PATH keeps jobs in memory only: a "

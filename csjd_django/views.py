@@ -23,6 +23,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpR
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
+from csjd_core.app import Mode
 from csjd_core.errors import CSJDError, DuplicateJob, InvalidJob, SettingsError
 from csjd_django.throughput import Sample, ThroughputSamples, throughput_svg
 
@@ -126,9 +127,9 @@ def collect_figures(*, show_payload: bool = False) -> Figures:
     except (SettingsError, CSJDError, ValueError) as exc:
         return Figures(mode="?", scope="", error=f"CSJD settings are invalid: {exc}")
     pid = os.getpid()
-    if app.mode == "redis":
+    if app.mode is Mode.REDIS:
         return _redis_figures(dispatcher, show_payload=show_payload)  # type: ignore[arg-type]
-    if app.mode == "immediate":
+    if app.mode is Mode.IMMEDIATE:
         scope = (
             f"Immediate mode: jobs run when they are enqueued, in the caller's thread "
             f"(tests and development). These are this process's figures (pid {pid})."
@@ -148,7 +149,7 @@ def collect_figures(*, show_payload: bool = False) -> Figures:
         metrics=metrics,
         started=started,
         unfinished=dispatcher.pending() if started else None,
-        workers=app.config.workers if app.mode == "inprocess" else None,
+        workers=app.config.workers if app.mode is Mode.INPROCESS else None,
         store=str(getattr(store, "path", store)) if store is not None else None,
     )
     source = f"{app.mode} pid={pid} dispatcher={id(dispatcher)}"
@@ -269,7 +270,7 @@ def dashboard(request: HttpRequest, model_admin: DashboardAdmin) -> HttpResponse
         + [("off", _query(request, refresh=None), refresh is None)],
         "can_manage": model_admin.has_manage_permission(request),
         "dead_letter_limit": DEAD_LETTER_LIMIT,
-        "redis_mode": figures.mode == "redis",
+        "redis_mode": figures.mode == Mode.REDIS,
     }
     return TemplateResponse(request, "csjd_django/dashboard.html", context)
 
@@ -328,7 +329,7 @@ def dead_letter_action(
     except (CSJDError, ValueError) as exc:
         messages.error(request, f"CSJD settings are invalid: {exc}")
         return back
-    if app.mode != "redis":
+    if app.mode is not Mode.REDIS:
         messages.error(request, "Dead letters exist in Redis mode only.")
         return back
     if queue not in dispatcher.config.queues:  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ from flask.cli import AppGroup, ScriptInfo, pass_script_info
 
 from csjd_core.app import App
 from csjd_core.cli_options import worker_options
+from csjd_core.errors import CSJDError
 from csjd_flask.extension import CSJDState, NotInitialized
 
 __all__ = ["csjd_group", "current_core_app"]
@@ -48,12 +49,10 @@ def _core_app() -> App:
 
 def _redis_app(command: str) -> App:
     core = _core_app()
-    if core.mode != "redis":
-        raise click.ClickException(
-            f"flask csjd {command} works on Redis queues, but CSJD_MODE is {core.mode!r}: "
-            "in-process mode runs its workers inside the application process. Set "
-            "CSJD_MODE='redis' and CSJD_REDIS_URL to run separate workers."
-        )
+    try:
+        core.require_redis(f"flask csjd {command}")
+    except CSJDError as exc:
+        raise click.ClickException(str(exc)) from exc
     return core
 
 

@@ -18,10 +18,11 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
 
 from flask import Flask, current_app, has_app_context
 
-from csjd_core.app import App, JobFunction
+from csjd_core.app import App
 from csjd_core.context import JobContext
 from csjd_core.errors import CSJDError
 from csjd_core.job import Job, JobStatus
+from csjd_core.jobs import JobFunction, JobRegistry
 from csjd_core.settings import app_options
 
 __all__ = [
@@ -59,47 +60,40 @@ class FlaskJobFunction(JobFunction[P, R]):
     """A function decorated with ``@csjd.job``: the core `JobFunction` family.
 
     ``f(*args)`` runs it inline; ``.delay`` / ``.apply_async`` / ``.adelay`` / ``.aapply_async``
-    enqueue it through the CSJD of ``flask.current_app``, so one function serves every app the
-    extension is initialised on. The handle they return is bound to that app's core `App` and
-    can be used outside the application context afterwards.
+    enqueue it through the CSJD of ``flask.current_app`` (``f.app`` is that app's core `App`),
+    so one function serves every app the extension is initialised on. The handle they return
+    is bound to that app's core `App` and can be used outside the application context
+    afterwards.
     """
 
-    _definitions: _Definitions
-
-    @property
-    def app(self) -> App:
-        """The core `App` of ``current_app``.
-
-        Raises:
-            NoAppContext: no application context is active.
-            NotInitialized: ``current_app`` was not initialised with this job's extension.
-        """
-        return self._definitions.extension.state(job_type=self.type).core
-
-    @app.setter
-    def app(self, definitions: App) -> None:
-        # JobFunction.__init__ binds a job to the App that decorated it: here the extension's
-        # definitions. Enqueueing never goes there; the getter follows current_app.
-        if not isinstance(definitions, _Definitions):
-            raise TypeError("a FlaskJobFunction is created by CSJD.job, not bound to an App")
-        self._definitions = definitions
+    registry: _Definitions
 
     @property
     def extension(self) -> CSJD:
         """The `CSJD` extension that defined this job."""
-        return self._definitions.extension
+        return self.registry.extension
 
 
-class _Definitions(App):
-    """The extension's registry of job definitions. It validates ``@csjd.job`` exactly as the
-    core ``@app.job`` does (options, default type name, one function per type) and never runs a
-    job: each Flask app's own core `App` registers the definitions (see `CSJDState.register`)."""
+class _Definitions(JobRegistry):
+    """The extension's job definitions. It validates ``@csjd.job`` exactly as the core
+    ``@app.job`` does (options, default type name, one function per type) and runs nothing:
+    each Flask app's own core `App` registers the definitions (see `CSJDState.register`), and
+    a job is enqueued through the app of ``current_app``."""
 
     job_class = FlaskJobFunction
 
     def __init__(self, extension: CSJD) -> None:
-        super().__init__(mode="immediate", name="csjd_flask.definitions")
+        super().__init__()
         self.extension = extension
+
+    def enqueuer(self, job_type: str) -> App:
+        """The core `App` of ``current_app``.
+
+        Raises:
+            NoAppContext: no application context is active.
+            NotInitialized: ``current_app`` was not initialised with this extension.
+        """
+        return self.extension.state(job_type=job_type).core
 
 
 class _InAppContext:

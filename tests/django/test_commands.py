@@ -78,9 +78,9 @@ def test_checks_report_bad_settings_with_ids() -> None:
 @pytest.mark.parametrize(
     ("argv", "need"),
     [
-        (["csjd_stats"], "manage.py csjd_stats reads the Redis queues"),
-        (["csjd_dead", "list"], "manage.py csjd_dead works on the dead letters"),
-        (["csjd_worker", "--burst"], "manage.py csjd_worker consumes the Redis queues"),
+        (["csjd_stats"], "manage.py csjd_stats works on Redis queues, but CSJD_MODE is"),
+        (["csjd_dead", "list"], "manage.py csjd_dead works on Redis queues, but CSJD_MODE is"),
+        (["csjd_worker", "--burst"], "manage.py csjd_worker works on Redis queues, but"),
     ],
 )
 def test_redis_commands_name_their_own_need_in_inprocess_mode(argv: list[str], need: str) -> None:

@@ -104,8 +104,8 @@ def test_second_sigterm_exits_at_once_and_a_later_worker_recovers_the_jobs(
 def test_worker_refuses_an_in_process_app(cli: Cli) -> None:
     result = cli.run("worker", "opsapp:inprocess")
     assert result.returncode == 1
-    assert "'inprocess' mode" in result.stderr
-    assert "need Redis mode" in result.stderr
+    # The one wording every front end uses (RedisModeRequired).
+    assert "csjd worker works on Redis queues, but CSJD_MODE is 'inprocess'" in result.stderr
     assert "Traceback" not in result.stderr
 
 

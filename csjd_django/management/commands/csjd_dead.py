@@ -21,7 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        redis_app("manage.py csjd_dead", "works on the dead letters of the Redis queues")
+        redis_app("manage.py csjd_dead")
         action = options["action"]
         argv = [
             "dead",

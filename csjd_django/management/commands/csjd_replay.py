@@ -63,4 +63,4 @@ def redis_app() -> Any:
     that run the core ``csjd`` commands on the Redis queues)."""
     from csjd_django import management  # noqa: PLC0415
 
-    return management.redis_app("manage.py csjd_replay --into-redis", "moves jobs into Redis")
+    return management.redis_app("manage.py csjd_replay --into-redis")

@@ -18,7 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        redis_app("manage.py csjd_stats", "reads the Redis queues")
+        redis_app("manage.py csjd_stats")
         argv = ["stats", "csjd_django.management.commands.csjd_replay:redis_app"]
         if options["queues"]:
             argv += ["--queues", options["queues"]]

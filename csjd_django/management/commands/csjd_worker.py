@@ -39,7 +39,7 @@ class Command(BaseCommand):
         parser.add_argument("--child", action="store_true", help="(internal: a supervised child)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        redis_app("manage.py csjd_worker", "consumes the Redis queues")
+        redis_app("manage.py csjd_worker")
         if options["processes"] < 1:
             raise CommandError("--processes must be >= 1")
         if options["reload"]:

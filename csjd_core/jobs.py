@@ -1,0 +1,371 @@
+"""Job definitions, apart from the runtime: the ``@job`` decorator (`JobRegistry`), the
+decorated functions (`JobFunction`, with ``.delay`` / ``.apply_async``) and `JobHandle`.
+
+A `JobFunction` enqueues through a small interface, `Enqueuer`: the `App` that defined it, or
+whatever its registry says (the Flask extension: the app of ``current_app``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
+
+from csjd_core.context import JobContext
+from csjd_core.engine.registry import HandlerFn, HandlerRegistry
+from csjd_core.errors import InvalidJob, JobFailed
+from csjd_core.job import Job, JobState, JobStatus, check_json, validate_job
+from csjd_core.limits import attempts, name_problem, positive_seconds, seconds
+
+__all__ = ["Enqueuer", "JobFunction", "JobHandle", "JobRegistry"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Enqueuer(Protocol):
+    """What a `JobFunction` and a `JobHandle` need of the runtime (an `App` is one)."""
+
+    def enqueue(self, job: Job) -> None:
+        """Admit ``job``."""
+
+    def status(self, job_id: str, queue: str | None = None) -> JobStatus:
+        """The status of ``job_id``."""
+
+
+class JobHandle(Generic[R]):
+    """A reference to an enqueued job: its id, status and eventual result."""
+
+    __slots__ = ("_app", "id", "queue")
+
+    def __init__(self, app: Enqueuer, job_id: str, queue: str | None = None) -> None:
+        self._app = app
+        self.id = job_id
+        self.queue = queue
+
+    def status(self) -> JobStatus:
+        """The job's current status (raises `JobNotFound` for an unknown or expired id)."""
+        return self._app.status(self.id, self.queue)
+
+    def result(self, timeout: float | timedelta | None = None) -> R:
+        """Wait for the job to finish and return its result.
+
+        Raises:
+            JobFailed: the job failed for good.
+            TimeoutError: it did not finish within ``timeout`` seconds.
+        """
+        limit = None if timeout is None else seconds(timeout, "timeout")
+        deadline = None if limit is None else time.monotonic() + limit
+        pause = 0.001
+        while True:
+            status = self.status()
+            if status.state is JobState.SUCCEEDED:
+                return status.result  # type: ignore[no-any-return]
+            if status.state is JobState.FAILED:
+                raise JobFailed(status)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id!r} still {status.state} after {limit} s")
+            wait = pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic()))
+            time.sleep(wait)
+            pause = min(pause * 2, 0.05)
+
+    async def aresult(self, timeout: float | timedelta | None = None) -> R:
+        """`result` for async code (waits in a thread)."""
+        return await asyncio.to_thread(self.result, timeout)
+
+    def __repr__(self) -> str:
+        return f"JobHandle(id={self.id!r})"
+
+
+class JobFunction(Generic[P, R]):
+    """A function decorated with ``@app.job``: call it inline, or enqueue it.
+
+    ``f(*args)`` runs it now in this thread; ``f.delay(*args)`` enqueues it; ``f.apply_async(
+    args=..., kwargs=..., countdown=..., eta=..., job_id=...)`` enqueues with options.
+    """
+
+    def __init__(
+        self,
+        registry: JobRegistry,
+        fn: Callable[..., Any],
+        type: str,
+        *,
+        max_attempts: int | None,
+        timeout: float | None,
+        queue: str | None,
+        takes_context: bool,
+    ) -> None:
+        self.registry = registry
+        self.fn = fn
+        self.type = type
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self.queue = queue
+        self.takes_context = takes_context
+        self._signature = inspect.signature(fn)
+        self.__name__ = getattr(fn, "__name__", type)
+        self.__qualname__ = getattr(fn, "__qualname__", type)
+        self.__doc__ = fn.__doc__
+        self.__module__ = getattr(fn, "__module__", __name__)
+        self.__wrapped__ = fn
+
+    @property
+    def app(self) -> Enqueuer:
+        """Where this job is enqueued now: its `App` (in Flask, the app of ``current_app``)."""
+        return self.registry.enqueuer(self.type)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function inline, now (no queue, no retries)."""
+        if self.takes_context:
+            ctx = JobContext(f"inline-{uuid.uuid4().hex}", 1)
+            return self.fn(ctx, *args, **kwargs)  # type: ignore[no-any-return]
+        return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Enqueue with these arguments (Celery's ``delay``)."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | timedelta | None = None,
+        eta: datetime | None = None,
+        job_id: str | None = None,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        queue: str | None = None,
+    ) -> JobHandle[R]:
+        """Enqueue with options (Celery's ``apply_async``).
+
+        Args:
+            args: positional arguments (JSON values).
+            kwargs: keyword arguments (JSON values).
+            countdown: seconds (or a `timedelta`) to wait before the first attempt.
+            eta: a timezone-aware `datetime` for the first attempt (not with ``countdown``).
+            job_id: an id (idempotency key); default a random UUID.
+            max_attempts, timeout, queue: override the decorator's settings for this call.
+
+        Raises:
+            InvalidJob: an argument is not JSON (naming it), or the options are inconsistent.
+            TypeError: the arguments do not match the function's signature.
+            QueueFull, DuplicateJob, DispatcherClosed, BackendUnavailable: from admission.
+        """
+        job = self.build_job(
+            args,
+            kwargs,
+            countdown=countdown,
+            eta=eta,
+            job_id=job_id,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            queue=queue,
+        )
+        app = self.app
+        app.enqueue(job)
+        return JobHandle(app, job.id, job.queue)
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """`delay` for async code (admission may block on the store or Redis)."""
+        return await asyncio.to_thread(self.apply_async, args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> JobHandle[R]:
+        """`apply_async` for async code."""
+        return await asyncio.to_thread(lambda: self.apply_async(args, kwargs, **options))
+
+    def build_job(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | timedelta | None = None,
+        eta: datetime | None = None,
+        job_id: str | None = None,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        queue: str | None = None,
+    ) -> Job:
+        """The `Job` that `apply_async` would enqueue (validated, not enqueued)."""
+        if isinstance(args, str | bytes) or not isinstance(args, Sequence):
+            raise InvalidJob(f"args must be a list or tuple, got {type(args).__name__}")
+        kwargs = dict(kwargs or {})
+        self._bind(args, kwargs)
+        if countdown is not None and eta is not None:
+            raise InvalidJob("give countdown or eta, not both")
+        run_at = eta
+        if countdown is not None:
+            try:
+                delay = seconds(countdown, "countdown")
+            except ValueError as exc:
+                raise InvalidJob(str(exc)) from exc
+            run_at = datetime.now(UTC) + timedelta(seconds=delay)
+        job = Job(
+            job_id if job_id is not None else uuid.uuid4().hex,
+            self.type,
+            {"args": list(args), "kwargs": kwargs},
+            max_attempts=max_attempts if max_attempts is not None else self.max_attempts,
+            timeout=timeout if timeout is not None else self.timeout,
+            run_at=run_at,
+            queue=queue if queue is not None else self.queue,
+        )
+        try:
+            validate_job(job)
+        except InvalidJob:
+            self._check_arguments(args, kwargs)  # name the argument at fault, if one is
+            raise
+        return job
+
+    def _bind(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Raise `TypeError` unless the arguments fit the function's signature."""
+        bind_args = (None, *args) if self.takes_context else tuple(args)
+        try:
+            self._signature.bind(*bind_args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.type}: {exc}") from None
+
+    def _check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """`check_json` each argument, naming the first one that is refused."""
+        names = list(self._signature.parameters)
+        for index, value in enumerate(args):
+            position = index + (1 if self.takes_context else 0)
+            name = names[position] if position < len(names) else f"#{index}"
+            check_json(value, f"argument {name!r} of job {self.type!r}")
+        for key, value in kwargs.items():
+            check_json(value, f"argument {key!r} of job {self.type!r}")
+
+    def run_job(self, ctx: JobContext, job: Job) -> Any:
+        """The handler registered for this function: unpack the payload and call it."""
+        payload = job.payload
+        if not isinstance(payload, dict) or set(payload) - {"args", "kwargs"}:
+            raise InvalidJob(f"job {job.id!r}: payload must be {{'args': [...], 'kwargs': {{}}}}")
+        args = payload.get("args") or []
+        kwargs = payload.get("kwargs") or {}
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise InvalidJob(f"job {job.id!r}: malformed args/kwargs in payload")
+        if self.takes_context:
+            return self.fn(ctx, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<JobFunction {self.type!r} ({self.__qualname__})>"
+
+
+def _check_job_options(
+    max_attempts: int | None, timeout: float | timedelta | None, queue: str | None
+) -> float | None:
+    """Validate ``@job`` options as admission would (so a bad one fails at import, not at the
+    first enqueue); returns the timeout in seconds.
+
+    Raises:
+        ValueError: naming the option and its limit.
+    """
+    if max_attempts is not None:
+        attempts(max_attempts, "max_attempts")
+    limit = None if timeout is None else positive_seconds(timeout, "timeout")
+    if queue is not None:
+        problem = name_problem(queue, "queue")
+        if problem is not None:
+            raise ValueError(problem)
+    return limit
+
+
+class JobRegistry:
+    """Job definitions: the ``@job`` decorator, the decorated functions (`jobs`) and the
+    handler registry (`registry`: job type -> handler, the allow-list workers use).
+
+    `App` is one (and the runtime that runs them); the Flask extension is another, whose jobs
+    every Flask app it is initialised on registers.
+    """
+
+    #: The class `job` wraps functions in; frameworks add methods (e.g. ``delay_on_commit``).
+    job_class: ClassVar[type[JobFunction[Any, Any]]] = JobFunction
+
+    def __init__(self) -> None:
+        self.registry = HandlerRegistry()
+        self.jobs: dict[str, JobFunction[Any, Any]] = {}
+
+    # -- the decorator family --------------------------------------------------------------
+    @overload
+    def job(
+        self,
+        type: str | None = ...,
+        *,
+        max_attempts: int | None = ...,
+        timeout: float | timedelta | None = ...,
+        queue: str | None = ...,
+        takes_context: Literal[False] = ...,
+    ) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
+
+    @overload
+    def job(
+        self,
+        type: str | None = ...,
+        *,
+        max_attempts: int | None = ...,
+        timeout: float | timedelta | None = ...,
+        queue: str | None = ...,
+        takes_context: Literal[True],
+    ) -> Callable[[Callable[..., R]], JobFunction[..., R]]: ...
+
+    def job(
+        self,
+        type: str | None = None,
+        *,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        queue: str | None = None,
+        takes_context: bool = False,
+    ) -> Callable[[Callable[..., Any]], JobFunction[Any, Any]]:
+        """Decorate a function as a job of ``type`` (default: ``module.qualname``).
+
+        Raises:
+            ValueError: a bad option, or ``type`` already names another function.
+        """
+        limit = _check_job_options(max_attempts, timeout, queue)
+
+        def decorate(fn: Callable[..., Any]) -> JobFunction[Any, Any]:
+            name = type or f"{fn.__module__}.{fn.__qualname__}"
+            wrapped: JobFunction[Any, Any] = self.job_class(
+                self,
+                fn,
+                name,
+                max_attempts=max_attempts,
+                timeout=limit,
+                queue=queue,
+                takes_context=takes_context,
+            )
+            self.add_job(wrapped)
+            return wrapped
+
+        return decorate
+
+    def add_job(self, job: JobFunction[Any, Any]) -> None:
+        """Register a decorated function: its handler (``run_job``) and its definition.
+
+        Raises:
+            ValueError: another function is registered for its type.
+        """
+        self.registry.register(job.type, job.run_job)
+        self.jobs[job.type] = job
+
+    def register_handler(self, type: str, fn: HandlerFn) -> None:
+        """Register a raw ``fn(ctx, job)`` handler."""
+        self.registry.register(type, fn)
+
+    def enqueuer(self, job_type: str) -> Enqueuer:
+        """Where jobs of ``job_type`` are enqueued (an `App`: itself).
+
+        Raises:
+            CSJDError: there is nowhere to enqueue now (Flask: no application context).
+        """
+        raise NotImplementedError
