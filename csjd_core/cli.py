@@ -1,23 +1,36 @@
-"""The ``csjd`` command-line tool."""
+"""The ``csjd`` command: it parses, calls `csjd_core.operations`, and prints with
+`csjd_core.reports` — as ``manage.py csjd_*`` and ``flask csjd`` do."""
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import json
 import logging
-import os
+import socket
 import sys
-from dataclasses import replace
+from collections.abc import Iterator
+from typing import Any
 
 import click
 
-from csjd_core.app import App
-from csjd_core.backends.file import FileJobStore
+from csjd_core import operations, reports
+from csjd_core.cli_options import load_app, worker_options, worker_options_from
 from csjd_core.demo import run_demo
-from csjd_core.dispatcher import Dispatcher
 from csjd_core.errors import CSJDError
 
 __all__ = ["main"]
+
+APP_HELP = "APP is module:attr naming your csjd_core.App, or a function returning one."
+LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+
+
+@contextlib.contextmanager
+def reported() -> Iterator[None]:
+    """A `CSJDError` becomes a one-line ``Error: ...`` and exit status 1 (no traceback)."""
+    try:
+        yield
+    except CSJDError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.group()
@@ -25,7 +38,7 @@ __all__ = ["main"]
 @click.option(
     "--log-level",
     default=None,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    type=LOG_LEVELS,
     help="Log level (default: INFO for worker, WARNING otherwise).",
 )
 @click.pass_context
@@ -40,39 +53,6 @@ def main(ctx: click.Context, log_level: str | None) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-
-
-def load_app(spec: str) -> App:
-    """Import ``module:attr`` naming an `App` or a zero-argument factory returning one.
-
-    Raises:
-        click.BadParameter: the spec is malformed or does not name an App.
-    """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise click.BadParameter(f"expected module:attr, got {spec!r}", param_hint="APP")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `flask --app` and `celery -A`
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="APP") from exc
-    target = module
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise click.BadParameter(
-                f"module {module_name!r} has no attribute {attr!r}", param_hint="APP"
-            ) from None
-    if not isinstance(target, App) and callable(target):
-        target = target()
-    if not isinstance(target, App):
-        raise click.BadParameter(
-            f"{spec} is {type(target).__name__}, not a csjd_core.App (or a factory of one)",
-            param_hint="APP",
-        )
-    return target
 
 
 @main.command()
@@ -99,27 +79,17 @@ def demo(jobs: int, workers: int, store: str | None, slow: float) -> None:
     """
     # Retries and failures are part of the show: keep their tracebacks out of the table.
     logging.getLogger("csjd_core").setLevel(logging.CRITICAL)
-    try:
+    with reported():  # the store is locked by another process, or damaged
         code = run_demo(jobs=jobs, workers=workers, store=store, slow=slow)
-    except CSJDError as exc:  # the store is locked by another process, or damaged
-        raise click.ClickException(str(exc)) from exc
     sys.exit(code)
 
 
-@main.command()
+@main.command(epilog=APP_HELP)
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option(
-    "--run",
-    "run_app",
-    metavar="APP",
-    help="Run the stored jobs with the handlers of this App (module:attr).",
-)
+@click.option("--run", "run_app", metavar="APP", help="Run the stored jobs with APP's handlers.")
 @click.option("--export", is_flag=True, help="Print every unfinished job as a JSON line.")
 @click.option(
-    "--into-redis",
-    "redis_app",
-    metavar="APP",
-    help="Move the unfinished jobs into the Redis queues of this App (module:attr).",
+    "--into-redis", "redis_app", metavar="APP", help="Move the unfinished jobs into APP's queues."
 )
 @click.option(
     "--repair",
@@ -136,102 +106,190 @@ def replay(
     """
     if sum(map(bool, (run_app, export, redis_app))) > 1:
         raise click.UsageError("give at most one of --run, --export, --into-redis")
-    if not os.path.exists(path) and not os.path.exists(path + ".log"):
-        raise click.ClickException(f"no job store at {path} (nor {path}.log)")
-    app = load_app(run_app) if run_app else None
-    target = load_app(redis_app) if redis_app else None
-    store = FileJobStore(path, repair=repair)
-    try:
-        statuses = store.jobs()
-    except CSJDError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if target is not None:
-        from csjd_core.cli_redis import move_into_redis  # noqa: PLC0415 - optional redis
-
-        try:
-            moved, already = move_into_redis(store, target)
-        except CSJDError as exc:
-            raise click.ClickException(
-                f"move interrupted: {exc}. The jobs moved so far left the store; run the same "
-                "command again to move the rest (each job lands in Redis once)"
-            ) from exc
-        finally:
-            store.close()
-        click.echo(f"moved {moved} jobs into Redis ({already} were already there)")
-        return
-    if export:
-        for status in statuses:
-            job = store.job(status.id)
-            click.echo(
-                json.dumps(
-                    {
-                        **job.to_dict(),
-                        "state": str(status.state),
-                        "attempts": status.attempts,
-                        "last_error": status.last_error,
-                    }
-                )
-            )
-        store.close()
-        return
-    counts = store.counts()
-    click.echo(
-        f"{path}: {len(statuses)} unfinished jobs"
-        + "".join(f", {n} {state}" for state, n in sorted(counts.items()))
-    )
-    if app is None:
-        for status in statuses[:50]:
-            click.echo(
-                f"  {status.id}  {status.type}  {status.state}  attempts={status.attempts}"
-                + (f"  last_error={status.last_error}" if status.last_error else "")
-            )
-        if len(statuses) > 50:
-            click.echo(f"  ... and {len(statuses) - 50} more (use --export)")
-        store.close()
-        return
-    store.close()
-    missing = sorted({s.type for s in statuses} - set(app.registry.types()))
-    if missing:
-        raise click.ClickException(f"{run_app} has no handler for job types {missing}")
-    dispatcher = Dispatcher(replace(app.config, store=FileJobStore(path)), registry=app.registry)
-    with dispatcher:
-        dispatcher.join()
-    m = dispatcher.metrics()
-    click.echo(
-        f"ran {m.accepted} jobs: {m.succeeded} succeeded, {m.failed} failed, {m.retried} retries"
-    )
+    spec = run_app or redis_app
+    action = "run" if run_app else "export" if export else "into-redis" if redis_app else "list"
+    app = load_app(spec) if spec else None
+    with reported():
+        reports.replay(path, app, action, repair=repair, echo=click.echo)
 
 
-def _add_redis_commands() -> None:
-    try:
-        from csjd_core import cli_redis  # noqa: PLC0415 - needs the optional redis package
-    except ImportError as exc:  # without the [redis] extra: say so, rather than "No such command"
-        for name in ("worker", "stats", "health", "dead"):
-            main.add_command(_needs_redis(name, exc))
-        return
-    for command in (cli_redis.worker, cli_redis.stats, cli_redis.health, cli_redis.dead):
-        main.add_command(command)
+@main.command(epilog=APP_HELP)
+@click.argument("app_spec", metavar="APP")
+@worker_options
+@click.option(
+    "--log-level",
+    type=LOG_LEVELS,
+    help="Log level (default: INFO, or the one given before the command).",
+)
+@click.pass_context
+def worker(ctx: click.Context, /, app_spec: str, log_level: str | None, **values: Any) -> None:
+    """Consume the Redis queues of APP until SIGTERM (a second signal stops at once).
 
-
-def _needs_redis(name: str, error: ImportError) -> click.Command:
-    """A stand-in for a distributed-mode command when redis-py is not installed."""
-
-    def explain() -> None:
-        raise click.ClickException(
-            f"`csjd {name}` works on Redis queues and needs the redis extra: "
-            f"pip install 'csjd[redis]' ({error})"
+    APP is module:attr naming your csjd_core.App, or a function that returns one, e.g.
+    myproject.jobs:app (imported from the current directory, like flask --app).
+    """
+    level = (log_level or ctx.obj.get("log_level", "INFO")).upper()
+    logging.getLogger().setLevel(level)
+    with reported():
+        options, child = worker_options_from(values)
+        code = operations.run_workers(
+            load_app(app_spec),
+            options,
+            child_command=[
+                sys.executable,
+                "-m",
+                "csjd_core.cli",
+                "--log-level",
+                level,
+                "worker",
+                app_spec,
+            ],
+            child=child,
         )
-
-    return click.Command(
-        name,
-        callback=explain,
-        help="Needs the redis extra: pip install 'csjd[redis]'.",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-        add_help_option=False,
-    )
+    sys.exit(code)
 
 
-_add_redis_commands()
+@main.command(epilog=APP_HELP)
+@click.argument("app_spec", metavar="APP")
+@click.option("--queues", help="Comma-separated queues (default: the app's).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stats(app_spec: str, queues: str | None, as_json: bool) -> None:
+    """Queue lengths, in flight, scheduled, dead letters, consumers, counters of APP
+    (module:attr naming your csjd_core.App)."""
+    with reported():
+        reports.stats(load_app(app_spec), queues, as_json, needed_by="csjd stats", echo=click.echo)
+
+
+@main.command(epilog=APP_HELP)
+@click.argument("app_spec", metavar="APP")
+@click.option("--queues", help="Comma-separated queues (default: the app's).")
+@click.option(
+    "--this-host",
+    is_flag=True,
+    help="Count only workers of this host (consumer names start with the hostname): "
+    "a container's liveness probe.",
+)
+def health(app_spec: str, queues: str | None, this_host: bool) -> None:
+    """Exit 0 if every queue of APP (module:attr naming your csjd_core.App) has a live worker
+    (fresh heartbeat), 1 otherwise."""
+    try:
+        figures = operations.queue_stats(
+            load_app(app_spec), operations.queue_list(queues), needed_by="csjd health"
+        )
+    except CSJDError as exc:
+        click.echo(f"unhealthy: cannot reach Redis: {exc}", err=True)
+        sys.exit(1)
+    live = operations.live_workers(figures, this_host=this_host)
+    for line in reports.health_lines(live, socket.gethostname() if this_host else None):
+        click.echo(line)
+    dead_queues = [name for name, count in live.items() if not count]
+    if dead_queues:
+        click.echo(f"unhealthy: no live worker for {', '.join(dead_queues)}", err=True)
+        sys.exit(1)
+
+
+class _DeadGroup(click.Group):
+    """``csjd dead APP ACTION``; the older order ``csjd dead ACTION APP`` is accepted too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if len(args) >= 2 and args[0] in self.commands and args[1] not in self.commands:
+            args = [args[1], args[0], *args[2:]]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DeadGroup, epilog=APP_HELP)
+@click.argument("app_spec", metavar="APP")
+@click.pass_context
+def dead(ctx: click.Context, app_spec: str) -> None:
+    """Dead letters of APP (module:attr naming your csjd_core.App): list, show, requeue,
+    purge."""
+    ctx.meta["csjd.dead_app"] = app_spec
+    ctx.meta["csjd.dead_command"] = "csjd dead"
+
+
+def _dead_app() -> tuple[Any, str]:
+    """The app of the ``dead`` group (a `load_app` spec, or an `App` a front end put there)."""
+    meta = click.get_current_context().meta
+    target = meta["csjd.dead_app"]
+    return (load_app(target) if isinstance(target, str) else target), meta["csjd.dead_command"]
+
+
+@dead.command("list")
+@click.option("--queue", default=None, help="Queue (default: the app's default queue).")
+@click.option("--count", type=click.IntRange(1), default=50, show_default=True)
+def dead_list(queue: str | None, count: int) -> None:
+    """List the oldest dead letters."""
+    app, command = _dead_app()
+    with reported():
+        letters = operations.dead_letters(app, queue, count, needed_by=command)
+    if not letters:
+        click.echo(f"no dead letters in queue {queue or app.distributed.queues[0]}")
+    for letter in letters:
+        click.echo(reports.dead_letter_line(letter))
+
+
+@dead.command("show")
+@click.argument("entry_id")
+@click.option("--queue", default=None)
+def dead_show(entry_id: str, queue: str | None) -> None:
+    """Show one dead letter with its traceback and payload."""
+    app, command = _dead_app()
+    with reported():
+        letter = operations.dead_letter(app, entry_id, queue, needed_by=command)
+    if letter is None:
+        raise click.ClickException(f"no dead letter {entry_id}")
+    click.echo(json.dumps(letter.to_json(), indent=2))
+
+
+@dead.command("requeue")
+@click.argument("entry_ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Requeue every dead letter.")
+@click.option("--queue", default=None)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dead_requeue(
+    entry_ids: tuple[str, ...], everything: bool, queue: str | None, yes: bool
+) -> None:
+    """Put dead letters back on their queue (attempts reset)."""
+    app, command = _dead_app()
+    with reported():
+        asked = (
+            operations.dead_count(app, queue, needed_by=command) if everything else len(entry_ids)
+        )
+        if everything and not asked:
+            click.echo("no dead letters to requeue")
+            return
+        if not asked:
+            raise click.UsageError("give dead-letter entry ids or --all")
+        if not yes:
+            click.confirm(f"requeue {asked} dead letter(s)?", abort=True)
+        report = operations.requeue_dead(
+            app, None if everything else entry_ids, queue, needed_by=command
+        )
+    out, errors = reports.requeue_lines(report, asked)
+    for line in errors:
+        click.echo(line, err=True)
+    for line in out:
+        click.echo(line)
+
+
+@dead.command("purge")
+@click.option("--queue", default=None)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dead_purge(queue: str | None, yes: bool) -> None:
+    """Delete every dead letter of a queue."""
+    app, command = _dead_app()
+    with reported():
+        count = operations.dead_count(app, queue, needed_by=command)
+        if not count:
+            click.echo(f"no dead letters to purge in queue {queue or app.distributed.queues[0]}")
+            return
+        if not yes:
+            click.confirm(f"delete {count} dead letter(s)?", abort=True)
+        click.echo(f"purged {operations.purge_dead(app, queue, needed_by=command)}")
+
+
+main.add_command(dead)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,50 +1,173 @@
-"""The worker options every front end offers (``csjd worker``, ``flask csjd run``): one list.
+"""What the command-line front ends share: the worker options — one list, with the defaults of
+`WorkerOptions`, applied to click commands (``csjd worker``, ``flask csjd run``) and to argparse
+parsers (``manage.py csjd_worker``) — and `load_app`.
 
-Only click here, so a front end can apply them at import without the ``redis`` extra.
+Only click and the standard library here (no redis), so a front end can use it at import.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import argparse
+import dataclasses
+import importlib
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
 
+from csjd_core.app import App
 from csjd_core.limits import MAX_WORKERS
+from csjd_core.operations import WorkerOptions
 
-__all__ = ["worker_options"]
+__all__ = [
+    "WORKER_OPTIONS",
+    "add_worker_arguments",
+    "load_app",
+    "worker_options",
+    "worker_options_from",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_OPTIONS = (
-    click.option(
-        "--workers", type=click.IntRange(1, MAX_WORKERS), help="Worker threads per process."
-    ),
-    click.option(
-        "--processes",
-        type=click.IntRange(1, 256),
-        default=1,
-        show_default=True,
-        help="Worker processes under one supervisor.",
-    ),
-    click.option("--burst", is_flag=True, help="Exit when the queues are empty."),
-    click.option("--max-jobs", type=click.IntRange(1), help="Recycle a process after N jobs."),
-    click.option("--max-memory", help="Recycle a process past this RSS (e.g. 512M)."),
-    click.option(
-        "--drain-timeout",
-        type=click.FloatRange(0),
-        default=30.0,
-        show_default=True,
-        help="Seconds to let in-flight jobs finish after SIGTERM.",
-    ),
-    click.option("--child", is_flag=True, hidden=True),
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(WorkerOptions)}
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One worker option as every front end offers it."""
+
+    flag: str
+    help: str
+    type: type | None = None  # None: a flag
+    minimum: float | None = None
+    maximum: float | None = None
+    hidden: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def default(self) -> Any:
+        return _DEFAULTS.get(self.dest, False if self.type is None else None)
+
+
+WORKER_OPTIONS = (
+    Option("--queues", "Comma-separated queues to consume (default: the app's).", str),
+    Option("--workers", "Worker threads per process (default: the app's).", int, 1, MAX_WORKERS),
+    Option("--processes", "Worker processes under one supervisor.", int, 1, 256),
+    Option("--burst", "Exit when the queues are empty."),
+    Option("--max-jobs", "Recycle a process after N jobs.", int, 1),
+    Option("--max-memory", "Recycle a process past this RSS (e.g. 512M).", str),
+    Option("--drain-timeout", "Seconds to let in-flight jobs finish after SIGTERM.", float, 0),
+    Option("--child", "(internal: a supervised child)", hidden=True),
 )
 
 
+def _click_option(option: Option) -> Callable[[F], F]:
+    if option.type is None:
+        return click.option(option.flag, is_flag=True, help=option.help, hidden=option.hidden)
+    kind: Any = option.type
+    if option.type is int and option.minimum is not None:
+        kind = click.IntRange(
+            int(option.minimum), None if option.maximum is None else int(option.maximum)
+        )
+    elif option.type is float and option.minimum is not None:
+        kind = click.FloatRange(option.minimum, option.maximum)
+    default = option.default
+    return click.option(
+        option.flag,
+        type=kind,
+        default=default,
+        show_default=default is not None,
+        help=option.help,
+        hidden=option.hidden,
+    )
+
+
 def worker_options(command: F) -> F:
-    """Add ``--workers --processes --burst --max-jobs --max-memory --drain-timeout`` (and the
-    hidden ``--child``) to a click command; ``--queues`` and ``--log-level`` differ per front
-    end in their help and defaults, so each adds its own."""
-    for option in reversed(_OPTIONS):
-        command = option(command)
+    """Add the worker options to a click command (its callback receives them by name)."""
+    for option in reversed(WORKER_OPTIONS):
+        command = _click_option(option)(command)
     return command
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the worker options to an argparse parser (``manage.py csjd_worker``)."""
+    for option in WORKER_OPTIONS:
+        help_text = argparse.SUPPRESS if option.hidden else option.help
+        if option.type is None:
+            parser.add_argument(option.flag, action="store_true", help=help_text)
+            continue
+        parser.add_argument(
+            option.flag,
+            type=_bounded(option) if option.minimum is not None else option.type,
+            default=option.default,
+            help=help_text,
+        )
+
+
+def _bounded(option: Option) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        assert option.type is not None
+        try:
+            value = option.type(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < option.minimum or (option.maximum is not None and value > option.maximum):
+            bound = (
+                f"from {option.minimum} to {option.maximum}"
+                if option.maximum is not None
+                else f">= {option.minimum}"
+            )
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
+def worker_options_from(values: Mapping[str, Any]) -> tuple[WorkerOptions, bool]:
+    """`WorkerOptions` (and whether this is a supervised child) from the parsed options.
+
+    Raises:
+        InvalidConfig: a bad value, naming the option.
+    """
+    given = {option.dest: values.get(option.dest) for option in WORKER_OPTIONS}
+    child = bool(given.pop("child"))
+    return WorkerOptions.parse(**given), child
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attr`` naming an `App` or a zero-argument factory returning one.
+
+    Raises:
+        click.BadParameter: the spec is malformed or does not name an App.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise click.BadParameter(f"expected module:attr, got {spec!r}", param_hint="APP")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `flask --app` and `celery -A`
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="APP") from exc
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise click.BadParameter(
+                f"module {module_name!r} has no attribute {attr!r}", param_hint="APP"
+            ) from None
+    if not isinstance(target, App) and callable(target):
+        target = target()
+    if not isinstance(target, App):
+        raise click.BadParameter(
+            f"{spec} is {type(target).__name__}, not a csjd_core.App (or a factory of one)",
+            param_hint="APP",
+        )
+    return target

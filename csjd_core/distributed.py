@@ -8,13 +8,14 @@ from typing import Any, TypeVar
 
 import redis
 
-from csjd_core.backends.redis_streams import DeadLetter, RedisStreamsBackend
+from csjd_core.backends.redis_streams import RedisStreamsBackend
 from csjd_core.config import DistributedConfig, RedisConfig
 from csjd_core.engine.dispatcher import BaseDispatcher
 from csjd_core.engine.registry import HandlerRegistry
 from csjd_core.errors import BackendUnavailable, InvalidJob
 from csjd_core.job import Job
 from csjd_core.metrics import StopReport
+from csjd_core.stats import DeadLetter, QueueStats
 
 __all__ = ["DeadLetter", "RedisDistributedDispatcher"]
 
@@ -64,7 +65,7 @@ class RedisDistributedDispatcher(BaseDispatcher):
         except redis.RedisError as exc:
             raise BackendUnavailable(f"Redis at {self.redis_config.display} failed: {exc}") from exc
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, QueueStats]:
         """Cluster-wide figures per queue: lengths, in flight, scheduled, dead, consumers.
 
         Raises:
@@ -75,6 +76,10 @@ class RedisDistributedDispatcher(BaseDispatcher):
     def dead_letters(self, queue: str | None = None, count: int = 100) -> list[DeadLetter]:
         """The oldest dead letters of ``queue``."""
         return self._admin(self.backend.dead_letters, queue, count)
+
+    def dead_letter(self, entry_id: str, queue: str | None = None) -> DeadLetter | None:
+        """One dead letter by its entry id, or ``None``."""
+        return self._admin(self.backend.dead_letter, entry_id, queue)
 
     def requeue_dead(self, entry_id: str, queue: str | None = None) -> bool:
         """Move one dead letter back to its queue (attempts reset)."""

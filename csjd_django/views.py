@@ -28,7 +28,8 @@ from csjd_core.errors import CSJDError, DuplicateJob, InvalidJob, SettingsError
 from csjd_django.throughput import Sample, ThroughputSamples, throughput_svg
 
 if TYPE_CHECKING:
-    from csjd_core.distributed import DeadLetter, RedisDistributedDispatcher
+    from csjd_core.distributed import RedisDistributedDispatcher
+    from csjd_core.stats import DeadLetter
     from csjd_django.admin import DashboardAdmin
 
 __all__ = [
@@ -179,33 +180,33 @@ def _redis_figures(dispatcher: RedisDistributedDispatcher, *, show_payload: bool
         return figures
     cluster = dict.fromkeys(("processed", "succeeded", "retried", "failed"), 0)
     for name, queue in stats.items():
-        counters = queue.get("counters", {})
+        counters = queue.counters
         for key in cluster:
-            cluster[key] += int(counters.get(key, 0))
+            cluster[key] += getattr(counters, key)
         figures.queues.append(
             QueueRow(
                 name=name,
-                length=queue["stream_length"],
-                waiting=max(0, queue["stream_length"] - queue["in_flight"]),
-                in_flight=queue["in_flight"],
-                scheduled=queue["scheduled"],
-                unfinished=queue["unfinished"],
-                dead=queue["dead"],
-                processed=int(counters.get("processed", 0)),
-                failed=int(counters.get("failed", 0)),
+                length=queue.stream_length,
+                waiting=queue.waiting,
+                in_flight=queue.in_flight,
+                scheduled=queue.scheduled,
+                unfinished=queue.unfinished,
+                dead=queue.dead,
+                processed=counters.processed,
+                failed=counters.failed,
             )
         )
         figures.consumers.extend(
             ConsumerRow(
                 queue=name,
-                name=c["name"],
-                pending=c["pending"],
-                idle=c["idle_ms"] / 1000,
-                heartbeat_age=c["heartbeat_age"],
+                name=c.name,
+                pending=c.pending,
+                idle=c.idle_ms / 1000,
+                heartbeat_age=c.heartbeat_age,
             )
-            for c in queue["consumers"]
+            for c in queue.consumers
         )
-        figures.dead_total += queue["dead"]
+        figures.dead_total += queue.dead
         figures.dead_letters.extend(_dead_letter_row(d, show_payload) for d in letters[name])
     figures.cluster = cluster
     source = f"redis {where} {dispatcher.config.stream} {queues}"

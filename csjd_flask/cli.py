@@ -1,4 +1,6 @@
-"""``flask csjd``: run, replay, stats, dead — they parse options and call the core commands."""
+"""``flask csjd``: run, replay, stats, dead. Each parses its options, calls
+`csjd_core.operations` with the core `App` of ``current_app`` and prints what the ``csjd``
+command prints (the dead-letter commands are the very click commands of ``csjd dead``)."""
 
 from __future__ import annotations
 
@@ -7,20 +9,21 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import click
 from flask import current_app
-from flask.cli import AppGroup, ScriptInfo, pass_script_info
+from flask.cli import AppGroup, ScriptInfo, pass_script_info, with_appcontext
 
+from csjd_core import operations, reports
 from csjd_core.app import App
-from csjd_core.cli_options import worker_options
+from csjd_core.cli import dead as core_dead
+from csjd_core.cli import reported
+from csjd_core.cli_options import worker_options, worker_options_from
 from csjd_core.errors import CSJDError
 from csjd_flask.extension import CSJDState, NotInitialized
 
 __all__ = ["csjd_group", "current_core_app"]
-
-#: What the core ``csjd`` commands load (``module:attr``): the core App of ``current_app``.
-APP_SPEC = "csjd_flask.cli:current_core_app"
 
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
 
@@ -56,50 +59,21 @@ def _redis_app(command: str) -> App:
     return core
 
 
-def _core_command(argv: list[str], prog_name: str) -> None:
-    """Run a core ``csjd`` command (``standalone_mode=False``: its errors reach Flask's CLI)."""
-    from csjd_core.cli import main  # noqa: PLC0415 - only when a command runs
-
-    main.main(args=argv, prog_name=prog_name, standalone_mode=False)
-
-
 @csjd_group.command("run")
-@click.option("--queues", help="Comma-separated queues to consume (default: CSJD_QUEUES).")
 @worker_options
 @click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True)
 @pass_script_info
-def run(
-    info: ScriptInfo,
-    queues: str | None,
-    workers: int | None,
-    processes: int,
-    burst: bool,
-    max_jobs: int | None,
-    max_memory: str | None,
-    drain_timeout: float,
-    log_level: str,
-    child: bool,
-) -> None:
+def run(info: ScriptInfo, /, log_level: str, **values: Any) -> None:
     """Consume this app's Redis queues until SIGTERM/SIGINT (the first drains in-flight jobs,
     a second one stops at once). Each job runs inside an application context."""
-    from csjd_core.cli_redis import serve  # noqa: PLC0415 - needs the [redis] extra
-
     core = _redis_app("run")
     level = log_level.upper()
-    supervised = not child and (processes > 1 or bool(max_jobs) or bool(max_memory))
-    command = _child_command(info, level, needed=supervised)
-    with _log_to_stderr(level):
-        code = serve(
-            core,
-            child_command=command,
-            queues=queues,
-            workers=workers,
-            processes=processes,
-            burst=burst,
-            max_jobs=max_jobs,
-            max_memory=max_memory,
-            drain_timeout=drain_timeout,
-            child=child,
+    with reported():
+        options, child = worker_options_from(values)
+    command = _child_command(info, level, needed=not child and options.supervised)
+    with _log_to_stderr(level), reported():
+        code = operations.run_workers(
+            core, options, child_command=command, child=child, needed_by="flask csjd run"
         )
     if code:
         sys.exit(code)
@@ -175,18 +149,10 @@ def replay(path: str | None, export: bool, run_jobs: bool, into_redis: bool, rep
         raise click.UsageError("give a store PATH or set CSJD_STORE_PATH")
     if sum((export, run_jobs, into_redis)) > 1:
         raise click.UsageError("give at most one of --run, --export, --into-redis")
-    argv = ["replay", os.fspath(path)]
-    if export:
-        argv.append("--export")
-    if repair:
-        argv.append("--repair")
-    if run_jobs:
-        _core_app()  # a clear error before the store is opened
-        argv += ["--run", APP_SPEC]
-    if into_redis:
-        _redis_app("replay --into-redis")
-        argv += ["--into-redis", APP_SPEC]
-    _core_command(argv, "flask csjd replay")
+    app = _redis_app("replay --into-redis") if into_redis else _core_app() if run_jobs else None
+    action = "run" if run_jobs else "export" if export else "into-redis" if into_redis else "list"
+    with reported():
+        reports.replay(os.fspath(path), app, action, repair=repair, echo=click.echo)
 
 
 @csjd_group.command("stats")
@@ -194,61 +160,19 @@ def replay(path: str | None, export: bool, run_jobs: bool, into_redis: bool, rep
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats(queues: str | None, as_json: bool) -> None:
     """Queue lengths, in flight, scheduled, dead letters, consumers, counters."""
-    _redis_app("stats")
-    argv = ["stats", APP_SPEC]
-    if queues:
-        argv += ["--queues", queues]
-    if as_json:
-        argv.append("--json")
-    _core_command(argv, "flask csjd stats")
+    app = _redis_app("stats")
+    with reported():
+        reports.stats(app, queues, as_json, needed_by="flask csjd stats", echo=click.echo)
 
 
 @csjd_group.group("dead")
-def dead() -> None:
+@click.pass_context
+@with_appcontext
+def dead(ctx: click.Context) -> None:
     """Dead letters of this app's Redis queues: list, show, requeue, purge."""
+    ctx.meta["csjd.dead_app"] = _redis_app("dead")
+    ctx.meta["csjd.dead_command"] = "flask csjd dead"
 
 
-def _dead(action: str, *args: str) -> None:
-    _redis_app(f"dead {action}")
-    _core_command(["dead", APP_SPEC, action, *args], f"flask csjd dead {action}")
-
-
-def _queue(queue: str | None) -> list[str]:
-    return ["--queue", queue] if queue else []
-
-
-@dead.command("list")
-@click.option("--queue", help="Queue (default: the first of CSJD_QUEUES).")
-@click.option("--count", type=click.IntRange(1), default=50, show_default=True)
-def dead_list(queue: str | None, count: int) -> None:
-    """List the oldest dead letters."""
-    _dead("list", *_queue(queue), "--count", str(count))
-
-
-@dead.command("show")
-@click.argument("entry_id")
-@click.option("--queue", help="Queue (default: the first of CSJD_QUEUES).")
-def dead_show(entry_id: str, queue: str | None) -> None:
-    """Show one dead letter with its traceback and payload."""
-    _dead("show", entry_id, *_queue(queue))
-
-
-@dead.command("requeue")
-@click.argument("entry_ids", nargs=-1)
-@click.option("--all", "everything", is_flag=True, help="Requeue every dead letter.")
-@click.option("--queue", help="Queue (default: the first of CSJD_QUEUES).")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def dead_requeue(
-    entry_ids: tuple[str, ...], everything: bool, queue: str | None, yes: bool
-) -> None:
-    """Put dead letters back on their queue (attempts reset)."""
-    flags = [*(["--all"] if everything else []), *(["--yes"] if yes else [])]
-    _dead("requeue", *entry_ids, *_queue(queue), *flags)
-
-
-@dead.command("purge")
-@click.option("--queue", help="Queue (default: the first of CSJD_QUEUES).")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def dead_purge(queue: str | None, yes: bool) -> None:
-    """Delete every dead letter of a queue."""
-    _dead("purge", *_queue(queue), *(["--yes"] if yes else []))
+for _command in core_dead.commands.values():  # the very commands of `csjd dead`
+    dead.add_command(_command)

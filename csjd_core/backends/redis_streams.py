@@ -22,7 +22,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -43,14 +42,16 @@ from csjd_core.job import (
     validate_job,
 )
 from csjd_core.limits import clip_text, clip_traceback, name_problem
+from csjd_core.stats import ConsumerStats, DeadLetter, QueueCounters, QueueStats
 
-__all__ = ["QueueKeys", "RedisStreamsBackend"]
+__all__ = ["DeadLetter", "QueueKeys", "RedisStreamsBackend"]
 
 logger = logging.getLogger("csjd_core.redis")
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 _RELEASE_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
 _NO_RECORD = "no job record: the entry was not written by CSJD's enqueue"
+_COUNTERS = frozenset(("processed", "succeeded", "retried", "failed"))
 _SCRIPTS = (
     "enqueue",
     "start",
@@ -110,25 +111,6 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return "" if value is None else str(value)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One dead-lettered job. ``damaged`` says what is wrong with a letter whose fields could not
-    all be read (``attempts`` / ``failed_at`` are then ``None``); it can still be requeued or
-    deleted."""
-
-    entry_id: str
-    queue: str
-    job_id: str
-    type: str | None
-    error: str
-    reason: str
-    attempts: int | None
-    failed_at: float | None
-    traceback: str
-    data: str
-    damaged: str | None = None
 
 
 class _Settler:
@@ -1188,43 +1170,44 @@ class RedisStreamsBackend(Backend):
                 raise pending
         return total
 
-    def stats(self) -> dict[str, Any]:
-        """Cluster-wide figures per queue."""
-        out: dict[str, Any] = {}
+    def stats(self) -> dict[str, QueueStats]:
+        """Cluster-wide figures per queue (of this process's queues)."""
+        out: dict[str, QueueStats] = {}
         now = time.time()
+        client = self.client
         for keys in self.queues.values():
-            client = self.client
-            consumers = []
             try:
                 infos = client.xinfo_consumers(keys.stream, self.config.group)
             except redis.ResponseError:
                 infos = []
+            consumers = []
             for info in infos:
                 name = _text(info.get("name"))
                 beat = client.get(keys.heartbeat_prefix + name)
                 consumers.append(
-                    {
-                        "name": name,
-                        "pending": int(info.get("pending", 0)),
-                        "idle_ms": int(info.get("idle", 0)),
-                        "heartbeat_age": None if beat is None else round(now - float(beat), 3),
-                    }
+                    ConsumerStats(
+                        name=name,
+                        pending=int(info.get("pending", 0)),
+                        idle_ms=int(info.get("idle", 0)),
+                        heartbeat_age=None if beat is None else round(now - float(beat), 3),
+                    )
                 )
             counters = {_text(k): int(v) for k, v in client.hgetall(keys.stats).items()}
             try:
                 in_flight = int(client.xpending(keys.stream, self.config.group)["pending"])
             except redis.ResponseError:
                 in_flight = 0
-            out[keys.name] = {
-                "stream_length": int(client.xlen(keys.stream)),
-                "in_flight": in_flight,
-                "scheduled": int(client.zcard(keys.delayed)),
-                "dead": int(client.xlen(keys.dead)),
-                "max_dead_letters": self.config.max_dead_letters,
-                "unfinished": int(client.get(keys.pending) or 0),
-                "consumers": consumers,
-                "counters": counters,
-            }
+            out[keys.name] = QueueStats(
+                name=keys.name,
+                stream_length=int(client.xlen(keys.stream)),
+                in_flight=in_flight,
+                scheduled=int(client.zcard(keys.delayed)),
+                unfinished=int(client.get(keys.pending) or 0),
+                dead=int(client.xlen(keys.dead)),
+                max_dead_letters=self.config.max_dead_letters,
+                consumers=tuple(consumers),
+                counters=QueueCounters(**{k: v for k, v in counters.items() if k in _COUNTERS}),
+            )
         return out
 
     # -- dead letters ----------------------------------------------------------------------
@@ -1235,6 +1218,13 @@ class RedisStreamsBackend(Backend):
             _dead_letter(keys.name, _text(raw_id), raw)
             for raw_id, raw in self.client.xrange(keys.dead, count=count) or []
         ]
+
+    def dead_letter(self, entry_id: str, queue: str | None = None) -> DeadLetter | None:
+        """One dead letter of ``queue`` by its entry id, or ``None``."""
+        keys = self.keys_for(queue)
+        _check_entry_id(entry_id)
+        rows = self.client.xrange(keys.dead, entry_id, entry_id)
+        return _dead_letter(keys.name, entry_id, rows[0][1]) if rows else None
 
     def requeue_dead(self, entry_id: str, queue: str | None = None) -> bool:
         """Put one dead letter back on its queue as a fresh job.

@@ -264,7 +264,7 @@ def test_retries_with_backoff_then_success(dispatchers: Dispatchers) -> None:
     wait_until(lambda: d.metrics().succeeded == 1, DEADLINE)
     m = d.metrics()
     assert (m.processed, m.retried, m.succeeded, m.failed) == (3, 2, 1, 0)
-    assert d.stats()["default"]["counters"]["retried"] == 2
+    assert d.stats()["default"].counters.retried == 2
 
 
 def test_failures_are_dead_lettered_with_error_traceback_and_attempts(
@@ -296,7 +296,7 @@ def test_failures_are_dead_lettered_with_error_traceback_and_attempts(
     assert "RuntimeError: always fails" in x.traceback
     assert abs(x.failed_at - time.time()) < 10
     assert d.pending() == 0
-    assert d.stats()["default"]["dead"] == 2
+    assert d.stats()["default"].dead == 2
 
 
 def test_dead_letters_list_requeue_and_purge(dispatchers: Dispatchers) -> None:

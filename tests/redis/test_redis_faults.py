@@ -321,7 +321,7 @@ def test_producers_bursting_past_the_cap_admit_exactly_the_cap(
     workers("w", workers=4, cap=cap)
     counts = assert_all_done(workers, accepted)
     assert set(counts) == set(accepted)
-    wait_until(lambda: producer.stats()["default"]["unfinished"] == 0, DEADLINE)
+    wait_until(lambda: producer.stats()["default"].unfinished == 0, DEADLINE)
 
 
 def test_the_same_id_submitted_concurrently_is_accepted_once(

@@ -190,7 +190,7 @@ def test_dead_letters_are_trimmed_to_max_dead_letters(
     newest = redis_client.xrevrange(KEYS.dead, count=1)[0][1][b"id"].decode()
     assert newest.startswith("j")
     stats = d.stats()["default"]
-    assert (stats["dead"], stats["max_dead_letters"]) == (kept, 10)
+    assert (stats.dead, stats.max_dead_letters) == (kept, 10)
 
 
 def test_a_damaged_dead_letter_is_readable(

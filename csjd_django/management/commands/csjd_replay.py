@@ -6,7 +6,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from csjd_core.cli import main as csjd_cli
+from csjd_core import reports
+from csjd_core.errors import CSJDError
+from csjd_django.management import redis_app
 
 
 class Command(BaseCommand):
@@ -14,11 +16,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("path", nargs="?", help="The store (default: CSJD_STORE_PATH).")
-        parser.add_argument("--export", action="store_true", help="Print jobs as JSON lines.")
-        parser.add_argument(
+        actions = parser.add_mutually_exclusive_group()
+        actions.add_argument("--export", action="store_true", help="Print jobs as JSON lines.")
+        actions.add_argument(
             "--run", action="store_true", help="Run the stored jobs with this project's handlers."
         )
-        parser.add_argument(
+        actions.add_argument(
             "--into-redis",
             action="store_true",
             help="Move them into the Redis queues of CSJD_REDIS_URL.",
@@ -32,35 +35,27 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from django.conf import settings  # noqa: PLC0415
 
+        from csjd_django import app  # noqa: PLC0415
+
         path = options["path"] or getattr(settings, "CSJD_STORE_PATH", None)
         if not path:
             raise CommandError("give a store path or set CSJD_STORE_PATH")
-        argv = ["replay", str(path)]
-        if options["export"]:
-            argv.append("--export")
-        if options["repair"]:
-            argv.append("--repair")
-        if options["run"]:
-            argv += ["--run", "csjd_django.management.commands.csjd_replay:replay_app"]
+        action = "list"
         if options["into_redis"]:
-            argv += ["--into-redis", "csjd_django.management.commands.csjd_replay:redis_app"]
+            action = "into-redis"
+            redis_app("manage.py csjd_replay --into-redis")
+        elif options["run"]:
+            action = "run"
+            app.configure_from_settings()
+        elif options["export"]:
+            action = "export"
         try:
-            csjd_cli.main(args=argv, prog_name="manage.py csjd_replay", standalone_mode=False)
-        except Exception as exc:  # click reports usage errors as exceptions here
+            reports.replay(
+                str(path),
+                app if action in ("run", "into-redis") else None,
+                action,
+                repair=options["repair"],
+                echo=self.stdout.write,
+            )
+        except CSJDError as exc:
             raise CommandError(str(exc)) from exc
-
-
-def replay_app() -> Any:
-    """This project's app in in-process mode (handlers from the autodiscovered jobs)."""
-    from csjd_django import app  # noqa: PLC0415
-
-    app.configure_from_settings()
-    return app
-
-
-def redis_app() -> Any:
-    """This project's app, which must be in Redis mode (for ``--into-redis`` and the commands
-    that run the core ``csjd`` commands on the Redis queues)."""
-    from csjd_django import management  # noqa: PLC0415
-
-    return management.redis_app("manage.py csjd_replay --into-redis")

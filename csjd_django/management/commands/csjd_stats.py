@@ -6,7 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from csjd_core.cli import main as csjd_cli
+from csjd_core import reports
+from csjd_core.errors import CSJDError
 from csjd_django.management import redis_app
 
 
@@ -14,17 +15,18 @@ class Command(BaseCommand):
     help = "Cluster-wide figures of this project's Redis queues."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--queues", help="Comma-separated queues.")
+        parser.add_argument("--queues", help="Comma-separated queues (default: CSJD_QUEUES).")
         parser.add_argument("--json", action="store_true", help="Print JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        redis_app("manage.py csjd_stats")
-        argv = ["stats", "csjd_django.management.commands.csjd_replay:redis_app"]
-        if options["queues"]:
-            argv += ["--queues", options["queues"]]
-        if options["json"]:
-            argv.append("--json")
+        app = redis_app("manage.py csjd_stats")
         try:
-            csjd_cli.main(args=argv, prog_name="manage.py csjd_stats", standalone_mode=False)
-        except Exception as exc:
+            reports.stats(
+                app,
+                options["queues"],
+                options["json"],
+                needed_by="manage.py csjd_stats",
+                echo=self.stdout.write,
+            )
+        except CSJDError as exc:
             raise CommandError(str(exc)) from exc

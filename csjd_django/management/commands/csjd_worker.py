@@ -8,8 +8,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import autoreload
 
-from csjd_core.cli_redis import serve
+from csjd_core import operations
+from csjd_core.cli_options import add_worker_arguments, worker_options_from
+from csjd_core.errors import CSJDError
 from csjd_django.management import redis_app
+
+COMMAND = "manage.py csjd_worker"
 
 
 class Command(BaseCommand):
@@ -19,48 +23,34 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--queues", help="Comma-separated queues (default: CSJD_QUEUES).")
-        parser.add_argument("--workers", type=int, help="Worker threads per process.")
-        parser.add_argument(
-            "--processes", type=int, default=1, help="Worker processes under one supervisor."
-        )
-        parser.add_argument("--burst", action="store_true", help="Exit when the queues are empty.")
-        parser.add_argument("--max-jobs", type=int, help="Recycle a process after N jobs.")
-        parser.add_argument("--max-memory", help="Recycle a process past this RSS (e.g. 512M).")
-        parser.add_argument(
-            "--drain-timeout",
-            type=float,
-            default=30.0,
-            help="Seconds to let in-flight jobs finish after SIGTERM.",
-        )
+        add_worker_arguments(parser)  # the options of `csjd worker` and `flask csjd run`
         parser.add_argument(
             "--reload", action="store_true", help="Restart when code changes (development only)."
         )
-        parser.add_argument("--child", action="store_true", help="(internal: a supervised child)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        redis_app("manage.py csjd_worker")
-        if options["processes"] < 1:
-            raise CommandError("--processes must be >= 1")
+        redis_app(COMMAND)
+        try:
+            worker_options, child = worker_options_from(options)
+        except CSJDError as exc:
+            raise CommandError(str(exc)) from exc
         if options["reload"]:
-            autoreload.run_with_reloader(self._serve, **options)
+            autoreload.run_with_reloader(self._serve, worker_options, child)
         else:
-            self._serve(**options)
+            self._serve(worker_options, child)
 
-    def _serve(self, **options: Any) -> None:
+    def _serve(self, worker_options: operations.WorkerOptions, child: bool) -> None:
         from csjd_django import app  # noqa: PLC0415
 
-        code = serve(
-            app,
-            child_command=[sys.executable, sys.argv[0], "csjd_worker"],
-            queues=options["queues"],
-            workers=options["workers"],
-            processes=options["processes"],
-            burst=options["burst"],
-            max_jobs=options["max_jobs"],
-            max_memory=options["max_memory"],
-            drain_timeout=options["drain_timeout"],
-            child=options["child"],
-        )
+        try:
+            code = operations.run_workers(
+                app,
+                worker_options,
+                child_command=[sys.executable, sys.argv[0], "csjd_worker"],
+                child=child,
+                needed_by=COMMAND,
+            )
+        except CSJDError as exc:
+            raise CommandError(str(exc)) from exc
         if code:
             sys.exit(code)

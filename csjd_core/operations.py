@@ -1,0 +1,501 @@
+"""Operating CSJD, from any front end: run workers, read and act on the Redis queues and their
+dead letters, and list, run or move a file store's jobs.
+
+Click-free library functions: each takes an `App` (or a store's path), returns values (typed:
+`QueueStats`, `DeadLetter`, `JobStatus`...) and raises `CSJDError`s. The front ends — ``csjd``,
+``manage.py csjd_*`` and ``flask csjd`` — parse their options into these calls and print what
+they return with `csjd_core.reports`, so the three stay in step by construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import socket
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from csjd_core.app import App
+from csjd_core.backends.file import FileJobStore
+from csjd_core.dispatcher import Dispatcher
+from csjd_core.errors import CSJDError, DuplicateJob, InvalidConfig, UnknownJobType
+from csjd_core.job import Job, JobState, JobStatus
+from csjd_core.limits import MAX_WORKERS, brief, name_problem, positive_seconds
+from csjd_core.metrics import MetricsSnapshot
+from csjd_core.stats import DeadLetter, QueueStats
+from csjd_core.supervisor import EXIT_RECYCLE, supervise
+from csjd_core.worker import InFlight, run_worker
+
+if TYPE_CHECKING:
+    from csjd_core.distributed import RedisDistributedDispatcher
+
+__all__ = [
+    "RequeueReport",
+    "WorkerOptions",
+    "dead_count",
+    "dead_letter",
+    "dead_letters",
+    "export_store",
+    "live_workers",
+    "move_into_redis",
+    "open_store",
+    "parse_size",
+    "purge_dead",
+    "queue_list",
+    "queue_stats",
+    "redis_queues",
+    "requeue_dead",
+    "run_store",
+    "run_workers",
+    "store_jobs",
+]
+
+logger = logging.getLogger("csjd_core.worker")
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"512M"``, ``"2G"``, ``"100000"``.
+
+    Raises:
+        ValueError: not a size.
+    """
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"expected a size like 512M or 2G, got {text!r}")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit])
+
+
+def queue_list(text: str | None) -> list[str] | None:
+    """Queue names from a command line's ``"a,b"`` (``None`` for none given)."""
+    return [q.strip() for q in text.split(",") if q.strip()] if text else None
+
+
+def _rss_bytes() -> int:
+    """Resident memory of this process."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# -- workers ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerOptions:
+    """How to run workers: the one set of options (and defaults) every front end offers.
+
+    Args:
+        queues: the queues to consume (default: the app's).
+        workers: worker threads per process (default: the app's).
+        processes: worker processes; more than one runs them under a supervisor.
+        burst: exit once the queues hold no unfinished job.
+        max_jobs: recycle a process after this many attempts (its in-flight work finished).
+        max_memory: recycle a process past this resident size, in bytes.
+        drain_timeout: seconds in-flight jobs may take to finish after SIGTERM.
+    """
+
+    queues: tuple[str, ...] | None = None
+    workers: int | None = None
+    processes: int = 1
+    burst: bool = False
+    max_jobs: int | None = None
+    max_memory: int | None = None
+    drain_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        def fail(field: str, message: str) -> InvalidConfig:
+            flag = "--" + field.replace("_", "-")
+            return InvalidConfig(f"{flag} {message}", owner="WorkerOptions", field=field)
+
+        if self.queues is not None:
+            for queue in self.queues:
+                problem = name_problem(queue, "queue")
+                if problem is not None:
+                    raise fail("queues", problem)
+        for field, minimum, maximum in (
+            ("workers", 1, MAX_WORKERS),
+            ("processes", 1, 256),
+            ("max_jobs", 1, None),
+            ("max_memory", 1, None),
+        ):
+            value = getattr(self, field)
+            if value is None and field != "processes":
+                continue
+            if type(value) is not int or value < minimum or (maximum and value > maximum):
+                bound = f"from {minimum} to {maximum}" if maximum else f">= {minimum}"
+                raise fail(field, f"must be an int {bound}, got {brief(value)}")
+        try:
+            object.__setattr__(
+                self, "drain_timeout", positive_seconds(self.drain_timeout, "drain_timeout")
+            )
+        except ValueError as exc:
+            raise fail("drain_timeout", str(exc)) from None
+
+    @classmethod
+    def parse(
+        cls, *, queues: str | None = None, max_memory: str | None = None, **options: Any
+    ) -> WorkerOptions:
+        """Options as a command line gives them: ``queues`` as ``"a,b"``, ``max_memory`` as
+        ``"512M"``; ``None`` values mean the default.
+
+        Raises:
+            InvalidConfig: a bad value, naming the option.
+        """
+        given = {k: v for k, v in options.items() if v is not None}
+        if queues:
+            given["queues"] = tuple(queue_list(queues) or ())
+        if max_memory:
+            try:
+                given["max_memory"] = parse_size(max_memory)
+            except ValueError as exc:
+                raise InvalidConfig(
+                    f"--max-memory {exc}", owner="WorkerOptions", field="max_memory"
+                ) from None
+        return cls(**given)
+
+    @property
+    def supervised(self) -> bool:
+        """True when a supervisor runs the workers as child processes."""
+        return self.processes > 1 or self.max_jobs is not None or self.max_memory is not None
+
+    def child_argv(self) -> list[str]:
+        """The options a supervised child runs with (one process, no supervisor of its own)."""
+        argv = ["--child", "--drain-timeout", str(self.drain_timeout)]
+        for flag, value in (
+            ("--queues", ",".join(self.queues) if self.queues else None),
+            ("--workers", self.workers),
+            ("--max-jobs", self.max_jobs),
+            ("--max-memory", self.max_memory),
+        ):
+            if value is not None:
+                argv += [flag, str(value)]
+        if self.burst:
+            argv.append("--burst")
+        return argv
+
+
+def worker_dispatcher(
+    app: App,
+    queues: Sequence[str] | None = None,
+    workers: int | None = None,
+    hooks: tuple[object, ...] = (),
+    *,
+    needed_by: str = "csjd worker",
+) -> RedisDistributedDispatcher:
+    """A Redis dispatcher for ``app`` with the given overrides (and extra hooks).
+
+    Raises:
+        RedisModeRequired: the app is not in Redis mode.
+        CSJDError: the ``redis`` extra is not installed.
+    """
+    redis = app.require_redis(needed_by)
+    try:
+        from csjd_core.distributed import RedisDistributedDispatcher  # noqa: PLC0415
+    except ImportError as exc:
+        raise CSJDError(
+            f"{needed_by} needs the redis extra: pip install 'csjd[redis]' ({exc})"
+        ) from exc
+    changes: dict[str, Any] = {}
+    if queues:
+        changes["queues"] = tuple(queues)
+    if workers:
+        changes["workers"] = workers
+    if hooks:
+        changes["hooks"] = (*app.distributed.hooks, *hooks)
+    config = dataclasses.replace(app.distributed, **changes)
+    return RedisDistributedDispatcher(redis, config, registry=app.registry)
+
+
+def run_workers(
+    app: App,
+    options: WorkerOptions,
+    *,
+    child_command: list[str],
+    child: bool = False,
+    needed_by: str = "csjd worker",
+    announce: Callable[[str], None] | None = None,
+) -> int:
+    """Run workers for ``app`` until a signal (or, with ``burst``, until the queues are empty):
+    in this process, or as ``options.processes`` supervised children.
+
+    Args:
+        app: a Redis-mode `App` with its handlers registered.
+        options: the `WorkerOptions`.
+        child_command: the command that runs one worker (a child gets ``child_argv()``).
+        child: this process is a supervised child.
+        needed_by: names the front end's command in errors.
+        announce: where the start-up banner goes (default: standard error).
+
+    Returns:
+        The exit status: 0 after a clean drain, `EXIT_RECYCLE` when a child recycled itself,
+        1 if jobs were still running at the drain deadline or Redis was unreachable at start.
+
+    Raises:
+        RedisModeRequired: the app is not in Redis mode.
+    """
+    say = announce or (lambda line: print(line, file=sys.stderr, flush=True))
+    in_flight = InFlight()
+    dispatcher = worker_dispatcher(
+        app, options.queues, options.workers, hooks=(in_flight,), needed_by=needed_by
+    )
+    if not child and options.supervised:
+        say(_banner(dispatcher, options.processes))
+        return supervise(
+            options.child_argv(), options.processes, burst=options.burst, command=child_command
+        )
+    if not child:
+        say(_banner(dispatcher, 1))
+    recycled: list[str] = []
+    supervisor = os.getppid()
+
+    def should_stop() -> bool:
+        if options.max_jobs and dispatcher.metrics().processed >= options.max_jobs:
+            recycled.append(f"max_jobs={options.max_jobs}")
+        elif options.max_memory and _rss_bytes() > options.max_memory:
+            recycled.append(f"max_memory={options.max_memory}")
+        elif child and os.getppid() != supervisor:
+            # The supervisor was killed (SIGKILL, OOM killer): drain rather than run orphaned.
+            recycled.append("supervisor_gone")
+        return bool(recycled)
+
+    try:
+        report = run_worker(
+            dispatcher,
+            burst=options.burst,
+            drain_timeout=options.drain_timeout,
+            should_stop=should_stop,
+            in_flight=in_flight,
+        )
+    except CSJDError as exc:  # Redis down at start: the process manager retries
+        logger.error("cannot start the worker: %s", exc)
+        return 1
+    if recycled:
+        logger.info("recycling worker process reason=%s report=%s", recycled[0], report)
+        return EXIT_RECYCLE
+    return 0 if report.clean else 1
+
+
+def _banner(dispatcher: RedisDistributedDispatcher, processes: int) -> str:
+    config = dispatcher.config
+    return (
+        f"csjd worker: queues={','.join(config.queues)} processes={processes} "
+        f"workers={config.workers} group={config.group} redis={dispatcher.redis_config.display} "
+        f"types={','.join(dispatcher.registry.types()) or '-'}"
+    )
+
+
+# -- queues and dead letters -----------------------------------------------------------------
+@contextlib.contextmanager
+def redis_queues(
+    app: App, queues: Sequence[str] | None = None, *, needed_by: str = "csjd"
+) -> Iterator[RedisDistributedDispatcher]:
+    """A dispatcher for operator calls on the app's queues (or ``queues``); it consumes
+    nothing and is closed (its connections too) when the block ends.
+
+    Raises:
+        RedisModeRequired: the app is not in Redis mode.
+    """
+    dispatcher = worker_dispatcher(app, queues, needed_by=needed_by)
+    try:
+        yield dispatcher
+    finally:
+        dispatcher.close()
+
+
+def queue_stats(
+    app: App, queues: Sequence[str] | None = None, *, needed_by: str = "csjd stats"
+) -> dict[str, QueueStats]:
+    """Cluster-wide figures of the app's queues (or ``queues``), by queue.
+
+    Raises:
+        RedisModeRequired: the app is not in Redis mode.
+        BackendUnavailable: Redis could not be reached.
+    """
+    with redis_queues(app, queues, needed_by=needed_by) as dispatcher:
+        return dispatcher.stats()
+
+
+def live_workers(stats: dict[str, QueueStats], *, this_host: bool = False) -> dict[str, int]:
+    """Live consumers (fresh heartbeat) per queue; ``this_host``: only this host's (consumer
+    names start with the hostname)."""
+    prefix = socket.gethostname() + ":" if this_host else ""
+    return {
+        name: sum(1 for c in queue.consumers if c.live and c.name.startswith(prefix))
+        for name, queue in stats.items()
+    }
+
+
+def dead_letters(
+    app: App, queue: str | None = None, count: int = 50, *, needed_by: str = "csjd dead"
+) -> list[DeadLetter]:
+    """The oldest ``count`` dead letters of ``queue`` (default: the app's default queue)."""
+    with redis_queues(app, needed_by=needed_by) as dispatcher:
+        return dispatcher.dead_letters(queue, count)
+
+
+def dead_letter(
+    app: App, entry_id: str, queue: str | None = None, *, needed_by: str = "csjd dead"
+) -> DeadLetter | None:
+    """One dead letter by its entry id, or ``None``."""
+    with redis_queues(app, needed_by=needed_by) as dispatcher:
+        return dispatcher.dead_letter(entry_id, queue)
+
+
+def dead_count(app: App, queue: str | None = None, *, needed_by: str = "csjd dead") -> int:
+    """How many dead letters ``queue`` holds."""
+    with redis_queues(app, needed_by=needed_by) as dispatcher:
+        return dispatcher.dead_count(queue)
+
+
+@dataclass(frozen=True, slots=True)
+class RequeueReport:
+    """What `requeue_dead` did: the entries requeued, and the ones skipped with why."""
+
+    requeued: list[str]
+    skipped: list[tuple[str, str]]
+
+
+def requeue_dead(
+    app: App,
+    entry_ids: Sequence[str] | None,
+    queue: str | None = None,
+    *,
+    needed_by: str = "csjd dead",
+) -> RequeueReport:
+    """Put dead letters back on their queue as fresh jobs (attempts reset); ``entry_ids=None``
+    requeues every dead letter of the queue. An entry that cannot be requeued (its id taken by
+    a live job, a poison entry without a job) is skipped, with the reason."""
+    requeued: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    with redis_queues(app, needed_by=needed_by) as dispatcher:
+        if entry_ids is None:
+            entry_ids = [d.entry_id for d in dispatcher.dead_letters(queue, 1_000_000)]
+        for entry_id in entry_ids:
+            try:
+                if dispatcher.requeue_dead(entry_id, queue):
+                    requeued.append(entry_id)
+                else:
+                    skipped.append((entry_id, "no such dead letter"))
+            except CSJDError as exc:
+                skipped.append((entry_id, str(exc)))
+    return RequeueReport(requeued, skipped)
+
+
+def purge_dead(app: App, queue: str | None = None, *, needed_by: str = "csjd dead") -> int:
+    """Delete every dead letter of ``queue``; returns how many."""
+    with redis_queues(app, needed_by=needed_by) as dispatcher:
+        return dispatcher.purge_dead(queue)
+
+
+# -- file stores -----------------------------------------------------------------------------
+class StoreNotFound(CSJDError, FileNotFoundError):
+    """No file store at the given path (neither its snapshot nor its log exists)."""
+
+
+def open_store(path: str | os.PathLike[str], *, repair: bool = False) -> FileJobStore:
+    """The file store at ``path``, opened (the caller closes it).
+
+    Raises:
+        StoreNotFound: there is no store there.
+        JobStoreLocked: a process holds it.
+        StoreCorrupted: it is damaged (``repair=True`` keeps a copy and cuts the log).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path) and not os.path.exists(path + ".log"):
+        raise StoreNotFound(f"no job store at {path} (nor {path}.log)")
+    store = FileJobStore(path, repair=repair)
+    store.open()
+    return store
+
+
+def store_jobs(path: str | os.PathLike[str], *, repair: bool = False) -> list[JobStatus]:
+    """The unfinished jobs a file store holds."""
+    store = open_store(path, repair=repair)
+    try:
+        return store.jobs()
+    finally:
+        store.close()
+
+
+def export_store(path: str | os.PathLike[str], *, repair: bool = False) -> list[dict[str, Any]]:
+    """Every unfinished job of a file store as a JSON-ready record: the job's wire form plus
+    its state, attempts and last error."""
+    store = open_store(path, repair=repair)
+    try:
+        return [
+            {
+                **store.job(status.id).to_dict(),
+                "state": str(status.state),
+                "attempts": status.attempts,
+                "last_error": status.last_error,
+            }
+            for status in store.jobs()
+        ]
+    finally:
+        store.close()
+
+
+def run_store(path: str | os.PathLike[str], app: App) -> MetricsSnapshot:
+    """Run a file store's unfinished jobs to the end with ``app``'s handlers, in this process.
+
+    Raises:
+        UnknownJobType: ``app`` has no handler for some stored job type (nothing runs).
+    """
+    statuses = store_jobs(path)
+    missing = sorted({s.type for s in statuses} - set(app.registry.types()))
+    if missing:
+        raise UnknownJobType(f"{app.name!r} has no handler for the stored job types {missing}")
+    store = FileJobStore(os.fspath(path))
+    dispatcher = Dispatcher(dataclasses.replace(app.config, store=store), registry=app.registry)
+    with dispatcher:
+        dispatcher.join()
+    return dispatcher.metrics()
+
+
+def move_into_redis(
+    path: str | os.PathLike[str], app: App, *, repair: bool = False, batch: int = 500
+) -> tuple[int, int]:
+    """Move a file store's unfinished jobs into ``app``'s Redis queues, each exactly once.
+
+    Ids are kept, so a re-run after an interruption meets `DuplicateJob` for jobs already moved
+    (unfinished in Redis, or finished within ``dedupe_window``) and only drops them from the
+    store. Each batch is folded into the store's snapshot (fsynced) before the next one, and
+    so is a partial batch when a submit fails.
+
+    Returns:
+        (moved now, found already in Redis).
+
+    Raises:
+        RedisModeRequired: the app is not in Redis mode.
+        QueueFull, BackendUnavailable, InvalidJob: a job could not be admitted; the jobs before
+            it are moved and recorded, it and the rest stay in the store (run it again).
+    """
+    dispatcher = worker_dispatcher(app, needed_by="replay --into-redis")
+    store = open_store(path, repair=repair)
+    moved = already = 0
+    try:
+        statuses = [s for s in store.jobs() if s.state is not JobState.RUNNING]
+        for start in range(0, len(statuses), batch):
+            done: list[str] = []
+            try:
+                for status in statuses[start : start + batch]:
+                    job: Job = store.job(status.id)
+                    try:
+                        dispatcher.submit(job)
+                        moved += 1
+                    except DuplicateJob:
+                        already += 1
+                    done.append(job.id)
+            finally:  # also when a submit fails: what reached Redis leaves the store
+                if done:
+                    store.discard(done, "moved to Redis")
+                    store.compact()
+    finally:
+        store.close()
+        dispatcher.close()
+    return moved, already

@@ -1,0 +1,154 @@
+"""The text every front end prints for an operation's result (``csjd``, ``manage.py csjd_*``,
+``flask csjd``): one rendering, so the three read the same."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from csjd_core import operations
+from csjd_core.app import App
+from csjd_core.errors import CSJDError
+from csjd_core.job import JobStatus
+from csjd_core.metrics import MetricsSnapshot
+from csjd_core.operations import RequeueReport
+from csjd_core.stats import DeadLetter, QueueStats
+
+Echo = Callable[[str], object]
+
+__all__ = [
+    "dead_letter_line",
+    "health_lines",
+    "replay",
+    "requeue_lines",
+    "run_line",
+    "stats",
+    "stats_lines",
+    "store_lines",
+]
+
+#: Stored jobs a listing shows before saying how many more there are.
+LISTED_JOBS = 50
+
+
+def stats_lines(stats: dict[str, QueueStats]) -> list[str]:
+    """``csjd stats``: per queue its figures, counters and consumers."""
+    lines = []
+    for name, queue in stats.items():
+        lines.append(
+            f"queue {name}: stream={queue.stream_length} in_flight={queue.in_flight} "
+            f"scheduled={queue.scheduled} unfinished={queue.unfinished} dead={queue.dead} "
+            f"(kept: about {queue.max_dead_letters})"
+        )
+        counters = queue.counters
+        lines.append(
+            f"  counters: processed={counters.processed} succeeded={counters.succeeded} "
+            f"retried={counters.retried} failed={counters.failed}"
+        )
+        for consumer in queue.consumers:
+            age = "expired" if consumer.heartbeat_age is None else f"{consumer.heartbeat_age:.1f}s"
+            lines.append(
+                f"  consumer {consumer.name}: pending={consumer.pending} "
+                f"idle={consumer.idle_ms}ms heartbeat={age}"
+            )
+    return lines
+
+
+def health_lines(live: dict[str, int], host: str | None = None) -> list[str]:
+    """``csjd health``: live workers per queue (``host``: counted on that host only)."""
+    where = f" on {host}" if host else ""
+    return [f"queue {name}: {count} live worker(s){where}" for name, count in live.items()]
+
+
+def dead_letter_line(letter: DeadLetter) -> str:
+    """One row of ``csjd dead list``."""
+    when = (
+        "?"
+        if letter.failed_at is None
+        else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(letter.failed_at))
+    )
+    attempts = "?" if letter.attempts is None else letter.attempts
+    damaged = f"  DAMAGED ({letter.damaged})" if letter.damaged else ""
+    return (
+        f"{letter.entry_id}  {letter.job_id}  {letter.type}  attempts={attempts}  {when}  "
+        f"{letter.reason}: {letter.error[:120]}{damaged}"
+    )
+
+
+def requeue_lines(report: RequeueReport, asked: int) -> tuple[list[str], list[str]]:
+    """``csjd dead requeue``: (lines for standard output, lines for standard error)."""
+    errors = [f"skipped {entry_id}: {why}" for entry_id, why in report.skipped]
+    return [f"requeued {len(report.requeued)} of {asked}"], errors
+
+
+def store_lines(path: str, statuses: Sequence[JobStatus]) -> list[str]:
+    """``csjd replay PATH``: the counts per state, then the first jobs."""
+    counts = Counter(str(s.state) for s in statuses)
+    lines = [
+        f"{path}: {len(statuses)} unfinished jobs"
+        + "".join(f", {n} {state}" for state, n in sorted(counts.items()))
+    ]
+    for status in statuses[:LISTED_JOBS]:
+        lines.append(
+            f"  {status.id}  {status.type}  {status.state}  attempts={status.attempts}"
+            + (f"  last_error={status.last_error}" if status.last_error else "")
+        )
+    if len(statuses) > LISTED_JOBS:
+        lines.append(f"  ... and {len(statuses) - LISTED_JOBS} more (use --export)")
+    return lines
+
+
+def run_line(metrics: MetricsSnapshot) -> str:
+    """``csjd replay PATH --run``: what the run did."""
+    return (
+        f"ran {metrics.accepted} jobs: {metrics.succeeded} succeeded, {metrics.failed} failed, "
+        f"{metrics.retried} retries"
+    )
+
+
+def stats(app: App, queues: str | None, as_json: bool, *, needed_by: str, echo: Echo) -> None:
+    """Print the queues' figures (``csjd stats``, ``manage.py csjd_stats``, ``flask csjd
+    stats``), as text or JSON.
+
+    Raises:
+        CSJDError: not in Redis mode, or Redis unreachable.
+    """
+    figures = operations.queue_stats(app, operations.queue_list(queues), needed_by=needed_by)
+    if as_json:
+        echo(json.dumps({n: q.to_json() for n, q in figures.items()}, indent=2, sort_keys=True))
+        return
+    for line in stats_lines(figures):
+        echo(line)
+
+
+def replay(path: str, app: App | None, action: str, *, repair: bool, echo: Echo) -> None:
+    """Do and print a replay (``csjd replay``, ``manage.py csjd_replay``, ``flask csjd
+    replay``): ``action`` is ``"list"``, ``"export"``, ``"run"`` or ``"into-redis"`` (the
+    last two with ``app``).
+
+    Raises:
+        CSJDError: no store, a locked or damaged one, missing handlers, or a move interrupted.
+    """
+    if action == "into-redis":
+        assert app is not None
+        try:
+            moved, already = operations.move_into_redis(path, app, repair=repair)
+        except operations.StoreNotFound:
+            raise
+        except CSJDError as exc:
+            raise CSJDError(
+                f"move interrupted: {exc}. The jobs moved so far left the store; run the same "
+                "command again to move the rest (each job lands in Redis once)"
+            ) from exc
+        echo(f"moved {moved} jobs into Redis ({already} were already there)")
+    elif action == "export":
+        for record in operations.export_store(path, repair=repair):
+            echo(json.dumps(record))
+    elif action == "run":
+        assert app is not None
+        echo(run_line(operations.run_store(path, app)))
+    else:
+        for line in store_lines(path, operations.store_jobs(path, repair=repair)):
+            echo(line)
