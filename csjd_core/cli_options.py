@@ -69,7 +69,9 @@ WORKER_OPTIONS = (
 
 def _click_option(option: Option) -> Callable[[F], F]:
     if option.type is None:
-        return click.option(option.flag, is_flag=True, help=option.help, hidden=option.hidden)
+        return click.option(
+            option.flag, is_flag=True, default=False, help=option.help, hidden=option.hidden
+        )
     kind: Any = option.type
     if option.type is int and option.minimum is not None:
         kind = click.IntRange(

@@ -1,0 +1,57 @@
+"""``csjd``, ``manage.py`` and ``flask csjd`` stay in step by construction: one list of worker
+options with one set of defaults, and the same library calls underneath."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import click
+import pytest
+from django.core.management.base import CommandError
+
+from csjd_core.cli import worker as csjd_worker
+from csjd_core.cli_options import WORKER_OPTIONS
+from csjd_core.operations import WorkerOptions
+from csjd_django.management.commands.csjd_worker import Command as DjangoWorker
+from csjd_flask.cli import run as flask_run
+
+
+def click_options(command: click.Command) -> dict[str, Any]:
+    return {
+        param.opts[0]: param.default
+        for param in command.params
+        if isinstance(param, click.Option) and param.opts[0] != "--log-level"
+    }
+
+
+def argparse_options() -> dict[str, Any]:
+    parser = DjangoWorker().create_parser("manage.py", "csjd_worker")
+    flags = {option.flag for option in WORKER_OPTIONS}
+    return {
+        action.option_strings[0]: action.default
+        for action in parser._actions
+        if action.option_strings and action.option_strings[0] in flags
+    }
+
+
+def test_the_three_worker_commands_offer_the_same_options_and_defaults() -> None:
+    expected = {option.flag: option.default for option in WORKER_OPTIONS}
+    assert click_options(csjd_worker) == expected
+    assert click_options(flask_run) == expected
+    assert argparse_options() == expected
+    # The defaults are WorkerOptions' own: one place.
+    defaults = {f.name: f.default for f in dataclasses.fields(WorkerOptions)}
+    assert expected["--processes"] == defaults["processes"] == 1
+    assert expected["--drain-timeout"] == defaults["drain_timeout"] == 30.0
+
+
+def test_bad_worker_options_are_refused_alike() -> None:
+    for front_end in (csjd_worker, flask_run):
+        option = next(p for p in front_end.params if p.opts[0] == "--processes")
+        assert isinstance(option.type, click.IntRange)
+        assert (option.type.min, option.type.max) == (1, 256)
+    parser = DjangoWorker().create_parser("manage.py", "csjd_worker")
+    for bad in (["--processes", "0"], ["--workers", "100000"], ["--drain-timeout", "-1"]):
+        with pytest.raises(CommandError, match="must be"):  # not a SystemExit: a clear error
+            parser.parse_args(bad)
