@@ -56,7 +56,7 @@ except ImportError:  # not installed: use the checkout this file lives in
 import redis  # noqa: E402
 
 from csjd_core import Job  # noqa: E402
-from csjd_core.backends.redis_streams import QueueKeys  # noqa: E402
+from csjd_core.backends.redis import QueueKeys  # noqa: E402
 from csjd_core.config import DistributedConfig, RedisConfig  # noqa: E402
 from csjd_core.distributed import RedisDistributedDispatcher  # noqa: E402
 from csjd_core.worker import run_worker  # noqa: E402

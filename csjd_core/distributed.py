@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from csjd_core.backends.redis_streams import RedisStreamsBackend
+from csjd_core.backends.redis import RedisStreamsBackend
 from csjd_core.config import DistributedConfig, RedisConfig
 from csjd_core.engine.dispatcher import BaseDispatcher
 from csjd_core.engine.registry import HandlerRegistry

@@ -1,9 +1,11 @@
-"""Exponential backoff with jitter: how long a failed job waits before its next attempt."""
+"""Exponential backoff with jitter: how long a failed job waits before its next attempt
+(`RetryPolicy`), and how long a reconnect or a restart waits (`Backoff`)."""
 
 from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -11,7 +13,7 @@ from typing import Literal
 from csjd_core.errors import InvalidConfig
 from csjd_core.limits import brief, seconds
 
-__all__ = ["RetryPolicy", "seconds"]
+__all__ = ["Backoff", "RetryPolicy", "seconds"]
 
 Jitter = Literal["full", "equal"] | None
 
@@ -88,3 +90,34 @@ class RetryPolicy:
         if self.jitter == "equal":
             return ceiling / 2 + (ceiling / 2) * rand()
         return ceiling
+
+
+class Backoff:
+    """Exponential backoff with jitter for reconnects and restarts: never a hot loop.
+
+    Each failure doubles the step from ``base`` up to ``cap``; a delay is uniform between half
+    and all of the current step; `reset` after a success.
+    """
+
+    def __init__(self, base: float = 0.05, cap: float = 5.0) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+
+    def peek(self) -> float:
+        """The current step (the longest delay the next failure may wait)."""
+        return float(min(self.cap, self.base * 2.0**self.failures))
+
+    def next_delay(self) -> float:
+        """A delay for this failure; the step grows for the next one."""
+        step = self.peek()
+        self.failures = min(self.failures + 1, 32)
+        return random.uniform(step / 2, step)
+
+    def sleep(self, stop: Callable[[], bool]) -> None:
+        """Wait `next_delay` seconds, in slices, returning early once ``stop()`` is true."""
+        deadline = time.monotonic() + self.next_delay()
+        while not stop() and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def reset(self) -> None:
+        """Back to the shortest step (after a success)."""
+        self.failures = 0

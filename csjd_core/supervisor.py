@@ -20,6 +20,7 @@ import threading
 import time
 from types import FrameType
 
+from csjd_core.retry import Backoff
 from csjd_core.worker import EXIT_FORCED
 
 __all__ = ["EXIT_RECYCLE", "supervise"]
@@ -65,7 +66,7 @@ def supervise(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     children: dict[int, subprocess.Popen[bytes]] = {}
-    failures = dict.fromkeys(range(processes), 0)
+    backoffs = {slot: Backoff(base=0.5, cap=30.0) for slot in range(processes)}
     not_before = dict.fromkeys(range(processes), 0.0)
     started_at = dict.fromkeys(range(processes), 0.0)
     finished: set[int] = set()
@@ -119,12 +120,11 @@ def supervise(
                 continue
             if code == EXIT_RECYCLE:
                 logger.info("worker child recycled slot=%d pid=%d", slot, child.pid)
-                failures[slot] = 0
+                backoffs[slot].reset()
             else:
                 if time.monotonic() - started_at[slot] >= _STABLE_AFTER:
-                    failures[slot] = 0
-                failures[slot] += 1
-                delay = min(30.0, 0.5 * 2 ** (failures[slot] - 1))
+                    backoffs[slot].reset()
+                delay = backoffs[slot].next_delay()
                 not_before[slot] = time.monotonic() + delay
                 logger.error(
                     "worker child died slot=%d pid=%d code=%s; restarting in %.1fs",

@@ -49,7 +49,7 @@ def file_store(request: pytest.FixtureRequest) -> Backend:
 
 
 def redis_streams(request: pytest.FixtureRequest) -> Backend:
-    from csjd_core.backends.redis_streams import RedisStreamsBackend  # noqa: PLC0415
+    from csjd_core.backends.redis import RedisStreamsBackend  # noqa: PLC0415
     from csjd_core.config import DistributedConfig, RedisConfig  # noqa: PLC0415
 
     request.getfixturevalue("redis_client")  # the suite's server, flushed

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from csjd_core import Job
-from csjd_core.backends.redis_streams import QueueKeys
+from csjd_core.backends.redis import QueueKeys
 from csjd_core.config import DistributedConfig, RedisConfig
 from csjd_core.distributed import RedisDistributedDispatcher
 from csjd_core.testing import wait_until

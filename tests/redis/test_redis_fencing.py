@@ -1,6 +1,7 @@
 """The fenced scripts and the reclaimer, driven step by step with two consumers in one process.
 
-These tests call the backend's internals (``_accept``, ``_reclaim``, ``_collect_consumers``)
+These tests call the backend's internals (``reader.accept``, ``maintenance.reclaim``,
+``maintenance.collect_consumers``)
 directly instead of waiting for its threads, so every interleaving is exact: consumer A reads an
 entry, B takes it over, and A comes back late. RELIABILITY.md rules 2, 3, 5, 6, 7 and 12.
 """
@@ -18,7 +19,7 @@ from redis_support import DEADLINE, fast_config
 
 from csjd_core import DuplicateJob, Job, JobContext, JobState
 from csjd_core.backends.base import AttemptError, BackendSettings, Delivery
-from csjd_core.backends.redis_streams import QueueKeys, RedisStreamsBackend
+from csjd_core.backends.redis import QueueKeys, RedisStreamsBackend
 from csjd_core.config import RedisConfig
 from csjd_core.testing import wait_until
 
@@ -52,7 +53,7 @@ class Consumers:
                 on_lost_claim=self.lost.append,
             )
         )
-        backend._ensure_group(KEYS)
+        backend.reader.ensure_groups()
         self.made.append(backend)
         return backend
 
@@ -74,7 +75,7 @@ def read(backend: RedisStreamsBackend, count: int = 10) -> list[Delivery]:
     """What the reader thread does once: XREADGROUP '>' then the start script."""
     reply = backend.client.xreadgroup(GROUP, backend.consumer, {KEYS.stream: ">"}, count=count)
     for _, entries in reply:
-        backend._accept(KEYS, entries)
+        backend.reader.accept(KEYS, entries)
     out = []
     while (delivery := backend.fetch(0)) is not None:
         out.append(delivery)
@@ -85,7 +86,7 @@ def reclaim(backend: RedisStreamsBackend) -> list[Delivery]:
     """Run the reclaimer until it hands over at least one delivery (after the lease)."""
 
     def claimed() -> list[Delivery]:
-        backend._reclaim()
+        backend.maintenance.reclaim()
         out = []
         while (delivery := backend.fetch(0)) is not None:
             out.append(delivery)
@@ -109,10 +110,10 @@ ERROR = AttemptError("error", "RuntimeError: late", "Traceback ...")
 
 def queued_success(consumers: Consumers, backend: RedisStreamsBackend, d: Delivery) -> bool:
     """A success taken by the reader's next round trip, as on the hot path; True if recorded."""
-    backend._pipelining = True  # as the reader sets it once it cycles
+    backend.holdings.pipelining = True  # as the reader sets it once it cycles
     assert backend.succeed_nowait(d, "queued") is None
     assert d.job.id not in [lost.job.id for lost in consumers.lost]
-    backend._cycle(0)  # the round trip: records it, reads nothing
+    backend.reader.cycle(0)  # the round trip: records it, reads nothing
     return d not in consumers.lost
 
 
@@ -132,7 +133,9 @@ def test_a_late_outcome_from_the_old_owner_is_refused(
         (db,) = reclaim(b)
     else:  # a takeover by hand, with or without a new delivery count
         redis_client.xclaim(KEYS.stream, GROUP, "B", 0, [entry], justid=takeover == "xclaim-justid")
-        b._accept(KEYS, [(entry, {b"id": b"j", b"d": redis_client.hget(KEYS.job("j"), "data")})])
+        b.reader.accept(
+            KEYS, [(entry, {b"id": b"j", b"d": redis_client.hget(KEYS.job("j"), "data")})]
+        )
         db = b.fetch(0)
         assert db is not None
     assert owner(redis_client, entry)[0] == "B"
@@ -178,7 +181,7 @@ def test_a_queued_success_is_recorded_by_the_next_round_trip(
     assert (done.state, done.result, done.attempts) == (JobState.SUCCEEDED, "queued", 1)
     assert pel(redis_client) == []
     assert a.pending() == 0
-    assert a._owned == {}
+    assert a.holdings.owned == {}
 
 
 def test_a_queued_success_outlives_an_unreachable_server(redis_server_factory: Any) -> None:
@@ -188,17 +191,17 @@ def test_a_queued_success_outlives_an_unreachable_server(redis_server_factory: A
         a = made("A")
         a.enqueue([Job("j", "t")])
         (da,) = read(a)
-        a._pipelining = True
+        a.holdings.pipelining = True
         assert a.succeed_nowait(da, "queued") is None
         server.kill()
         with pytest.raises(redis.ConnectionError):
-            a._cycle(0)
-        assert len(a._acks) == 1  # kept for the next round trip, not lost
+            a.reader.cycle(0)
+        assert len(a.holdings.acks) == 1  # kept for the next round trip, not lost
         server.restart()
         assert a.status("j").state is JobState.RUNNING
-        a._cycle(0)  # the restarted server lost the scripts: loaded again, success kept
-        assert len(a._acks) == 1
-        a._cycle(0)
+        a.reader.cycle(0)  # the restarted server lost the scripts: loaded again, success kept
+        assert len(a.holdings.acks) == 1
+        a.reader.cycle(0)
         assert made.lost == []
         assert a.status("j").state is JobState.SUCCEEDED
         assert a.pending() == 0
@@ -246,7 +249,7 @@ def test_renewal_keeps_an_entry_from_the_reclaimer(consumers: Consumers, redis_c
         nonlocal renewals
         assert a.renew([da]) == [True]
         renewals += 1
-        b._reclaim()
+        b.maintenance.reclaim()
         assert b.fetch(0) is None
         return renewals * 0.05 > 2 * LEASE
 
@@ -268,7 +271,7 @@ def test_max_deliveries_dead_letters_every_entry_over_the_limit(
     b = consumers("B", max_deliveries=2, prefetch=1)
 
     def all_dead() -> bool:
-        b._reclaim()
+        b.maintenance.reclaim()
         assert b.fetch(0) is None, "an entry over max_deliveries was claimed to run again"
         return len(b.dead_letters()) == 3
 
@@ -294,7 +297,7 @@ def test_max_deliveries_lets_entries_under_the_limit_run(
     claimed: list[str] = []
 
     def drained() -> bool:
-        b._reclaim()
+        b.maintenance.reclaim()
         while (delivery := b.fetch(0)) is not None:
             claimed.append(delivery.job.id)
             assert b.succeed(delivery, None)
@@ -332,7 +335,7 @@ def test_a_deleted_entry_in_our_own_pending_list_is_counted_not_dead_lettered(
     redis_client.xdel(KEYS.stream, reply[0][1][0][0])
     node = consumers("node-a", lease=30.0, heartbeat_interval=5.0)
     history = redis_client.xreadgroup(GROUP, "node-a", {KEYS.stream: "0"}, count=10)
-    node._accept(KEYS, history[0][1])
+    node.reader.accept(KEYS, history[0][1])
     delivery = node.fetch(0)
     assert delivery is not None
     assert delivery.job.id == "kept"
@@ -355,12 +358,12 @@ def test_consumer_gc_deletes_only_expired_consumers_with_empty_pending_lists(
         return {c["name"].decode() for c in redis_client.xinfo_consumers(KEYS.stream, GROUP)}
 
     gc = consumers("gc")
-    gc._collect_consumers()
+    gc.maintenance.collect_consumers()
     assert names() == {"alive-idle", "ghost-busy"}
     assert len(pel(redis_client)) == 1  # the busy ghost kept its pending entry
 
     (delivery,) = reclaim(gc)  # after the lease the entry moves to gc; now the ghost is empty
-    gc._collect_consumers()
+    gc.maintenance.collect_consumers()
     assert names() == {"alive-idle", "gc"}
     assert gc.succeed(delivery, None) is True
 
@@ -395,9 +398,14 @@ def test_the_reader_and_maintenance_threads_outlive_unexpected_errors(
 
     d = RedisDistributedDispatcher(RedisConfig(url=redis_url), fast_config(workers=2))
     backend = d.backend
-    failures = {"_decode": 1, "_collect_consumers": 1, "_heartbeat": 1}
-    for name in failures:
-        original = getattr(backend, name)
+    parts = {
+        "_accept_started": backend.reader,
+        "collect_consumers": backend.maintenance,
+        "heartbeat": backend.maintenance,
+    }
+    failures = dict.fromkeys(parts, 1)
+    for name, part in parts.items():
+        original = getattr(part, name)
 
         def failing(*args: Any, _name: str = name, _original: Any = original) -> Any:
             if failures[_name]:
@@ -405,12 +413,12 @@ def test_the_reader_and_maintenance_threads_outlive_unexpected_errors(
                 raise RuntimeError(f"injected failure in {_name}")
             return _original(*args)
 
-        monkeypatch.setattr(backend, name, failing)
+        monkeypatch.setattr(part, name, failing)
     ran: list[str] = []
     d.register_handler("t", lambda ctx, job: ran.append(job.id))
     try:
         d.start()
-        d.submit(Job("first", "t"))  # its entry is read, then _decode fails: reclaimed later
+        d.submit(Job("first", "t"))  # read, then taking it fails: handed back, read again
         wait_until(lambda: not any(failures.values()), DEADLINE)
         d.submit(Job("second", "t"))
         wait_until(lambda: sorted(ran) == ["first", "second"], DEADLINE)
@@ -443,7 +451,7 @@ def test_a_refused_late_outcome_does_not_stop_renewing_the_new_attempt(
     entry = old.ref[1]
     redis_client.xclaim(KEYS.stream, GROUP, "B", 0, [entry])
     redis_client.xclaim(KEYS.stream, GROUP, "A", 0, [entry])
-    a._accept(KEYS, [(entry, {b"id": b"j", b"d": redis_client.hget(KEYS.job("j"), "data")})])
+    a.reader.accept(KEYS, [(entry, {b"id": b"j", b"d": redis_client.hget(KEYS.job("j"), "data")})])
     new = a.fetch(0)
     assert new is not None
     assert new.attempt == 2
@@ -451,7 +459,7 @@ def test_a_refused_late_outcome_does_not_stop_renewing_the_new_attempt(
 
     idle = lambda: pel(redis_client)[0]["time_since_delivered"]  # noqa: E731
     wait_until(lambda: idle() >= 50, DEADLINE)
-    a._heartbeat()  # renews every attempt this consumer still runs
+    a.maintenance.heartbeat()  # renews every attempt this consumer still runs
     assert idle() < 50
     assert a.succeed(new, "fresh") is True
     assert a.status("j").result == "fresh"
@@ -476,11 +484,11 @@ def test_entries_reclaimed_at_start_are_not_read_again_from_our_own_pending_list
     )
     backend = d.backend
     reclaimed = threading.Event()
-    reclaim, xreadgroup = backend._reclaim, redis.Redis.xreadgroup
+    reclaim, xreadgroup = backend.maintenance.reclaim, redis.Redis.xreadgroup
 
     def reclaim_and_tell() -> None:
         reclaim()
-        if backend._owned:  # it claimed the ghost's entries into our pending list
+        if backend.holdings.owned:  # it claimed the ghost's entries into our pending list
             reclaimed.set()
 
     def read_after_a_reclaim(self: redis.Redis, *args: Any, **kwargs: Any) -> Any:
@@ -488,7 +496,7 @@ def test_entries_reclaimed_at_start_are_not_read_again_from_our_own_pending_list
             reclaimed.wait(4 * LEASE)  # (with the fix, the reclaimer waits for this read)
         return xreadgroup(self, *args, **kwargs)
 
-    monkeypatch.setattr(backend, "_reclaim", reclaim_and_tell)
+    monkeypatch.setattr(backend.maintenance, "reclaim", reclaim_and_tell)
     monkeypatch.setattr(redis.Redis, "xreadgroup", read_after_a_reclaim)
     ran: list[tuple[str, int]] = []
 
@@ -516,7 +524,7 @@ def test_entries_handed_back_at_stop_are_reclaimed_at_once_without_a_spent_deliv
     b = consumers("B", lease=30.0, heartbeat_interval=5.0, max_deliveries=1)
     a.enqueue([Job("j", "t")])
     reply = redis_client.xreadgroup(GROUP, "A", {KEYS.stream: ">"}, count=1)
-    a._accept(KEYS, reply[0][1])  # in A's read-ahead buffer, started, not running
+    a.reader.accept(KEYS, reply[0][1])  # in A's read-ahead buffer, started, not running
     assert a.status("j").attempts == 1
     a.wake()  # stop fetching: the buffer is handed back
     assert a.status("j").state is JobState.QUEUED

@@ -24,7 +24,7 @@ from csjd_core import (
     RedisConfig,
     permanent,
 )
-from csjd_core.backends.redis_streams import QueueKeys
+from csjd_core.backends.redis import QueueKeys
 from csjd_core.testing import wait_until
 
 KEYS = QueueKeys("csjd:jobs", "default")

@@ -1,0 +1,167 @@
+"""Reads and operator actions on the queues: job status, counts, typed stats, dead letters."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from csjd_core.backends.redis import codec
+from csjd_core.backends.redis.connection import REDIS_DOWN, Connection
+from csjd_core.backends.redis.keys import Queues
+from csjd_core.config import DistributedConfig
+from csjd_core.errors import BackendUnavailable, DuplicateJob, InvalidJob
+from csjd_core.job import JobStatus
+from csjd_core.stats import ConsumerStats, DeadLetter, QueueCounters, QueueStats
+
+__all__ = ["Admin"]
+
+
+class Admin:
+    """What the dispatcher's queries and the operator commands read and change."""
+
+    def __init__(self, connection: Connection, config: DistributedConfig, queues: Queues) -> None:
+        self.connection = connection
+        self.config = config
+        self.queues = queues
+
+    def status(self, job_id: str, queue: str | None = None) -> JobStatus | None:
+        """The job's record (looked up in ``queue``, else in every configured queue)."""
+        queues = self.queues
+        candidates = [queues.keys_for(queue)] if queue else list(queues.consumed.values())
+        client = self.connection.client
+        for keys in candidates:
+            try:
+                raw = client.hgetall(keys.job(job_id))
+            except REDIS_DOWN as exc:
+                raise BackendUnavailable(f"Redis unavailable: {exc}") from exc
+            if raw:
+                fields = {codec.text(k): codec.text(v) for k, v in raw.items()}
+                return codec.status(job_id, keys.name, fields)
+        return None
+
+    def pending(self) -> int:
+        """Unfinished jobs across this process's queues (all producers and consumers)."""
+        pipe = self.connection.client.pipeline(transaction=False)
+        for keys in self.queues.consumed.values():
+            pipe.get(keys.pending)
+        return sum(int(v or 0) for v in pipe.execute())
+
+    def ready_count(self) -> int:
+        """Entries not yet delivered to a consumer: each stream's length minus its group's
+        pending entries (an entry leaves the stream when it is acknowledged)."""
+        pipe = self.connection.client.pipeline(transaction=False)
+        for keys in self.queues.consumed.values():
+            pipe.xlen(keys.stream)
+            pipe.xpending(keys.stream, self.config.group)
+        replies = pipe.execute(raise_on_error=False)
+        total = 0
+        for length, pending in zip(replies[::2], replies[1::2], strict=True):
+            if isinstance(length, Exception):
+                raise length
+            total += int(length)
+            if not isinstance(pending, Exception):
+                total -= int(pending["pending"])
+            elif "NOGROUP" not in str(pending):  # no group: no consumer ever started
+                raise pending
+        return total
+
+    def stats(self) -> dict[str, QueueStats]:
+        """Cluster-wide figures per queue (of this process's queues)."""
+        out: dict[str, QueueStats] = {}
+        now = time.time()
+        client = self.connection.client
+        for keys in self.queues.consumed.values():
+            try:
+                infos = client.xinfo_consumers(keys.stream, self.config.group)
+            except redis.ResponseError:
+                infos = []
+            consumers = []
+            for info in infos:
+                name = codec.text(info.get("name"))
+                beat = client.get(keys.heartbeat(name))
+                consumers.append(
+                    ConsumerStats(
+                        name=name,
+                        pending=int(info.get("pending", 0)),
+                        idle_ms=int(info.get("idle", 0)),
+                        heartbeat_age=None if beat is None else round(now - float(beat), 3),
+                    )
+                )
+            counters = {codec.text(k): int(v) for k, v in client.hgetall(keys.stats).items()}
+            try:
+                in_flight = int(client.xpending(keys.stream, self.config.group)["pending"])
+            except redis.ResponseError:
+                in_flight = 0
+            out[keys.name] = QueueStats(
+                name=keys.name,
+                stream_length=int(client.xlen(keys.stream)),
+                in_flight=in_flight,
+                scheduled=int(client.zcard(keys.delayed)),
+                unfinished=int(client.get(keys.pending) or 0),
+                dead=int(client.xlen(keys.dead)),
+                max_dead_letters=self.config.max_dead_letters,
+                consumers=tuple(consumers),
+                counters=QueueCounters(
+                    **{k: v for k, v in counters.items() if k in codec.COUNTERS}
+                ),
+            )
+        return out
+
+    # -- dead letters ----------------------------------------------------------------------
+    def dead_letters(self, queue: str | None = None, count: int = 100) -> list[DeadLetter]:
+        """The oldest ``count`` dead letters of ``queue``."""
+        keys = self.queues.keys_for(queue)
+        return [
+            codec.dead_letter(keys.name, codec.text(raw_id), raw)
+            for raw_id, raw in self.connection.client.xrange(keys.dead, count=count) or []
+        ]
+
+    def dead_letter(self, entry_id: str, queue: str | None = None) -> DeadLetter | None:
+        """One dead letter of ``queue`` by its entry id, or ``None``."""
+        keys = self.queues.keys_for(queue)
+        codec.check_entry_id(entry_id)
+        rows = self.connection.client.xrange(keys.dead, entry_id, entry_id)
+        return codec.dead_letter(keys.name, entry_id, rows[0][1]) if rows else None
+
+    def requeue_dead(self, entry_id: str, queue: str | None = None) -> bool:
+        """Put one dead letter back on its queue as a fresh job.
+
+        Raises:
+            DuplicateJob: the job's id is taken by an unfinished job.
+            InvalidJob: the dead letter has no job id or data (a poison entry).
+        """
+        keys = self.queues.keys_for(queue)
+        codec.check_entry_id(entry_id)
+        rows = self.connection.client.xrange(keys.dead, entry_id, entry_id)
+        if not rows:
+            return False
+        f = {codec.text(k): codec.text(v) for k, v in (rows[0][1] or {}).items()}
+        if not f.get("id") or not f.get("d"):
+            raise InvalidJob(f"dead letter {entry_id} has no job to requeue ({f.get('error')})")
+        code = self.connection.run(
+            "requeue_dead",
+            [keys.stream, keys.dead, keys.pending, keys.job(f["id"])],
+            [entry_id, f["id"], f["d"]],
+        )
+        if code == -1:
+            raise DuplicateJob(f["id"])
+        return bool(code)
+
+    def delete_dead(self, entry_id: str, queue: str | None = None) -> bool:
+        """Delete one dead letter; False if there was no such entry."""
+        keys = self.queues.keys_for(queue)
+        codec.check_entry_id(entry_id)
+        return bool(self.connection.client.xdel(keys.dead, entry_id))
+
+    def dead_count(self, queue: str | None = None) -> int:
+        """How many dead letters ``queue`` holds."""
+        return int(self.connection.client.xlen(self.queues.keys_for(queue).dead))
+
+    def purge_dead(self, queue: str | None = None) -> int:
+        """Delete every dead letter of ``queue``; returns how many."""
+        keys = self.queues.keys_for(queue)
+        client = self.connection.client
+        count = int(client.xlen(keys.dead))
+        client.delete(keys.dead)
+        return count

@@ -1,0 +1,277 @@
+"""`RedisStreamsBackend`: the `Backend` seam over Redis Streams, assembled from the package's
+parts — `Connection` (pools and scripts), `Queues` (keys), `Holdings` (what this consumer
+holds), `Outcomes` (fenced settlement), `Reader`, `Maintenance` and `Admin`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import socket
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from csjd_core.backends.base import AttemptError, Backend, BackendSettings, Delivery
+from csjd_core.backends.redis import codec
+from csjd_core.backends.redis.admin import Admin
+from csjd_core.backends.redis.connection import REDIS_DOWN, Connection, NotSent
+from csjd_core.backends.redis.holdings import Holdings
+from csjd_core.backends.redis.keys import QueueKeys, Queues
+from csjd_core.backends.redis.maintenance import Maintenance
+from csjd_core.backends.redis.reader import Reader
+from csjd_core.backends.redis.settle import Outcomes
+from csjd_core.config import DistributedConfig, RedisConfig
+from csjd_core.errors import BackendUnavailable, DuplicateJob, QueueFull
+from csjd_core.job import Job, JobStatus
+from csjd_core.stats import DeadLetter, QueueStats
+
+__all__ = ["RedisStreamsBackend"]
+
+logger = logging.getLogger("csjd_core.redis")
+
+
+class RedisStreamsBackend(Backend):
+    """Jobs in Redis Streams, shared by every process that uses the same keys.
+
+    Every state change that must be atomic is one Lua script in ``lua/`` (admission, start,
+    settle, promote, reclaim, renew, release). Acknowledgements are *fenced*: a script acks an
+    entry only if this consumer still owns it with the same delivery count, so an attempt that
+    lost its lease can never record an outcome. See docs/distributed.md for the protocol.
+    """
+
+    durable = True
+    local = False
+
+    def __init__(self, redis_config: RedisConfig, config: DistributedConfig) -> None:
+        self.redis_config = redis_config
+        self.config = config
+        self.consumer = config.consumer or (
+            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        )
+        self.queues = Queues(config.stream, config.queues)
+        self.connection = Connection(redis_config, config.block)
+        self.holdings = Holdings(config.workers, config.prefetch)
+        self._dedupe_ms = int(config.dedupe_window * 1000)
+        ttl_ms = int(max(config.result_ttl * 1000, self._dedupe_ms)) or 1
+        self.outcomes = Outcomes(self.connection, config, self.consumer, self.holdings, ttl_ms)
+        self.reader = Reader(
+            self.connection, config, self.consumer, self.queues, self.holdings, self.outcomes
+        )
+        self.maintenance = Maintenance(
+            self.connection, config, self.consumer, self.queues, self.holdings, self.reader, ttl_ms
+        )
+        self.admin = Admin(self.connection, config, self.queues)
+        self._threads: list[threading.Thread] = []
+
+    # -- what tools and tests read ---------------------------------------------------------
+    @property
+    def client(self) -> redis.Redis:
+        """The command connection pool."""
+        return self.connection.client
+
+    @property
+    def default_queue(self) -> str:
+        """The first configured queue: where a job that names none goes."""
+        return self.queues.default
+
+    @property
+    def read_calls(self) -> int:
+        """Reads sent (or attempted) by the reader."""
+        return self.reader.read_calls
+
+    @property
+    def deleted_entries(self) -> int:
+        """Pending entries found without their stream entry (counted, logged)."""
+        return self.reader.deleted_entries
+
+    def keys_for(self, queue: str | None) -> QueueKeys:
+        """The keys of ``queue`` (``None``: the default queue)."""
+        return self.queues.keys_for(queue)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self, settings: BackendSettings) -> int:
+        """Remember the settings; connections are made on first use."""
+        self.reader.default_max_attempts = settings.default_max_attempts
+        self.outcomes.on_lost = settings.on_lost_claim
+        return 0
+
+    def start_consuming(self) -> None:
+        """Create the consumer groups and start the reader and maintenance threads."""
+        try:
+            self.reader.ensure_groups()
+            self.connection.load_scripts()
+        except REDIS_DOWN as exc:
+            raise BackendUnavailable(
+                f"Redis at {self.redis_config.display} unavailable: {exc}"
+            ) from exc
+        self.holdings.consuming = True
+        for target, name in (
+            (self.reader.run, "csjd-reader"),
+            (self.maintenance.run, "csjd-maintenance"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        logger.info(
+            "consumer started consumer=%s group=%s queues=%s redis=%s",
+            self.consumer,
+            self.config.group,
+            ",".join(self.queues.consumed),
+            self.redis_config.display,
+        )
+
+    def wake(self) -> None:
+        """Stop fetching: no new reads; prefetched entries are handed back."""
+        self.reader.stop_fetching()
+
+    def close(self, *, clean: bool) -> list[Job]:
+        """Stop the threads, remove the heartbeat, close connections; jobs stay in Redis."""
+        self.wake()
+        self.holdings.consuming = False
+        self.maintenance.wake.set()
+        for thread in self._threads:
+            thread.join(timeout=self.config.block + 5)
+        if self._threads:
+            with contextlib.suppress(*REDIS_DOWN):
+                self.connection.client.delete(
+                    *(k.heartbeat(self.consumer) for k in self.queues.consumed.values())
+                )
+        self.connection.close()
+        return []
+
+    # -- admission -------------------------------------------------------------------------
+    def encode(self, job: Job) -> str:
+        """The wire form of a job (the stream entry's ``d`` field)."""
+        return codec.encode(job, self.reader.default_max_attempts, self.config.max_payload_bytes)[0]
+
+    def enqueue(self, jobs: Sequence[Job]) -> None:
+        """Admit ``jobs`` (all in one queue) in one round trip (see enqueue.lua)."""
+        keys = self.queues.keys_for(jobs[0].queue)
+        args: list[Any] = [self.config.max_pending_jobs, self._dedupe_ms]
+        job_keys = []
+        default_attempts = self.reader.default_max_attempts
+        max_payload = self.config.max_payload_bytes
+        for job in jobs:
+            data, max_attempts = codec.encode(job, default_attempts, max_payload)
+            args += [job.id, data, codec.run_at_ms(job), max_attempts]
+            job_keys.append(keys.job(job.id))
+        display = self.redis_config.display
+        try:
+            reply = self.connection.run(
+                "enqueue", [keys.stream, keys.delayed, keys.pending, *job_keys], args
+            )
+        except NotSent as exc:
+            raise BackendUnavailable(
+                f"Redis at {display} unreachable ({exc}); the job was not enqueued"
+            ) from exc
+        except REDIS_DOWN as exc:
+            raise BackendUnavailable(
+                f"Redis at {display} unavailable while enqueuing ({exc}); the job may or may "
+                "not be enqueued: submitting it again with the same id is safe"
+            ) from exc
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"Redis refused the enqueue: {exc}") from exc
+        verdict = codec.text(reply[0])
+        if verdict == "full":
+            raise QueueFull(
+                self.config.max_pending_jobs,
+                f"queue {keys.name!r} full: {int(reply[1])} unfinished jobs, "
+                f"max_pending_jobs={self.config.max_pending_jobs}",
+            )
+        if verdict == "dup":
+            raise DuplicateJob(
+                codec.text(reply[1]),
+                f"job id {codec.text(reply[1])!r} is taken by an "
+                "unfinished job, or one that finished within dedupe_window",
+            )
+
+    # -- consumption -----------------------------------------------------------------------
+    def fetch(self, timeout: float) -> Delivery | None:
+        """The next delivery read by the reader thread, waiting up to ``timeout``."""
+        ready = self.holdings.ready
+        try:
+            if timeout <= 0 or self.holdings.stopping:
+                return ready.get_nowait()
+            return ready.get(True, timeout)
+        except queue.Empty:
+            return None
+
+    def started(self, delivery: Delivery, worker_id: str) -> None:
+        """Nothing to do: the start script ran when the entry was read."""
+
+    # -- outcomes --------------------------------------------------------------------------
+    def succeed_nowait(self, delivery: Delivery, result: Any) -> bool | None:
+        """Queue the success for the reader's next round trip (see `Outcomes`)."""
+        return self.outcomes.succeed_nowait(delivery, result)
+
+    def succeed(self, delivery: Delivery, result: Any) -> bool:
+        """Ack with the JSON result (fenced, group-committed)."""
+        return self.outcomes.succeed(delivery, result)
+
+    def retry(self, delivery: Delivery, error: AttemptError, delay: float) -> bool:
+        """Ack and park the job in the delayed set for ``delay`` seconds (one atomic step)."""
+        return self.outcomes.retry(delivery, error, delay)
+
+    def fail(self, delivery: Delivery, error: AttemptError) -> bool:
+        """Ack and dead-letter the job (one atomic step)."""
+        return self.outcomes.fail(delivery, error)
+
+    def release(self, delivery: Delivery) -> None:
+        """Stop renewing the entry's lease: any consumer's reclaimer takes it after the lease
+        (a delivery counted against ``max_deliveries``)."""
+        self.holdings.forget(delivery)
+        logger.error(
+            "attempt released without an outcome; reclaimed after the lease id=%r entry=%s",
+            delivery.job.id,
+            delivery.ref[1],
+        )
+
+    def renew(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Fenced lease renewal (renew.lua); False where the entry was lost."""
+        return self.maintenance.renew(deliveries)
+
+    # -- queries and operator actions ------------------------------------------------------
+    def status(self, job_id: str, queue: str | None = None) -> JobStatus | None:
+        """The job's record (looked up in ``queue``, else in every configured queue)."""
+        return self.admin.status(job_id, queue)
+
+    def pending(self) -> int:
+        """Unfinished jobs across this process's queues (all producers and consumers)."""
+        return self.admin.pending()
+
+    def ready_count(self) -> int:
+        """Entries not yet delivered to a consumer."""
+        return self.admin.ready_count()
+
+    def stats(self) -> dict[str, QueueStats]:
+        """Cluster-wide figures per queue."""
+        return self.admin.stats()
+
+    def dead_letters(self, queue: str | None = None, count: int = 100) -> list[DeadLetter]:
+        """The oldest ``count`` dead letters of ``queue``."""
+        return self.admin.dead_letters(queue, count)
+
+    def dead_letter(self, entry_id: str, queue: str | None = None) -> DeadLetter | None:
+        """One dead letter by its entry id, or ``None``."""
+        return self.admin.dead_letter(entry_id, queue)
+
+    def requeue_dead(self, entry_id: str, queue: str | None = None) -> bool:
+        """Put one dead letter back on its queue as a fresh job (see `Admin.requeue_dead`)."""
+        return self.admin.requeue_dead(entry_id, queue)
+
+    def delete_dead(self, entry_id: str, queue: str | None = None) -> bool:
+        """Delete one dead letter; False if there was no such entry."""
+        return self.admin.delete_dead(entry_id, queue)
+
+    def dead_count(self, queue: str | None = None) -> int:
+        """How many dead letters ``queue`` holds."""
+        return self.admin.dead_count(queue)
+
+    def purge_dead(self, queue: str | None = None) -> int:
+        """Delete every dead letter of ``queue``; returns how many."""
+        return self.admin.purge_dead(queue)

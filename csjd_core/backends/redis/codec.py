@@ -1,0 +1,231 @@
+"""The wire format (docs/distributed.md, "Wire format"): jobs to stream entries and back, job
+records to `JobStatus`, dead-letter entries to `DeadLetter`, outcomes to settle.lua's ops.
+Pure functions: no connection, no state."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from csjd_core.backends.base import AttemptError, Delivery
+from csjd_core.errors import InvalidJob
+from csjd_core.job import (
+    Job,
+    JobState,
+    JobStatus,
+    timeout_seconds,
+    utc_from_timestamp,
+    validate_job,
+)
+from csjd_core.limits import clip_text, clip_traceback
+from csjd_core.stats import DeadLetter
+
+__all__ = [
+    "COUNTERS",
+    "check_entry_id",
+    "dead_letter",
+    "decode",
+    "encode",
+    "entry_order",
+    "error_fields",
+    "fields",
+    "op",
+    "result_json",
+    "run_at_ms",
+    "status",
+    "stream_replies",
+    "text",
+]
+
+#: The counters a queue's stats hash holds.
+COUNTERS = frozenset(("processed", "succeeded", "retried", "failed"))
+
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+def text(value: Any) -> str:
+    """A reply's bytes as text (undecodable bytes replaced), ``None`` as ``""``."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def encode(job: Job, default_max_attempts: int, max_payload_bytes: int) -> tuple[str, int]:
+    """A job's entry data (the ``d`` field) and its effective max_attempts.
+
+    Raises:
+        InvalidJob: the job is larger than ``max_payload_bytes`` as JSON.
+    """
+    max_attempts = job.max_attempts or default_max_attempts
+    data = json.dumps(
+        {
+            "type": job.type,
+            "payload": job.payload,
+            "max_attempts": max_attempts,
+            "timeout": timeout_seconds(job.timeout),
+            "queue": job.queue,
+        },
+        separators=(",", ":"),
+        allow_nan=False,
+    )
+    if len(data) + len(job.id) > max_payload_bytes:
+        raise InvalidJob(
+            f"job {job.id!r} is {len(data) + len(job.id)} bytes as JSON; "
+            f"max_payload_bytes={max_payload_bytes}"
+        )
+    return data, max_attempts
+
+
+def run_at_ms(job: Job) -> str:
+    """The job's ``run_at`` in ms for enqueue.lua (``""``: none), rounded up: a job must not
+    start before its ``run_at``."""
+    return "" if job.run_at is None else str(math.ceil(job.run_at.timestamp() * 1000))
+
+
+def decode(
+    raw_id: bytes | None, raw: bytes | None, max_payload_bytes: int
+) -> tuple[Job | None, str, str | None]:
+    """(job, data, None), or (None, data, why it is poison). Never raises: an entry that cannot
+    be decoded is dead-lettered alone, never its batch."""
+    if raw_id is None or raw is None:
+        missing = b"id" if raw_id is None else b"d"
+        return None, "", f"malformed entry: missing field {missing!r}"
+    try:
+        job_id = raw_id.decode()
+        data = raw.decode()
+    except UnicodeDecodeError:
+        return None, "", "malformed entry: not UTF-8"
+    if len(raw) + len(job_id) > max_payload_bytes:
+        return (
+            None,
+            "",
+            f"oversized entry: {len(raw)} bytes > max_payload_bytes={max_payload_bytes}",
+        )
+    try:
+        d = json.loads(data)
+        job = Job(
+            job_id,
+            d["type"],
+            d.get("payload"),
+            max_attempts=d.get("max_attempts"),
+            timeout=d.get("timeout"),
+            queue=d.get("queue"),
+        )
+        validate_job(job)  # the admission limits: what a producer could not submit
+    except InvalidJob as exc:
+        return None, data, f"malformed entry: {clip_text(str(exc), 500)}"
+    except Exception as exc:  # RecursionError, AttributeError...: never the batch's fault
+        return None, data, f"malformed entry: {clip_text(repr(exc), 500)}"
+    return job, data, None
+
+
+def op(delivery: Delivery, kind: str, **extra: Any) -> dict[str, Any]:
+    """An outcome for settle.lua, fenced by the delivery's entry and token."""
+    return {"k": kind, "e": delivery.ref[1], "id": delivery.job.id, "n": delivery.token, **extra}
+
+
+def error_fields(error: AttemptError) -> dict[str, str]:
+    """An attempt's error as settle.lua's op fields: clipped and encodable whoever built it
+    (Redis's JSON decoder refuses a lone surrogate, and would refuse the whole batch)."""
+    return {"err": clip_text(error.message), "tb": clip_traceback(error.traceback or "")}
+
+
+def result_json(result: Any) -> str:
+    """A success's result as stored."""
+    return "null" if result is None else json.dumps(result, separators=(",", ":"))
+
+
+def entry_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a sortable pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def check_entry_id(entry_id: str) -> None:
+    """Raise `InvalidJob` unless ``entry_id`` is a stream entry id (``1712345678901-0``)."""
+    if not isinstance(entry_id, str) or _ENTRY_ID.fullmatch(entry_id) is None:
+        raise InvalidJob(f"not a dead-letter entry id (like 1712345678901-0): {entry_id!r:.80}")
+
+
+def fields(raw: Any) -> Any:
+    """An entry's fields as a mapping (a script returns them as a flat list)."""
+    if raw is None or isinstance(raw, dict):
+        return raw
+    return {raw[i]: raw[i + 1] for i in range(0, len(raw), 2)}
+
+
+def stream_replies(reply: Any) -> list[tuple[str, list[Any]]]:
+    """(stream, entries) pairs of an XREADGROUP reply, RESP2 or RESP3."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):  # RESP3
+        return [(text(k), v[0] if v and isinstance(v[0], list) else v) for k, v in reply.items()]
+    return [(text(stream), entries) for stream, entries in reply]
+
+
+def status(job_id: str, queue: str, f: dict[str, str]) -> JobStatus:
+    """A `JobStatus` from a job record's fields."""
+
+    def ms(name: str) -> float | None:
+        value = f.get(name)
+        return int(value) / 1000 if value else None
+
+    try:
+        data = json.loads(f.get("data") or "{}")
+    except ValueError:
+        data = {}
+    state = JobState(f.get("state", "queued"))
+    result = None
+    if state is JobState.SUCCEEDED and f.get("result"):
+        result = json.loads(f["result"])
+    return JobStatus(
+        id=job_id,
+        type=data.get("type", ""),
+        state=state,
+        attempts=int(f.get("attempts") or 0),
+        max_attempts=int(data.get("max_attempts") or f.get("max") or 0),
+        queue=queue,
+        enqueued_at=utc_from_timestamp(ms("enqueued_at")),
+        started_at=utc_from_timestamp(ms("started_at")),
+        finished_at=utc_from_timestamp(ms("finished_at")),
+        run_at=utc_from_timestamp(ms("run_at")) if state is JobState.SCHEDULED else None,
+        last_error=f.get("error") or None,
+        last_traceback=f.get("traceback") or None,
+        result=result,
+        worker_id=f.get("worker") or None,
+        payload=data.get("payload"),
+    )
+
+
+def dead_letter(queue: str, entry_id: str, raw: Any) -> DeadLetter:
+    """A dead letter from its stream entry; fields that cannot be read make it ``damaged``."""
+    f = {text(k): text(v) for k, v in (raw or {}).items()}
+    problems = []
+    numbers: dict[str, int | None] = {}
+    for name in ("attempts", "failed_at"):
+        try:
+            numbers[name] = int(f.get(name) or 0)
+        except ValueError:
+            numbers[name] = None
+            problems.append(f"{name} is not a number: {f[name]!r:.40}")
+    try:
+        data = json.loads(f.get("d") or "null")
+        job_type = data.get("type") if isinstance(data, dict) else None
+    except (ValueError, RecursionError):
+        job_type = None
+    failed_ms = numbers["failed_at"]
+    return DeadLetter(
+        entry_id=entry_id,
+        queue=queue,
+        job_id=f.get("id", ""),
+        type=job_type if isinstance(job_type, str) else None,
+        error=f.get("error", ""),
+        reason=f.get("reason", ""),
+        attempts=numbers["attempts"],
+        failed_at=None if failed_ms is None else failed_ms / 1000,
+        traceback=f.get("traceback", ""),
+        data=f.get("d", ""),
+        damaged="; ".join(problems) or None,
+    )

@@ -1,0 +1,82 @@
+"""Every Redis key of a queue, built in one place, under one prefix, with the queue name as the
+Redis Cluster hash tag (``csjd:jobs:{q}...``): every key of one queue lives in one slot."""
+
+from __future__ import annotations
+
+from csjd_core.errors import InvalidJob
+from csjd_core.limits import name_problem
+
+__all__ = ["QueueKeys", "Queues"]
+
+
+class QueueKeys:
+    """Every Redis key of one queue. ``{name}`` is the Cluster hash tag."""
+
+    __slots__ = (
+        "dead",
+        "delayed",
+        "heartbeat_prefix",
+        "job_prefix",
+        "name",
+        "pending",
+        "stats",
+        "stream",
+    )
+
+    def __init__(self, prefix: str, name: str) -> None:
+        problem = name_problem(name, "queue")
+        if problem is not None:  # the one place keys are built from a name: refuse it here
+            raise InvalidJob(problem)
+        base = f"{prefix}:{{{name}}}"
+        self.name = name
+        self.stream = base
+        self.delayed = base + ":delayed"
+        self.pending = base + ":pending"
+        self.dead = base + ":dead"
+        self.stats = base + ":stats"
+        self.job_prefix = base + ":job:"
+        self.heartbeat_prefix = base + ":hb:"
+
+    def job(self, job_id: str) -> str:
+        """The hash holding one job's record."""
+        return self.job_prefix + job_id
+
+    def heartbeat(self, consumer: str) -> str:
+        """A consumer's heartbeat key."""
+        return self.heartbeat_prefix + consumer
+
+    def settle(self) -> list[str]:
+        """settle.lua's KEYS: stream, delayed set, pending counter, dead letters, stats."""
+        return [self.stream, self.delayed, self.pending, self.dead, self.stats]
+
+
+class Queues:
+    """The queues a backend knows: those it consumes (``consumed``, in configuration order,
+    the first the default) and those it only submits to (built on first use)."""
+
+    def __init__(self, prefix: str, consumed: tuple[str, ...]) -> None:
+        self.prefix = prefix
+        self.consumed = {name: QueueKeys(prefix, name) for name in consumed}
+        self.default = consumed[0]
+        self._others: dict[str, QueueKeys] = {}  # never consumed, never maintained
+        self._by_stream = {keys.stream: keys for keys in self.consumed.values()}
+
+    def keys_for(self, queue: str | None) -> QueueKeys:
+        """The keys of ``queue`` (``None``: the default queue).
+
+        Raises:
+            InvalidJob: ``queue`` is not a queue name.
+        """
+        name = queue or self.default
+        keys = self.consumed.get(name) or self._others.get(name)
+        if keys is None:
+            keys = self._others.setdefault(name, QueueKeys(self.prefix, name))
+        return keys
+
+    def of_stream(self, stream: str) -> QueueKeys:
+        """The consumed queue a stream key belongs to.
+
+        Raises:
+            KeyError: not a consumed queue's stream.
+        """
+        return self._by_stream[stream]

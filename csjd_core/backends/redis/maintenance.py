@@ -1,0 +1,207 @@
+"""The maintenance thread: promotion of due jobs, heartbeats and fenced lease renewal,
+reclaiming the entries of stalled consumers, and deleting expired consumers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from csjd_core.backends.base import Delivery
+from csjd_core.backends.redis import codec
+from csjd_core.backends.redis.connection import REDIS_DOWN, Connection
+from csjd_core.backends.redis.holdings import Holdings
+from csjd_core.backends.redis.keys import Queues
+from csjd_core.backends.redis.reader import Reader
+from csjd_core.config import DistributedConfig
+from csjd_core.retry import Backoff
+
+__all__ = ["Maintenance"]
+
+logger = logging.getLogger("csjd_core.redis")
+
+#: Jobs one promote.lua call moves from the delayed set to the stream.
+_PROMOTE_BATCH = 500
+
+
+class Maintenance:
+    """Runs whether or not the stream is busy: no lease may go unrenewed for a busy reader."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        config: DistributedConfig,
+        consumer: str,
+        queues: Queues,
+        holdings: Holdings,
+        reader: Reader,
+        ttl_ms: int,
+    ) -> None:
+        self.connection = connection
+        self.config = config
+        self.consumer = consumer
+        self.queues = queues
+        self.holdings = holdings
+        self.reader = reader
+        self.ttl_ms = ttl_ms
+        self.wake = threading.Event()
+
+    def run(self) -> None:
+        """The maintenance thread: until the consumer stops."""
+        config, holdings = self.config, self.holdings
+        consumed = self.queues.consumed
+        next_promote = dict.fromkeys(consumed, 0.0)
+        next_beat = next_claim = next_gc = 0.0
+        backoff = Backoff()
+        while holdings.consuming:
+            now = time.monotonic()
+            try:
+                for name, keys in consumed.items():
+                    if now >= next_promote[name]:
+                        moved, wait_ms = self.connection.run(
+                            "promote",
+                            [keys.stream, keys.delayed],
+                            [keys.job_prefix, _PROMOTE_BATCH],
+                        )
+                        full = moved >= _PROMOTE_BATCH
+                        wait = 0.0 if full else 0.25 if wait_ms < 0 else wait_ms / 1000
+                        next_promote[name] = now + min(wait, 0.25)
+                if now >= next_beat:
+                    self.heartbeat()
+                    next_beat = now + config.heartbeat_interval
+                if (
+                    now >= next_claim
+                    and not holdings.stopping
+                    and self.reader.own_pending_read.is_set()
+                ):
+                    self.reclaim()
+                    next_claim = now + config.claim_interval
+                if now >= next_gc:
+                    self.collect_consumers()
+                    next_gc = now + 10 * config.claim_interval
+                backoff.reset()
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    logger.error("consumer group vanished; recreating group=%s", config.group)
+                    with contextlib.suppress(redis.RedisError):
+                        self.reader.ensure_groups()
+                else:
+                    logger.exception("maintenance failed")
+                backoff.sleep(lambda: not holdings.consuming)
+                continue
+            except REDIS_DOWN as exc:
+                logger.warning("redis unreachable in maintenance error=%s", exc)
+                backoff.sleep(lambda: not holdings.consuming)
+                continue
+            except Exception:  # without this thread no lease is renewed: it must live on
+                logger.exception("maintenance failed")
+                backoff.sleep(lambda: not holdings.consuming)
+                continue
+            wake = min([*next_promote.values(), next_beat, next_claim])
+            if holdings.consuming:
+                self.wake.wait(max(0.005, min(0.25, wake - time.monotonic())))
+
+    def heartbeat(self) -> None:
+        """Write this consumer's heartbeat and renew the leases of what it holds."""
+        ttl = int(self.config.heartbeat_interval * 3000)
+        pipe = self.connection.client.pipeline(transaction=False)
+        for keys in self.queues.consumed.values():
+            pipe.set(keys.heartbeat(self.consumer), str(time.time()), px=ttl)
+        pipe.execute()
+        held = self.holdings.held()
+        if held:
+            for delivery, ok in zip(held, self.renew(held), strict=True):
+                if not ok and self.holdings.holds(delivery):
+                    logger.warning(
+                        "lease lost; the outcome of this attempt will be refused id=%r entry=%s",
+                        delivery.job.id,
+                        delivery.ref[1],
+                    )
+
+    def renew(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Fenced lease renewal (renew.lua); False where the entry was lost."""
+        by_queue: dict[str, list[Delivery]] = {}
+        for d in deliveries:
+            by_queue.setdefault(d.ref[0].name, []).append(d)
+        flags: dict[str, bool] = {}
+        for group in by_queue.values():
+            keys = group[0].ref[0]
+            args: list[Any] = [self.config.group, self.consumer]
+            for d in group:
+                args += [d.ref[1], d.token]
+            for d, flag in zip(
+                group, self.connection.run("renew", [keys.stream], args), strict=True
+            ):
+                flags[d.ref[1]] = bool(flag)
+        return [flags[d.ref[1]] for d in deliveries]
+
+    def reclaim(self) -> None:
+        """Claim the entries idle longer than the lease (as many as this process can start),
+        following the XAUTOCLAIM cursor; reclaim.lua dead-letters those over max_deliveries."""
+        config = self.config
+        lease_ms = int(config.lease * 1000)
+        for keys in self.queues.consumed.values():
+            cursor = "0-0"
+            while True:
+                count = self.holdings.capacity()
+                if count <= 0:
+                    break
+                next_cursor, claimed, deleted, dead = self.connection.run(
+                    "reclaim",
+                    [keys.stream, keys.pending, keys.dead, keys.stats],
+                    [
+                        config.group,
+                        self.consumer,
+                        lease_ms,
+                        config.max_deliveries,
+                        count,
+                        cursor,
+                        keys.job_prefix,
+                        self.ttl_ms,
+                        config.max_dead_letters,
+                    ],
+                )
+                if deleted:
+                    self.reader.deleted_entries += len(deleted)
+                    logger.warning(
+                        "reclaimer dropped pending entries whose data was deleted "
+                        "queue=%s count=%d",
+                        keys.name,
+                        len(deleted),
+                    )
+                for job_id in dead:
+                    logger.error(
+                        "job dead-lettered: delivered max_deliveries=%d times without "
+                        "an outcome queue=%s id=%r",
+                        config.max_deliveries,
+                        keys.name,
+                        codec.text(job_id),
+                    )
+                if claimed:
+                    logger.warning(
+                        "reclaimed entries from stalled consumers queue=%s count=%d",
+                        keys.name,
+                        len(claimed),
+                    )
+                    self.reader.accept(keys, [(e[0], codec.fields(e[1])) for e in claimed])
+                cursor = codec.text(next_cursor)
+                if cursor == "0-0":
+                    break
+
+    def collect_consumers(self) -> None:
+        """Delete consumers whose heartbeat expired, once their pending list is empty."""
+        client = self.connection.client
+        for keys in self.queues.consumed.values():
+            for info in client.xinfo_consumers(keys.stream, self.config.group):
+                name = codec.text(info.get("name"))
+                if name == self.consumer or client.exists(keys.heartbeat(name)):
+                    continue
+                if int(info.get("pending", 0)) == 0 and self.connection.run(
+                    "delete_consumer", [keys.stream], [self.config.group, name]
+                ):
+                    logger.info("deleted expired consumer queue=%s consumer=%s", keys.name, name)

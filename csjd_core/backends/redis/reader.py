@@ -1,0 +1,359 @@
+"""The reader: one thread that owns the consumer's round trips. Each cycle reads (and starts)
+new entries and records the successes queued since the last one, in one pipeline; when there
+is nothing to read it blocks in ``XREADGROUP``. It also takes entries the reclaimer claimed."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+from csjd_core.backends.base import Delivery
+from csjd_core.backends.redis import codec
+from csjd_core.backends.redis.connection import REDIS_DOWN, Connection
+from csjd_core.backends.redis.holdings import Holdings
+from csjd_core.backends.redis.keys import QueueKeys, Queues
+from csjd_core.backends.redis.settle import Ack, Outcomes
+from csjd_core.config import DistributedConfig
+from csjd_core.job import Job
+from csjd_core.retry import Backoff
+
+__all__ = ["Reader"]
+
+logger = logging.getLogger("csjd_core.redis")
+
+_NO_RECORD = "no job record: the entry was not written by CSJD's enqueue"
+_RELEASE_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
+
+
+class Reader:
+    """Reads entries into `Holdings` and hands them to the workers."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        config: DistributedConfig,
+        consumer: str,
+        queues: Queues,
+        holdings: Holdings,
+        outcomes: Outcomes,
+    ) -> None:
+        self.connection = connection
+        self.config = config
+        self.consumer = consumer
+        self.queues = queues
+        self.holdings = holdings
+        self.outcomes = outcomes
+        #: ``default_max_attempts`` of the engine (set when the backend is opened).
+        self.default_max_attempts = 3
+        #: Set once our own pending list was read; the reclaimer waits for it, or the entries
+        #: it claims into that list would be read (and started) a second time.
+        self.own_pending_read = threading.Event()
+        self.read_calls = 0
+        self.deleted_entries = 0  # PEL entries whose stream entry was gone (counted, logged)
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> None:
+        """The reader thread: until the consumer stops."""
+        holdings = self.holdings
+        backoff = Backoff()
+        # Our own pending entries first (a reply lost on the wire strands them there).
+        history: dict[Any, Any] = {k.stream: "0" for k in self.queues.consumed.values()}
+        try:
+            while holdings.consuming and not holdings.stopping:
+                holdings.reader_waiting = True
+                # Set before looking, so a worker finishing now either is seen or rings.
+                while not (holdings.acks or holdings.capacity() > 0 or holdings.stopping):
+                    with contextlib.suppress(queue.Empty):
+                        holdings.doorbell.get(timeout=0.5)
+                    if not holdings.consuming:
+                        break
+                holdings.reader_waiting = False
+                if not holdings.consuming or holdings.stopping:
+                    return
+                try:
+                    if history:
+                        self.read_history(history)
+                    elif not self.cycle(holdings.capacity()):
+                        self.read_blocking()
+                    backoff.reset()
+                except redis.ResponseError as exc:
+                    self._on_read_error(exc, backoff)
+                except REDIS_DOWN as exc:
+                    logger.warning(
+                        "redis unreachable; reconnecting redis=%s error=%s delay=%.2f",
+                        self.connection.redis_config.display,
+                        exc,
+                        backoff.peek(),
+                    )
+                    backoff.sleep(lambda: holdings.stopping)
+                except Exception:  # the reader must outlive anything (read entries are reclaimed)
+                    logger.exception("reader cycle failed")
+                    backoff.sleep(lambda: holdings.stopping)
+        finally:
+            with holdings.lock:
+                holdings.pipelining = False
+            self.outcomes.settle_now(holdings.take_acks())
+
+    def read_history(self, history: dict[Any, Any]) -> None:
+        """Read a slice of our own pending list (entries delivered to us before a restart)."""
+        self.read_calls += 1
+        reply = self.connection.reader.xreadgroup(
+            self.config.group, self.consumer, history, count=max(1, self.holdings.capacity())
+        )
+        self._take(reply, history)
+        if not history:
+            self.own_pending_read.set()
+            self.holdings.pipelining = True
+
+    def read_blocking(self) -> None:
+        """Wait in XREADGROUP BLOCK for new entries; successes are recorded directly meanwhile."""
+        holdings = self.holdings
+        with holdings.lock:
+            if holdings.acks:
+                return
+            holdings.pipelining = False
+        try:
+            self.read_calls += 1
+            reply = self.connection.reader.xreadgroup(
+                self.config.group,
+                self.consumer,
+                {k.stream: ">" for k in self.queues.consumed.values()},
+                count=max(1, holdings.capacity()),
+                block=int(self.config.block * 1000),
+            )
+        finally:
+            holdings.pipelining = True
+        self._take(reply, None)
+
+    def cycle(self, count: int) -> bool:
+        """One round trip: read (and start) up to ``count`` entries and record the queued
+        successes. The reads go first, so workers run them while the settle reply is on its way.
+
+        Returns:
+            False if there was nothing to record and nothing to read.
+        """
+        reads = list(self.queues.consumed.values()) if count > 0 else []
+        self.read_calls += len(reads)  # attempts, counted even if Redis cannot be reached
+        pool = self.connection.reader.connection_pool
+        # Connected before the successes are taken: if Redis is down they stay queued.
+        conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
+        acks = self.holdings.take_acks()
+        evalsha = self.connection.evalsha
+        commands = [
+            evalsha(
+                "read_start",
+                [keys.stream],
+                [self.config.group, self.consumer, keys.job_prefix, count],
+            )
+            for keys in reads
+        ]
+        settles: dict[str, list[Ack]] = {}
+        for item in acks:
+            settles.setdefault(item[0].ref[0].name, []).append(item)
+        for group in settles.values():
+            keys = group[0][0].ref[0]
+            args, _ = self.outcomes.arguments(keys, [op for _, op in group])
+            commands.append(evalsha("settle", keys.settle(), args))
+        got = False
+        error: redis.ResponseError | None = None
+        settled = 0
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            for keys in reads:
+                try:
+                    flat = conn.read_response()
+                except redis.ResponseError as exc:
+                    error = exc  # raised once every reply is read: the connection stays in step
+                    continue
+                if flat:
+                    got = True
+                    self._take_started(keys, flat)
+            for group in settles.values():
+                try:
+                    reply = conn.read_response()
+                except redis.ResponseError as exc:
+                    reply = exc
+                settled += 1
+                self.outcomes.settled(group, reply)
+        except BaseException:
+            conn.disconnect()
+            for group in list(settles.values())[settled:]:  # recorded on the next cycle
+                self.holdings.acks.extendleft(reversed(group))
+            raise
+        finally:
+            pool.release(conn)
+        if error is not None:
+            raise error
+        return got or bool(acks)
+
+    def _take(self, reply: Any, history: dict[Any, Any] | None) -> None:
+        try:
+            for stream, entries in codec.stream_replies(reply):
+                if history is not None:
+                    if not entries:
+                        history.pop(stream, None)
+                    elif stream in history:
+                        history[stream] = codec.text(entries[-1][0])
+                self.accept(self.queues.of_stream(stream), entries)
+        except Exception:  # the reader must outlive any one reply (read entries are reclaimed)
+            logger.exception("could not take read entries; they are reclaimed after the lease")
+
+    def _take_started(self, keys: QueueKeys, flat: list[Any]) -> None:
+        try:
+            self._accept_started(keys, flat)
+        except Exception:  # the reader must outlive any one reply
+            logger.exception("could not take read entries; handing them back")
+            self.hand_back(
+                keys,
+                [(codec.text(flat[i]), codec.text(flat[i + 1])) for i in range(0, len(flat), 4)],
+            )
+
+    def _on_read_error(self, exc: redis.ResponseError, backoff: Backoff) -> None:
+        if isinstance(exc, NoScriptError):  # Redis restarted without our scripts
+            logger.warning("scripts missing in Redis (restarted?); loading them again")
+            with contextlib.suppress(redis.RedisError):
+                self.connection.load_scripts()
+        elif "NOGROUP" in str(exc):
+            logger.error(
+                "consumer group or stream vanished (Redis restarted without "
+                "persistence?); recreating group=%s",
+                self.config.group,
+            )
+            try:
+                self.ensure_groups()
+            except redis.RedisError as again:
+                logger.error("could not recreate the consumer group: %s", again)
+        else:
+            logger.error("read failed: %s", exc)
+        backoff.sleep(lambda: self.holdings.stopping)
+
+    def ensure_groups(self) -> None:
+        """Create each consumed queue's group (and stream) unless it exists."""
+        client = self.connection.client
+        for keys in self.queues.consumed.values():
+            try:
+                client.xgroup_create(keys.stream, self.config.group, id="0", mkstream=True)
+                logger.info(
+                    "consumer group created stream=%s group=%s", keys.stream, self.config.group
+                )
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    # -- entries to deliveries -------------------------------------------------------------
+    def accept(self, keys: QueueKeys, entries: list[Any]) -> None:
+        """Turn read or claimed entries into deliveries (poison is dead-lettered at once)."""
+        valid: list[tuple[str, Job, str]] = []
+        for raw_id, fields in entries:
+            entry_id = codec.text(raw_id)
+            if not fields:  # a PEL entry whose stream entry was deleted (None or {})
+                self.deleted_entries += 1
+                logger.warning(
+                    "pending entry without data acked queue=%s entry=%s", keys.name, entry_id
+                )
+                with contextlib.suppress(redis.RedisError):  # else the reclaimer drops it
+                    self.connection.client.xack(keys.stream, self.config.group, entry_id)
+                continue
+            job, data, problem = codec.decode(
+                fields.get(b"id"), fields.get(b"d"), self.config.max_payload_bytes
+            )
+            if problem is not None or job is None:
+                self.outcomes.poison(
+                    keys, entry_id, codec.text(fields.get(b"id")), data, problem or "?"
+                )
+                continue
+            valid.append((entry_id, job, data))
+        if not valid:
+            return
+        args: list[Any] = [self.config.group, self.consumer, keys.job_prefix]
+        for entry_id, job, _ in valid:
+            args += [entry_id, job.id]
+        try:
+            codes = self.connection.run("start", [keys.stream], args)
+        except redis.RedisError as exc:
+            logger.warning("could not start entries (they will be reclaimed) error=%s", exc)
+            return
+        fresh: list[Delivery] = []
+        for (entry_id, job, data), (code, attempts, deliveries) in zip(valid, codes, strict=True):
+            if code == -1:
+                self.outcomes.poison(keys, entry_id, job.id, data, _NO_RECORD)
+            elif code == 1:
+                max_attempts = job.max_attempts or self.default_max_attempts
+                fresh.append(
+                    Delivery(job, int(attempts), max_attempts, int(deliveries), (keys, entry_id))
+                )
+        self._hand_over(fresh)
+
+    def _accept_started(self, keys: QueueKeys, flat: list[Any]) -> None:
+        """Deliveries from read_start.lua's reply (entry, job id, data, attempts per entry).
+
+        Entry by entry (`codec.decode` never raises): one that cannot be taken is dead-lettered
+        alone, its batch-mates run.
+        """
+        fresh: list[Delivery] = []
+        max_payload = self.config.max_payload_bytes
+        for i in range(0, len(flat), 4):
+            entry_id = codec.text(flat[i])
+            raw_id, raw, attempts = flat[i + 1], flat[i + 2], int(flat[i + 3])
+            if attempts == -2:
+                self.outcomes.poison(
+                    keys,
+                    entry_id,
+                    codec.text(raw_id),
+                    codec.text(raw),
+                    "malformed entry: missing field 'id' or 'd'",
+                )
+                continue
+            job, data, problem = codec.decode(raw_id, raw, max_payload)
+            if problem is not None or job is None:
+                self.outcomes.poison(keys, entry_id, codec.text(raw_id), data, problem or "?")
+            elif attempts == -1:
+                self.outcomes.poison(keys, entry_id, job.id, data, _NO_RECORD)
+            else:  # read with '>': delivered once, so the fencing token is 1
+                max_attempts = job.max_attempts or self.default_max_attempts
+                fresh.append(Delivery(job, attempts, max_attempts, 1, (keys, entry_id)))
+        self._hand_over(fresh)
+
+    def _hand_over(self, fresh: list[Delivery]) -> None:
+        self.holdings.hand_over(fresh)
+        if self.holdings.stopping:
+            self.stop_fetching()
+
+    # -- stopping --------------------------------------------------------------------------
+    def stop_fetching(self) -> None:
+        """No new reads; entries read ahead that no worker took are handed back."""
+        holdings = self.holdings
+        holdings.stopping = True
+        buffered = holdings.take_buffered()
+        for _ in range(self.config.workers):
+            holdings.ready.put(None)  # wakes a blocked fetch
+        holdings.doorbell.put(None)
+        self.release(buffered)
+
+    def release(self, deliveries: list[Delivery]) -> None:
+        """Hand back deliveries read but never run."""
+        by_queue: dict[str, list[Delivery]] = {}
+        for d in deliveries:
+            by_queue.setdefault(d.ref[0].name, []).append(d)
+        for group in by_queue.values():
+            self.hand_back(group[0].ref[0], [(d.ref[1], d.job.id) for d in group])
+            self.holdings.drop(group)
+
+    def hand_back(self, keys: QueueKeys, entries: list[tuple[str, str]]) -> None:
+        """Release (entry id, job id) pairs read but never run (release.lua): the attempt and
+        the delivery are undone and any consumer may take them at once."""
+        args: list[Any] = [self.config.group, self.consumer, keys.job_prefix, _RELEASE_IDLE_MS]
+        for entry_id, job_id in entries:
+            args += [entry_id, job_id]
+        try:
+            self.connection.run("release", [keys.stream], args)
+        except redis.RedisError as exc:
+            logger.warning(
+                "could not hand back read entries (reclaimed after the lease) error=%s", exc
+            )

@@ -1,0 +1,230 @@
+"""Recording outcomes: every success, retry and dead letter is one fenced step of settle.lua,
+group-committed (concurrent workers share one script call per queue) or, for successes while
+the reader cycles, sent with its next read."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+from csjd_core.backends.base import AttemptError, Delivery
+from csjd_core.backends.redis import codec
+from csjd_core.backends.redis.connection import REDIS_DOWN, Connection
+from csjd_core.backends.redis.holdings import Holdings
+from csjd_core.backends.redis.keys import QueueKeys
+from csjd_core.config import DistributedConfig
+from csjd_core.retry import Backoff
+
+__all__ = ["Outcomes"]
+
+logger = logging.getLogger("csjd_core.redis")
+
+Ack = tuple[Delivery, dict[str, Any]]
+
+
+class _GroupCommit:
+    """Concurrent workers share one script call per queue: the first to arrive records the
+    batch queued so far while the others wait for its reply."""
+
+    def __init__(self, flush: Callable[[list[list[Any]]], list[Any]]) -> None:
+        self._flush = flush
+        self._cond = threading.Condition()
+        self._queue: list[list[Any]] = []
+        self._flushing = False
+
+    def settle(self, keys: QueueKeys, op: dict[str, Any]) -> bool:
+        slot: list[Any] = [keys, op, None]
+        cond = self._cond
+        with cond:
+            self._queue.append(slot)
+            while slot[2] is None:
+                if self._flushing:
+                    cond.wait()
+                    continue
+                self._flushing = True
+                batch, self._queue = self._queue, []
+                cond.release()
+                try:
+                    results = self._flush(batch)
+                except BaseException as exc:  # hand the error to every waiter of the batch
+                    results = [exc] * len(batch)
+                finally:
+                    cond.acquire()
+                    self._flushing = False
+                for item, result in zip(batch, results, strict=True):
+                    item[2] = result
+                cond.notify_all()
+        if isinstance(slot[2], BaseException):
+            raise slot[2]
+        return bool(slot[2])
+
+
+class Outcomes:
+    """Records attempt outcomes and dead-letters poison, fenced by entry and delivery count."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        config: DistributedConfig,
+        consumer: str,
+        holdings: Holdings,
+        ttl_ms: int,
+    ) -> None:
+        self.connection = connection
+        self.config = config
+        self.consumer = consumer
+        self.holdings = holdings
+        self.ttl_ms = ttl_ms
+        #: Told of a queued success that was then refused (``BackendSettings.on_lost_claim``).
+        self.on_lost: Callable[[Delivery], None] | None = None
+        self._group_commit = _GroupCommit(self._flush)
+
+    # -- the Backend's outcome methods -----------------------------------------------------
+    def succeed_nowait(self, delivery: Delivery, result: Any) -> bool | None:
+        """Queue the success for the reader's next round trip while it is cycling (``None``:
+        a refusal is reported to ``on_lost``); else record it now."""
+        op = codec.op(delivery, "ok", r=codec.result_json(result))
+        if self.holdings.queue_ack(delivery, op):
+            return None
+        return self.settle_sync(delivery, op)
+
+    def succeed(self, delivery: Delivery, result: Any) -> bool:
+        """Ack with the JSON result."""
+        return self.settle_sync(delivery, codec.op(delivery, "ok", r=codec.result_json(result)))
+
+    def retry(self, delivery: Delivery, error: AttemptError, delay: float) -> bool:
+        """Ack and park the job in the delayed set for ``delay`` seconds (one atomic step)."""
+        op = codec.op(delivery, "retry", delay=delay * 1000, **codec.error_fields(error))
+        return self.settle_sync(delivery, op)
+
+    def fail(self, delivery: Delivery, error: AttemptError) -> bool:
+        """Ack and dead-letter the job (one atomic step)."""
+        op = codec.op(delivery, "dead", reason=error.kind, **codec.error_fields(error))
+        return self.settle_sync(delivery, op)
+
+    def poison(self, keys: QueueKeys, entry_id: str, job_id: str, data: str, reason: str) -> None:
+        """Dead-letter an entry that cannot be run (undecodable, no job record...)."""
+        logger.error(
+            "poison entry dead-lettered queue=%s entry=%s id=%r reason=%s",
+            keys.name,
+            entry_id,
+            job_id,
+            reason,
+        )
+        op = {
+            "k": "dead",
+            "e": entry_id,
+            "id": job_id,
+            "err": reason,
+            "reason": "poison",
+            "d": data,
+        }
+        try:
+            self._group_commit.settle(keys, op)
+        except redis.RedisError as exc:
+            logger.error("could not dead-letter poison entry=%s error=%s", entry_id, exc)
+
+    # -- recording -------------------------------------------------------------------------
+    def settle_sync(self, delivery: Delivery, op: dict[str, Any]) -> bool:
+        """Record one outcome now (group-committed with other workers'); retried until the
+        lease runs out while Redis is unreachable."""
+        self.holdings.settling_now(delivery)
+        deadline = time.monotonic() + self.config.lease
+        backoff = Backoff()
+        while True:
+            try:
+                ok = self._group_commit.settle(delivery.ref[0], op)
+                break
+            except REDIS_DOWN as exc:
+                if time.monotonic() >= deadline:
+                    logger.error(
+                        "could not record an outcome before the lease ran out; the job "
+                        "will be reclaimed and may run again id=%r error=%s",
+                        delivery.job.id,
+                        exc,
+                    )
+                    ok = False
+                    break
+                logger.warning(
+                    "redis unreachable while recording an outcome; retrying id=%r error=%s",
+                    delivery.job.id,
+                    exc,
+                )
+                backoff.sleep(lambda: False)
+            except redis.RedisError as exc:
+                # NOGROUP after a restart without persistence, or any refusal: the entry is not
+                # ours to ack any more. Raising would kill the engine's worker thread.
+                logger.error(
+                    "could not record an outcome; the attempt lost its claim id=%r error=%s",
+                    delivery.job.id,
+                    exc,
+                )
+                ok = False
+                break
+        self.holdings.forget(delivery)
+        return ok
+
+    def arguments(self, keys: QueueKeys, ops: list[dict[str, Any]]) -> tuple[list[Any], list[int]]:
+        """settle.lua's arguments for ``ops`` of one queue, and the op index of each reply flag."""
+        other = [i for i, op in enumerate(ops) if op["k"] != "ok"]
+        ok = [i for i, op in enumerate(ops) if op["k"] == "ok"]
+        args: list[Any] = [
+            self.config.group,
+            self.consumer,
+            keys.job_prefix,
+            self.ttl_ms,
+            self.config.max_dead_letters,
+            json.dumps([ops[i] for i in other], separators=(",", ":")),
+        ]
+        if ok:
+            ids = sorted((codec.entry_order(ops[i]["e"]), ops[i]["e"]) for i in ok)
+            args += [ids[0][1], ids[-1][1]]
+            for i in ok:
+                op = ops[i]
+                args += [op["e"], op["id"], op["n"], op["r"]]
+        return args, other + ok
+
+    def _flush(self, batch: list[list[Any]]) -> list[Any]:
+        by_queue: dict[str, list[int]] = {}
+        for index, (keys, _, _) in enumerate(batch):
+            by_queue.setdefault(keys.name, []).append(index)
+        results: list[Any] = [0] * len(batch)
+        for indexes in by_queue.values():
+            keys = batch[indexes[0]][0]
+            args, order = self.arguments(keys, [batch[i][1] for i in indexes])
+            reply = self.connection.run("settle", keys.settle(), args)
+            for i, flag in zip(order, reply, strict=True):
+                results[indexes[i]] = int(flag)
+        return results
+
+    def settled(self, group: list[Ack], reply: Any) -> None:
+        """Take the reply of a pipelined settle.lua call for the queued successes ``group``."""
+        if isinstance(reply, NoScriptError):
+            self.connection.load_scripts()  # Redis restarted without them: again next cycle
+            self.holdings.acks.extendleft(reversed(group))
+            return
+        if isinstance(reply, Exception):
+            logger.error("could not record outcomes; the attempts lost their claim error=%s", reply)
+            reply = [0] * len(group)
+        for (delivery, _), flag in zip(group, reply, strict=True):
+            self.holdings.forget(delivery)
+            if not flag:
+                self.lost(delivery)
+
+    def settle_now(self, acks: list[Ack]) -> None:
+        """Record queued successes when the reader stops."""
+        for delivery, op in acks:
+            if not self.settle_sync(delivery, op):
+                self.lost(delivery)
+
+    def lost(self, delivery: Delivery) -> None:
+        """A success counted when it was queued was refused when it was recorded."""
+        if self.on_lost is not None:
+            self.on_lost(delivery)
