@@ -158,8 +158,8 @@ class Reader:
             settles.setdefault(item[0].ref[0].name, []).append(item)
         for group in settles.values():
             keys = group[0][0].ref[0]
-            args, _ = self.outcomes.arguments(keys, [op for _, op in group])
-            commands.append(evalsha("settle", keys.settle(), args))
+            script_keys, args, _ = self.outcomes.arguments(keys, [op for _, op in group])
+            commands.append(evalsha("settle", script_keys, args))
         got = False
         error: redis.ResponseError | None = None
         settled = 0
@@ -271,11 +271,10 @@ class Reader:
             valid.append((entry_id, job, data))
         if not valid:
             return
-        args: list[Any] = [self.config.group, self.consumer, keys.job_prefix]
-        for entry_id, job, _ in valid:
-            args += [entry_id, job.id]
+        script_keys = [keys.stream, *(keys.job(job.id) for _, job, _ in valid)]
+        args = [self.config.group, self.consumer, *(entry_id for entry_id, _, _ in valid)]
         try:
-            codes = self.connection.run("start", [keys.stream], args)
+            codes = self.connection.run("start", script_keys, args)
         except redis.RedisError as exc:
             logger.warning("could not start entries (they will be reclaimed) error=%s", exc)
             return
@@ -348,11 +347,10 @@ class Reader:
     def hand_back(self, keys: QueueKeys, entries: list[tuple[str, str]]) -> None:
         """Release (entry id, job id) pairs read but never run (release.lua): the attempt and
         the delivery are undone and any consumer may take them at once."""
-        args: list[Any] = [self.config.group, self.consumer, keys.job_prefix, _RELEASE_IDLE_MS]
-        for entry_id, job_id in entries:
-            args += [entry_id, job_id]
+        script_keys = [keys.stream, *(keys.job(job_id) for _, job_id in entries)]
+        args = [self.config.group, self.consumer, _RELEASE_IDLE_MS, *(e for e, _ in entries)]
         try:
-            self.connection.run("release", [keys.stream], args)
+            self.connection.run("release", script_keys, args)
         except redis.RedisError as exc:
             logger.warning(
                 "could not hand back read entries (reclaimed after the lease) error=%s", exc

@@ -171,14 +171,18 @@ class Outcomes:
         self.holdings.forget(delivery)
         return ok
 
-    def arguments(self, keys: QueueKeys, ops: list[dict[str, Any]]) -> tuple[list[Any], list[int]]:
-        """settle.lua's arguments for ``ops`` of one queue, and the op index of each reply flag."""
+    def arguments(
+        self, keys: QueueKeys, ops: list[dict[str, Any]]
+    ) -> tuple[list[str], list[Any], list[int]]:
+        """settle.lua's KEYS and ARGV for ``ops`` of one queue, and the op index of each reply
+        flag (every job record the script touches is passed in KEYS: it builds none)."""
         other = [i for i, op in enumerate(ops) if op["k"] != "ok"]
         ok = [i for i, op in enumerate(ops) if op["k"] == "ok"]
+        order = other + ok
+        script_keys = keys.settle() + [keys.job(ops[i]["id"]) for i in order]
         args: list[Any] = [
             self.config.group,
             self.consumer,
-            keys.job_prefix,
             self.ttl_ms,
             self.config.max_dead_letters,
             json.dumps([ops[i] for i in other], separators=(",", ":")),
@@ -188,8 +192,8 @@ class Outcomes:
             args += [ids[0][1], ids[-1][1]]
             for i in ok:
                 op = ops[i]
-                args += [op["e"], op["id"], op["n"], op["r"]]
-        return args, other + ok
+                args += [op["e"], op["n"], op["r"]]
+        return script_keys, args, order
 
     def _flush(self, batch: list[list[Any]]) -> list[Any]:
         by_queue: dict[str, list[int]] = {}
@@ -198,8 +202,8 @@ class Outcomes:
         results: list[Any] = [0] * len(batch)
         for indexes in by_queue.values():
             keys = batch[indexes[0]][0]
-            args, order = self.arguments(keys, [batch[i][1] for i in indexes])
-            reply = self.connection.run("settle", keys.settle(), args)
+            script_keys, args, order = self.arguments(keys, [batch[i][1] for i in indexes])
+            reply = self.connection.run("settle", script_keys, args)
             for i, flag in zip(order, reply, strict=True):
                 results[indexes[i]] = int(flag)
         return results

@@ -1,20 +1,19 @@
 -- Hand back entries that were read and started but never ran (prefetched at shutdown): undo the
 -- attempt and the delivery (it must not count against max_deliveries), and mark them idle for a
 -- long time so any consumer's reclaimer takes them at once.
--- KEYS[1] stream
--- ARGV[1] group, ARGV[2] consumer, ARGV[3] job hash key prefix, ARGV[4] idle (ms), then pairs:
---   entry id, job id
+-- KEYS[1] stream, then the job hash of each entry (KEYS[1 + i] for entry i)
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] idle (ms), then the entry ids
+-- Returns one 1/0 per entry (0: no longer this consumer's).
 local out = {}
-for i = 5, #ARGV, 2 do
-  local entry, id = ARGV[i], ARGV[i + 1]
+for i = 4, #ARGV do
+  local entry, key = ARGV[i], KEYS[i - 2]
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], entry, entry, 1)
   if #p > 0 and p[1][2] == ARGV[2] then
-    local key = ARGV[3] .. id
     if redis.call('HGET', key, 'state') == 'running' then
       redis.call('HINCRBY', key, 'attempts', -1)
       redis.call('HSET', key, 'state', 'queued')
     end
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, entry, 'IDLE', ARGV[4],
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, entry, 'IDLE', ARGV[3],
       'RETRYCOUNT', math.max(0, p[1][4] - 1), 'JUSTID')
     out[#out + 1] = 1
   else

@@ -1,40 +1,33 @@
 -- Record attempt outcomes and acknowledge their entries, each op one atomic, fenced step:
 -- an op is refused (0) unless this consumer still owns the entry with the same delivery count.
 -- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] pending counter, KEYS[4] dead-letter stream,
---   KEYS[5] stats hash
--- ARGV[1] group, ARGV[2] consumer, ARGV[3] job hash key prefix, ARGV[4] finished-record TTL (ms),
---   ARGV[5] dead letters kept (the stream is trimmed to about that many, oldest first),
---   ARGV[6] JSON list of retry/dead ops {k="retry"|"dead", e=entry, id=job id, n=deliveries,
+--   KEYS[5] stats hash, then the job hash of every op, in reply order (KEYS[5 + i] for op i).
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] finished-record TTL (ms), ARGV[4] dead letters kept
+--   (the stream is trimmed to about that many, oldest first),
+--   ARGV[5] JSON list of retry/dead ops {k="retry"|"dead", e=entry, id=job id, n=deliveries,
 --   err=error, tb=traceback, delay=ms, reason=dead-letter reason, a=attempts, d=data},
---   ARGV[7], ARGV[8] lowest and highest entry id of the successes, then per success:
---   entry, job id, deliveries, result JSON.
+--   ARGV[6], ARGV[7] lowest and highest entry id of the successes, then per success:
+--   entry, deliveries, result JSON.
 -- Returns one 1/0 per op: the JSON ops first, then the successes. Acks, deletes and counters
 -- are issued once per call (invisible to others: the script is one atomic step).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local group, consumer, prefix, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local keep = ARGV[5]
+local group, consumer, ttl, keep = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local out = {}
 local acked, seen = {}, {}
 local succeeded, retried, failed, finished = 0, 0, 0, 0
-for _, op in ipairs(cjson.decode(ARGV[6])) do
+local ops = cjson.decode(ARGV[5])
+for i, op in ipairs(ops) do
   local p = not seen[op.e] and redis.call('XPENDING', KEYS[1], group, op.e, op.e, 1)
   if not p or #p == 0 or p[1][2] ~= consumer or (op.n and p[1][4] ~= op.n) then
     out[#out + 1] = 0
   else
     seen[op.e] = true
     acked[#acked + 1] = op.e
-    local key = prefix .. (op.id or '')
+    local key = KEYS[5 + i]
     local state = op.id and op.id ~= '' and redis.call('HGET', key, 'state')
     local live = state and state ~= 'succeeded' and state ~= 'failed'
-    if op.k == 'ok' then
-      if live then
-        redis.call('HSET', key, 'state', 'succeeded', 'result', op.r or 'null', 'finished_at', now)
-        redis.call('PEXPIRE', key, ttl)
-        finished = finished + 1
-      end
-      succeeded = succeeded + 1
-    elseif op.k == 'retry' and live then
+    if op.k == 'retry' and live then
       local due = now + math.floor(op.delay)
       redis.call('HSET', key, 'state', 'scheduled', 'error', op.err or '', 'traceback',
         op.tb or '', 'run_at', due)
@@ -57,27 +50,28 @@ for _, op in ipairs(cjson.decode(ARGV[6])) do
     out[#out + 1] = 1
   end
 end
-if #ARGV > 8 then
+if #ARGV > 7 then
   -- One fence read for every success: this consumer's pending entries in their id range.
-  local owned, from = {}, ARGV[7]
+  local owned, from = {}, ARGV[6]
   while true do
-    local p = redis.call('XPENDING', KEYS[1], group, from, ARGV[8], 1000, consumer)
+    local p = redis.call('XPENDING', KEYS[1], group, from, ARGV[7], 1000, consumer)
     for _, e in ipairs(p) do owned[e[1]] = e[4] end
     if #p < 1000 then break end
     from = '(' .. p[#p][1]
   end
-  for i = 9, #ARGV, 4 do
-    local entry, id = ARGV[i], ARGV[i + 1]
-    if seen[entry] or owned[entry] ~= tonumber(ARGV[i + 2]) then
+  local k = 5 + #ops
+  for i = 8, #ARGV, 3 do
+    local entry = ARGV[i]
+    k = k + 1
+    if seen[entry] or owned[entry] ~= tonumber(ARGV[i + 1]) then
       out[#out + 1] = 0
     else
       seen[entry] = true
       acked[#acked + 1] = entry
       -- The fence passed: this attempt still owns the entry, so the job is running (only
       -- this consumer's settle or the reclaimer, which acks first, can end it).
-      local key = prefix .. id
-      redis.call('HSET', key, 'state', 'succeeded', 'result', ARGV[i + 3], 'finished_at', now)
-      redis.call('PEXPIRE', key, ttl)
+      redis.call('HSET', KEYS[k], 'state', 'succeeded', 'result', ARGV[i + 2], 'finished_at', now)
+      redis.call('PEXPIRE', KEYS[k], ttl)
       finished = finished + 1
       succeeded = succeeded + 1
       out[#out + 1] = 1

@@ -1,20 +1,19 @@
--- Record the start of attempts for entries this consumer just read (fenced: owner checked).
--- KEYS[1] stream
--- ARGV[1] group, ARGV[2] consumer, ARGV[3] job hash key prefix, then pairs: entry id, job id
--- Returns per pair {code, attempts, deliveries}: code 1 started, 0 not ours (claimed by another
+-- Record the start of attempts for entries this consumer claimed (fenced: owner checked).
+-- KEYS[1] stream, then the job hash of each entry (KEYS[1 + i] for entry i)
+-- ARGV[1] group, ARGV[2] consumer, then the entry ids
+-- Returns per entry {code, attempts, deliveries}: code 1 started, 0 not ours (claimed by another
 -- consumer or acked), -1 no job record (an entry not written by enqueue: poison).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
+local group, consumer = ARGV[1], ARGV[2]
 local out = {}
-for i = 4, #ARGV, 2 do
-  local entry, id = ARGV[i], ARGV[i + 1]
+for i = 3, #ARGV do
+  local entry, key = ARGV[i], KEYS[i - 1]
   local p = redis.call('XPENDING', KEYS[1], group, entry, entry, 1)
   if #p == 0 or p[1][2] ~= consumer then
     out[#out + 1] = {0, 0, 0}
   else
-    local key = prefix .. id
-    local state = id ~= '' and redis.call('HGET', key, 'state')
+    local state = redis.call('HGET', key, 'state')
     if not state then
       out[#out + 1] = {-1, 0, p[1][4]}
     else
