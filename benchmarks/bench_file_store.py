@@ -35,8 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from csjd_core import Config, Dispatcher, FileJobStore, Job
+from csjd_core.backends._records import FINISHED, STARTED, SUBMITTED, finished, started, submitted
 from csjd_core.backends._wal import encode
-from csjd_core.backends.file import FINISHED, STARTED, SUBMITTED, _finished, _started, _submitted
 from csjd_core.backends.memory import Entry
 from csjd_core.job import JobState
 
@@ -172,12 +172,12 @@ def build_log(path: Path, records: int, finished_share: float) -> int:
         while seq < records:
             job = Job(f"job-{i:07d}", "noop", {"n": i})
             seq += 1
-            chunks.append(encode(SUBMITTED, seq, _submitted([Entry(job, 3, now)])))
+            chunks.append(encode(SUBMITTED, seq, submitted([Entry(job, 3, now)])))
             if seq + 2 <= records and (i * finished_share) % 1 + finished_share >= 1:
                 seq += 1
-                chunks.append(encode(STARTED, seq, _started(job.id, 1, now)))
+                chunks.append(encode(STARTED, seq, started(job.id, 1, now)))
                 seq += 1
-                chunks.append(encode(FINISHED, seq, _finished(job.id, JobState.SUCCEEDED, now)))
+                chunks.append(encode(FINISHED, seq, finished(job.id, JobState.SUCCEEDED, now)))
             else:
                 unfinished += 1
             i += 1

@@ -1,4 +1,7 @@
-"""`FileJobStore`: the in-memory index made durable by a snapshot and a write-ahead log."""
+"""`FileJobStore`: the in-memory index made durable by a snapshot and a write-ahead log.
+
+This module decides what is written when (and recovers at open); `_records` is the format of
+what is written, `_wal` the log's framing, checksums and fsyncs."""
 
 from __future__ import annotations
 
@@ -8,9 +11,7 @@ import fcntl
 import gc
 import json
 import logging
-import math
 import os
-import struct
 import threading
 import time
 import weakref
@@ -20,7 +21,8 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Literal
 
-from csjd_core.backends._wal import MAX_RECORD, Record, WriteAheadLog, fsync_directory, write_all
+from csjd_core.backends import _records as fmt
+from csjd_core.backends._wal import MAX_RECORD, WriteAheadLog, fsync_directory, write_all
 from csjd_core.backends.base import AttemptError, BackendSettings, Delivery
 from csjd_core.backends.memory import Entry, MemoryBackend
 from csjd_core.errors import (
@@ -38,39 +40,6 @@ __all__ = ["FileJobStore"]
 logger = logging.getLogger("csjd_core.store")
 
 FsyncPolicy = Literal["always", "interval", "never"]
-
-SUBMITTED, STARTED, RETRY, FINISHED = 1, 2, 3, 4
-_TYPES = frozenset({SUBMITTED, STARTED, RETRY, FINISHED})
-_JSON_TYPES = frozenset({SUBMITTED, RETRY})  # in version 2; every payload of version 1
-# Since log version 2, started and finished records are binary (two per job: JSON cost more
-# than the rest of their write): these fields, then the job id in UTF-8.
-_STARTED = struct.Struct("<dQ")  # started_at (NaN: unknown), attempt
-_FINISHED = struct.Struct("<dB")  # finished_at (NaN: unknown), outcome (see _OUTCOMES)
-_OUTCOMES = {JobState.SUCCEEDED: 0, JobState.FAILED: 1}
-_SNAPSHOT_VERSION = 1
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-_json_str = json.encoder.encode_basestring_ascii
-_decode_json = json.JSONDecoder().decode
-_REPLAY_BATCH = 20_000  # records decoded per JSON call at open
-
-
-def _fast_encoder() -> Callable[[Any], str]:
-    """`_encode` without its per-call set-up: the C encoder, built once (when there is one).
-
-    No circular-reference check: payloads passed `check_json` at admission.
-    """
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return _encode
-
-    def refuse(value: Any) -> Any:
-        raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-    encoder = make(None, refuse, _json_str, None, ":", ",", False, False, False)
-    return lambda value: "".join(encoder(value, 0))
-
-
-_encode_fast = _fast_encoder()
 
 # Stores open in this process: a forked child must not use the parent's descriptors or lock.
 _OPEN_STORES: weakref.WeakSet[FileJobStore] = weakref.WeakSet()
@@ -181,14 +150,11 @@ class FileJobStore(MemoryBackend):
                 self._unfinished.clear()
             with _gc_paused():
                 jobs = self._read_snapshot()
-                records = list(self._wal.open(_TYPES, self._snapshot_seq, self.repair))
-                for start in range(0, len(records), _REPLAY_BATCH):
-                    batch = records[start : start + _REPLAY_BATCH]
-                    try:
-                        _replay(jobs, batch, self._decode(batch))
-                    except _BadRecord as bad:
-                        raise self._undecodable(bad.offset, bad.__cause__ or bad) from bad
-                del records
+                try:
+                    logged = list(self._wal.open(fmt.TYPES, self._snapshot_seq, self.repair))
+                    fmt.replay(jobs, logged)
+                except fmt.BadRecord as bad:
+                    raise self._undecodable(bad.offset, bad.__cause__ or bad) from bad
                 entries = [self._entry(job) for job in jobs.values()]
                 self._owner_pid = os.getpid()
                 _OPEN_STORES.add(self)
@@ -294,7 +260,7 @@ class FileJobStore(MemoryBackend):
         self.close()
 
     # -- replay ----------------------------------------------------------------------------
-    def _read_snapshot(self) -> dict[str, _Replayed]:
+    def _read_snapshot(self) -> dict[str, fmt.Replayed]:
         self._snapshot_seq = 0
         try:
             with open(self.path, "rb") as f:
@@ -307,44 +273,16 @@ class FileJobStore(MemoryBackend):
                 "so this file was damaged after it was written",
                 path=self.path,
             ) from exc
-        if not isinstance(data, dict) or data.get("version") != _SNAPSHOT_VERSION:
+        if not isinstance(data, dict) or data.get("version") != fmt.SNAPSHOT_VERSION:
             raise StoreCorrupted(f"snapshot {self.path} has an unknown format", path=self.path)
-        jobs: dict[str, _Replayed] = {}
         try:
-            seq = int(data["seq"])
-            for item in data["jobs"]:
-                job = _Replayed(item, None)
-                job.attempts = int(item["a"])
-                job.state = JobState(item["state"])
-                job.run_at = item.get("run_at")
-                job.error = item.get("err")
-                jobs[item["job"]["id"]] = job
+            seq, jobs = fmt.snapshot_jobs(data)
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreCorrupted(
                 f"snapshot {self.path} holds an undecodable job ({exc!r})", path=self.path
             ) from exc
         self._snapshot_seq = seq
         return jobs
-
-    def _decode(self, records: list[Record]) -> list[Any]:
-        """The JSON payloads among ``records`` (all but version-2 started / finished ones),
-        decoded in one call when they all decode (the usual case: a call per record would cost
-        more than the decoding itself)."""
-        records = [r for r in records if r.version == 1 or r.type in _JSON_TYPES]
-        try:
-            text = b"[" + b",".join(r.payload for r in records) + b"]"
-            decoded = _decode_json(text.decode())
-        except (ValueError, RecursionError):  # UnicodeDecodeError too
-            decoded = None
-        if isinstance(decoded, list) and len(decoded) == len(records):
-            return decoded
-        result = []
-        for record in records:  # find the culprit
-            try:
-                result.append(_decode_json(record.payload.decode()))
-            except (ValueError, RecursionError) as exc:
-                raise self._undecodable(record.offset, exc) from exc
-        return result
 
     def _undecodable(self, offset: int | None, exc: BaseException) -> StoreCorrupted:
         # The checksum matched, so these bytes were written so: not a torn write.
@@ -359,7 +297,7 @@ class FileJobStore(MemoryBackend):
             offset=offset,
         )
 
-    def _entry(self, job: _Replayed) -> Entry:
+    def _entry(self, job: fmt.Replayed) -> Entry:
         """Build the `Entry` of a job that is still unfinished after the replay."""
         item = job.item
         try:
@@ -401,7 +339,12 @@ class FileJobStore(MemoryBackend):
                     entry.state = JobState.FAILED
                     entry.finished_at = time.time()
                     self._write(
-                        [(FINISHED, _finished(entry.job.id, entry.state, entry.finished_at))],
+                        [
+                            (
+                                fmt.FINISHED,
+                                fmt.finished(entry.job.id, entry.state, entry.finished_at),
+                            )
+                        ],
                         durable=True,
                     )
                     self._finished[entry.job.id] = entry
@@ -445,7 +388,7 @@ class FileJobStore(MemoryBackend):
             threading.Thread(target=self._compact_in_background, daemon=True).start()
 
     def _persist_submitted(self, entries: list[Entry]) -> None:
-        payload = _submitted(entries)
+        payload = fmt.submitted(entries)
         if len(payload) > MAX_RECORD:  # only a batch can get here: admission bounds a job
             raise InvalidJob(
                 f"a batch of {len(entries)} jobs is {len(payload)} bytes in the log; one record "
@@ -456,14 +399,14 @@ class FileJobStore(MemoryBackend):
             for entry in entries:
                 entry.stored = True
 
-        self._write([(SUBMITTED, payload)], durable=True, on_written=mark_stored)
+        self._write([(fmt.SUBMITTED, payload)], durable=True, on_written=mark_stored)
 
     def _persist_started(self, entry: Entry) -> None:
         # Written before the handler runs (not deferred): if the handler kills the process,
         # this record is what makes recovery count the crash as an attempt.
-        payload = _started(entry.job.id, entry.attempts, entry.started_at)
+        payload = fmt.started(entry.job.id, entry.attempts, entry.started_at)
         try:
-            self._write([(STARTED, payload)], durable=False)
+            self._write([(fmt.STARTED, payload)], durable=False)
         except (StoreFailed, JobStoreLocked) as exc:
             logger.error(
                 "could not record an attempt start; a crash during it will not count "
@@ -476,20 +419,10 @@ class FileJobStore(MemoryBackend):
     # written by `succeed` / `fail` / `retry` below once the lock is released, so no thread
     # waits for the index while another is in a system call.
     def _persist_retry(self, entry: Entry) -> None:
-        self._wal.defer(
-            RETRY,
-            _encode(
-                {
-                    "id": entry.job.id,
-                    "a": entry.attempts,
-                    "due": entry.get("run_at"),
-                    "err": entry.get("error"),
-                }
-            ).encode(),
-        )
+        self._wal.defer(fmt.RETRY, fmt.retried(entry))
 
     def _persist_finished(self, entry: Entry) -> None:
-        self._wal.defer(FINISHED, _finished(entry.job.id, entry.state, entry.finished_at))
+        self._wal.defer(fmt.FINISHED, fmt.finished(entry.job.id, entry.state, entry.finished_at))
 
     def _flush_progress(self) -> None:
         try:
@@ -571,9 +504,10 @@ class FileJobStore(MemoryBackend):
             keep_from = self._wal.size
             # Entries whose submitted record is not written yet are not folded in: their record
             # lands after ``seq`` (or their submit fails and they were never accepted).
-            captured = [_snapshot_fields(e) for e in self._unfinished.values() if e.get("stored")]
-        jobs = [_snapshot_item(*fields) for fields in captured]
-        data = _encode({"version": _SNAPSHOT_VERSION, "seq": seq, "jobs": jobs}).encode()
+            captured = [
+                fmt.snapshot_fields(e) for e in self._unfinished.values() if e.get("stored")
+            ]
+        data = fmt.snapshot(seq, captured)
         tmp = self.path + ".tmp"
         fd = os.open(
             tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600
@@ -659,126 +593,6 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-class _Replayed:
-    """A job met while replaying the snapshot and the log.
-
-    Its `Job` is only built if it is still unfinished at the end: most jobs in a log are not.
-    """
-
-    __slots__ = ("attempts", "error", "item", "offset", "run_at", "started_at", "state")
-
-    def __init__(self, item: dict[str, Any], offset: int | None) -> None:
-        self.item = item  # {"job": Job.to_dict(), "max": ..., "t": ...}
-        self.offset = offset  # of its submitted record; None: from the snapshot
-        self.state = JobState.QUEUED
-        self.attempts = 0
-        self.run_at: float | None = None
-        self.started_at: float | None = None
-        self.error: str | None = None
-
-
-class _BadRecord(Exception):
-    """A log record whose checksum matched but whose content has the wrong shape."""
-
-    def __init__(self, offset: int) -> None:
-        super().__init__(f"bad record at byte offset {offset}")
-        self.offset = offset
-
-
-def _replay(jobs: dict[str, _Replayed], records: list[Record], decoded: list[Any]) -> None:
-    """Apply log records to the replay state (idempotent: replaying one twice is harmless).
-
-    ``decoded`` holds the JSON payloads (see `FileJobStore._decode`), in order.
-
-    Raises:
-        _BadRecord: a record does not have the expected shape.
-    """
-    running, scheduled = JobState.RUNNING, JobState.SCHEDULED
-    get = jobs.get
-    pop = jobs.pop
-    next_json = iter(decoded).__next__
-    started_size, finished_size = _STARTED.size, _FINISHED.size
-    unpack_started = _STARTED.unpack_from
-    isnan = math.isnan
-    json_types = _JSON_TYPES
-    for record in records:
-        try:
-            rtype = record.type
-            if record.version != 1 and rtype not in json_types:
-                payload = record.payload
-                if rtype == FINISHED:
-                    if len(payload) < finished_size:
-                        raise ValueError("short finished record")
-                    pop(payload[finished_size:].decode("utf-8", "surrogatepass"), None)
-                    continue
-                at, attempt = unpack_started(payload)
-                job = get(payload[started_size:].decode("utf-8", "surrogatepass"))
-                if job is None:
-                    continue
-                job.attempts = max(job.attempts, attempt)
-                job.state = running
-                job.started_at = None if isnan(at) else at
-                continue
-            data = next_json()
-            if rtype == SUBMITTED:
-                for item in data["jobs"]:
-                    job_id = item["job"]["id"]
-                    if not isinstance(job_id, str):
-                        raise TypeError(f"job id {job_id!r} is not a string")
-                    jobs[job_id] = _Replayed(item, record.offset)
-                continue
-            job = get(data["id"])
-            if job is None:
-                continue  # finished and folded into a snapshot already, or never admitted
-            if rtype == STARTED:
-                job.attempts = max(job.attempts, int(data["a"]))
-                job.state = running
-                job.started_at = data["t"]
-            elif rtype == RETRY:
-                job.attempts = max(job.attempts, int(data["a"]))
-                job.state = scheduled
-                job.run_at = data["due"]
-                job.error = data.get("err")
-            elif rtype == FINISHED:
-                del jobs[data["id"]]
-        except (ValueError, KeyError, TypeError, struct.error) as exc:  # UnicodeDecodeError too
-            raise _BadRecord(record.offset) from exc
-
-
-def _submitted(entries: list[Entry]) -> bytes:
-    """A submitted record's payload: ``{"jobs": [{"job": ..., "max": ..., "t": ...}, ...]}``."""
-    if len(entries) != 1 or type(entries[0].enqueued_at) is not float:
-        return _encode(
-            {
-                "jobs": [
-                    {"job": e.job.to_dict(), "max": e.max_attempts, "t": e.enqueued_at}
-                    for e in entries
-                ]
-            }
-        ).encode()
-    entry = entries[0]  # the common case, a single submit: only the job goes through json
-    job = _encode_fast(entry.job.to_dict())
-    at = entry.enqueued_at
-    return f'{{"jobs":[{{"job":{job},"max":{entry.max_attempts},"t":{at!r}}}]}}'.encode()
-
-
-def _started(job_id: str, attempt: int, at: float | None) -> bytes:
-    """A started record's payload (binary: see `_STARTED`)."""
-    return _STARTED.pack(_NAN if at is None else at, attempt) + job_id.encode(
-        "utf-8", "surrogatepass"
-    )
-
-
-def _finished(job_id: str, state: JobState, at: float | None) -> bytes:
-    """A finished record's payload (binary: see `_FINISHED`)."""
-    return _FINISHED.pack(_NAN if at is None else at, _OUTCOMES[state]) + job_id.encode(
-        "utf-8", "surrogatepass"
-    )
-
-
-_NAN = float("nan")
-
-
 def _standalone_settings() -> BackendSettings:
     return BackendSettings(
         max_pending_jobs=10**9,
@@ -787,32 +601,3 @@ def _standalone_settings() -> BackendSettings:
         max_results=100_000,
         worker_id=f"store:{os.getpid()}",
     )
-
-
-_SnapshotFields = tuple[Job, int, float, int, JobState, float | None, str | None]
-
-
-def _snapshot_fields(entry: Entry) -> _SnapshotFields:
-    get = entry.get
-    return (entry.job, entry.max_attempts, entry.enqueued_at, entry.attempts, entry.state,
-            get("run_at"), get("error"))  # fmt: skip
-
-
-def _snapshot_item(
-    job: Job,
-    max_attempts: int,
-    enqueued_at: float,
-    attempts: int,
-    state: JobState,
-    run_at: float | None,
-    error: str | None,
-) -> dict[str, Any]:
-    return {
-        "job": job.to_dict(),
-        "max": max_attempts,
-        "t": enqueued_at,
-        "a": attempts,
-        "state": str(state),
-        "run_at": run_at,
-        "err": error,
-    }

@@ -466,8 +466,8 @@ def open_in_a_subprocess(path: Path) -> str:
 
 
 def test_deeply_nested_stored_records_are_store_corrupted(tmp_path: Path) -> None:
+    from csjd_core.backends._records import SUBMITTED  # noqa: PLC0415
     from csjd_core.backends._wal import encode  # noqa: PLC0415
-    from csjd_core.backends.file import SUBMITTED  # noqa: PLC0415
 
     deep = "[" * 100_000 + "]" * 100_000
     snapshot = tmp_path / "snap.json"
