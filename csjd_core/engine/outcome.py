@@ -28,7 +28,6 @@ class OutcomeKind(StrEnum):
     FAILED = "failed"  # it raised (or could not run); the job failed for good
     PANICKED = "panicked"  # a BaseException that is not an Exception (retried or not)
     TIMED_OUT = "timed_out"  # ran past its timeout (retried or not)
-    CANCELLED = "cancelled"
 
 
 #: Reasons (`AttemptError.kind`) that end a job whatever attempts remain.
