@@ -6,6 +6,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from csjd_core.engine.outcome import OutcomeKind
+
 if TYPE_CHECKING:
     from csjd_core.context import JobContext
     from csjd_core.engine.outcome import AttemptOutcome
@@ -98,7 +100,7 @@ class HookRunner:
         matches it (``after_succeeded``, ``after_retry_scheduled`` or ``after_failed``)."""
         self.call("after_attempt", outcome)
         error = outcome.error
-        if outcome.kind == "succeeded":
+        if outcome.kind is OutcomeKind.SUCCEEDED:
             self.call("after_succeeded", outcome.job, outcome.result)
         elif not outcome.terminal:
             self.call("after_retry_scheduled", outcome.job, outcome.attempt, outcome.retry_in)

@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any, cast
+from typing import Any
 
 from csjd_core.backends.base import AttemptError, Backend, Delivery
 from csjd_core.config import EngineConfig
@@ -18,7 +18,7 @@ from csjd_core.engine.registry import HandlerRegistry
 from csjd_core.engine.watchdog import Attempt, Watchdog
 from csjd_core.errors import InvalidJob, PermanentError, describe_error, format_traceback
 from csjd_core.hooks import HookRunner
-from csjd_core.job import check_json
+from csjd_core.job import check_json, timeout_seconds
 from csjd_core.limits import MAX_ERROR_TEXT, clip_text
 from csjd_core.metrics import Counters, Tally
 
@@ -27,6 +27,7 @@ __all__ = ["Engine"]
 logger = logging.getLogger("csjd_core.engine")
 
 _IDLE_POLL = 1.0  # seconds an idle worker blocks in fetch before re-checking for stop
+_SUCCEEDED = OutcomeKind.SUCCEEDED
 
 
 class Worker:
@@ -248,9 +249,11 @@ class Engine:
                 worker.tally,
             )
             return
-        timeout = cast("float | None", job.timeout)  # plain seconds: admission normalised it
+        timeout = job.timeout
         if timeout is None:
             timeout = self.default_timeout
+        elif type(timeout) is not float:
+            timeout = timeout_seconds(timeout)  # admission checked it
         attempt: Attempt | None = None
         if timeout is None:
             ctx = JobContext(job.id, delivery.attempt, None, job.queue)
@@ -301,7 +304,23 @@ class Engine:
                     )
                     return
             if backend.succeed_nowait(delivery, result) is not False:
-                self._count(delivery, OutcomeKind.SUCCEEDED, True, worker.tally, result=result)
+                # `_recorded` for a success, inlined: this is the hot path.
+                tally = worker.tally
+                tally.seq += 1
+                tally.processed += 1
+                tally.succeeded += 1
+                tally.seq += 1
+                if hooks.wants_outcomes:
+                    hooks.outcome(
+                        AttemptOutcome(
+                            job=job,
+                            kind=_SUCCEEDED,
+                            terminal=True,
+                            attempt=delivery.attempt,
+                            max_attempts=delivery.max_attempts,
+                            result=result,
+                        )
+                    )
             else:
                 self._lost_claim(delivery)
             return
@@ -377,27 +396,24 @@ class Engine:
         if not ok:
             self._lost_claim(delivery)
             return
-        self._count(delivery, kind, terminal, tally, error=error, exception=exc, retry_in=delay)
+        self._recorded(delivery, kind, terminal, tally, error=error, exception=exc, retry_in=delay)
 
-    def _count(
+    def _recorded(
         self,
         delivery: Delivery,
         kind: OutcomeKind,
         terminal: bool,
         tally: Tally,
         *,
-        result: Any = None,
-        error: AttemptError | None = None,
-        exception: BaseException | None = None,
-        retry_in: float | None = None,
+        error: AttemptError,
+        exception: BaseException | None,
+        retry_in: float | None,
     ) -> None:
-        """The outcome event of a recorded attempt: counted in the metrics, then told to the
-        hooks that want it (built only for them: the success path stays lean)."""
+        """The outcome event of a recorded failed attempt: counted in the metrics, then told
+        to the hooks that want it (built only for them). Successes: see `run_attempt`."""
         tally.seq += 1
         tally.processed += 1
-        if kind is OutcomeKind.SUCCEEDED:
-            tally.succeeded += 1
-        elif terminal:
+        if terminal:
             tally.failed += 1
         else:
             tally.retried += 1
@@ -408,15 +424,14 @@ class Engine:
         if hooks.wants_outcomes:
             hooks.outcome(
                 AttemptOutcome(
-                    delivery.job,
-                    kind,
-                    terminal,
-                    delivery.attempt,
-                    delivery.max_attempts,
-                    error,
-                    exception,
-                    result,
-                    retry_in,
+                    job=delivery.job,
+                    kind=kind,
+                    terminal=terminal,
+                    attempt=delivery.attempt,
+                    max_attempts=delivery.max_attempts,
+                    error=error,
+                    exception=exception,
+                    retry_in=retry_in,
                 )
             )
 

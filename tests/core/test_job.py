@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from csjd_core import CSJDError, InvalidJob, Job, JobState
+from csjd_core import Config, CSJDError, Dispatcher, InvalidJob, Job, JobContext, JobState
 from csjd_core.job import check_json, validate_job
 
 
@@ -134,6 +135,24 @@ def test_timeout_accepts_seconds_and_timedelta() -> None:
     validate_job(Job("j", "t", timeout=0.05))
     validate_job(Job("j", "t", timeout=3))
     validate_job(Job("j", "t", timeout=timedelta(milliseconds=50)))
+
+
+def test_admission_leaves_the_callers_job_as_it_was_and_a_timedelta_timeout_applies() -> None:
+    deadlines: list[float | None] = []
+
+    def handler(ctx: JobContext, job: Job) -> None:
+        deadlines.append(ctx.deadline)
+
+    job = Job("j", "t", timeout=timedelta(seconds=30))
+    with Dispatcher(Config(workers=1)) as d:
+        d.register_handler("t", handler)
+        d.start()
+        d.submit(job)
+        assert d.join(10)
+    assert job.timeout == timedelta(seconds=30)
+    (deadline,) = deadlines
+    assert deadline is not None
+    assert 25 < deadline - time.monotonic() <= 30
 
 
 @pytest.mark.parametrize("bad", ["", 5])
