@@ -26,6 +26,7 @@ from csjd_core.errors import (
     SettingsError,
     StoreCorrupted,
     StoreFailed,
+    StoreNotFound,
     UnknownJobType,
     permanent,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "StopReport",
     "StoreCorrupted",
     "StoreFailed",
+    "StoreNotFound",
     "TTLCache",
     "UnknownJobType",
     "permanent",

@@ -12,10 +12,11 @@ from enum import StrEnum
 from csjd_core.config import Config, DistributedConfig, RedisConfig
 from csjd_core.dispatcher import Dispatcher
 from csjd_core.engine.dispatcher import BaseDispatcher
-from csjd_core.errors import CSJDError, JobFailed, RedisModeRequired
+from csjd_core.errors import CSJDError, InvalidConfig, JobFailed, RedisModeRequired
 from csjd_core.immediate import ImmediateDispatcher
 from csjd_core.job import Job, JobStatus
 from csjd_core.jobs import JobFunction, JobHandle, JobRegistry
+from csjd_core.limits import brief
 
 __all__ = ["MODES", "App", "JobFailed", "JobFunction", "JobHandle", "Mode"]
 
@@ -28,6 +29,23 @@ class Mode(StrEnum):
     INPROCESS = "inprocess"  # worker threads in this process, started on the first enqueue
     REDIS = "redis"  # enqueued to Redis Streams; `csjd worker` processes run them
     IMMEDIATE = "immediate"  # at enqueue, in the caller's thread (tests)
+
+    @classmethod
+    def parse(cls, value: object) -> Mode:
+        """``value`` (a `Mode` or its string) as a `Mode`.
+
+        Raises:
+            InvalidConfig: not a mode (``owner="App"``, ``field="mode"``).
+        """
+        try:
+            if isinstance(value, str):
+                return cls(value)
+        except ValueError:
+            pass
+        known = ", ".join(repr(str(m)) for m in cls)
+        raise InvalidConfig(
+            f"App.mode must be one of {known}, got {brief(value)}", owner="App", field="mode"
+        )
 
 
 MODES = tuple(Mode)
@@ -48,7 +66,7 @@ class App(JobRegistry):
         name: a label for logs.
 
     Raises:
-        ValueError: an unknown mode, or Redis mode without ``redis``.
+        InvalidConfig: an unknown mode, or Redis mode without ``redis``.
     """
 
     def __init__(
@@ -87,7 +105,7 @@ class App(JobRegistry):
 
         Raises:
             CSJDError: this process's dispatcher already exists.
-            ValueError: an unknown mode, or Redis mode without ``redis``.
+            InvalidConfig: an unknown mode, or Redis mode without ``redis``.
         """
         with self._lock:
             if self._dispatcher is not None and self._pid == os.getpid():
@@ -176,12 +194,11 @@ def _mode(mode: Mode | str, redis: RedisConfig | None) -> Mode:
     """``mode`` as a `Mode`, checked against the settings it needs.
 
     Raises:
-        ValueError: an unknown mode, or Redis mode without ``redis``.
+        InvalidConfig: an unknown mode, or Redis mode without ``redis``.
     """
-    try:
-        mode = Mode(mode)
-    except ValueError:
-        raise ValueError(f"mode must be one of {[str(m) for m in Mode]}, got {mode!r}") from None
-    if mode is Mode.REDIS and redis is None:
-        raise ValueError("mode='redis' needs redis=RedisConfig(url=...)")
-    return mode
+    parsed = Mode.parse(mode)
+    if parsed is Mode.REDIS and redis is None:
+        raise InvalidConfig(
+            "App(mode='redis') needs redis=RedisConfig(url=...)", owner="App", field="redis"
+        )
+    return parsed

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -16,7 +15,7 @@ import click
 from csjd_core import operations, reports
 from csjd_core.cli_options import load_app, worker_options, worker_options_from
 from csjd_core.demo import run_demo
-from csjd_core.errors import CSJDError
+from csjd_core.errors import BackendUnavailable, CSJDError, InvalidConfig
 
 __all__ = ["main"]
 
@@ -26,9 +25,14 @@ LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=
 
 @contextlib.contextmanager
 def reported() -> Iterator[None]:
-    """A `CSJDError` becomes a one-line ``Error: ...`` and exit status 1 (no traceback)."""
+    """A `CSJDError` becomes a one-line ``Error: ...`` and exit status 1 (no traceback); a
+    bad option value (`InvalidConfig` of `operations.OPTIONS`) a usage error, status 2."""
     try:
         yield
+    except InvalidConfig as exc:
+        if exc.owner == operations.OPTIONS:
+            raise click.UsageError(str(exc)) from exc
+        raise click.ClickException(str(exc)) from exc
     except CSJDError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -144,9 +148,14 @@ def worker(ctx: click.Context, /, app_spec: str, log_level: str | None, **values
                 "worker",
                 app_spec,
             ],
+            announce=_to_stderr,
             child=child,
         )
     sys.exit(code)
+
+
+def _to_stderr(line: str) -> None:
+    click.echo(line, err=True)
 
 
 @main.command(epilog=APP_HELP)
@@ -172,13 +181,13 @@ def stats(app_spec: str, queues: str | None, as_json: bool) -> None:
 def health(app_spec: str, queues: str | None, this_host: bool) -> None:
     """Exit 0 if every queue of APP (module:attr naming your csjd_core.App) has a live worker
     (fresh heartbeat), 1 otherwise."""
-    try:
-        figures = operations.queue_stats(
-            load_app(app_spec), operations.queue_list(queues), needed_by="csjd health"
-        )
-    except CSJDError as exc:
-        click.echo(f"unhealthy: cannot reach Redis: {exc}", err=True)
-        sys.exit(1)
+    with reported():
+        app, names = load_app(app_spec), operations.queue_list(queues)
+        try:
+            figures = operations.queue_stats(app, names, needed_by="csjd health")
+        except BackendUnavailable as exc:
+            click.echo(f"unhealthy: cannot reach Redis: {exc}", err=True)
+            sys.exit(1)
     live = operations.live_workers(figures, this_host=this_host)
     for line in reports.health_lines(live, socket.gethostname() if this_host else None):
         click.echo(line)
@@ -221,11 +230,7 @@ def dead_list(queue: str | None, count: int) -> None:
     """List the oldest dead letters."""
     app, command = _dead_app()
     with reported():
-        letters = operations.dead_letters(app, queue, count, needed_by=command)
-    if not letters:
-        click.echo(f"no dead letters in queue {queue or app.distributed.queues[0]}")
-    for letter in letters:
-        click.echo(reports.dead_letter_line(letter))
+        reports.dead_list(app, queue, count, needed_by=f"{command} list", echo=click.echo)
 
 
 @dead.command("show")
@@ -235,10 +240,7 @@ def dead_show(entry_id: str, queue: str | None) -> None:
     """Show one dead letter with its traceback and payload."""
     app, command = _dead_app()
     with reported():
-        letter = operations.dead_letter(app, entry_id, queue, needed_by=command)
-    if letter is None:
-        raise click.ClickException(f"no dead letter {entry_id}")
-    click.echo(json.dumps(letter.to_json(), indent=2))
+        reports.dead_show(app, entry_id, queue, needed_by=f"{command} show", echo=click.echo)
 
 
 @dead.command("requeue")
@@ -250,26 +252,19 @@ def dead_requeue(
     entry_ids: tuple[str, ...], everything: bool, queue: str | None, yes: bool
 ) -> None:
     """Put dead letters back on their queue (attempts reset)."""
+    if not entry_ids and not everything:
+        raise click.UsageError("give dead-letter entry ids or --all")
     app, command = _dead_app()
     with reported():
-        asked = (
-            operations.dead_count(app, queue, needed_by=command) if everything else len(entry_ids)
+        reports.dead_requeue(
+            app,
+            None if everything else entry_ids,
+            queue,
+            confirm=_confirmation(yes),
+            needed_by=f"{command} requeue",
+            echo=click.echo,
+            warn=_to_stderr,
         )
-        if everything and not asked:
-            click.echo("no dead letters to requeue")
-            return
-        if not asked:
-            raise click.UsageError("give dead-letter entry ids or --all")
-        if not yes:
-            click.confirm(f"requeue {asked} dead letter(s)?", abort=True)
-        report = operations.requeue_dead(
-            app, None if everything else entry_ids, queue, needed_by=command
-        )
-    out, errors = reports.requeue_lines(report, asked)
-    for line in errors:
-        click.echo(line, err=True)
-    for line in out:
-        click.echo(line)
 
 
 @dead.command("purge")
@@ -279,13 +274,16 @@ def dead_purge(queue: str | None, yes: bool) -> None:
     """Delete every dead letter of a queue."""
     app, command = _dead_app()
     with reported():
-        count = operations.dead_count(app, queue, needed_by=command)
-        if not count:
-            click.echo(f"no dead letters to purge in queue {queue or app.distributed.queues[0]}")
-            return
-        if not yes:
-            click.confirm(f"delete {count} dead letter(s)?", abort=True)
-        click.echo(f"purged {operations.purge_dead(app, queue, needed_by=command)}")
+        reports.dead_purge(
+            app, queue, confirm=_confirmation(yes), needed_by=f"{command} purge", echo=click.echo
+        )
+
+
+def _confirmation(yes: bool) -> Callable[[str], object]:
+    """Asks before acting (``Aborted!`` and status 1 on no), unless ``--yes``."""
+    if yes:
+        return lambda question: True
+    return lambda question: click.confirm(question, abort=True)
 
 
 main.add_command(dead)

@@ -2,7 +2,7 @@
 `WorkerOptions`, applied to click commands (``csjd worker``, ``flask csjd run``) and to argparse
 parsers (``manage.py csjd_worker``) — and `load_app`.
 
-Only click and the standard library here (no redis), so a front end can use it at import.
+Nothing here imports redis, so a front end can use it at import without the extra.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from csjd_core.app import App
-from csjd_core.limits import MAX_WORKERS
-from csjd_core.operations import WorkerOptions
+from csjd_core.operations import WORKER_BOUNDS, WorkerOptions
 
 __all__ = [
     "WORKER_OPTIONS",
@@ -42,13 +41,24 @@ class Option:
     flag: str
     help: str
     type: type | None = None  # None: a flag
-    minimum: float | None = None
-    maximum: float | None = None
     hidden: bool = False
 
     @property
     def dest(self) -> str:
         return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def minimum(self) -> float | None:
+        """The least value `WorkerOptions` accepts (``None``: no bound, or not parsed here)."""
+        return WORKER_BOUNDS[self.dest][0] if self._bounded else None
+
+    @property
+    def maximum(self) -> float | None:
+        return WORKER_BOUNDS[self.dest][1] if self._bounded else None
+
+    @property
+    def _bounded(self) -> bool:
+        return self.type in (int, float) and self.dest in WORKER_BOUNDS
 
     @property
     def default(self) -> Any:
@@ -57,12 +67,12 @@ class Option:
 
 WORKER_OPTIONS = (
     Option("--queues", "Comma-separated queues to consume (default: the app's).", str),
-    Option("--workers", "Worker threads per process (default: the app's).", int, 1, MAX_WORKERS),
-    Option("--processes", "Worker processes under one supervisor.", int, 1, 256),
+    Option("--workers", "Worker threads per process (default: the app's).", int),
+    Option("--processes", "Worker processes under one supervisor.", int),
     Option("--burst", "Exit when the queues are empty."),
-    Option("--max-jobs", "Recycle a process after N jobs.", int, 1),
+    Option("--max-jobs", "Recycle a process after N jobs.", int),
     Option("--max-memory", "Recycle a process past this RSS (e.g. 512M).", str),
-    Option("--drain-timeout", "Seconds to let in-flight jobs finish after SIGTERM.", float, 0),
+    Option("--drain-timeout", "Seconds to let in-flight jobs finish after SIGTERM.", float),
     Option("--child", "(internal: a supervised child)", hidden=True),
 )
 

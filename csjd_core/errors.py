@@ -28,6 +28,7 @@ __all__ = [
     "SettingsError",
     "StoreCorrupted",
     "StoreFailed",
+    "StoreNotFound",
     "UnknownJobType",
     "describe_error",
     "format_traceback",
@@ -83,6 +84,10 @@ class BackendUnavailable(CSJDError):
 
 class StoreFailed(BackendUnavailable):
     """The durable store could not write a record; the job was not accepted."""
+
+
+class StoreNotFound(CSJDError, FileNotFoundError):
+    """No file store at the given path (neither its snapshot nor its log exists)."""
 
 
 class StoreCorrupted(CSJDError):

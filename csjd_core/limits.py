@@ -33,6 +33,7 @@ __all__ = [
     "is_name",
     "is_text",
     "name_problem",
+    "names",
     "positive_seconds",
     "seconds",
 ]
@@ -105,6 +106,11 @@ def is_text(value: str) -> bool:
 def is_name(value: object) -> bool:
     """True if ``value`` may name a queue, a stream prefix, a group or a consumer."""
     return isinstance(value, str) and NAME_PATTERN.fullmatch(value) is not None
+
+
+def names(text: str) -> list[str]:
+    """The names of a comma-separated list (``"a, b"``: ``["a", "b"]``), unchecked."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def name_problem(value: object, what: str) -> str | None:

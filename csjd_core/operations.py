@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import socket
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,9 +22,15 @@ from typing import TYPE_CHECKING, Any
 from csjd_core.app import App
 from csjd_core.backends.file import FileJobStore
 from csjd_core.dispatcher import Dispatcher
-from csjd_core.errors import CSJDError, DuplicateJob, InvalidConfig, UnknownJobType
+from csjd_core.errors import (
+    CSJDError,
+    DuplicateJob,
+    InvalidConfig,
+    StoreNotFound,
+    UnknownJobType,
+)
 from csjd_core.job import Job, JobState, JobStatus
-from csjd_core.limits import MAX_WORKERS, brief, name_problem, positive_seconds
+from csjd_core.limits import MAX_WORKERS, brief, name_problem, names, seconds
 from csjd_core.metrics import MetricsSnapshot
 from csjd_core.stats import DeadLetter, QueueStats
 from csjd_core.supervisor import EXIT_RECYCLE, supervise
@@ -35,6 +40,8 @@ if TYPE_CHECKING:
     from csjd_core.distributed import RedisDistributedDispatcher
 
 __all__ = [
+    "OPTIONS",
+    "WORKER_BOUNDS",
     "RequeueReport",
     "WorkerOptions",
     "dead_count",
@@ -59,6 +66,19 @@ logger = logging.getLogger("csjd_core.worker")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
 
+#: The `InvalidConfig.owner` of a bad worker option (a command-line usage error).
+OPTIONS = "WorkerOptions"
+
+#: Each numeric worker option's (minimum, maximum or None): `WorkerOptions` checks them, and
+#: the front ends' parsers offer them (`csjd_core.cli_options`).
+WORKER_BOUNDS: dict[str, tuple[float, float | None]] = {
+    "workers": (1, MAX_WORKERS),
+    "processes": (1, 256),
+    "max_jobs": (1, None),
+    "max_memory": (1, None),
+    "drain_timeout": (0, None),
+}
+
 
 def parse_size(text: str) -> int:
     """Bytes from ``"512M"``, ``"2G"``, ``"100000"``.
@@ -74,8 +94,29 @@ def parse_size(text: str) -> int:
 
 
 def queue_list(text: str | None) -> list[str] | None:
-    """Queue names from a command line's ``"a,b"`` (``None`` for none given)."""
-    return [q.strip() for q in text.split(",") if q.strip()] if text else None
+    """Queue names from a command line's ``--queues a,b`` (``None`` for none given).
+
+    Raises:
+        InvalidConfig: a name is not a queue name (naming ``--queues``).
+    """
+    if not text:
+        return None
+    queues = names(text)
+    _check_queues(queues)
+    return queues
+
+
+def _check_queues(queues: Sequence[str]) -> None:
+    for queue in queues:
+        problem = name_problem(queue, "queue")
+        if problem is not None:
+            raise _invalid("queues", problem)
+
+
+def _invalid(field: str, message: str) -> InvalidConfig:
+    """A bad worker option, named as the command line spells it (``--max-jobs``)."""
+    flag = "--" + field.replace("_", "-")
+    return InvalidConfig(f"{flag}: {message}", owner=OPTIONS, field=field)
 
 
 def _rss_bytes() -> int:
@@ -108,33 +149,23 @@ class WorkerOptions:
     drain_timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        def fail(field: str, message: str) -> InvalidConfig:
-            flag = "--" + field.replace("_", "-")
-            return InvalidConfig(f"{flag} {message}", owner="WorkerOptions", field=field)
-
         if self.queues is not None:
-            for queue in self.queues:
-                problem = name_problem(queue, "queue")
-                if problem is not None:
-                    raise fail("queues", problem)
-        for field, minimum, maximum in (
-            ("workers", 1, MAX_WORKERS),
-            ("processes", 1, 256),
-            ("max_jobs", 1, None),
-            ("max_memory", 1, None),
-        ):
+            _check_queues(self.queues)
+        for field, (minimum, maximum) in WORKER_BOUNDS.items():
             value = getattr(self, field)
-            if value is None and field != "processes":
+            if value is None and field not in ("processes", "drain_timeout"):
                 continue
-            if type(value) is not int or value < minimum or (maximum and value > maximum):
-                bound = f"from {minimum} to {maximum}" if maximum else f">= {minimum}"
-                raise fail(field, f"must be an int {bound}, got {brief(value)}")
-        try:
-            object.__setattr__(
-                self, "drain_timeout", positive_seconds(self.drain_timeout, "drain_timeout")
-            )
-        except ValueError as exc:
-            raise fail("drain_timeout", str(exc)) from None
+            if field == "drain_timeout":
+                try:
+                    value = seconds(value, "--drain-timeout")
+                except ValueError as exc:
+                    raise InvalidConfig(str(exc), owner=OPTIONS, field=field) from None
+                object.__setattr__(self, field, value)
+            elif type(value) is not int:
+                raise _invalid(field, f"must be an int, got {brief(value)}")
+            if value < minimum or (maximum is not None and value > maximum):
+                bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+                raise _invalid(field, f"must be {bound}, got {brief(value)}")
 
     @classmethod
     def parse(
@@ -153,9 +184,7 @@ class WorkerOptions:
             try:
                 given["max_memory"] = parse_size(max_memory)
             except ValueError as exc:
-                raise InvalidConfig(
-                    f"--max-memory {exc}", owner="WorkerOptions", field="max_memory"
-                ) from None
+                raise _invalid("max_memory", str(exc)) from None
         return cls(**given)
 
     @property
@@ -216,9 +245,9 @@ def run_workers(
     options: WorkerOptions,
     *,
     child_command: list[str],
+    announce: Callable[[str], object],
     child: bool = False,
     needed_by: str = "csjd worker",
-    announce: Callable[[str], None] | None = None,
 ) -> int:
     """Run workers for ``app`` until a signal (or, with ``burst``, until the queues are empty):
     in this process, or as ``options.processes`` supervised children.
@@ -229,7 +258,7 @@ def run_workers(
         child_command: the command that runs one worker (a child gets ``child_argv()``).
         child: this process is a supervised child.
         needed_by: names the front end's command in errors.
-        announce: where the start-up banner goes (default: standard error).
+        announce: prints the start-up banner (the front end's standard error).
 
     Returns:
         The exit status: 0 after a clean drain, `EXIT_RECYCLE` when a child recycled itself,
@@ -238,18 +267,17 @@ def run_workers(
     Raises:
         RedisModeRequired: the app is not in Redis mode.
     """
-    say = announce or (lambda line: print(line, file=sys.stderr, flush=True))
     in_flight = InFlight()
     dispatcher = worker_dispatcher(
         app, options.queues, options.workers, hooks=(in_flight,), needed_by=needed_by
     )
     if not child and options.supervised:
-        say(_banner(dispatcher, options.processes))
+        announce(_banner(dispatcher, options.processes))
         return supervise(
             options.child_argv(), options.processes, burst=options.burst, command=child_command
         )
     if not child:
-        say(_banner(dispatcher, 1))
+        announce(_banner(dispatcher, 1))
     recycled: list[str] = []
     supervisor = os.getppid()
 
@@ -393,10 +421,6 @@ def purge_dead(app: App, queue: str | None = None, *, needed_by: str = "csjd dea
 
 
 # -- file stores -----------------------------------------------------------------------------
-class StoreNotFound(CSJDError, FileNotFoundError):
-    """No file store at the given path (neither its snapshot nor its log exists)."""
-
-
 def open_store(path: str | os.PathLike[str], *, repair: bool = False) -> FileJobStore:
     """The file store at ``path``, opened (the caller closes it).
 
@@ -440,13 +464,14 @@ def export_store(path: str | os.PathLike[str], *, repair: bool = False) -> list[
         store.close()
 
 
-def run_store(path: str | os.PathLike[str], app: App) -> MetricsSnapshot:
+def run_store(path: str | os.PathLike[str], app: App, *, repair: bool = False) -> MetricsSnapshot:
     """Run a file store's unfinished jobs to the end with ``app``'s handlers, in this process.
 
     Raises:
+        StoreNotFound, JobStoreLocked, StoreCorrupted: see `open_store`.
         UnknownJobType: ``app`` has no handler for some stored job type (nothing runs).
     """
-    statuses = store_jobs(path)
+    statuses = store_jobs(path, repair=repair)  # a repaired log is clean from here on
     missing = sorted({s.type for s in statuses} - set(app.registry.types()))
     if missing:
         raise UnknownJobType(f"{app.name!r} has no handler for the stored job types {missing}")
@@ -458,7 +483,12 @@ def run_store(path: str | os.PathLike[str], app: App) -> MetricsSnapshot:
 
 
 def move_into_redis(
-    path: str | os.PathLike[str], app: App, *, repair: bool = False, batch: int = 500
+    path: str | os.PathLike[str],
+    app: App,
+    *,
+    repair: bool = False,
+    batch: int = 500,
+    needed_by: str = "csjd replay --into-redis",
 ) -> tuple[int, int]:
     """Move a file store's unfinished jobs into ``app``'s Redis queues, each exactly once.
 
@@ -471,31 +501,42 @@ def move_into_redis(
         (moved now, found already in Redis).
 
     Raises:
-        RedisModeRequired: the app is not in Redis mode.
-        QueueFull, BackendUnavailable, InvalidJob: a job could not be admitted; the jobs before
-            it are moved and recorded, it and the rest stay in the store (run it again).
+        RedisModeRequired: the app is not in Redis mode (nothing moved).
+        StoreNotFound, JobStoreLocked, StoreCorrupted: see `open_store` (nothing moved).
+        CSJDError: the move was interrupted (a job could not be admitted: `QueueFull`,
+            `BackendUnavailable`, `InvalidJob`, as its cause); the jobs before it are moved
+            and recorded, it and the rest stay in the store: run it again.
     """
-    dispatcher = worker_dispatcher(app, needed_by="replay --into-redis")
+    app.require_redis(needed_by)
     store = open_store(path, repair=repair)
     moved = already = 0
     try:
-        statuses = [s for s in store.jobs() if s.state is not JobState.RUNNING]
-        for start in range(0, len(statuses), batch):
-            done: list[str] = []
-            try:
-                for status in statuses[start : start + batch]:
-                    job: Job = store.job(status.id)
-                    try:
-                        dispatcher.submit(job)
-                        moved += 1
-                    except DuplicateJob:
-                        already += 1
-                    done.append(job.id)
-            finally:  # also when a submit fails: what reached Redis leaves the store
-                if done:
-                    store.discard(done, "moved to Redis")
-                    store.compact()
+        dispatcher = worker_dispatcher(app, needed_by=needed_by)
+        try:
+            statuses = [s for s in store.jobs() if s.state is not JobState.RUNNING]
+            for start in range(0, len(statuses), batch):
+                done: list[str] = []
+                try:
+                    for status in statuses[start : start + batch]:
+                        job: Job = store.job(status.id)
+                        try:
+                            dispatcher.submit(job)
+                            moved += 1
+                        except DuplicateJob:
+                            already += 1
+                        done.append(job.id)
+                except CSJDError as exc:
+                    raise CSJDError(
+                        f"move interrupted after {moved + already} jobs: {exc}. The jobs moved "
+                        "so far left the store; run the same command again to move the rest "
+                        "(each job lands in Redis once)"
+                    ) from exc
+                finally:  # also when a submit fails: what reached Redis leaves the store
+                    if done:
+                        store.discard(done, "moved to Redis")
+                        store.compact()
+        finally:
+            dispatcher.close()
     finally:
         store.close()
-        dispatcher.close()
     return moved, already

@@ -10,16 +10,22 @@ from collections.abc import Callable, Sequence
 
 from csjd_core import operations
 from csjd_core.app import App
-from csjd_core.errors import CSJDError
+from csjd_core.errors import CSJDError, StoreCorrupted
 from csjd_core.job import JobStatus
 from csjd_core.metrics import MetricsSnapshot
 from csjd_core.operations import RequeueReport
 from csjd_core.stats import DeadLetter, QueueStats
 
 Echo = Callable[[str], object]
+#: Asks the operator; raises to abort (``click.confirm(..., abort=True)``).
+Confirm = Callable[[str], object]
 
 __all__ = [
     "dead_letter_line",
+    "dead_list",
+    "dead_purge",
+    "dead_requeue",
+    "dead_show",
     "health_lines",
     "replay",
     "requeue_lines",
@@ -113,7 +119,8 @@ def stats(app: App, queues: str | None, as_json: bool, *, needed_by: str, echo: 
     stats``), as text or JSON.
 
     Raises:
-        CSJDError: not in Redis mode, or Redis unreachable.
+        InvalidConfig: a bad ``--queues``.
+        RedisModeRequired, BackendUnavailable: see `operations.queue_stats`.
     """
     figures = operations.queue_stats(app, operations.queue_list(queues), needed_by=needed_by)
     if as_json:
@@ -123,7 +130,15 @@ def stats(app: App, queues: str | None, as_json: bool, *, needed_by: str, echo: 
         echo(line)
 
 
-def replay(path: str, app: App | None, action: str, *, repair: bool, echo: Echo) -> None:
+def replay(
+    path: str,
+    app: App | None,
+    action: str,
+    *,
+    repair: bool,
+    echo: Echo,
+    needed_by: str = "csjd replay --into-redis",
+) -> None:
     """Do and print a replay (``csjd replay``, ``manage.py csjd_replay``, ``flask csjd
     replay``): ``action`` is ``"list"``, ``"export"``, ``"run"`` or ``"into-redis"`` (the
     last two with ``app``).
@@ -131,24 +146,94 @@ def replay(path: str, app: App | None, action: str, *, repair: bool, echo: Echo)
     Raises:
         CSJDError: no store, a locked or damaged one, missing handlers, or a move interrupted.
     """
+    try:
+        _replay(path, app, action, repair=repair, echo=echo, needed_by=needed_by)
+    except StoreCorrupted as exc:
+        if repair:
+            raise
+        raise StoreCorrupted(
+            f"{exc} (the --repair option does that)", path=exc.path, offset=exc.offset
+        ) from exc
+
+
+def _replay(
+    path: str, app: App | None, action: str, *, repair: bool, echo: Echo, needed_by: str
+) -> None:
     if action == "into-redis":
         assert app is not None
-        try:
-            moved, already = operations.move_into_redis(path, app, repair=repair)
-        except operations.StoreNotFound:
-            raise
-        except CSJDError as exc:
-            raise CSJDError(
-                f"move interrupted: {exc}. The jobs moved so far left the store; run the same "
-                "command again to move the rest (each job lands in Redis once)"
-            ) from exc
+        moved, already = operations.move_into_redis(path, app, repair=repair, needed_by=needed_by)
         echo(f"moved {moved} jobs into Redis ({already} were already there)")
     elif action == "export":
         for record in operations.export_store(path, repair=repair):
             echo(json.dumps(record))
-    elif action == "run":
-        assert app is not None
-        echo(run_line(operations.run_store(path, app)))
     else:
-        for line in store_lines(path, operations.store_jobs(path, repair=repair)):
+        lines = store_lines(path, operations.store_jobs(path, repair=repair))
+        if action == "run":
+            assert app is not None
+            echo(lines[0])  # what is about to run
+            echo(run_line(operations.run_store(path, app)))
+            return
+        for line in lines:
             echo(line)
+
+
+# -- dead letters: the flows of ``csjd dead``, ``manage.py csjd_dead`` and ``flask csjd dead``
+def dead_list(app: App, queue: str | None, count: int, *, needed_by: str, echo: Echo) -> None:
+    """Print the oldest ``count`` dead letters of ``queue``."""
+    letters = operations.dead_letters(app, queue, count, needed_by=needed_by)
+    if not letters:
+        echo(f"no dead letters in queue {queue or app.distributed.queues[0]}")
+    for letter in letters:
+        echo(dead_letter_line(letter))
+
+
+def dead_show(app: App, entry_id: str, queue: str | None, *, needed_by: str, echo: Echo) -> None:
+    """Print one dead letter with its traceback and payload.
+
+    Raises:
+        CSJDError: there is no such dead letter.
+    """
+    letter = operations.dead_letter(app, entry_id, queue, needed_by=needed_by)
+    if letter is None:
+        raise CSJDError(f"no dead letter {entry_id}")
+    echo(json.dumps(letter.to_json(), indent=2))
+
+
+def dead_requeue(
+    app: App,
+    entry_ids: Sequence[str] | None,
+    queue: str | None,
+    *,
+    confirm: Confirm,
+    needed_by: str,
+    echo: Echo,
+    warn: Echo,
+) -> None:
+    """Requeue dead letters (``entry_ids=None``: all of ``queue``'s) once ``confirm`` agrees;
+    the skipped ones are told to ``warn``."""
+    if entry_ids is None:
+        asked = operations.dead_count(app, queue, needed_by=needed_by)
+        if not asked:
+            echo("no dead letters to requeue")
+            return
+    else:
+        asked = len(entry_ids)
+    confirm(f"requeue {asked} dead letter(s)?")
+    report = operations.requeue_dead(app, entry_ids, queue, needed_by=needed_by)
+    out, errors = requeue_lines(report, asked)
+    for line in errors:
+        warn(line)
+    for line in out:
+        echo(line)
+
+
+def dead_purge(
+    app: App, queue: str | None, *, confirm: Confirm, needed_by: str, echo: Echo
+) -> None:
+    """Delete every dead letter of ``queue`` once ``confirm`` agrees."""
+    count = operations.dead_count(app, queue, needed_by=needed_by)
+    if not count:
+        echo(f"no dead letters to purge in queue {queue or app.distributed.queues[0]}")
+        return
+    confirm(f"delete {count} dead letter(s)?")
+    echo(f"purged {operations.purge_dead(app, queue, needed_by=needed_by)}")

@@ -96,11 +96,11 @@ class Backoff:
     """Exponential backoff with jitter for reconnects and restarts: never a hot loop.
 
     Each failure doubles the step from ``base`` up to ``cap``; a delay is uniform between half
-    and all of the current step; `reset` after a success.
+    and all of the current step (``jitter=False``: the step itself); `reset` after a success.
     """
 
-    def __init__(self, base: float = 0.05, cap: float = 5.0) -> None:
-        self.base, self.cap, self.failures = base, cap, 0
+    def __init__(self, base: float = 0.05, cap: float = 5.0, *, jitter: bool = True) -> None:
+        self.base, self.cap, self.jitter, self.failures = base, cap, jitter, 0
 
     def peek(self) -> float:
         """The current step (the longest delay the next failure may wait)."""
@@ -110,7 +110,7 @@ class Backoff:
         """A delay for this failure; the step grows for the next one."""
         step = self.peek()
         self.failures = min(self.failures + 1, 32)
-        return random.uniform(step / 2, step)
+        return random.uniform(step / 2, step) if self.jitter else step
 
     def sleep(self, stop: Callable[[], bool]) -> None:
         """Wait `next_delay` seconds, in slices, returning early once ``stop()`` is true."""

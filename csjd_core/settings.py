@@ -11,7 +11,7 @@ from csjd_core.app import App, Mode
 from csjd_core.backends.file import FileJobStore
 from csjd_core.config import Config, DistributedConfig, EngineConfig, RedisConfig
 from csjd_core.errors import InvalidConfig, SettingsError
-from csjd_core.limits import brief
+from csjd_core.limits import names
 
 __all__ = ["SETTINGS", "SettingsError", "app_from_settings", "app_options"]
 
@@ -66,19 +66,16 @@ def app_options(settings: Mapping[str, Any], *, hooks: tuple[object, ...] = ()) 
             f"unknown setting; known: {', '.join(PREFIX + k for k in SETTINGS)}",
         )
     try:
-        mode = Mode(values.get("MODE", Mode.INPROCESS))
-    except ValueError:
-        known = ", ".join(repr(str(m)) for m in Mode)
-        raise SettingsError(
-            "CSJD_MODE", f"must be one of {known}, got {brief(values['MODE'])}"
-        ) from None
+        mode = Mode.parse(values.get("MODE", Mode.INPROCESS))
+    except InvalidConfig as exc:
+        raise SettingsError(_setting_of(exc), str(exc)) from None
     config_kwargs: dict[str, Any] = {"hooks": hooks}
     distributed_kwargs: dict[str, Any] = {"hooks": hooks}
     for key, raw in values.items():
         target, field = SETTINGS[key]
         value = raw
         if key == "QUEUES" and isinstance(raw, str):
-            value = tuple(q.strip() for q in raw.split(",") if q.strip())
+            value = tuple(names(raw))
         if target in ("config", "both"):
             config_kwargs[field] = value
         if target in ("distributed", "both"):

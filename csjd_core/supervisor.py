@@ -66,7 +66,8 @@ def supervise(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     children: dict[int, subprocess.Popen[bytes]] = {}
-    backoffs = {slot: Backoff(base=0.5, cap=30.0) for slot in range(processes)}
+    # 0.5, 1, 2 ... 30 s: a supervisor restarts its own children, no herd to spread out.
+    backoffs = {slot: Backoff(base=0.5, cap=30.0, jitter=False) for slot in range(processes)}
     not_before = dict.fromkeys(range(processes), 0.0)
     started_at = dict.fromkeys(range(processes), 0.0)
     finished: set[int] = set()

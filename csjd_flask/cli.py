@@ -20,7 +20,6 @@ from csjd_core.app import App
 from csjd_core.cli import dead as core_dead
 from csjd_core.cli import reported
 from csjd_core.cli_options import worker_options, worker_options_from
-from csjd_core.errors import CSJDError
 from csjd_flask.extension import CSJDState, NotInitialized
 
 __all__ = ["csjd_group", "current_core_app"]
@@ -50,15 +49,6 @@ def _core_app() -> App:
         raise click.ClickException(str(exc)) from exc
 
 
-def _redis_app(command: str) -> App:
-    core = _core_app()
-    try:
-        core.require_redis(f"flask csjd {command}")
-    except CSJDError as exc:
-        raise click.ClickException(str(exc)) from exc
-    return core
-
-
 @csjd_group.command("run")
 @worker_options
 @click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True)
@@ -66,14 +56,19 @@ def _redis_app(command: str) -> App:
 def run(info: ScriptInfo, /, log_level: str, **values: Any) -> None:
     """Consume this app's Redis queues until SIGTERM/SIGINT (the first drains in-flight jobs,
     a second one stops at once). Each job runs inside an application context."""
-    core = _redis_app("run")
+    core = _core_app()
     level = log_level.upper()
     with reported():
         options, child = worker_options_from(values)
     command = _child_command(info, level, needed=not child and options.supervised)
     with _log_to_stderr(level), reported():
         code = operations.run_workers(
-            core, options, child_command=command, child=child, needed_by="flask csjd run"
+            core,
+            options,
+            child_command=command,
+            announce=lambda line: click.echo(line, err=True),
+            child=child,
+            needed_by="flask csjd run",
         )
     if code:
         sys.exit(code)
@@ -149,10 +144,17 @@ def replay(path: str | None, export: bool, run_jobs: bool, into_redis: bool, rep
         raise click.UsageError("give a store PATH or set CSJD_STORE_PATH")
     if sum((export, run_jobs, into_redis)) > 1:
         raise click.UsageError("give at most one of --run, --export, --into-redis")
-    app = _redis_app("replay --into-redis") if into_redis else _core_app() if run_jobs else None
+    app = _core_app() if run_jobs or into_redis else None
     action = "run" if run_jobs else "export" if export else "into-redis" if into_redis else "list"
     with reported():
-        reports.replay(os.fspath(path), app, action, repair=repair, echo=click.echo)
+        reports.replay(
+            os.fspath(path),
+            app,
+            action,
+            repair=repair,
+            echo=click.echo,
+            needed_by="flask csjd replay --into-redis",
+        )
 
 
 @csjd_group.command("stats")
@@ -160,9 +162,8 @@ def replay(path: str | None, export: bool, run_jobs: bool, into_redis: bool, rep
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats(queues: str | None, as_json: bool) -> None:
     """Queue lengths, in flight, scheduled, dead letters, consumers, counters."""
-    app = _redis_app("stats")
     with reported():
-        reports.stats(app, queues, as_json, needed_by="flask csjd stats", echo=click.echo)
+        reports.stats(_core_app(), queues, as_json, needed_by="flask csjd stats", echo=click.echo)
 
 
 @csjd_group.group("dead")
@@ -170,7 +171,7 @@ def stats(queues: str | None, as_json: bool) -> None:
 @with_appcontext
 def dead(ctx: click.Context) -> None:
     """Dead letters of this app's Redis queues: list, show, requeue, purge."""
-    ctx.meta["csjd.dead_app"] = _redis_app("dead")
+    ctx.meta["csjd.dead_app"] = _core_app()
     ctx.meta["csjd.dead_command"] = "flask csjd dead"
 
 

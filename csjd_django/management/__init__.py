@@ -2,25 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from django.core.management.base import CommandError
 
-from csjd_core.errors import CSJDError
+from csjd_core.errors import CSJDError, InvalidConfig
+from csjd_core.operations import OPTIONS
 from csjd_django.app import DjangoApp
 
-__all__ = ["redis_app"]
+__all__ = ["project_app", "redis_app", "reported"]
+
+
+@contextlib.contextmanager
+def reported() -> Iterator[None]:
+    """A `CSJDError` becomes a `CommandError` (its message, status 1); a bad option value
+    (`InvalidConfig` of `operations.OPTIONS`) a usage error, status 2, as argparse gives."""
+    try:
+        yield
+    except InvalidConfig as exc:
+        raise CommandError(str(exc), returncode=2 if exc.owner == OPTIONS else 1) from exc
+    except CSJDError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def project_app() -> DjangoApp:
+    """This project's app, configured from settings."""
+    from csjd_django import app  # noqa: PLC0415 - settings are read on first use
+
+    app.configure_from_settings()
+    return app
 
 
 def redis_app(command: str) -> DjangoApp:
-    """This project's app, configured from settings, which ``command`` needs in Redis mode.
+    """`project_app`, which ``command`` needs in Redis mode (checked before anything starts).
 
     Raises:
         CommandError: naming the command, when CSJD_MODE is not 'redis'.
     """
-    from csjd_django import app  # noqa: PLC0415 - settings are read on first use
-
-    app.configure_from_settings()
-    try:
+    app = project_app()
+    with reported():
         app.require_redis(command)
-    except CSJDError as exc:
-        raise CommandError(str(exc)) from exc
     return app

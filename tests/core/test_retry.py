@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from csjd_core import RetryPolicy
 from csjd_core.limits import MAX_DURATION
+from csjd_core.retry import Backoff
 
 
 def test_defaults() -> None:
@@ -191,3 +192,13 @@ def test_power_that_overflows_alone_while_the_product_fits() -> None:
     policy = RetryPolicy(base_delay=1e-315, factor=10.0, max_delay=1e8, jitter=None)
     assert policy.ceiling(320) == pytest.approx(1e4, rel=1e-6)  # a subnormal base: 1e-8 exact
     assert policy.ceiling(700) == 1e8
+
+
+def test_backoff_doubles_up_to_its_cap_with_or_without_jitter() -> None:
+    fixed = Backoff(base=0.5, cap=30.0, jitter=False)  # the supervisor's restarts
+    assert [fixed.next_delay() for _ in range(8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    fixed.reset()
+    assert fixed.next_delay() == 0.5
+    jittered = Backoff(base=0.5, cap=30.0)
+    for step in (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0):
+        assert step / 2 <= jittered.next_delay() <= step

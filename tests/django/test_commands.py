@@ -79,7 +79,7 @@ def test_checks_report_bad_settings_with_ids() -> None:
     ("argv", "need"),
     [
         (["csjd_stats"], "manage.py csjd_stats works on Redis queues, but CSJD_MODE is"),
-        (["csjd_dead", "list"], "manage.py csjd_dead works on Redis queues, but CSJD_MODE is"),
+        (["csjd_dead", "list"], "manage.py csjd_dead list works on Redis queues, but CSJD_MODE"),
         (["csjd_worker", "--burst"], "manage.py csjd_worker works on Redis queues, but"),
     ],
 )

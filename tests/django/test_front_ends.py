@@ -8,11 +8,14 @@ from typing import Any
 
 import click
 import pytest
+from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import override_settings
 
 from csjd_core.cli import worker as csjd_worker
 from csjd_core.cli_options import WORKER_OPTIONS
-from csjd_core.operations import WorkerOptions
+from csjd_core.errors import InvalidConfig
+from csjd_core.operations import OPTIONS, WORKER_BOUNDS, WorkerOptions
 from csjd_django.management.commands.csjd_worker import Command as DjangoWorker
 from csjd_flask.cli import run as flask_run
 
@@ -47,11 +50,26 @@ def test_the_three_worker_commands_offer_the_same_options_and_defaults() -> None
 
 
 def test_bad_worker_options_are_refused_alike() -> None:
+    # The parsers' bounds are WorkerOptions' own (WORKER_BOUNDS), in every front end.
     for front_end in (csjd_worker, flask_run):
-        option = next(p for p in front_end.params if p.opts[0] == "--processes")
-        assert isinstance(option.type, click.IntRange)
-        assert (option.type.min, option.type.max) == (1, 256)
+        for flag, dest in (("--processes", "processes"), ("--drain-timeout", "drain_timeout")):
+            option = next(p for p in front_end.params if p.opts[0] == flag)
+            assert isinstance(option.type, click.IntRange | click.FloatRange)
+            assert (option.type.min, option.type.max) == WORKER_BOUNDS[dest]
     parser = DjangoWorker().create_parser("manage.py", "csjd_worker")
     for bad in (["--processes", "0"], ["--workers", "100000"], ["--drain-timeout", "-1"]):
         with pytest.raises(CommandError, match="must be"):  # not a SystemExit: a clear error
             parser.parse_args(bad)
+    assert parser.parse_args(["--drain-timeout", "0"]).drain_timeout == 0.0
+    for field, (minimum, _) in WORKER_BOUNDS.items():  # and the library refuses the same
+        with pytest.raises(InvalidConfig, match="must be") as error:
+            WorkerOptions(**{field: minimum - 1})
+        assert (error.value.owner, error.value.field) == (OPTIONS, field)
+
+
+def test_a_value_only_the_library_can_check_is_a_usage_error_in_manage_py() -> None:
+    settings = {"CSJD_MODE": "redis", "CSJD_REDIS_URL": "redis://127.0.0.1:1/0"}
+    with override_settings(**settings), pytest.raises(CommandError) as error:
+        call_command("csjd_worker", "--queues", "a b")
+    assert error.value.returncode == 2  # as argparse's own usage errors
+    assert str(error.value).startswith("--queues: ")

@@ -112,7 +112,12 @@ def test_stats_and_dead_refuse_a_mode_without_redis(make_app: MakeApp) -> None:
     for args in (["stats"], ["dead", "list"], ["dead", "purge", "--yes"]):
         result = invoke(app, *args)
         assert result.exit_code == 1
+        assert f"flask csjd {' '.join(args[:2])} works on Redis queues" in result.output
         assert "CSJD_MODE is 'inprocess'" in result.output
+    for args in (["dead", "--help"], ["dead", "list", "--help"]):  # help is always there
+        shown = invoke(app, *args)
+        assert shown.exit_code == 0, shown.output
+        assert "Usage:" in shown.output
 
 
 def test_dead_letters_list_show_requeue_purge(

@@ -92,6 +92,42 @@ def test_redis_commands_without_the_redis_extra_say_what_to_install(cli: Cli) ->
     for argv in (["worker", APP], ["dead", APP, "list"], ["stats", APP]):
         result = run(*argv)
         assert result.returncode == 1, result.stderr
-        needs = f"Error: csjd {argv[0]} needs the redis extra: pip install 'csjd[redis]'"
+        command = "csjd dead list" if argv[0] == "dead" else f"csjd {argv[0]}"
+        needs = f"Error: {command} needs the redis extra: pip install 'csjd[redis]'"
         assert result.stderr.startswith(needs), result.stderr
         assert "No such command" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_option_values_are_usage_errors_naming_the_option(cli: Cli) -> None:
+    for argv, message in (
+        (["worker", APP, "--workers", "0"], "--workers"),
+        (["worker", APP, "--max-memory", "lots"], "--max-memory: expected a size like 512M"),
+        (["worker", APP, "--max-memory", "0"], "--max-memory: must be >= 1"),
+        (["worker", APP, "--queues", "a b"], "--queues: "),
+        (["stats", APP, "--queues", "a b"], "--queues: "),
+        (["health", APP, "--queues", "a b"], "--queues: "),
+        (["worker", APP, "--drain-timeout", "-1"], "--drain-timeout"),
+    ):
+        result = cli.run(*argv)
+        assert result.returncode == 2, (argv, result.stderr)
+        assert message in result.stderr, (argv, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_drain_timeout_zero_is_accepted(cli: Cli, redis_client: Any) -> None:
+    # 0: stop without waiting (the idle worker threads still alive at that instant make the
+    # report say timed_out, status 1, as before this option was shared).
+    result = cli.run("worker", APP, "--burst", "--drain-timeout", "0")
+    assert result.returncode in (0, 1), result.stderr
+    assert "worker stopped" in result.stderr
+
+
+def test_health_tells_a_wrong_mode_from_an_unreachable_redis(cli: Cli) -> None:
+    wrong_mode = cli.run("health", "opsapp:inprocess")
+    assert wrong_mode.returncode == 1
+    assert "csjd health works on Redis queues, but CSJD_MODE is 'inprocess'" in wrong_mode.stderr
+    assert "cannot reach Redis" not in wrong_mode.stderr
+    down = cli.run("health", APP, env={"CSJD_TEST_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert down.returncode == 1
+    assert "unhealthy: cannot reach Redis" in down.stderr
+    assert "Traceback" not in wrong_mode.stderr + down.stderr

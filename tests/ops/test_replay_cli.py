@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -124,3 +126,48 @@ def test_replay_into_redis_stopped_by_a_full_queue_resumes_exactly_once(
     assert entries == Counter(dict.fromkeys(ids, 1))
     assert hashes == len(ids)
     assert f"{path}: 0 unfinished jobs" in cli.run("replay", path).stdout
+
+
+def test_replay_run_repairs_a_log_damaged_in_the_middle_only_when_asked(
+    cli: Cli, tmp_path: Path
+) -> None:
+    path = tmp_path / "jobs.json"
+    crashed = (  # a process that stores three jobs, one record each, and dies (no compaction)
+        "import os, sys; from csjd_core import FileJobStore, Job; "
+        "s = FileJobStore(sys.argv[1]); s.open(); "
+        "[s.enqueue([Job(i, 'record', {'args': [], 'kwargs': {}})]) for i in ('s0', 's1', 's2')]; "
+        "os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", crashed, str(path)], check=True, timeout=60)
+    log = Path(f"{path}.log")
+    damaged = bytearray(log.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # inside s1's record: not a torn tail
+    log.write_bytes(bytes(damaged))
+
+    refused = cli.run("replay", path, "--run", APP)
+    assert refused.returncode == 1
+    assert "corrupt" in refused.stderr and "--repair" in refused.stderr, refused.stderr
+    assert cli.ran() == Counter()
+
+    repaired = cli.run("replay", path, "--run", APP, "--repair")
+    assert repaired.returncode == 0, repaired.stderr
+    assert f"{path}: 1 unfinished jobs, 1 queued" in repaired.stdout  # what is about to run
+    assert "ran 1 jobs: 1 succeeded" in repaired.stdout
+    assert cli.ran() == Counter({"s0": 1})
+    assert [p for p in tmp_path.iterdir() if ".log.broken-" in p.name]
+
+
+def test_replay_into_redis_refusals_before_anything_moves_are_not_interruptions(
+    cli: Cli, tmp_path: Path
+) -> None:
+    path = tmp_path / "jobs.json"
+    make_store(path, ["s0"])
+    wrong_mode = cli.run("replay", path, "--into-redis", "opsapp:inprocess")
+    assert wrong_mode.returncode == 1
+    assert "csjd replay --into-redis works on Redis queues" in wrong_mode.stderr
+    assert "interrupted" not in wrong_mode.stderr
+    with FileJobStore(path):  # held by another store: locked
+        locked = cli.run("replay", path, "--into-redis", APP)
+    assert locked.returncode == 1
+    assert "locked" in locked.stderr and "interrupted" not in locked.stderr
+    assert f"{path}: 1 unfinished jobs" in cli.run("replay", path).stdout

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from csjd_core import operations, reports
-from csjd_core.errors import CSJDError
-from csjd_django.management import redis_app
+from csjd_core import reports
+from csjd_django.management import project_app, reported
 
 COMMAND = "manage.py csjd_dead"
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
 
 
 class Command(BaseCommand):
@@ -21,57 +26,42 @@ class Command(BaseCommand):
         parser.add_argument("action", choices=["list", "show", "requeue", "purge"])
         parser.add_argument("entry_ids", nargs="*")
         parser.add_argument("--queue", help="Queue (default: the first of CSJD_QUEUES).")
-        parser.add_argument("--count", type=int, default=50, help="list: how many (50).")
+        parser.add_argument("--count", type=_count, default=50, help="list: how many (50).")
         parser.add_argument("--all", action="store_true", help="requeue: every dead letter.")
         parser.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        app = redis_app(COMMAND)
         action, queue, ids = options["action"], options["queue"], options["entry_ids"]
-        default_queue = queue or app.distributed.queues[0]
-        try:
-            if action == "list":
-                letters = operations.dead_letters(app, queue, options["count"], needed_by=COMMAND)
-                if not letters:
-                    self.stdout.write(f"no dead letters in queue {default_queue}")
-                for letter in letters:
-                    self.stdout.write(reports.dead_letter_line(letter))
-            elif action == "show":
-                if len(ids) != 1:
-                    raise CommandError("show takes one dead-letter entry id")
-                letter = operations.dead_letter(app, ids[0], queue, needed_by=COMMAND)
-                if letter is None:
-                    raise CommandError(f"no dead letter {ids[0]}")
-                self.stdout.write(json.dumps(letter.to_json(), indent=2))
-            elif action == "requeue":
-                self._requeue(app, ids, queue, everything=options["all"], yes=options["yes"])
-            else:
-                count = operations.dead_count(app, queue, needed_by=COMMAND)
-                if not count:
-                    self.stdout.write(f"no dead letters to purge in queue {default_queue}")
-                    return
-                self._confirm(f"delete {count} dead letter(s)?", options["yes"])
-                self.stdout.write(f"purged {operations.purge_dead(app, queue, needed_by=COMMAND)}")
-        except CSJDError as exc:
-            raise CommandError(str(exc)) from exc
-
-    def _requeue(
-        self, app: Any, ids: list[str], queue: str | None, *, everything: bool, yes: bool
-    ) -> None:
-        asked = operations.dead_count(app, queue, needed_by=COMMAND) if everything else len(ids)
-        if everything and not asked:
-            self.stdout.write("no dead letters to requeue")
-            return
-        if not asked:
+        if action == "show" and len(ids) != 1:
+            raise CommandError("show takes one dead-letter entry id")
+        if action == "requeue" and not ids and not options["all"]:
             raise CommandError("give dead-letter entry ids or --all")
-        self._confirm(f"requeue {asked} dead letter(s)?", yes)
-        report = operations.requeue_dead(app, None if everything else ids, queue, needed_by=COMMAND)
-        out, errors = reports.requeue_lines(report, asked)
-        for line in errors:
-            self.stderr.write(line)
-        for line in out:
-            self.stdout.write(line)
+        app = project_app()
+        needed_by = f"{COMMAND} {action}"
+        confirm = self._confirmation(options["yes"])
+        echo = self.stdout.write
+        with reported():
+            if action == "list":
+                reports.dead_list(app, queue, options["count"], needed_by=needed_by, echo=echo)
+            elif action == "show":
+                reports.dead_show(app, ids[0], queue, needed_by=needed_by, echo=echo)
+            elif action == "requeue":
+                reports.dead_requeue(
+                    app,
+                    None if options["all"] else ids,
+                    queue,
+                    confirm=confirm,
+                    needed_by=needed_by,
+                    echo=echo,
+                    warn=self.stderr.write,
+                )
+            else:
+                reports.dead_purge(app, queue, confirm=confirm, needed_by=needed_by, echo=echo)
 
-    def _confirm(self, question: str, yes: bool) -> None:
-        if not yes and input(f"{question} [y/N]: ").strip().lower() not in ("y", "yes"):
-            raise CommandError("Aborted")
+    @staticmethod
+    def _confirmation(yes: bool) -> reports.Confirm:
+        def confirm(question: str) -> None:
+            if not yes and input(f"{question} [y/N]: ").strip().lower() not in ("y", "yes"):
+                raise CommandError("Aborted")
+
+        return confirm

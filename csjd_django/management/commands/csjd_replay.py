@@ -7,8 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from csjd_core import reports
-from csjd_core.errors import CSJDError
-from csjd_django.management import redis_app
+from csjd_django.management import project_app, reported
 
 
 class Command(BaseCommand):
@@ -35,27 +34,22 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from django.conf import settings  # noqa: PLC0415
 
-        from csjd_django import app  # noqa: PLC0415
-
         path = options["path"] or getattr(settings, "CSJD_STORE_PATH", None)
         if not path:
             raise CommandError("give a store path or set CSJD_STORE_PATH")
         action = "list"
         if options["into_redis"]:
             action = "into-redis"
-            redis_app("manage.py csjd_replay --into-redis")
         elif options["run"]:
             action = "run"
-            app.configure_from_settings()
         elif options["export"]:
             action = "export"
-        try:
+        with reported():
             reports.replay(
                 str(path),
-                app if action in ("run", "into-redis") else None,
+                project_app() if action in ("run", "into-redis") else None,
                 action,
                 repair=options["repair"],
                 echo=self.stdout.write,
+                needed_by="manage.py csjd_replay --into-redis",
             )
-        except CSJDError as exc:
-            raise CommandError(str(exc)) from exc

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
 from csjd_core import reports
-from csjd_core.errors import CSJDError
-from csjd_django.management import redis_app
+from csjd_django.management import project_app, reported
 
 
 class Command(BaseCommand):
@@ -19,14 +18,11 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        app = redis_app("manage.py csjd_stats")
-        try:
+        with reported():
             reports.stats(
-                app,
+                project_app(),
                 options["queues"],
                 options["json"],
                 needed_by="manage.py csjd_stats",
                 echo=self.stdout.write,
             )
-        except CSJDError as exc:
-            raise CommandError(str(exc)) from exc

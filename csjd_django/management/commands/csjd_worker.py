@@ -5,13 +5,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 from django.utils import autoreload
 
 from csjd_core import operations
 from csjd_core.cli_options import add_worker_arguments, worker_options_from
-from csjd_core.errors import CSJDError
-from csjd_django.management import redis_app
+from csjd_django.management import project_app, redis_app, reported
 
 COMMAND = "manage.py csjd_worker"
 
@@ -29,28 +28,23 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        redis_app(COMMAND)
-        try:
+        redis_app(COMMAND)  # before a reloader starts
+        with reported():
             worker_options, child = worker_options_from(options)
-        except CSJDError as exc:
-            raise CommandError(str(exc)) from exc
         if options["reload"]:
             autoreload.run_with_reloader(self._serve, worker_options, child)
         else:
             self._serve(worker_options, child)
 
     def _serve(self, worker_options: operations.WorkerOptions, child: bool) -> None:
-        from csjd_django import app  # noqa: PLC0415
-
-        try:
+        with reported():
             code = operations.run_workers(
-                app,
+                project_app(),
                 worker_options,
                 child_command=[sys.executable, sys.argv[0], "csjd_worker"],
+                announce=self.stderr.write,
                 child=child,
                 needed_by=COMMAND,
             )
-        except CSJDError as exc:
-            raise CommandError(str(exc)) from exc
         if code:
             sys.exit(code)
