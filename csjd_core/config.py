@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from datetime import timedelta
+from typing import Any, Generic, TypeVar, overload
 from urllib.parse import unquote_plus, urlsplit
 
 from csjd_core.backends.base import Backend
@@ -31,6 +32,36 @@ from csjd_core.limits import (
 from csjd_core.retry import RetryPolicy
 
 __all__ = ["Config", "DistributedConfig", "EngineConfig", "RedisConfig"]
+
+D = TypeVar("D", float, float | None)
+
+
+class Duration(Generic[D]):
+    """A duration field: given as seconds or a `timedelta`, read as plain seconds.
+
+    A data descriptor, so type checkers see both sides: the constructor takes
+    ``float | timedelta`` (what `__set__` accepts) and reading gives ``float`` (what `__get__`
+    returns). The owner's validation (`_Fields.seconds`) stores the converted value.
+    """
+
+    def __init__(self, default: D) -> None:
+        self.default: D = default
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type) -> D: ...
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> D: ...
+    def __get__(self, obj: object | None, objtype: type | None = None) -> D:
+        if obj is None:
+            return self.default  # the dataclass's default
+        value: D = obj.__dict__[self.name]  # seconds, once the owner validated it
+        return value
+
+    def __set__(self, obj: object, value: D | timedelta) -> None:
+        obj.__dict__[self.name] = value
 
 
 class _Fields:
@@ -90,7 +121,7 @@ class _Fields:
         return result
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class EngineConfig:
     """What the engine needs in every mode; `Config` and `DistributedConfig` extend it.
 
@@ -112,10 +143,10 @@ class EngineConfig:
     max_pending_jobs: int = 10_000
     max_detached_handlers: int = 0
     default_max_attempts: int = 3
-    default_timeout: float | None = None
+    default_timeout: Duration[float | None] = Duration(None)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     hooks: Sequence[object] = ()
-    result_ttl: float = 600.0
+    result_ttl: Duration[float] = Duration(600.0)
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
 
     def __post_init__(self) -> None:
@@ -152,7 +183,7 @@ def _retry_policy(value: RetryPolicy | Mapping[str, Any], owner: str) -> RetryPo
     )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Config(EngineConfig):
     """Settings of an in-process `Dispatcher`: the engine's (see `EngineConfig`), and
 
@@ -165,7 +196,7 @@ class Config(EngineConfig):
     max_results: int = 100_000
 
     def __post_init__(self) -> None:
-        EngineConfig.__post_init__(self)  # no zero-argument super() in a slotted dataclass
+        super().__post_init__()
         check = _Fields(self)
         check.integer("max_results", 0)
         if self.store is not None and (
@@ -274,7 +305,7 @@ def _redact_parameter(pair: str) -> str:
     return pair
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class DistributedConfig(EngineConfig):
     """Settings of a `RedisDistributedDispatcher`: the engine's (see `EngineConfig`; here
     ``workers`` defaults to 8 and ``max_pending_jobs``, per queue, to 20,000), and
@@ -303,18 +334,18 @@ class DistributedConfig(EngineConfig):
     group: str = "csjd-workers"
     consumer: str | None = None
     queues: tuple[str, ...] = ("default",)
-    lease: float = 30.0
-    claim_interval: float = 5.0
-    heartbeat_interval: float = 5.0
+    lease: Duration[float] = Duration(30.0)
+    claim_interval: Duration[float] = Duration(5.0)
+    heartbeat_interval: Duration[float] = Duration(5.0)
     max_deliveries: int = 5
-    dedupe_window: float = 600.0
+    dedupe_window: Duration[float] = Duration(600.0)
     max_payload_bytes: int = 1024 * 1024
     max_dead_letters: int = DEFAULT_MAX_DEAD_LETTERS
     prefetch: int | None = None
-    block: float = 1.0
+    block: Duration[float] = Duration(1.0)
 
     def __post_init__(self) -> None:
-        EngineConfig.__post_init__(self)  # no zero-argument super() in a slotted dataclass
+        super().__post_init__()
         check = _Fields(self)
         check.integer("max_deliveries", 1, MAX_ATTEMPTS)
         check.integer("max_payload_bytes", 64, MAX_JOB_BYTES)

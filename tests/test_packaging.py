@@ -21,6 +21,15 @@ USER_CODE = textwrap.dedent(
 
     handle = build.delay("monday")
     reveal_type(handle.result())
+
+    from datetime import timedelta
+
+    from csjd_core import Config
+    from csjd_core.config import DistributedConfig
+
+    Config(default_timeout=timedelta(seconds=5), result_ttl=60)
+    distributed = DistributedConfig(lease=timedelta(minutes=1), block=2.0)
+    reveal_type(distributed.lease)
     """
 )
 
@@ -52,3 +61,7 @@ def test_mypy_checks_user_code_against_the_installed_package(tmp_path: Path) -> 
     # type is the function's.
     assert 'Argument 1 to "delay" of "JobFunction" has incompatible type "str"' in output, output
     assert 'Revealed type is "int"' in output or 'Revealed type is "builtins.int"' in output, output
+    # Durations are given as seconds or a timedelta, and read as seconds.
+    assert "timedelta" not in output, output
+    assert 'Revealed type is "float"' in output or 'Revealed type is "builtins.float"' in output
+    assert "Found 1 error" in output, output  # the delay("monday") above, nothing else

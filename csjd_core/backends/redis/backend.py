@@ -25,7 +25,7 @@ from csjd_core.backends.redis.keys import QueueKeys, Queues
 from csjd_core.backends.redis.maintenance import Maintenance
 from csjd_core.backends.redis.reader import Reader
 from csjd_core.backends.redis.settle import Outcomes
-from csjd_core.config import DistributedConfig, RedisConfig
+from csjd_core.config import DistributedConfig, EngineConfig, RedisConfig
 from csjd_core.errors import BackendUnavailable, DuplicateJob, QueueFull
 from csjd_core.job import Job, JobStatus
 from csjd_core.stats import DeadLetter, QueueStats
@@ -57,7 +57,8 @@ class RedisStreamsBackend(Backend):
         self.connection = Connection(redis_config, config.block)
         self.holdings = Holdings(config.workers, config.prefetch)
         self._dedupe_ms = int(config.dedupe_window * 1000)
-        ttl_ms = int(max(config.result_ttl * 1000, self._dedupe_ms)) or 1
+        engine: EngineConfig = config  # mypy types inherited Duration fields as their input
+        ttl_ms = int(max(engine.result_ttl * 1000, self._dedupe_ms)) or 1
         self.outcomes = Outcomes(self.connection, config, self.consumer, self.holdings, ttl_ms)
         self.reader = Reader(
             self.connection, config, self.consumer, self.queues, self.holdings, self.outcomes
