@@ -37,7 +37,7 @@ class Hooks:
     def after_process(self, job: Job, result: Any, error: BaseException | None) -> None:
         """Called after every attempt with its result or error, before the engine decides
         the outcome (a result after the timeout still fails): for the outcome, see
-        `after_succeeded`, `after_retry_scheduled` and `after_failed`."""
+        `after_attempt`."""
 
     def after_attempt(self, outcome: AttemptOutcome) -> None:
         """Called once per recorded attempt with its `AttemptOutcome` (kind, ``terminal``,

@@ -17,11 +17,10 @@ from csjd_core.limits import (
     MAX_JOB_BYTES,
     MAX_NAME_LENGTH,
     MAX_NESTING,
-    attempts,
     brief,
     is_text,
+    job_options,
     name_problem,
-    positive_seconds,
 )
 
 __all__ = ["Job", "JobState", "JobStatus"]
@@ -289,10 +288,7 @@ def validate_job(job: Job) -> None:
     if job.payload is not None:
         check_json(job.payload, f"payload of job {job.id!r}")
     try:
-        if job.max_attempts is not None:
-            attempts(job.max_attempts, "max_attempts")
-        if job.timeout is not None:
-            positive_seconds(job.timeout, "timeout")
+        job_options(job.max_attempts, job.timeout)
     except ValueError as exc:
         raise InvalidJob(f"{exc} (job id={job_id!r})") from None
     if job.run_at is not None:

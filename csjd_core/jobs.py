@@ -17,9 +17,9 @@ from typing import Any, ClassVar, Generic, Literal, ParamSpec, Protocol, TypeVar
 
 from csjd_core.context import JobContext
 from csjd_core.engine.registry import HandlerFn, HandlerRegistry
-from csjd_core.errors import InvalidJob, JobFailed
+from csjd_core.errors import CSJDError, InvalidJob, JobFailed
 from csjd_core.job import Job, JobState, JobStatus, check_json, validate_job
-from csjd_core.limits import attempts, name_problem, positive_seconds, seconds
+from csjd_core.limits import job_options, name_problem, seconds
 
 __all__ = ["Enqueuer", "JobFunction", "JobHandle", "JobRegistry"]
 
@@ -269,9 +269,7 @@ def _check_job_options(
     Raises:
         ValueError: naming the option and its limit.
     """
-    if max_attempts is not None:
-        attempts(max_attempts, "max_attempts")
-    limit = None if timeout is None else positive_seconds(timeout, "timeout")
+    _, limit = job_options(max_attempts, timeout)
     if queue is not None:
         problem = name_problem(queue, "queue")
         if problem is not None:
@@ -363,9 +361,14 @@ class JobRegistry:
         self.registry.register(type, fn)
 
     def enqueuer(self, job_type: str) -> Enqueuer:
-        """Where jobs of ``job_type`` are enqueued (an `App`: itself).
+        """Where jobs of ``job_type`` are enqueued (an `App`: itself; the Flask extension:
+        the `App` of ``current_app``). A registry of its own has no runtime.
 
         Raises:
-            CSJDError: there is nowhere to enqueue now (Flask: no application context).
+            CSJDError: there is nowhere to enqueue now (no runtime; Flask: no application
+                context).
         """
-        raise NotImplementedError
+        raise CSJDError(
+            f"cannot enqueue {job_type!r}: {type(self).__name__} only defines jobs; define them "
+            "on an App (app.job), or give the registry a runtime by overriding enqueuer()"
+        )

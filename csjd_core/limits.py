@@ -1,8 +1,9 @@
 """Every limit CSJD enforces, in one place: what admission refuses and what records keep.
 
-A value past a limit is refused where it enters (`InvalidJob` at admission, `ValueError` /
-``SettingsError`` in a configuration) with a message naming the limit, so that no value a
-producer chose can kill a background thread, poison a batch or grow a record without bound.
+A value past a limit is refused where it enters (`InvalidJob` at admission, `InvalidConfig` in
+a configuration, `SettingsError` in ``CSJD_*`` settings) with a message naming the limit, so
+that no value a producer chose can kill a background thread, poison a batch or grow a record
+without bound.
 docs/limits.md lists them with the errors a user sees.
 """
 
@@ -32,6 +33,7 @@ __all__ = [
     "clip_traceback",
     "is_name",
     "is_text",
+    "job_options",
     "name_problem",
     "names",
     "positive_seconds",
@@ -196,3 +198,18 @@ def attempts(value: object, name: str) -> int:
             f"(csjd_core.limits.MAX_ATTEMPTS), got {brief(value)}"
         )
     return value
+
+
+def job_options(
+    max_attempts: object, timeout: float | timedelta | None
+) -> tuple[int | None, float | None]:
+    """A job's ``max_attempts`` and ``timeout`` (in seconds), as admission checks them: at
+    admission, in ``@job(...)`` and in a Django task's options.
+
+    Raises:
+        ValueError: naming the option and its limit.
+    """
+    return (
+        None if max_attempts is None else attempts(max_attempts, "max_attempts"),
+        None if timeout is None else positive_seconds(timeout, "timeout"),
+    )

@@ -20,7 +20,7 @@ from csjd_core.context import JobContext
 from csjd_core.engine.outcome import AttemptOutcome, OutcomeKind
 from csjd_core.errors import InvalidJob, JobNotFound
 from csjd_core.job import Job, JobState, JobStatus, check_json
-from csjd_core.limits import attempts, positive_seconds
+from csjd_core.limits import job_options
 from csjd_django.compat import (
     BaseTaskBackend,
     InvalidTaskError,
@@ -235,10 +235,10 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
         result.worker_ids.extend(["csjd"] * attempt)  # TaskContext.attempt counts these
         return result
 
-    def finished(self, outcome: AttemptOutcome) -> None:
-        """Send ``task_finished`` for a task the engine has decided ended (its last attempt's
-        outcome, ``terminal``); a retried attempt sends nothing: Django's model has no
-        "retrying" state."""
+    def attempt_recorded(self, outcome: AttemptOutcome) -> None:
+        """Every recorded attempt of one of this backend's tasks: send ``task_finished`` when
+        the engine decided the task ended (``terminal``); a retried attempt sends nothing:
+        Django's model has no "retrying" state."""
         job = outcome.job
         running = getattr(_running, "current", None)
         _running.current = None
@@ -281,10 +281,7 @@ def _task_options(max_attempts: Any, timeout: Any, where: str) -> tuple[int | No
         InvalidTaskError: naming ``where`` and the limit.
     """
     try:
-        return (
-            None if max_attempts is None else attempts(max_attempts, "max_attempts"),
-            None if timeout is None else positive_seconds(timeout, "timeout"),
-        )
+        return job_options(max_attempts, timeout)
     except ValueError as exc:
         raise InvalidTaskError(f"{where}: {exc}") from None
 

@@ -30,7 +30,7 @@ class CloseOldConnections(Hooks):
 
 
 class _TaskBackend(Protocol):
-    def finished(self, outcome: AttemptOutcome) -> None: ...
+    def attempt_recorded(self, outcome: AttemptOutcome) -> None: ...
 
 
 #: Job type -> the `CSJDBackend` that runs that task (filled as tasks are validated; this module
@@ -46,4 +46,4 @@ class TaskSignals(Hooks):
     def after_attempt(self, outcome: AttemptOutcome) -> None:
         backend = TASK_BACKENDS.get(outcome.job.type)
         if backend is not None:
-            backend.finished(outcome)
+            backend.attempt_recorded(outcome)

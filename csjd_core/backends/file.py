@@ -153,6 +153,7 @@ class FileJobStore(MemoryBackend):
                 try:
                     logged = list(self._wal.open(fmt.TYPES, self._snapshot_seq, self.repair))
                     fmt.replay(jobs, logged)
+                    del logged  # every record of the log: free it before building the jobs
                 except fmt.BadRecord as bad:
                     raise self._undecodable(bad.offset, bad.__cause__ or bad) from bad
                 entries = [self._entry(job) for job in jobs.values()]

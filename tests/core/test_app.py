@@ -16,12 +16,14 @@ import pytest
 from csjd_core import (
     App,
     Config,
+    CSJDError,
     DuplicateJob,
     InvalidJob,
     JobContext,
     JobFailed,
     JobHandle,
     JobNotFound,
+    JobRegistry,
     JobState,
     RetryPolicy,
 )
@@ -571,3 +573,15 @@ def test_every_attempt_gets_the_payload_as_submitted(make_app: Callable[..., App
     handle.result(timeout=DEADLINE)
     app.stop(timeout=DEADLINE)
     assert seen == [["original"], ["original"]]
+
+
+def test_a_registry_without_a_runtime_says_where_to_define_jobs() -> None:
+    registry = JobRegistry()
+
+    @registry.job("reports.build")
+    def build(day: int) -> int:
+        return day
+
+    with pytest.raises(CSJDError, match="only defines jobs; define them on an App"):
+        build.delay(1)
+    assert build(2) == 2  # still a plain function

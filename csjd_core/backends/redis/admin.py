@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis
 
 from csjd_core.backends.redis import codec
 from csjd_core.backends.redis.connection import REDIS_DOWN, Connection
-from csjd_core.backends.redis.keys import Queues
+from csjd_core.backends.redis.keys import QueueKeys, Queues
 from csjd_core.config import DistributedConfig
 from csjd_core.errors import BackendUnavailable, DuplicateJob, InvalidJob
 from csjd_core.job import JobStatus
@@ -120,9 +121,18 @@ class Admin:
     def dead_letter(self, entry_id: str, queue: str | None = None) -> DeadLetter | None:
         """One dead letter of ``queue`` by its entry id, or ``None``."""
         keys = self.queues.keys_for(queue)
+        fields = self._dead_fields(keys, entry_id)
+        return None if fields is None else codec.dead_letter(keys.name, entry_id, fields)
+
+    def _dead_fields(self, keys: QueueKeys, entry_id: str) -> dict[Any, Any] | None:
+        """The raw fields of one dead letter, or ``None``.
+
+        Raises:
+            InvalidJob: ``entry_id`` is not a stream entry id.
+        """
         codec.check_entry_id(entry_id)
         rows = self.connection.client.xrange(keys.dead, entry_id, entry_id)
-        return codec.dead_letter(keys.name, entry_id, rows[0][1]) if rows else None
+        return (rows[0][1] or {}) if rows else None
 
     def requeue_dead(self, entry_id: str, queue: str | None = None) -> bool:
         """Put one dead letter back on its queue as a fresh job.
@@ -132,16 +142,15 @@ class Admin:
             InvalidJob: the dead letter has no job id or data (a poison entry).
         """
         keys = self.queues.keys_for(queue)
-        codec.check_entry_id(entry_id)
-        rows = self.connection.client.xrange(keys.dead, entry_id, entry_id)
-        if not rows:
+        fields = self._dead_fields(keys, entry_id)
+        if fields is None:
             return False
-        f = {codec.text(k): codec.text(v) for k, v in (rows[0][1] or {}).items()}
+        f = {codec.text(k): codec.text(v) for k, v in fields.items()}
         if not f.get("id") or not f.get("d"):
             raise InvalidJob(f"dead letter {entry_id} has no job to requeue ({f.get('error')})")
         code = self.connection.run(
             "requeue_dead",
-            [keys.stream, keys.dead, keys.pending, keys.job(f["id"])],
+            keys.requeue(f["id"]),
             [entry_id, f["id"], f["d"]],
         )
         if code == -1:

@@ -88,7 +88,7 @@ class RedisStreamsBackend(Backend):
     @property
     def deleted_entries(self) -> int:
         """Pending entries found without their stream entry (counted, logged)."""
-        return self.reader.deleted_entries
+        return self.holdings.deleted_entries
 
     def keys_for(self, queue: str | None) -> QueueKeys:
         """The keys of ``queue`` (``None``: the default queue)."""
@@ -96,8 +96,8 @@ class RedisStreamsBackend(Backend):
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self, settings: BackendSettings) -> int:
-        """Remember the settings; connections are made on first use."""
-        self.reader.default_max_attempts = settings.default_max_attempts
+        """Take the engine's lost-claim callback; connections are made on first use (the
+        other settings are this backend's `DistributedConfig`'s own)."""
         self.outcomes.on_lost = settings.on_lost_claim
         return 0
 
@@ -148,24 +148,20 @@ class RedisStreamsBackend(Backend):
     # -- admission -------------------------------------------------------------------------
     def encode(self, job: Job) -> str:
         """The wire form of a job (the stream entry's ``d`` field)."""
-        return codec.encode(job, self.reader.default_max_attempts, self.config.max_payload_bytes)[0]
+        return codec.encode(job, self.config.default_max_attempts, self.config.max_payload_bytes)[0]
 
     def enqueue(self, jobs: Sequence[Job]) -> None:
         """Admit ``jobs`` (all in one queue) in one round trip (see enqueue.lua)."""
         keys = self.queues.keys_for(jobs[0].queue)
         args: list[Any] = [self.config.max_pending_jobs, self._dedupe_ms]
-        job_keys = []
-        default_attempts = self.reader.default_max_attempts
+        default_attempts = self.config.default_max_attempts
         max_payload = self.config.max_payload_bytes
         for job in jobs:
             data, max_attempts = codec.encode(job, default_attempts, max_payload)
             args += [job.id, data, codec.run_at_ms(job), max_attempts]
-            job_keys.append(keys.job(job.id))
         display = self.redis_config.display
         try:
-            reply = self.connection.run(
-                "enqueue", [keys.stream, keys.delayed, keys.pending, *job_keys], args
-            )
+            reply = self.connection.run("enqueue", keys.enqueue(job.id for job in jobs), args)
         except NotSent as exc:
             raise BackendUnavailable(
                 f"Redis at {display} unreachable ({exc}); the job was not enqueued"

@@ -4,6 +4,7 @@ Pure functions: no connection, no state."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -20,7 +21,7 @@ from csjd_core.job import (
     validate_job,
 )
 from csjd_core.limits import clip_text, clip_traceback
-from csjd_core.stats import DeadLetter
+from csjd_core.stats import DeadLetter, QueueCounters
 
 __all__ = [
     "COUNTERS",
@@ -39,8 +40,8 @@ __all__ = [
     "text",
 ]
 
-#: The counters a queue's stats hash holds.
-COUNTERS = frozenset(("processed", "succeeded", "retried", "failed"))
+#: The counters a queue's stats hash holds (settle.lua and reclaim.lua count them).
+COUNTERS = frozenset(f.name for f in dataclasses.fields(QueueCounters))
 
 _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 

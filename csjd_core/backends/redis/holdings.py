@@ -35,6 +35,7 @@ class Holdings:
         # reader cycles, it records them in the same pipeline as its next read.
         self.acks: deque[tuple[Delivery, dict[str, Any]]] = deque()
         self.pipelining = False
+        self.deleted_entries = 0  # pending entries whose stream entry was gone (counted, logged)
         self.consuming = False
         self.stopping = False
         self._want = max(workers, prefetch or 0)
@@ -46,6 +47,10 @@ class Holdings:
         round trip are done (their workers are idle again).
         """
         return self._want - (len(self.owned) - len(self.acks))
+
+    def requeue_acks(self, acks: list[tuple[Delivery, dict[str, Any]]]) -> None:
+        """Put back queued successes a round trip could not record, first in line, in order."""
+        self.acks.extendleft(reversed(acks))
 
     def ring(self) -> None:
         """Wake the reader if it waits for room or for successes to record."""

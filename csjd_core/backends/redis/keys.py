@@ -3,10 +3,15 @@ Redis Cluster hash tag (``csjd:jobs:{q}...``): every key of one queue lives in o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
 from csjd_core.errors import InvalidJob
 from csjd_core.limits import name_problem
 
-__all__ = ["QueueKeys", "Queues"]
+__all__ = ["QueueKeys", "Queues", "by_queue"]
+
+T = TypeVar("T")
 
 
 class QueueKeys:
@@ -45,9 +50,38 @@ class QueueKeys:
         """A consumer's heartbeat key."""
         return self.heartbeat_prefix + consumer
 
+    # The KEYS of each script that takes more than the stream (see its header in lua/).
+    def enqueue(self, job_ids: Iterable[str]) -> list[str]:
+        """enqueue.lua: stream, delayed set, pending counter, then each job's record."""
+        return [self.stream, self.delayed, self.pending, *map(self.job, job_ids)]
+
     def settle(self) -> list[str]:
-        """settle.lua's KEYS: stream, delayed set, pending counter, dead letters, stats."""
+        """settle.lua (before each op's job record): stream, delayed set, pending counter,
+        dead letters, stats."""
         return [self.stream, self.delayed, self.pending, self.dead, self.stats]
+
+    def promote(self) -> list[str]:
+        """promote.lua: stream, delayed set."""
+        return [self.stream, self.delayed]
+
+    def reclaim(self) -> list[str]:
+        """reclaim.lua: stream, pending counter, dead letters, stats."""
+        return [self.stream, self.pending, self.dead, self.stats]
+
+    def requeue(self, job_id: str) -> list[str]:
+        """requeue_dead.lua: stream, dead letters, pending counter, the job's record."""
+        return [self.stream, self.dead, self.pending, self.job(job_id)]
+
+
+def by_queue(
+    items: Iterable[T], keys_of: Callable[[T], QueueKeys]
+) -> list[tuple[QueueKeys, list[T]]]:
+    """``items`` grouped by queue, in first-seen order: a script call is one queue's (slot's)."""
+    groups: dict[str, tuple[QueueKeys, list[T]]] = {}
+    for item in items:
+        keys = keys_of(item)
+        groups.setdefault(keys.name, (keys, []))[1].append(item)
+    return list(groups.values())
 
 
 class Queues:

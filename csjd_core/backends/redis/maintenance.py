@@ -16,7 +16,7 @@ from csjd_core.backends.base import Delivery
 from csjd_core.backends.redis import codec
 from csjd_core.backends.redis.connection import REDIS_DOWN, Connection
 from csjd_core.backends.redis.holdings import Holdings
-from csjd_core.backends.redis.keys import Queues
+from csjd_core.backends.redis.keys import Queues, by_queue
 from csjd_core.backends.redis.reader import Reader
 from csjd_core.config import DistributedConfig
 from csjd_core.retry import Backoff
@@ -65,7 +65,7 @@ class Maintenance:
                     if now >= next_promote[name]:
                         moved, wait_ms = self.connection.run(
                             "promote",
-                            [keys.stream, keys.delayed],
+                            keys.promote(),
                             [keys.job_prefix, _PROMOTE_BATCH],
                         )
                         full = moved >= _PROMOTE_BATCH
@@ -125,12 +125,8 @@ class Maintenance:
 
     def renew(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Fenced lease renewal (renew.lua); False where the entry was lost."""
-        by_queue: dict[str, list[Delivery]] = {}
-        for d in deliveries:
-            by_queue.setdefault(d.ref[0].name, []).append(d)
         flags: dict[str, bool] = {}
-        for group in by_queue.values():
-            keys = group[0].ref[0]
+        for keys, group in by_queue(deliveries, lambda d: d.ref[0]):
             args: list[Any] = [self.config.group, self.consumer]
             for d in group:
                 args += [d.ref[1], d.token]
@@ -153,7 +149,7 @@ class Maintenance:
                     break
                 next_cursor, claimed, deleted, dead = self.connection.run(
                     "reclaim",
-                    [keys.stream, keys.pending, keys.dead, keys.stats],
+                    keys.reclaim(),
                     [
                         config.group,
                         self.consumer,
@@ -167,7 +163,7 @@ class Maintenance:
                     ],
                 )
                 if deleted:
-                    self.reader.deleted_entries += len(deleted)
+                    self.holdings.deleted_entries += len(deleted)
                     logger.warning(
                         "reclaimer dropped pending entries whose data was deleted "
                         "queue=%s count=%d",

@@ -17,8 +17,8 @@ from csjd_core.backends.base import Delivery
 from csjd_core.backends.redis import codec
 from csjd_core.backends.redis.connection import REDIS_DOWN, Connection
 from csjd_core.backends.redis.holdings import Holdings
-from csjd_core.backends.redis.keys import QueueKeys, Queues
-from csjd_core.backends.redis.settle import Ack, Outcomes
+from csjd_core.backends.redis.keys import QueueKeys, Queues, by_queue
+from csjd_core.backends.redis.settle import Outcomes
 from csjd_core.config import DistributedConfig
 from csjd_core.job import Job
 from csjd_core.retry import Backoff
@@ -49,13 +49,10 @@ class Reader:
         self.queues = queues
         self.holdings = holdings
         self.outcomes = outcomes
-        #: ``default_max_attempts`` of the engine (set when the backend is opened).
-        self.default_max_attempts = 3
         #: Set once our own pending list was read; the reclaimer waits for it, or the entries
         #: it claims into that list would be read (and started) a second time.
         self.own_pending_read = threading.Event()
         self.read_calls = 0
-        self.deleted_entries = 0  # PEL entries whose stream entry was gone (counted, logged)
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> None:
@@ -153,11 +150,8 @@ class Reader:
             )
             for keys in reads
         ]
-        settles: dict[str, list[Ack]] = {}
-        for item in acks:
-            settles.setdefault(item[0].ref[0].name, []).append(item)
-        for group in settles.values():
-            keys = group[0][0].ref[0]
+        settles = by_queue(acks, lambda ack: ack[0].ref[0])
+        for keys, group in settles:
             script_keys, args, _ = self.outcomes.arguments(keys, [op for _, op in group])
             commands.append(evalsha("settle", script_keys, args))
         got = False
@@ -174,7 +168,7 @@ class Reader:
                 if flat:
                     got = True
                     self._take_started(keys, flat)
-            for group in settles.values():
+            for _, group in settles:
                 try:
                     reply = conn.read_response()
                 except redis.ResponseError as exc:
@@ -183,8 +177,8 @@ class Reader:
                 self.outcomes.settled(group, reply)
         except BaseException:
             conn.disconnect()
-            for group in list(settles.values())[settled:]:  # recorded on the next cycle
-                self.holdings.acks.extendleft(reversed(group))
+            for _, group in settles[settled:]:  # recorded on the next cycle
+                self.holdings.requeue_acks(group)
             raise
         finally:
             pool.release(conn)
@@ -253,7 +247,7 @@ class Reader:
         for raw_id, fields in entries:
             entry_id = codec.text(raw_id)
             if not fields:  # a PEL entry whose stream entry was deleted (None or {})
-                self.deleted_entries += 1
+                self.holdings.deleted_entries += 1
                 logger.warning(
                     "pending entry without data acked queue=%s entry=%s", keys.name, entry_id
                 )
@@ -283,7 +277,7 @@ class Reader:
             if code == -1:
                 self.outcomes.poison(keys, entry_id, job.id, data, _NO_RECORD)
             elif code == 1:
-                max_attempts = job.max_attempts or self.default_max_attempts
+                max_attempts = job.max_attempts or self.config.default_max_attempts
                 fresh.append(
                     Delivery(job, int(attempts), max_attempts, int(deliveries), (keys, entry_id))
                 )
@@ -315,7 +309,7 @@ class Reader:
             elif attempts == -1:
                 self.outcomes.poison(keys, entry_id, job.id, data, _NO_RECORD)
             else:  # read with '>': delivered once, so the fencing token is 1
-                max_attempts = job.max_attempts or self.default_max_attempts
+                max_attempts = job.max_attempts or self.config.default_max_attempts
                 fresh.append(Delivery(job, attempts, max_attempts, 1, (keys, entry_id)))
         self._hand_over(fresh)
 
@@ -337,11 +331,8 @@ class Reader:
 
     def release(self, deliveries: list[Delivery]) -> None:
         """Hand back deliveries read but never run."""
-        by_queue: dict[str, list[Delivery]] = {}
-        for d in deliveries:
-            by_queue.setdefault(d.ref[0].name, []).append(d)
-        for group in by_queue.values():
-            self.hand_back(group[0].ref[0], [(d.ref[1], d.job.id) for d in group])
+        for keys, group in by_queue(deliveries, lambda d: d.ref[0]):
+            self.hand_back(keys, [(d.ref[1], d.job.id) for d in group])
             self.holdings.drop(group)
 
     def hand_back(self, keys: QueueKeys, entries: list[tuple[str, str]]) -> None:

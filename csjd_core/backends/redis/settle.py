@@ -18,7 +18,7 @@ from csjd_core.backends.base import AttemptError, Delivery
 from csjd_core.backends.redis import codec
 from csjd_core.backends.redis.connection import REDIS_DOWN, Connection
 from csjd_core.backends.redis.holdings import Holdings
-from csjd_core.backends.redis.keys import QueueKeys
+from csjd_core.backends.redis.keys import QueueKeys, by_queue
 from csjd_core.config import DistributedConfig
 from csjd_core.retry import Backoff
 
@@ -196,12 +196,8 @@ class Outcomes:
         return script_keys, args, order
 
     def _flush(self, batch: list[list[Any]]) -> list[Any]:
-        by_queue: dict[str, list[int]] = {}
-        for index, (keys, _, _) in enumerate(batch):
-            by_queue.setdefault(keys.name, []).append(index)
         results: list[Any] = [0] * len(batch)
-        for indexes in by_queue.values():
-            keys = batch[indexes[0]][0]
+        for keys, indexes in by_queue(range(len(batch)), lambda i: batch[i][0]):
             script_keys, args, order = self.arguments(keys, [batch[i][1] for i in indexes])
             reply = self.connection.run("settle", script_keys, args)
             for i, flag in zip(order, reply, strict=True):
@@ -212,7 +208,7 @@ class Outcomes:
         """Take the reply of a pipelined settle.lua call for the queued successes ``group``."""
         if isinstance(reply, NoScriptError):
             self.connection.load_scripts()  # Redis restarted without them: again next cycle
-            self.holdings.acks.extendleft(reversed(group))
+            self.holdings.requeue_acks(group)
             return
         if isinstance(reply, Exception):
             logger.error("could not record outcomes; the attempts lost their claim error=%s", reply)
