@@ -209,6 +209,8 @@ class CSJD:
         logger.debug("csjd initialised app=%s mode=%s jobs=%d", app.name, core.mode, len(core.jobs))
 
     # -- the decorator ---------------------------------------------------------------------
+    # `JobRegistry.job`'s overloads, restated only for their return type (FlaskJobFunction):
+    # typing cannot make the job class a parameter of a ParamSpec-generic decorator.
     @overload
     def job(
         self,
