@@ -40,6 +40,12 @@ class Proc:
         self.err_path = directory / f"{name}.err"
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
             # A session of its own: a test can signal its whole process group, like a terminal.
+            # And SIGINT as a terminal leaves it: a shell starts background jobs (a CI script
+            # run with `&`) with SIGINT ignored, which a child inherits, and Python then never
+            # raises KeyboardInterrupt. A handler in this process is reset to the default in
+            # the child.
+            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
             self.popen = subprocess.Popen(
                 argv,
                 cwd=OPS_DIR,
