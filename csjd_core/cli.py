@@ -252,8 +252,8 @@ def dead_requeue(
     entry_ids: tuple[str, ...], everything: bool, queue: str | None, yes: bool
 ) -> None:
     """Put dead letters back on their queue (attempts reset)."""
-    if not entry_ids and not everything:
-        raise click.UsageError("give dead-letter entry ids or --all")
+    if bool(entry_ids) == everything:
+        raise click.UsageError("give dead-letter entry ids or --all (not both)")
     app, command = _dead_app()
     with reported():
         reports.dead_requeue(

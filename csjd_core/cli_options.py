@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -69,7 +70,7 @@ WORKER_OPTIONS = (
     Option("--queues", "Comma-separated queues to consume (default: the app's).", str),
     Option("--workers", "Worker threads per process (default: the app's).", int),
     Option("--processes", "Worker processes under one supervisor.", int),
-    Option("--burst", "Exit when the queues are empty."),
+    Option("--burst", "Exit once no job is left (queued, scheduled or running)."),
     Option("--max-jobs", "Recycle a process after N jobs.", int),
     Option("--max-memory", "Recycle a process past this RSS (e.g. 512M).", str),
     Option("--drain-timeout", "Seconds to let in-flight jobs finish after SIGTERM.", float),
@@ -165,8 +166,10 @@ def load_app(spec: str) -> App:
         sys.path.insert(0, os.getcwd())  # like `flask --app` and `celery -A`
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="APP") from exc
+    except Exception as exc:  # the app's own import failed: say where, not click's traceback
+        raise click.BadParameter(
+            f"cannot import {module_name!r}: {_error_at(exc)}", param_hint="APP"
+        ) from exc
     target: Any = module
     for part in attr.split("."):
         try:
@@ -176,10 +179,23 @@ def load_app(spec: str) -> App:
                 f"module {module_name!r} has no attribute {attr!r}", param_hint="APP"
             ) from None
     if not isinstance(target, App) and callable(target):
-        target = target()
+        try:
+            target = target()
+        except Exception as exc:
+            raise click.BadParameter(
+                f"{spec}() (an App factory, called without arguments) raised {_error_at(exc)}",
+                param_hint="APP",
+            ) from exc
     if not isinstance(target, App):
         raise click.BadParameter(
             f"{spec} is {type(target).__name__}, not a csjd_core.App (or a factory of one)",
             param_hint="APP",
         )
     return target
+
+
+def _error_at(exc: BaseException) -> str:
+    """An error raised while importing the user's code, with where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"

@@ -54,6 +54,7 @@ __all__ = [
     "parse_size",
     "purge_dead",
     "queue_list",
+    "queue_option",
     "queue_stats",
     "redis_queues",
     "requeue_dead",
@@ -106,11 +107,22 @@ def queue_list(text: str | None) -> list[str] | None:
     return queues
 
 
-def _check_queues(queues: Sequence[str]) -> None:
+def _check_queues(queues: Sequence[str], field: str = "queues") -> None:
     for queue in queues:
         problem = name_problem(queue, "queue")
         if problem is not None:
-            raise _invalid("queues", problem)
+            raise _invalid(field, problem)
+
+
+def queue_option(queue: str | None) -> str | None:
+    """A command line's ``--queue NAME`` (``None``: the app's default queue).
+
+    Raises:
+        InvalidConfig: not a queue name (naming ``--queue``).
+    """
+    if queue is not None:
+        _check_queues([queue], "queue")
+    return queue
 
 
 def _invalid(field: str, message: str) -> InvalidConfig:
@@ -272,12 +284,12 @@ def run_workers(
         app, options.queues, options.workers, hooks=(in_flight,), needed_by=needed_by
     )
     if not child and options.supervised:
-        announce(_banner(dispatcher, options.processes))
+        announce(_banner(dispatcher, options.processes, needed_by))
         return supervise(
             options.child_argv(), options.processes, burst=options.burst, command=child_command
         )
     if not child:
-        announce(_banner(dispatcher, 1))
+        announce(_banner(dispatcher, 1, needed_by))
     recycled: list[str] = []
     supervisor = os.getppid()
 
@@ -308,10 +320,10 @@ def run_workers(
     return 0 if report.clean else 1
 
 
-def _banner(dispatcher: RedisDistributedDispatcher, processes: int) -> str:
+def _banner(dispatcher: RedisDistributedDispatcher, processes: int, command: str) -> str:
     config = dispatcher.config
     return (
-        f"csjd worker: queues={','.join(config.queues)} processes={processes} "
+        f"{command}: queues={','.join(config.queues)} processes={processes} "
         f"workers={config.workers} group={config.group} redis={dispatcher.redis_config.display} "
         f"types={','.join(dispatcher.registry.types()) or '-'}"
     )
@@ -474,7 +486,10 @@ def run_store(path: str | os.PathLike[str], app: App, *, repair: bool = False) -
     statuses = store_jobs(path, repair=repair)  # a repaired log is clean from here on
     missing = sorted({s.type for s in statuses} - set(app.registry.types()))
     if missing:
-        raise UnknownJobType(f"{app.name!r} has no handler for the stored job types {missing}")
+        raise UnknownJobType(
+            f"no handler for the stored job types {missing}; the app registers "
+            f"{app.registry.types() or 'none'} (nothing was run)"
+        )
     store = FileJobStore(os.fspath(path))
     dispatcher = Dispatcher(dataclasses.replace(app.config, store=store), registry=app.registry)
     with dispatcher:

@@ -83,9 +83,9 @@ def dead_letter_line(letter: DeadLetter) -> str:
     )
 
 
-def requeue_lines(report: RequeueReport, asked: int) -> tuple[list[str], list[str]]:
+def requeue_lines(report: RequeueReport, asked: int, queue: str) -> tuple[list[str], list[str]]:
     """``csjd dead requeue``: (lines for standard output, lines for standard error)."""
-    errors = [f"skipped {entry_id}: {why}" for entry_id, why in report.skipped]
+    errors = [f"skipped {entry_id} (queue {queue}): {why}" for entry_id, why in report.skipped]
     return [f"requeued {len(report.requeued)} of {asked}"], errors
 
 
@@ -93,7 +93,7 @@ def store_lines(path: str, statuses: Sequence[JobStatus]) -> list[str]:
     """``csjd replay PATH``: the counts per state, then the first jobs."""
     counts = Counter(str(s.state) for s in statuses)
     lines = [
-        f"{path}: {len(statuses)} unfinished jobs"
+        f"{path}: {_count(len(statuses), 'unfinished job')}"
         + "".join(f", {n} {state}" for state, n in sorted(counts.items()))
     ]
     for status in statuses[:LISTED_JOBS]:
@@ -109,8 +109,8 @@ def store_lines(path: str, statuses: Sequence[JobStatus]) -> list[str]:
 def run_line(metrics: MetricsSnapshot) -> str:
     """``csjd replay PATH --run``: what the run did."""
     return (
-        f"ran {metrics.accepted} jobs: {metrics.succeeded} succeeded, {metrics.failed} failed, "
-        f"{metrics.retried} retries"
+        f"ran {_count(metrics.accepted, 'job')}: {metrics.succeeded} succeeded, "
+        f"{metrics.failed} failed, {metrics.retried} retries"
     )
 
 
@@ -162,7 +162,7 @@ def _replay(
     if action == "into-redis":
         assert app is not None
         moved, already = operations.move_into_redis(path, app, repair=repair, needed_by=needed_by)
-        echo(f"moved {moved} jobs into Redis ({already} were already there)")
+        echo(f"moved {_count(moved, 'job')} into Redis ({already} were already there)")
     elif action == "export":
         for record in operations.export_store(path, repair=repair):
             echo(json.dumps(record))
@@ -180,7 +180,9 @@ def _replay(
 # -- dead letters: the flows of ``csjd dead``, ``manage.py csjd_dead`` and ``flask csjd dead``
 def dead_list(app: App, queue: str | None, count: int, *, needed_by: str, echo: Echo) -> None:
     """Print the oldest ``count`` dead letters of ``queue``."""
-    letters = operations.dead_letters(app, queue, count, needed_by=needed_by)
+    letters = operations.dead_letters(
+        app, operations.queue_option(queue), count, needed_by=needed_by
+    )
     if not letters:
         echo(f"no dead letters in queue {queue or app.distributed.queues[0]}")
     for letter in letters:
@@ -193,9 +195,14 @@ def dead_show(app: App, entry_id: str, queue: str | None, *, needed_by: str, ech
     Raises:
         CSJDError: there is no such dead letter.
     """
-    letter = operations.dead_letter(app, entry_id, queue, needed_by=needed_by)
+    letter = operations.dead_letter(
+        app, entry_id, operations.queue_option(queue), needed_by=needed_by
+    )
     if letter is None:
-        raise CSJDError(f"no dead letter {entry_id}")
+        raise CSJDError(
+            f"no dead letter {entry_id} in queue {queue or app.distributed.queues[0]} "
+            "(--queue names another)"
+        )
     echo(json.dumps(letter.to_json(), indent=2))
 
 
@@ -210,7 +217,12 @@ def dead_requeue(
     warn: Echo,
 ) -> None:
     """Requeue dead letters (``entry_ids=None``: all of ``queue``'s) once ``confirm`` agrees;
-    the skipped ones are told to ``warn``."""
+    the skipped ones are told to ``warn``.
+
+    Raises:
+        CSJDError: some were not requeued (after saying which and why).
+    """
+    queue = operations.queue_option(queue)
     if entry_ids is None:
         asked = operations.dead_count(app, queue, needed_by=needed_by)
         if not asked:
@@ -220,20 +232,28 @@ def dead_requeue(
         asked = len(entry_ids)
     confirm(f"requeue {asked} dead letter(s)?")
     report = operations.requeue_dead(app, entry_ids, queue, needed_by=needed_by)
-    out, errors = requeue_lines(report, asked)
+    out, errors = requeue_lines(report, asked, queue or app.distributed.queues[0])
     for line in errors:
         warn(line)
     for line in out:
         echo(line)
+    if report.skipped:
+        raise CSJDError(f"{len(report.skipped)} of {asked} dead letter(s) not requeued")
 
 
 def dead_purge(
     app: App, queue: str | None, *, confirm: Confirm, needed_by: str, echo: Echo
 ) -> None:
     """Delete every dead letter of ``queue`` once ``confirm`` agrees."""
+    queue = operations.queue_option(queue)
     count = operations.dead_count(app, queue, needed_by=needed_by)
     if not count:
         echo(f"no dead letters to purge in queue {queue or app.distributed.queues[0]}")
         return
     confirm(f"delete {count} dead letter(s)?")
     echo(f"purged {operations.purge_dead(app, queue, needed_by=needed_by)}")
+
+
+def _count(count: int, noun: str) -> str:
+    """``1 job``, ``2 jobs``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -27,10 +29,12 @@ def test_worker_burst_runs_jobs_and_tasks_enqueued_to_redis(
     assert handle.status().state is JobState.SUCCEEDED
     assert Receipt.objects.filter(order=order).count() == 1
     assert tasks.add.get_result(task_result.id).return_value == 42
-    assert "csjd worker: queues=default" in capsys.readouterr().err
+    assert "manage.py csjd_worker: queues=default" in capsys.readouterr().err
 
 
-def test_stats_and_dead_commands(redis_mode: object, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stats_and_dead_commands(
+    redis_mode: object, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     jobs.always_fails.delay()
     call_command("csjd_worker", "--burst")
     capsys.readouterr()
@@ -42,7 +46,22 @@ def test_stats_and_dead_commands(redis_mode: object, capsys: pytest.CaptureFixtu
     entry_id = listing.split()[0]
     call_command("csjd_dead", "requeue", entry_id, "--yes")
     assert "requeued 1 of 1" in capsys.readouterr().out
+    call_command("csjd_worker", "--burst")  # fails again: a dead letter again
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # no terminal (cron, CI)
+    with pytest.raises(CommandError, match="Aborted"):
+        call_command("csjd_dead", "purge")
+    assert "dead=1" in _stats(capsys)
     call_command("csjd_dead", "purge", "--yes")
+    assert "dead=0" in _stats(capsys)
+    with pytest.raises(CommandError, match="not both") as usage:
+        call_command("csjd_dead", "requeue", entry_id, "--all")
+    assert usage.value.returncode == 2
+
+
+def _stats(capsys: pytest.CaptureFixture[str]) -> str:
+    capsys.readouterr()
+    call_command("csjd_stats")
+    return capsys.readouterr().out
 
 
 def test_worker_refuses_inprocess_mode() -> None:
@@ -55,7 +74,7 @@ def test_replay_lists_a_store(tmp_path: object, capsys: pytest.CaptureFixture[st
     with FileJobStore(path) as store:
         store.enqueue([Job("j1", "flaky", {"args": [0], "kwargs": {}})])
     call_command("csjd_replay", path)
-    assert "1 unfinished jobs" in capsys.readouterr().out
+    assert "1 unfinished job" in capsys.readouterr().out
     with override_settings(CSJD_MODE="inprocess"):
         call_command("csjd_replay", path, "--run")
     assert "1 succeeded" in capsys.readouterr().out

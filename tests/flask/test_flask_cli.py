@@ -44,7 +44,7 @@ def test_run_burst_executes_the_jobs_in_the_app_context(
         assert who.status().state is JobState.QUEUED  # the web process only produces
     result = invoke(app, "run", "--burst", "--workers", "2", "--drain-timeout", "5")
     assert result.exit_code == 0, result.output
-    assert "csjd worker: queues=default processes=1 workers=2" in result.output
+    assert "flask csjd run: queues=default processes=1 workers=2" in result.output
     assert "flask.greet" in result.output  # the banner lists the registered types
     assert [h.result(DEADLINE) for h in handles] == [f"hello n{i}" for i in range(5)]
     seen = who.result(DEADLINE)

@@ -131,3 +131,36 @@ def test_health_tells_a_wrong_mode_from_an_unreachable_redis(cli: Cli) -> None:
     assert down.returncode == 1
     assert "unhealthy: cannot reach Redis" in down.stderr
     assert "Traceback" not in wrong_mode.stderr + down.stderr
+
+
+def test_dead_letter_commands_say_what_they_did_not_do(cli: Cli, redis_client: Any) -> None:
+    skipped = cli.run("dead", APP, "requeue", "999-0", "--yes")
+    assert skipped.returncode == 1  # nothing was requeued: not a success
+    assert "skipped 999-0 (queue default): no such dead letter" in skipped.stderr
+    assert "requeued 0 of 1" in skipped.stdout
+    assert "1 of 1 dead letter(s) not requeued" in skipped.stderr
+    missing = cli.run("dead", APP, "show", "999-0", "--queue", "emails")
+    assert missing.returncode == 1
+    assert "no dead letter 999-0 in queue emails" in missing.stderr
+    for argv in (["requeue", "1-0", "--all", "--yes"], ["requeue", "--yes"]):
+        usage = cli.run("dead", APP, *argv)
+        assert usage.returncode == 2, usage.stderr
+        assert "give dead-letter entry ids or --all (not both)" in usage.stderr
+    bad_queue = cli.run("dead", APP, "list", "--queue", "a b")
+    assert bad_queue.returncode == 2
+    assert "--queue: queue must be" in bad_queue.stderr
+
+
+def test_an_app_module_that_fails_is_a_usage_error_saying_where(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "broken_jobs.py").write_text("app = None\nratio = 1 / 0\n")
+    env = {"PYTHONPATH": f"{tmp_path}:{cli.env['PYTHONPATH']}"}
+    broken = cli.run("stats", "broken_jobs:app", env=env)
+    assert broken.returncode == 2
+    assert "cannot import 'broken_jobs': ZeroDivisionError: division by zero" in broken.stderr
+    assert "broken_jobs.py:2)" in broken.stderr
+    factory = cli.run("stats", "opsapp:needs_arguments")
+    assert factory.returncode == 2
+    assert "opsapp:needs_arguments() (an App factory, called without arguments) raised" in (
+        factory.stderr
+    )
+    assert "Traceback" not in broken.stderr + factory.stderr

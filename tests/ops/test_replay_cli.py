@@ -151,8 +151,8 @@ def test_replay_run_repairs_a_log_damaged_in_the_middle_only_when_asked(
 
     repaired = cli.run("replay", path, "--run", APP, "--repair")
     assert repaired.returncode == 0, repaired.stderr
-    assert f"{path}: 1 unfinished jobs, 1 queued" in repaired.stdout  # what is about to run
-    assert "ran 1 jobs: 1 succeeded" in repaired.stdout
+    assert f"{path}: 1 unfinished job, 1 queued" in repaired.stdout  # what is about to run
+    assert "ran 1 job: 1 succeeded" in repaired.stdout
     assert cli.ran() == Counter({"s0": 1})
     assert [p for p in tmp_path.iterdir() if ".log.broken-" in p.name]
 
@@ -170,4 +170,4 @@ def test_replay_into_redis_refusals_before_anything_moves_are_not_interruptions(
         locked = cli.run("replay", path, "--into-redis", APP)
     assert locked.returncode == 1
     assert "locked" in locked.stderr and "interrupted" not in locked.stderr
-    assert f"{path}: 1 unfinished jobs" in cli.run("replay", path).stdout
+    assert f"{path}: 1 unfinished job" in cli.run("replay", path).stdout

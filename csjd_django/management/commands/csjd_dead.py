@@ -34,8 +34,8 @@ class Command(BaseCommand):
         action, queue, ids = options["action"], options["queue"], options["entry_ids"]
         if action == "show" and len(ids) != 1:
             raise CommandError("show takes one dead-letter entry id")
-        if action == "requeue" and not ids and not options["all"]:
-            raise CommandError("give dead-letter entry ids or --all")
+        if action == "requeue" and bool(ids) == bool(options["all"]):
+            raise CommandError("give dead-letter entry ids or --all (not both)", returncode=2)
         app = project_app()
         needed_by = f"{COMMAND} {action}"
         confirm = self._confirmation(options["yes"])
@@ -61,7 +61,13 @@ class Command(BaseCommand):
     @staticmethod
     def _confirmation(yes: bool) -> reports.Confirm:
         def confirm(question: str) -> None:
-            if not yes and input(f"{question} [y/N]: ").strip().lower() not in ("y", "yes"):
-                raise CommandError("Aborted")
+            if yes:
+                return
+            try:
+                answer = input(f"{question} [y/N]: ")
+            except EOFError:  # no terminal (cron, CI): no is the answer
+                answer = ""
+            if answer.strip().lower() not in ("y", "yes"):
+                raise CommandError("Aborted (--yes answers yes)")
 
         return confirm
