@@ -244,8 +244,8 @@ class FileJobStore(MemoryBackend):
         self._release_lock()
         self._opened = False
         _OPEN_STORES.discard(self)
-        with self._cond:
-            self._cond.notify_all()
+        with self._lock:
+            self._ring(self._waiters)
         return left
 
     def __enter__(self) -> FileJobStore:

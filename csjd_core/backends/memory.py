@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import queue
 import threading
 import time
 from collections import deque
@@ -103,7 +104,12 @@ class MemoryBackend(Backend):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._trim_lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        # Idle workers block on the bell, not on a Condition: ringing it and waking on it happen
+        # in C, and a woken worker does not contend with submitters for `_lock`. `_waiters`
+        # counts the waiting fetches no token was put for, `_rung` the tokens not taken yet
+        # (both under `_lock`, see `_ring`).
+        self._bell: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._rung = 0
         self._ready: deque[Entry] = deque()
         self._scheduled: list[tuple[float, int, Entry]] = []
         self._seq = itertools.count()
@@ -141,7 +147,7 @@ class MemoryBackend(Backend):
             self._scheduled.clear()
             for entry in left:
                 del self._unfinished[entry.job.id]
-            self._cond.notify_all()
+            self._ring(self._waiters)
         return [e.job for e in left]
 
     # -- admission -------------------------------------------------------------------------
@@ -183,8 +189,8 @@ class MemoryBackend(Backend):
                 job, job.max_attempts or self._default_max_attempts, now
             )
             self._ready.append(entry)
-            if self._waiters:
-                self._cond.notify()
+            if self._waiters and not self._rung:
+                self._ring(1)
 
     def _admit(self, jobs: Sequence[Job], now: float) -> list[Entry]:
         """Check and reserve ids (lock held). Nothing is visible to workers yet."""
@@ -235,9 +241,9 @@ class MemoryBackend(Backend):
             return
         if scheduled and (earliest is None or scheduled[0][0] < earliest):
             # A new earliest due time: blocked fetches sized their wait without it.
-            self._cond.notify_all()
+            self._ring(self._waiters)
         elif woken:
-            self._cond.notify(woken)
+            self._ring(woken)
 
     def restore(self, entries: Iterable[Entry]) -> int:
         """Re-admit recovered entries regardless of the cap (used by durable subclasses)."""
@@ -268,13 +274,21 @@ class MemoryBackend(Backend):
             if due is not None and due <= time.monotonic():
                 with self._lock:
                     self._promote(time.monotonic())
+        ready = self._ready
         try:
-            entry = self._ready.popleft()
+            entry = ready.popleft()
         except IndexError:
             found = self._wait_ready(timeout)
             if found is None:
                 return None
             entry = found
+        if ready and self._waiters and not self._rung:
+            # More is ready and no wake-up is on its way: wake one more worker. A submit wakes
+            # one worker only when none is on its way, so a backlog wakes workers one by one
+            # (each woken one wakes the next) and a trickle keeps the fewest threads switching.
+            with self._lock:
+                if self._waiters and not self._rung:
+                    self._ring(1)
         entry.attempts += 1
         return Delivery(entry.job, entry.attempts, entry.max_attempts, entry.attempts, entry)
 
@@ -293,30 +307,61 @@ class MemoryBackend(Backend):
 
     def _wait_ready(self, timeout: float) -> Entry | None:
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             generation = self._wakeups
-            self._waiters += 1
-            try:
-                while True:
-                    now = time.monotonic()
-                    if self._scheduled and self._scheduled[0][0] <= now:
+        woken = False
+        while True:
+            # Counted as a waiter before looking: an entry made ready from now on rings the
+            # bell for it, and one made ready before is found by the look.
+            with self._lock:
+                if woken:
+                    self._rung -= 1
+                    woken = False
+                self._waiters += 1
+                now = time.monotonic()
+                if self._scheduled:
+                    if self._scheduled[0][0] <= now:
                         self._promote(now)
-                    if self._ready:
-                        return self._ready.popleft()
-                    remaining = deadline - now
-                    if remaining <= 0 or generation != self._wakeups:
-                        return None
-                    if self._scheduled:
-                        remaining = min(remaining, self._scheduled[0][0] - now)
-                    self._cond.wait(remaining)
-            finally:
+                    due = self._scheduled[0][0] if self._scheduled else None
+                else:
+                    due = None
+            try:
+                entry = self._ready.popleft()
+            except IndexError:
+                entry = None
+            remaining = deadline - now if due is None else min(deadline, due) - now
+            if entry is not None or remaining <= 0 or generation != self._wakeups:
+                self._stop_waiting()
+                return entry
+            try:
+                self._bell.get(timeout=remaining)  # a token: `_ring` counted this waiter out
+                woken = True
+            except queue.Empty:
+                self._stop_waiting()
+
+    def _stop_waiting(self) -> None:
+        """Count a waiting fetch out: take a token rung meanwhile, or lower `_waiters`."""
+        with self._lock:
+            try:
+                self._bell.get_nowait()
+                self._rung -= 1
+            except queue.Empty:
                 self._waiters -= 1
+
+    def _ring(self, count: int) -> None:
+        """Wake up to ``count`` waiting fetches (lock held): a token each, counted out."""
+        count = min(count, self._waiters)
+        self._waiters -= count
+        self._rung += count
+        put = self._bell.put
+        for _ in range(count):
+            put(None)
 
     def wake(self) -> None:
         """Make every blocked `fetch` return."""
-        with self._cond:
+        with self._lock:
             self._wakeups += 1
-            self._cond.notify_all()
+            self._ring(self._waiters)
 
     def started(self, delivery: Delivery, worker_id: str) -> None:
         """Mark the entry running."""
@@ -383,8 +428,7 @@ class MemoryBackend(Backend):
             if self._logs:
                 self._persist_retry(entry)
             heapq.heappush(self._scheduled, (entry.due, next(self._seq), entry))
-            if self._waiters:
-                self._cond.notify_all()
+            self._ring(self._waiters)  # they sized their waits without this due time
         return True
 
     def release(self, delivery: Delivery) -> None:
@@ -397,8 +441,7 @@ class MemoryBackend(Backend):
             if entry.attempts < entry.max_attempts:
                 entry.state = _QUEUED
                 self._ready.append(entry)
-                if self._waiters:
-                    self._cond.notify()
+                self._ring(1)
             else:
                 entry.error = "the outcome of its last attempt could not be recorded"
                 self._finish(entry, _FAILED)

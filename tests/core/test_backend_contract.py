@@ -207,6 +207,33 @@ def test_a_blocked_fetch_returns_as_soon_as_a_job_arrives(backend: Backend) -> N
     assert [d.job.id if d else None for d in got] == ["arrives"]
 
 
+def test_jobs_submitted_one_by_one_reach_every_blocked_fetch(backend: Backend) -> None:
+    # Each fetcher holds its delivery (a long job): every job must still reach an idle fetcher
+    # at once, however the backend spreads its wake-ups (no wake-up may be lost or saved).
+    fetchers = 4
+    poll(backend, 0.0)  # consumption started before the fetchers block
+    got: list[Delivery] = []
+    lock = threading.Lock()
+
+    def fetcher() -> None:
+        delivery = poll(backend, DEADLINE)
+        if delivery is not None:
+            with lock:
+                got.append(delivery)
+
+    threads = [threading.Thread(target=fetcher) for _ in range(fetchers)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: all(t.is_alive() for t in threads), DEADLINE)
+    started = time.monotonic()
+    for i in range(fetchers):
+        backend.enqueue([Job(f"one-by-one-{i}", "t")])
+    for thread in threads:
+        thread.join(DEADLINE)
+    assert sorted(d.job.id for d in got) == [f"one-by-one-{i}" for i in range(fetchers)]
+    assert time.monotonic() - started < 2.0
+
+
 def test_wake_unblocks_a_blocked_fetch(backend: Backend) -> None:
     got: list[Delivery | None] = []
     entered = threading.Event()
