@@ -324,7 +324,8 @@ class DistributedConfig(EngineConfig):
         dedupe_window: seconds a finished job's id stays taken.
         max_payload_bytes: largest accepted job (id + type + payload, as JSON).
         max_dead_letters: dead letters kept per queue (about: the oldest are trimmed).
-        prefetch: entries read ahead; ``None`` reads only as many as workers are idle.
+        prefetch: most entries in hand (running and held ahead, unstarted); ``None`` adapts
+            the read-ahead to the handlers' speed, up to ``2 * workers`` in hand.
         block: seconds one blocking read waits for new entries.
     """
 

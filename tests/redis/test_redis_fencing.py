@@ -108,12 +108,19 @@ def owner(redis_client: Any, entry: str) -> tuple[str, int]:
 ERROR = AttemptError("error", "RuntimeError: late", "Traceback ...")
 
 
+def started_by_ghost(redis_client: Any, ids: list[str]) -> None:
+    """Record the jobs as started, as the consumer that read them would have (an entry never
+    started is a lost hold, not a delivery: see the read-ahead tests)."""
+    for job_id in ids:
+        redis_client.hset(KEYS.job(job_id), "state", "running")
+
+
 def queued_success(consumers: Consumers, backend: RedisStreamsBackend, d: Delivery) -> bool:
     """A success taken by the reader's next round trip, as on the hot path; True if recorded."""
     backend.holdings.pipelining = True  # as the reader sets it once it cycles
     assert backend.succeed_nowait(d, "queued") is None
     assert d.job.id not in [lost.job.id for lost in consumers.lost]
-    backend.reader.cycle(0)  # the round trip: records it, reads nothing
+    backend.reader.cycle(read=False)  # the round trip: records it, reads nothing
     return d not in consumers.lost
 
 
@@ -195,13 +202,15 @@ def test_a_queued_success_outlives_an_unreachable_server(redis_server_factory: A
         assert a.succeed_nowait(da, "queued") is None
         server.kill()
         with pytest.raises(redis.ConnectionError):
-            a.reader.cycle(0)
+            a.reader.cycle(read=False)
         assert len(a.holdings.acks) == 1  # kept for the next round trip, not lost
         server.restart()
         assert a.status("j").state is JobState.RUNNING
-        a.reader.cycle(0)  # the restarted server lost the scripts: loaded again, success kept
+        a.reader.cycle(
+            read=False
+        )  # the restarted server lost the scripts: loaded again, success kept
         assert len(a.holdings.acks) == 1
-        a.reader.cycle(0)
+        a.reader.cycle(read=False)
         assert made.lost == []
         assert a.status("j").state is JobState.SUCCEEDED
         assert a.pending() == 0
@@ -261,12 +270,13 @@ def test_renewal_keeps_an_entry_from_the_reclaimer(consumers: Consumers, redis_c
 def test_max_deliveries_dead_letters_every_entry_over_the_limit(
     consumers: Consumers, redis_client: Any
 ) -> None:
-    # Three entries, each delivered max_deliveries=2 times to a consumer that died. The
-    # reclaimer (room for one job at a time) must dead-letter all three and run none of them.
+    # Three entries, each delivered (and started) max_deliveries=2 times to a consumer that
+    # died. The reclaimer (room for one job at a time) must dead-letter all three and run none.
     producer = consumers("producer")
     producer.enqueue([Job(f"j{i}", "t") for i in range(3)])
     redis_client.xreadgroup(GROUP, "ghost", {KEYS.stream: ">"}, count=10)
     redis_client.xreadgroup(GROUP, "ghost", {KEYS.stream: "0"}, count=10)  # delivery 2
+    started_by_ghost(redis_client, [f"j{i}" for i in range(3)])
     assert [row["times_delivered"] for row in pel(redis_client)] == [2, 2, 2]
     b = consumers("B", max_deliveries=2, prefetch=1)
 
@@ -293,6 +303,7 @@ def test_max_deliveries_lets_entries_under_the_limit_run(
     redis_client.xreadgroup(GROUP, "ghost", {KEYS.stream: ">"}, count=2)  # j0, j1: once
     redis_client.xreadgroup(GROUP, "ghost", {KEYS.stream: ">"}, count=2)  # j2, j3: once
     redis_client.xreadgroup(GROUP, "ghost", {KEYS.stream: "0"}, count=2)  # j0, j1: twice
+    started_by_ghost(redis_client, [f"j{i}" for i in range(4)])
     b = consumers("B", max_deliveries=2, prefetch=1)
     claimed: list[str] = []
 
@@ -399,7 +410,7 @@ def test_the_reader_and_maintenance_threads_outlive_unexpected_errors(
     d = RedisDistributedDispatcher(RedisConfig(url=redis_url), fast_config(workers=2))
     backend = d.backend
     parts = {
-        "_accept_started": backend.reader,
+        "_accept_read": backend.reader,
         "collect_consumers": backend.maintenance,
         "heartbeat": backend.maintenance,
     }

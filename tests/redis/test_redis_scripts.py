@@ -1,10 +1,11 @@
 """What each Lua script touches, watched with MONITOR on a private server (issue 13).
 
-A real workload on two queues runs every script: enqueue, read, run, retry, promote, dead-letter,
-requeue, renew, a stalled consumer's entry reclaimed and the consumer collected, entries handed
-back at stop. Every command a script ran is attributed to its ``EVALSHA``, and its keys are
-read with ``COMMAND GETKEYS``: each script stays in its queue's hash tag (one Cluster slot), and
-only the scripts listed in docs/architecture.md touch a key not passed in ``KEYS``.
+A real workload on two queues runs every script: enqueue, read, read ahead, start at
+hand-over, run, retry, promote, dead-letter, requeue, renew, a stalled consumer's entry
+reclaimed and the consumer collected, entries handed back at stop. Every command a script ran
+is attributed to its ``EVALSHA``, and its keys are read with ``COMMAND GETKEYS``: each script
+stays in its queue's hash tag (one Cluster slot), and only the scripts listed in
+docs/architecture.md touch a key not passed in ``KEYS``.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def test_every_script_stays_in_its_queue_slot_and_declares_what_it_can(
     def job(job_id: str, kind: str, queue: str, **options: Any) -> Job:
         return Job(job_id, "work", {"kind": kind}, queue=queue, **options)
 
-    d = dispatcher(workers=2)
+    d = dispatcher(workers=2, prefetch=4)  # entries held ahead are started at hand-over
     try:
         # A stalled consumer holds two entries: after the lease the reclaimer takes one and
         # dead-letters the other (delivered more than max_deliveries times); the consumer (no
@@ -159,6 +160,8 @@ def test_every_script_stays_in_its_queue_slot_and_declares_what_it_can(
         admin.xgroup_create(stream, GROUP, "0", mkstream=True)
         ((_, entries),) = admin.xreadgroup(GROUP, "ghost", {stream: ">"}, count=2)
         admin.xclaim(stream, GROUP, "ghost", 0, [entries[1][0]], retrycount=10, justid=True)
+        for job_id in ("stalled", "worn-out"):  # started by the ghost, as a worker would
+            admin.hset(f"csjd:jobs:{{alpha}}:job:{job_id}", "state", "running")
         soon = datetime.now(UTC) + timedelta(seconds=0.5)
         for q in QUEUES:  # a batch is one queue
             d.submit_batch([job(f"{q}-{kind}", kind, q) for kind in ("ok", "flaky", "slow")])

@@ -103,6 +103,7 @@ def worker(args: argparse.Namespace) -> int:
         claim_interval=args.claim,
         block=args.block,
         max_deliveries=args.max_deliveries,
+        prefetch=args.prefetch,
         max_pending_jobs=args.cap,
         retry=RetryPolicy(base_delay=0.05, max_delay=0.2),
         hooks=(ReadyHook(directory / f"{name}.ready", args.workers),),
@@ -188,6 +189,7 @@ def main() -> int:
     w.add_argument("--claim", type=float, default=0.2)
     w.add_argument("--block", type=float, default=0.2)
     w.add_argument("--max-deliveries", type=int, default=5)
+    w.add_argument("--prefetch", type=int, default=None)
     w.add_argument("--cap", type=int, default=20_000)
     w.add_argument("--drain-timeout", type=float, default=10.0)
     p = sub.add_parser("produce")

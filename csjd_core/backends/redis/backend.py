@@ -10,6 +10,7 @@ import os
 import queue
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -55,7 +56,7 @@ class RedisStreamsBackend(Backend):
         )
         self.queues = Queues(config.stream, config.queues)
         self.connection = Connection(redis_config, config.block)
-        self.holdings = Holdings(config.workers, config.prefetch)
+        self.holdings = Holdings(config.workers, config.prefetch, config.lease)
         self._dedupe_ms = int(config.dedupe_window * 1000)
         engine: EngineConfig = config  # mypy types inherited Duration fields as their input
         ttl_ms = int(max(engine.result_ttl * 1000, self._dedupe_ms)) or 1
@@ -189,14 +190,28 @@ class RedisStreamsBackend(Backend):
 
     # -- consumption -----------------------------------------------------------------------
     def fetch(self, timeout: float) -> Delivery | None:
-        """The next delivery read by the reader thread, waiting up to ``timeout``."""
-        ready = self.holdings.ready
-        try:
-            if timeout <= 0 or self.holdings.stopping:
-                return ready.get_nowait()
-            return ready.get(True, timeout)
-        except queue.Empty:
-            return None
+        """The next delivery read by the reader thread, waiting up to ``timeout``; an entry
+        held ahead is started here (see `Holdings.take`)."""
+        holdings = self.holdings
+        ready = holdings.ready
+        deadline = None
+        while True:
+            try:
+                if timeout <= 0 or holdings.stopping:
+                    item = ready.get_nowait()
+                else:
+                    item = ready.get(True, timeout)
+            except queue.Empty:
+                return None
+            if item is None:
+                return None
+            delivery = holdings.take(item)
+            if delivery is not None:
+                return delivery
+            # Handed back meanwhile (too old, or stopping): wait for the next, same deadline.
+            if deadline is None:
+                deadline = time.monotonic() + timeout
+            timeout = deadline - time.monotonic()
 
     def started(self, delivery: Delivery, worker_id: str) -> None:
         """Nothing to do: the start script ran when the entry was read."""

@@ -123,8 +123,16 @@ def decode(
 
 
 def op(delivery: Delivery, kind: str, **extra: Any) -> dict[str, Any]:
-    """An outcome for settle.lua, fenced by the delivery's entry and token."""
-    return {"k": kind, "e": delivery.ref[1], "id": delivery.job.id, "n": delivery.token, **extra}
+    """An outcome for settle.lua, fenced by the delivery's entry and token (``a``: the attempt
+    it records)."""
+    return {
+        "k": kind,
+        "e": delivery.ref[1],
+        "id": delivery.job.id,
+        "n": delivery.token,
+        "a": delivery.attempt,
+        **extra,
+    }
 
 
 def error_fields(error: AttemptError) -> dict[str, str]:

@@ -1,36 +1,67 @@
 """What one consumer holds in this process: the deliveries it has read and not yet settled,
-the ones handed to workers, the successes waiting for the reader's next round trip, and the
-flags the reader, the workers and the maintenance thread share."""
+the entries read ahead and not yet started, the ones handed to workers, the starts and the
+successes waiting for the reader's next round trip, and the flags the reader, the workers and
+the maintenance thread share."""
 
 from __future__ import annotations
 
 import contextlib
 import queue
 import threading
+import time
 from collections import deque
 from typing import Any
 
 from csjd_core.backends.base import Delivery
 
-__all__ = ["Holdings"]
+__all__ = ["Held", "Holdings"]
+
+#: Weight of the newest sample in the handler-time and round-trip averages.
+_SMOOTHING = 0.1
+#: Read-ahead covers what the workers finish in this many round trips: enough to hide the
+#: reads and to take entries in batches (each read costs both sides CPU), not more.
+_ROUND_TRIPS_AHEAD = 4
+
+
+class Held:
+    """An entry read ahead: in this consumer's pending list, not started (its job record still
+    says ``queued``). A worker starts it at hand-over, or it goes back (too old, or stopping)."""
+
+    __slots__ = ("delivery", "read_at", "taken")
+
+    def __init__(self, delivery: Delivery, read_at: float) -> None:
+        self.delivery = delivery
+        self.read_at = read_at  # monotonic time before the read was sent: never younger
+        self.taken = False  # started by a worker or handed back (under Holdings.lock)
 
 
 class Holdings:
     """Shared by the reader, the settlement of outcomes, the maintenance thread and `fetch`.
 
-    Workers wait for deliveries on `ready`, the reader for room or successes to record on
-    `doorbell` (C queues: one cheap wake-up each).
+    Workers wait for deliveries on `ready` (started deliveries and `Held` entries), the reader
+    for room, starts or successes to record on `doorbell` (C queues: one cheap wake-up each).
+
+    Read-ahead: beside one started entry per idle worker, the reader holds up to
+    `ahead_target` entries unstarted. ``prefetch=None`` adapts the target to the handlers: as
+    many as the workers finish in a few round trips (``workers * 4 round trips / handler
+    time``), at most ``workers`` — fast handlers never wait for a read and entries are read in
+    batches, slow ones hold nothing back from other consumers (a handler slower than 4 x 8
+    round trips, about 20 ms here, holds none). An explicit ``prefetch`` is the fixed number of
+    entries in hand.
     """
 
-    def __init__(self, workers: int, prefetch: int | None) -> None:
+    def __init__(self, workers: int, prefetch: int | None, lease: float) -> None:
         self.lock = threading.Lock()
-        self.ready: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
+        self.ready: queue.SimpleQueue[Delivery | Held | None] = queue.SimpleQueue()
         self.doorbell: queue.SimpleQueue[None] = queue.SimpleQueue()
         self.reader_waiting = False
-        self.owned: dict[str, Delivery] = {}  # entry id -> delivery, read but not settled
+        self.owned: dict[str, Delivery] = {}  # entry id -> delivery, started, not settled
+        self.ahead: deque[Held] = deque()  # read ahead, not taken, oldest first
         # Entries of `owned` whose outcome is on its way (a renewal refused for one of them
         # means it was settled meanwhile, not that its lease was lost).
         self.settling: set[str] = set()
+        # Held entries started at hand-over, for the reader's next round trip to record.
+        self.starts: deque[Delivery] = deque()
         # Successes queued for the reader's next round trip (see `queue_ack`): while the
         # reader cycles, it records them in the same pipeline as its next read.
         self.acks: deque[tuple[Delivery, dict[str, Any]]] = deque()
@@ -38,33 +69,134 @@ class Holdings:
         self.deleted_entries = 0  # pending entries whose stream entry was gone (counted, logged)
         self.consuming = False
         self.stopping = False
-        self._want = max(workers, prefetch or 0)
+        self.workers = workers
+        self.prefetch = prefetch
+        #: A held entry older than this (seconds since its read) is handed back, never started:
+        #: no consumer can have reclaimed it before a whole lease of idleness.
+        self.max_hold = lease / 3
+        self.round_trip = 0.0  # smoothed seconds per reader round trip
+        self.handler_time: float | None = None  # smoothed seconds from hand-over to outcome
+        self._began: dict[str, float] = {}  # entry id -> monotonic time of its hand-over
+
+    # -- how much to read ------------------------------------------------------------------
+    def ahead_target(self) -> int:
+        """How many entries to hold unstarted beyond the idle workers' (see the class)."""
+        if self.prefetch is not None:
+            return max(0, self.prefetch - self.workers)
+        handler = self.handler_time
+        if handler is None:
+            return 0
+        covered = self.workers * _ROUND_TRIPS_AHEAD * self.round_trip
+        return min(self.workers, int(covered / max(handler, 1e-6) + 0.5))
+
+    def busy(self) -> int:
+        """Started deliveries not finished (running or waiting for a worker); successes
+        queued for the next round trip are done (their workers are idle again)."""
+        return len(self.owned) - len(self.acks)
+
+    def idle(self) -> int:
+        """Workers with nothing to run, started or held: entries to read and start now."""
+        return max(0, self.workers - self.busy() - len(self.ahead))
 
     def capacity(self) -> int:
-        """How many entries to read: workers (or the prefetch) minus the deliveries in hand.
+        """How many entries to read: the idle workers' plus the read-ahead's room."""
+        return self.idle() + max(0, self.ahead_target() - len(self.ahead))
 
-        In hand are the buffered and the running deliveries; successes queued for the next
-        round trip are done (their workers are idle again).
-        """
-        return self._want - (len(self.owned) - len(self.acks))
+    def measured_round_trip(self, seconds: float) -> None:
+        """Fold one reader round trip into the average."""
+        self.round_trip += _SMOOTHING * (seconds - self.round_trip)
+
+    # -- the reader's side -----------------------------------------------------------------
+    def ring(self) -> None:
+        """Wake the reader if it waits for room or for starts or successes to record."""
+        if self.reader_waiting:
+            self.doorbell.put(None)
+
+    def hand_over(self, fresh: list[Delivery], held: list[Delivery], read_at: float) -> None:
+        """Hold started deliveries and entries read ahead; wake a worker for each."""
+        items: list[Delivery | Held] = list(fresh)
+        with self.lock:
+            for delivery in fresh:
+                self.owned[delivery.ref[1]] = delivery
+            for delivery in held:
+                entry = Held(delivery, read_at)
+                self.ahead.append(entry)
+                items.append(entry)
+        for item in items:
+            self.ready.put(item)
+
+    def expired(self) -> list[Delivery]:
+        """Take the held entries older than `max_hold` (to hand back)."""
+        limit = time.monotonic() - self.max_hold
+        out: list[Delivery] = []
+        ahead = self.ahead
+        if ahead and ahead[0].read_at < limit:
+            with self.lock:
+                while ahead and ahead[0].read_at < limit:
+                    held = ahead.popleft()
+                    held.taken = True
+                    out.append(held.delivery)
+        return out
+
+    def take_buffered(self) -> list[Delivery]:
+        """Everything no worker took yet: started deliveries and held entries."""
+        buffered = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                item = self.ready.get_nowait()
+                if isinstance(item, Held):
+                    with self.lock:
+                        if item.taken:
+                            continue
+                        item.taken = True
+                        self.ahead.remove(item)
+                    buffered.append(item.delivery)
+                elif item is not None:
+                    buffered.append(item)
+        return buffered
+
+    def take_starts(self) -> list[Delivery]:
+        """The starts made at hand-over since the last round trip."""
+        return _drain(self.starts)
+
+    def take_acks(self) -> list[tuple[Delivery, dict[str, Any]]]:
+        """The queued successes, taken for one round trip."""
+        return _drain(self.acks)
 
     def requeue_acks(self, acks: list[tuple[Delivery, dict[str, Any]]]) -> None:
         """Put back queued successes a round trip could not record, first in line, in order."""
         self.acks.extendleft(reversed(acks))
 
-    def ring(self) -> None:
-        """Wake the reader if it waits for room or for successes to record."""
-        if self.reader_waiting:
-            self.doorbell.put(None)
+    def requeue_starts(self, starts: list[Delivery]) -> None:
+        """Put back starts a round trip could not record, first in line, in order."""
+        self.starts.extendleft(reversed(starts))
 
-    def hand_over(self, fresh: list[Delivery]) -> None:
-        """Hold started deliveries and wake as many workers as there are deliveries."""
-        if fresh:
+    # -- the workers' side -----------------------------------------------------------------
+    def take(self, item: Delivery | Held) -> Delivery | None:
+        """The delivery a worker runs, or ``None`` if it was handed back meanwhile.
+
+        A held entry is started here, at hand-over: fenced by its age (younger than
+        `max_hold`, so no consumer can have reclaimed it), recorded ``running`` with the
+        reader's next round trip (and its attempt count by the outcome whatever comes first).
+        """
+        now = time.monotonic()
+        if isinstance(item, Held):
+            delivery = item.delivery
             with self.lock:
-                for delivery in fresh:
-                    self.owned[delivery.ref[1]] = delivery
-            for delivery in fresh:
-                self.ready.put(delivery)
+                if item.taken:
+                    return None
+                if now - item.read_at > self.max_hold:
+                    self.ring()  # the reader's sweep hands it back
+                    return None
+                item.taken = True
+                self.ahead.remove(item)
+                self.owned[delivery.ref[1]] = delivery
+            self.starts.append(delivery)
+            self.ring()
+        else:
+            delivery = item
+        self._began[delivery.ref[1]] = now
+        return delivery
 
     def queue_ack(self, delivery: Delivery, op: dict[str, Any]) -> bool:
         """Queue a success for the reader's next round trip, if the reader is cycling."""
@@ -76,14 +208,6 @@ class Holdings:
         self.ring()
         return True
 
-    def take_acks(self) -> list[tuple[Delivery, dict[str, Any]]]:
-        """The queued successes, taken for one round trip."""
-        acks, taken = self.acks, []
-        with contextlib.suppress(IndexError):
-            while True:  # popleft is atomic: one queued meanwhile is taken now or next time
-                taken.append(acks.popleft())
-        return taken
-
     def settling_now(self, delivery: Delivery) -> None:
         """Its outcome is being recorded (renewals refused from now on are no lost lease)."""
         self.settling.add(delivery.ref[1])
@@ -91,6 +215,11 @@ class Holdings:
     def forget(self, delivery: Delivery) -> None:
         """Stop holding ``delivery`` (its outcome recorded, refused or given up)."""
         entry = delivery.ref[1]
+        began = self._began.pop(entry, None)
+        if began is not None:
+            took = time.monotonic() - began
+            handler = self.handler_time
+            self.handler_time = took if handler is None else handler + _SMOOTHING * (took - handler)
         with self.lock:
             # Only this attempt: a newer attempt of the same entry (claimed back) keeps renewing.
             current = self.owned.get(entry)
@@ -100,6 +229,7 @@ class Holdings:
                 self.settling.discard(entry)
         self.ring()
 
+    # -- what maintenance reads ------------------------------------------------------------
     def holds(self, delivery: Delivery) -> bool:
         """True while ``delivery`` is held and no outcome for it is on its way: a renewal
         refused then means the lease was lost, not that the entry was settled meanwhile."""
@@ -108,22 +238,20 @@ class Holdings:
             return self.owned.get(entry) is delivery and entry not in self.settling
 
     def held(self) -> list[Delivery]:
-        """Every delivery held now (to renew)."""
+        """Every started delivery held now (to renew)."""
         with self.lock:
             return list(self.owned.values())
-
-    def take_buffered(self) -> list[Delivery]:
-        """The deliveries read ahead that no worker took yet."""
-        buffered = []
-        with contextlib.suppress(queue.Empty):
-            while True:
-                delivery = self.ready.get_nowait()
-                if delivery is not None:
-                    buffered.append(delivery)
-        return buffered
 
     def drop(self, deliveries: list[Delivery]) -> None:
         """Stop holding deliveries handed back unrun."""
         with self.lock:
             for delivery in deliveries:
                 self.owned.pop(delivery.ref[1], None)
+
+
+def _drain(items: deque[Any]) -> list[Any]:
+    taken: list[Any] = []
+    with contextlib.suppress(IndexError):
+        while True:  # popleft is atomic: one appended meanwhile is taken now or next time
+            taken.append(items.popleft())
+    return taken

@@ -137,14 +137,14 @@ class Maintenance:
         return [flags[d.ref[1]] for d in deliveries]
 
     def reclaim(self) -> None:
-        """Claim the entries idle longer than the lease (as many as this process can start),
+        """Claim the entries idle longer than the lease (as many as idle workers can start),
         following the XAUTOCLAIM cursor; reclaim.lua dead-letters those over max_deliveries."""
         config = self.config
         lease_ms = int(config.lease * 1000)
         for keys in self.queues.consumed.values():
             cursor = "0-0"
             while True:
-                count = self.holdings.capacity()
+                count = self.holdings.idle()
                 if count <= 0:
                     break
                 next_cursor, claimed, deleted, dead = self.connection.run(

@@ -1,6 +1,8 @@
-"""The reader: one thread that owns the consumer's round trips. Each cycle reads (and starts)
-new entries and records the successes queued since the last one, in one pipeline; when there
-is nothing to read it blocks in ``XREADGROUP``. It also takes entries the reclaimer claimed."""
+"""The reader: one thread that owns the consumer's round trips. Each cycle records the starts
+made at hand-over, reads new entries (starting those idle workers take at once, holding the
+rest ahead unstarted) and records the successes queued since the last one, in one pipeline;
+when there is nothing to read it blocks in ``XREADGROUP``. It also takes entries the reclaimer
+claimed, and hands back held entries grown too old."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 import redis
@@ -15,7 +18,7 @@ from redis.exceptions import NoScriptError
 
 from csjd_core.backends.base import Delivery
 from csjd_core.backends.redis import codec
-from csjd_core.backends.redis.connection import REDIS_DOWN, Connection
+from csjd_core.backends.redis.connection import REDIS_DOWN, Connection, packed
 from csjd_core.backends.redis.holdings import Holdings
 from csjd_core.backends.redis.keys import QueueKeys, Queues, by_queue
 from csjd_core.backends.redis.settle import Outcomes
@@ -61,23 +64,38 @@ class Reader:
         backoff = Backoff()
         # Our own pending entries first (a reply lost on the wire strands them there).
         history: dict[Any, Any] = {k.stream: "0" for k in self.queues.consumed.values()}
+        stalled = False  # the last cycle read nothing while held entries wait for workers
         try:
             while holdings.consuming and not holdings.stopping:
                 holdings.reader_waiting = True
                 # Set before looking, so a worker finishing now either is seen or rings.
-                while not (holdings.acks or holdings.capacity() > 0 or holdings.stopping):
+                while not (
+                    holdings.acks
+                    or holdings.starts
+                    or holdings.stopping
+                    or (holdings.capacity() > 0 and not (stalled and holdings.ahead))
+                ):
                     with contextlib.suppress(queue.Empty):
                         holdings.doorbell.get(timeout=0.5)
+                        stalled = False  # a worker took or finished one: look again
+                    self.release(holdings.expired())
                     if not holdings.consuming:
                         break
                 holdings.reader_waiting = False
                 if not holdings.consuming or holdings.stopping:
                     return
                 try:
+                    self.release(holdings.expired())
                     if history:
                         self.read_history(history)
-                    elif not self.cycle(holdings.capacity()):
-                        self.read_blocking()
+                    elif self.cycle():
+                        stalled = False
+                    else:
+                        # With entries held for busy workers, a blocking read would delay
+                        # recording their starts: wait for a worker instead.
+                        stalled = bool(holdings.ahead)
+                        if not stalled:
+                            self.read_blocking()
                     backoff.reset()
                 except redis.ResponseError as exc:
                     self._on_read_error(exc, backoff)
@@ -101,7 +119,7 @@ class Reader:
         """Read a slice of our own pending list (entries delivered to us before a restart)."""
         self.read_calls += 1
         reply = self.connection.reader.xreadgroup(
-            self.config.group, self.consumer, history, count=max(1, self.holdings.capacity())
+            self.config.group, self.consumer, history, count=max(1, self.holdings.idle())
         )
         self._take(reply, history)
         if not history:
@@ -121,32 +139,43 @@ class Reader:
                 self.config.group,
                 self.consumer,
                 {k.stream: ">" for k in self.queues.consumed.values()},
-                count=max(1, holdings.capacity()),
+                count=max(1, holdings.idle()),
                 block=int(self.config.block * 1000),
             )
         finally:
             holdings.pipelining = True
         self._take(reply, None)
 
-    def cycle(self, count: int) -> bool:
-        """One round trip: read (and start) up to ``count`` entries and record the queued
-        successes. The reads go first, so workers run them while the settle reply is on its way.
+    def cycle(self, *, read: bool = True) -> bool:
+        """One round trip: record the starts made at hand-over, read new entries (started for
+        the idle workers, held ahead for the rest of `Holdings.capacity`) and record the queued
+        successes. Starts go first, so an outcome in the same pipeline lands after its start;
+        the reads before the successes, so workers run them while the settle reply is on its
+        way. ``read=False`` only records.
 
         Returns:
             False if there was nothing to record and nothing to read.
         """
-        reads = list(self.queues.consumed.values()) if count > 0 else []
+        holdings = self.holdings
+        start = holdings.idle() if read else 0
+        hold = max(0, holdings.capacity() - start) if read else 0
+        reads = list(self.queues.consumed.values()) if start + hold > 0 else []
         self.read_calls += len(reads)  # attempts, counted even if Redis cannot be reached
         pool = self.connection.reader.connection_pool
-        # Connected before the successes are taken: if Redis is down they stay queued.
+        # Connected before the starts and successes are taken: if Redis is down they stay.
         conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
-        acks = self.holdings.take_acks()
+        starts = holdings.take_starts()
+        acks = holdings.take_acks()
         evalsha = self.connection.evalsha
+        started = by_queue(starts, lambda d: d.ref[0])
         commands = [
+            evalsha("started", *self._started_arguments(keys, begun)) for keys, begun in started
+        ]
+        commands += [
             evalsha(
                 "read_start",
                 [keys.stream],
-                [self.config.group, self.consumer, keys.job_prefix, count],
+                [self.config.group, self.consumer, keys.job_prefix, start, hold],
             )
             for keys in reads
         ]
@@ -156,9 +185,17 @@ class Reader:
             commands.append(evalsha("settle", script_keys, args))
         got = False
         error: redis.ResponseError | None = None
-        settled = 0
+        recorded = settled = 0
+        sent = time.monotonic()
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
+            conn.send_packed_command(packed(conn, commands))
+            for _, begun in started:
+                try:
+                    flags = conn.read_response()
+                except redis.ResponseError as exc:
+                    error, flags = exc, [0] * len(begun)
+                recorded += 1
+                self._refused_starts(begun, flags)
             for keys in reads:
                 try:
                     flat = conn.read_response()
@@ -167,7 +204,7 @@ class Reader:
                     continue
                 if flat:
                     got = True
-                    self._take_started(keys, flat)
+                    self._take_read(keys, flat, sent)
             for _, group in settles:
                 try:
                     reply = conn.read_response()
@@ -177,14 +214,38 @@ class Reader:
                 self.outcomes.settled(group, reply)
         except BaseException:
             conn.disconnect()
-            for _, group in settles[settled:]:  # recorded on the next cycle
-                self.holdings.requeue_acks(group)
+            for _, begun in started[recorded:]:  # recorded on the next cycle (or by outcomes)
+                holdings.requeue_starts(begun)
+            for _, group in settles[settled:]:
+                holdings.requeue_acks(group)
             raise
         finally:
             pool.release(conn)
+        holdings.measured_round_trip(time.monotonic() - sent)
         if error is not None:
             raise error
-        return got or bool(acks)
+        return got or bool(acks) or bool(starts)
+
+    def _started_arguments(
+        self, keys: QueueKeys, group: list[Delivery]
+    ) -> tuple[list[str], list[Any]]:
+        """started.lua's KEYS and ARGV for deliveries of one queue started at hand-over."""
+        entries = sorted((codec.entry_order(d.ref[1]), d.ref[1]) for d in group)
+        args: list[Any] = [self.config.group, self.consumer, entries[0][1], entries[-1][1]]
+        for d in group:
+            args += [d.ref[1], d.token, d.attempt]
+        return [keys.stream, *(keys.job(d.job.id) for d in group)], args
+
+    def _refused_starts(self, group: list[Delivery], flags: list[Any]) -> None:
+        for delivery, flag in zip(group, flags, strict=True):
+            # Refused once its outcome was recorded (settled first) is the ordinary order.
+            if not flag and self.holdings.holds(delivery):
+                logger.warning(
+                    "start refused: the entry is no longer this consumer's (its outcome will "
+                    "be refused) id=%r entry=%s",
+                    delivery.job.id,
+                    delivery.ref[1],
+                )
 
     def _take(self, reply: Any, history: dict[Any, Any] | None) -> None:
         try:
@@ -198,14 +259,14 @@ class Reader:
         except Exception:  # the reader must outlive any one reply (read entries are reclaimed)
             logger.exception("could not take read entries; they are reclaimed after the lease")
 
-    def _take_started(self, keys: QueueKeys, flat: list[Any]) -> None:
+    def _take_read(self, keys: QueueKeys, flat: list[Any], read_at: float) -> None:
         try:
-            self._accept_started(keys, flat)
+            self._accept_read(keys, flat, read_at)
         except Exception:  # the reader must outlive any one reply
             logger.exception("could not take read entries; handing them back")
             self.hand_back(
                 keys,
-                [(codec.text(flat[i]), codec.text(flat[i + 1])) for i in range(0, len(flat), 4)],
+                [(codec.text(flat[i]), codec.text(flat[i + 1])) for i in range(0, len(flat), 5)],
             )
 
     def _on_read_error(self, exc: redis.ResponseError, backoff: Backoff) -> None:
@@ -283,15 +344,18 @@ class Reader:
                 )
         self._hand_over(fresh)
 
-    def _accept_started(self, keys: QueueKeys, flat: list[Any]) -> None:
-        """Deliveries from read_start.lua's reply (entry, job id, data, attempts per entry).
+    def _accept_read(self, keys: QueueKeys, flat: list[Any], read_at: float) -> None:
+        """Deliveries from read_start.lua's reply (entry, job id, data, attempts, started per
+        entry): started ones for idle workers, the others held ahead (their attempt is the
+        next one, counted when a worker starts it).
 
         Entry by entry (`codec.decode` never raises): one that cannot be taken is dead-lettered
         alone, its batch-mates run.
         """
         fresh: list[Delivery] = []
+        held: list[Delivery] = []
         max_payload = self.config.max_payload_bytes
-        for i in range(0, len(flat), 4):
+        for i in range(0, len(flat), 5):
             entry_id = codec.text(flat[i])
             raw_id, raw, attempts = flat[i + 1], flat[i + 2], int(flat[i + 3])
             if attempts == -2:
@@ -310,11 +374,16 @@ class Reader:
                 self.outcomes.poison(keys, entry_id, job.id, data, _NO_RECORD)
             else:  # read with '>': delivered once, so the fencing token is 1
                 max_attempts = job.max_attempts or self.config.default_max_attempts
-                fresh.append(Delivery(job, attempts, max_attempts, 1, (keys, entry_id)))
-        self._hand_over(fresh)
+                if flat[i + 4]:
+                    fresh.append(Delivery(job, attempts, max_attempts, 1, (keys, entry_id)))
+                else:
+                    held.append(Delivery(job, attempts + 1, max_attempts, 1, (keys, entry_id)))
+        self._hand_over(fresh, held, read_at)
 
-    def _hand_over(self, fresh: list[Delivery]) -> None:
-        self.holdings.hand_over(fresh)
+    def _hand_over(
+        self, fresh: list[Delivery], held: list[Delivery] | None = None, read_at: float = 0.0
+    ) -> None:
+        self.holdings.hand_over(fresh, held or [], read_at)
         if self.holdings.stopping:
             self.stop_fetching()
 

@@ -2,6 +2,11 @@
 -- caller's cursor), then dead-letter those that are now over max_deliveries (poison that kills
 -- workers). XAUTOCLAIM's reply carries no delivery counts, so each claimed entry's count is read
 -- with XPENDING in this same script: every entry handed back to the caller has been checked.
+-- An entry whose job record still says 'queued' was never recorded as started: handed back
+-- (release.lua undid its delivery and marked the record 'handed'), or held ahead by a consumer
+-- that stopped: then this claim's delivery is undone and the hold counted as lost in the
+-- record's 'lost' field instead, which max_deliveries caps too (a handler that kills its process
+-- before its start is recorded must not loop forever).
 -- KEYS[1] stream, KEYS[2] pending counter, KEYS[3] dead-letter stream, KEYS[4] stats hash
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] lease (ms), ARGV[4] max_deliveries, ARGV[5] count,
 --   ARGV[6] XAUTOCLAIM cursor, ARGV[7] job hash key prefix, ARGV[8] finished-record TTL (ms),
@@ -15,22 +20,38 @@ local r = redis.call('XAUTOCLAIM', KEYS[1], group, consumer, lease, ARGV[6], 'CO
 local claimed, dead = {}, {}
 for _, e in ipairs(r[2]) do
   local entry = e[1]
+  local id, data = '', ''
+  local f = e[2]
+  if type(f) == 'table' then
+    for j = 1, #f, 2 do
+      if f[j] == 'id' then id = f[j + 1] elseif f[j] == 'd' then data = f[j + 1] end
+    end
+  end
+  local key = prefix .. id
+  local state = id ~= '' and redis.call('HGET', key, 'state')
   -- The claim counted one more delivery: the entry had `deliveries - 1` without an outcome.
   local deliveries = redis.call('XPENDING', KEYS[1], group, entry, entry, 1)[1][4]
-  if deliveries <= maxd then
+  local reason
+  if state == 'queued' then
+    local lost = 0
+    if redis.call('HGET', key, 'handed') then
+      redis.call('HDEL', key, 'handed')  -- release.lua undid the delivery already
+    else
+      lost = redis.call('HINCRBY', key, 'lost', 1)
+      redis.call('XCLAIM', KEYS[1], group, consumer, 0, entry, 'RETRYCOUNT', deliveries - 1,
+        'JUSTID')
+    end
+    if lost > maxd then
+      reason = 'lost ' .. lost .. ' times by consumers that stopped before recording its ' ..
+        'start (killed while holding it ahead, or its handler kills the process at once)'
+    end
+  elseif deliveries > maxd then
+    reason = 'delivered ' .. (deliveries - 1) .. ' times without an outcome (its worker ' ..
+      'died or lost the lease each time)'
+  end
+  if not reason then
     claimed[#claimed + 1] = e
   else
-    local id, data = '', ''
-    local f = e[2]
-    if type(f) == 'table' then
-      for j = 1, #f, 2 do
-        if f[j] == 'id' then id = f[j + 1] elseif f[j] == 'd' then data = f[j + 1] end
-      end
-    end
-    local key = prefix .. id
-    local state = id ~= '' and redis.call('HGET', key, 'state')
-    local reason = 'delivered ' .. (deliveries - 1) .. ' times without an outcome (its worker ' ..
-      'died or lost the lease each time)'
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'id', id, 'entry', entry, 'd', data,
       'error', reason, 'traceback', '', 'reason', 'max_deliveries', 'attempts',
       (state and redis.call('HGET', key, 'attempts')) or 0, 'failed_at', now)

@@ -7,7 +7,9 @@
 --   ARGV[5] JSON list of retry/dead ops {k="retry"|"dead", e=entry, id=job id, n=deliveries,
 --   err=error, tb=traceback, delay=ms, reason=dead-letter reason, a=attempts, d=data},
 --   ARGV[6], ARGV[7] lowest and highest entry id of the successes, then per success:
---   entry, deliveries, result JSON.
+--   entry, deliveries, attempts, result JSON.
+-- An op's attempts (the attempt it records) is written with the outcome: an attempt started at
+-- hand-over may settle before its start is recorded (started.lua, refused once this acks).
 -- Returns one 1/0 per op: the JSON ops first, then the successes. Acks, deletes and counters
 -- are issued once per call (invisible to others: the script is one atomic step).
 local t = redis.call('TIME')
@@ -30,18 +32,18 @@ for i, op in ipairs(ops) do
     if op.k == 'retry' and live then
       local due = now + math.floor(op.delay)
       redis.call('HSET', key, 'state', 'scheduled', 'error', op.err or '', 'traceback',
-        op.tb or '', 'run_at', due)
+        op.tb or '', 'run_at', due, 'attempts', op.a)
       redis.call('ZADD', KEYS[2], due, op.id)
       retried = retried + 1
     else
       local data = (state and redis.call('HGET', key, 'data')) or op.d or ''
-      local attempts = (state and redis.call('HGET', key, 'attempts')) or op.a or 0
+      local attempts = op.a or (state and redis.call('HGET', key, 'attempts')) or 0
       redis.call('XADD', KEYS[4], 'MAXLEN', '~', keep, '*', 'id', op.id or '', 'entry', op.e,
         'd', data, 'error', op.err or '', 'traceback', op.tb or '', 'reason',
         op.reason or 'failed', 'attempts', attempts, 'failed_at', now)
       if live then
         redis.call('HSET', key, 'state', 'failed', 'error', op.err or '', 'traceback',
-          op.tb or '', 'finished_at', now)
+          op.tb or '', 'finished_at', now, 'attempts', attempts)
         redis.call('PEXPIRE', key, ttl)
         finished = finished + 1
       end
@@ -60,7 +62,7 @@ if #ARGV > 7 then
     from = '(' .. p[#p][1]
   end
   local k = 5 + #ops
-  for i = 8, #ARGV, 3 do
+  for i = 8, #ARGV, 4 do
     local entry = ARGV[i]
     k = k + 1
     if seen[entry] or owned[entry] ~= tonumber(ARGV[i + 1]) then
@@ -70,7 +72,8 @@ if #ARGV > 7 then
       acked[#acked + 1] = entry
       -- The fence passed: this attempt still owns the entry, so the job is running (only
       -- this consumer's settle or the reclaimer, which acks first, can end it).
-      redis.call('HSET', KEYS[k], 'state', 'succeeded', 'result', ARGV[i + 2], 'finished_at', now)
+      redis.call('HSET', KEYS[k], 'state', 'succeeded', 'result', ARGV[i + 3], 'finished_at', now,
+        'attempts', ARGV[i + 2])
       redis.call('PEXPIRE', KEYS[k], ttl)
       finished = finished + 1
       succeeded = succeeded + 1
