@@ -1,7 +1,7 @@
 """End-to-end in-process throughput, per-phase cost and memory, against a lean
 ThreadPoolExecutor.
 
-Run: ``python benchmarks/bench_inprocess.py [--jobs N] [--repeat R] [--memory-jobs M]``
+Run: ``python benchmarks/bench_inprocess.py [--jobs N] [--repeat R] [--memory-jobs M] [--json F]``
 
 Throughput: N jobs submitted and completed through a `Dispatcher` with 8 workers and a no-op
 handler (``payload=None``, then a small dict payload), as jobs/s and as a ratio to
@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from csjd_core import Config, Dispatcher, Job
 from csjd_core.engine.pool import Worker
@@ -153,7 +155,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--memory-jobs", type=int, default=1_000_000)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
+    out: list[dict[str, Any]] = []
     n = args.jobs
     rows: dict[str, list[float]] = {"executor": [], "csjd-none": [], "csjd-dict": []}
     for _ in range(args.repeat):
@@ -175,6 +179,7 @@ def main() -> None:
     for name, values in rows.items():
         rate = statistics.median(values)
         print(f"{labels[name]:<34}{rate:>12,.0f}{rate / base:>8.2f}{1e6 / rate:>8.2f}")
+        out.append(_row("throughput jobs/s", labels[name], rate, base, values))
     phases = [bench_phases(min(n, 100_000)) for _ in range(args.repeat)]
     print("\nphases alone, one thread, µs per job (median)")
     total = 0.0
@@ -182,6 +187,7 @@ def main() -> None:
         value = statistics.median(p[name] for p in phases)
         total += value
         print(f"  {name:<12}{value:>6.2f}")
+        out.append(_row("phase µs/job", name, value, None, [p[name] for p in phases]))
     end_to_end = 1e6 / statistics.median(rows["csjd-none"])
     print(f"  {'sum':<12}{total:>6.2f}   (end to end, 8 workers: {end_to_end:.2f})")
     if args.memory_jobs:
@@ -191,6 +197,13 @@ def main() -> None:
             f"\nmemory: {mem['pending']:,} queued jobs (payload=None): peak RSS "
             f"{peak:.0f} MiB (interpreter + import: {base:.0f} MiB)"
         )
+        out.append(_row("memory MiB", f"{mem['pending']:,} queued jobs, peak RSS", peak, None, []))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"rows": out}, indent=1))
+
+
+def _row(section: str, name: str, value: float, base: float | None, runs: list[float]) -> Any:
+    return {"section": section, "name": name, "value": value, "base": base, "runs": runs}
 
 
 if __name__ == "__main__":
