@@ -392,10 +392,11 @@ def test_redis_restart_without_persistence_workers_recover_without_a_hot_loop(
     redis_server_factory: Any, private_workers: Workers, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = redis_server_factory()
-    w = private_workers("w", url=server.url, workers=4)
+    # No read-ahead (prefetch = workers): the six sleeping jobs must all run at once.
+    w = private_workers("w", url=server.url, workers=4, prefetch=4)
     # A second consumer in this process, to count its XREADGROUP calls exactly.
     inproc = RedisDistributedDispatcher(
-        RedisConfig(url=server.url, connect_timeout=1.0), fast_config(workers=2)
+        RedisConfig(url=server.url, connect_timeout=1.0), fast_config(workers=2, prefetch=2)
     )
     ran: list[str] = []
     inproc.register_handler("work", lambda ctx, job: ran.append(job.id))

@@ -60,8 +60,10 @@ class Holdings:
         # Entries of `owned` whose outcome is on its way (a renewal refused for one of them
         # means it was settled meanwhile, not that its lease was lost).
         self.settling: set[str] = set()
-        # Held entries started at hand-over, for the reader's next round trip to record.
+        # Held entries started at hand-over, for the reader's next round trip to record, and
+        # the entry ids of those whose start is not recorded yet (an outcome records it too).
         self.starts: deque[Delivery] = deque()
+        self.unrecorded: set[str] = set()
         # Successes queued for the reader's next round trip (see `queue_ack`): while the
         # reader cycles, it records them in the same pipeline as its next read.
         self.acks: deque[tuple[Delivery, dict[str, Any]]] = deque()
@@ -159,6 +161,11 @@ class Holdings:
         """The starts made at hand-over since the last round trip."""
         return _drain(self.starts)
 
+    def recorded(self, deliveries: list[Delivery]) -> None:
+        """Their starts were recorded (or refused: the entry is not ours any more)."""
+        for delivery in deliveries:
+            self.unrecorded.discard(delivery.ref[1])
+
     def take_acks(self) -> list[tuple[Delivery, dict[str, Any]]]:
         """The queued successes, taken for one round trip."""
         return _drain(self.acks)
@@ -191,6 +198,7 @@ class Holdings:
                 item.taken = True
                 self.ahead.remove(item)
                 self.owned[delivery.ref[1]] = delivery
+            self.unrecorded.add(delivery.ref[1])
             self.starts.append(delivery)
             self.ring()
         else:
@@ -227,6 +235,7 @@ class Holdings:
                 del self.owned[entry]
             if current is delivery or current is None:
                 self.settling.discard(entry)
+                self.unrecorded.discard(entry)
         self.ring()
 
     # -- what maintenance reads ------------------------------------------------------------

@@ -164,8 +164,11 @@ class Reader:
         pool = self.connection.reader.connection_pool
         # Connected before the starts and successes are taken: if Redis is down they stay.
         conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
-        starts = holdings.take_starts()
+        starts = holdings.take_starts()  # before the successes: theirs are taken by now
         acks = holdings.take_acks()
+        if starts and acks:  # a success that records its start makes the start write moot
+            with_start = {op["e"] for _, op in acks if "s" in op}
+            starts = [d for d in starts if d.ref[1] not in with_start]
         evalsha = self.connection.evalsha
         started = by_queue(starts, lambda d: d.ref[0])
         commands = [
@@ -195,6 +198,7 @@ class Reader:
                 except redis.ResponseError as exc:
                     error, flags = exc, [0] * len(begun)
                 recorded += 1
+                holdings.recorded(begun)
                 self._refused_starts(begun, flags)
             for keys in reads:
                 try:

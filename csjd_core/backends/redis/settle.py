@@ -90,24 +90,31 @@ class Outcomes:
     def succeed_nowait(self, delivery: Delivery, result: Any) -> bool | None:
         """Queue the success for the reader's next round trip while it is cycling (``None``:
         a refusal is reported to ``on_lost``); else record it now."""
-        op = codec.op(delivery, "ok", r=codec.result_json(result))
+        op = self._op(delivery, "ok", r=codec.result_json(result))
         if self.holdings.queue_ack(delivery, op):
             return None
         return self.settle_sync(delivery, op)
 
     def succeed(self, delivery: Delivery, result: Any) -> bool:
         """Ack with the JSON result."""
-        return self.settle_sync(delivery, codec.op(delivery, "ok", r=codec.result_json(result)))
+        return self.settle_sync(delivery, self._op(delivery, "ok", r=codec.result_json(result)))
 
     def retry(self, delivery: Delivery, error: AttemptError, delay: float) -> bool:
         """Ack and park the job in the delayed set for ``delay`` seconds (one atomic step)."""
-        op = codec.op(delivery, "retry", delay=delay * 1000, **codec.error_fields(error))
+        op = self._op(delivery, "retry", delay=delay * 1000, **codec.error_fields(error))
         return self.settle_sync(delivery, op)
 
     def fail(self, delivery: Delivery, error: AttemptError) -> bool:
         """Ack and dead-letter the job (one atomic step)."""
-        op = codec.op(delivery, "dead", reason=error.kind, **codec.error_fields(error))
+        op = self._op(delivery, "dead", reason=error.kind, **codec.error_fields(error))
         return self.settle_sync(delivery, op)
+
+    def _op(self, delivery: Delivery, kind: str, **extra: Any) -> dict[str, Any]:
+        """settle.lua's op; ``s``: it records the attempt's start too (not recorded yet)."""
+        op = codec.op(delivery, kind, **extra)
+        if delivery.ref[1] in self.holdings.unrecorded:
+            op["s"] = 1
+        return op
 
     def poison(self, keys: QueueKeys, entry_id: str, job_id: str, data: str, reason: str) -> None:
         """Dead-letter an entry that cannot be run (undecodable, no job record...)."""
@@ -177,7 +184,10 @@ class Outcomes:
         """settle.lua's KEYS and ARGV for ``ops`` of one queue, and the op index of each reply
         flag (every job record the script touches is passed in KEYS: it builds none)."""
         other = [i for i, op in enumerate(ops) if op["k"] != "ok"]
-        ok = [i for i, op in enumerate(ops) if op["k"] == "ok"]
+        # Successes that record their start first (see settle.lua).
+        ok = [i for i, op in enumerate(ops) if op["k"] == "ok" and "s" in op]
+        with_start = len(ok)
+        ok += [i for i, op in enumerate(ops) if op["k"] == "ok" and "s" not in op]
         order = other + ok
         script_keys = keys.settle() + [keys.job(ops[i]["id"]) for i in order]
         args: list[Any] = [
@@ -189,7 +199,7 @@ class Outcomes:
         ]
         if ok:
             ids = sorted((codec.entry_order(ops[i]["e"]), ops[i]["e"]) for i in ok)
-            args += [ids[0][1], ids[-1][1]]
+            args += [ids[0][1], ids[-1][1], with_start]
             for i in ok:
                 op = ops[i]
                 args += [op["e"], op["n"], op["a"], op["r"]]

@@ -30,11 +30,8 @@ for i, e in ipairs(r[1][2]) do
   if id and data and id ~= '' then
     local key = prefix .. id
     if i > start then
-      -- Every job record has a state: none means there was no record (poison).
-      attempts = -1
-      if redis.call('HGET', key, 'state') then
-        attempts = tonumber(redis.call('HGET', key, 'attempts') or 0)
-      end
+      -- Every job record has its attempts: none means there was no record (poison).
+      attempts = tonumber(redis.call('HGET', key, 'attempts') or -1)
     elseif redis.call('HSET', key, 'state', 'running', 'started_at', now, 'worker', consumer) == 3
     then
       redis.call('DEL', key)  -- three new fields: there was no record

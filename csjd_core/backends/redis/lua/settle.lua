@@ -6,10 +6,13 @@
 --   (the stream is trimmed to about that many, oldest first),
 --   ARGV[5] JSON list of retry/dead ops {k="retry"|"dead", e=entry, id=job id, n=deliveries,
 --   err=error, tb=traceback, delay=ms, reason=dead-letter reason, a=attempts, d=data},
---   ARGV[6], ARGV[7] lowest and highest entry id of the successes, then per success:
---   entry, deliveries, attempts, result JSON.
+--   ARGV[6], ARGV[7] lowest and highest entry id of the successes, ARGV[8] how many of them
+--   (the first ones) record their start too, then per success: entry, deliveries, attempts,
+--   result JSON.
 -- An op's attempts (the attempt it records) is written with the outcome: an attempt started at
--- hand-over may settle before its start is recorded (started.lua, refused once this acks).
+-- hand-over may settle before its start is recorded (started.lua, refused once this acks). An op
+-- whose start was not recorded yet (s=1 for retry/dead ops) records it as well: started_at is
+-- then the time of this step, and the start write is not sent at all when both go together.
 -- Returns one 1/0 per op: the JSON ops first, then the successes. Acks, deletes and counters
 -- are issued once per call (invisible to others: the script is one atomic step).
 local t = redis.call('TIME')
@@ -29,6 +32,9 @@ for i, op in ipairs(ops) do
     local key = KEYS[5 + i]
     local state = op.id and op.id ~= '' and redis.call('HGET', key, 'state')
     local live = state and state ~= 'succeeded' and state ~= 'failed'
+    if op.s and live then
+      redis.call('HSET', key, 'started_at', now, 'worker', consumer)
+    end
     if op.k == 'retry' and live then
       local due = now + math.floor(op.delay)
       redis.call('HSET', key, 'state', 'scheduled', 'error', op.err or '', 'traceback',
@@ -52,7 +58,7 @@ for i, op in ipairs(ops) do
     out[#out + 1] = 1
   end
 end
-if #ARGV > 7 then
+if #ARGV > 8 then
   -- One fence read for every success: this consumer's pending entries in their id range.
   local owned, from = {}, ARGV[6]
   while true do
@@ -62,7 +68,8 @@ if #ARGV > 7 then
     from = '(' .. p[#p][1]
   end
   local k = 5 + #ops
-  for i = 8, #ARGV, 4 do
+  local with_start = 8 + 4 * tonumber(ARGV[8])
+  for i = 9, #ARGV, 4 do
     local entry = ARGV[i]
     k = k + 1
     if seen[entry] or owned[entry] ~= tonumber(ARGV[i + 1]) then
@@ -72,8 +79,13 @@ if #ARGV > 7 then
       acked[#acked + 1] = entry
       -- The fence passed: this attempt still owns the entry, so the job is running (only
       -- this consumer's settle or the reclaimer, which acks first, can end it).
-      redis.call('HSET', KEYS[k], 'state', 'succeeded', 'result', ARGV[i + 3], 'finished_at', now,
-        'attempts', ARGV[i + 2])
+      if i < with_start then
+        redis.call('HSET', KEYS[k], 'state', 'succeeded', 'result', ARGV[i + 3], 'finished_at',
+          now, 'attempts', ARGV[i + 2], 'started_at', now, 'worker', consumer)
+      else
+        redis.call('HSET', KEYS[k], 'state', 'succeeded', 'result', ARGV[i + 3], 'finished_at',
+          now, 'attempts', ARGV[i + 2])
+      end
       redis.call('PEXPIRE', KEYS[k], ttl)
       finished = finished + 1
       succeeded = succeeded + 1
