@@ -112,6 +112,11 @@ def test_outcomes_of_held_entries_count_their_attempts_whichever_write_lands_fir
         expected = {"ok": (JobState.SUCCEEDED, 1), "flaky": (JobState.SUCCEEDED, 2)}
         assert (status.state, status.attempts) == expected.get(kind, (JobState.FAILED, 1))
         assert seen[job_id] == ([1, 2] if kind == "flaky" else [1])
+        # Its start is recorded whichever way (started.lua, or with the outcome).
+        assert status.worker_id == d.backend.consumer
+        assert status.started_at is not None
+        assert status.finished_at is not None
+        assert status.started_at <= status.finished_at
     letters = d.dead_letters(count=100)
     assert sorted(letter.job_id for letter in letters) == sorted(
         f"bad-{i}" for i, kind in enumerate(kinds) if kind == "bad"

@@ -195,11 +195,13 @@ class Reader:
             for _, begun in started:
                 try:
                     flags = conn.read_response()
-                except redis.ResponseError as exc:
-                    error, flags = exc, [0] * len(begun)
+                except redis.ResponseError as exc:  # NOSCRIPT...: sent again next cycle
+                    error = exc
+                    holdings.requeue_starts(begun)
+                else:
+                    holdings.recorded(begun)
+                    self._refused_starts(begun, flags)
                 recorded += 1
-                holdings.recorded(begun)
-                self._refused_starts(begun, flags)
             for keys in reads:
                 try:
                     flat = conn.read_response()
