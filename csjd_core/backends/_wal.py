@@ -390,6 +390,11 @@ class WriteAheadLog:
         """
         self._deferred.append((rtype, payload))
 
+    @property
+    def has_deferred(self) -> bool:
+        """Records wait for the next `append` or `flush`."""
+        return bool(self._deferred)
+
     def flush(self) -> None:
         """Write the deferred records now (no fsync).
 

@@ -426,6 +426,8 @@ class FileJobStore(MemoryBackend):
         self._wal.defer(fmt.FINISHED, fmt.finished(entry.job.id, entry.state, entry.finished_at))
 
     def _flush_progress(self) -> None:
+        if not self._wal.has_deferred:
+            return
         try:
             self._write([], durable=False)
         except (StoreFailed, JobStoreLocked) as exc:

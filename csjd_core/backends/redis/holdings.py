@@ -79,10 +79,15 @@ class Holdings:
         self.round_trip = 0.0  # smoothed seconds per reader round trip
         self.handler_time: float | None = None  # smoothed seconds from hand-over to outcome
         self._began: dict[str, float] = {}  # entry id -> monotonic time of its hand-over
+        self._ahead = self._target()
 
     # -- how much to read ------------------------------------------------------------------
     def ahead_target(self) -> int:
-        """How many entries to hold unstarted beyond the idle workers' (see the class)."""
+        """How many entries to hold unstarted beyond the idle workers' (see the class);
+        recomputed once per round trip."""
+        return self._ahead
+
+    def _target(self) -> int:
         if self.prefetch is not None:
             return max(0, self.prefetch - self.workers)
         handler = self.handler_time
@@ -102,16 +107,20 @@ class Holdings:
 
     def capacity(self) -> int:
         """How many entries to read: the idle workers' plus the read-ahead's room."""
-        return self.idle() + max(0, self.ahead_target() - len(self.ahead))
+        ahead = len(self.ahead)
+        idle = self.workers - len(self.owned) + len(self.acks) - ahead
+        return max(0, idle) + max(0, self._ahead - ahead)
 
     def measured_round_trip(self, seconds: float) -> None:
-        """Fold one reader round trip into the average."""
+        """Fold one reader round trip into the average, and set the read-ahead for the next."""
         self.round_trip += _SMOOTHING * (seconds - self.round_trip)
+        self._ahead = self._target()
 
     # -- the reader's side -----------------------------------------------------------------
     def ring(self) -> None:
-        """Wake the reader if it waits for room or for starts or successes to record."""
-        if self.reader_waiting:
+        """Wake the reader if it waits for room or for starts or successes to record (one
+        wake-up at a time: a reader that has one pending looks at everything when it wakes)."""
+        if self.reader_waiting and self.doorbell.empty():
             self.doorbell.put(None)
 
     def hand_over(self, fresh: list[Delivery], held: list[Delivery], read_at: float) -> None:

@@ -75,17 +75,21 @@ class Reader:
                     or holdings.stopping
                     or (holdings.capacity() > 0 and not (stalled and holdings.ahead))
                 ):
-                    with contextlib.suppress(queue.Empty):
+                    try:
                         holdings.doorbell.get(timeout=0.5)
                         stalled = False  # a worker took or finished one: look again
-                    self.release(holdings.expired())
+                    except queue.Empty:
+                        pass
+                    if holdings.ahead:
+                        self.release(holdings.expired())
                     if not holdings.consuming:
                         break
                 holdings.reader_waiting = False
                 if not holdings.consuming or holdings.stopping:
                     return
                 try:
-                    self.release(holdings.expired())
+                    if holdings.ahead:
+                        self.release(holdings.expired())
                     if history:
                         self.read_history(history)
                     elif self.cycle():
