@@ -287,10 +287,11 @@ def validate_job(job: Job) -> None:
         check_name(job_type, "job type", f" (id={job_id!r})")
     if job.payload is not None:
         check_json(job.payload, f"payload of job {job.id!r}")
-    try:
-        job_options(job.max_attempts, job.timeout)
-    except ValueError as exc:
-        raise InvalidJob(f"{exc} (job id={job_id!r})") from None
+    if job.max_attempts is not None or job.timeout is not None:
+        try:
+            job_options(job.max_attempts, job.timeout)
+        except ValueError as exc:
+            raise InvalidJob(f"{exc} (job id={job_id!r})") from None
     if job.run_at is not None:
         check_run_at(job.run_at)
     if job.queue is not None:
