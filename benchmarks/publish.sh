@@ -16,6 +16,8 @@ py=.venv-peers/bin/python
 mkdir -p benchmarks/results
 python benchmarks/bench_redis.py --repeat 5 --json benchmarks/results/redis.json
 python benchmarks/bench_inprocess.py --repeat 5 --json benchmarks/results/inprocess.json
-$py benchmarks/peers/run.py --repeat 3
+# A peer's run that fails (a timeout, a job run twice) is recorded as failed and makes run.py
+# exit 1: the other figures are still published.
+$py benchmarks/peers/run.py --repeat 3 || echo "publish: some peer runs failed (see results.json)"
 $py benchmarks/plot.py
 $py benchmarks/peers/plot.py

@@ -44,10 +44,10 @@ class Holdings:
     Read-ahead: beside one started entry per idle worker, the reader holds up to
     `ahead_target` entries unstarted. ``prefetch=None`` adapts the target to the handlers: as
     many as the workers finish in a few round trips (``workers * 4 round trips / handler
-    time``), at most ``workers`` — fast handlers never wait for a read and entries are read in
-    batches, slow ones hold nothing back from other consumers (a handler slower than 4 x 8
-    round trips, about 20 ms here, holds none). An explicit ``prefetch`` is the fixed number of
-    entries in hand.
+    time``, rounded), at most ``workers`` — fast handlers never wait for a read and entries are
+    read in batches, slow ones hold nothing back from other consumers (a handler slower than
+    ``8 * workers`` round trips, 20-30 ms with 8 workers on a local Redis, holds none). An
+    explicit ``prefetch`` is the fixed number of entries in hand.
     """
 
     def __init__(self, workers: int, prefetch: int | None, lease: float) -> None:
