@@ -19,9 +19,9 @@ never 127.0.0.1:6379) and measures, against that server in the same run:
 - idle: CPU% of a core used by a worker process idle on an empty queue, and Redis commands/s it
   sends.
 
-Each figure is the median of ``--repeat`` runs, CSJD's and the baseline's interleaved; the
-table ends with the targets, which are bounds that hold whatever the machine's load (CPU per job,
-ratios and differences to the same run's baseline).
+Each enqueue and drain figure is the median of ``--repeat`` runs, CSJD's and the baseline's
+interleaved; each latency figure is one run of ``--latency-samples`` jobs. The table ends with
+the targets (see ``TARGETS``).
 
 ``--sweep`` adds a drain sweep over ``DistributedConfig(workers=..., prefetch=...)``.
 ``--profile DIR`` writes py-spy (if installed) collapsed stacks and cProfile dumps of the
@@ -71,8 +71,10 @@ TYPE = "bench"
 BIG_CAP = 10**9
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-#: The targets of the second speed issue: bounds that hold whatever the machine's load (CPU per
-#: job; ratios and differences to the baseline of the same run), never wall-clock limits.
+#: The targets (docs/performance.md): CPU per job, and ratios or differences to the baseline of
+#: the same run — figures that the machine's other load moves much less than jobs/s. They are
+#: measured, never asserted. With --quick (3,000 jobs, 10 ms clock ticks) the CPU figures are
+#: too coarse to judge.
 TARGETS = {
     "enqueue_single_ratio": 0.9,  # submit one by one / one XADD per call
     "latency_p99_over_raw_ms": 0.3,  # p99 enqueue-to-start minus the raw loop's p99

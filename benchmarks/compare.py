@@ -3,13 +3,16 @@
 Run: ``python benchmarks/compare.py BEFORE AFTER [--runs 5] -- bench_redis.py --only drain``
 
 ``BEFORE`` and ``AFTER`` are checkouts (e.g. ``git worktree add /tmp/before <commit>``). Each run
-puts one of them first on ``PYTHONPATH`` and runs the *after* checkout's benchmark script with
-``--json``, alternating before, after, before, ... so the machine's changing load falls on both
-sides alike. Prints, per measure, the median of each side, their ratio and each side's range,
-and the baseline's median (the benchmark's own same-run baseline: the raw Streams loop, the
-lean executor). The script must write ``{"rows": [{"section", "name", "value", "base",
-"detail"}...]}`` (bench_redis.py and bench_inprocess.py do); a row's ``detail`` adds its CPU per
-job, when it has one.
+puts one of them first on ``PYTHONPATH`` and runs the benchmark script that sits next to this
+file with ``--json``, alternating before, after, before, ... so the machine's changing load
+falls on both sides alike. Prints, per measure, the median of each side, their ratio and each
+side's range, and the median of each side's own same-run baseline (the raw Streams loop, the
+lean executor): when the baseline moved between the sides, so did the machine. Keep runs
+short: a full bench_redis.py takes 10 minutes (``--only drain`` about one).
+
+The script must write ``{"rows": [{"section", "name", "value", "base", "detail"}...]}``
+(bench_redis.py and bench_inprocess.py do); a row's ``detail`` adds its CPU per job, when it has
+one.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def main() -> None:
         "before": defaultdict(list),
         "after": defaultdict(list),
     }
-    baselines: dict[str, list[float]] = defaultdict(list)
+    baselines: dict[str, dict[str, list[float]]] = {side: defaultdict(list) for side in SIDES}
     names: list[str] = []
     for i in range(args.runs):
         for side, tree in zip(SIDES, (args.before, args.after), strict=True):
@@ -83,16 +86,24 @@ def main() -> None:
                     names.append(name)
                 runs[side][name].append(value)
                 if base:
-                    baselines[name].append(float(base))
-    print(f"{'measure':<64} {'before':>9} {'after':>9} {'ratio':>6} {'baseline':>9}  ranges")
+                    baselines[side][name].append(float(base))
+    print(
+        f"{'measure':<60} {'before':>9} {'after':>9} {'ratio':>6}  {'baseline before/after':>21}"
+        "  ranges"
+    )
     for name in names:
         before, after = runs["before"][name], runs["after"][name]
         if not before or not after:
             continue
         b, a = statistics.median(before), statistics.median(after)
-        base = f"{statistics.median(baselines[name]):>9,.1f}" if baselines[name] else " " * 9
+        base_b, base_a = baselines["before"][name], baselines["after"][name]
+        base = (
+            f"{statistics.median(base_b):>10,.1f}/{statistics.median(base_a):<10,.1f}"
+            if base_b and base_a
+            else " " * 21
+        )
         print(
-            f"{name[:64]:<64} {b:>9,.1f} {a:>9,.1f} {a / b if b else float('nan'):>6.2f} {base}"
+            f"{name[:60]:<60} {b:>9,.1f} {a:>9,.1f} {a / b if b else float('nan'):>6.2f}  {base}"
             f"  {min(before):,.1f}..{max(before):,.1f} | {min(after):,.1f}..{max(after):,.1f}"
         )
 

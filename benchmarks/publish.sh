@@ -3,11 +3,17 @@
 #   benchmarks/results/redis.json, inprocess.json  CSJD beside its limits (bench_redis, bench_inprocess)
 #   benchmarks/peers/results.json                  CSJD beside seven peers (peers/run.py)
 #   docs/img/*.png, docs/img/peers/*.png           their plots
-# CSJD's own benchmarks run with the `python` of the environment you develop in (pip install -e
-# ".[dev]"); the peers and matplotlib live in a benchmarks-only virtualenv (.venv-peers), made on
-# first use. Run it on a quiet machine: absolute figures vary 2x with load.
+# CSJD's own benchmarks run with `python` of the activated virtualenv you develop in (python3 -m
+# venv .venv && . .venv/bin/activate && pip install -e ".[dev]"); the peers and matplotlib live in
+# a benchmarks-only virtualenv (.venv-peers), made on first use (delete it after changing
+# benchmarks/peers/requirements.txt). Run it on a quiet machine: absolute figures vary 2x with
+# load. The tables of docs/performance.md are copied from the JSON it writes.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if ! python -c "import csjd_core" 2>/dev/null; then
+  echo 'publish: activate the virtualenv with CSJD installed first (pip install -e ".[dev]")' >&2
+  exit 2
+fi
 if [[ ! -x .venv-peers/bin/python ]]; then
   python3 -m venv .venv-peers
   .venv-peers/bin/pip install -q -e . -r benchmarks/peers/requirements.txt
@@ -17,7 +23,13 @@ mkdir -p benchmarks/results
 python benchmarks/bench_redis.py --repeat 5 --json benchmarks/results/redis.json
 python benchmarks/bench_inprocess.py --repeat 5 --json benchmarks/results/inprocess.json
 # A peer's run that fails (a timeout, a job run twice) is recorded as failed and makes run.py
-# exit 1: the other figures are still published.
-$py benchmarks/peers/run.py --repeat 3 || echo "publish: some peer runs failed (see results.json)"
+# exit 3: the other figures are still published. Any other failure stops here.
+status=0
+$py benchmarks/peers/run.py --repeat 3 || status=$?
+if ((status == 3)); then
+  echo "publish: some peer runs failed; recorded as failed in benchmarks/peers/results.json"
+elif ((status != 0)); then
+  exit "$status"
+fi
 $py benchmarks/plot.py
 $py benchmarks/peers/plot.py

@@ -44,6 +44,8 @@ DRAINS = {  # scenario: (job kind, worker processes)
     "drain_incr_2p": ("incr", 2),
 }
 FIGURES = (*DRAINS, "enqueue_single", "enqueue_bulk", "latency_p50_ms", "latency_p99_ms")
+#: Exit status when some runs failed (recorded in results.json): not a crash of the harness.
+RUNS_FAILED = 3
 RATE = 200.0  # jobs/s sent in the latency scenario
 WARMUP = 20  # latency jobs run (and discarded) before the measured ones
 SLOW_DIVISOR = {"rq": 10, "arq": 5}  # systems that run fewer jobs (README.md says why)
@@ -377,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                                    indent=1) + "\n")  # fmt: skip
     print(f"\n{table(summary)}\n\nwrote {args.out} ({elapsed:.0f} s)")
     failed = [r for r in bench.runs if "error" in r]
-    return 1 if failed else 0
+    return RUNS_FAILED if failed else 0
 
 
 if __name__ == "__main__":
