@@ -30,8 +30,8 @@ __all__ = ["HEADER", "MAX_RECORD", "Record", "WriteAheadLog", "encode", "scan", 
 logger = logging.getLogger("csjd_core.store")
 
 MAGIC = b"CJ"
-VERSION = 2  # written; 2: binary started / finished payloads (see file.py)
-READABLE_VERSIONS = frozenset({1, 2})
+VERSION = 3  # written; 2: binary started / finished payloads, 3: binary submitted (_records)
+READABLE_VERSIONS = frozenset({1, 2, 3})
 HEADER = struct.Struct("<2sBBIQI")
 #: Largest record: a job of `MAX_JOB_BYTES` (the admission limit) plus room for its id, type
 #: and framing, so that every job admission accepts fits one record. Checked when reading too.

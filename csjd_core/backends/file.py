@@ -300,10 +300,9 @@ class FileJobStore(MemoryBackend):
 
     def _entry(self, job: fmt.Replayed) -> Entry:
         """Build the `Entry` of a job that is still unfinished after the replay."""
-        item = job.item
         try:
-            built = Job.from_dict(item["job"])
-            entry = Entry(built, int(item["max"]), float(item["t"]))
+            built, max_attempts, enqueued_at = fmt.job_of(job)
+            entry = Entry(built, max_attempts, enqueued_at)
         except (InvalidJob, ValueError, KeyError, TypeError) as exc:
             raise self._undecodable(job.offset, exc) from exc
         entry.stored = True
