@@ -43,9 +43,13 @@ FsyncPolicy = Literal["always", "interval", "never"]
 
 # Stores open in this process: a forked child must not use the parent's descriptors or lock.
 _OPEN_STORES: weakref.WeakSet[FileJobStore] = weakref.WeakSet()
+# Forks this process descends from (counted in each child): while it is unchanged since a store
+# opened, the store is in its opener's process, known without a getpid() system call per record.
+_forks = [0]
 
 
 def _after_fork_in_child() -> None:
+    _forks[0] += 1
     for store in list(_OPEN_STORES):
         store._forked()
 
@@ -117,6 +121,7 @@ class FileJobStore(MemoryBackend):
         self._snapshot_seq = 0
         self._compacting = threading.Lock()
         self._owner_pid = 0
+        self._owner_forks = -1
         self._recovered: list[tuple[Entry, JobState, int, str | None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -158,6 +163,7 @@ class FileJobStore(MemoryBackend):
                     raise self._undecodable(bad.offset, bad.__cause__ or bad) from bad
                 entries = [self._entry(job) for job in jobs.values()]
                 self._owner_pid = os.getpid()
+                self._owner_forks = _forks[0]
                 _OPEN_STORES.add(self)
                 return self._recover(entries)
         except BaseException:
@@ -209,6 +215,8 @@ class FileJobStore(MemoryBackend):
             self._lock_fd = -1
 
     def _check_owner(self) -> None:
+        if self._owner_forks == _forks[0]:
+            return  # no fork since it opened
         if self._owner_pid and self._owner_pid != os.getpid():
             raise JobStoreLocked(self.path, self._owner_pid)
 
@@ -232,8 +240,11 @@ class FileJobStore(MemoryBackend):
         """
         if not self._opened or (self._owner_pid and self._owner_pid != os.getpid()):
             return []
-        with self._lock:
-            left = [e.job for e in self._unfinished.values() if e.state is not JobState.RUNNING]
+        with self._lock:  # list() first: a success leaves `_unfinished` without the lock
+            entries = list(self._unfinished.values())
+        left = [
+            e.job for e in entries if e.state is JobState.QUEUED or e.state is JobState.SCHEDULED
+        ]
         try:
             self.compact()
         except (OSError, StoreFailed) as exc:
@@ -505,9 +516,14 @@ class FileJobStore(MemoryBackend):
             seq = self._wal.last_seq
             keep_from = self._wal.size
             # Entries whose submitted record is not written yet are not folded in: their record
-            # lands after ``seq`` (or their submit fails and they were never accepted).
+            # lands after ``seq`` (or their submit fails and they were never accepted). Nor are
+            # jobs that finished: a success takes its job out of `_unfinished` without the
+            # index lock (list() copies the map at once), and its finished record may be
+            # written before or after ``seq``.
             captured = [
-                fmt.snapshot_fields(e) for e in self._unfinished.values() if e.get("stored")
+                fmt.snapshot_fields(e)
+                for e in list(self._unfinished.values())
+                if e.get("stored") and not e.state.finished
             ]
         data = fmt.snapshot(seq, captured)
         tmp = self.path + ".tmp"
@@ -535,7 +551,7 @@ class FileJobStore(MemoryBackend):
         if not self._opened:
             self.open()
         with self._lock:
-            return [e.to_status() for e in self._unfinished.values()]
+            return [e.to_status() for e in list(self._unfinished.values())]
 
     def job(self, job_id: str) -> Job:
         """The stored `Job` with this id.

@@ -402,7 +402,8 @@ def test_an_unusable_store_directory_is_a_clear_error(tmp_path: Path) -> None:
 # -- 6. fsync raising EIO ----------------------------------------------------------------------
 @pytest.fixture
 def fsync_fault(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``fault.arm(store, after=n)``: the log's fsyncs fail with EIO after ``n`` successes."""
+    """``fault.arm(store, after=n)``: the log's fsyncs (fsync or fdatasync) fail with EIO after
+    ``n`` successes."""
     real_fsync = os.fsync
 
     class Fault:
@@ -424,6 +425,7 @@ def fsync_fault(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     fault = Fault()
     monkeypatch.setattr(os, "fsync", fault)
+    monkeypatch.setattr(os, "fdatasync", fault)  # the log's fsyncs (the snapshot's: fsync)
     return fault
 
 
@@ -621,6 +623,7 @@ def test_group_commit_on_a_slow_disk_batches_most_submitters(
             time.sleep(0.002)  # the disk's latency, not a synchronisation
 
     monkeypatch.setattr(os, "fsync", slow_fsync)
+    monkeypatch.setattr(os, "fdatasync", slow_fsync)
     submits = 8 * 40
     fsyncs = _concurrent_submits(store, 8, 40)
     assert fsyncs < submits / 2, fsyncs
