@@ -83,10 +83,13 @@ class Replayed:
 
 
 class BadRecord(Exception):
-    """A log record whose checksum matched but whose content has the wrong shape."""
+    """A log record (or a snapshot's item: offset None) whose checksum matched but whose
+    content has the wrong shape."""
 
-    def __init__(self, offset: int) -> None:
-        super().__init__(f"bad record at byte offset {offset}")
+    def __init__(self, offset: int | None) -> None:
+        super().__init__(
+            "bad snapshot item" if offset is None else f"bad record at byte offset {offset}"
+        )
         self.offset = offset
 
 
@@ -158,6 +161,7 @@ def _apply(jobs: dict[str, Replayed], records: list[Record], decoded: list[Any])
     next_json = iter(decoded).__next__
     started_size, finished_size = _STARTED.size, _FINISHED.size
     unpack_started = _STARTED.unpack_from
+    unpack_submitted, submitted_size = _SUBMITTED.unpack_from, _SUBMITTED.size
     isnan = math.isnan
     json_types = JSON_TYPES
     for record in records:
@@ -171,9 +175,16 @@ def _apply(jobs: dict[str, Replayed], records: list[Record], decoded: list[Any])
                     pop(payload[finished_size:].decode("utf-8", "surrogatepass"), None)
                     continue
                 if rtype == SUBMITTED:
-                    offset = record.offset
+                    *_, id_len, type_len, queue_len, payload_len = unpack_submitted(payload)
+                    size = submitted_size + id_len + type_len + payload_len
+                    if queue_len == _NO_QUEUE and size == len(payload):  # one job, no queue
+                        name = payload[submitted_size : submitted_size + id_len]
+                        jobs[name.decode("utf-8", "surrogatepass")] = Replayed(
+                            payload, record.offset
+                        )
+                        continue
                     for job_id, item in _items(payload):
-                        jobs[job_id] = Replayed(item, offset)
+                        jobs[job_id] = Replayed(item, record.offset)
                     continue
                 at, attempt = unpack_started(payload)
                 job = get(payload[started_size:].decode("utf-8", "surrogatepass"))
@@ -235,35 +246,80 @@ def _items(payload: bytes) -> list[tuple[str, bytes]]:
         pos = end
 
 
-def job_of(replayed: Replayed) -> tuple[Job, int, float]:
-    """The job a replayed submission holds, its max attempts and its enqueue time.
+def jobs_of(replayed: list[Replayed]) -> list[tuple[Job, int, float]]:
+    """The jobs replayed submissions hold, each with its max attempts and its enqueue time.
+
+    The payloads of binary items are decoded `REPLAY_BATCH` per JSON call (a call per job
+    would cost more than the decoding).
 
     Raises:
-        InvalidJob, ValueError, KeyError, TypeError: the item does not hold a valid job.
+        BadRecord: an item does not hold a valid job (the cause is chained).
     """
-    item = replayed.item
+    result = []
+    for start in range(0, len(replayed), REPLAY_BATCH):
+        batch = replayed[start : start + REPLAY_BATCH]
+        for job, payload in zip(batch, _payloads(batch), strict=True):
+            try:
+                result.append(_job_of(job.item, payload))
+            except (InvalidJob, ValueError, KeyError, TypeError, struct.error) as exc:
+                raise BadRecord(job.offset) from exc
+            except RecursionError as exc:
+                raise BadRecord(job.offset) from InvalidJob(f"malformed job record: {exc!r}")
+    return result
+
+
+def _payloads(batch: list[Replayed]) -> list[Any]:
+    """The decoded payloads of binary items (None for the others), in one JSON call when all
+    decode.
+
+    Raises:
+        BadRecord: a payload is not JSON.
+    """
+    unpack = _SUBMITTED.unpack_from
+    texts = []
+    for job in batch:
+        item = job.item
+        length = unpack(item)[-1] if isinstance(item, bytes) else 0
+        # The payload ends the item.
+        texts.append(item[-length:] if length and isinstance(item, bytes) else b"null")
+    try:
+        decoded = decode_json((b"[" + b",".join(texts) + b"]").decode())
+    except (ValueError, RecursionError):  # UnicodeDecodeError too
+        decoded = None
+    if isinstance(decoded, list) and len(decoded) == len(texts):
+        return decoded
+    result = []
+    for job, text in zip(batch, texts, strict=True):  # find the culprit
+        try:
+            result.append(decode_json(text.decode()))
+        except (ValueError, RecursionError) as exc:
+            raise BadRecord(job.offset) from exc
+    return result
+
+
+def _job_of(item: dict[str, Any] | bytes, payload: Any) -> tuple[Job, int, float]:
     if not isinstance(item, bytes):
         return Job.from_dict(item["job"]), int(item["max"]), float(item["t"])
-    at, timeout, run_at, max_attempts, own_max, id_len, type_len, queue_len, payload_len = (
+    at, timeout, run_at, max_attempts, own_max, id_len, type_len, queue_len, _ = (
         _SUBMITTED.unpack_from(item)
     )
     pos = _SUBMITTED.size
-    texts = []
-    for length in (id_len, type_len, 0 if queue_len == _NO_QUEUE else queue_len):
-        texts.append(item[pos : pos + length].decode("utf-8", "surrogatepass"))
-        pos += length
-    try:
-        job = Job(
-            texts[0],
-            texts[1],
-            decode_json(item[pos : pos + payload_len].decode()) if payload_len else None,
-            max_attempts=own_max or None,
-            timeout=None if math.isnan(timeout) else timeout,
-            run_at=None if math.isnan(run_at) else datetime.fromtimestamp(run_at, tz=UTC),
-            queue=None if queue_len == _NO_QUEUE else texts[2],
-        )
-    except RecursionError as exc:
-        raise InvalidJob(f"malformed job record: {exc!r}") from exc
+    job_id = item[pos : pos + id_len].decode("utf-8", "surrogatepass")
+    pos += id_len
+    job_type = item[pos : pos + type_len].decode("utf-8", "surrogatepass")
+    pos += type_len
+    queue = None
+    if queue_len != _NO_QUEUE:
+        queue = item[pos : pos + queue_len].decode("utf-8", "surrogatepass")
+    job = Job(
+        job_id,
+        job_type,
+        payload,
+        max_attempts=own_max or None,
+        timeout=None if math.isnan(timeout) else timeout,
+        run_at=None if math.isnan(run_at) else datetime.fromtimestamp(run_at, tz=UTC),
+        queue=queue,
+    )
     validate_job(job)
     return job, max_attempts, at
 

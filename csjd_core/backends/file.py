@@ -161,7 +161,12 @@ class FileJobStore(MemoryBackend):
                     del logged  # every record of the log: free it before building the jobs
                 except fmt.BadRecord as bad:
                     raise self._undecodable(bad.offset, bad.__cause__ or bad) from bad
-                entries = [self._entry(job) for job in jobs.values()]
+                unfinished = list(jobs.values())
+                try:
+                    built = fmt.jobs_of(unfinished)
+                except fmt.BadRecord as bad:
+                    raise self._undecodable(bad.offset, bad.__cause__ or bad) from bad
+                entries = [self._entry(*pair) for pair in zip(unfinished, built, strict=True)]
                 self._owner_pid = os.getpid()
                 self._owner_forks = _forks[0]
                 _OPEN_STORES.add(self)
@@ -309,22 +314,19 @@ class FileJobStore(MemoryBackend):
             offset=offset,
         )
 
-    def _entry(self, job: fmt.Replayed) -> Entry:
+    def _entry(self, job: fmt.Replayed, built: tuple[Job, int, float]) -> Entry:
         """Build the `Entry` of a job that is still unfinished after the replay."""
-        try:
-            built, max_attempts, enqueued_at = fmt.job_of(job)
-            entry = Entry(built, max_attempts, enqueued_at)
-        except (InvalidJob, ValueError, KeyError, TypeError) as exc:
-            raise self._undecodable(job.offset, exc) from exc
+        entry = Entry(*built)
+        built_job = entry.job
         entry.stored = True
         entry.attempts = job.attempts
         entry.state = job.state
         if job.run_at is not None:
             entry.run_at = job.run_at
-        elif job.state is JobState.QUEUED and built.run_at is not None:
+        elif job.state is JobState.QUEUED and built_job.run_at is not None:
             # Never started: it waits for its run_at (`restore` runs it at once if it passed).
             entry.state = JobState.SCHEDULED
-            entry.run_at = built.run_at.timestamp()
+            entry.run_at = built_job.run_at.timestamp()
         if job.error is not None:
             entry.error = job.error
         if job.started_at is not None:
