@@ -1,7 +1,9 @@
 """FileJobStore: the disk's fsync latency, group commit, end-to-end throughput per fsync policy,
 and recovery of a 1,000,000-record log.
 
-Run: ``python benchmarks/bench_file_store.py [--dir DIR] [--repeat R] [--quick]``
+Run: ``python benchmarks/bench_file_store.py [--dir DIR] [--repeat R] [--quick] [--only SECTION...]
+[--json F]`` (``--json``: the figures for ``benchmarks/compare.py``, which interleaves the runs of
+two checkouts: ``compare.py BEFORE AFTER --runs 5 -- bench_file_store.py --only targets``).
 
 1. fsync latency: median and p90 of N fsyncs, each after a 150-byte append (the size of a
    submitted record), on a file in ``--dir`` (default: a temporary directory; put it on the
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import statistics
 import sys
@@ -264,102 +267,162 @@ def recovery(base: Path, records: int, finished_share: float) -> tuple[int, floa
     return recovered, opened, closed, size >> 20
 
 
+SECTIONS = ("fsync", "commit", "interval", "policies", "phases", "recovery")
+#: The issue's three targets: durable submits against the ceiling, µs/job interval adds, recovery.
+TARGETS = ("commit", "interval", "recovery")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dir", default=None, help="where to put the stores (a disk, not tmpfs)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
     parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument(
+        "--only", nargs="+", choices=(*SECTIONS, "targets"), default=None, help="these sections"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
+    only = set(args.only or SECTIONS)
+    if "targets" in only:
+        only |= set(TARGETS)
     scale = 10 if args.quick else 1
     base = Path(tempfile.mkdtemp(prefix="csjd-bench-", dir=args.dir))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, stores in {base}")
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     rows: list[tuple[str, str, str]] = []
+    figures: list[dict[str, object]] = []  # for --json: {"section", "name", "value", "base"}
 
-    median, p90 = fsync_latency(base, 1000 // scale)
-    rows.append(
-        (
-            "fsync latency (150-byte append + fsync)",
-            f"median {median * 1e3:.3f} ms, p90 {p90 * 1e3:.3f} ms",
-            "",
+    if "fsync" in only:
+        median, p90 = fsync_latency(base, 1000 // scale)
+        rows.append(
+            (
+                "fsync latency (150-byte append + fsync)",
+                f"median {median * 1e3:.3f} ms, p90 {p90 * 1e3:.3f} ms",
+                "",
+            )
         )
-    )
 
-    ceilings, values = [], []
-    for _ in range(args.repeat):  # interleaved: the same moments of the machine's load
-        ceilings.append(group_commit_ceiling(base, 40_000 // scale))
-        values.append(durable_submits(base, 40_000 // scale))
-    rates = sorted(v[0] for v in values)
-    ratio = statistics.median(v[1] for v in values)
-    shares = [v[0] / c for v, c in zip(values, ceilings, strict=True)]
-    rows.append(
-        (
-            f"group-commit ceiling, {THREADS} threads (append + fdatasync per batch)",
-            f"{statistics.median(ceilings):,.0f}/s [best {max(ceilings):,.0f}]",
-            "",
+    if "commit" in only:
+        ceilings, values = [], []
+        for _ in range(args.repeat):  # interleaved: the same moments of the machine's load
+            ceilings.append(group_commit_ceiling(base, 40_000 // scale))
+            values.append(durable_submits(base, 40_000 // scale))
+        rates = sorted(v[0] for v in values)
+        ratio = statistics.median(v[1] for v in values)
+        shares = [v[0] / c for v, c in zip(values, ceilings, strict=True)]
+        rows.append(
+            (
+                f"group-commit ceiling, {THREADS} threads (append + fdatasync per batch)",
+                f"{statistics.median(ceilings):,.0f}/s [best {max(ceilings):,.0f}]",
+                "",
+            )
         )
-    )
-    rows.append(
-        (
-            f"durable submits/s, {THREADS} threads, always",
-            f"{statistics.median(rates):,.0f}/s [best {rates[-1]:,.0f}]",
-            f"{statistics.median(shares):.2f} of the ceiling (target >= 0.8); "
-            f"{ratio:.3f} fsyncs/submit",
+        rows.append(
+            (
+                f"durable submits/s, {THREADS} threads, always",
+                f"{statistics.median(rates):,.0f}/s [best {rates[-1]:,.0f}]",
+                f"{statistics.median(shares):.2f} of the ceiling (target >= 0.8); "
+                f"{ratio:.3f} fsyncs/submit",
+            )
         )
-    )
+        figures.append(
+            {
+                "section": "always",
+                "name": "durable submits, share of the group-commit ceiling",
+                "value": statistics.median(shares),
+                "base": None,
+            }
+        )
+        figures.append(
+            {
+                "section": "always",
+                "name": "durable submits/s (base: the ceiling)",
+                "value": statistics.median(rates),
+                "base": statistics.median(ceilings),
+            }
+        )
 
     n = 60_000 // scale
-    pairs = [
-        (end_to_end(base, None, n), end_to_end(base, "interval", n)) for _ in range(args.repeat)
-    ]
-    baseline = statistics.median(p[0] for p in pairs)
-    best = max(p[0] for p in pairs)
-    added = statistics.median((1 / p[1] - 1 / p[0]) * 1e6 for p in pairs)
-    interval = statistics.median(p[1] for p in pairs)
-    rows.append(("end to end, no store", f"{baseline:,.0f} jobs/s [best {best:,.0f}]", "1.00"))
-    rows.append(
-        (
-            "end to end, interval (paired with no store)",
-            f"{interval:,.0f} jobs/s [best {max(p[1] for p in pairs):,.0f}]",
-            f"{interval / baseline:.2f} of no store; adds {added:.1f} µs/job (target <= 6)",
-        )
-    )
-    for policy, jobs, submitters in (
-        ("never", n, 1),
-        ("always", n // 10, 1),
-        ("always", n // 2, THREADS),
-    ):
-        rate, best = runs(
-            lambda p=policy, j=jobs, s=submitters: end_to_end(base, p, j, s), args.repeat
-        )
-        label = f"end to end, {policy}" + (
-            f", {submitters} submitting threads" if submitters > 1 else ""
-        )
-        note = f"{rate / baseline:.2f} of no store"
-        rows.append((label, f"{rate:,.0f} jobs/s [best {best:,.0f}]", note))
-
-    for policy, workers in ((None, 1), ("never", 1), (None, WORKERS), ("never", WORKERS)):
-        submit_us, drain_us = phases(base, policy, workers, n // 2)
+    baseline = 0.0
+    if "interval" in only or "policies" in only:
+        pairs = [
+            (end_to_end(base, None, n), end_to_end(base, "interval", n)) for _ in range(args.repeat)
+        ]
+        baseline = statistics.median(p[0] for p in pairs)
+        best = max(p[0] for p in pairs)
+        added = statistics.median((1 / p[1] - 1 / p[0]) * 1e6 for p in pairs)
+        interval = statistics.median(p[1] for p in pairs)
+        rows.append(("end to end, no store", f"{baseline:,.0f} jobs/s [best {best:,.0f}]", "1.00"))
         rows.append(
             (
-                f"phases alone, {policy or 'no store'}, {workers} worker{'s' * (workers > 1)}",
-                f"submit {submit_us:.1f} µs/job, drain {drain_us:.1f} µs/job",
-                "each side timed without the other running",
+                "end to end, interval (paired with no store)",
+                f"{interval:,.0f} jobs/s [best {max(p[1] for p in pairs):,.0f}]",
+                f"{interval / baseline:.2f} of no store; adds {added:.1f} µs/job (target <= 6)",
             )
         )
+        figures.append(
+            {
+                "section": "interval",
+                "name": "µs/job the store adds (paired with no store)",
+                "value": added,
+                "base": None,
+            }
+        )
+        figures.append(
+            {
+                "section": "interval",
+                "name": "jobs/s (base: no store)",
+                "value": interval,
+                "base": baseline,
+            }
+        )
+    if "policies" in only:
+        for policy, jobs, submitters in (
+            ("never", n, 1),
+            ("always", n // 10, 1),
+            ("always", n // 2, THREADS),
+        ):
+            rate, best = runs(
+                lambda p=policy, j=jobs, s=submitters: end_to_end(base, p, j, s), args.repeat
+            )
+            label = f"end to end, {policy}" + (
+                f", {submitters} submitting threads" if submitters > 1 else ""
+            )
+            note = f"{rate / baseline:.2f} of no store"
+            rows.append((label, f"{rate:,.0f} jobs/s [best {best:,.0f}]", note))
 
-    records = args.records // scale
-    for share, what in ((0.5, "half finished"), (0.0, "all submitted")):
-        recovered, opened, closed, mib = recovery(base, records, share)
-        rows.append(
-            (
-                f"recovery, {records:,}-record log ({what}, {mib} MiB)",
-                f"{opened:.2f} s to open",
-                f"{recovered:,} jobs recovered; compaction at close {closed:.2f} s"
-                + " (target < 5 s to open)",
+    if "phases" in only:
+        for policy, workers in ((None, 1), ("never", 1), (None, WORKERS), ("never", WORKERS)):
+            submit_us, drain_us = phases(base, policy, workers, n // 2)
+            rows.append(
+                (
+                    f"phases alone, {policy or 'no store'}, {workers} worker{'s' * (workers > 1)}",
+                    f"submit {submit_us:.1f} µs/job, drain {drain_us:.1f} µs/job",
+                    "each side timed without the other running",
+                )
             )
-        )
+
+    if "recovery" in only:
+        records = args.records // scale
+        for share, what in ((0.5, "half finished"), (0.0, "all submitted")):
+            recovered, opened, closed, mib = recovery(base, records, share)
+            rows.append(
+                (
+                    f"recovery, {records:,}-record log ({what}, {mib} MiB)",
+                    f"{opened:.2f} s to open",
+                    f"{recovered:,} jobs recovered; compaction at close {closed:.2f} s"
+                    + " (target < 5 s to open)",
+                )
+            )
+            figures.append(
+                {
+                    "section": "recovery",
+                    "name": f"s to open a {records:,}-record log ({what})",
+                    "value": opened,
+                    "base": None,
+                }
+            )
 
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
@@ -367,6 +430,8 @@ def main() -> None:
     for label, value, note in rows:
         print(f"{label:<{width}}  {value:<{value_width}}  {note}")
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"rows": figures}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""The file store's record format: the log's record types and their payloads (submitted and
-retry records are JSON, started and finished records binary), the snapshot's items, and the
-replay that folds snapshot and log into the jobs still unfinished.
+"""The file store's record format: the log's record types and their payloads (retry records
+are JSON; submitted, started and finished records binary, with the job's payload as JSON), the
+snapshot's items, and the replay that folds snapshot and log into the jobs still unfinished.
 
 `csjd_core.backends.file` decides when each record is written; `csjd_core.backends._wal`
 frames, checksums and syncs them.
@@ -12,20 +12,30 @@ import json
 import math
 import struct
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from csjd_core.backends._wal import Record
 from csjd_core.backends.memory import Entry
-from csjd_core.job import Job, JobState
+from csjd_core.errors import InvalidJob
+from csjd_core.job import Job, JobState, timeout_seconds, validate_job
 
 SUBMITTED, STARTED, RETRY, FINISHED = 1, 2, 3, 4
 TYPES = frozenset({SUBMITTED, STARTED, RETRY, FINISHED})
-JSON_TYPES = frozenset({SUBMITTED, RETRY})  # in version 2; every payload of version 1
-# Since log version 2, started and finished records are binary (two per job: JSON cost more
-# than the rest of their write): these fields, then the job id in UTF-8.
+#: The record types whose payload is JSON, by log version: every one in version 1; version 2
+#: made started and finished records binary (two per job: JSON cost more than the rest of their
+#: write), version 3 submitted records (binary fields, the job's payload alone as JSON).
+JSON_TYPES = {1: TYPES, 2: frozenset({SUBMITTED, RETRY}), 3: frozenset({RETRY})}
+# Started and finished records (version 2 on): these fields, then the job id in UTF-8.
 _STARTED = struct.Struct("<dQ")  # started_at (NaN: unknown), attempt
 _FINISHED = struct.Struct("<dB")  # finished_at (NaN: unknown), outcome (see _OUTCOMES)
 _OUTCOMES = {JobState.SUCCEEDED: 0, JobState.FAILED: 1}
+# A submitted record (version 3 on) holds one item per job, back to back: these fields, then
+# the job's id, type and queue in UTF-8 and its payload as JSON (empty: no payload).
+_SUBMITTED = struct.Struct("<dddIIHHHI")
+# enqueued_at, timeout (NaN: none), run_at (NaN: none), the entry's max attempts, the job's own
+# max_attempts (0: none), then the byte lengths of id, type, queue (_NO_QUEUE: none), payload.
+_NO_QUEUE = 0xFFFF
 SNAPSHOT_VERSION = 1
 encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _json_str = json.encoder.encode_basestring_ascii
@@ -60,8 +70,10 @@ class Replayed:
 
     __slots__ = ("attempts", "error", "item", "offset", "run_at", "started_at", "state")
 
-    def __init__(self, item: dict[str, Any], offset: int | None) -> None:
-        self.item = item  # {"job": Job.to_dict(), "max": ..., "t": ...}
+    def __init__(self, item: dict[str, Any] | bytes, offset: int | None) -> None:
+        # {"job": Job.to_dict(), "max": ..., "t": ...} (snapshots, logs before version 3), or
+        # the job's item of a binary submitted record
+        self.item = item
         self.offset = offset  # of its submitted record; None: from the snapshot
         self.state = JobState.QUEUED
         self.attempts = 0
@@ -71,10 +83,13 @@ class Replayed:
 
 
 class BadRecord(Exception):
-    """A log record whose checksum matched but whose content has the wrong shape."""
+    """A log record (or a snapshot's item: offset None) whose checksum matched but whose
+    content has the wrong shape."""
 
-    def __init__(self, offset: int) -> None:
-        super().__init__(f"bad record at byte offset {offset}")
+    def __init__(self, offset: int | None) -> None:
+        super().__init__(
+            "bad snapshot item" if offset is None else f"bad record at byte offset {offset}"
+        )
         self.offset = offset
 
 
@@ -108,14 +123,14 @@ def snapshot_jobs(data: dict[str, Any]) -> tuple[int, dict[str, Replayed]]:
 
 
 def decode(records: list[Record]) -> list[Any]:
-    """The JSON payloads among ``records`` (all but version-2 started / finished ones),
-    decoded in one call when they all decode (the usual case: a call per record would cost
-    more than the decoding itself).
+    """The JSON payloads among ``records`` (see `JSON_TYPES`), decoded in one call when they
+    all decode (the usual case: a call per record would cost more than the decoding itself).
 
     Raises:
         BadRecord: a payload is not JSON.
     """
-    records = [r for r in records if r.version == 1 or r.type in JSON_TYPES]
+    json_types = JSON_TYPES
+    records = [r for r in records if r.type in json_types[r.version]]
     try:
         text = b"[" + b",".join(r.payload for r in records) + b"]"
         decoded = decode_json(text.decode())
@@ -146,17 +161,30 @@ def _apply(jobs: dict[str, Replayed], records: list[Record], decoded: list[Any])
     next_json = iter(decoded).__next__
     started_size, finished_size = _STARTED.size, _FINISHED.size
     unpack_started = _STARTED.unpack_from
+    unpack_submitted, submitted_size = _SUBMITTED.unpack_from, _SUBMITTED.size
     isnan = math.isnan
     json_types = JSON_TYPES
     for record in records:
         try:
             rtype = record.type
-            if record.version != 1 and rtype not in json_types:
+            if rtype not in json_types[record.version]:
                 payload = record.payload
                 if rtype == FINISHED:
                     if len(payload) < finished_size:
                         raise ValueError("short finished record")
                     pop(payload[finished_size:].decode("utf-8", "surrogatepass"), None)
+                    continue
+                if rtype == SUBMITTED:
+                    *_, id_len, type_len, queue_len, payload_len = unpack_submitted(payload)
+                    size = submitted_size + id_len + type_len + payload_len
+                    if queue_len == _NO_QUEUE and size == len(payload):  # one job, no queue
+                        name = payload[submitted_size : submitted_size + id_len]
+                        jobs[name.decode("utf-8", "surrogatepass")] = Replayed(
+                            payload, record.offset
+                        )
+                        continue
+                    for job_id, item in _items(payload):
+                        jobs[job_id] = Replayed(item, record.offset)
                     continue
                 at, attempt = unpack_started(payload)
                 job = get(payload[started_size:].decode("utf-8", "surrogatepass"))
@@ -192,21 +220,150 @@ def _apply(jobs: dict[str, Replayed], records: list[Record], decoded: list[Any])
             raise BadRecord(record.offset) from exc
 
 
+def _items(payload: bytes) -> list[tuple[str, bytes]]:
+    """The (job id, item bytes) of a binary submitted record's items.
+
+    Raises:
+        ValueError, struct.error: the items do not fill the payload exactly.
+    """
+    unpack, head = _SUBMITTED.unpack_from, _SUBMITTED.size
+    size = len(payload)
+    found = []
+    pos = 0
+    while True:
+        *_, id_len, type_len, queue_len, payload_len = unpack(payload, pos)
+        end = pos + head + id_len + type_len + payload_len
+        if queue_len != _NO_QUEUE:
+            end += queue_len
+        if end > size:
+            raise ValueError("short submitted record")
+        job_id = payload[pos + head : pos + head + id_len].decode("utf-8", "surrogatepass")
+        if pos == 0 and end == size:
+            return [(job_id, payload)]  # one job: the item is the whole payload, not a copy
+        found.append((job_id, payload[pos:end]))
+        if end == size:
+            return found
+        pos = end
+
+
+def jobs_of(replayed: list[Replayed]) -> list[tuple[Job, int, float]]:
+    """The jobs replayed submissions hold, each with its max attempts and its enqueue time.
+
+    The payloads of binary items are decoded `REPLAY_BATCH` per JSON call (a call per job
+    would cost more than the decoding).
+
+    Raises:
+        BadRecord: an item does not hold a valid job (the cause is chained).
+    """
+    result = []
+    for start in range(0, len(replayed), REPLAY_BATCH):
+        batch = replayed[start : start + REPLAY_BATCH]
+        for job, payload in zip(batch, _payloads(batch), strict=True):
+            try:
+                result.append(_job_of(job.item, payload))
+            except (InvalidJob, ValueError, KeyError, TypeError, struct.error) as exc:
+                raise BadRecord(job.offset) from exc
+            except RecursionError as exc:
+                raise BadRecord(job.offset) from InvalidJob(f"malformed job record: {exc!r}")
+    return result
+
+
+def _payloads(batch: list[Replayed]) -> list[Any]:
+    """The decoded payloads of binary items (None for the others), in one JSON call when all
+    decode.
+
+    Raises:
+        BadRecord: a payload is not JSON.
+    """
+    unpack = _SUBMITTED.unpack_from
+    texts = []
+    for job in batch:
+        item = job.item
+        length = unpack(item)[-1] if isinstance(item, bytes) else 0
+        # The payload ends the item.
+        texts.append(item[-length:] if length and isinstance(item, bytes) else b"null")
+    try:
+        decoded = decode_json((b"[" + b",".join(texts) + b"]").decode())
+    except (ValueError, RecursionError):  # UnicodeDecodeError too
+        decoded = None
+    if isinstance(decoded, list) and len(decoded) == len(texts):
+        return decoded
+    result = []
+    for job, text in zip(batch, texts, strict=True):  # find the culprit
+        try:
+            result.append(decode_json(text.decode()))
+        except (ValueError, RecursionError) as exc:
+            raise BadRecord(job.offset) from exc
+    return result
+
+
+def _job_of(item: dict[str, Any] | bytes, payload: Any) -> tuple[Job, int, float]:
+    if not isinstance(item, bytes):
+        return Job.from_dict(item["job"]), int(item["max"]), float(item["t"])
+    at, timeout, run_at, max_attempts, own_max, id_len, type_len, queue_len, _ = (
+        _SUBMITTED.unpack_from(item)
+    )
+    pos = _SUBMITTED.size
+    job_id = item[pos : pos + id_len].decode("utf-8", "surrogatepass")
+    pos += id_len
+    job_type = item[pos : pos + type_len].decode("utf-8", "surrogatepass")
+    pos += type_len
+    queue = None
+    if queue_len != _NO_QUEUE:
+        queue = item[pos : pos + queue_len].decode("utf-8", "surrogatepass")
+    job = Job(
+        job_id,
+        job_type,
+        payload,
+        max_attempts=own_max or None,
+        timeout=None if math.isnan(timeout) else timeout,
+        run_at=None if math.isnan(run_at) else datetime.fromtimestamp(run_at, tz=UTC),
+        queue=queue,
+    )
+    validate_job(job)
+    return job, max_attempts, at
+
+
 def submitted(entries: list[Entry]) -> bytes:
-    """A submitted record's payload: ``{"jobs": [{"job": ..., "max": ..., "t": ...}, ...]}``."""
-    if len(entries) != 1 or type(entries[0].enqueued_at) is not float:
-        return encode(
-            {
-                "jobs": [
-                    {"job": e.job.to_dict(), "max": e.max_attempts, "t": e.enqueued_at}
-                    for e in entries
-                ]
-            }
-        ).encode()
-    entry = entries[0]  # the common case, a single submit: only the job goes through json
-    job = encode_fast(entry.job.to_dict())
-    at = entry.enqueued_at
-    return f'{{"jobs":[{{"job":{job},"max":{entry.max_attempts},"t":{at!r}}}]}}'.encode()
+    """A submitted record's payload: an item per job (see `_SUBMITTED`)."""
+    if len(entries) == 1:
+        return _item(entries[0])
+    return b"".join([_item(entry) for entry in entries])
+
+
+def _item(entry: Entry) -> bytes:
+    job = entry.job
+    job_id = job.id.encode("utf-8", "surrogatepass")
+    job_type = job.type.encode("utf-8", "surrogatepass")
+    payload = b"" if job.payload is None else encode_fast(job.payload).encode()
+    timeout, run_at, queue = job.timeout, job.run_at, job.queue
+    if timeout is None and run_at is None and queue is None:  # the usual job: no options
+        head = _SUBMITTED.pack(
+            entry.enqueued_at, _NAN, _NAN, entry.max_attempts, job.max_attempts or 0,
+            len(job_id), len(job_type), _NO_QUEUE, len(payload),
+        )  # fmt: skip
+        return head + job_id + job_type + payload
+    seconds = timeout_seconds(timeout)
+    name = b"" if queue is None else queue.encode("utf-8", "surrogatepass")
+    return b"".join(
+        (
+            _SUBMITTED.pack(
+                entry.enqueued_at,
+                _NAN if seconds is None else seconds,
+                _NAN if run_at is None else run_at.timestamp(),
+                entry.max_attempts,
+                job.max_attempts or 0,
+                len(job_id),
+                len(job_type),
+                _NO_QUEUE if queue is None else len(name),
+                len(payload),
+            ),
+            job_id,
+            job_type,
+            name,
+            payload,
+        )
+    )
 
 
 def retried(entry: Entry) -> bytes:

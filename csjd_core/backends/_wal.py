@@ -30,8 +30,8 @@ __all__ = ["HEADER", "MAX_RECORD", "Record", "WriteAheadLog", "encode", "scan", 
 logger = logging.getLogger("csjd_core.store")
 
 MAGIC = b"CJ"
-VERSION = 2  # written; 2: binary started / finished payloads (see file.py)
-READABLE_VERSIONS = frozenset({1, 2})
+VERSION = 3  # written; 2: binary started / finished payloads, 3: binary submitted (_records)
+READABLE_VERSIONS = frozenset({1, 2, 3})
 HEADER = struct.Struct("<2sBBIQI")
 #: Largest record: a job of `MAX_JOB_BYTES` (the admission limit) plus room for its id, type
 #: and framing, so that every job admission accepts fits one record. Checked when reading too.
@@ -513,7 +513,9 @@ class WriteAheadLog:
 
     def _fsync(self) -> BaseException | None:
         try:
-            os.fsync(self._fd)
+            # fdatasync: the log only grows or is cut, and both change the size, which
+            # fdatasync writes too; it skips the times fsync would also write.
+            (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(self._fd)
             self.fsync_count += 1
             return None
         except OSError as exc:

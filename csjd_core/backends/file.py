@@ -156,7 +156,12 @@ class FileJobStore(MemoryBackend):
                     del logged  # every record of the log: free it before building the jobs
                 except fmt.BadRecord as bad:
                     raise self._undecodable(bad.offset, bad.__cause__ or bad) from bad
-                entries = [self._entry(job) for job in jobs.values()]
+                unfinished = list(jobs.values())
+                try:
+                    built = fmt.jobs_of(unfinished)
+                except fmt.BadRecord as bad:
+                    raise self._undecodable(bad.offset, bad.__cause__ or bad) from bad
+                entries = [self._entry(*pair) for pair in zip(unfinished, built, strict=True)]
                 self._owner_pid = os.getpid()
                 _OPEN_STORES.add(self)
                 return self._recover(entries)
@@ -232,8 +237,11 @@ class FileJobStore(MemoryBackend):
         """
         if not self._opened or (self._owner_pid and self._owner_pid != os.getpid()):
             return []
-        with self._lock:
-            left = [e.job for e in self._unfinished.values() if e.state is not JobState.RUNNING]
+        with self._lock:  # list() first: a success leaves `_unfinished` without the lock
+            entries = list(self._unfinished.values())
+        left = [
+            e.job for e in entries if e.state is JobState.QUEUED or e.state is JobState.SCHEDULED
+        ]
         try:
             self.compact()
         except (OSError, StoreFailed) as exc:
@@ -298,23 +306,19 @@ class FileJobStore(MemoryBackend):
             offset=offset,
         )
 
-    def _entry(self, job: fmt.Replayed) -> Entry:
+    def _entry(self, job: fmt.Replayed, built: tuple[Job, int, float]) -> Entry:
         """Build the `Entry` of a job that is still unfinished after the replay."""
-        item = job.item
-        try:
-            built = Job.from_dict(item["job"])
-            entry = Entry(built, int(item["max"]), float(item["t"]))
-        except (InvalidJob, ValueError, KeyError, TypeError) as exc:
-            raise self._undecodable(job.offset, exc) from exc
+        entry = Entry(*built)
+        built_job = entry.job
         entry.stored = True
         entry.attempts = job.attempts
         entry.state = job.state
         if job.run_at is not None:
             entry.run_at = job.run_at
-        elif job.state is JobState.QUEUED and built.run_at is not None:
+        elif job.state is JobState.QUEUED and built_job.run_at is not None:
             # Never started: it waits for its run_at (`restore` runs it at once if it passed).
             entry.state = JobState.SCHEDULED
-            entry.run_at = built.run_at.timestamp()
+            entry.run_at = built_job.run_at.timestamp()
         if job.error is not None:
             entry.error = job.error
         if job.started_at is not None:
@@ -506,9 +510,14 @@ class FileJobStore(MemoryBackend):
             seq = self._wal.last_seq
             keep_from = self._wal.size
             # Entries whose submitted record is not written yet are not folded in: their record
-            # lands after ``seq`` (or their submit fails and they were never accepted).
+            # lands after ``seq`` (or their submit fails and they were never accepted). Nor are
+            # jobs that finished: a success takes its job out of `_unfinished` without the
+            # index lock (list() copies the map at once), and its finished record may be
+            # written before or after ``seq``.
             captured = [
-                fmt.snapshot_fields(e) for e in self._unfinished.values() if e.get("stored")
+                fmt.snapshot_fields(e)
+                for e in list(self._unfinished.values())
+                if e.get("stored") and not e.state.finished
             ]
         data = fmt.snapshot(seq, captured)
         tmp = self.path + ".tmp"
@@ -536,7 +545,7 @@ class FileJobStore(MemoryBackend):
         if not self._opened:
             self.open()
         with self._lock:
-            return [e.to_status() for e in self._unfinished.values()]
+            return [e.to_status() for e in list(self._unfinished.values())]
 
     def job(self, job_id: str) -> Job:
         """The stored `Job` with this id.

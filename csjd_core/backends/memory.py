@@ -172,6 +172,15 @@ class MemoryBackend(Backend):
                     if self._unfinished.get(entry.job.id) is entry:
                         del self._unfinished[entry.job.id]
             raise
+        if len(entries) == 1 and entries[0].job.run_at is None:
+            # `_publish` of one job due now without the lock, unless a worker waits: the append
+            # is atomic, and a fetch counts itself a waiter (under the lock) before it looks.
+            self._ready.append(entries[0])
+            if self._waiters and not self._rung:
+                with self._lock:
+                    if self._waiters and not self._rung:
+                        self._ring(1)
+            return
         with self._lock:
             self._publish(entries, now)
 
@@ -383,16 +392,9 @@ class MemoryBackend(Backend):
         """Record success (fenced).
 
         Lock-free on purpose: only the worker that holds a delivery changes its entry, and the
-        dict and deque operations used here are atomic, so the hot path never contends.
+        dict and deque operations used here are atomic, so the hot path never contends (with a
+        log too: `_persist_finished` only queues its record, see `FileJobStore`).
         """
-        if self._logs:
-            with self._lock:
-                entry = self._owns(delivery)
-                if entry is None:
-                    return False
-                entry.result = result
-                self._finish(entry, _SUCCEEDED)
-            return True
         entry = self._owns(delivery)
         if entry is None:
             return False
@@ -496,7 +498,15 @@ class MemoryBackend(Backend):
                 entry.error = reason
                 self._finish(entry, _FAILED)
             ids = {e.job.id for e in gone}
-            self._ready = deque(e for e in self._ready if e.job.id not in ids)
+            # Filtered in place: a submit to a store appends to this deque without the lock.
+            ready = self._ready
+            for _ in range(len(ready)):
+                try:
+                    entry = ready.popleft()
+                except IndexError:
+                    break
+                if entry.job.id not in ids:
+                    ready.append(entry)
             self._scheduled = [item for item in self._scheduled if item[2].job.id not in ids]
             heapq.heapify(self._scheduled)
         return len(gone)

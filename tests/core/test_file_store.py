@@ -31,8 +31,10 @@ from csjd_core import (
     StoreCorrupted,
     StoreFailed,
 )
-from csjd_core.backends._wal import HEADER, encode
+from csjd_core.backends import _records as fmt
+from csjd_core.backends._wal import HEADER, VERSION, encode
 from csjd_core.backends.base import AttemptError
+from csjd_core.backends.memory import Entry
 from csjd_core.testing import wait_until
 
 LOGGER = "csjd_core.store"
@@ -180,21 +182,57 @@ def test_a_valid_frame_with_an_undecodable_payload_is_corruption(store_path: Pat
     store_path.parent.mkdir(parents=True)
     good = json.dumps({"jobs": [{"job": Job("a", "t").to_dict(), "max": 3, "t": 1.0}]})
     Path(f"{store_path}.log").write_bytes(
-        encode(1, 1, good.encode()) + encode(1, 2, b'{"jobs": [{"nope": 1}]}')
+        encode(1, 1, good.encode(), version=2) + encode(1, 2, b'{"jobs": [{"nope": 1}]}', 2)
     )
     with pytest.raises(StoreCorrupted) as caught:
         FileJobStore(store_path).open()
-    assert caught.value.offset == len(encode(1, 1, good.encode()))
+    assert caught.value.offset == len(encode(1, 1, good.encode(), version=2))
     # The refused open released the lock: a fixed log opens.
-    Path(f"{store_path}.log").write_bytes(encode(1, 1, good.encode()))
+    Path(f"{store_path}.log").write_bytes(encode(1, 1, good.encode(), version=2))
     assert open_view(store_path) == {"a": ("queued", 0)}
 
 
-def test_a_log_written_by_format_version_1_opens_and_takes_version_2_records_after_it(
+def test_a_binary_submitted_record_that_does_not_hold_its_items_is_corruption(
     store_path: Path,
 ) -> None:
-    """Version 1 wrote every payload as JSON; version 2 writes started / finished records in
-    binary. A store written by the previous release opens, and one log may hold both."""
+    store_path.parent.mkdir(parents=True)
+    good = encode(1, 1, fmt.submitted([Entry(Job("a", "t"), 3, 1.0)]))
+    for bad in (b"", b"\0" * 5, fmt.submitted([Entry(Job("b", "t", [1]), 3, 1.0)])[:-1]):
+        Path(f"{store_path}.log").write_bytes(good + encode(1, 2, bad))
+        with pytest.raises(StoreCorrupted) as caught:
+            FileJobStore(store_path).open()
+        assert caught.value.offset == len(good)
+
+
+def test_submitted_records_keep_every_field_of_their_jobs(store_path: Path) -> None:
+    """Binary submitted records (format 3): ids, types and queues in any text, payloads as
+    JSON, every option; one job or a batch in one record."""
+    at = datetime(2031, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    jobs = [
+        Job("plain", "t"),
+        Job("z\u00e9\U0001f600", "typ\u00e9", {"k": ["v", 1.5, None, True]}),
+        Job("opts", "t", 0, max_attempts=7, timeout=timedelta(seconds=2.5), queue="q\u00e9"),
+        Job("later", "t", "", run_at=at, timeout=3),
+    ]
+    store = FileJobStore(store_path, fsync="never")
+    store.open()
+    store.enqueue(jobs[:1])
+    store.enqueue(jobs[1:])
+    stored = {job.id: store.job(job.id) for job in jobs}
+    image = crash_image(store, store_path.parent.parent / "image")
+    store.close()
+    with FileJobStore(image) as reopened:
+        for job in jobs:
+            assert reopened.job(job.id).to_dict() == stored[job.id].to_dict() == job.to_dict()
+        assert {s.id: s.max_attempts for s in reopened.jobs()}["opts"] == 7
+
+
+def test_logs_written_by_format_versions_1_and_2_open_and_take_version_3_records_after_them(
+    store_path: Path,
+) -> None:
+    """Version 1 wrote every payload as JSON; version 2 wrote started / finished records in
+    binary, version 3 submitted records too. A store written by an earlier release opens, and
+    one log may hold all three."""
     store_path.parent.mkdir(parents=True)
 
     def submitted(job_id: str) -> bytes:
@@ -212,9 +250,22 @@ def test_a_log_written_by_format_version_1_opens_and_takes_version_2_records_aft
         (2, b'{"id":"retrying","a":1,"t":2.0}'),
         (3, b'{"id":"retrying","a":1,"due":4102444800.0,"err":"boom"}'),
     ]
+    v2 = [
+        (1, submitted("v2-done")),
+        (1, submitted("v2-running")),
+        (2, fmt.started("v2-done", 1, 2.0)),
+        (4, fmt.finished("v2-done", JobState.SUCCEEDED, 3.0)),
+        (2, fmt.started("v2-running", 2, 2.0)),
+    ]
     log = b"".join(encode(t, i + 1, p, version=1) for i, (t, p) in enumerate(v1))
+    log += b"".join(encode(t, i + 20, p, version=2) for i, (t, p) in enumerate(v2))
     Path(f"{store_path}.log").write_bytes(log)
-    expected = {"running": ("queued", 1), "retrying": ("scheduled", 1), "queued": ("queued", 0)}
+    expected = {
+        "running": ("queued", 1),
+        "retrying": ("scheduled", 1),
+        "queued": ("queued", 0),
+        "v2-running": ("queued", 2),
+    }
     image = store_path.parent.parent / "v1"
     image.mkdir()
     shutil.copy(f"{store_path}.log", image / "jobs.json.log")
@@ -235,13 +286,14 @@ def test_a_log_written_by_format_version_1_opens_and_takes_version_2_records_aft
         store.enqueue([Job("new", "t")])
         data = Path(store.log_path).read_bytes()
         assert data.startswith(log)  # the old records are kept as they were
-        assert HEADER.unpack_from(data, len(log))[1] == 2  # new ones in the current version
+        assert HEADER.unpack_from(data, len(log))[1] == VERSION  # new ones in the current one
         recovered = open_view(crash_image(store, store_path.parent.parent / "mixed"))
     finally:
         store.close()
     assert recovered == {
         "retrying": ("scheduled", 1),
         "queued": ("queued", 1),  # was running: the crash is its attempt 1
+        "v2-running": ("queued", 2),
         "new": ("queued", 0),
     }
 
@@ -350,7 +402,8 @@ def test_an_unusable_store_directory_is_a_clear_error(tmp_path: Path) -> None:
 # -- 6. fsync raising EIO ----------------------------------------------------------------------
 @pytest.fixture
 def fsync_fault(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``fault.arm(store, after=n)``: the log's fsyncs fail with EIO after ``n`` successes."""
+    """``fault.arm(store, after=n)``: the log's fsyncs (fsync or fdatasync) fail with EIO after
+    ``n`` successes."""
     real_fsync = os.fsync
 
     class Fault:
@@ -372,6 +425,7 @@ def fsync_fault(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     fault = Fault()
     monkeypatch.setattr(os, "fsync", fault)
+    monkeypatch.setattr(os, "fdatasync", fault)  # the log's fsyncs (the snapshot's: fsync)
     return fault
 
 
@@ -569,6 +623,7 @@ def test_group_commit_on_a_slow_disk_batches_most_submitters(
             time.sleep(0.002)  # the disk's latency, not a synchronisation
 
     monkeypatch.setattr(os, "fsync", slow_fsync)
+    monkeypatch.setattr(os, "fdatasync", slow_fsync)
     submits = 8 * 40
     fsyncs = _concurrent_submits(store, 8, 40)
     assert fsyncs < submits / 2, fsyncs

@@ -476,7 +476,7 @@ def test_deeply_nested_stored_records_are_store_corrupted(tmp_path: Path) -> Non
 
     logged = tmp_path / "log.json"
     record = b'{"jobs": [{"job": {"id": "j", "type": "t", "payload": ' + deep.encode() + b"}}]}"
-    Path(f"{logged}.log").write_bytes(encode(SUBMITTED, 1, record))
+    Path(f"{logged}.log").write_bytes(encode(SUBMITTED, 1, record, version=2))
     assert "holds an undecodable record at byte offset 0" in open_in_a_subprocess(logged)
 
     # Nested past MAX_NESTING but decodable: the job cannot be rebuilt, reported the same way.
@@ -487,7 +487,7 @@ def test_deeply_nested_stored_records_are_store_corrupted(tmp_path: Path) -> Non
         + b'}, "max": 3, "t": 1.0}]}'
     )
     limited = tmp_path / "limited.json"
-    Path(f"{limited}.log").write_bytes(encode(SUBMITTED, 1, record))
+    Path(f"{limited}.log").write_bytes(encode(SUBMITTED, 1, record, version=2))
     with pytest.raises(StoreCorrupted, match="MAX_NESTING"):
         FileJobStore(limited).open()
 

@@ -15,7 +15,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from csjd_core.backends._wal import HEADER, MAX_RECORD, Record, WriteAheadLog, encode, scan
+from csjd_core.backends._wal import (
+    HEADER,
+    MAX_RECORD,
+    VERSION,
+    Record,
+    WriteAheadLog,
+    encode,
+    scan,
+)
 from csjd_core.errors import StoreCorrupted
 
 TYPES = frozenset({1, 2, 3, 4})
@@ -52,7 +60,7 @@ def test_encode_frames_length_checksum_type_version_and_sequence() -> None:
     payload = b'{"id":"x"}'
     frame = encode(3, 42, payload)
     magic, version, rtype, length, seq, crc = HEADER.unpack_from(frame)
-    assert (magic, version, rtype, length, seq) == (b"CJ", 2, 3, len(payload), 42)
+    assert (magic, version, rtype, length, seq) == (b"CJ", VERSION, 3, len(payload), 42)
     assert crc == zlib.crc32(payload, zlib.crc32(frame[2:16]))
     assert frame[HEADER.size :] == payload
     [record] = scan(frame, TYPES)[0]
