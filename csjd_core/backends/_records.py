@@ -261,7 +261,14 @@ def jobs_of(replayed: list[Replayed]) -> list[tuple[Job, int, float]]:
         for job, payload in zip(batch, _payloads(batch), strict=True):
             try:
                 result.append(_job_of(job.item, payload))
-            except (InvalidJob, ValueError, KeyError, TypeError, struct.error) as exc:
+            except (
+                InvalidJob,
+                ValueError,
+                KeyError,
+                TypeError,
+                OverflowError,
+                struct.error,
+            ) as exc:
                 raise BadRecord(job.offset) from exc
             except RecursionError as exc:
                 raise BadRecord(job.offset) from InvalidJob(f"malformed job record: {exc!r}")

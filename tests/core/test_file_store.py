@@ -7,8 +7,10 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import shutil
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -198,6 +200,25 @@ def test_a_binary_submitted_record_that_does_not_hold_its_items_is_corruption(
     store_path.parent.mkdir(parents=True)
     good = encode(1, 1, fmt.submitted([Entry(Job("a", "t"), 3, 1.0)]))
     for bad in (b"", b"\0" * 5, fmt.submitted([Entry(Job("b", "t", [1]), 3, 1.0)])[:-1]):
+        Path(f"{store_path}.log").write_bytes(good + encode(1, 2, bad))
+        with pytest.raises(StoreCorrupted) as caught:
+            FileJobStore(store_path).open()
+        assert caught.value.offset == len(good)
+
+
+def test_a_binary_submitted_record_with_an_impossible_time_is_corruption(
+    store_path: Path,
+) -> None:
+    # A record whose checksum holds but whose run_at is out of any clock's range (damage the
+    # checksum did not catch) is corruption at its offset, not an OverflowError from open().
+    store_path.parent.mkdir(parents=True)
+    good = encode(1, 1, fmt.submitted([Entry(Job("a", "t"), 3, 1.0)]))
+    at = datetime(2031, 1, 2, tzinfo=UTC)
+    item = fmt.submitted([Entry(Job("b", "t", run_at=at), 3, 1.0)])
+    stamp = struct.pack("<d", at.timestamp())
+    for impossible in (math.inf, -math.inf, 1e20):
+        bad = item.replace(stamp, struct.pack("<d", impossible), 1)
+        assert bad != item
         Path(f"{store_path}.log").write_bytes(good + encode(1, 2, bad))
         with pytest.raises(StoreCorrupted) as caught:
             FileJobStore(store_path).open()

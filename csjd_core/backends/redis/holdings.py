@@ -150,20 +150,19 @@ class Holdings:
         return out
 
     def take_buffered(self) -> list[Delivery]:
-        """Everything no worker took yet: started deliveries and held entries."""
+        """Everything no worker took yet: started deliveries waiting in `ready`, and every held
+        entry (those a worker found too old included: they wait in `ahead` for the sweep)."""
         buffered = []
         with contextlib.suppress(queue.Empty):
             while True:
                 item = self.ready.get_nowait()
-                if isinstance(item, Held):
-                    with self.lock:
-                        if item.taken:
-                            continue
-                        item.taken = True
-                        self.ahead.remove(item)
-                    buffered.append(item.delivery)
-                elif item is not None:
+                if isinstance(item, Delivery):
                     buffered.append(item)
+        with self.lock:
+            while self.ahead:
+                held = self.ahead.popleft()
+                held.taken = True
+                buffered.append(held.delivery)
         return buffered
 
     def take_starts(self) -> list[Delivery]:

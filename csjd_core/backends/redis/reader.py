@@ -64,7 +64,10 @@ class Reader:
         backoff = Backoff()
         # Our own pending entries first (a reply lost on the wire strands them there).
         history: dict[Any, Any] = {k.stream: "0" for k in self.queues.consumed.values()}
-        stalled = False  # the last cycle read nothing while held entries wait for workers
+        # The last cycle read nothing while every worker is busy or held entries wait: a
+        # blocking read would start an entry no worker can run, or delay recording the starts.
+        # Wait for a worker (or half a second) and read again without blocking.
+        stalled = False
         try:
             while holdings.consuming and not holdings.stopping:
                 holdings.reader_waiting = True
@@ -73,13 +76,11 @@ class Reader:
                     holdings.acks
                     or holdings.starts
                     or holdings.stopping
-                    or (holdings.capacity() > 0 and not (stalled and holdings.ahead))
+                    or (holdings.capacity() > 0 and not stalled)
                 ):
-                    try:
+                    with contextlib.suppress(queue.Empty):
                         holdings.doorbell.get(timeout=0.5)
-                        stalled = False  # a worker took or finished one: look again
-                    except queue.Empty:
-                        pass
+                    stalled = False  # a worker took or finished one, or time passed
                     if holdings.ahead:
                         self.release(holdings.expired())
                     if not holdings.consuming:
@@ -95,9 +96,7 @@ class Reader:
                     elif self.cycle():
                         stalled = False
                     else:
-                        # With entries held for busy workers, a blocking read would delay
-                        # recording their starts: wait for a worker instead.
-                        stalled = bool(holdings.ahead)
+                        stalled = bool(holdings.ahead) or holdings.idle() == 0
                         if not stalled:
                             self.read_blocking()
                     backoff.reset()
@@ -143,7 +142,7 @@ class Reader:
                 self.config.group,
                 self.consumer,
                 {k.stream: ">" for k in self.queues.consumed.values()},
-                count=max(1, holdings.idle()),
+                count=max(1, holdings.idle()),  # only reached with idle workers
                 block=int(self.config.block * 1000),
             )
         finally:
