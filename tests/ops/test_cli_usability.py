@@ -56,7 +56,8 @@ def test_the_demo_drains_on_ctrl_c_and_the_rest_runs_next_time(cli: Cli, tmp_pat
     demo = cli.start("demo", "--store", path, "--slow", "1")
     line = demo.wait_for(lambda: re.search(r"pid (\d+): `kill -9 \1`", demo.out()), what="pid")
     assert int(line.group(1)) == demo.pid  # the pid to kill is printed
-    demo.wait_for(lambda: "succeeded=  " in demo.out() and "t= 0.5s" in demo.out())
+    # Half a second of progress (lines every 0.25 s; under load one may print t= 0.6s).
+    demo.wait_for(lambda: any(float(t) >= 0.5 for t in re.findall(r"t=\s*(\d+\.\d)s", demo.out())))
     demo.signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
     assert demo.wait(60) == 130
     out = demo.out()
