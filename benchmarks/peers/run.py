@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import datetime
 import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
@@ -32,6 +31,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE.parent))
+from bench_redis import load_server_module  # noqa: E402  (tests/redis_server.py, loaded once)
+
 sys.path.insert(0, str(HERE))
 
 import redis  # noqa: E402
@@ -55,20 +57,6 @@ KEYS = ("peers:done", "peers:first", "peers:last", "peers:lat")  # what a warm-u
 
 class RunFailed(Exception):
     """A run that did not finish its jobs in time (reported, never averaged in)."""
-
-
-# ------------------------------------------------------------------------------- the server
-def load_server_module() -> Any:
-    """tests/redis_server.py, loaded the way benchmarks/bench_redis.py loads it."""
-    spec = importlib.util.spec_from_file_location(
-        "peers_redis_server", ROOT / "tests" / "redis_server.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["peers_redis_server"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # ------------------------------------------------------------------------------ the workers
