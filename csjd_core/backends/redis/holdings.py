@@ -107,9 +107,7 @@ class Holdings:
 
     def capacity(self) -> int:
         """How many entries to read: the idle workers' plus the read-ahead's room."""
-        ahead = len(self.ahead)
-        idle = self.workers - len(self.owned) + len(self.acks) - ahead
-        return max(0, idle) + max(0, self._ahead - ahead)
+        return self.idle() + max(0, self._ahead - len(self.ahead))
 
     def measured_round_trip(self, seconds: float) -> None:
         """Fold one reader round trip into the average, and set the read-ahead for the next."""
