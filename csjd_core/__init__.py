@@ -34,7 +34,9 @@ from csjd_core.hooks import Hooks
 from csjd_core.job import Job, JobState, JobStatus
 from csjd_core.jobs import JobFunction, JobHandle, JobRegistry
 from csjd_core.metrics import MetricsSnapshot, StopReport
+from csjd_core.periodic import Schedule, every
 from csjd_core.retry import RetryPolicy
+from csjd_core.stats import ScheduleState
 from csjd_core.utilities import AsyncBatchLoader, BatchLoader, CacheStats, TTLCache
 
 if TYPE_CHECKING:
@@ -81,6 +83,8 @@ __all__ = [
     "RedisDistributedDispatcher",
     "RedisModeRequired",
     "RetryPolicy",
+    "Schedule",
+    "ScheduleState",
     "SettingsError",
     "StopReport",
     "StoreCorrupted",
@@ -88,6 +92,7 @@ __all__ = [
     "StoreNotFound",
     "TTLCache",
     "UnknownJobType",
+    "every",
     "permanent",
 ]
 

@@ -148,9 +148,12 @@ class App(JobRegistry):
         if self.mode is Mode.REDIS:
             from csjd_core.distributed import RedisDistributedDispatcher  # noqa: PLC0415 - needs redis
 
+            # A web process only enqueues: worker processes tick (`run_workers`).
             assert self.redis is not None
             return RedisDistributedDispatcher(self.redis, self.distributed, registry=self.registry)
-        return Dispatcher(self.config, registry=self.registry)
+        # In-process: this process runs the jobs, so it ticks the schedules once started (with
+        # a file store, the one process holding it; in memory, every process its own).
+        return Dispatcher(self.config, registry=self.registry, schedules=self.schedules)
 
     def start(self) -> None:
         """Start the dispatcher's workers now (in-process mode starts lazily otherwise)."""

@@ -289,5 +289,54 @@ def _confirmation(yes: bool) -> Callable[[str], object]:
 main.add_command(dead)
 
 
+@click.group(invoke_without_command=True, epilog=APP_HELP)
+@click.argument("app_spec", metavar="APP")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def schedule(ctx: click.Context, app_spec: str, as_json: bool) -> None:
+    """Periodic jobs of APP (module:attr naming your csjd_core.App): list them (no action),
+    pause, resume, or run one now."""
+    ctx.meta.setdefault("csjd.schedule_app", app_spec)
+    if ctx.invoked_subcommand is None:
+        with reported():
+            reports.schedules(_schedule_app(), as_json, echo=click.echo)
+
+
+def _schedule_app() -> Any:
+    """The app of the ``schedule`` group (a `load_app` spec, or an `App` a front end put)."""
+    target = click.get_current_context().meta["csjd.schedule_app"]
+    return load_app(target) if isinstance(target, str) else target
+
+
+@schedule.command("pause")
+@click.argument("name")
+def schedule_pause(name: str) -> None:
+    """Pause schedule NAME: every ticker skips its slots (each recorded) until resumed."""
+    with reported():
+        operations.pause_schedule(_schedule_app(), name, True)
+    click.echo(f"schedule {name} paused")
+
+
+@schedule.command("resume")
+@click.argument("name")
+def schedule_resume(name: str) -> None:
+    """Resume schedule NAME; the slots due while it was paused stay skipped."""
+    with reported():
+        operations.pause_schedule(_schedule_app(), name, False)
+    click.echo(f"schedule {name} resumed")
+
+
+@schedule.command("run")
+@click.argument("name")
+def schedule_run(name: str) -> None:
+    """Enqueue a run of schedule NAME now, outside its slots."""
+    with reported():
+        job_id = operations.run_schedule_now(_schedule_app(), name)
+    click.echo(f"enqueued {job_id}")
+
+
+main.add_command(schedule)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 from csjd_core.backends.memory import MemoryBackend
 from csjd_core.config import Config
 from csjd_core.engine.dispatcher import BaseDispatcher
 from csjd_core.engine.registry import HandlerRegistry
+
+if TYPE_CHECKING:
+    from csjd_core.periodic import Schedule
 
 __all__ = ["Dispatcher"]
 
@@ -13,7 +19,8 @@ __all__ = ["Dispatcher"]
 class Dispatcher(BaseDispatcher):
     """Runs jobs on ``config.workers`` threads of this process.
 
-    Jobs live in memory, or in ``config.store`` (a `FileJobStore`) to survive crashes.
+    Jobs live in memory, or in ``config.store`` (a `FileJobStore`) to survive crashes. With
+    ``schedules`` it ticks them while started (marks kept by the store, or in memory).
 
     Example:
         >>> with Dispatcher(Config(workers=4)) as d:
@@ -21,11 +28,18 @@ class Dispatcher(BaseDispatcher):
         ...     d.submit(Job("welcome-42", "email", {"to": "a@example.com"}))
     """
 
-    def __init__(self, config: Config | None = None, *, registry: HandlerRegistry | None = None):
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        registry: HandlerRegistry | None = None,
+        schedules: Mapping[str, Schedule] | None = None,
+    ):
         self.config = config = config if config is not None else Config()
         super().__init__(
             config.store if config.store is not None else MemoryBackend(),
             config,
             registry=registry,
             max_results=config.max_results,
+            schedules=schedules,
         )

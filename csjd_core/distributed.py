@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
@@ -17,6 +17,9 @@ from csjd_core.job import Job
 from csjd_core.metrics import StopReport
 from csjd_core.stats import DeadLetter, QueueStats
 
+if TYPE_CHECKING:
+    from csjd_core.periodic import Schedule
+
 __all__ = ["DeadLetter", "RedisDistributedDispatcher"]
 
 T = TypeVar("T")
@@ -26,8 +29,8 @@ class RedisDistributedDispatcher(BaseDispatcher):
     """Many worker processes on many machines sharing queues on Redis Streams.
 
     A process that only submits (a web server) never calls `start`; a worker process registers
-    its handlers and calls `start` (or runs ``csjd worker``). Delivery is at-least-once: see
-    docs/distributed.md for when a job can run twice.
+    its handlers and calls `start` (or runs ``csjd worker``), ticking ``schedules`` if given.
+    Delivery is at-least-once: see docs/distributed.md for when a job can run twice.
     """
 
     def __init__(
@@ -36,11 +39,12 @@ class RedisDistributedDispatcher(BaseDispatcher):
         config: DistributedConfig | None = None,
         *,
         registry: HandlerRegistry | None = None,
+        schedules: Mapping[str, Schedule] | None = None,
     ) -> None:
         self.config = config = config if config is not None else DistributedConfig()
         self.redis_config = redis
         self.backend = RedisStreamsBackend(redis, config)
-        super().__init__(self.backend, config, registry=registry)
+        super().__init__(self.backend, config, registry=registry, schedules=schedules)
 
     @property
     def consumer(self) -> str:

@@ -20,6 +20,7 @@ from csjd_core.engine.registry import HandlerFn, HandlerRegistry
 from csjd_core.errors import CSJDError, InvalidJob, JobFailed
 from csjd_core.job import Job, JobState, JobStatus, check_json, validate_job
 from csjd_core.limits import job_options, name_problem, seconds
+from csjd_core.periodic import Every, Schedule, make_schedule
 
 __all__ = ["Enqueuer", "JobFunction", "JobHandle", "JobRegistry"]
 
@@ -291,6 +292,8 @@ class JobRegistry:
     def __init__(self) -> None:
         self.registry = HandlerRegistry()
         self.jobs: dict[str, JobFunction[Any, Any]] = {}
+        #: The periodic jobs, by schedule name (`add_schedule`, ``@job(schedule=...)``).
+        self.schedules: dict[str, Schedule] = {}
 
     # -- the decorator family --------------------------------------------------------------
     @overload
@@ -302,6 +305,14 @@ class JobRegistry:
         timeout: float | timedelta | None = ...,
         queue: str | None = ...,
         takes_context: Literal[False] = ...,
+        schedule: str | Every | None = ...,
+        timezone: str | None = ...,
+        catch_up: str = ...,
+        catch_up_limit: int = ...,
+        max_running: int | None = ...,
+        schedule_name: str | None = ...,
+        schedule_kwargs: Mapping[str, Any] | None = ...,
+        schedule_jitter: float | timedelta | None = ...,
     ) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
 
     @overload
@@ -313,6 +324,14 @@ class JobRegistry:
         timeout: float | timedelta | None = ...,
         queue: str | None = ...,
         takes_context: Literal[True],
+        schedule: str | Every | None = ...,
+        timezone: str | None = ...,
+        catch_up: str = ...,
+        catch_up_limit: int = ...,
+        max_running: int | None = ...,
+        schedule_name: str | None = ...,
+        schedule_kwargs: Mapping[str, Any] | None = ...,
+        schedule_jitter: float | timedelta | None = ...,
     ) -> Callable[[Callable[..., R]], JobFunction[..., R]]: ...
 
     def job(
@@ -323,13 +342,32 @@ class JobRegistry:
         timeout: float | timedelta | None = None,
         queue: str | None = None,
         takes_context: bool = False,
+        schedule: str | Every | None = None,
+        timezone: str | None = None,
+        catch_up: str = "latest",
+        catch_up_limit: int = 100,
+        max_running: int | None = 1,
+        schedule_name: str | None = None,
+        schedule_kwargs: Mapping[str, Any] | None = None,
+        schedule_jitter: float | timedelta | None = None,
     ) -> Callable[[Callable[..., Any]], JobFunction[Any, Any]]:
         """Decorate a function as a job of ``type`` (default: ``module.qualname``).
 
+        With ``schedule`` (a cron string, or ``every(minutes=5)``) it is also a periodic job:
+        see `add_schedule` for the schedule's options (``schedule_name``, ``schedule_kwargs``
+        and ``schedule_jitter`` are its ``name``, ``kwargs`` and ``jitter``).
+
         Raises:
-            ValueError: a bad option, or ``type`` already names another function.
+            ValueError: a bad option, ``type`` already names another function, or a bad or
+                duplicate schedule.
         """
         limit = _check_job_options(max_attempts, timeout, queue)
+        if schedule is None:
+            extra: dict[str, object] = {"timezone": timezone, "schedule_name": schedule_name}
+            extra |= {"schedule_kwargs": schedule_kwargs, "schedule_jitter": schedule_jitter}
+            given = [name for name, value in extra.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} need schedule= (a cron string or every())")
 
         def decorate(fn: Callable[..., Any]) -> JobFunction[Any, Any]:
             name = type or f"{fn.__module__}.{fn.__qualname__}"
@@ -342,10 +380,82 @@ class JobRegistry:
                 queue=queue,
                 takes_context=takes_context,
             )
+            made = None
+            if schedule is not None:  # checked before anything is registered
+                made = make_schedule(
+                    wrapped,
+                    schedule,
+                    name=schedule_name,
+                    timezone=timezone,
+                    kwargs=schedule_kwargs,
+                    catch_up=catch_up,
+                    catch_up_limit=catch_up_limit,
+                    max_running=max_running,
+                    jitter=schedule_jitter,
+                )
+                self._check_schedule_name(made.name)
             self.add_job(wrapped)
+            if made is not None:
+                self.schedules[made.name] = made
             return wrapped
 
         return decorate
+
+    def add_schedule(
+        self,
+        job: JobFunction[Any, Any],
+        schedule: str | Every,
+        *,
+        name: str | None = None,
+        timezone: str | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        catch_up: str = "latest",
+        catch_up_limit: int = 100,
+        max_running: int | None = 1,
+        jitter: float | timedelta | None = None,
+    ) -> Schedule:
+        """Run ``job`` periodically (a second schedule of one job needs its own ``name``).
+
+        Args:
+            job: a job function of this registry.
+            schedule: a cron expression (``"0 3 * * *"``, matched in ``timezone``; needs
+                ``csjd[cron]``), or `every` (slots counted from the Unix epoch).
+            name: unique among the registry's schedules (default: the job type).
+            timezone: an IANA time zone for a cron expression (default UTC).
+            kwargs: fixed keyword arguments of every run (JSON, checked against the function).
+            catch_up: after slots were missed (no ticker ran): ``"latest"`` runs the most
+                recent one, ``"none"`` none (a slot more than a minute late, or one period if
+                shorter, is missed), ``"all"`` each of them, the last ``catch_up_limit``.
+            max_running: skip a slot while this many runs of the schedule are unfinished
+                (``None``: no limit).
+            jitter: delay each slot by up to this many seconds, the same in every process.
+
+        Raises:
+            ValueError: a bad expression, time zone or option, or a name already scheduled.
+            TypeError: ``kwargs`` do not fit the function.
+        """
+        if self.jobs.get(job.type) is not job:
+            raise ValueError(f"{job!r} is not a job of this registry")
+        made = make_schedule(
+            job,
+            schedule,
+            name=name,
+            timezone=timezone,
+            kwargs=kwargs,
+            catch_up=catch_up,
+            catch_up_limit=catch_up_limit,
+            max_running=max_running,
+            jitter=jitter,
+        )
+        self._check_schedule_name(made.name)
+        self.schedules[made.name] = made
+        return made
+
+    def _check_schedule_name(self, name: str) -> None:
+        if name in self.schedules:
+            raise ValueError(
+                f"two schedules are named {name!r}; give one a schedule_name= of its own"
+            )
 
     def add_job(self, job: JobFunction[Any, Any]) -> None:
         """Register a decorated function: its handler (``run_job``) and its definition.

@@ -17,9 +17,10 @@ import re
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from csjd_core.app import App
+from csjd_core.app import App, Mode
 from csjd_core.backends.file import FileJobStore
 from csjd_core.dispatcher import Dispatcher
 from csjd_core.errors import (
@@ -32,7 +33,8 @@ from csjd_core.errors import (
 from csjd_core.job import Job, JobState, JobStatus
 from csjd_core.limits import MAX_WORKERS, brief, name_problem, names, seconds
 from csjd_core.metrics import MetricsSnapshot
-from csjd_core.stats import DeadLetter, QueueStats
+from csjd_core.periodic import Schedule
+from csjd_core.stats import DeadLetter, QueueStats, ScheduleState
 from csjd_core.supervisor import EXIT_RECYCLE, supervise
 from csjd_core.worker import InFlight, run_worker
 
@@ -150,6 +152,7 @@ class WorkerOptions:
         max_jobs: recycle a process after this many attempts (its in-flight work finished).
         max_memory: recycle a process past this resident size, in bytes.
         drain_timeout: seconds in-flight jobs may take to finish after SIGTERM.
+        no_schedule: do not tick the app's schedules in this process (or its children).
     """
 
     queues: tuple[str, ...] | None = None
@@ -159,6 +162,7 @@ class WorkerOptions:
     max_jobs: int | None = None
     max_memory: int | None = None
     drain_timeout: float = 30.0
+    no_schedule: bool = False
 
     def __post_init__(self) -> None:
         if self.queues is not None:
@@ -217,6 +221,8 @@ class WorkerOptions:
                 argv += [flag, str(value)]
         if self.burst:
             argv.append("--burst")
+        if self.no_schedule:
+            argv.append("--no-schedule")
         return argv
 
 
@@ -226,9 +232,11 @@ def worker_dispatcher(
     workers: int | None = None,
     hooks: tuple[object, ...] = (),
     *,
+    schedule: bool = False,
     needed_by: str = "csjd worker",
 ) -> RedisDistributedDispatcher:
-    """A Redis dispatcher for ``app`` with the given overrides (and extra hooks).
+    """A Redis dispatcher for ``app`` with the given overrides (and extra hooks); with
+    ``schedule`` it ticks the app's schedules while started.
 
     Raises:
         RedisModeRequired: the app is not in Redis mode.
@@ -249,7 +257,8 @@ def worker_dispatcher(
     if hooks:
         changes["hooks"] = (*app.distributed.hooks, *hooks)
     config = dataclasses.replace(app.distributed, **changes)
-    return RedisDistributedDispatcher(redis, config, registry=app.registry)
+    schedules = app.schedules if schedule else None
+    return RedisDistributedDispatcher(redis, config, registry=app.registry, schedules=schedules)
 
 
 def run_workers(
@@ -281,15 +290,24 @@ def run_workers(
     """
     in_flight = InFlight()
     dispatcher = worker_dispatcher(
-        app, options.queues, options.workers, hooks=(in_flight,), needed_by=needed_by
+        app,
+        options.queues,
+        options.workers,
+        hooks=(in_flight,),
+        # Supervised children tick, not their supervisor (which runs no jobs).
+        schedule=not options.no_schedule and (child or not options.supervised),
+        needed_by=needed_by,
     )
+    ticking = ",".join(app.schedules) or "-"
+    if options.no_schedule and app.schedules:
+        ticking = "off (--no-schedule)"
     if not child and options.supervised:
-        announce(_banner(dispatcher, options.processes, needed_by))
+        announce(_banner(dispatcher, options.processes, needed_by, ticking))
         return supervise(
             options.child_argv(), options.processes, burst=options.burst, command=child_command
         )
     if not child:
-        announce(_banner(dispatcher, 1, needed_by))
+        announce(_banner(dispatcher, 1, needed_by, ticking))
     recycled: list[str] = []
     supervisor = os.getppid()
 
@@ -320,12 +338,14 @@ def run_workers(
     return 0 if report.clean else 1
 
 
-def _banner(dispatcher: RedisDistributedDispatcher, processes: int, command: str) -> str:
+def _banner(
+    dispatcher: RedisDistributedDispatcher, processes: int, command: str, schedules: str
+) -> str:
     config = dispatcher.config
     return (
         f"{command}: queues={','.join(config.queues)} processes={processes} "
         f"workers={config.workers} group={config.group} redis={dispatcher.redis_config.display} "
-        f"types={','.join(dispatcher.registry.types()) or '-'}"
+        f"types={','.join(dispatcher.registry.types()) or '-'} schedules={schedules}"
     )
 
 
@@ -555,3 +575,89 @@ def move_into_redis(
     finally:
         store.close()
     return moved, already
+
+
+# -- schedules -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    """One schedule as the listings show it (``csjd schedule``, the Django dashboard).
+
+    Attributes:
+        schedule: its definition.
+        state: its mark (``None``: no ticker has seen it yet).
+        next_slot: when its next slot is due (UTC).
+        shared: the mark is shared by every ticker (Redis, a file store); ``False`` for an
+            in-process app in memory, where each process ticks its own and this one's is shown.
+    """
+
+    schedule: Schedule
+    state: ScheduleState | None
+    next_slot: datetime
+    shared: bool
+
+
+def schedule_rows(app: App) -> list[ScheduleRow]:
+    """Every schedule of ``app`` with its mark and next slot, by name.
+
+    Raises:
+        BackendUnavailable: Redis could not be reached.
+        JobStoreLocked: the app's file store is held by another process (run this there:
+            the Django dashboard does).
+    """
+    dispatcher = app.dispatcher
+    now = dispatcher.clock()
+    rows = []
+    for name in sorted(app.schedules):
+        schedule = app.schedules[name]
+        state = dispatcher.schedule_state(name, schedule.queue)
+        after = now if state is None or state.mark is None else max(state.mark, now)
+        due = schedule.due(schedule.next_slot(after))
+        next_slot = datetime.fromtimestamp(due, UTC)
+        rows.append(ScheduleRow(schedule, state, next_slot, _shared(app)))
+    return rows
+
+
+def _shared(app: App) -> bool:
+    return app.mode is Mode.REDIS or app.config.store is not None
+
+
+def find_schedule(app: App, name: str) -> Schedule:
+    """The schedule called ``name``.
+
+    Raises:
+        CSJDError: ``app`` has no such schedule (the message lists its schedules).
+    """
+    schedule = app.schedules.get(name)
+    if schedule is None:
+        known = ", ".join(sorted(app.schedules)) or "none"
+        raise CSJDError(f"no schedule named {name!r} (schedules: {known})")
+    return schedule
+
+
+def pause_schedule(app: App, name: str, paused: bool = True) -> Schedule:
+    """Pause schedule ``name`` (every ticker skips its slots, recording each), or resume it
+    (the slots due while paused stay skipped).
+
+    Raises:
+        CSJDError: no such schedule; BackendUnavailable: Redis could not be reached.
+    """
+    schedule = find_schedule(app, name)
+    app.dispatcher.set_schedule_paused(schedule, paused)
+    return schedule
+
+
+def run_schedule_now(app: App, name: str) -> str:
+    """Enqueue a run of schedule ``name`` now, outside its slots (its marks' slots are not
+    changed; it counts as running for ``max_running``).
+
+    Returns:
+        The run's job id.
+
+    Raises:
+        CSJDError: no such schedule; QueueFull, BackendUnavailable: from admission.
+    """
+    schedule = find_schedule(app, name)
+    dispatcher = app.dispatcher
+    if app.mode is not Mode.REDIS and not dispatcher.started:
+        dispatcher.start()
+    return dispatcher.run_now(schedule)

@@ -13,7 +13,7 @@ from csjd_core.app import App
 from csjd_core.errors import CSJDError, StoreCorrupted
 from csjd_core.job import JobStatus
 from csjd_core.metrics import MetricsSnapshot
-from csjd_core.operations import RequeueReport
+from csjd_core.operations import RequeueReport, ScheduleRow
 from csjd_core.stats import DeadLetter, QueueStats
 
 Echo = Callable[[str], object]
@@ -30,6 +30,8 @@ __all__ = [
     "replay",
     "requeue_lines",
     "run_line",
+    "schedule_lines",
+    "schedules",
     "stats",
     "stats_lines",
     "store_lines",
@@ -60,6 +62,64 @@ def stats_lines(stats: dict[str, QueueStats]) -> list[str]:
                 f"idle={consumer.idle_ms}ms heartbeat={age}"
             )
     return lines
+
+
+def _utc(at: float | None) -> str:
+    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(at))
+
+
+def schedule_lines(rows: Sequence[ScheduleRow]) -> list[str]:
+    """``csjd schedule``: each schedule, its next slot, last run and the fleet's counts."""
+    if not rows:
+        return ["no schedules (declare one with @app.job(..., schedule=...))"]
+    lines = []
+    for row in rows:
+        schedule, state = row.schedule, row.state
+        lines.append(
+            f"schedule {schedule.name}: {schedule.describe()} job={schedule.job.type} "
+            f"queue={schedule.queue or 'default'}"
+            + (" PAUSED" if state is not None and state.paused else "")
+        )
+        lines.append(f"  next={_utc(row.next_slot.timestamp())}")
+        if state is None:
+            lines.append("  not ticked yet")
+            continue
+        outcome = state.last_outcome or "-"
+        if state.last_outcome_at is not None:
+            outcome += f" at {_utc(state.last_outcome_at)} ({state.last_outcome_id})"
+        lines.append(f"  last_enqueued={state.last_enqueued or '-'} last_outcome={outcome}")
+        lines.append(
+            f"  counts: enqueued={state.enqueued} run_now={state.manual} "
+            f"duplicates={state.duplicates} overlaps={state.overlaps} "
+            f"paused_skips={state.paused_skips} misfires={state.misfires}"
+        )
+    if not rows[0].shared:
+        lines.append(
+            "note: in-process mode without a file store: each process ticks and keeps its own "
+            "schedule state (this process's is shown); use Redis or a store in production"
+        )
+    return lines
+
+
+def schedules(app: App, as_json: bool, *, echo: Echo) -> None:
+    """``csjd schedule``: list the app's schedules."""
+    rows = operations.schedule_rows(app)
+    if as_json:
+        payload = [
+            {
+                "name": row.schedule.name,
+                "job": row.schedule.job.type,
+                "schedule": row.schedule.describe(),
+                "queue": row.schedule.queue,
+                "next_slot": row.next_slot.isoformat(),
+                "state": None if row.state is None else row.state.to_json(),
+            }
+            for row in rows
+        ]
+        echo(json.dumps(payload, indent=2))
+        return
+    for line in schedule_lines(rows):
+        echo(line)
 
 
 def health_lines(live: dict[str, int], host: str | None = None) -> list[str]:

@@ -1,5 +1,5 @@
-"""What distributed mode reports about its queues: typed records every front end reads (the
-``csjd`` commands, ``manage.py``, ``flask csjd``, the Django dashboard), never dict keys.
+"""What the backends report about queues and schedules: typed records every front end reads
+(the ``csjd`` commands, ``manage.py``, ``flask csjd``, the Django dashboard), never dict keys.
 
 Plain dataclasses with no tie to redis-py, so a front end can import them without the extra.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["ConsumerStats", "DeadLetter", "QueueCounters", "QueueStats"]
+__all__ = ["ConsumerStats", "DeadLetter", "QueueCounters", "QueueStats", "ScheduleState"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,4 +101,44 @@ class DeadLetter:
 
     def to_json(self) -> dict[str, Any]:
         """The letter as JSON-ready values (``csjd dead show``)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    """A schedule's mark as its backend holds it: the fleet's view, shared by every ticker.
+
+    Attributes:
+        name: the schedule.
+        mark: the Unix time through which its slots are accounted for (enqueued, skipped or
+            missed); ``None`` before a ticker first saw it.
+        paused: tickers record its slots as skipped instead of enqueuing them.
+        running: ids of its runs that may still be unfinished (for ``max_running``).
+        last_enqueued: the id of the last run enqueued (a slot, or "run now").
+        enqueued: slots enqueued; ``manual``: runs enqueued by "run now".
+        duplicates: slots whose job id was taken (recorded, not enqueued again).
+        overlaps: slots skipped because ``max_running`` runs were unfinished.
+        paused_skips: slots skipped while paused.
+        misfires: slots missed while no ticker ran and not caught up (``catch_up``).
+        last_outcome: how the last run that ended, ended (an `OutcomeKind` value), with
+            ``last_outcome_id`` and ``last_outcome_at`` (Unix time).
+    """
+
+    name: str
+    mark: float | None = None
+    paused: bool = False
+    running: tuple[str, ...] = ()
+    last_enqueued: str | None = None
+    enqueued: int = 0
+    manual: int = 0
+    duplicates: int = 0
+    overlaps: int = 0
+    paused_skips: int = 0
+    misfires: int = 0
+    last_outcome: str | None = None
+    last_outcome_id: str | None = None
+    last_outcome_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The state as JSON-ready values (``csjd schedule --json``)."""
         return asdict(self)

@@ -15,17 +15,21 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from csjd_core.backends import _marks
 from csjd_core.backends._wal import Record
 from csjd_core.backends.memory import Entry
 from csjd_core.errors import InvalidJob
 from csjd_core.job import Job, JobState, timeout_seconds, validate_job
+from csjd_core.stats import ScheduleState
 
-SUBMITTED, STARTED, RETRY, FINISHED = 1, 2, 3, 4
-TYPES = frozenset({SUBMITTED, STARTED, RETRY, FINISHED})
+SUBMITTED, STARTED, RETRY, FINISHED, MARK = 1, 2, 3, 4, 5
+#: MARK records (version 3 logs, JSON) hold a schedule's whole mark (`ScheduleState`): the last
+#: one of a schedule wins.
+TYPES = frozenset({SUBMITTED, STARTED, RETRY, FINISHED, MARK})
 #: The record types whose payload is JSON, by log version: every one in version 1; version 2
 #: made started and finished records binary (two per job: JSON cost more than the rest of their
 #: write), version 3 submitted records (binary fields, the job's payload alone as JSON).
-JSON_TYPES = {1: TYPES, 2: frozenset({SUBMITTED, RETRY}), 3: frozenset({RETRY})}
+JSON_TYPES = {1: TYPES, 2: frozenset({SUBMITTED, RETRY}), 3: frozenset({RETRY, MARK})}
 # Started and finished records (version 2 on): these fields, then the job id in UTF-8.
 _STARTED = struct.Struct("<dQ")  # started_at (NaN: unknown), attempt
 _FINISHED = struct.Struct("<dB")  # finished_at (NaN: unknown), outcome (see _OUTCOMES)
@@ -93,15 +97,28 @@ class BadRecord(Exception):
         self.offset = offset
 
 
-def replay(jobs: dict[str, Replayed], records: list[Record]) -> None:
-    """Apply log records, in order, to the state read from the snapshot (``jobs``).
+def replay(
+    jobs: dict[str, Replayed], records: list[Record], marks: dict[str, ScheduleState]
+) -> None:
+    """Apply log records, in order, to the state read from the snapshot (``jobs`` and the
+    schedules' ``marks``).
 
     Raises:
         BadRecord: a record does not have the expected shape.
     """
     for start in range(0, len(records), REPLAY_BATCH):
         batch = records[start : start + REPLAY_BATCH]
-        _apply(jobs, batch, decode(batch))
+        _apply(jobs, batch, decode(batch), marks)
+
+
+def snapshot_marks(data: dict[str, Any]) -> dict[str, ScheduleState]:
+    """A snapshot's schedule marks (none in a snapshot written before schedules existed).
+
+    Raises:
+        ValueError, KeyError, TypeError: not a list of marks.
+    """
+    marks = [_marks.decode(item) for item in data.get("schedules", ())]
+    return {mark.name: mark for mark in marks}
 
 
 def snapshot_jobs(data: dict[str, Any]) -> tuple[int, dict[str, Replayed]]:
@@ -147,7 +164,12 @@ def decode(records: list[Record]) -> list[Any]:
     return result
 
 
-def _apply(jobs: dict[str, Replayed], records: list[Record], decoded: list[Any]) -> None:
+def _apply(
+    jobs: dict[str, Replayed],
+    records: list[Record],
+    decoded: list[Any],
+    marks: dict[str, ScheduleState],
+) -> None:
     """Apply log records to the replay state (idempotent: replaying one twice is harmless).
 
     ``decoded`` holds the JSON payloads (see `decode`), in order.
@@ -195,6 +217,10 @@ def _apply(jobs: dict[str, Replayed], records: list[Record], decoded: list[Any])
                 job.started_at = None if isnan(at) else at
                 continue
             data = next_json()
+            if rtype == MARK:
+                mark = _marks.decode(data)
+                marks[mark.name] = mark
+                continue
             if rtype == SUBMITTED:
                 for item in data["jobs"]:
                     job_id = item["job"]["id"]
@@ -431,8 +457,11 @@ def snapshot_item(
     }
 
 
-def snapshot(seq: int, captured: list[SnapshotFields]) -> bytes:
-    """A snapshot's content: the jobs captured by `snapshot_fields`, folding the log up to
-    record ``seq``."""
+def snapshot(seq: int, captured: list[SnapshotFields], marks: list[ScheduleState]) -> bytes:
+    """A snapshot's content: the jobs captured by `snapshot_fields` and the schedules'
+    marks, folding the log up to record ``seq``."""
     jobs = [snapshot_item(*fields) for fields in captured]
-    return encode({"version": SNAPSHOT_VERSION, "seq": seq, "jobs": jobs}).encode()
+    schedules = [mark.to_json() for mark in marks]
+    return encode(
+        {"version": SNAPSHOT_VERSION, "seq": seq, "jobs": jobs, "schedules": schedules}
+    ).encode()

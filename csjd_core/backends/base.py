@@ -9,14 +9,25 @@ suite in ``tests/core/test_backend_contract.py``.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from csjd_core.job import Job, JobStatus
+from csjd_core.stats import ScheduleState
 
-__all__ = ["AttemptError", "Backend", "BackendSettings", "Delivery"]
+__all__ = [
+    "AttemptError",
+    "Backend",
+    "BackendSettings",
+    "Delivery",
+    "SlotOp",
+    "SlotRequest",
+    "SlotVerdict",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +76,45 @@ class AttemptError:
     kind: str
     message: str
     traceback: str | None = None
+
+
+class SlotOp(StrEnum):
+    """What a ticker asks of a schedule's mark (`Backend.admit_slot`)."""
+
+    INIT = "init"  # first sight: set the mark to ``slot`` if the schedule has none
+    SLOT = "slot"  # enqueue the slot's job, unless the mark is at or past it
+    SKIP = "skip"  # advance the mark to ``slot`` without a job (missed slots, resume)
+    MANUAL = "manual"  # "run now": enqueue a job outside the slots; the mark is unchanged
+
+
+class SlotVerdict(StrEnum):
+    """What `Backend.admit_slot` did."""
+
+    ENQUEUED = "enqueued"
+    INIT = "init"  # the mark was set
+    DONE = "done"  # the mark is at or past the slot: another ticker accounted for it
+    DUPLICATE = "duplicate"  # the job id was taken; the mark moved past the slot
+    OVERLAP = "overlap"  # ``max_running`` runs unfinished: skipped, the mark moved past it
+    PAUSED = "paused"  # the schedule is paused: skipped, the mark moved past it
+    SKIPPED = "skipped"  # `SlotOp.SKIP` moved the mark
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRequest:
+    """One atomic step on a schedule's mark: compare, advance, and admit ``job`` with it.
+
+    ``slot`` is a Unix time (whole seconds); ``misfired`` slots passed over before it are
+    added to the mark's count when it advances; ``max_running`` (0: no limit) skips the slot
+    while that many of ``running`` are unfinished.
+    """
+
+    op: SlotOp
+    schedule: str
+    queue: str | None
+    slot: float
+    job: Job | None = None
+    max_running: int = 0
+    misfired: int = 0
 
 
 class Backend(ABC):
@@ -133,6 +183,32 @@ class Backend(ABC):
     def renew(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Extend the lease of running attempts; False where the claim was lost."""
         return [True for _ in deliveries]
+
+    # -- schedules (csjd_core.periodic) ----------------------------------------------------
+    def clock(self) -> float:
+        """The Unix time every process using this backend agrees on (schedules are judged by
+        it): this host's clock for a local backend."""
+        return time.time()
+
+    def admit_slot(self, request: SlotRequest) -> SlotVerdict:
+        """Compare and advance a schedule's mark and admit its job, in one atomic step.
+
+        Raises:
+            QueueFull, BackendUnavailable: nothing changed (the slot is tried again).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not keep schedules")
+
+    def schedule_state(self, name: str, queue: str | None) -> ScheduleState | None:
+        """The mark of schedule ``name`` (kept under ``queue``), or ``None``."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep schedules")
+
+    def set_paused(self, name: str, queue: str | None, paused: bool) -> None:
+        """Pause or resume schedule ``name``."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep schedules")
+
+    def record_outcome(self, name: str, queue: str | None, job_id: str, kind: str) -> None:
+        """Record how a run of schedule ``name`` ended (its last outcome)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep schedules")
 
     @abstractmethod
     def status(self, job_id: str, queue: str | None = None) -> JobStatus | None:

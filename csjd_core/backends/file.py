@@ -21,6 +21,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Literal
 
+from csjd_core.backends import _marks
 from csjd_core.backends import _records as fmt
 from csjd_core.backends._wal import MAX_RECORD, WriteAheadLog, fsync_directory, write_all
 from csjd_core.backends.base import AttemptError, BackendSettings, Delivery
@@ -34,6 +35,7 @@ from csjd_core.errors import (
 )
 from csjd_core.job import Job, JobState, JobStatus, utc_from_timestamp
 from csjd_core.limits import brief, positive_seconds
+from csjd_core.stats import ScheduleState
 
 __all__ = ["FileJobStore"]
 
@@ -149,10 +151,10 @@ class FileJobStore(MemoryBackend):
                 self._scheduled.clear()
                 self._unfinished.clear()
             with _gc_paused():
-                jobs = self._read_snapshot()
+                jobs, marks = self._read_snapshot()
                 try:
                     logged = list(self._wal.open(fmt.TYPES, self._snapshot_seq, self.repair))
-                    fmt.replay(jobs, logged)
+                    fmt.replay(jobs, logged, marks)
                     del logged  # every record of the log: free it before building the jobs
                 except fmt.BadRecord as bad:
                     raise self._undecodable(bad.offset, bad.__cause__ or bad) from bad
@@ -162,6 +164,7 @@ class FileJobStore(MemoryBackend):
                 except fmt.BadRecord as bad:
                     raise self._undecodable(bad.offset, bad.__cause__ or bad) from bad
                 entries = [self._entry(*pair) for pair in zip(unfinished, built, strict=True)]
+                self._marks = marks
                 self._owner_pid = os.getpid()
                 _OPEN_STORES.add(self)
                 return self._recover(entries)
@@ -269,13 +272,13 @@ class FileJobStore(MemoryBackend):
         self.close()
 
     # -- replay ----------------------------------------------------------------------------
-    def _read_snapshot(self) -> dict[str, fmt.Replayed]:
+    def _read_snapshot(self) -> tuple[dict[str, fmt.Replayed], dict[str, ScheduleState]]:
         self._snapshot_seq = 0
         try:
             with open(self.path, "rb") as f:
                 data = json.loads(f.read())
         except FileNotFoundError:
-            return {}
+            return {}, {}
         except (OSError, ValueError, RecursionError) as exc:
             raise StoreCorrupted(
                 f"snapshot {self.path} is unreadable ({exc}); snapshots are written atomically, "
@@ -286,12 +289,14 @@ class FileJobStore(MemoryBackend):
             raise StoreCorrupted(f"snapshot {self.path} has an unknown format", path=self.path)
         try:
             seq, jobs = fmt.snapshot_jobs(data)
+            marks = fmt.snapshot_marks(data)
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreCorrupted(
-                f"snapshot {self.path} holds an undecodable job ({exc!r})", path=self.path
+                f"snapshot {self.path} holds an undecodable job or schedule ({exc!r})",
+                path=self.path,
             ) from exc
         self._snapshot_seq = seq
-        return jobs
+        return jobs, marks
 
     def _undecodable(self, offset: int | None, exc: BaseException) -> StoreCorrupted:
         # The checksum matched, so these bytes were written so: not a torn write.
@@ -406,6 +411,20 @@ class FileJobStore(MemoryBackend):
 
         self._write([(fmt.SUBMITTED, payload)], durable=True, on_written=mark_stored)
 
+    def _persist_mark(self, state: ScheduleState, entries: list[Entry]) -> None:
+        # The mark first: should a crash of the machine tear this write, the slot is lost
+        # rather than run twice (at most once per slot).
+        records = [(fmt.MARK, _marks.encode(state))]
+        if entries:
+            records.append((fmt.SUBMITTED, fmt.submitted(entries)))
+
+        def mark_stored() -> None:
+            self._marks[state.name] = state  # under the write lock: compaction sees both
+            for entry in entries:
+                entry.stored = True
+
+        self._write(records, durable=True, on_written=mark_stored)
+
     def _persist_started(self, entry: Entry) -> None:
         # Written before the handler runs (not deferred): if the handler kills the process,
         # this record is what makes recovery count the crash as an attempt.
@@ -519,7 +538,8 @@ class FileJobStore(MemoryBackend):
                 for e in list(self._unfinished.values())
                 if e.get("stored") and not e.state.finished
             ]
-        data = fmt.snapshot(seq, captured)
+            marks = list(self._marks.values())
+        data = fmt.snapshot(seq, captured, marks)
         tmp = self.path + ".tmp"
         fd = os.open(
             tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600

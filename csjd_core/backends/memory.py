@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import queue
@@ -14,9 +15,18 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from csjd_core.backends.base import AttemptError, Backend, BackendSettings, Delivery
+from csjd_core.backends import _marks
+from csjd_core.backends.base import (
+    AttemptError,
+    Backend,
+    BackendSettings,
+    Delivery,
+    SlotRequest,
+    SlotVerdict,
+)
 from csjd_core.errors import DispatcherClosed, DuplicateJob, QueueFull
 from csjd_core.job import Job, JobState, JobStatus, utc_from_timestamp
+from csjd_core.stats import ScheduleState
 
 __all__ = ["MemoryBackend"]
 
@@ -124,6 +134,10 @@ class MemoryBackend(Backend):
         self._max_results = 100_000
         self._opened = False
         self._closed = False  # set by `close`: admission is refused from then on
+        # Schedules' marks (csjd_core.periodic), changed one step at a time under their lock
+        # (taken before `_lock`, never by workers).
+        self._marks: dict[str, ScheduleState] = {}
+        self._marks_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self, settings: BackendSettings) -> int:
@@ -530,9 +544,69 @@ class MemoryBackend(Backend):
         """Jobs ready to run now."""
         return len(self._ready)
 
+    # -- schedules -------------------------------------------------------------------------
+    def admit_slot(self, request: SlotRequest) -> SlotVerdict:
+        """Compare and advance a schedule's mark and admit its job, as one step (see
+        `Backend.admit_slot`; the rules are `_marks.step`)."""
+        name = request.schedule
+        with self._marks_lock:
+            before = self._marks.get(name) or ScheduleState(name)
+            verdict, after = _marks.step(before, request, self._unfinished.__contains__)
+            if verdict is not SlotVerdict.ENQUEUED:
+                if after is not before:
+                    self._keep_mark(after, [])
+                return verdict
+            assert request.job is not None
+            now = time.time()
+            with self._lock:
+                try:
+                    entries = self._admit([request.job], now)
+                except DuplicateJob:
+                    entries = None
+            if entries is None:
+                self._keep_mark(_marks.admitted_duplicate(before, request), [])
+                return SlotVerdict.DUPLICATE
+            try:
+                self._keep_mark(after, entries)
+            except BaseException:
+                with self._lock:
+                    del self._unfinished[request.job.id]
+                raise
+            with self._lock:
+                self._publish(entries, now)
+            return SlotVerdict.ENQUEUED
+
+    def _keep_mark(self, state: ScheduleState, entries: list[Entry]) -> None:
+        """Make ``state`` the schedule's mark, written with the job it admits (marks lock)."""
+        self._persist_mark(state, entries)
+        self._marks[state.name] = state
+
+    def schedule_state(self, name: str, queue: str | None) -> ScheduleState | None:
+        """The mark of schedule ``name`` (``queue`` is not needed here)."""
+        return self._marks.get(name)
+
+    def set_paused(self, name: str, queue: str | None, paused: bool) -> None:
+        """Pause or resume schedule ``name``."""
+        with self._marks_lock:
+            state = self._marks.get(name) or ScheduleState(name)
+            self._keep_mark(dataclasses.replace(state, paused=paused), [])
+
+    def record_outcome(self, name: str, queue: str | None, job_id: str, kind: str) -> None:
+        """Record how a run of schedule ``name`` ended."""
+        with self._marks_lock:
+            state = self._marks.get(name) or ScheduleState(name)
+            changed = dataclasses.replace(
+                state, last_outcome=kind, last_outcome_id=job_id, last_outcome_at=time.time()
+            )
+            self._keep_mark(changed, [])
+
     # -- the durable subclass's seam --------------------------------------------------------
     def _persist_submitted(self, entries: list[Entry]) -> None:
         """Write submitted records durably before the jobs become visible."""
+
+    def _persist_mark(self, state: ScheduleState, entries: list[Entry]) -> None:
+        """Write a schedule's mark, and the submitted record of ``entries`` with it, in one
+        write (marks lock held, index lock not)."""
 
     def _persist_started(self, entry: Entry) -> None:
         """Record that an attempt starts (lock not held)."""

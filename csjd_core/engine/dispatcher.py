@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from csjd_core.backends.base import Backend, BackendSettings
+from csjd_core.backends.base import Backend, BackendSettings, SlotOp, SlotRequest, SlotVerdict
 from csjd_core.config import EngineConfig
 from csjd_core.engine.pool import Engine
 from csjd_core.engine.registry import HandlerFn, HandlerRegistry
@@ -20,6 +20,10 @@ from csjd_core.job import Job, JobStatus, check_name, validate_job
 from csjd_core.limits import name_problem
 from csjd_core.metrics import Counters, MetricsSnapshot, StopReport
 from csjd_core.retry import seconds
+from csjd_core.stats import ScheduleState
+
+if TYPE_CHECKING:
+    from csjd_core.periodic import Schedule, Ticker
 
 __all__ = ["BaseDispatcher", "JobNotFound"]
 
@@ -38,10 +42,18 @@ class BaseDispatcher:
         *,
         registry: HandlerRegistry | None = None,
         max_results: int = 0,
+        schedules: Mapping[str, Schedule] | None = None,
     ) -> None:
         self._backend = backend
         self._registry = registry if registry is not None else HandlerRegistry()
-        self._hooks = HookRunner(config.hooks)
+        self.ticker: Ticker | None = None
+        hooks = config.hooks
+        if schedules:
+            from csjd_core.periodic import Ticker  # noqa: PLC0415 - periodic imports this module
+
+            self.ticker = Ticker(schedules, self)
+            hooks = (*hooks, self.ticker)
+        self._hooks = HookRunner(hooks)
         self._counters = Counters()
         self._engine = Engine(
             backend, self._registry, config, hooks=self._hooks, counters=self._counters
@@ -114,6 +126,8 @@ class BaseDispatcher:
             self._backend.start_consuming()  # may raise (Redis down): then not started
             self._started = True
             self._engine.start()
+            if self.ticker is not None:
+                self.ticker.start()
 
     @property
     def started(self) -> bool:
@@ -152,6 +166,10 @@ class BaseDispatcher:
             DispatcherClosed: `stop` has begun.
             BackendUnavailable: the store or Redis could not record it.
         """
+        self._admit(job, None)
+
+    def _admit(self, job: Job, request: SlotRequest | None) -> SlotVerdict:
+        """Admit ``job``: alone (``request`` None), or with a schedule's mark (`admit_slot`)."""
         counters = self._counters
         hooks = self._hooks
         accepted = False
@@ -167,15 +185,23 @@ class BaseDispatcher:
             # accepted; taken back if admission fails.
             next(counters.accepted)
             accepted = True
-            self._backend.enqueue((job,))
+            if request is None:
+                self._backend.enqueue((job,))
+                verdict = SlotVerdict.ENQUEUED
+            else:
+                verdict = self._backend.admit_slot(request)
+                if verdict is not SlotVerdict.ENQUEUED:
+                    accepted = False
+                    counters.add(counters.accepted, -1)
         except BaseException:
             if accepted:
                 counters.add(counters.accepted, -1)
             raise
         finally:
             next(counters.submitted)
-        if hooks.active:
+        if hooks.active and verdict is SlotVerdict.ENQUEUED:
             hooks.call("after_enqueue", job)
+        return verdict
 
     def submit_batch(self, jobs: Iterable[Job]) -> None:
         """Admit every job or none.
@@ -217,6 +243,76 @@ class BaseDispatcher:
 
     def _check_batch(self, batch: list[Job]) -> None:
         """Mode-specific batch rules (distributed mode: one queue per batch)."""
+
+    # -- schedules (csjd_core.periodic) ----------------------------------------------------
+    def clock(self) -> float:
+        """The Unix time schedules are judged by (Redis ``TIME`` in Redis mode).
+
+        Raises:
+            BackendUnavailable: Redis could not be reached.
+        """
+        return self._backend.clock()
+
+    def admit_slot(
+        self, schedule: Schedule, op: SlotOp, slot: float, *, misfired: int = 0
+    ) -> SlotVerdict:
+        """One atomic step on ``schedule``'s mark (see `SlotOp`): a `SlotOp.SLOT` enqueues the
+        slot's job (id ``periodic:<name>:<slot>``) unless the mark is at or past ``slot``.
+
+        Raises:
+            QueueFull, BackendUnavailable, DispatcherClosed: nothing changed.
+        """
+        from csjd_core.periodic import slot_id  # noqa: PLC0415 - periodic imports this module
+
+        job = schedule.build(slot_id(schedule.name, slot)) if op is SlotOp.SLOT else None
+        return self._slot(schedule, op, slot, job, misfired)
+
+    def run_now(self, schedule: Schedule) -> str:
+        """Enqueue a run of ``schedule`` outside its slots ("run now"); returns its job id.
+
+        Raises:
+            QueueFull, BackendUnavailable, DispatcherClosed: from admission.
+        """
+        from csjd_core.periodic import manual_id  # noqa: PLC0415
+
+        job = schedule.build(manual_id(schedule.name))
+        self._slot(schedule, SlotOp.MANUAL, 0.0, job, 0)
+        return job.id
+
+    def _slot(
+        self, schedule: Schedule, op: SlotOp, slot: float, job: Job | None, misfired: int
+    ) -> SlotVerdict:
+        request = SlotRequest(
+            op,
+            schedule.name,
+            schedule.queue,
+            slot,
+            job,
+            max_running=schedule.max_running or 0,
+            misfired=misfired,
+        )
+        if job is None:
+            self._ensure_open()
+            return self._backend.admit_slot(request)
+        return self._admit(job, request)
+
+    def schedule_state(self, name: str, queue: str | None = None) -> ScheduleState | None:
+        """The mark of schedule ``name`` kept under ``queue``, or ``None`` before any ticker
+        saw it."""
+        self._ensure_open()
+        return self._backend.schedule_state(name, queue)
+
+    def set_schedule_paused(self, schedule: Schedule, paused: bool) -> None:
+        """Pause ``schedule`` (tickers skip its slots), or resume it: slots due while it was
+        paused stay skipped, whether or not a ticker ran meanwhile."""
+        self._ensure_open()
+        if not paused:  # account for the paused time first, so no ticker catches it up
+            self.admit_slot(schedule, SlotOp.SKIP, float(int(self.clock())))
+        self._backend.set_paused(schedule.name, schedule.queue, paused)
+
+    def record_schedule_outcome(self, schedule: Schedule, job_id: str, kind: str) -> None:
+        """Record how a run of ``schedule`` ended (see `ScheduleState.last_outcome`)."""
+        self._backend.record_outcome(schedule.name, schedule.queue, job_id, kind)
 
     # -- queries ---------------------------------------------------------------------------
     def status(self, job_id: str, queue: str | None = None) -> JobStatus:
@@ -277,6 +373,8 @@ class BaseDispatcher:
             return self._stop_report
 
     def _shutdown(self, limit: float | None) -> StopReport:
+        if self.ticker is not None:
+            self.ticker.stop()
         with self._lifecycle:
             self._closed = True
             started = self._started

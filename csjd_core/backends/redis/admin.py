@@ -13,7 +13,7 @@ from csjd_core.backends.redis.keys import QueueKeys, Queues
 from csjd_core.config import DistributedConfig
 from csjd_core.errors import BackendUnavailable, DuplicateJob, InvalidJob
 from csjd_core.job import JobStatus
-from csjd_core.stats import ConsumerStats, DeadLetter, QueueCounters, QueueStats
+from csjd_core.stats import ConsumerStats, DeadLetter, QueueCounters, QueueStats, ScheduleState
 
 __all__ = ["Admin"]
 
@@ -40,6 +40,32 @@ class Admin:
                 fields = {codec.text(k): codec.text(v) for k, v in raw.items()}
                 return codec.status(job_id, keys.name, fields)
         return None
+
+    # -- schedules' marks (enqueue.lua changes them) -----------------------------------------
+    def _on_mark(self, name: str, queue: str | None, call: Any) -> Any:
+        key = self.queues.keys_for(queue).schedule(name)
+        try:
+            return call(self.connection.client, key)
+        except redis.RedisError as exc:
+            raise BackendUnavailable(
+                f"Redis at {self.connection.redis_config.display} failed: {exc}"
+            ) from exc
+
+    def schedule_state(self, name: str, queue: str | None) -> ScheduleState | None:
+        """A schedule's mark, or ``None``."""
+        raw: dict[Any, Any] = self._on_mark(name, queue, lambda client, key: client.hgetall(key))
+        if not raw:
+            return None
+        return codec.schedule_state(name, {codec.text(k): codec.text(v) for k, v in raw.items()})
+
+    def set_paused(self, name: str, queue: str | None, paused: bool) -> None:
+        """Set a mark's ``paused`` flag."""
+        self._on_mark(name, queue, lambda client, key: client.hset(key, "paused", int(paused)))
+
+    def record_outcome(self, name: str, queue: str | None, job_id: str, kind: str) -> None:
+        """Write how a schedule's run ended into its mark."""
+        fields = {"last_outcome": kind, "last_outcome_id": job_id, "last_outcome_at": time.time()}
+        self._on_mark(name, queue, lambda client, key: client.hset(key, mapping=fields))
 
     def pending(self) -> int:
         """Unfinished jobs across this process's queues (all producers and consumers)."""

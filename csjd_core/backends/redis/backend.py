@@ -17,7 +17,15 @@ from typing import Any
 
 import redis
 
-from csjd_core.backends.base import AttemptError, Backend, BackendSettings, Delivery
+from csjd_core.backends.base import (
+    AttemptError,
+    Backend,
+    BackendSettings,
+    Delivery,
+    SlotOp,
+    SlotRequest,
+    SlotVerdict,
+)
 from csjd_core.backends.redis import codec
 from csjd_core.backends.redis.admin import Admin
 from csjd_core.backends.redis.connection import REDIS_DOWN, Connection, NotSent
@@ -29,9 +37,19 @@ from csjd_core.backends.redis.settle import Outcomes
 from csjd_core.config import DistributedConfig, EngineConfig, RedisConfig
 from csjd_core.errors import BackendUnavailable, DuplicateJob, QueueFull
 from csjd_core.job import Job, JobStatus
-from csjd_core.stats import DeadLetter, QueueStats
+from csjd_core.stats import DeadLetter, QueueStats, ScheduleState
 
 __all__ = ["RedisStreamsBackend"]
+
+_SLOT_VERDICTS = {
+    "ok": SlotVerdict.ENQUEUED,
+    "init": SlotVerdict.INIT,
+    "done": SlotVerdict.DONE,
+    "dup": SlotVerdict.DUPLICATE,
+    "overlap": SlotVerdict.OVERLAP,
+    "paused": SlotVerdict.PAUSED,
+    "skipped": SlotVerdict.SKIPPED,
+}
 
 logger = logging.getLogger("csjd_core.redis")
 
@@ -153,8 +171,18 @@ class RedisStreamsBackend(Backend):
 
     def enqueue(self, jobs: Sequence[Job]) -> None:
         """Admit ``jobs`` (all in one queue) in one round trip (see enqueue.lua)."""
-        keys = self.queues.keys_for(jobs[0].queue)
-        args: list[Any] = [self.config.max_pending_jobs, self._dedupe_ms]
+        self._run_enqueue(self.queues.keys_for(jobs[0].queue), jobs, [""])
+
+    def _run_enqueue(
+        self,
+        keys: QueueKeys,
+        jobs: Sequence[Job],
+        mark: list[Any],
+        schedule: str | None = None,
+    ) -> str:
+        """Run enqueue.lua (``mark``: its schedule arguments, ``[""]`` for none); returns its
+        verdict, having raised for a full queue or (without a schedule) a taken id."""
+        args: list[Any] = [self.config.max_pending_jobs, self._dedupe_ms, *mark]
         default_attempts = self.config.default_max_attempts
         max_payload = self.config.max_payload_bytes
         for job in jobs:
@@ -162,7 +190,9 @@ class RedisStreamsBackend(Backend):
             args += [job.id, data, codec.run_at_ms(job), max_attempts]
         display = self.redis_config.display
         try:
-            reply = self.connection.run("enqueue", keys.enqueue(job.id for job in jobs), args)
+            reply = self.connection.run(
+                "enqueue", keys.enqueue((job.id for job in jobs), schedule), args
+            )
         except NotSent as exc:
             raise BackendUnavailable(
                 f"Redis at {display} unreachable ({exc}); the job was not enqueued"
@@ -181,12 +211,48 @@ class RedisStreamsBackend(Backend):
                 f"queue {keys.name!r} full: {int(reply[1])} unfinished jobs, "
                 f"max_pending_jobs={self.config.max_pending_jobs}",
             )
-        if verdict == "dup":
+        if verdict == "dup" and (schedule is None or mark[0] != SlotOp.SLOT):
             raise DuplicateJob(
                 codec.text(reply[1]),
                 f"job id {codec.text(reply[1])!r} is taken by an "
                 "unfinished job, or one that finished within dedupe_window",
             )
+        return verdict
+
+    # -- schedules (csjd_core.periodic) ----------------------------------------------------
+    def clock(self) -> float:
+        """Redis ``TIME``: one clock for every ticker, whatever their hosts' clocks say."""
+        try:
+            secs, micros = self.connection.client.time()
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"Redis at {self.redis_config.display} failed: {exc}") from exc
+        return secs + micros / 1e6
+
+    def admit_slot(self, request: SlotRequest) -> SlotVerdict:
+        """One atomic step on a schedule's mark, in the admission script (enqueue.lua)."""
+        keys = self.queues.keys_for(request.queue)
+        mark = [
+            str(request.op),
+            int(request.slot),
+            request.max_running,
+            request.misfired,
+            keys.job_prefix,
+        ]
+        jobs = [] if request.job is None else [request.job]
+        verdict = self._run_enqueue(keys, jobs, mark, request.schedule)
+        return _SLOT_VERDICTS[verdict]
+
+    def schedule_state(self, name: str, queue: str | None) -> ScheduleState | None:
+        """The schedule's mark, or ``None``."""
+        return self.admin.schedule_state(name, queue)
+
+    def set_paused(self, name: str, queue: str | None, paused: bool) -> None:
+        """Set the mark's ``paused`` flag (enqueue.lua reads it)."""
+        self.admin.set_paused(name, queue, paused)
+
+    def record_outcome(self, name: str, queue: str | None, job_id: str, kind: str) -> None:
+        """Write a run's outcome into the schedule's mark."""
+        self.admin.record_outcome(name, queue, job_id, kind)
 
     # -- consumption -----------------------------------------------------------------------
     def fetch(self, timeout: float) -> Delivery | None:

@@ -21,7 +21,7 @@ from csjd_core.job import (
     validate_job,
 )
 from csjd_core.limits import clip_text, clip_traceback
-from csjd_core.stats import DeadLetter, QueueCounters
+from csjd_core.stats import DeadLetter, QueueCounters, ScheduleState
 
 __all__ = [
     "COUNTERS",
@@ -205,6 +205,35 @@ def status(job_id: str, queue: str, f: dict[str, str]) -> JobStatus:
         result=result,
         worker_id=f.get("worker") or None,
         payload=data.get("payload"),
+    )
+
+
+def schedule_state(name: str, f: dict[str, str]) -> ScheduleState:
+    """A `ScheduleState` from a mark hash's fields (written by enqueue.lua)."""
+
+    def number(field: str) -> int:
+        try:
+            return int(f.get(field) or 0)
+        except ValueError:
+            return 0
+
+    mark = f.get("mark")
+    at = f.get("last_outcome_at")
+    return ScheduleState(
+        name=name,
+        mark=float(mark) if mark else None,
+        paused=f.get("paused") == "1",
+        running=tuple(f.get("running", "").split()),
+        last_enqueued=f.get("last_enqueued") or None,
+        enqueued=number("enqueued"),
+        manual=number("manual"),
+        duplicates=number("duplicates"),
+        overlaps=number("overlaps"),
+        paused_skips=number("paused_skips"),
+        misfires=number("misfires"),
+        last_outcome=f.get("last_outcome") or None,
+        last_outcome_id=f.get("last_outcome_id") or None,
+        last_outcome_at=float(at) if at else None,
     )
 
 

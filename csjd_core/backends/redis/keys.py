@@ -24,6 +24,7 @@ class QueueKeys:
         "job_prefix",
         "name",
         "pending",
+        "schedule_prefix",
         "stats",
         "stream",
     )
@@ -41,19 +42,26 @@ class QueueKeys:
         self.stats = base + ":stats"
         self.job_prefix = base + ":job:"
         self.heartbeat_prefix = base + ":hb:"
+        self.schedule_prefix = base + ":schedule:"
 
     def job(self, job_id: str) -> str:
         """The hash holding one job's record."""
         return self.job_prefix + job_id
+
+    def schedule(self, name: str) -> str:
+        """The hash holding a schedule's mark (csjd_core.periodic)."""
+        return self.schedule_prefix + name
 
     def heartbeat(self, consumer: str) -> str:
         """A consumer's heartbeat key."""
         return self.heartbeat_prefix + consumer
 
     # The KEYS of each script that takes more than the stream (see its header in lua/).
-    def enqueue(self, job_ids: Iterable[str]) -> list[str]:
-        """enqueue.lua: stream, delayed set, pending counter, then each job's record."""
-        return [self.stream, self.delayed, self.pending, *map(self.job, job_ids)]
+    def enqueue(self, job_ids: Iterable[str], schedule: str | None = None) -> list[str]:
+        """enqueue.lua: stream, delayed set, pending counter, [a schedule's mark,] then each
+        job's record."""
+        marks = [] if schedule is None else [self.schedule(schedule)]
+        return [self.stream, self.delayed, self.pending, *marks, *map(self.job, job_ids)]
 
     def settle(self) -> list[str]:
         """settle.lua (before each op's job record): stream, delayed set, pending counter,

@@ -1,41 +1,107 @@
 -- Admit jobs atomically: the pending cap, duplicate ids (unfinished, or finished within the dedupe
--- window), then XADD (or ZADD for run_at in the future) and the pending counter.
--- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] pending counter, KEYS[4..] one job hash per job
--- ARGV[1] max_pending_jobs, ARGV[2] dedupe window (ms), then per job: id, data, run_at_ms or "",
---   max_attempts
--- Returns {"ok"} | {"full", pending} | {"dup", job_id}
+-- window), then XADD (or ZADD for run_at in the future) and the pending counter. With a schedule's
+-- mark (ARGV[3] not empty: csjd_core.periodic), compare and advance the mark in the same step, so
+-- any number of tickers enqueue each slot at most once (the rules of backends/_marks.py).
+-- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] pending counter, [KEYS[4] the mark hash,] then one
+--   job hash per job
+-- ARGV[1] max_pending_jobs, ARGV[2] dedupe window (ms), ARGV[3] mark op: '' (none), 'init',
+--   'slot', 'skip' or 'manual'; with an op: ARGV[4] slot (Unix seconds), ARGV[5] max_running
+--   (0: no limit), ARGV[6] slots missed before it, ARGV[7] the job hash prefix (the running ids'
+--   records are read from it: keys built from data, in the queue's hash tag); then per job: id,
+--   data, run_at_ms or "", max_attempts
+-- Returns {"ok"} | {"full", pending} | {"dup", job_id}; with an op also {"init"} | {"done"} |
+--   {"skipped"} | {"paused"} | {"overlap"} (and "dup" moved the mark past the slot)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cap = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
-local n = #KEYS - 3
+local op = ARGV[3]
+local k0, a0 = 3, 3
+local mark, slot, misfired, running, max_running
+if op ~= '' then
+  k0, a0 = 4, 7
+  mark, slot, misfired = KEYS[4], ARGV[4], tonumber(ARGV[6])
+  local current = redis.call('HGET', mark, 'mark')
+  if op == 'init' then
+    if current then
+      return {'done'}
+    end
+    redis.call('HSET', mark, 'mark', slot)
+    return {'init'}
+  end
+  if op ~= 'manual' and current and tonumber(current) >= tonumber(slot) then
+    return {'done'}
+  end
+  if op == 'skip' then
+    redis.call('HSET', mark, 'mark', slot)
+    redis.call('HINCRBY', mark, 'misfires', misfired)
+    return {'skipped'}
+  end
+  max_running = tonumber(ARGV[5])
+  running = {}
+  if max_running > 0 then  -- the runs still unfinished (an expired record finished long ago)
+    for id in string.gmatch(redis.call('HGET', mark, 'running') or '', '%S+') do
+      local state = redis.call('HGET', ARGV[7] .. id, 'state')
+      if state and state ~= 'succeeded' and state ~= 'failed' then
+        running[#running + 1] = id
+      end
+    end
+  end
+  if op == 'slot' then
+    local skipped
+    if redis.call('HGET', mark, 'paused') == '1' then
+      skipped = 'paused'
+    elseif max_running > 0 and #running >= max_running then
+      skipped = 'overlap'
+    end
+    if skipped then
+      redis.call('HSET', mark, 'mark', slot, 'running', table.concat(running, ' '))
+      redis.call('HINCRBY', mark, 'misfires', misfired)
+      redis.call('HINCRBY', mark, skipped == 'paused' and 'paused_skips' or 'overlaps', 1)
+      return {skipped}
+    end
+  end
+end
+local n = #KEYS - k0
 local pending = tonumber(redis.call('GET', KEYS[3]) or '0')
 if pending + n > cap then
   return {'full', pending}
 end
 local seen, stale = {}, {}
+local taken
 for i = 1, n do
-  local id = ARGV[2 + (i - 1) * 4 + 1]
+  local id = ARGV[a0 + (i - 1) * 4 + 1]
   if seen[id] then
-    return {'dup', id}  -- repeated within the batch
+    taken = id  -- repeated within the batch
+    break
   end
   seen[id] = true
-  local state = redis.call('HGET', KEYS[3 + i], 'state')
+  local state = redis.call('HGET', KEYS[k0 + i], 'state')
   if state then
     stale[i] = true
     if state ~= 'succeeded' and state ~= 'failed' then
-      return {'dup', id}
+      taken = id
+      break
     end
-    local finished = tonumber(redis.call('HGET', KEYS[3 + i], 'finished_at') or '0')
+    local finished = tonumber(redis.call('HGET', KEYS[k0 + i], 'finished_at') or '0')
     if finished + window > now then
-      return {'dup', id}
+      taken = id
+      break
     end
   end
 end
+if taken then
+  if op == 'slot' then  -- enqueued before under its id: the mark moves past it
+    redis.call('HSET', mark, 'mark', slot)
+    redis.call('HINCRBY', mark, 'misfires', misfired)
+    redis.call('HINCRBY', mark, 'duplicates', 1)
+  end
+  return {'dup', taken}
+end
 for i = 1, n do
-  local base = 2 + (i - 1) * 4
+  local base = a0 + (i - 1) * 4
   local id, data, run_at, max = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
-  local key = KEYS[3 + i]
+  local key = KEYS[k0 + i]
   if stale[i] then  -- the record of a finished job whose dedupe window is over
     redis.call('DEL', key)
   end
@@ -50,4 +116,21 @@ for i = 1, n do
   end
 end
 redis.call('INCRBY', KEYS[3], n)
+if op ~= '' then  -- 'slot' or 'manual', with its one job
+  local id = ARGV[a0 + 1]
+  if max_running > 0 then
+    running[#running + 1] = id
+    while #running > max_running do
+      table.remove(running, 1)
+    end
+  end
+  redis.call('HSET', mark, 'running', table.concat(running, ' '), 'last_enqueued', id)
+  if op == 'slot' then
+    redis.call('HSET', mark, 'mark', slot)
+    redis.call('HINCRBY', mark, 'misfires', misfired)
+    redis.call('HINCRBY', mark, 'enqueued', 1)
+  else
+    redis.call('HINCRBY', mark, 'manual', 1)
+  end
+end
 return {'ok'}

@@ -1,0 +1,94 @@
+"""The rules of a schedule's mark (`Backend.admit_slot`) for the local backends, kept with
+their state in this process. ``lua/enqueue.lua`` is the same rules for Redis; the contract
+suite holds both to them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any
+
+from csjd_core.backends.base import SlotOp, SlotRequest, SlotVerdict
+from csjd_core.stats import ScheduleState
+
+__all__ = ["admitted_duplicate", "decode", "encode", "step"]
+
+
+def step(
+    state: ScheduleState, request: SlotRequest, unfinished: Callable[[str], bool]
+) -> tuple[SlotVerdict, ScheduleState]:
+    """What ``request`` does to ``state``: the verdict, and the state to keep if the caller
+    admits the job (`SlotVerdict.ENQUEUED`) or at once (any other verdict). The caller turns
+    an ENQUEUED whose job id is taken into `admitted_duplicate`."""
+    replace = dataclasses.replace
+    mark, slot = state.mark, request.slot
+    op = request.op
+    if op is SlotOp.INIT:
+        if mark is not None:
+            return SlotVerdict.DONE, state
+        return SlotVerdict.INIT, replace(state, mark=slot)
+    if op is not SlotOp.MANUAL and mark is not None and mark >= slot:
+        return SlotVerdict.DONE, state
+    if op is SlotOp.SKIP:
+        return SlotVerdict.SKIPPED, replace(
+            state, mark=slot, misfires=state.misfires + request.misfired
+        )
+    running = tuple(job_id for job_id in state.running if unfinished(job_id))
+    if op is SlotOp.MANUAL:
+        assert request.job is not None
+        return SlotVerdict.ENQUEUED, replace(
+            state,
+            running=_tracked(running, request),
+            last_enqueued=request.job.id,
+            manual=state.manual + 1,
+        )
+    state = replace(state, mark=slot, running=running, misfires=state.misfires + request.misfired)
+    if state.paused:
+        return SlotVerdict.PAUSED, replace(state, paused_skips=state.paused_skips + 1)
+    if request.max_running and len(running) >= request.max_running:
+        return SlotVerdict.OVERLAP, replace(state, overlaps=state.overlaps + 1)
+    assert request.job is not None
+    return SlotVerdict.ENQUEUED, replace(
+        state,
+        running=_tracked(running, request),
+        last_enqueued=request.job.id,
+        enqueued=state.enqueued + 1,
+    )
+
+
+def admitted_duplicate(before: ScheduleState, request: SlotRequest) -> ScheduleState:
+    """The state after a `SlotOp.SLOT` whose job id was taken: the mark moves past the slot
+    (it was enqueued before, under its id), counted as a duplicate."""
+    return dataclasses.replace(
+        before,
+        mark=request.slot,
+        misfires=before.misfires + request.misfired,
+        duplicates=before.duplicates + 1,
+    )
+
+
+def _tracked(running: tuple[str, ...], request: SlotRequest) -> tuple[str, ...]:
+    if not request.max_running or request.job is None:
+        return running
+    return (*running, request.job.id)[-request.max_running :]
+
+
+def encode(state: ScheduleState) -> bytes:
+    """A mark as a log record's (or snapshot's) JSON."""
+    return json.dumps(state.to_json(), separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode(data: dict[str, Any]) -> ScheduleState:
+    """A mark from its JSON form (unknown fields, from a later version, are ignored).
+
+    Raises:
+        TypeError, KeyError, ValueError: not a mark.
+    """
+    known = {f.name for f in dataclasses.fields(ScheduleState)}
+    fields = {k: v for k, v in data.items() if k in known}
+    fields["running"] = tuple(fields.get("running") or ())
+    state = ScheduleState(**fields)
+    if not isinstance(state.name, str):
+        raise TypeError(f"a mark's name must be a string, got {state.name!r}")
+    return state
