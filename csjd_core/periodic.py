@@ -156,7 +156,11 @@ class Cron:
         """The slots strictly after ``after`` (a Unix time), in order, as Unix times."""
         start = datetime.fromtimestamp(math.floor(after), self.timezone)
         for moment in self._sim(self.expression, start):
-            yield moment.timestamp()
+            at = moment.timestamp()
+            # cronsim reads a start in the repeated hour of a fall-back day as its first
+            # occurrence, so it can answer a time before ``after``.
+            if at > after:
+                yield at
 
     def describe(self) -> str:
         return f"{self.expression} ({self.timezone.key})"
