@@ -21,15 +21,17 @@ from typing import Any
 import redis
 from redis_support import DEADLINE, fast_config
 
-from csjd_core import Job, JobContext, JobState, permanent
+from csjd_core import App, Job, JobContext, JobState, every, permanent
+from csjd_core.backends.base import SlotOp, SlotVerdict
 from csjd_core.backends.redis.connection import SCRIPTS, _load_script
 from csjd_core.config import RedisConfig
 from csjd_core.distributed import RedisDistributedDispatcher
+from csjd_core.periodic import make_schedule
 from csjd_core.testing import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The scripts that name job records from data they read (docs/architecture.md says why).
-DATA_KEYED = {"read_start", "promote", "reclaim"}
+DATA_KEYED = {"enqueue", "read_start", "promote", "reclaim"}
 QUEUES = ("alpha", "beta")
 GROUP = "csjd-workers"
 
@@ -145,6 +147,7 @@ def test_every_script_stays_in_its_queue_slot_and_declares_what_it_can(
             RedisConfig(url=server.url), fast_config(queues=QUEUES, **config)
         )
         d.register_handler("work", handler)
+        d.register_handler("tick", lambda ctx, job: None)
         return d
 
     def job(job_id: str, kind: str, queue: str, **options: Any) -> Job:
@@ -167,6 +170,12 @@ def test_every_script_stays_in_its_queue_slot_and_declares_what_it_can(
             d.submit_batch([job(f"{q}-{kind}", kind, q) for kind in ("ok", "flaky", "slow")])
         d.submit(job("bad", "bad", "beta"))
         d.submit(job("later", "ok", "alpha", run_at=soon))
+        # A schedule's slots: the second reads the first's record (max_running) by its id.
+        definitions = App()
+        tick = definitions.job("tick", queue="alpha")(lambda: None)
+        every_second = make_schedule(tick, every(seconds=1))
+        verdicts = [d.admit_slot(every_second, SlotOp.SLOT, slot) for slot in (1000.0, 1001.0)]
+        assert verdicts == [SlotVerdict.ENQUEUED, SlotVerdict.OVERLAP]
         d.start()
         wait_until(lambda: d.pending() == 0, DEADLINE)
         (dead,) = d.dead_letters("beta")

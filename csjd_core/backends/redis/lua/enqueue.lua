@@ -6,9 +6,9 @@
 --   job hash per job
 -- ARGV[1] max_pending_jobs, ARGV[2] dedupe window (ms), ARGV[3] mark op: '' (none), 'init',
 --   'slot', 'skip' or 'manual'; with an op: ARGV[4] slot (Unix seconds), ARGV[5] max_running
---   (0: no limit), ARGV[6] slots missed before it, ARGV[7] the job hash prefix (the running ids'
---   records are read from it: keys built from data, in the queue's hash tag); then per job: id,
---   data, run_at_ms or "", max_attempts
+--   (0: no limit), ARGV[6] slots missed before it, ARGV[7] the job record key prefix (the
+--   records of the mark's running ids are named from data: in the queue's hash tag); then per
+--   job: id, data, run_at_ms or "", max_attempts
 -- Returns {"ok"} | {"full", pending} | {"dup", job_id}; with an op also {"init"} | {"done"} |
 --   {"skipped"} | {"paused"} | {"overlap"} (and "dup" moved the mark past the slot)
 local t = redis.call('TIME')
