@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from csjd_core.backends.base import SlotOp, SlotVerdict
 from csjd_core.errors import BackendUnavailable, CSJDError, QueueFull
@@ -35,6 +34,8 @@ from csjd_core.limits import brief, name_problem
 from csjd_core.limits import seconds as duration
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     from csjd_core.engine.dispatcher import BaseDispatcher
     from csjd_core.engine.outcome import AttemptOutcome
     from csjd_core.job import Job
@@ -66,9 +67,11 @@ SLOT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 #: Slots a tick looks at at most (an outage of a year of a per-minute schedule is 525,600):
 #: beyond it, the earliest missed slots are passed over uncounted.
 MAX_SLOTS_PER_TICK = 100_000
-#: The longest sleep of a ticker between two looks at its schedules (pause and clock changes
-#: are noticed within it).
-MAX_TICK = 1.0
+#: The longest sleep of a ticker between two looks at the clock (it sleeps until the next slot
+#: is due; a change of Redis's clock is noticed within this).
+MAX_TICK = 60.0
+#: How soon a ticker tries again after a failed tick (Redis unreachable, the queue full).
+RETRY_TICK = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,9 @@ def zone(name: str | None) -> ZoneInfo:
     Raises:
         ValueError: not a time zone the system's (or ``tzdata``'s) database knows.
     """
+    # Imported here: zoneinfo reads the environment (PYTHONTZPATH) at import.
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
+
     if name is None:
         return ZoneInfo("UTC")
     if not isinstance(name, str) or not name:
@@ -418,7 +424,7 @@ class Ticker(Hooks):
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            wait = MAX_TICK
+            wait = RETRY_TICK
             try:
                 now = self.clock()
                 wait = min(MAX_TICK, max(0.01, self.tick(now) - now))
@@ -447,7 +453,7 @@ class Ticker(Hooks):
             except (BackendUnavailable, QueueFull, CSJDError) as exc:
                 failure = failure or exc
                 self._next_due.pop(schedule.name, None)
-                soonest = min(soonest, now + MAX_TICK)
+                soonest = min(soonest, now + RETRY_TICK)
         if failure is not None:
             raise failure
         return soonest
