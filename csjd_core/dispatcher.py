@@ -34,6 +34,7 @@ class Dispatcher(BaseDispatcher):
         *,
         registry: HandlerRegistry | None = None,
         schedules: Mapping[str, Schedule] | None = None,
+        tick: bool = True,
     ):
         self.config = config = config if config is not None else Config()
         super().__init__(
@@ -42,4 +43,5 @@ class Dispatcher(BaseDispatcher):
             registry=registry,
             max_results=config.max_results,
             schedules=schedules,
+            tick=tick,
         )

@@ -29,7 +29,8 @@ class RedisDistributedDispatcher(BaseDispatcher):
     """Many worker processes on many machines sharing queues on Redis Streams.
 
     A process that only submits (a web server) never calls `start`; a worker process registers
-    its handlers and calls `start` (or runs ``csjd worker``), ticking ``schedules`` if given.
+    its handlers and calls `start` (or runs ``csjd worker``), ticking ``schedules`` if given
+    (and ``tick``).
     Delivery is at-least-once: see docs/distributed.md for when a job can run twice.
     """
 
@@ -40,11 +41,12 @@ class RedisDistributedDispatcher(BaseDispatcher):
         *,
         registry: HandlerRegistry | None = None,
         schedules: Mapping[str, Schedule] | None = None,
+        tick: bool = True,
     ) -> None:
         self.config = config = config if config is not None else DistributedConfig()
         self.redis_config = redis
         self.backend = RedisStreamsBackend(redis, config)
-        super().__init__(self.backend, config, registry=registry, schedules=schedules)
+        super().__init__(self.backend, config, registry=registry, schedules=schedules, tick=tick)
 
     @property
     def consumer(self) -> str:

@@ -236,7 +236,8 @@ def worker_dispatcher(
     needed_by: str = "csjd worker",
 ) -> RedisDistributedDispatcher:
     """A Redis dispatcher for ``app`` with the given overrides (and extra hooks); with
-    ``schedule`` it ticks the app's schedules while started.
+    ``schedule`` it ticks the app's schedules while started (without, it still records the
+    last outcome of the runs it finishes).
 
     Raises:
         RedisModeRequired: the app is not in Redis mode.
@@ -257,8 +258,9 @@ def worker_dispatcher(
     if hooks:
         changes["hooks"] = (*app.distributed.hooks, *hooks)
     config = dataclasses.replace(app.distributed, **changes)
-    schedules = app.schedules if schedule else None
-    return RedisDistributedDispatcher(redis, config, registry=app.registry, schedules=schedules)
+    return RedisDistributedDispatcher(
+        redis, config, registry=app.registry, schedules=app.schedules, tick=schedule
+    )
 
 
 def run_workers(
@@ -639,10 +641,21 @@ def pause_schedule(app: App, name: str, paused: bool = True) -> Schedule:
     (the slots due while paused stay skipped).
 
     Raises:
-        CSJDError: no such schedule; BackendUnavailable: Redis could not be reached.
+        CSJDError: no such schedule, or an in-process app without a file store (its marks are
+            each process's own); BackendUnavailable: Redis could not be reached.
     """
-    schedule = find_schedule(app, name)
+    schedule = _shared_schedule(app, name, "pause" if paused else "resume")
     app.dispatcher.set_schedule_paused(schedule, paused)
+    return schedule
+
+
+def _shared_schedule(app: App, name: str, action: str) -> Schedule:
+    schedule = find_schedule(app, name)
+    if not _shared(app):
+        raise CSJDError(
+            f"cannot {action} schedule {name!r}: in-process mode without a file store keeps "
+            "each process's schedules in its own memory; use Redis mode or a file store"
+        )
     return schedule
 
 
@@ -654,10 +667,8 @@ def run_schedule_now(app: App, name: str) -> str:
         The run's job id.
 
     Raises:
-        CSJDError: no such schedule; QueueFull, BackendUnavailable: from admission.
+        CSJDError: no such schedule, or an in-process app without a file store (its marks are
+            each process's own); QueueFull, BackendUnavailable: from admission.
     """
-    schedule = find_schedule(app, name)
-    dispatcher = app.dispatcher
-    if app.mode is not Mode.REDIS and not dispatcher.started:
-        dispatcher.start()
-    return dispatcher.run_now(schedule)
+    schedule = _shared_schedule(app, name, "run")
+    return app.dispatcher.run_now(schedule)

@@ -43,10 +43,14 @@ class BaseDispatcher:
         registry: HandlerRegistry | None = None,
         max_results: int = 0,
         schedules: Mapping[str, Schedule] | None = None,
+        tick: bool = True,
     ) -> None:
         self._backend = backend
         self._registry = registry if registry is not None else HandlerRegistry()
+        #: Ticks ``schedules`` while started (unless not ``tick``), and records the last
+        #: outcome of their runs that this dispatcher's workers finish.
         self.ticker: Ticker | None = None
+        self._tick = tick
         hooks = config.hooks
         if schedules:
             from csjd_core.periodic import Ticker  # noqa: PLC0415 - periodic imports this module
@@ -126,7 +130,7 @@ class BaseDispatcher:
             self._backend.start_consuming()  # may raise (Redis down): then not started
             self._started = True
             self._engine.start()
-            if self.ticker is not None:
+            if self.ticker is not None and self._tick:
                 self.ticker.start()
 
     @property
