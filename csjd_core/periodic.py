@@ -64,9 +64,9 @@ logger = logging.getLogger("csjd_core.periodic")
 CATCH_UP = ("latest", "none", "all")
 #: How a slot is spelled in its job id (UTC).
 SLOT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-#: Slots a tick looks at at most (an outage of a year of a per-minute schedule is 525,600):
-#: beyond it, the earliest missed slots are passed over uncounted.
-MAX_SLOTS_PER_TICK = 100_000
+#: Slots a tick looks at at most, twice (an outage of a year of a per-minute schedule is
+#: 525,600 slots): beyond them, the earliest missed slots are passed over uncounted.
+MAX_SLOTS_PER_TICK = 10_000
 #: The longest sleep of a ticker between two looks at the clock (it sleeps until the next slot
 #: is due; a change of Redis's clock is noticed within this).
 MAX_TICK = 60.0
@@ -331,6 +331,11 @@ def make_schedule(
             f"schedule {name!r}: catch_up must be one of {CATCH_UP}, got {brief(catch_up)}"
         )
     _positive_int(catch_up_limit, f"schedule {name!r}: catch_up_limit")
+    if catch_up_limit > MAX_SLOTS_PER_TICK:
+        raise ValueError(
+            f"schedule {name!r}: catch_up_limit must be at most {MAX_SLOTS_PER_TICK}, "
+            f"got {catch_up_limit}"
+        )
     if max_running is not None:
         _positive_int(max_running, f"schedule {name!r}: max_running")
     spread = 0.0 if jitter is None else duration(jitter, f"schedule {name!r}: jitter")

@@ -74,9 +74,14 @@ def _tracked(running: tuple[str, ...], request: SlotRequest) -> tuple[str, ...]:
     return (*running, request.job.id)[-request.max_running :]
 
 
+_FIELDS = tuple(f.name for f in dataclasses.fields(ScheduleState))
+
+
 def encode(state: ScheduleState) -> bytes:
-    """A mark as a log record's (or snapshot's) JSON."""
-    return json.dumps(state.to_json(), separators=(",", ":"), allow_nan=False).encode()
+    """A mark as a log record's (or snapshot's) JSON: `ScheduleState.to_json`'s fields."""
+    fields = {name: getattr(state, name) for name in _FIELDS}
+    fields["running"] = list(state.running)
+    return json.dumps(fields, separators=(",", ":"), allow_nan=False).encode()
 
 
 def decode(data: dict[str, Any]) -> ScheduleState:
@@ -85,8 +90,7 @@ def decode(data: dict[str, Any]) -> ScheduleState:
     Raises:
         TypeError, KeyError, ValueError: not a mark.
     """
-    known = {f.name for f in dataclasses.fields(ScheduleState)}
-    fields = {k: v for k, v in data.items() if k in known}
+    fields = {k: v for k, v in data.items() if k in _FIELDS}
     fields["running"] = tuple(fields.get("running") or ())
     state = ScheduleState(**fields)
     if not isinstance(state.name, str):
