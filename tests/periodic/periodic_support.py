@@ -64,6 +64,20 @@ def enqueued_at(client: Any, job_id: str, queue: str = "default") -> float:
     return int(value) / 1000
 
 
+def redis_time(client: Any) -> float:
+    """Redis ``TIME`` (the clock schedules are judged by), in seconds."""
+    secs, micros = client.time()
+    return float(secs) + micros / 1e6
+
+
+def slot_records(client: Any, name: str = "tick", queue: str = "default") -> list[str]:
+    """The job ids of every slot of schedule ``name`` that Redis holds a record of."""
+    prefix = QueueKeys("csjd:jobs", queue).job("")
+    return sorted(
+        key.decode()[len(prefix) :] for key in client.scan_iter(f"{prefix}periodic:{name}:*")
+    )
+
+
 class Proc:
     """A running subprocess whose stdout and stderr go to files (never a full pipe)."""
 

@@ -17,25 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from periodic_support import STARTUP, Fleet, gaps, mark, slot_time
+from periodic_support import STARTUP, Fleet, gaps, mark, redis_time, slot_records, slot_time
 
-from csjd_core.backends.redis import QueueKeys
 from csjd_core.testing import wait_until
 
 WORKER_THREADS = 2  # schedapp's workers per process: the runs a SIGKILL can leave half done
-
-
-def redis_time(client: Any) -> float:
-    secs, micros = client.time()
-    return float(secs) + micros / 1e6
-
-
-def slot_records(client: Any, name: str = "tick") -> list[str]:
-    """The job ids of every slot of ``name`` Redis holds a record of."""
-    prefix = QueueKeys("csjd:jobs", "default").job("")
-    return sorted(
-        key.decode()[len(prefix) :] for key in client.scan_iter(f"{prefix}periodic:{name}:*")
-    )
 
 
 @pytest.mark.timeout(240)
