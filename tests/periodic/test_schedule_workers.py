@@ -78,7 +78,7 @@ def test_no_schedule_worker_consumes_and_enqueues_nothing(
         producer.submit(Job("by-hand-1", "tick", {"args": [], "kwargs": {}}))
     finally:
         producer.close()
-    quiet.wait_for(lambda: fleet.runs(), what="by-hand-1 run")
+    quiet.wait_for(fleet.runs, what="by-hand-1 run")
     # Three slots' worth of time by Redis TIME (a ticker would have enqueued two or three).
     quiet.wait_for(lambda: redis_time(redis_client) >= started + 3, what="three seconds")
     print(f"\n--no-schedule: runs {dict(fleet.ran())}, slot records {slot_records(redis_client)}")
@@ -91,7 +91,7 @@ def test_no_schedule_worker_consumes_and_enqueues_nothing(
     # The same set-up without the flag ticks within a few seconds: the checks above can fail.
     ticking = fleet.worker()
     ticking.wait_for(lambda: slot_records(redis_client), timeout=STARTUP, what="a slot")
-    wait_until(lambda: fleet.ran(), timeout=STARTUP)
+    wait_until(fleet.ran, timeout=STARTUP)
     assert int(mark(redis_client, "tick")["enqueued"]) >= 1
     assert quiet.enqueued() == []  # the slots are the ticking worker's
     assert quiet.terminate() == 0
