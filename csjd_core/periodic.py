@@ -462,14 +462,6 @@ class Ticker(Hooks):
             mark = float(math.floor(now))
             dispatcher.admit_slot(schedule, SlotOp.INIT, mark)
         plan = schedule.plan(mark, now)
-        if plan.passed_over:
-            self.counters.misfires += plan.passed_over
-            logger.warning(
-                "schedule missed slots name=%s missed=%d catch_up=%s",
-                schedule.name,
-                plan.passed_over,
-                schedule.catch_up,
-            )
         misfired = plan.passed_over
         for slot in plan.slots:
             self._admit(schedule, SlotOp.SLOT, slot, misfired)
@@ -484,6 +476,16 @@ class Ticker(Hooks):
         counter = _COUNTED.get(verdict)
         if counter is not None:
             setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+        if misfired and verdict is not SlotVerdict.DONE:
+            # Counted and logged by the one ticker whose step added them to the mark: every
+            # ticker that planned from the same mark saw the same missed slots.
+            self.counters.misfires += misfired
+            logger.warning(
+                "schedule missed slots name=%s missed=%d catch_up=%s",
+                schedule.name,
+                misfired,
+                schedule.catch_up,
+            )
         if verdict is SlotVerdict.ENQUEUED:
             logger.info(
                 "schedule enqueued name=%s id=%s", schedule.name, slot_id(schedule.name, slot)
