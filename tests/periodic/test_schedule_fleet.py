@@ -58,7 +58,7 @@ def test_fleet_enqueues_and_runs_each_slot_once_through_kills(
     survivor.wait_for(
         lambda: len(after_kill()) >= half, timeout=half + STARTUP, what=f"{half} slots after kill"
     )
-    records = slot_records(redis_client)
+    seen = records = slot_records(redis_client)
     # Every slot recorded has run (a run left on a killed worker is reclaimed after the lease).
     survivor.wait_for(
         lambda: set(records) <= set(fleet.ran()), timeout=STARTUP, what="every slot run"
@@ -99,6 +99,9 @@ def test_fleet_enqueues_and_runs_each_slot_once_through_kills(
     late = [j for j in records if slot_time(j) > killed_at + 1]  # past any tick under way
     assert set(late) <= survivor_slots, f"after the kill, not from the survivor: {late}"
     # Ran: every slot, once; a repeat only for a slot a killed process had started.
-    assert set(ran) == set(records)
+    # A slot enqueued between the last look and the SIGTERM may be left queued (the ticker
+    # stops first, then the workers stop fetching): at most one, and it stays in Redis.
+    assert set(seen) <= set(ran) <= set(records)
+    assert len(set(records) - set(ran)) <= 1
     assert all(first_run_by[j] in killed_pids for j in repeated), (repeated, first_run_by)
     assert sum(n - 1 for n in repeated.values()) <= len(killed) * WORKER_THREADS

@@ -65,7 +65,7 @@ def test_workers_tick_on_after_a_redis_restart_and_enqueue_no_slot_twice(
         return [j for j in slot_records(client) if slot_time(j) > restarted]
 
     procs[0].wait_for(lambda: len(after_restart()) >= 3, what="3 slots after the restart")
-    records = slot_records(client)
+    seen = records = slot_records(client)
     procs[0].wait_for(lambda: set(records) <= set(fleet.ran()), what="every slot run")
     for proc in procs:
         assert proc.terminate() == 0, proc.err()
@@ -104,5 +104,8 @@ def test_workers_tick_on_after_a_redis_restart_and_enqueue_no_slot_twice(
     assert slot_time(first_after) == missed[-1] + 1
     assert first_after in records and logged[first_after] == 1
     # Every slot ran once (nothing ran while Redis was down, so no ack was lost with it).
-    assert set(ran) == set(records)
+    # A slot enqueued between the last look and the SIGTERM may be left queued (the ticker
+    # stops first, then the workers stop fetching): at most one, and it stays in Redis.
+    assert set(seen) <= set(ran) <= set(records)
+    assert len(set(records) - set(ran)) <= 1
     assert all(n == 1 for n in ran.values()), ran

@@ -96,3 +96,29 @@ def test_no_schedule_worker_consumes_and_enqueues_nothing(
     assert quiet.enqueued() == []  # the slots are the ticking worker's
     assert quiet.terminate() == 0
     assert ticking.terminate() == 0
+
+
+def test_supervised_children_tick_and_their_supervisor_does_not(
+    fleets: Callable[..., Fleet], redis_client: Any, redis_url: str
+) -> None:
+    fleet = fleets(redis_url)
+    supervisor = fleet.worker("--processes", "2")
+    # The children write to the supervisor's standard error: two tickers there, not three.
+    supervisor.wait_for(
+        lambda: supervisor.err().count("ticking schedules names=tick") >= 2, what="2 tickers"
+    )
+    supervisor.wait_for(lambda: len(slot_records(redis_client)) >= 4, what="4 slots")
+    records = slot_records(redis_client)
+    supervisor.wait_for(lambda: set(records) <= set(fleet.ran()), what="every slot run")
+    assert supervisor.terminate() == 0, supervisor.err()
+    records = slot_records(redis_client)
+    state = mark(redis_client, "tick")
+    print(
+        f"\n--processes 2: slots {len(records)}; mark enqueued {state['enqueued']}; logged "
+        f"{dict(fleet.enqueued())}; runs {dict(fleet.ran())}"
+    )
+    assert supervisor.err().count("ticking schedules names=tick") == 2
+    assert int(state["enqueued"]) == len(records)
+    assert all(n == 1 for n in fleet.enqueued().values())
+    assert set(fleet.enqueued()) == set(records)
+    assert all(n == 1 for n in fleet.ran().values())
