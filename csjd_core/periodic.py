@@ -178,7 +178,8 @@ def zone(name: str | None) -> ZoneInfo:
     Raises:
         ValueError: not a time zone the system's (or ``tzdata``'s) database knows.
     """
-    # Imported here: zoneinfo reads the environment (PYTHONTZPATH) at import.
+    # Imported here: zoneinfo imports sysconfig, which reads the environment, and importing
+    # csjd_core reads none (tests/core/test_exports.py).
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
 
     if name is None:
@@ -477,14 +478,6 @@ class Ticker(Hooks):
             mark = float(math.floor(now))
             dispatcher.admit_slot(schedule, SlotOp.INIT, mark)
         plan = schedule.plan(mark, now)
-        if plan.passed_over:
-            self.counters.misfires += plan.passed_over
-            logger.warning(
-                "schedule missed slots name=%s missed=%d catch_up=%s",
-                schedule.name,
-                plan.passed_over,
-                schedule.catch_up,
-            )
         misfired = plan.passed_over
         for slot in plan.slots:
             self._admit(schedule, SlotOp.SLOT, slot, misfired)
@@ -499,6 +492,16 @@ class Ticker(Hooks):
         counter = _COUNTED.get(verdict)
         if counter is not None:
             setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+        if misfired and verdict is not SlotVerdict.DONE:
+            # Counted and logged by the one ticker whose step added them to the mark: every
+            # ticker that planned from the same mark saw the same missed slots.
+            self.counters.misfires += misfired
+            logger.warning(
+                "schedule missed slots name=%s missed=%d catch_up=%s",
+                schedule.name,
+                misfired,
+                schedule.catch_up,
+            )
         if verdict is SlotVerdict.ENQUEUED:
             logger.info(
                 "schedule enqueued name=%s id=%s", schedule.name, slot_id(schedule.name, slot)
