@@ -80,7 +80,8 @@ def schedule_figures(app: App) -> ScheduleFigures | None:
     for row in rows:
         schedule = row.schedule
         state = row.state or ScheduleState(schedule.name)  # not ticked yet: all zero
-        outcome_at = state.last_outcome_at
+        at = state.last_outcome_at
+        outcome_at = None if at is None else datetime.fromtimestamp(at, UTC)
         lines.append(
             ScheduleLine(
                 name=schedule.name,
