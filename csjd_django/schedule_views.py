@@ -93,9 +93,7 @@ def schedule_figures(app: App) -> ScheduleFigures | None:
                 ticked=state.mark is not None,
                 last_enqueued=state.last_enqueued,
                 last_outcome=state.last_outcome,
-                last_outcome_at=None
-                if outcome_at is None
-                else datetime.fromtimestamp(outcome_at, UTC),
+                last_outcome_at=outcome_at,
                 last_outcome_id=state.last_outcome_id,
                 enqueued=state.enqueued,
                 manual=state.manual,

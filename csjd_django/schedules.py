@@ -114,8 +114,8 @@ class TaskJobFunction(JobFunction[..., Any]):
                 are its own: ``task.using(...)``, ``@task(...)``).
             TypeError: the arguments do not fit the task's function.
         """
-        given = {"countdown": countdown, "eta": eta, "max_attempts": max_attempts}
-        given |= {"timeout": timeout, "queue": queue}
+        given: dict[str, object] = {"countdown": countdown, "eta": eta, "timeout": timeout}
+        given |= {"max_attempts": max_attempts, "queue": queue}
         extra = sorted(name for name, value in given.items() if value is not None)
         if extra:
             raise InvalidJob(f"{self.type}: a task's options are its own, not {', '.join(extra)}")
@@ -154,7 +154,8 @@ def _trigger(name: str, entry: Mapping[str, Any]) -> str | Every:
     Raises:
         ScheduleSettingError: a bad expression, period or time zone (`BAD_TIMING`).
     """
-    spec, timezone = entry["schedule"], entry.get("timezone")
+    spec: object = entry["schedule"]
+    timezone = entry.get("timezone")
     try:
         if timezone is not None:
             zone(timezone)

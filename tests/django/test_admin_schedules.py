@@ -4,6 +4,7 @@ the manage permission, a message after the redirect, a log line)."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -96,10 +97,11 @@ def test_run_now_enqueues_a_tasks_run(client: Client, manager: Any, adder: None)
     page = response.content.decode()
     assert "Schedule adder: a run was enqueued now (periodic:adder:manual-" in page
     job_id = "periodic:adder:manual-" + page.split("periodic:adder:manual-", 1)[1].split(")")[0]
-    call_command("csjd_worker", "--burst", "--no-schedule")
+    call_command("csjd_worker", "--burst")  # a ticking worker records the run's outcome
     assert tasks.add.get_result(job_id).return_value == 5
     page = client.get(dashboard_url()).content.decode()
     assert f"<code>{job_id}</code>" in page  # its last enqueued run
+    assert re.search(r"succeeded at <time datetime=\"[^\"]+\">[-0-9: ]+ UTC</time>", page), page
     state = csjd.app.dispatcher.schedule_state("adder", "default")
     assert state is not None and state.manual == 1
 
