@@ -313,8 +313,7 @@ def _schedule_app() -> Any:
 def schedule_pause(name: str) -> None:
     """Pause schedule NAME: every ticker skips its slots (each recorded) until resumed."""
     with reported():
-        operations.pause_schedule(_schedule_app(), name, True)
-    click.echo(f"schedule {name} paused")
+        reports.schedule_action(_schedule_app(), "pause", name, echo=click.echo)
 
 
 @schedule.command("resume")
@@ -322,8 +321,7 @@ def schedule_pause(name: str) -> None:
 def schedule_resume(name: str) -> None:
     """Resume schedule NAME; the slots due while it was paused stay skipped."""
     with reported():
-        operations.pause_schedule(_schedule_app(), name, False)
-    click.echo(f"schedule {name} resumed")
+        reports.schedule_action(_schedule_app(), "resume", name, echo=click.echo)
 
 
 @schedule.command("run")
@@ -331,8 +329,7 @@ def schedule_resume(name: str) -> None:
 def schedule_run(name: str) -> None:
     """Enqueue a run of schedule NAME now, outside its slots."""
     with reported():
-        job_id = operations.run_schedule_now(_schedule_app(), name)
-    click.echo(f"enqueued {job_id}")
+        reports.schedule_action(_schedule_app(), "run", name, echo=click.echo)
 
 
 main.add_command(schedule)

@@ -21,6 +21,7 @@ Echo = Callable[[str], object]
 Confirm = Callable[[str], object]
 
 __all__ = [
+    "SCHEDULE_ACTIONS",
     "dead_letter_line",
     "dead_list",
     "dead_purge",
@@ -30,6 +31,7 @@ __all__ = [
     "replay",
     "requeue_lines",
     "run_line",
+    "schedule_action",
     "schedule_lines",
     "schedules",
     "stats",
@@ -120,6 +122,31 @@ def schedules(app: App, as_json: bool, *, echo: Echo) -> None:
         return
     for line in schedule_lines(rows):
         echo(line)
+
+
+#: The actions on one schedule that `schedule_action` takes.
+SCHEDULE_ACTIONS = ("pause", "resume", "run")
+
+
+def schedule_action(app: App, action: str, name: str, *, echo: Echo) -> str | None:
+    """``csjd schedule APP pause|resume|run NAME``: act on schedule ``name`` and say so.
+
+    Returns:
+        The job id of a ``run`` (``None`` for pause and resume).
+
+    Raises:
+        ValueError: ``action`` is not one of `SCHEDULE_ACTIONS`.
+        CSJDError: no such schedule; BackendUnavailable, QueueFull: from the backend.
+    """
+    if action not in SCHEDULE_ACTIONS:
+        raise ValueError(f"schedule action must be one of {SCHEDULE_ACTIONS}, got {action!r}")
+    if action == "run":
+        job_id = operations.run_schedule_now(app, name)
+        echo(f"enqueued {job_id}")
+        return job_id
+    operations.pause_schedule(app, name, action == "pause")
+    echo(f"schedule {name} {'paused' if action == 'pause' else 'resumed'}")
+    return None
 
 
 def health_lines(live: dict[str, int], host: str | None = None) -> list[str]:

@@ -5,13 +5,14 @@ It is registered on ``admin.site`` for the unmanaged `Dashboard` model; a projec
 
 Who sees what: anonymous users and non-staff are sent to the admin login page (the admin's own
 ``admin_view``); staff need ``csjd_django.view_csjd_dashboard`` to open the page (else 403) and
-``csjd_django.manage_dead_letters`` *as well* to requeue or delete dead letters (POST only,
-CSRF-checked).
+``csjd_django.manage_dead_letters`` *as well* to requeue or delete dead letters, and to pause,
+resume or run a schedule now (POST only, CSRF-checked).
 Superusers have both.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from django.contrib import admin
@@ -19,7 +20,8 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 from django.views.decorators.http import require_POST
 
-from csjd_django import views
+from csjd_core.reports import SCHEDULE_ACTIONS
+from csjd_django import schedule_views, views
 from csjd_django.models import MANAGE_PERMISSION, VIEW_PERMISSION, Dashboard
 
 __all__ = ["DashboardAdmin"]
@@ -33,7 +35,8 @@ class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return request.user.has_perm(VIEW_PERMISSION)
 
     def has_manage_permission(self, request: HttpRequest) -> bool:
-        """May this user requeue or delete dead letters? Only one who may also see them."""
+        """May this user requeue or delete dead letters, and pause, resume or run schedules?
+        Only one who may also see them."""
         return self.has_view_permission(request) and request.user.has_perm(MANAGE_PERMISSION)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -46,7 +49,7 @@ class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False
 
     def get_urls(self) -> list[URLPattern]:
-        """Only the dashboard and its two actions: the model has no table to list or edit."""
+        """Only the dashboard and its actions: the model has no table to list or edit."""
         wrap = self.admin_site.admin_view  # login redirect, never_cache, csrf_protect
         prefix = f"{self.opts.app_label}_{self.opts.model_name}"
         return [
@@ -61,6 +64,14 @@ class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 wrap(require_POST(self.delete_dead_letter_view)),
                 name=f"{prefix}_delete_dead_letter",
             ),
+            *(
+                path(
+                    f"schedules/{action}/",
+                    wrap(require_POST(partial(self.schedule_view, action=action))),
+                    name=f"{prefix}_schedule_{action}",
+                )
+                for action in SCHEDULE_ACTIONS
+            ),
         ]
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
@@ -71,3 +82,6 @@ class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def delete_dead_letter_view(self, request: HttpRequest) -> HttpResponse:
         return views.dead_letter_action(request, self, "delete")
+
+    def schedule_view(self, request: HttpRequest, *, action: str) -> HttpResponse:
+        return schedule_views.schedule_action(request, self, action)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.db import transaction
 
-from csjd_core.app import App, JobFunction, JobHandle
+from csjd_core.app import App, JobFunction, JobHandle, Mode
 from csjd_core.engine.dispatcher import BaseDispatcher
 
 __all__ = ["DjangoApp", "DjangoJobFunction"]
@@ -63,15 +64,55 @@ class DjangoApp(App):
     def __init__(self) -> None:
         super().__init__(name="django")
         self._configured = False
+        #: The schedules that ``CSJD_SCHEDULE`` put in `schedules` (replaced on `reset`).
+        self.setting_schedules: frozenset[str] = frozenset()
+        self._ticking: tuple[int, bool] | None = None  # (pid, ticks) once decided
 
     def configure_from_settings(self) -> None:
-        """Apply ``settings.CSJD_*`` once (until `reset`)."""
+        """Apply ``settings.CSJD_*`` once (until `reset`), ``CSJD_SCHEDULE`` included.
+
+        Raises:
+            SettingsError: a bad or unknown ``CSJD_*`` setting (``manage.py check`` lists
+                them all).
+        """
         from csjd_django.conf import options_from_settings  # noqa: PLC0415 - needs settings
+        from csjd_django.schedules import install_schedules  # noqa: PLC0415
 
         with self._lock:
             if not self._configured:
                 self.configure(**options_from_settings())
+                self.setting_schedules = install_schedules(self, self.setting_schedules)
                 self._configured = True
+
+    def start_ticking(self) -> bool:
+        """In in-process mode, start this process's dispatcher if the project has schedules
+        (they tick only while it runs); Redis mode's workers tick, and immediate mode never
+        does. Called on each request (``request_started``): only the first one in a process
+        does anything.
+
+        Returns:
+            Whether the dispatcher ticks schedules now.
+
+        Raises:
+            SettingsError: a bad ``CSJD_*`` setting.
+            JobStoreLocked: the file store is held by another process.
+        """
+        pid = os.getpid()
+        decided = self._ticking
+        if decided is not None and decided[0] == pid:
+            return decided[1]
+        with self._lock:
+            self.configure_from_settings()
+            ticks = self.mode is Mode.INPROCESS and bool(self.schedules)
+            if ticks and not self.dispatcher.started:
+                self.dispatcher.start()
+                logger.info(
+                    "in-process dispatcher started to tick schedules pid=%d names=%s",
+                    pid,
+                    ",".join(sorted(self.schedules)),
+                )
+            self._ticking = (pid, ticks)
+            return ticks
 
     def reset(self, timeout: float | None = 5.0) -> None:
         """Stop this process's dispatcher and forget the settings read (when a ``CSJD_*``
@@ -79,6 +120,7 @@ class DjangoApp(App):
         self.stop(timeout)
         with self._lock:
             self._configured = False
+            self._ticking = None
 
     def _build(self) -> BaseDispatcher:
         if not self._configured:

@@ -110,21 +110,9 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
         self.validate_task(task)
         args, kwargs = list(args), dict(kwargs)
         try:
-            for index, value in enumerate(args):
-                check_json(value, f"argument {index} of task {task.name}")
-            for key, value in kwargs.items():
-                check_json(value, f"argument {key!r} of task {task.name}")
+            job = self.build_job(task, args, kwargs)
         except InvalidJob as exc:
             raise InvalidTaskError(str(exc)) from exc
-        job = Job(
-            uuid.uuid4().hex,
-            self.job_type(task),
-            {"args": args, "kwargs": kwargs},
-            max_attempts=getattr(task, "max_attempts", None) or self.max_attempts,
-            timeout=getattr(task, "timeout", None) or self.timeout,
-            run_at=task.run_after,
-            queue=task.queue_name,
-        )
         app.enqueue(job)
         result = self._result(task, job.id, args, kwargs)
         object.__setattr__(result, "enqueued_at", timezone.now())
@@ -132,6 +120,34 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
         if app.mode is Mode.IMMEDIATE:  # it already ran: report what happened
             return self.get_result(job.id)
         return result
+
+    def build_job(
+        self,
+        task: Task,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        *,
+        job_id: str | None = None,
+    ) -> Job:
+        """The CSJD job that runs ``task`` with these arguments (what `enqueue` admits, and
+        what a ``CSJD_SCHEDULE`` slot of the task admits).
+
+        Raises:
+            InvalidJob: an argument is not JSON (naming it).
+        """
+        for index, value in enumerate(args):
+            check_json(value, f"argument {index} of task {task.name}")
+        for key, value in kwargs.items():
+            check_json(value, f"argument {key!r} of task {task.name}")
+        return Job(
+            job_id if job_id is not None else uuid.uuid4().hex,
+            self.job_type(task),
+            {"args": args, "kwargs": kwargs},
+            max_attempts=getattr(task, "max_attempts", None) or self.max_attempts,
+            timeout=getattr(task, "timeout", None) or self.timeout,
+            run_at=task.run_after,
+            queue=task.queue_name,
+        )
 
     def get_result(self, result_id: str) -> TaskResult:
         """The task's result, from CSJD's job status.

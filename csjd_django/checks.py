@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core import checks
 
 from csjd_core.app import Mode
 from csjd_core.errors import SettingsError
+from csjd_django import schedules
 from csjd_django.conf import options_from_settings
 
-__all__ = ["check_settings"]
+__all__ = ["check_schedules", "check_settings"]
 
 
 @checks.register("csjd")
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """csjd.E001 bad value, csjd.E002 unknown setting, csjd.W001 in-process without a store."""
+    """csjd.E001 bad value, csjd.E002 unknown setting, csjd.W001 in-process without a store;
+    ``CSJD_SCHEDULE`` (`check_schedules`): csjd.E020-E023, csjd.W002."""
     try:
         options = options_from_settings()
     except SettingsError as exc:
@@ -33,7 +36,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         ]
     messages: list[checks.CheckMessage] = []
-    if options["mode"] is Mode.INPROCESS and options["config"].store is None:
+    in_memory = options["mode"] is Mode.INPROCESS and options["config"].store is None
+    if in_memory:
         messages.append(
             checks.Warning(
                 "CSJD_MODE='inprocess' without CSJD_STORE_PATH keeps jobs in memory only: a "
@@ -41,6 +45,48 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 hint="Set CSJD_STORE_PATH for a durable file store (one process), or use "
                 "CSJD_MODE='redis' for several processes.",
                 id="csjd.W001",
+            )
+        )
+    messages.extend(check_schedules(in_memory=in_memory))
+    return messages
+
+
+#: The hint of each ``CSJD_SCHEDULE`` problem, by check id.
+_SCHEDULE_HINTS = {
+    schedules.BAD_ENTRY: "Entries take the keys " + ", ".join(schedules.ENTRY_KEYS) + "; see "
+    "docs/django.md (Periodic jobs).",
+    schedules.BAD_TIMING: "Give a cron expression such as '0 3 * * *' (with an IANA "
+    "'timezone' such as 'Europe/Paris'), or a period such as {'minutes': 5}.",
+    schedules.BAD_TASK: "Give the dotted path of a function decorated with @task, whose "
+    "TASKS backend is csjd_django.backends.CSJDBackend.",
+    schedules.DUPLICATE: "Schedule names are unique: an @csjd.job(schedule=...) schedule is "
+    "named after its job type unless it has a schedule_name=.",
+}
+
+
+def check_schedules(*, in_memory: bool) -> list[checks.CheckMessage]:
+    """csjd.E020 bad entry or option, csjd.E021 bad cron expression / period / time zone,
+    csjd.E022 unknown task, csjd.E023 duplicate name (each entry of ``CSJD_SCHEDULE``); and
+    csjd.W002 when schedules tick in memory (``in_memory``: in-process without a store)."""
+    from csjd_django import app  # noqa: PLC0415 - the app reads settings lazily
+
+    messages: list[checks.CheckMessage] = []
+    for problem in schedules.schedule_problems(app, app.setting_schedules):
+        check_id = getattr(problem, "check_id", schedules.BAD_ENTRY)
+        messages.append(
+            checks.Error(
+                str(problem), hint=_SCHEDULE_HINTS[check_id], obj=problem.setting, id=check_id
+            )
+        )
+    if in_memory and (app.schedules or getattr(settings, schedules.SETTING, None)):
+        messages.append(
+            checks.Warning(
+                "CSJD_MODE='inprocess' without CSJD_STORE_PATH and with schedules: each "
+                "process ticks its own schedule (a slot runs once per web process, and a "
+                "restart forgets which slots ran)",
+                hint="Use CSJD_MODE='redis' (workers tick, each slot runs once) or "
+                "CSJD_STORE_PATH (one process) in production.",
+                id="csjd.W002",
             )
         )
     return messages

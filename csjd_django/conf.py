@@ -9,12 +9,20 @@ from django.conf import settings
 from csjd_core.settings import app_options
 from csjd_django.hooks import CloseOldConnections, TaskSignals
 
-__all__ = ["csjd_settings", "options_from_settings"]
+__all__ = ["DJANGO_ONLY", "csjd_settings", "options_from_settings"]
+
+
+#: ``CSJD_*`` settings of Django's own, not `App` options (read by `csjd_django.schedules`).
+DJANGO_ONLY = frozenset({"CSJD_SCHEDULE"})
 
 
 def csjd_settings() -> dict[str, Any]:
-    """Every ``CSJD_*`` name defined in the Django settings."""
-    return {name: getattr(settings, name) for name in dir(settings) if name.startswith("CSJD_")}
+    """Every ``CSJD_*`` name defined in the Django settings (but `DJANGO_ONLY` ones)."""
+    return {
+        name: getattr(settings, name)
+        for name in dir(settings)
+        if name.startswith("CSJD_") and name not in DJANGO_ONLY
+    }
 
 
 def options_from_settings() -> dict[str, Any]:

@@ -25,6 +25,7 @@ from django.urls import reverse
 
 from csjd_core.app import Mode
 from csjd_core.errors import CSJDError, DuplicateJob, InvalidJob, SettingsError
+from csjd_django.schedule_views import schedule_figures
 from csjd_django.throughput import Sample, ThroughputSamples, throughput_svg
 
 if TYPE_CHECKING:
@@ -256,6 +257,8 @@ def dashboard(request: HttpRequest, model_admin: DashboardAdmin) -> HttpResponse
     show_payload = request.GET.get("payload") == "1"
     refresh = _refresh(request.GET.get("refresh"))
     figures = collect_figures(show_payload=show_payload)
+    from csjd_django import app  # noqa: PLC0415 - the app reads settings lazily
+
     context = {
         **model_admin.admin_site.each_context(request),
         "title": "CSJD jobs",
@@ -272,6 +275,9 @@ def dashboard(request: HttpRequest, model_admin: DashboardAdmin) -> HttpResponse
         "can_manage": model_admin.has_manage_permission(request),
         "dead_letter_limit": DEAD_LETTER_LIMIT,
         "redis_mode": figures.mode == Mode.REDIS,
+        # Bad settings or Redis down are the page's error already: no schedule is read then
+        # (one connection timeout per page view is enough).
+        "schedules": None if figures.error else schedule_figures(app),
     }
     return TemplateResponse(request, "csjd_django/dashboard.html", context)
 

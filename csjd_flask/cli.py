@@ -1,6 +1,7 @@
-"""``flask csjd``: run, replay, stats, dead. Each parses its options, calls
+"""``flask csjd``: run, replay, stats, dead, schedule. Each parses its options, calls
 `csjd_core.operations` with the core `App` of ``current_app`` and prints what the ``csjd``
-command prints (the dead-letter commands are the very click commands of ``csjd dead``)."""
+command prints (the dead-letter and schedule actions are the very click commands of
+``csjd dead`` and ``csjd schedule``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from csjd_core import operations, reports
 from csjd_core.app import App
 from csjd_core.cli import dead as core_dead
 from csjd_core.cli import reported
+from csjd_core.cli import schedule as core_schedule
 from csjd_core.cli_options import worker_options, worker_options_from
 from csjd_flask.extension import CSJDState, NotInitialized
 
@@ -27,7 +29,9 @@ __all__ = ["csjd_group", "current_core_app"]
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
 
 csjd_group = AppGroup(
-    "csjd", help="CSJD background jobs: run workers, replay a file store, stats, dead letters."
+    "csjd",
+    help="CSJD background jobs: run workers, replay a file store, stats, dead letters, "
+    "periodic jobs.",
 )
 
 
@@ -177,3 +181,21 @@ def dead(ctx: click.Context) -> None:
 
 for _command in core_dead.commands.values():  # the very commands of `csjd dead`
     dead.add_command(_command)
+
+
+@csjd_group.group("schedule", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@with_appcontext
+def schedule(ctx: click.Context, as_json: bool) -> None:
+    """Periodic jobs of this app: list them (no action), pause NAME, resume NAME, or run
+    NAME now (outside its slots)."""
+    app = _core_app()
+    ctx.meta["csjd.schedule_app"] = app
+    if ctx.invoked_subcommand is None:
+        with reported():
+            reports.schedules(app, as_json, echo=click.echo)
+
+
+for _command in core_schedule.commands.values():  # the very commands of `csjd schedule`
+    schedule.add_command(_command)

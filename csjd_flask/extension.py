@@ -23,6 +23,7 @@ from csjd_core.context import JobContext
 from csjd_core.errors import CSJDError
 from csjd_core.job import Job, JobStatus
 from csjd_core.jobs import JobFunction, JobRegistry
+from csjd_core.periodic import Every, Schedule
 from csjd_core.settings import app_options
 
 __all__ = [
@@ -146,9 +147,13 @@ class CSJDState:
         return state
 
     def register(self, flask_app: Flask, job: FlaskJobFunction[Any, Any]) -> None:
-        """Register ``job`` in this app's core registry, run inside ``flask_app``'s context."""
+        """Register ``job`` in this app's core registry, run inside ``flask_app``'s context,
+        with its schedules (the extension checked their names)."""
         self.core.register_handler(job.type, _InAppContext(flask_app, job.run_job))
         self.core.jobs[job.type] = job
+        for name, schedule in job.registry.schedules.items():
+            if schedule.job is job:
+                self.core.schedules[name] = schedule
 
     def __repr__(self) -> str:
         return f"<CSJDState {self.core!r}>"
@@ -220,6 +225,14 @@ class CSJD:
         timeout: float | timedelta | None = ...,
         queue: str | None = ...,
         takes_context: Literal[False] = ...,
+        schedule: str | Every | None = ...,
+        timezone: str | None = ...,
+        catch_up: str = ...,
+        catch_up_limit: int = ...,
+        max_running: int | None = ...,
+        schedule_name: str | None = ...,
+        schedule_kwargs: Mapping[str, Any] | None = ...,
+        schedule_jitter: float | timedelta | None = ...,
     ) -> Callable[[Callable[P, R]], FlaskJobFunction[P, R]]: ...
 
     @overload
@@ -231,6 +244,14 @@ class CSJD:
         timeout: float | timedelta | None = ...,
         queue: str | None = ...,
         takes_context: Literal[True],
+        schedule: str | Every | None = ...,
+        timezone: str | None = ...,
+        catch_up: str = ...,
+        catch_up_limit: int = ...,
+        max_running: int | None = ...,
+        schedule_name: str | None = ...,
+        schedule_kwargs: Mapping[str, Any] | None = ...,
+        schedule_jitter: float | timedelta | None = ...,
     ) -> Callable[[Callable[..., R]], FlaskJobFunction[..., R]]: ...
 
     def job(
@@ -241,12 +262,23 @@ class CSJD:
         timeout: float | timedelta | None = None,
         queue: str | None = None,
         takes_context: bool = False,
+        schedule: str | Every | None = None,
+        timezone: str | None = None,
+        catch_up: str = "latest",
+        catch_up_limit: int = 100,
+        max_running: int | None = 1,
+        schedule_name: str | None = None,
+        schedule_kwargs: Mapping[str, Any] | None = None,
+        schedule_jitter: float | timedelta | None = None,
     ) -> Callable[[Callable[..., Any]], FlaskJobFunction[Any, Any]]:
         """Decorate a function as a job of ``type`` (default: ``module.qualname``) for every
-        app this extension is (or will be) initialised on. Options as the core ``@app.job``.
+        app this extension is (or will be) initialised on. Options as the core ``@app.job``,
+        ``schedule=`` included: the schedule is ticked by every app's ``flask csjd run``
+        workers (Redis mode), or by its in-process dispatcher once started.
 
         Raises:
-            ValueError: a bad option, or ``type`` already names another function.
+            ValueError: a bad option, ``type`` already names another function, or a bad or
+                duplicate schedule.
         """
         decorate = self._definitions.job(
             type,
@@ -254,7 +286,15 @@ class CSJD:
             timeout=timeout,
             queue=queue,
             takes_context=takes_context,
-        )  # type: ignore[call-overload]  # a bool here; the overloads above narrow it
+            schedule=schedule,
+            timezone=timezone,
+            catch_up=catch_up,
+            catch_up_limit=catch_up_limit,
+            max_running=max_running,
+            schedule_name=schedule_name,
+            schedule_kwargs=schedule_kwargs,
+            schedule_jitter=schedule_jitter,
+        )  # type: ignore[call-overload, misc]  # a bool here; the overloads above narrow it
 
         def register(fn: Callable[..., Any]) -> FlaskJobFunction[Any, Any]:
             with self._lock:
@@ -269,6 +309,11 @@ class CSJD:
     def jobs(self) -> Mapping[str, FlaskJobFunction[Any, Any]]:
         """The job functions defined on this extension, by type."""
         return cast(Mapping[str, FlaskJobFunction[Any, Any]], dict(self._definitions.jobs))
+
+    @property
+    def schedules(self) -> Mapping[str, Schedule]:
+        """The periodic jobs defined on this extension, by schedule name."""
+        return dict(self._definitions.schedules)
 
     # -- per-app state ---------------------------------------------------------------------
     def state(self, app: Flask | None = None, *, job_type: str | None = None) -> CSJDState:

@@ -1,0 +1,48 @@
+"""``manage.py csjd_schedule [--json] [pause NAME | resume NAME | run NAME]``: this project's
+periodic jobs (``@csjd.job(schedule=...)`` and ``CSJD_SCHEDULE``), as ``csjd schedule`` prints
+them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from csjd_core import reports
+from csjd_core.app import Mode
+from csjd_django.management import project_app, reported
+
+
+class Command(BaseCommand):
+    help = (
+        "Periodic jobs: list them (no action), pause NAME, resume NAME, or run NAME now "
+        "(outside its slots)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("action", nargs="?", choices=reports.SCHEDULE_ACTIONS)
+        parser.add_argument("name", nargs="?", help="The schedule (its name in the listing).")
+        parser.add_argument("--json", action="store_true", help="List as JSON.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        action, name = options["action"], options["name"]
+        if action is not None and name is None:
+            raise CommandError(f"{action} takes the name of a schedule", returncode=2)
+        if action is None and name is not None:
+            raise CommandError("give an action (pause, resume, run) before the name", returncode=2)
+        if action is not None and options["json"]:
+            raise CommandError("--json is for the listing (no action)", returncode=2)
+        echo = self.stdout.write
+        with reported():
+            app = project_app()
+            if action is not None and app.mode is Mode.INPROCESS and app.config.store is None:
+                # This command's process would act on a memory of its own, which ends with it.
+                raise CommandError(
+                    f"{action}: with CSJD_MODE='inprocess' and no CSJD_STORE_PATH each web "
+                    "process keeps its own schedules in memory; use the admin dashboard's "
+                    "Schedules buttons (they act in the web process)"
+                )
+            if action is None:
+                reports.schedules(app, options["json"], echo=echo)
+            else:
+                reports.schedule_action(app, action, name, echo=echo)

@@ -1,0 +1,163 @@
+"""The dashboard's Schedules section: each schedule's row (`csjd_core.operations.schedule_rows`,
+as ``manage.py csjd_schedule`` lists them) and its Pause / Resume / Run-now actions.
+
+Wired into the admin by `csjd_django.admin.DashboardAdmin`: the actions are POST-only,
+CSRF-checked, and need the permission the dead-letter actions need
+(``csjd_django.manage_dead_letters``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
+from django.urls import reverse
+
+from csjd_core import operations
+from csjd_core.errors import CSJDError
+from csjd_core.reports import SCHEDULE_ACTIONS
+from csjd_core.stats import ScheduleState
+
+if TYPE_CHECKING:
+    from csjd_core.app import App
+    from csjd_django.admin import DashboardAdmin
+
+__all__ = ["ScheduleFigures", "ScheduleLine", "schedule_action", "schedule_figures"]
+
+logger = logging.getLogger("csjd_django.admin")
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleLine:
+    """One schedule as the page shows it (times in UTC; ``None``: never)."""
+
+    name: str
+    describe: str
+    job: str
+    queue: str
+    next_slot: datetime
+    paused: bool
+    ticked: bool
+    last_enqueued: str | None
+    last_outcome: str | None
+    last_outcome_at: datetime | None
+    last_outcome_id: str | None
+    enqueued: int
+    manual: int
+    overlaps: int
+    paused_skips: int
+    misfires: int
+    duplicates: int
+
+
+@dataclass
+class ScheduleFigures:
+    """The Schedules section: its lines, whether their state is shared by every process, and
+    the error that kept them from being read."""
+
+    lines: list[ScheduleLine] = field(default_factory=list)
+    shared: bool = True
+    error: str | None = None
+
+
+def schedule_figures(app: App) -> ScheduleFigures | None:
+    """Read every schedule's row now (``None``: the project has no schedule). Never raises
+    for an unreachable Redis or a locked store: the section shows the error instead."""
+    if not app.schedules:
+        return None
+    try:
+        rows = operations.schedule_rows(app)
+    except CSJDError as exc:  # BackendUnavailable, JobStoreLocked
+        logger.warning("dashboard could not read the schedules error=%s", exc)
+        return ScheduleFigures(error=f"The schedules could not be read: {exc}")
+    lines = []
+    for row in rows:
+        schedule = row.schedule
+        state = row.state or ScheduleState(schedule.name)  # not ticked yet: all zero
+        at = state.last_outcome_at
+        outcome_at = None if at is None else datetime.fromtimestamp(at, UTC)
+        lines.append(
+            ScheduleLine(
+                name=schedule.name,
+                describe=schedule.describe(),
+                job=schedule.job.type,
+                queue=schedule.queue or "default",
+                next_slot=row.next_slot,
+                paused=state.paused,
+                ticked=state.mark is not None,
+                last_enqueued=state.last_enqueued,
+                last_outcome=state.last_outcome,
+                last_outcome_at=outcome_at,
+                last_outcome_id=state.last_outcome_id,
+                enqueued=state.enqueued,
+                manual=state.manual,
+                overlaps=state.overlaps,
+                paused_skips=state.paused_skips,
+                misfires=state.misfires,
+                duplicates=state.duplicates,
+            )
+        )
+    return ScheduleFigures(lines=lines, shared=rows[0].shared if rows else True)
+
+
+class ScheduleForm(forms.Form):
+    """Which schedule an action is for."""
+
+    name = forms.CharField(max_length=200)
+
+
+def schedule_action(request: HttpRequest, model_admin: DashboardAdmin, action: str) -> HttpResponse:
+    """POST ``name``: ``action`` (``"pause"``, ``"resume"`` or ``"run"``) on that schedule,
+    then back to the dashboard with a message. (GET is refused with 405 by the URL's
+    ``require_POST``.)
+
+    Raises:
+        PermissionDenied: the user lacks ``csjd_django.manage_dead_letters`` (403).
+    """
+    if not model_admin.has_manage_permission(request):
+        raise PermissionDenied
+    if action not in SCHEDULE_ACTIONS:
+        return HttpResponseBadRequest("unknown action")
+    form = ScheduleForm(request.POST)
+    if not form.is_valid():
+        return HttpResponseBadRequest("bad schedule reference")
+    name = form.cleaned_data["name"]
+    back = HttpResponseRedirect(
+        reverse(
+            f"admin:{model_admin.opts.app_label}_{model_admin.opts.model_name}_changelist",
+            current_app=model_admin.admin_site.name,
+        )
+    )
+    from csjd_django import app  # noqa: PLC0415 - the app reads settings lazily
+
+    try:
+        app.configure_from_settings()
+    except (CSJDError, ValueError) as exc:
+        messages.error(request, f"CSJD settings are invalid: {exc}")
+        return back
+    if name not in app.schedules:
+        return HttpResponseBadRequest("unknown schedule")
+    user = request.user.get_username()
+    try:
+        if action == "run":
+            job_id = operations.run_schedule_now(app, name)
+        else:
+            operations.pause_schedule(app, name, action == "pause")
+    except CSJDError as exc:  # BackendUnavailable, QueueFull, JobStoreLocked
+        logger.warning("schedule %s failed name=%s user=%s error=%s", action, name, user, exc)
+        messages.error(request, f"Schedule {name} was not changed: {exc}")
+        return back
+    if action == "run":
+        logger.info("schedule run now name=%s id=%s user=%s", name, job_id, user)
+        messages.success(request, f"Schedule {name}: a run was enqueued now ({job_id}).")
+    else:
+        past = "paused" if action == "pause" else "resumed"
+        logger.info("schedule %s name=%s user=%s", past, name, user)
+        messages.success(request, f"Schedule {name} {past}.")
+    return back
