@@ -615,11 +615,13 @@ def schedule_rows(app: App) -> list[ScheduleRow]:
         after = now if state is None or state.mark is None else max(state.mark, now)
         due = schedule.due(schedule.next_slot(after))
         next_slot = datetime.fromtimestamp(due, UTC)
-        rows.append(ScheduleRow(schedule, state, next_slot, _shared(app)))
+        rows.append(ScheduleRow(schedule, state, next_slot, schedules_shared(app)))
     return rows
 
 
-def _shared(app: App) -> bool:
+def schedules_shared(app: App) -> bool:
+    """True when ``app``'s schedule marks are shared by its processes (Redis, a file store);
+    False in in-process mode in memory, where each process keeps its own."""
     return app.mode is Mode.REDIS or app.config.store is not None
 
 
@@ -641,21 +643,10 @@ def pause_schedule(app: App, name: str, paused: bool = True) -> Schedule:
     (the slots due while paused stay skipped).
 
     Raises:
-        CSJDError: no such schedule, or an in-process app without a file store (its marks are
-            each process's own); BackendUnavailable: Redis could not be reached.
+        CSJDError: no such schedule; BackendUnavailable: Redis could not be reached.
     """
-    schedule = _shared_schedule(app, name, "pause" if paused else "resume")
-    app.dispatcher.set_schedule_paused(schedule, paused)
-    return schedule
-
-
-def _shared_schedule(app: App, name: str, action: str) -> Schedule:
     schedule = find_schedule(app, name)
-    if not _shared(app):
-        raise CSJDError(
-            f"cannot {action} schedule {name!r}: in-process mode without a file store keeps "
-            "each process's schedules in its own memory; use Redis mode or a file store"
-        )
+    app.dispatcher.set_schedule_paused(schedule, paused)
     return schedule
 
 
@@ -667,8 +658,6 @@ def run_schedule_now(app: App, name: str) -> str:
         The run's job id.
 
     Raises:
-        CSJDError: no such schedule, or an in-process app without a file store (its marks are
-            each process's own); QueueFull, BackendUnavailable: from admission.
+        CSJDError: no such schedule; QueueFull, BackendUnavailable: from admission.
     """
-    schedule = _shared_schedule(app, name, "run")
-    return app.dispatcher.run_now(schedule)
+    return app.dispatcher.run_now(find_schedule(app, name))

@@ -136,10 +136,19 @@ def schedule_action(app: App, action: str, name: str, *, echo: Echo) -> str | No
 
     Raises:
         ValueError: ``action`` is not one of `SCHEDULE_ACTIONS`.
-        CSJDError: no such schedule; BackendUnavailable, QueueFull: from the backend.
+        CSJDError: no such schedule, or an in-process app without a file store (whose
+            schedules live in each process's memory); BackendUnavailable, QueueFull: from the
+            backend.
     """
     if action not in SCHEDULE_ACTIONS:
         raise ValueError(f"schedule action must be one of {SCHEDULE_ACTIONS}, got {action!r}")
+    if not operations.schedules_shared(app):
+        # A command's process would act on a memory of its own, which ends with it.
+        raise CSJDError(
+            f"cannot {action} {name!r} from a command: in-process mode without a file store "
+            "keeps each process's schedules in its own memory (use Redis mode or a file store; "
+            "in Django, the admin dashboard's Schedules buttons act in the web process)"
+        )
     if action == "run":
         job_id = operations.run_schedule_now(app, name)
         echo(f"enqueued {job_id}")

@@ -274,7 +274,7 @@ def test_csjd_schedule_usage_errors(argv: list[str], error: str, redis_mode: Any
 
 def test_csjd_schedule_refuses_actions_on_another_processs_memory() -> None:
     with override_settings(CSJD_MODE="inprocess", CSJD_SCHEDULE={"adder": ADDER}):
-        with pytest.raises(CommandError, match="use the admin dashboard"):
+        with pytest.raises(CommandError, match="admin dashboard"):
             call_command("csjd_schedule", "pause", "adder")
         assert not csjd.app.dispatcher.started
 

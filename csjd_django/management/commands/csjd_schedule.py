@@ -9,7 +9,6 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from csjd_core import reports
-from csjd_core.app import Mode
 from csjd_django.management import project_app, reported
 
 
@@ -35,13 +34,6 @@ class Command(BaseCommand):
         echo = self.stdout.write
         with reported():
             app = project_app()
-            if action is not None and app.mode is Mode.INPROCESS and app.config.store is None:
-                # This command's process would act on a memory of its own, which ends with it.
-                raise CommandError(
-                    f"{action}: with CSJD_MODE='inprocess' and no CSJD_STORE_PATH each web "
-                    "process keeps its own schedules in memory; use the admin dashboard's "
-                    "Schedules buttons (they act in the web process)"
-                )
             if action is None:
                 reports.schedules(app, options["json"], echo=echo)
             else:
