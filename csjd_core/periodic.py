@@ -116,7 +116,11 @@ def every(
     for name, value in given.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
             raise ValueError(f"every({name}=...) must be a number >= 0, got {brief(value)}")
-    total = duration(timedelta(**given), "every()")
+    try:
+        span: float | timedelta = timedelta(**given)
+    except OverflowError:  # inf, or more days than a timedelta holds: far beyond ten years
+        span = math.inf
+    total = duration(span, "every()")
     if total < 1 or total != int(total):
         raise ValueError(f"every() must be a whole number of seconds >= 1, got {total:g} s")
     return Every(int(total))
