@@ -160,7 +160,11 @@ class Cron:
         """The slots strictly after ``after`` (a Unix time), in order, as Unix times."""
         start = datetime.fromtimestamp(math.floor(after), self.timezone)
         for moment in self._sim(self.expression, start):
-            yield moment.timestamp()
+            slot = moment.timestamp()
+            # From a start in the second pass of a repeated hour (clocks falling back), cronsim
+            # yields the time's first pass, which is before the start: not a slot after it.
+            if slot > after:
+                yield slot
 
     def describe(self) -> str:
         return f"{self.expression} ({self.timezone.key})"
