@@ -520,7 +520,8 @@ class Ticker(Hooks):
 
 def schedule_of(job_id: str, names: Iterable[str]) -> str | None:
     """The schedule (among ``names``) whose run ``job_id`` is, or ``None``."""
-    for name in names:
+    # Longest name first: names may hold ':', so "a:b"'s ids also start with "periodic:a:".
+    for name in sorted(names, key=len, reverse=True):
         if job_id.startswith(f"periodic:{name}:"):
             return name
     return None
