@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from csjd_core.backends.base import SlotOp, SlotVerdict
 from csjd_core.errors import BackendUnavailable, CSJDError, QueueFull
@@ -35,6 +34,8 @@ from csjd_core.limits import brief, name_problem
 from csjd_core.limits import seconds as duration
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     from csjd_core.engine.dispatcher import BaseDispatcher
     from csjd_core.engine.outcome import AttemptOutcome
     from csjd_core.job import Job
@@ -179,6 +180,10 @@ def zone(name: str | None) -> ZoneInfo:
     Raises:
         ValueError: not a time zone the system's (or ``tzdata``'s) database knows.
     """
+    # Imported here: importing zoneinfo reads the environment (PYTHONTZPATH, and sysconfig's
+    # PYTHONUSERBASE), which importing csjd_core must not do.
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
+
     if name is None:
         return ZoneInfo("UTC")
     if not isinstance(name, str) or not name:
