@@ -289,7 +289,17 @@ def _confirmation(yes: bool) -> Callable[[str], object]:
 main.add_command(dead)
 
 
-@click.group(invoke_without_command=True, epilog=APP_HELP)
+class _ScheduleGroup(click.Group):
+    """``csjd schedule APP --json`` as ``csjd stats APP --json`` is typed (a group reads its
+    own options only before its first argument: ``--json`` after APP was taken for a command)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if len(args) >= 2 and args[1] == "--json":
+            args = [args[1], args[0], *args[2:]]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_ScheduleGroup, invoke_without_command=True, epilog=APP_HELP)
 @click.argument("app_spec", metavar="APP")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context

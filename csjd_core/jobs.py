@@ -367,7 +367,8 @@ class JobRegistry:
             extra |= {"schedule_kwargs": schedule_kwargs, "schedule_jitter": schedule_jitter}
             given = [name for name, value in extra.items() if value is not None]
             if given:
-                raise ValueError(f"{', '.join(given)} need schedule= (a cron string or every())")
+                verb = "needs" if len(given) == 1 else "need"
+                raise ValueError(f"{', '.join(given)} {verb} schedule= (a cron string or every())")
 
         def decorate(fn: Callable[..., Any]) -> JobFunction[Any, Any]:
             name = type or f"{fn.__module__}.{fn.__qualname__}"

@@ -119,7 +119,11 @@ def every(
     for name, value in given.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
             raise ValueError(f"every({name}=...) must be a number >= 0, got {brief(value)}")
-    total = duration(timedelta(**given), "every()")
+    try:
+        span: float | timedelta = timedelta(**given)
+    except OverflowError:  # inf, or more days than a timedelta holds: far beyond ten years
+        span = math.inf
+    total = duration(span, "every()")
     if total < 1 or total != int(total):
         raise ValueError(f"every() must be a whole number of seconds >= 1, got {total:g} s")
     return Every(int(total))
@@ -530,7 +534,8 @@ class Ticker(Hooks):
 
 def schedule_of(job_id: str, names: Iterable[str]) -> str | None:
     """The schedule (among ``names``) whose run ``job_id`` is, or ``None``."""
-    for name in names:
+    # Longest name first: names may hold ':', so "a:b"'s ids also start with "periodic:a:".
+    for name in sorted(names, key=len, reverse=True):
         if job_id.startswith(f"periodic:{name}:"):
             return name
     return None

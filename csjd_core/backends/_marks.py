@@ -34,7 +34,8 @@ def step(
         return SlotVerdict.SKIPPED, replace(
             state, mark=slot, misfires=state.misfires + request.misfired
         )
-    running = tuple(job_id for job_id in state.running if unfinished(job_id))
+    # Without max_running nothing is tracked (enqueue.lua clears the list the same way).
+    running = tuple(j for j in state.running if unfinished(j)) if request.max_running else ()
     if op is SlotOp.MANUAL:
         assert request.job is not None
         return SlotVerdict.ENQUEUED, replace(
