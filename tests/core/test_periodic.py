@@ -416,7 +416,7 @@ def test_add_schedule_needs_a_job_of_this_registry(app: App) -> None:
     ],
 )
 def test_schedule_options_without_a_schedule_are_refused(app: App, option: dict) -> None:
-    with pytest.raises(ValueError, match=rf"{next(iter(option))} need schedule="):
+    with pytest.raises(ValueError, match=rf"{next(iter(option))} needs schedule="):
 
         @app.job("lonely", **option)
         def lonely(n: int = 0) -> None: ...

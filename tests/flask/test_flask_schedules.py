@@ -76,7 +76,7 @@ def test_bad_or_duplicate_schedules_fail_at_decoration() -> None:
         ext.job("digest.other", schedule=every(hours=2), schedule_name=NAME)(lambda: None)
     with pytest.raises(ValueError, match="bad cron expression"):
         ext.job("digest.bad", schedule="0 3 * *")(lambda: None)
-    with pytest.raises(ValueError, match="timezone need schedule="):
+    with pytest.raises(ValueError, match="timezone needs schedule="):
         ext.job("digest.tz", timezone="Europe/Paris")(lambda: None)
     assert "digest.other" not in ext.jobs and "digest.bad" not in ext.jobs
 
