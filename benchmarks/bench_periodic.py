@@ -50,7 +50,8 @@ from csjd_core.config import DistributedConfig, RedisConfig  # noqa: E402
 from csjd_core.dispatcher import Dispatcher  # noqa: E402
 from csjd_core.distributed import RedisDistributedDispatcher  # noqa: E402
 from csjd_core.engine.dispatcher import BaseDispatcher  # noqa: E402
-from csjd_core.periodic import Schedule, Ticker, make_schedule  # noqa: E402
+from csjd_core.engine.ticker import Ticker  # noqa: E402
+from csjd_core.periodic import Schedule, make_schedule  # noqa: E402
 
 BIG_CAP = 10**9
 START = 1_900_000_000.0  # the fake clock's first second (2030)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from csjd_core.backends.memory import MemoryBackend
 from csjd_core.config import Config
@@ -13,6 +14,9 @@ from csjd_core.engine.pool import Worker
 from csjd_core.engine.registry import HandlerRegistry
 from csjd_core.job import Job
 from csjd_core.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from csjd_core.periodic import Schedule
 
 __all__ = ["ImmediateDispatcher"]
 
@@ -60,6 +64,12 @@ class ImmediateDispatcher(BaseDispatcher):
         """Admit all jobs (all or none), then run them."""
         super().submit_batch(jobs)
         self._drain()
+
+    def run_now(self, schedule: Schedule) -> str:
+        """Run ``schedule``'s job now, before returning (see `BaseDispatcher.run_now`)."""
+        job_id = super().run_now(schedule)
+        self._drain()
+        return job_id
 
     def _drain(self) -> None:
         local = self._local

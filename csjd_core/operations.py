@@ -638,26 +638,40 @@ def find_schedule(app: App, name: str) -> Schedule:
     return schedule
 
 
-def pause_schedule(app: App, name: str, paused: bool = True) -> Schedule:
-    """Pause schedule ``name`` (every ticker skips its slots, recording each), or resume it
-    (the slots due while paused stay skipped).
-
-    Raises:
-        CSJDError: no such schedule; BackendUnavailable: Redis could not be reached.
-    """
-    schedule = find_schedule(app, name)
-    app.dispatcher.set_schedule_paused(schedule, paused)
-    return schedule
+#: What `schedule_action` does.
+SCHEDULE_ACTIONS = ("pause", "resume", "run")
 
 
-def run_schedule_now(app: App, name: str) -> str:
-    """Enqueue a run of schedule ``name`` now, outside its slots (its marks' slots are not
-    changed; it counts as running for ``max_running``).
+def schedule_action(app: App, action: str, name: str, *, from_command: bool) -> str | None:
+    """Pause, resume or run (now) schedule ``name``: what every front end's action calls.
+
+    Args:
+        from_command: the caller is a command's own process (``csjd schedule``, ``manage.py
+            csjd_schedule``, ``flask csjd schedule``), not a process that runs the app's jobs
+            (a web process, as the Django dashboard is).
 
     Returns:
-        The run's job id.
+        The job id of a run (``None`` for pause and resume).
 
     Raises:
-        CSJDError: no such schedule; QueueFull, BackendUnavailable: from admission.
+        ValueError: ``action`` is not one of `SCHEDULE_ACTIONS`.
+        CSJDError: no such schedule; or, from a command, an app whose schedules live in each
+            process's memory (in-process without a file store; immediate mode, but for a run,
+            which runs at once in the command).
+        QueueFull, BackendUnavailable: from the backend.
     """
-    return app.dispatcher.run_now(find_schedule(app, name))
+    if action not in SCHEDULE_ACTIONS:
+        raise ValueError(f"schedule action must be one of {SCHEDULE_ACTIONS}, got {action!r}")
+    schedule = find_schedule(app, name)
+    immediate_run = app.mode is Mode.IMMEDIATE and action == "run"
+    if from_command and not schedules_shared(app) and not immediate_run:
+        # The command's process would act on a memory of its own, which ends with it.
+        raise CSJDError(
+            f"cannot {action} {name!r} from a command: in {app.mode} mode without a file store "
+            "each process keeps its schedules in its own memory (use Redis mode or a file "
+            "store; in Django, the admin dashboard's Schedules buttons act in the web process)"
+        )
+    if action == "run":
+        return app.dispatcher.run_now(schedule)
+    app.dispatcher.set_schedule_paused(schedule, action == "pause")
+    return None

@@ -11,33 +11,31 @@ clock for every ticker.
 
 Cron expressions are parsed by ``cronsim`` (the ``csjd[cron]`` extra): on the day clocks spring
 forward, a time that does not exist (02:30 in Europe/Paris) runs at the first instant after the
-gap (03:00 local, 01:00 UTC); on the day they fall back, a time that exists twice runs once, at
-its first occurrence. Cron fields are matched in the schedule's ``timezone`` (default UTC).
+gap (03:00 local, 01:00 UTC); on the day they fall back, a fixed time that exists twice (minute
+and hour given) runs once, at its first occurrence, while an expression matching several times
+in the repeated hour (``*/15 2 * * *``) matches in both occurrences. Cron fields are matched in
+the schedule's ``timezone`` (default UTC).
+
+The ticker that drives schedules is `csjd_core.engine.ticker.Ticker`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
-import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from csjd_core.backends.base import SlotOp, SlotVerdict
-from csjd_core.errors import BackendUnavailable, CSJDError, QueueFull
-from csjd_core.hooks import Hooks
+from csjd_core.errors import CSJDError
 from csjd_core.limits import brief, name_problem
 from csjd_core.limits import seconds as duration
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
 
-    from csjd_core.engine.dispatcher import BaseDispatcher
-    from csjd_core.engine.outcome import AttemptOutcome
     from csjd_core.job import Job
     from csjd_core.jobs import JobFunction
 
@@ -47,8 +45,6 @@ __all__ = [
     "Every",
     "Plan",
     "Schedule",
-    "Ticker",
-    "TickerCounters",
     "Trigger",
     "every",
     "make_schedule",
@@ -58,8 +54,6 @@ __all__ = [
     "zone",
 ]
 
-logger = logging.getLogger("csjd_core.periodic")
-
 #: The misfire policies: what a ticker does with slots whose time passed while none ticked.
 CATCH_UP = ("latest", "none", "all")
 #: How a slot is spelled in its job id (UTC).
@@ -67,11 +61,6 @@ SLOT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 #: Slots a tick looks at at most, twice (an outage of a year of a per-minute schedule is
 #: 525,600 slots): beyond them, the earliest missed slots are passed over uncounted.
 MAX_SLOTS_PER_TICK = 10_000
-#: The longest sleep of a ticker between two looks at the clock (it sleeps until the next slot
-#: is due; a change of Redis's clock is noticed within this).
-MAX_TICK = 60.0
-#: How soon a ticker tries again after a failed tick (Redis unreachable, the queue full).
-RETRY_TICK = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +332,19 @@ def make_schedule(
         )
     if max_running is not None:
         _positive_int(max_running, f"schedule {name!r}: max_running")
+    if catch_up == "all" and max_running is not None and max_running < catch_up_limit:
+        raise ValueError(
+            f"schedule {name!r}: catch_up='all' enqueues up to catch_up_limit={catch_up_limit} "
+            f"missed slots together, which max_running={max_running} would skip as overlaps: "
+            "give max_running=None (or at least catch_up_limit)"
+        )
     spread = 0.0 if jitter is None else duration(jitter, f"schedule {name!r}: jitter")
+    if isinstance(trigger, Every) and spread >= trigger.period:
+        # Due times would no longer follow the slots' order, and slots wait for earlier ones.
+        raise ValueError(
+            f"schedule {name!r}: jitter must be shorter than the period "
+            f"({trigger.period} s), got {spread:g} s"
+        )
     made = Schedule(
         name=name,
         job=job,
@@ -361,175 +362,6 @@ def make_schedule(
 def _positive_int(value: object, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be an int >= 1, got {brief(value)}")
-
-
-# -- ticking ---------------------------------------------------------------------------------
-@dataclass(slots=True)
-class TickerCounters:
-    """What this process's ticker did (the fleet's totals are in each schedule's mark)."""
-
-    ticks: int = 0
-    enqueued: int = 0
-    refused: int = 0  # slots another ticker had accounted for, or whose id was taken
-    overlaps: int = 0
-    paused: int = 0
-    misfires: int = 0
-    errors: int = 0
-
-
-#: The counter each verdict adds to.
-_COUNTED = {
-    SlotVerdict.ENQUEUED: "enqueued",
-    SlotVerdict.DONE: "refused",
-    SlotVerdict.DUPLICATE: "refused",
-    SlotVerdict.OVERLAP: "overlaps",
-    SlotVerdict.PAUSED: "paused",
-}
-
-
-class Ticker(Hooks):
-    """Ticks schedules in this process: a thread that, whenever a slot is due, reads the
-    schedule's mark and enqueues the due slots through ``dispatcher`` (whose backend owns the
-    atomic mark-and-admit step). It is also a hook: the final outcome of a periodic job is
-    written to its schedule's mark (the listing's "last outcome").
-
-    Args:
-        schedules: the schedules to tick, by name.
-        dispatcher: enqueues the slots.
-        clock: the Unix time every ticker agrees on (default: the backend's: Redis ``TIME``,
-            this host's clock for a local backend); tests inject one.
-    """
-
-    def __init__(
-        self,
-        schedules: Mapping[str, Schedule],
-        dispatcher: BaseDispatcher,
-        *,
-        clock: Callable[[], float] | None = None,
-    ) -> None:
-        self.schedules = dict(schedules)
-        self.dispatcher = dispatcher
-        self.clock = clock if clock is not None else dispatcher.clock
-        self.counters = TickerCounters()
-        self._next_due: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # -- the thread ------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start ticking in a thread (nothing to do without schedules)."""
-        if self._thread is not None or not self.schedules:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="csjd-ticker", daemon=True)
-        self._thread.start()
-        logger.info("ticking schedules names=%s", ",".join(sorted(self.schedules)))
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop ticking (a tick under way finishes its atomic steps first)."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            wait = RETRY_TICK
-            try:
-                now = self.clock()
-                wait = min(MAX_TICK, max(0.01, self.tick(now) - now))
-            except Exception as exc:  # Redis down or the queue full: tried again next tick
-                self.counters.errors += 1
-                logger.warning("tick failed; trying again error=%s", exc)
-            self._stop.wait(wait)
-
-    # -- one tick --------------------------------------------------------------------------
-    def tick(self, now: float) -> float:
-        """Enqueue every schedule's due slots at ``now`` (a Unix time by `clock`).
-
-        Returns:
-            When the next slot of any schedule is due.
-
-        Raises:
-            BackendUnavailable, QueueFull: the first such failure, after every schedule was
-                tried (a failed slot is tried again at the next tick).
-        """
-        self.counters.ticks += 1
-        soonest = math.inf
-        failure: BaseException | None = None
-        for schedule in self.schedules.values():
-            try:
-                soonest = min(soonest, self.tick_schedule(schedule, now))
-            except (BackendUnavailable, QueueFull, CSJDError) as exc:
-                failure = failure or exc
-                self._next_due.pop(schedule.name, None)
-                soonest = min(soonest, now + RETRY_TICK)
-        if failure is not None:
-            raise failure
-        return soonest
-
-    def tick_schedule(self, schedule: Schedule, now: float) -> float:
-        """One schedule's part of a tick; returns when its next slot is due."""
-        known = self._next_due.get(schedule.name)
-        if known is not None and now < known:
-            return known
-        dispatcher = self.dispatcher
-        state = dispatcher.schedule_state(schedule.name, schedule.queue)
-        mark = None if state is None else state.mark
-        if mark is None:
-            # First sight of this schedule: its slots start after now (none is run for the
-            # past). Every ticker may race to record it; the backend takes the first.
-            mark = float(math.floor(now))
-            dispatcher.admit_slot(schedule, SlotOp.INIT, mark)
-        plan = schedule.plan(mark, now)
-        misfired = plan.passed_over
-        for slot in plan.slots:
-            self._admit(schedule, SlotOp.SLOT, slot, misfired)
-            misfired = 0
-        if misfired and plan.through is not None:  # none kept: the mark still moves past them
-            self._admit(schedule, SlotOp.SKIP, plan.through, misfired)
-        self._next_due[schedule.name] = plan.next_due
-        return plan.next_due
-
-    def _admit(self, schedule: Schedule, op: SlotOp, slot: float, misfired: int) -> None:
-        verdict = self.dispatcher.admit_slot(schedule, op, slot, misfired=misfired)
-        counter = _COUNTED.get(verdict)
-        if counter is not None:
-            setattr(self.counters, counter, getattr(self.counters, counter) + 1)
-        if misfired and verdict is not SlotVerdict.DONE:
-            # Counted and logged by the one ticker whose step added them to the mark: every
-            # ticker that planned from the same mark saw the same missed slots.
-            self.counters.misfires += misfired
-            logger.warning(
-                "schedule missed slots name=%s missed=%d catch_up=%s",
-                schedule.name,
-                misfired,
-                schedule.catch_up,
-            )
-        if verdict is SlotVerdict.ENQUEUED:
-            logger.info(
-                "schedule enqueued name=%s id=%s", schedule.name, slot_id(schedule.name, slot)
-            )
-        elif verdict is SlotVerdict.OVERLAP:
-            logger.info(
-                "schedule slot skipped: max_running runs unfinished name=%s id=%s",
-                schedule.name,
-                slot_id(schedule.name, slot),
-            )
-
-    # -- the outcome event -----------------------------------------------------------------
-    def after_attempt(self, outcome: AttemptOutcome) -> None:
-        """Write a periodic job's final outcome to its schedule's mark."""
-        job_id = outcome.job.id
-        if not outcome.terminal or not job_id.startswith("periodic:"):
-            return
-        name = schedule_of(job_id, self.schedules)
-        if name is None:
-            return
-        try:
-            self.dispatcher.record_schedule_outcome(self.schedules[name], job_id, str(outcome.kind))
-        except CSJDError as exc:  # BackendUnavailable included: the listing shows the older one
-            logger.warning("could not record a schedule's last outcome name=%s error=%s", name, exc)
 
 
 def schedule_of(job_id: str, names: Iterable[str]) -> str | None:

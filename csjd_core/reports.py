@@ -21,7 +21,6 @@ Echo = Callable[[str], object]
 Confirm = Callable[[str], object]
 
 __all__ = [
-    "SCHEDULE_ACTIONS",
     "dead_letter_line",
     "dead_list",
     "dead_purge",
@@ -124,38 +123,22 @@ def schedules(app: App, as_json: bool, *, echo: Echo) -> None:
         echo(line)
 
 
-#: The actions on one schedule that `schedule_action` takes.
-SCHEDULE_ACTIONS = ("pause", "resume", "run")
-
-
 def schedule_action(app: App, action: str, name: str, *, echo: Echo) -> str | None:
-    """``csjd schedule APP pause|resume|run NAME``: act on schedule ``name`` and say so.
+    """``csjd schedule APP pause|resume|run NAME``: `operations.schedule_action` from a
+    command's process, and say what it did.
 
     Returns:
         The job id of a ``run`` (``None`` for pause and resume).
 
     Raises:
-        ValueError: ``action`` is not one of `SCHEDULE_ACTIONS`.
-        CSJDError: no such schedule, or an in-process app without a file store (whose
-            schedules live in each process's memory); BackendUnavailable, QueueFull: from the
-            backend.
+        The errors of `operations.schedule_action`.
     """
-    if action not in SCHEDULE_ACTIONS:
-        raise ValueError(f"schedule action must be one of {SCHEDULE_ACTIONS}, got {action!r}")
-    if not operations.schedules_shared(app):
-        # A command's process would act on a memory of its own, which ends with it.
-        raise CSJDError(
-            f"cannot {action} {name!r} from a command: in-process mode without a file store "
-            "keeps each process's schedules in its own memory (use Redis mode or a file store; "
-            "in Django, the admin dashboard's Schedules buttons act in the web process)"
-        )
-    if action == "run":
-        job_id = operations.run_schedule_now(app, name)
+    job_id = operations.schedule_action(app, action, name, from_command=True)
+    if job_id is not None:
         echo(f"enqueued {job_id}")
-        return job_id
-    operations.pause_schedule(app, name, action == "pause")
-    echo(f"schedule {name} {'paused' if action == 'pause' else 'resumed'}")
-    return None
+    else:
+        echo(f"schedule {name} {'paused' if action == 'pause' else 'resumed'}")
+    return job_id
 
 
 def health_lines(live: dict[str, int], host: str | None = None) -> list[str]:

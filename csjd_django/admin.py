@@ -20,7 +20,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 from django.views.decorators.http import require_POST
 
-from csjd_core.reports import SCHEDULE_ACTIONS
+from csjd_core.operations import SCHEDULE_ACTIONS
 from csjd_django import schedule_views, views
 from csjd_django.models import MANAGE_PERMISSION, VIEW_PERMISSION, Dashboard
 

@@ -21,7 +21,6 @@ from django.urls import reverse
 
 from csjd_core import operations
 from csjd_core.errors import CSJDError
-from csjd_core.reports import SCHEDULE_ACTIONS
 from csjd_core.stats import ScheduleState
 
 if TYPE_CHECKING:
@@ -122,7 +121,7 @@ def schedule_action(request: HttpRequest, model_admin: DashboardAdmin, action: s
     """
     if not model_admin.has_manage_permission(request):
         raise PermissionDenied
-    if action not in SCHEDULE_ACTIONS:
+    if action not in operations.SCHEDULE_ACTIONS:
         return HttpResponseBadRequest("unknown action")
     form = ScheduleForm(request.POST)
     if not form.is_valid():
@@ -145,10 +144,7 @@ def schedule_action(request: HttpRequest, model_admin: DashboardAdmin, action: s
         return HttpResponseBadRequest("unknown schedule")
     user = request.user.get_username()
     try:
-        if action == "run":
-            job_id = operations.run_schedule_now(app, name)
-        else:
-            operations.pause_schedule(app, name, action == "pause")
+        job_id = operations.schedule_action(app, action, name, from_command=False)
     except CSJDError as exc:  # BackendUnavailable, QueueFull, JobStoreLocked
         logger.warning("schedule %s failed name=%s user=%s error=%s", action, name, user, exc)
         messages.error(request, f"Schedule {name} was not changed: {exc}")

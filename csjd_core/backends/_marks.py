@@ -20,7 +20,8 @@ def step(
 ) -> tuple[SlotVerdict, ScheduleState]:
     """What ``request`` does to ``state``: the verdict, and the state to keep if the caller
     admits the job (`SlotVerdict.ENQUEUED`) or at once (any other verdict). The caller turns
-    an ENQUEUED whose job id is taken into `admitted_duplicate`."""
+    an ENQUEUED `SlotOp.SLOT` whose job id is taken into `admitted_duplicate` (and refuses a
+    `SlotOp.MANUAL` one)."""
     replace = dataclasses.replace
     mark, slot = state.mark, request.slot
     op = request.op
@@ -28,13 +29,22 @@ def step(
         if mark is not None:
             return SlotVerdict.DONE, state
         return SlotVerdict.INIT, replace(state, mark=slot)
+    if op is SlotOp.RESUME:
+        if not state.paused:
+            return SlotVerdict.DONE, state
+        return SlotVerdict.RESUMED, replace(
+            state,
+            mark=slot if mark is None else max(mark, slot),
+            paused=False,
+            paused_skips=state.paused_skips + request.misfired,
+        )
     if op is not SlotOp.MANUAL and mark is not None and mark >= slot:
         return SlotVerdict.DONE, state
+    misfires = state.misfires + _misfired(state, request)
     if op is SlotOp.SKIP:
-        return SlotVerdict.SKIPPED, replace(
-            state, mark=slot, misfires=state.misfires + request.misfired
-        )
-    # Without max_running nothing is tracked (enqueue.lua clears the list the same way).
+        return SlotVerdict.SKIPPED, replace(state, mark=slot, misfires=misfires)
+    # Without max_running nothing is tracked (enqueue.lua clears the list the same way). The
+    # list holds every run that may be unfinished, "run now" runs included: never cut short.
     running = tuple(j for j in state.running if unfinished(j)) if request.max_running else ()
     if op is SlotOp.MANUAL:
         assert request.job is not None
@@ -44,7 +54,7 @@ def step(
             last_enqueued=request.job.id,
             manual=state.manual + 1,
         )
-    state = replace(state, mark=slot, running=running, misfires=state.misfires + request.misfired)
+    state = replace(state, mark=slot, running=running, misfires=misfires)
     if state.paused:
         return SlotVerdict.PAUSED, replace(state, paused_skips=state.paused_skips + 1)
     if request.max_running and len(running) >= request.max_running:
@@ -64,15 +74,22 @@ def admitted_duplicate(before: ScheduleState, request: SlotRequest) -> ScheduleS
     return dataclasses.replace(
         before,
         mark=request.slot,
-        misfires=before.misfires + request.misfired,
+        misfires=before.misfires + _misfired(before, request),
         duplicates=before.duplicates + 1,
     )
+
+
+def _misfired(state: ScheduleState, request: SlotRequest) -> int:
+    """The misfires ``request`` adds: only when the mark is still where its plan started."""
+    if request.after is None or state.mark != request.after:
+        return 0
+    return request.misfired
 
 
 def _tracked(running: tuple[str, ...], request: SlotRequest) -> tuple[str, ...]:
     if not request.max_running or request.job is None:
         return running
-    return (*running, request.job.id)[-request.max_running :]
+    return (*running, request.job.id)
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(ScheduleState))

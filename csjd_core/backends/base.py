@@ -83,8 +83,10 @@ class SlotOp(StrEnum):
 
     INIT = "init"  # first sight: set the mark to ``slot`` if the schedule has none
     SLOT = "slot"  # enqueue the slot's job, unless the mark is at or past it
-    SKIP = "skip"  # advance the mark to ``slot`` without a job (missed slots, resume)
+    SKIP = "skip"  # advance the mark to ``slot`` without a job (missed slots)
     MANUAL = "manual"  # "run now": enqueue a job outside the slots; the mark is unchanged
+    RESUME = "resume"  # if paused: unpause, the mark moved to ``slot`` (the slots due while
+    # paused, ``misfired`` of them, counted as skipped while paused)
 
 
 class SlotVerdict(StrEnum):
@@ -97,15 +99,21 @@ class SlotVerdict(StrEnum):
     OVERLAP = "overlap"  # ``max_running`` runs unfinished: skipped, the mark moved past it
     PAUSED = "paused"  # the schedule is paused: skipped, the mark moved past it
     SKIPPED = "skipped"  # `SlotOp.SKIP` moved the mark
+    RESUMED = "resumed"  # `SlotOp.RESUME` unpaused the schedule
 
 
 @dataclass(frozen=True, slots=True)
 class SlotRequest:
     """One atomic step on a schedule's mark: compare, advance, and admit ``job`` with it.
 
-    ``slot`` is a Unix time (whole seconds); ``misfired`` slots passed over before it are
-    added to the mark's count when it advances; ``max_running`` (0: no limit) skips the slot
-    while that many of ``running`` are unfinished.
+    ``slot`` is a Unix time in whole seconds. ``misfired`` slots passed over before it are
+    added to the mark's misfires when it advances, if the mark is still ``after`` (the mark the
+    ticker planned from: a racing ticker's plan counts the same gap); for `SlotOp.RESUME`, they
+    are the slots skipped while paused. ``max_running`` (0: no limit) skips the slot while that
+    many of the mark's ``running`` runs are unfinished.
+
+    Raises:
+        ValueError: ``slot`` is not a whole number of seconds.
     """
 
     op: SlotOp
@@ -115,6 +123,11 @@ class SlotRequest:
     job: Job | None = None
     max_running: int = 0
     misfired: int = 0
+    after: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.slot != int(self.slot):
+            raise ValueError(f"a slot is a whole number of seconds, got {self.slot!r}")
 
 
 class Backend(ABC):
@@ -194,7 +207,10 @@ class Backend(ABC):
         """Compare and advance a schedule's mark and admit its job, in one atomic step.
 
         Raises:
-            QueueFull, BackendUnavailable: nothing changed (the slot is tried again).
+            QueueFull, BackendUnavailable, DispatcherClosed: nothing changed (the slot is
+                tried again).
+            DuplicateJob: a `SlotOp.MANUAL` job's id is taken (a slot's is `DUPLICATE`).
+            InvalidJob: the job cannot be stored (e.g. over Redis's payload limit).
         """
         raise NotImplementedError(f"{type(self).__name__} does not keep schedules")
 

@@ -21,6 +21,7 @@ from csjd_core.backends.base import (
     Backend,
     BackendSettings,
     Delivery,
+    SlotOp,
     SlotRequest,
     SlotVerdict,
 )
@@ -135,7 +136,8 @@ class MemoryBackend(Backend):
         self._opened = False
         self._closed = False  # set by `close`: admission is refused from then on
         # Schedules' marks (csjd_core.periodic), changed one step at a time under their lock
-        # (taken before `_lock`, never by workers).
+        # (taken before `_lock`, never while holding it; workers take it to record a run's
+        # outcome).
         self._marks: dict[str, ScheduleState] = {}
         self._marks_lock = threading.Lock()
 
@@ -564,6 +566,8 @@ class MemoryBackend(Backend):
                 except DuplicateJob:
                     entries = None
             if entries is None:
+                if request.op is not SlotOp.SLOT:  # "run now": its caller's id is refused
+                    raise DuplicateJob(request.job.id)
                 self._keep_mark(_marks.admitted_duplicate(before, request), [])
                 return SlotVerdict.DUPLICATE
             try:

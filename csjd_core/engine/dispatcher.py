@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -14,16 +15,18 @@ from csjd_core.backends.base import Backend, BackendSettings, SlotOp, SlotReques
 from csjd_core.config import EngineConfig
 from csjd_core.engine.pool import Engine
 from csjd_core.engine.registry import HandlerFn, HandlerRegistry
+from csjd_core.engine.ticker import Ticker
 from csjd_core.errors import DispatcherClosed, InvalidJob, JobNotFound, UnknownJobType
 from csjd_core.hooks import HookRunner
 from csjd_core.job import Job, JobStatus, check_name, validate_job
 from csjd_core.limits import name_problem
 from csjd_core.metrics import Counters, MetricsSnapshot, StopReport
+from csjd_core.periodic import manual_id, slot_id
 from csjd_core.retry import seconds
 from csjd_core.stats import ScheduleState
 
 if TYPE_CHECKING:
-    from csjd_core.periodic import Schedule, Ticker
+    from csjd_core.periodic import Schedule
 
 __all__ = ["BaseDispatcher", "JobNotFound"]
 
@@ -53,8 +56,6 @@ class BaseDispatcher:
         self._tick = tick
         hooks = config.hooks
         if schedules:
-            from csjd_core.periodic import Ticker  # noqa: PLC0415 - periodic imports this module
-
             self.ticker = Ticker(schedules, self)
             hooks = (*hooks, self.ticker)
         self._hooks = HookRunner(hooks)
@@ -258,33 +259,43 @@ class BaseDispatcher:
         return self._backend.clock()
 
     def admit_slot(
-        self, schedule: Schedule, op: SlotOp, slot: float, *, misfired: int = 0
+        self,
+        schedule: Schedule,
+        op: SlotOp,
+        slot: float,
+        *,
+        misfired: int = 0,
+        after: float | None = None,
     ) -> SlotVerdict:
-        """One atomic step on ``schedule``'s mark (see `SlotOp`): a `SlotOp.SLOT` enqueues the
-        slot's job (id ``periodic:<name>:<slot>``) unless the mark is at or past ``slot``.
+        """One atomic step on ``schedule``'s mark (see `SlotOp` and `SlotRequest`): a
+        `SlotOp.SLOT` enqueues the slot's job (id ``periodic:<name>:<slot>``) unless the mark
+        is at or past ``slot``.
 
         Raises:
             QueueFull, BackendUnavailable, DispatcherClosed: nothing changed.
         """
-        from csjd_core.periodic import slot_id  # noqa: PLC0415 - periodic imports this module
-
         job = schedule.build(slot_id(schedule.name, slot)) if op is SlotOp.SLOT else None
-        return self._slot(schedule, op, slot, job, misfired)
+        return self._slot(schedule, op, slot, job, misfired, after)
 
     def run_now(self, schedule: Schedule) -> str:
         """Enqueue a run of ``schedule`` outside its slots ("run now"); returns its job id.
+        It counts as unfinished for ``max_running`` until it ends.
 
         Raises:
             QueueFull, BackendUnavailable, DispatcherClosed: from admission.
         """
-        from csjd_core.periodic import manual_id  # noqa: PLC0415
-
         job = schedule.build(manual_id(schedule.name))
-        self._slot(schedule, SlotOp.MANUAL, 0.0, job, 0)
+        self._slot(schedule, SlotOp.MANUAL, 0.0, job, 0, None)
         return job.id
 
     def _slot(
-        self, schedule: Schedule, op: SlotOp, slot: float, job: Job | None, misfired: int
+        self,
+        schedule: Schedule,
+        op: SlotOp,
+        slot: float,
+        job: Job | None,
+        misfired: int,
+        after: float | None,
     ) -> SlotVerdict:
         request = SlotRequest(
             op,
@@ -294,6 +305,7 @@ class BaseDispatcher:
             job,
             max_running=schedule.max_running or 0,
             misfired=misfired,
+            after=after,
         )
         if job is None:
             self._ensure_open()
@@ -307,12 +319,24 @@ class BaseDispatcher:
         return self._backend.schedule_state(name, queue)
 
     def set_schedule_paused(self, schedule: Schedule, paused: bool) -> None:
-        """Pause ``schedule`` (tickers skip its slots), or resume it: slots due while it was
-        paused stay skipped, whether or not a ticker ran meanwhile."""
+        """Pause ``schedule`` (every ticker records its slots as skipped), or resume it: in one
+        atomic step the slots due while it was paused are recorded as skipped — whether or not
+        a ticker ran meanwhile — and the next slot runs. Resuming a schedule that is not paused
+        changes nothing."""
         self._ensure_open()
-        if not paused:  # account for the paused time first, so no ticker catches it up
-            self.admit_slot(schedule, SlotOp.SKIP, float(int(self.clock())))
-        self._backend.set_paused(schedule.name, schedule.queue, paused)
+        if paused:
+            self._backend.set_paused(schedule.name, schedule.queue, True)
+            return
+        state = self.schedule_state(schedule.name, schedule.queue)
+        if state is None or not state.paused:
+            return
+        now = self.clock()
+        through, skipped = float(math.floor(now)), 0
+        if state.mark is not None:
+            plan = schedule.plan(state.mark, now)
+            through = state.mark if plan.through is None else plan.through
+            skipped = plan.passed_over + len(plan.slots)
+        self._slot(schedule, SlotOp.RESUME, through, None, skipped, None)
 
     def record_schedule_outcome(self, schedule: Schedule, job_id: str, kind: str) -> None:
         """Record how a run of ``schedule`` ended (see `ScheduleState.last_outcome`)."""
@@ -377,11 +401,11 @@ class BaseDispatcher:
             return self._stop_report
 
     def _shutdown(self, limit: float | None) -> StopReport:
-        if self.ticker is not None:
-            self.ticker.stop()
-        with self._lifecycle:
+        with self._lifecycle:  # closed first: a concurrent start() starts no ticker now
             self._closed = True
             started = self._started
+        if self.ticker is not None:
+            self.ticker.stop(5.0 if limit is None else min(5.0, limit))
         before = self._counters.snapshot().processed
         deadline = None if limit is None else time.monotonic() + limit
         still_running = 0

@@ -229,6 +229,8 @@ def test_schedule_of_picks_the_schedule_whose_run_an_id_is() -> None:
 
 
 def ten_second(job, **options) -> Schedule:
+    if options.get("catch_up") == "all":
+        options.setdefault("max_running", None)
     return make_schedule(job, every(seconds=10), name="ten", **options)
 
 
@@ -291,7 +293,7 @@ def test_an_outage_longer_than_a_tick_looks_at_still_finds_the_latest_slot(
     policy: str,
 ) -> None:
     schedule = make_schedule(
-        tick_job, every(seconds=1), name="s", catch_up=policy, catch_up_limit=5
+        tick_job, every(seconds=1), name="s", catch_up=policy, catch_up_limit=5, max_running=None
     )
     missed = int(MAX_SLOTS_PER_TICK * 2.5)
     now = float(missed) + 0.5
@@ -328,20 +330,21 @@ def test_a_jittered_slot_is_due_at_its_offset(tick_job) -> None:
 
 
 def test_a_later_slot_never_goes_before_an_earlier_one_not_yet_due(tick_job) -> None:
+    # Slots at :00 and :01 of every hour, a jitter longer than the minute between them (a
+    # cron's gaps vary, so this is allowed there, and documented).
     schedule = make_schedule(
-        tick_job, every(seconds=10), name="j", jitter=25, catch_up="all", catch_up_limit=50
+        tick_job, "0,1 * * * *", name="j", jitter=110, catch_up="all", max_running=None
     )
-    # Find a slot whose jitter is larger than the next one's: at a moment between their due
-    # times, the later slot is due but must wait for the earlier.
-    pair = next(
-        (s, s + 10)
-        for s in (10.0 * i for i in range(1, 1000))
-        if schedule.due(s) > schedule.due(s + 10)
+    # Find an hour whose :00 slot is jittered later than its :01 slot: at a moment between
+    # their due times, the later slot is due but must wait for the earlier.
+    first, second = next(
+        (s, s + 60)
+        for s in (3600.0 * i for i in range(1, 1000))
+        if schedule.due(s) > schedule.due(s + 60)
     )
-    first, second = pair
     now = (schedule.due(second) + schedule.due(first)) / 2
     assert schedule.due(second) <= now < schedule.due(first)
-    plan = schedule.plan(first - 10, now)
+    plan = schedule.plan(first - 60, now)
     assert plan.slots == []
     assert plan.next_due == schedule.due(first)
     assert schedule.plan(first - 10, schedule.due(first)).slots[:2] == [first, second]
@@ -351,7 +354,7 @@ def test_a_later_slot_never_goes_before_an_earlier_one_not_yet_due(tick_job) -> 
 
 
 def test_job_with_a_schedule_registers_it_by_name(app: App) -> None:
-    @app.job("report", schedule=every(hours=1), max_running=2, catch_up="all")
+    @app.job("report", schedule=every(hours=1), max_running=2, catch_up="all", catch_up_limit=2)
     def report() -> None: ...
 
     @app.job(
@@ -367,7 +370,7 @@ def test_job_with_a_schedule_registers_it_by_name(app: App) -> None:
     assert sorted(app.schedules) == ["nightly-cleanup", "report"]
     hourly = app.schedules["report"]
     assert hourly.job is report and hourly.trigger == Every(3600)
-    assert (hourly.max_running, hourly.catch_up, hourly.catch_up_limit) == (2, "all", 100)
+    assert (hourly.max_running, hourly.catch_up, hourly.catch_up_limit) == (2, "all", 2)
     nightly = app.schedules["nightly-cleanup"]
     assert nightly.job is cleanup and dict(nightly.kwargs) == {"days": 30}
     assert isinstance(nightly.trigger, Cron) and nightly.trigger.timezone.key == "Europe/Paris"

@@ -12,7 +12,7 @@ import pytest
 
 from csjd_core import App, Config, Dispatcher, every
 from csjd_core.backends.base import SlotOp, SlotVerdict
-from csjd_core.periodic import Ticker
+from csjd_core.engine.ticker import Ticker
 
 
 def test_two_tickers_racing_after_an_outage_count_its_misfires_once(

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from test_backend_contract import CAP, FACTORIES, SETTINGS, fetch
 
-from csjd_core import Job, JobState, QueueFull
+from csjd_core import DuplicateJob, Job, JobState, QueueFull
 from csjd_core.backends.base import Backend, SlotOp, SlotRequest, SlotVerdict
 from csjd_core.backends.file import FileJobStore
 from csjd_core.periodic import manual_id, slot_id
@@ -40,17 +40,29 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
 
 
 def request_for(
-    op: SlotOp, slot: float, *, max_running: int = 0, misfired: int = 0, name: str = NAME
+    op: SlotOp,
+    slot: float,
+    *,
+    max_running: int = 0,
+    misfired: int = 0,
+    after: float | None = None,
+    name: str = NAME,
 ) -> SlotRequest:
     job = None
     if op is SlotOp.SLOT:
         job = Job(slot_id(name, slot), "t", {"args": [], "kwargs": {}})
     elif op is SlotOp.MANUAL:
         job = Job(manual_id(name), "t", {"args": [], "kwargs": {}})
-    return SlotRequest(op, name, None, slot, job, max_running=max_running, misfired=misfired)
+    return SlotRequest(
+        op, name, None, slot, job, max_running=max_running, misfired=misfired, after=after
+    )
 
 
 def admit(backend: Backend, op: SlotOp, slot: float, **options: Any) -> SlotVerdict:
+    """One step, planned (as a ticker plans) from the mark as it is now."""
+    if "after" not in options:
+        state = backend.schedule_state(options.get("name", NAME), None)
+        options["after"] = None if state is None else state.mark
     return backend.admit_slot(request_for(op, slot, **options))
 
 
@@ -225,6 +237,59 @@ def test_run_now_before_any_ticker_leaves_the_mark_unset(backend: Backend) -> No
     assert backend.pending() == 1
 
 
+def test_run_now_whose_id_is_taken_is_refused_and_changes_nothing(backend: Backend) -> None:
+    admit(backend, SlotOp.INIT, 1000)
+    assert admit(backend, SlotOp.SLOT, 1060) is SlotVerdict.ENQUEUED
+    before = mark_of(backend)
+    taken = Job(manual_id(NAME), "t")
+    backend.enqueue([taken])  # unfinished, under the id the run would take
+    request = SlotRequest(SlotOp.MANUAL, NAME, None, 0, Job(taken.id, "t"), after=1060)
+    with pytest.raises(DuplicateJob):
+        backend.admit_slot(request)
+    assert mark_of(backend) == before  # the mark never moves back
+    assert backend.pending() == 2
+
+
+def test_run_now_keeps_tracking_an_unfinished_slot_run(backend: Backend) -> None:
+    admit(backend, SlotOp.INIT, 1000)
+    assert admit(backend, SlotOp.SLOT, 1060, max_running=1) is SlotVerdict.ENQUEUED
+    assert admit(backend, SlotOp.MANUAL, 0, max_running=1) is SlotVerdict.ENQUEUED
+    manual = mark_of(backend).last_enqueued
+    assert manual is not None
+    # The slot's run and the manual one are both unfinished: both tracked.
+    assert set(mark_of(backend).running) == {slot_id(NAME, 1060), manual}
+    finish(backend, slot_id(NAME, 1060))
+    assert admit(backend, SlotOp.SLOT, 1120, max_running=1) is SlotVerdict.OVERLAP  # manual runs
+    finish(backend, manual)
+    assert admit(backend, SlotOp.SLOT, 1180, max_running=1) is SlotVerdict.ENQUEUED
+
+
+def test_a_gap_is_counted_once_when_tickers_race(backend: Backend) -> None:
+    admit(backend, SlotOp.INIT, 1000)
+    # Two tickers planned from mark 1000: one keeps 1300 (4 missed), the other, later, 1360.
+    assert admit(backend, SlotOp.SLOT, 1300, misfired=4, after=1000) is SlotVerdict.ENQUEUED
+    assert admit(backend, SlotOp.SLOT, 1360, misfired=5, after=1000) is SlotVerdict.ENQUEUED
+    assert mark_of(backend).misfires == 4
+
+
+def test_resume_counts_the_paused_slots_and_unpauses_in_one_step(backend: Backend) -> None:
+    admit(backend, SlotOp.INIT, 1000)
+    # Resuming a schedule that is not paused changes nothing (a due slot is not skipped).
+    assert admit(backend, SlotOp.RESUME, 1300, misfired=5) is SlotVerdict.DONE
+    assert mark_of(backend).mark == 1000
+    backend.set_paused(NAME, None, True)
+    assert admit(backend, SlotOp.SLOT, 1060) is SlotVerdict.PAUSED
+    assert admit(backend, SlotOp.RESUME, 1300, misfired=4) is SlotVerdict.RESUMED
+    state = mark_of(backend)
+    assert (state.mark, state.paused, state.paused_skips) == (1300, False, 5)
+    assert admit(backend, SlotOp.RESUME, 1400, misfired=1) is SlotVerdict.DONE  # not paused
+    assert admit(backend, SlotOp.SLOT, 1360) is SlotVerdict.ENQUEUED
+    # A resume whose slot is behind the mark keeps the mark.
+    backend.set_paused(NAME, None, True)
+    assert admit(backend, SlotOp.RESUME, 1200) is SlotVerdict.RESUMED
+    assert mark_of(backend).mark == 1360
+
+
 def test_a_full_queue_changes_nothing(backend: Backend) -> None:
     admit(backend, SlotOp.INIT, 1000)
     backend.enqueue([Job(f"filler-{i}", "t") for i in range(CAP)])
@@ -305,7 +370,7 @@ def test_file_store_marks_survive_close_reopen_and_compaction(tmp_path: Path) ->
     path = tmp_path / "jobs.json"
     store = reopened(path)
     store.admit_slot(request_for(SlotOp.INIT, 1000))
-    store.admit_slot(request_for(SlotOp.SLOT, 1060, max_running=1, misfired=2))
+    store.admit_slot(request_for(SlotOp.SLOT, 1060, max_running=1, misfired=2, after=1000))
     store.admit_slot(request_for(SlotOp.SLOT, 1120, max_running=1))  # overlap
     store.set_paused(NAME, None, True)
     store.record_outcome(NAME, None, "periodic:sched:earlier", "failed")
@@ -317,7 +382,8 @@ def test_file_store_marks_survive_close_reopen_and_compaction(tmp_path: Path) ->
     assert store.status(slot_id(NAME, 1060)).state is JobState.QUEUED  # type: ignore[union-attr]
     assert store.admit_slot(request_for(SlotOp.SLOT, 1120)) is SlotVerdict.DONE
     store.compact()
-    store.admit_slot(request_for(SlotOp.SKIP, 1500, misfired=1))  # a record after the snapshot
+    # A record after the snapshot:
+    store.admit_slot(request_for(SlotOp.SKIP, 1500, misfired=1, after=1120))
     after_compaction = mark_of(store)
     store.close(clean=True)
 

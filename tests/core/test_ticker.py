@@ -1,11 +1,13 @@
-"""Tickers (`csjd_core.periodic.Ticker`) over real dispatchers: memory, the file store and Redis
-(the suite's server). Tests drive ``ticker.tick(now)`` with fake times (no thread, no sleep) and
-count what was enqueued by id; jobs run only where a test starts a dispatcher to run them.
+"""Tickers (`csjd_core.engine.ticker.Ticker`) over real dispatchers: memory, the file store and
+Redis (the suite's server). Tests drive ``ticker.tick(now)`` with fake times (no thread, no
+sleep) and count what was enqueued by id; jobs run only where a test starts a dispatcher to run
+them.
 The last test runs a dispatcher started with its schedules: its own ticker thread on the real
 clock, and the outcome hook writing each run's outcome to the mark."""
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from collections import Counter
@@ -20,7 +22,8 @@ from csjd_core.backends.redis import QueueKeys
 from csjd_core.config import DistributedConfig, RedisConfig
 from csjd_core.distributed import RedisDistributedDispatcher
 from csjd_core.engine.dispatcher import BaseDispatcher
-from csjd_core.periodic import Schedule, Ticker, slot_id
+from csjd_core.engine.ticker import Ticker
+from csjd_core.periodic import Schedule, slot_id
 from csjd_core.stats import ScheduleState
 from csjd_core.testing import wait_until
 
@@ -275,7 +278,9 @@ def test_slots_due_while_paused_are_skipped_even_if_no_ticker_ran(rig: Rig) -> N
     assert not state.paused
     resumed = state.mark
     assert resumed is not None and resumed >= base + 3600
-    assert (state.paused_skips, state.enqueued, state.misfires) == (3, 5, 0)
+    # The 3 slots the ticker skipped, and every slot after them up to now, counted by resume.
+    skipped = 3 + int(resumed - (base + 8))
+    assert (state.paused_skips, state.enqueued, state.misfires) == (skipped, 5, 0)
     ticker.tick(resumed + 0.5)
     assert rig.accepted() == 5  # none of the paused hour's slots, though catch_up="all"
     ticker.tick(resumed + 1)
@@ -345,3 +350,40 @@ def test_a_started_dispatcher_ticks_and_records_each_runs_outcome(rig: Rig) -> N
     assert state_of(dispatcher, yearly).last_outcome == "succeeded"
     dispatcher.stop(timeout=5.0)
     assert dispatcher.ticker.counters.errors == 0
+
+
+def test_a_schedule_that_fails_is_logged_once_and_the_others_keep_ticking(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = App()
+
+    @app.job("healthy")
+    def healthy() -> None:
+        return None
+
+    @app.job("broken")
+    def broken() -> None:
+        return None
+
+    good = app.add_schedule(healthy, every(seconds=1), max_running=None)  # nothing runs here
+    bad = app.add_schedule(broken, every(seconds=1))
+
+    def build_job(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in building the job")
+
+    monkeypatch.setattr(broken, "build_job", build_job)  # the bug, injected
+    dispatcher = Dispatcher(Config(), registry=app.registry)
+    ticker = Ticker({bad.name: bad, good.name: good}, dispatcher)  # the broken one first
+    try:
+        with caplog.at_level(logging.WARNING, logger="csjd_core.periodic"):
+            for second in range(6):
+                ticker.tick(BASE + second)
+        enqueued = [slot_id(good.name, BASE + s) for s in range(1, 6)]
+        assert all(dispatcher.status(job_id) for job_id in enqueued)
+        assert ticker.counters.enqueued == 5
+        failures = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(failures) == 1  # once, with its traceback, not once a tick
+        assert failures[0].exc_info is not None and "broken" in failures[0].getMessage()
+        assert ticker.counters.errors == 5
+    finally:
+        dispatcher.stop(5)

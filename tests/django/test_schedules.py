@@ -16,7 +16,8 @@ from django.test import Client, override_settings
 
 import csjd_django as csjd
 from csjd_core import JobState
-from csjd_core.periodic import Schedule, Ticker, slot_id
+from csjd_core.engine.ticker import Ticker
+from csjd_core.periodic import Schedule, slot_id
 from csjd_core.testing import wait_until
 from csjd_django.checks import check_settings
 from csjd_django.compat import TaskResultStatus, task_finished

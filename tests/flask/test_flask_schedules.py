@@ -14,7 +14,8 @@ import pytest
 from flask import Flask, current_app
 
 from csjd_core import JobState, every
-from csjd_core.periodic import Ticker, slot_id
+from csjd_core.engine.ticker import Ticker
+from csjd_core.periodic import slot_id
 from csjd_flask import CSJD
 
 ext = CSJD()

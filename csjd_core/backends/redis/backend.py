@@ -49,6 +49,7 @@ _SLOT_VERDICTS = {
     "overlap": SlotVerdict.OVERLAP,
     "paused": SlotVerdict.PAUSED,
     "skipped": SlotVerdict.SKIPPED,
+    "resumed": SlotVerdict.RESUMED,
 }
 
 logger = logging.getLogger("csjd_core.redis")
@@ -237,6 +238,7 @@ class RedisStreamsBackend(Backend):
             request.max_running,
             request.misfired,
             keys.job_prefix,
+            "" if request.after is None else int(request.after),
         ]
         jobs = [] if request.job is None else [request.job]
         verdict = self._run_enqueue(keys, jobs, mark, request.schedule)

@@ -217,11 +217,15 @@ def schedule_state(name: str, f: dict[str, str]) -> ScheduleState:
         except ValueError:
             return 0
 
-    mark = f.get("mark")
-    at = f.get("last_outcome_at")
+    def moment(field: str) -> float | None:
+        try:
+            return float(f[field]) if f.get(field) else None
+        except ValueError:
+            return None
+
     return ScheduleState(
         name=name,
-        mark=float(mark) if mark else None,
+        mark=moment("mark"),
         paused=f.get("paused") == "1",
         running=tuple(f.get("running", "").split()),
         last_enqueued=f.get("last_enqueued") or None,
@@ -233,7 +237,7 @@ def schedule_state(name: str, f: dict[str, str]) -> ScheduleState:
         misfires=number("misfires"),
         last_outcome=f.get("last_outcome") or None,
         last_outcome_id=f.get("last_outcome_id") or None,
-        last_outcome_at=float(at) if at else None,
+        last_outcome_at=moment("last_outcome_at"),
     )
 
 

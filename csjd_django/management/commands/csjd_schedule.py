@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from csjd_core import reports
+from csjd_core import operations, reports
 from csjd_django.management import project_app, reported
 
 
@@ -19,7 +19,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("action", nargs="?", choices=reports.SCHEDULE_ACTIONS)
+        parser.add_argument("action", nargs="?", choices=operations.SCHEDULE_ACTIONS)
         parser.add_argument("name", nargs="?", help="The schedule (its name in the listing).")
         parser.add_argument("--json", action="store_true", help="List as JSON.")
 

@@ -5,12 +5,15 @@
 -- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] pending counter, [KEYS[4] the mark hash,] then one
 --   job hash per job
 -- ARGV[1] max_pending_jobs, ARGV[2] dedupe window (ms), ARGV[3] mark op: '' (none), 'init',
---   'slot', 'skip' or 'manual'; with an op: ARGV[4] slot (Unix seconds), ARGV[5] max_running
---   (0: no limit), ARGV[6] slots missed before it, ARGV[7] the job record key prefix (the
---   records of the mark's running ids are named from data: in the queue's hash tag); then per
---   job: id, data, run_at_ms or "", max_attempts
+--   'slot', 'skip', 'manual' or 'resume'; with an op: ARGV[4] slot (Unix seconds), ARGV[5]
+--   max_running (0: no limit), ARGV[6] slots missed before it (added to the misfires only if
+--   the mark is still ARGV[8]; for 'resume', the slots skipped while paused), ARGV[7] the job
+--   record key prefix (the records of the mark's running ids are named from data: in the
+--   queue's hash tag), ARGV[8] the mark the ticker planned from ('' for none); then per job:
+--   id, data, run_at_ms or "", max_attempts
 -- Returns {"ok"} | {"full", pending} | {"dup", job_id}; with an op also {"init"} | {"done"} |
---   {"skipped"} | {"paused"} | {"overlap"} (and "dup" moved the mark past the slot)
+--   {"skipped"} | {"paused"} | {"overlap"} | {"resumed"} (and a slot's "dup" moved the mark past
+--   it)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cap = tonumber(ARGV[1])
@@ -19,8 +22,8 @@ local op = ARGV[3]
 local k0, a0 = 3, 3
 local mark, slot, misfired, running, max_running
 if op ~= '' then
-  k0, a0 = 4, 7
-  mark, slot, misfired = KEYS[4], ARGV[4], tonumber(ARGV[6])
+  k0, a0 = 4, 8
+  mark, slot = KEYS[4], ARGV[4]
   local current = redis.call('HGET', mark, 'mark')
   if op == 'init' then
     if current then
@@ -29,8 +32,24 @@ if op ~= '' then
     redis.call('HSET', mark, 'mark', slot)
     return {'init'}
   end
+  if op == 'resume' then
+    if redis.call('HGET', mark, 'paused') ~= '1' then
+      return {'done'}
+    end
+    if not current or tonumber(current) < tonumber(slot) then
+      redis.call('HSET', mark, 'mark', slot)
+    end
+    redis.call('HSET', mark, 'paused', 0)
+    redis.call('HINCRBY', mark, 'paused_skips', tonumber(ARGV[6]))
+    return {'resumed'}
+  end
   if op ~= 'manual' and current and tonumber(current) >= tonumber(slot) then
     return {'done'}
+  end
+  -- A gap is counted once: by the step that finds the mark where its ticker's plan started.
+  misfired = 0
+  if ARGV[8] ~= '' and current and tonumber(current) == tonumber(ARGV[8]) then
+    misfired = tonumber(ARGV[6])
   end
   if op == 'skip' then
     redis.call('HSET', mark, 'mark', slot)
@@ -118,11 +137,8 @@ end
 redis.call('INCRBY', KEYS[3], n)
 if op ~= '' then  -- 'slot' or 'manual', with its one job
   local id = ARGV[a0 + 1]
-  if max_running > 0 then
+  if max_running > 0 then  -- every run that may be unfinished ("run now" ones too)
     running[#running + 1] = id
-    while #running > max_running do
-      table.remove(running, 1)
-    end
   end
   redis.call('HSET', mark, 'running', table.concat(running, ' '), 'last_enqueued', id)
   if op == 'slot' then
