@@ -587,7 +587,10 @@ class ScheduleRow:
     Attributes:
         schedule: its definition.
         state: its mark (``None``: no ticker has seen it yet).
-        next_slot: when its next slot is due (UTC).
+        next_slot: its next slot (UTC): the time in its next run's id.
+        next_due: when that slot is due: ``next_slot`` plus its jitter.
+        queue: the queue its runs go to (Redis mode: the app's default queue for a job that
+            names none; ``None`` in process).
         shared: the mark is shared by every ticker (Redis, a file store); ``False`` for an
             in-process app in memory, where each process ticks its own and this one's is shown.
     """
@@ -595,6 +598,8 @@ class ScheduleRow:
     schedule: Schedule
     state: ScheduleState | None
     next_slot: datetime
+    next_due: datetime
+    queue: str | None
     shared: bool
 
 
@@ -608,14 +613,24 @@ def schedule_rows(app: App) -> list[ScheduleRow]:
     """
     dispatcher = app.dispatcher
     now = dispatcher.clock()
+    shared = schedules_shared(app)
+    default_queue = app.distributed.queues[0] if app.mode is Mode.REDIS else None
     rows = []
     for name in sorted(app.schedules):
         schedule = app.schedules[name]
         state = dispatcher.schedule_state(name, schedule.queue)
         after = now if state is None or state.mark is None else max(state.mark, now)
-        due = schedule.due(schedule.next_slot(after))
-        next_slot = datetime.fromtimestamp(due, UTC)
-        rows.append(ScheduleRow(schedule, state, next_slot, schedules_shared(app)))
+        slot = schedule.next_slot(after)
+        rows.append(
+            ScheduleRow(
+                schedule,
+                state,
+                datetime.fromtimestamp(slot, UTC),
+                datetime.fromtimestamp(schedule.due(slot), UTC),
+                schedule.queue or default_queue,
+                shared,
+            )
+        )
     return rows
 
 

@@ -233,6 +233,11 @@ class Schedule:
         return self.job.queue
 
     @property
+    def job_type(self) -> str:
+        """The type of its runs (for templates, which would call ``job``, a function)."""
+        return self.job.type
+
+    @property
     def grace(self) -> float:
         """How late a slot may be enqueued under ``catch_up="none"``: a minute, or less for
         a schedule whose slots come more often."""

@@ -7,6 +7,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 from csjd_core import operations
 from csjd_core.app import App
@@ -14,7 +15,7 @@ from csjd_core.errors import CSJDError, StoreCorrupted
 from csjd_core.job import JobStatus
 from csjd_core.metrics import MetricsSnapshot
 from csjd_core.operations import RequeueReport, ScheduleRow
-from csjd_core.stats import DeadLetter, QueueStats
+from csjd_core.stats import DeadLetter, QueueStats, ScheduleState
 
 Echo = Callable[[str], object]
 #: Asks the operator; raises to abort (``click.confirm(..., abort=True)``).
@@ -78,10 +79,11 @@ def schedule_lines(rows: Sequence[ScheduleRow]) -> list[str]:
         schedule, state = row.schedule, row.state
         lines.append(
             f"schedule {schedule.name}: {schedule.describe()} job={schedule.job.type} "
-            f"queue={schedule.queue or 'default'}"
-            + (" PAUSED" if state is not None and state.paused else "")
+            f"queue={row.queue or '-'}" + (" PAUSED" if state is not None and state.paused else "")
         )
-        lines.append(f"  next={_utc(row.next_slot.timestamp())}")
+        jitter = (row.next_due - row.next_slot).total_seconds()
+        due = f" (due {jitter:+.0f}s: jitter)" if jitter >= 0.5 else ""
+        lines.append(f"  next={_utc(row.next_slot.timestamp())}{due}")
         if state is None:
             lines.append("  not ticked yet")
             continue
@@ -90,7 +92,7 @@ def schedule_lines(rows: Sequence[ScheduleRow]) -> list[str]:
             outcome += f" at {_utc(state.last_outcome_at)} ({state.last_outcome_id})"
         lines.append(f"  last_enqueued={state.last_enqueued or '-'} last_outcome={outcome}")
         lines.append(
-            f"  counts: enqueued={state.enqueued} run_now={state.manual} "
+            f"  counts: enqueued={state.enqueued} manual={state.manual} "
             f"duplicates={state.duplicates} overlaps={state.overlaps} "
             f"paused_skips={state.paused_skips} misfires={state.misfires}"
         )
@@ -102,6 +104,15 @@ def schedule_lines(rows: Sequence[ScheduleRow]) -> list[str]:
     return lines
 
 
+def _state_json(state: ScheduleState) -> dict[str, object]:
+    """A mark as JSON, its times in ISO 8601 like the listing's other times."""
+    data = state.to_json()
+    for field in ("mark", "last_outcome_at"):
+        at = data[field]
+        data[field] = None if at is None else datetime.fromtimestamp(at, UTC).isoformat()
+    return data
+
+
 def schedules(app: App, as_json: bool, *, echo: Echo) -> None:
     """``csjd schedule``: list the app's schedules."""
     rows = operations.schedule_rows(app)
@@ -111,9 +122,10 @@ def schedules(app: App, as_json: bool, *, echo: Echo) -> None:
                 "name": row.schedule.name,
                 "job": row.schedule.job.type,
                 "schedule": row.schedule.describe(),
-                "queue": row.schedule.queue,
+                "queue": row.queue,
                 "next_slot": row.next_slot.isoformat(),
-                "state": None if row.state is None else row.state.to_json(),
+                "next_due": row.next_due.isoformat(),
+                "state": None if row.state is None else _state_json(row.state),
             }
             for row in rows
         ]

@@ -7,6 +7,7 @@ Plain dataclasses with no tie to redis-py, so a front end can import them withou
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ["ConsumerStats", "DeadLetter", "QueueCounters", "QueueStats", "ScheduleState"]
@@ -138,6 +139,12 @@ class ScheduleState:
     last_outcome: str | None = None
     last_outcome_id: str | None = None
     last_outcome_at: float | None = None
+
+    @property
+    def last_outcome_time(self) -> datetime | None:
+        """``last_outcome_at`` as a UTC `datetime`."""
+        at = self.last_outcome_at
+        return None if at is None else datetime.fromtimestamp(at, UTC)
 
     def to_json(self) -> dict[str, Any]:
         """The state as JSON-ready values (``csjd schedule --json``)."""

@@ -9,8 +9,7 @@ CSRF-checked, and need the permission the dead-letter actions need
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from django import forms
@@ -21,46 +20,25 @@ from django.urls import reverse
 
 from csjd_core import operations
 from csjd_core.errors import CSJDError
+from csjd_core.operations import ScheduleRow
 from csjd_core.stats import ScheduleState
 
 if TYPE_CHECKING:
     from csjd_core.app import App
     from csjd_django.admin import DashboardAdmin
 
-__all__ = ["ScheduleFigures", "ScheduleLine", "schedule_action", "schedule_figures"]
+__all__ = ["ScheduleFigures", "schedule_action", "schedule_figures"]
 
 logger = logging.getLogger("csjd_django.admin")
 
 
-@dataclass(frozen=True, slots=True)
-class ScheduleLine:
-    """One schedule as the page shows it (times in UTC; ``None``: never)."""
-
-    name: str
-    describe: str
-    job: str
-    queue: str
-    next_slot: datetime
-    paused: bool
-    ticked: bool
-    last_enqueued: str | None
-    last_outcome: str | None
-    last_outcome_at: datetime | None
-    last_outcome_id: str | None
-    enqueued: int
-    manual: int
-    overlaps: int
-    paused_skips: int
-    misfires: int
-    duplicates: int
-
-
 @dataclass
 class ScheduleFigures:
-    """The Schedules section: its lines, whether their state is shared by every process, and
-    the error that kept them from being read."""
+    """The Schedules section: its rows (each with a state: all zero before a ticker saw it),
+    whether their state is shared by every process, and the error that kept them from being
+    read."""
 
-    lines: list[ScheduleLine] = field(default_factory=list)
+    rows: list[ScheduleRow] = field(default_factory=list)
     shared: bool = True
     error: str | None = None
 
@@ -75,34 +53,8 @@ def schedule_figures(app: App) -> ScheduleFigures | None:
     except CSJDError as exc:  # BackendUnavailable, JobStoreLocked
         logger.warning("dashboard could not read the schedules error=%s", exc)
         return ScheduleFigures(error=f"The schedules could not be read: {exc}")
-    lines = []
-    for row in rows:
-        schedule = row.schedule
-        state = row.state or ScheduleState(schedule.name)  # not ticked yet: all zero
-        at = state.last_outcome_at
-        outcome_at = None if at is None else datetime.fromtimestamp(at, UTC)
-        lines.append(
-            ScheduleLine(
-                name=schedule.name,
-                describe=schedule.describe(),
-                job=schedule.job.type,
-                queue=schedule.queue or "default",
-                next_slot=row.next_slot,
-                paused=state.paused,
-                ticked=state.mark is not None,
-                last_enqueued=state.last_enqueued,
-                last_outcome=state.last_outcome,
-                last_outcome_at=outcome_at,
-                last_outcome_id=state.last_outcome_id,
-                enqueued=state.enqueued,
-                manual=state.manual,
-                overlaps=state.overlaps,
-                paused_skips=state.paused_skips,
-                misfires=state.misfires,
-                duplicates=state.duplicates,
-            )
-        )
-    return ScheduleFigures(lines=lines, shared=rows[0].shared if rows else True)
+    rows = [replace(row, state=row.state or ScheduleState(row.schedule.name)) for row in rows]
+    return ScheduleFigures(rows=rows, shared=operations.schedules_shared(app))
 
 
 class ScheduleForm(forms.Form):

@@ -58,6 +58,7 @@ def test_the_section_lists_each_schedule_with_buttons_for_managers(
     assert ADDER_ROW in page
     assert "30 3 * * * (UTC)" in page
     assert "django.tasks:testapp.tasks.add on queue default" in page
+    assert " 03:30:00 UTC</time>" in page  # in UTC whatever the project's TIME_ZONE
     assert "not ticked yet" in page
     assert 'aria-label="Pause schedule adder"' in page
     assert 'aria-label="Run schedule adder now"' in page
