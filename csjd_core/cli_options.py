@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,9 +25,11 @@ from csjd_core.app import App
 from csjd_core.operations import WORKER_BOUNDS, WorkerOptions
 
 __all__ = [
+    "LOG_LEVELS",
     "WORKER_OPTIONS",
     "add_worker_arguments",
     "load_app",
+    "log_to_stderr",
     "worker_options",
     "worker_options_from",
 ]
@@ -33,6 +37,8 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(WorkerOptions)}
+#: The levels a worker command's ``--log-level`` takes.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,3 +206,24 @@ def _error_at(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
+
+
+@contextmanager
+def log_to_stderr(level: str) -> Iterator[None]:
+    """Log lines at ``level`` (banner, progress, drain, schedules) on stderr for a worker
+    command's duration, unless the process already configured logging (then only the level is
+    set): ``flask csjd run`` and ``manage.py csjd_worker``."""
+    root = logging.getLogger()
+    previous = root.level
+    handler: logging.Handler | None = None
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
+        if handler is not None:
+            root.removeHandler(handler)

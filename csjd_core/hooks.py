@@ -26,7 +26,9 @@ class Hooks:
     """
 
     def before_enqueue(self, job: Job) -> None:
-        """Called before admission; raising here is logged, not propagated."""
+        """Called before admission; raising here is logged, not propagated. For a periodic
+        job's slot it is called by each ticker that tries the slot (``after_enqueue`` only by
+        the one that enqueued it)."""
 
     def after_enqueue(self, job: Job) -> None:
         """Called after the job was admitted."""

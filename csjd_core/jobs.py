@@ -455,7 +455,8 @@ class JobRegistry:
     def _check_schedule_name(self, name: str) -> None:
         if name in self.schedules:
             raise ValueError(
-                f"two schedules are named {name!r}; give one a schedule_name= of its own"
+                f"two schedules are named {name!r}; give one a name of its own "
+                "(schedule_name= on @job, name= on add_schedule)"
             )
 
     def add_job(self, job: JobFunction[Any, Any]) -> None:

@@ -142,6 +142,11 @@ class Cron:
             )
         self.expression = expression
         self.timezone = zone(timezone)
+        if expression.startswith("@"):
+            raise ValueError(
+                f"cron macros such as {expression!r} are not supported: write the fields "
+                "('@daily' is '0 0 * * *', '@hourly' is '0 * * * *')"
+            )
         try:
             CronSim(expression, datetime.now(self.timezone))
         except CronSimError as exc:
@@ -360,7 +365,14 @@ def make_schedule(
         max_running=max_running,
         jitter=spread,
     )
-    made.build(slot_id(name, 0.0))  # the fixed kwargs fit the function and are JSON
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise ValueError(f"schedule {name!r}: its kwargs must be a dict, got {brief(kwargs)}")
+    try:
+        made.build(slot_id(name, 0.0))  # the fixed kwargs fit the function and are JSON
+    except TypeError as exc:
+        raise TypeError(
+            f"schedule {name!r}: its kwargs {sorted(made.kwargs)} do not fit the function: {exc}"
+        ) from None
     return made
 
 

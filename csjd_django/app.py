@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -67,6 +68,7 @@ class DjangoApp(App):
         #: The schedules that ``CSJD_SCHEDULE`` put in `schedules` (replaced on `reset`).
         self.setting_schedules: frozenset[str] = frozenset()
         self._ticking: tuple[int, bool] | None = None  # (pid, ticks) once decided
+        self._ticking_failed: tuple[int, float] | None = None  # (pid, monotonic time)
 
     def configure_from_settings(self) -> None:
         """Apply ``settings.CSJD_*`` once (until `reset`), ``CSJD_SCHEDULE`` included.
@@ -88,7 +90,7 @@ class DjangoApp(App):
         """In in-process mode, start this process's dispatcher if the project has schedules
         (they tick only while it runs); Redis mode's workers tick, and immediate mode never
         does. Called on each request (``request_started``): only the first one in a process
-        does anything.
+        does anything (after a failure, the first one a minute later tries again).
 
         Returns:
             Whether the dispatcher ticks schedules now.
@@ -101,16 +103,23 @@ class DjangoApp(App):
         decided = self._ticking
         if decided is not None and decided[0] == pid:
             return decided[1]
+        failed = self._ticking_failed
+        if failed is not None and failed[0] == pid and time.monotonic() - failed[1] < 60:
+            return False
         with self._lock:
-            self.configure_from_settings()
-            ticks = self.mode is Mode.INPROCESS and bool(self.schedules)
-            if ticks and not self.dispatcher.started:
-                self.dispatcher.start()
-                logger.info(
-                    "in-process dispatcher started to tick schedules pid=%d names=%s",
-                    pid,
-                    ",".join(sorted(self.schedules)),
-                )
+            try:
+                self.configure_from_settings()
+                ticks = self.mode is Mode.INPROCESS and bool(self.schedules)
+                if ticks and not self.dispatcher.started:
+                    self.dispatcher.start()
+                    logger.info(
+                        "in-process dispatcher started to tick schedules pid=%d names=%s",
+                        pid,
+                        ",".join(sorted(self.schedules)),
+                    )
+            except BaseException:
+                self._ticking_failed = (pid, time.monotonic())
+                raise
             self._ticking = (pid, ticks)
             return ticks
 
@@ -120,7 +129,7 @@ class DjangoApp(App):
         self.stop(timeout)
         with self._lock:
             self._configured = False
-            self._ticking = None
+            self._ticking = self._ticking_failed = None
 
     def _build(self) -> BaseDispatcher:
         if not self._configured:

@@ -5,11 +5,8 @@ command prints (the dead-letter and schedule actions are the very click commands
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -21,7 +18,7 @@ from csjd_core.app import App
 from csjd_core.cli import dead as core_dead
 from csjd_core.cli import reported
 from csjd_core.cli import schedule as core_schedule
-from csjd_core.cli_options import worker_options, worker_options_from
+from csjd_core.cli_options import log_to_stderr, worker_options, worker_options_from
 from csjd_flask.extension import CSJDState, NotInitialized
 
 __all__ = ["csjd_group", "current_core_app"]
@@ -65,7 +62,7 @@ def run(info: ScriptInfo, /, log_level: str, **values: Any) -> None:
     with reported():
         options, child = worker_options_from(values)
     command = _child_command(info, level, needed=not child and options.supervised)
-    with _log_to_stderr(level), reported():
+    with log_to_stderr(level), reported():
         code = operations.run_workers(
             core,
             options,
@@ -99,26 +96,6 @@ def _child_command(info: ScriptInfo, level: str, *, needed: bool) -> list[str]:
         )
     app_option = ["--app", import_path] if import_path else []
     return [sys.executable, "-m", "flask", *app_option, "csjd", "run", "--log-level", level]
-
-
-@contextmanager
-def _log_to_stderr(level: str) -> Iterator[None]:
-    """INFO lines (banner, progress, drain) on stderr for the command's duration, unless the
-    process already configured logging (then only the level is set)."""
-    root = logging.getLogger()
-    previous = root.level
-    handler: logging.Handler | None = None
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(level)
-    try:
-        yield
-    finally:
-        root.setLevel(previous)
-        if handler is not None:
-            root.removeHandler(handler)
 
 
 @csjd_group.command("replay")

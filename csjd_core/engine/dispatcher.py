@@ -178,6 +178,7 @@ class BaseDispatcher:
         counters = self._counters
         hooks = self._hooks
         accepted = False
+        submitted = True
         try:
             if self._closed:
                 raise DispatcherClosed("dispatcher is stopping; submit refused")
@@ -196,14 +197,16 @@ class BaseDispatcher:
             else:
                 verdict = self._backend.admit_slot(request)
                 if verdict is not SlotVerdict.ENQUEUED:
-                    accepted = False
+                    # A slot another ticker had, or one skipped: not a submission.
+                    accepted = submitted = False
                     counters.add(counters.accepted, -1)
         except BaseException:
             if accepted:
                 counters.add(counters.accepted, -1)
             raise
         finally:
-            next(counters.submitted)
+            if submitted:
+                next(counters.submitted)
         if hooks.active and verdict is SlotVerdict.ENQUEUED:
             hooks.call("after_enqueue", job)
         return verdict

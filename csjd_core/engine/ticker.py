@@ -111,7 +111,7 @@ class Ticker(Hooks):
                 return  # stopping
             except CSJDError as exc:  # the clock: Redis unreachable
                 self.counters.errors += 1
-                logger.warning("cannot read the clock; trying again error=%s", exc)
+                logger.warning("tick failed: cannot read the clock; trying again error=%s", exc)
             self._stop.wait(wait)
 
     # -- one tick --------------------------------------------------------------------------
@@ -184,15 +184,21 @@ class Ticker(Hooks):
         # one step that finds the mark still where this plan started from.
         misfired = plan.passed_over
         for slot in plan.slots:
-            self._admit(schedule, SlotOp.SLOT, slot, misfired, mark)
+            self._admit(schedule, SlotOp.SLOT, slot, misfired, mark, len(plan.slots))
             misfired = 0
         if misfired and plan.through is not None:  # none kept: the mark still moves past them
-            self._admit(schedule, SlotOp.SKIP, plan.through, misfired, mark)
+            self._admit(schedule, SlotOp.SKIP, plan.through, misfired, mark, 0)
         self._next_due[schedule.name] = plan.next_due
         return plan.next_due
 
     def _admit(
-        self, schedule: Schedule, op: SlotOp, slot: float, misfired: int, after: float
+        self,
+        schedule: Schedule,
+        op: SlotOp,
+        slot: float,
+        misfired: int,
+        after: float,
+        caught_up: int,
     ) -> None:
         verdict = self.dispatcher.admit_slot(schedule, op, slot, misfired=misfired, after=after)
         counter = _COUNTED.get(verdict)
@@ -203,9 +209,11 @@ class Ticker(Hooks):
             # the slot taken (the mark counts a gap once; two racing tickers may both log it).
             self.counters.misfires += misfired
             logger.warning(
-                "schedule missed slots name=%s missed=%d catch_up=%s",
+                "schedule slots missed while no ticker ran name=%s not_enqueued=%d "
+                "enqueued=%d catch_up=%s",
                 schedule.name,
                 misfired,
+                caught_up,
                 schedule.catch_up,
             )
         if verdict is SlotVerdict.ENQUEUED:
@@ -214,9 +222,11 @@ class Ticker(Hooks):
             )
         elif verdict is SlotVerdict.OVERLAP:
             logger.info(
-                "schedule slot skipped: max_running runs unfinished name=%s id=%s",
+                "schedule slot skipped: the previous run is unfinished name=%s id=%s "
+                "max_running=%s",
                 schedule.name,
                 slot_id(schedule.name, slot),
+                schedule.max_running,
             )
 
     # -- the outcome event -----------------------------------------------------------------

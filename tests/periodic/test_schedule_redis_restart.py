@@ -23,7 +23,7 @@ from periodic_support import (
 
 from redis_server import RedisServerProcess
 
-MISSED = re.compile(r"schedule missed slots name=tick missed=(\d+)")
+MISSED = re.compile(r"schedule slots missed while no ticker ran name=tick not_enqueued=(\d+)")
 OUTAGE_TICKS = 3  # failed ticks each worker logs while Redis is down (one a second at most)
 
 

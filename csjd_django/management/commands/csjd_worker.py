@@ -9,7 +9,12 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.utils import autoreload
 
 from csjd_core import operations
-from csjd_core.cli_options import add_worker_arguments, worker_options_from
+from csjd_core.cli_options import (
+    LOG_LEVELS,
+    add_worker_arguments,
+    log_to_stderr,
+    worker_options_from,
+)
 from csjd_django.management import project_app, redis_app, reported
 
 COMMAND = "manage.py csjd_worker"
@@ -26,22 +31,31 @@ class Command(BaseCommand):
         parser.add_argument(
             "--reload", action="store_true", help="Restart when code changes (development only)."
         )
+        parser.add_argument(
+            "--log-level",
+            default="INFO",
+            type=str.upper,
+            choices=LOG_LEVELS,
+            help="The csjd loggers' lines on stderr, unless LOGGING configures them (INFO).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         redis_app(COMMAND)  # before a reloader starts
         with reported():
             worker_options, child = worker_options_from(options)
+        level = options["log_level"]
         if options["reload"]:
-            autoreload.run_with_reloader(self._serve, worker_options, child)
+            autoreload.run_with_reloader(self._serve, worker_options, child, level)
         else:
-            self._serve(worker_options, child)
+            self._serve(worker_options, child, level)
 
-    def _serve(self, worker_options: operations.WorkerOptions, child: bool) -> None:
-        with reported():
+    def _serve(self, worker_options: operations.WorkerOptions, child: bool, level: str) -> None:
+        command = [sys.executable, sys.argv[0], "csjd_worker", "--log-level", level]
+        with log_to_stderr(level), reported():
             code = operations.run_workers(
                 project_app(),
                 worker_options,
-                child_command=[sys.executable, sys.argv[0], "csjd_worker"],
+                child_command=command,
                 announce=self.stderr.write,
                 child=child,
                 needed_by=COMMAND,
