@@ -136,6 +136,7 @@ class SettingsError(CSJDError, ValueError):
     def __init__(self, setting: str, message: str) -> None:
         super().__init__(f"{setting}: {message}")
         self.setting = setting
+        self.message = message  # without the setting's name
 
 
 class RedisModeRequired(CSJDError):

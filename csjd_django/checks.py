@@ -75,7 +75,7 @@ def check_schedules(*, in_memory: bool) -> list[checks.CheckMessage]:
         check_id = getattr(problem, "check_id", schedules.BAD_ENTRY)
         messages.append(
             checks.Error(
-                str(problem), hint=_SCHEDULE_HINTS[check_id], obj=problem.setting, id=check_id
+                problem.message, hint=_SCHEDULE_HINTS[check_id], obj=problem.setting, id=check_id
             )
         )
     if in_memory and (app.schedules or getattr(settings, schedules.SETTING, None)):

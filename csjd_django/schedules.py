@@ -255,8 +255,8 @@ def _made(app: App, name: str, entry: object) -> Schedule:
     arguments = _arguments(app, name, entry)
     try:
         return make_schedule(**arguments)
-    except (ValueError, TypeError) as exc:
-        raise ScheduleSettingError(name, str(exc)) from None
+    except (ValueError, TypeError) as exc:  # the setting names the entry already
+        raise ScheduleSettingError(name, str(exc).removeprefix(f"schedule {name!r}: ")) from None
 
 
 def schedule_problems(app: App, installed: frozenset[str] = frozenset()) -> list[SettingsError]:

@@ -47,9 +47,7 @@ def test_schedule_lists_pauses_resumes_and_runs_now(cli: Cli, redis_client: Any)
     text = cli.run("schedule", SCHED_APP).stdout
     assert "schedule report: every 1h job=report queue=default PAUSED" in text
     assert f"  last_enqueued={manual} last_outcome=-" in text
-    assert (
-        "  counts: enqueued=0 manual=1 duplicates=0 overlaps=0 paused_skips=0 misfires=0" in text
-    )
+    assert "  counts: enqueued=0 manual=1 duplicates=0 overlaps=0 paused_skips=0 misfires=0" in text
     state = listing(cli)[1]["state"]
     assert state["paused"] is True and state["manual"] == 1
     assert state["last_enqueued"] == manual and state["running"] == [manual]
