@@ -657,7 +657,20 @@ def find_schedule(app: App, name: str) -> Schedule:
 SCHEDULE_ACTIONS = ("pause", "resume", "run")
 
 
-def schedule_action(app: App, action: str, name: str, *, from_command: bool) -> str | None:
+@dataclass(frozen=True, slots=True)
+class ScheduleActionResult:
+    """What `schedule_action` did: ``changed`` is False for a pause of a paused schedule or a
+    resume of one that is not paused; ``job_id`` is a run's."""
+
+    action: str
+    name: str
+    changed: bool
+    job_id: str | None = None
+
+
+def schedule_action(
+    app: App, action: str, name: str, *, from_command: bool
+) -> ScheduleActionResult:
     """Pause, resume or run (now) schedule ``name``: what every front end's action calls.
 
     Args:
@@ -666,7 +679,7 @@ def schedule_action(app: App, action: str, name: str, *, from_command: bool) -> 
             (a web process, as the Django dashboard is).
 
     Returns:
-        The job id of a run (``None`` for pause and resume).
+        What was done: the run's job id, or whether pause/resume changed anything.
 
     Raises:
         ValueError: ``action`` is not one of `SCHEDULE_ACTIONS`.
@@ -687,6 +700,6 @@ def schedule_action(app: App, action: str, name: str, *, from_command: bool) -> 
             "store; in Django, the admin dashboard's Schedules buttons act in the web process)"
         )
     if action == "run":
-        return app.dispatcher.run_now(schedule)
-    app.dispatcher.set_schedule_paused(schedule, action == "pause")
-    return None
+        return ScheduleActionResult(action, name, True, app.dispatcher.run_now(schedule))
+    changed = app.dispatcher.set_schedule_paused(schedule, action == "pause")
+    return ScheduleActionResult(action, name, changed)

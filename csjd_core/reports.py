@@ -145,12 +145,14 @@ def schedule_action(app: App, action: str, name: str, *, echo: Echo) -> str | No
     Raises:
         The errors of `operations.schedule_action`.
     """
-    job_id = operations.schedule_action(app, action, name, from_command=True)
-    if job_id is not None:
-        echo(f"enqueued {job_id}")
-    else:
+    done = operations.schedule_action(app, action, name, from_command=True)
+    if done.job_id is not None:
+        echo(f"enqueued {done.job_id}")
+    elif done.changed:
         echo(f"schedule {name} {'paused' if action == 'pause' else 'resumed'}")
-    return job_id
+    else:
+        echo(f"schedule {name} {'was already paused' if action == 'pause' else 'is not paused'}")
+    return done.job_id
 
 
 def health_lines(live: dict[str, int], host: str | None = None) -> list[str]:

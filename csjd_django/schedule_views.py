@@ -96,16 +96,19 @@ def schedule_action(request: HttpRequest, model_admin: DashboardAdmin, action: s
         return HttpResponseBadRequest("unknown schedule")
     user = request.user.get_username()
     try:
-        job_id = operations.schedule_action(app, action, name, from_command=False)
+        done = operations.schedule_action(app, action, name, from_command=False)
     except CSJDError as exc:  # BackendUnavailable, QueueFull, JobStoreLocked
         logger.warning("schedule %s failed name=%s user=%s error=%s", action, name, user, exc)
         messages.error(request, f"Schedule {name} was not changed: {exc}")
         return back
-    if action == "run":
-        logger.info("schedule run now name=%s id=%s user=%s", name, job_id, user)
-        messages.success(request, f"Schedule {name}: a run was enqueued now ({job_id}).")
-    else:
+    if done.job_id is not None:
+        logger.info("schedule run now name=%s id=%s user=%s", name, done.job_id, user)
+        messages.success(request, f"Schedule {name}: a run was enqueued now ({done.job_id}).")
+    elif done.changed:
         past = "paused" if action == "pause" else "resumed"
         logger.info("schedule %s name=%s user=%s", past, name, user)
         messages.success(request, f"Schedule {name} {past}.")
+    else:
+        state = "was already paused" if action == "pause" else "is not paused"
+        messages.info(request, f"Schedule {name} {state}: nothing changed.")
     return back

@@ -36,7 +36,7 @@ def step(
             state,
             mark=slot if mark is None else max(mark, slot),
             paused=False,
-            paused_skips=state.paused_skips + request.misfired,
+            paused_skips=state.paused_skips + _misfired(state, request),
         )
     if op is not SlotOp.MANUAL and mark is not None and mark >= slot:
         return SlotVerdict.DONE, state
@@ -80,7 +80,8 @@ def admitted_duplicate(before: ScheduleState, request: SlotRequest) -> ScheduleS
 
 
 def _misfired(state: ScheduleState, request: SlotRequest) -> int:
-    """The misfires ``request`` adds: only when the mark is still where its plan started."""
+    """The missed (or, resuming, paused) slots ``request`` adds: only when the mark is still
+    where its plan started."""
     if request.after is None or state.mark != request.after:
         return 0
     return request.misfired

@@ -311,6 +311,8 @@ class BaseDispatcher:
             after=after,
         )
         if job is None:
+            if self._closed:
+                raise DispatcherClosed("dispatcher is stopping; schedule step refused")
             self._ensure_open()
             return self._backend.admit_slot(request)
         return self._admit(job, request)
@@ -321,25 +323,32 @@ class BaseDispatcher:
         self._ensure_open()
         return self._backend.schedule_state(name, queue)
 
-    def set_schedule_paused(self, schedule: Schedule, paused: bool) -> None:
+    def set_schedule_paused(self, schedule: Schedule, paused: bool) -> bool:
         """Pause ``schedule`` (every ticker records its slots as skipped), or resume it: in one
         atomic step the slots due while it was paused are recorded as skipped — whether or not
-        a ticker ran meanwhile — and the next slot runs. Resuming a schedule that is not paused
-        changes nothing."""
+        a ticker ran meanwhile — and the next slot runs.
+
+        Returns:
+            False when there was nothing to do (already paused; not paused).
+        """
         self._ensure_open()
-        if paused:
-            self._backend.set_paused(schedule.name, schedule.queue, True)
-            return
         state = self.schedule_state(schedule.name, schedule.queue)
+        if paused:
+            if state is not None and state.paused:
+                return False
+            self._backend.set_paused(schedule.name, schedule.queue, True)
+            return True
         if state is None or not state.paused:
-            return
+            return False
         now = self.clock()
         through, skipped = float(math.floor(now)), 0
         if state.mark is not None:
             plan = schedule.plan(state.mark, now)
             through = state.mark if plan.through is None else plan.through
             skipped = plan.passed_over + len(plan.slots)
-        self._slot(schedule, SlotOp.RESUME, through, None, skipped, None)
+        # Counted only if the mark is still the one read here (a ticker may record some first).
+        verdict = self._slot(schedule, SlotOp.RESUME, through, None, skipped, state.mark)
+        return verdict is SlotVerdict.RESUMED
 
     def record_schedule_outcome(self, schedule: Schedule, job_id: str, kind: str) -> None:
         """Record how a run of ``schedule`` ended (see `ScheduleState.last_outcome`)."""
@@ -404,13 +413,14 @@ class BaseDispatcher:
             return self._stop_report
 
     def _shutdown(self, limit: float | None) -> StopReport:
+        deadline = None if limit is None else time.monotonic() + limit
         with self._lifecycle:  # closed first: a concurrent start() starts no ticker now
             self._closed = True
             started = self._started
-        if self.ticker is not None:
-            self.ticker.stop(5.0 if limit is None else min(5.0, limit))
+        if self.ticker is not None:  # within the stop's deadline (a step under way ends soon)
+            wait = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
+            self.ticker.stop(wait)
         before = self._counters.snapshot().processed
-        deadline = None if limit is None else time.monotonic() + limit
         still_running = 0
         timed_out = False
         if started:

@@ -112,6 +112,9 @@ class Ticker(Hooks):
             except CSJDError as exc:  # the clock: Redis unreachable
                 self.counters.errors += 1
                 logger.warning("tick failed: cannot read the clock; trying again error=%s", exc)
+            except Exception:  # a bug (in an injected clock...): logged, and tried again
+                self.counters.errors += 1
+                logger.exception("tick failed; trying again")
             self._stop.wait(wait)
 
     # -- one tick --------------------------------------------------------------------------
@@ -147,10 +150,12 @@ class Ticker(Hooks):
         traceback when it is not a `CSJDError` (a bug, not an outage)."""
         self.counters.errors += 1
         text = f"{type(exc).__name__}: {exc}"
-        if self._failing.get(schedule.name) == text:
+        # An outage's message changes (a queue's count...): its class is the same failure.
+        key = type(exc).__name__ if isinstance(exc, CSJDError) else text
+        if self._failing.get(schedule.name) == key:
             logger.debug("schedule tick failed again name=%s error=%s", schedule.name, text)
             return
-        self._failing[schedule.name] = text
+        self._failing[schedule.name] = key
         if isinstance(exc, CSJDError):
             logger.warning(
                 "schedule tick failed; trying again every %.0f s name=%s error=%s",

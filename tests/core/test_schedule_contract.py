@@ -290,6 +290,16 @@ def test_resume_counts_the_paused_slots_and_unpauses_in_one_step(backend: Backen
     assert mark_of(backend).mark == 1360
 
 
+def test_a_resume_planned_from_an_older_mark_counts_nothing_twice(backend: Backend) -> None:
+    admit(backend, SlotOp.INIT, 1000)
+    backend.set_paused(NAME, None, True)
+    # The resume read mark 1000 and counts 5 paused slots; a ticker records one first.
+    assert admit(backend, SlotOp.SLOT, 1060) is SlotVerdict.PAUSED
+    assert admit(backend, SlotOp.RESUME, 1300, misfired=5, after=1000) is SlotVerdict.RESUMED
+    state = mark_of(backend)
+    assert (state.mark, state.paused, state.paused_skips) == (1300, False, 1)
+
+
 def test_a_full_queue_changes_nothing(backend: Backend) -> None:
     admit(backend, SlotOp.INIT, 1000)
     backend.enqueue([Job(f"filler-{i}", "t") for i in range(CAP)])

@@ -17,7 +17,17 @@ from typing import Any
 
 import pytest
 
-from csjd_core import App, Config, Dispatcher, FileJobStore, JobNotFound, JobState, every
+from csjd_core import (
+    App,
+    Config,
+    Dispatcher,
+    DispatcherClosed,
+    FileJobStore,
+    JobNotFound,
+    JobState,
+    every,
+)
+from csjd_core.backends.base import SlotOp
 from csjd_core.backends.redis import QueueKeys
 from csjd_core.config import DistributedConfig, RedisConfig
 from csjd_core.distributed import RedisDistributedDispatcher
@@ -387,3 +397,43 @@ def test_a_schedule_that_fails_is_logged_once_and_the_others_keep_ticking(
         assert ticker.counters.errors == 5
     finally:
         dispatcher.stop(5)
+
+
+def test_a_mark_that_is_not_a_number_is_started_afresh(redis_client: Any, redis_url: str) -> None:
+    app = App()
+
+    @app.job("tick")
+    def tick() -> None:
+        return None
+
+    app.add_schedule(tick, every(seconds=1), max_running=None)
+    config = DistributedConfig(dedupe_window=0)
+    dispatcher = RedisDistributedDispatcher(RedisConfig(url=redis_url), config)
+    key = QueueKeys(config.stream, "default").schedule("tick")
+    redis_client.hset(key, mapping={"mark": "garbage", "enqueued": 3})
+    ticker = Ticker(app.schedules, dispatcher)
+    try:
+        ticker.tick(BASE)  # the mark is read as none: a first sight
+        ticker.tick(BASE + 1)
+        state = dispatcher.schedule_state("tick")
+        assert state is not None and (state.mark, state.enqueued) == (BASE + 1, 4)
+        assert dispatcher.status(slot_id("tick", BASE + 1)).state is JobState.QUEUED
+        assert ticker.counters.errors == 0
+    finally:
+        dispatcher.stop(5)
+
+
+def test_steps_after_stop_are_refused() -> None:
+    app = App()
+
+    @app.job("tick")
+    def tick() -> None:
+        return None
+
+    schedule = app.add_schedule(tick, every(seconds=1))
+    dispatcher = Dispatcher(Config(), registry=app.registry)
+    dispatcher.admit_slot(schedule, SlotOp.INIT, BASE)
+    dispatcher.stop(5)
+    for op in (SlotOp.INIT, SlotOp.SKIP, SlotOp.SLOT):
+        with pytest.raises(DispatcherClosed):
+            dispatcher.admit_slot(schedule, op, BASE + 10)

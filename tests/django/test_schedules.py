@@ -172,8 +172,7 @@ def test_manage_py_check_fails_on_a_bad_schedule() -> None:
     with override_settings(CSJD_SCHEDULE=bad), pytest.raises(Exception, match=r"csjd\.E021"):
         call_command("check")
     assert schedule_checks("0 3 * * *") == {
-        "CSJD_SCHEDULE": "csjd.E020: must be a dict of schedule name -> entry, "
-        "got '0 3 * * *'"
+        "CSJD_SCHEDULE": "csjd.E020: must be a dict of schedule name -> entry, got '0 3 * * *'"
     }
 
 

@@ -24,7 +24,9 @@ local mark, slot, misfired, running, max_running
 if op ~= '' then
   k0, a0 = 4, 8
   mark, slot = KEYS[4], ARGV[4]
-  local current = redis.call('HGET', mark, 'mark')
+  local current = tonumber(redis.call('HGET', mark, 'mark'))  -- nil: none (or not a number)
+  -- A gap is counted once: by the step that finds the mark where its ticker's plan started.
+  local planned = ARGV[8] ~= '' and current ~= nil and current == tonumber(ARGV[8])
   if op == 'init' then
     if current then
       return {'done'}
@@ -36,21 +38,17 @@ if op ~= '' then
     if redis.call('HGET', mark, 'paused') ~= '1' then
       return {'done'}
     end
-    if not current or tonumber(current) < tonumber(slot) then
+    if not current or current < tonumber(slot) then
       redis.call('HSET', mark, 'mark', slot)
     end
     redis.call('HSET', mark, 'paused', 0)
-    redis.call('HINCRBY', mark, 'paused_skips', tonumber(ARGV[6]))
+    redis.call('HINCRBY', mark, 'paused_skips', planned and tonumber(ARGV[6]) or 0)
     return {'resumed'}
   end
-  if op ~= 'manual' and current and tonumber(current) >= tonumber(slot) then
+  if op ~= 'manual' and current and current >= tonumber(slot) then
     return {'done'}
   end
-  -- A gap is counted once: by the step that finds the mark where its ticker's plan started.
-  misfired = 0
-  if ARGV[8] ~= '' and current and tonumber(current) == tonumber(ARGV[8]) then
-    misfired = tonumber(ARGV[6])
-  end
+  misfired = planned and tonumber(ARGV[6]) or 0
   if op == 'skip' then
     redis.call('HSET', mark, 'mark', slot)
     redis.call('HINCRBY', mark, 'misfires', misfired)
