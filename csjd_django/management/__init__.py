@@ -40,7 +40,7 @@ def redis_app(command: str) -> DjangoApp:
     Raises:
         CommandError: naming the command, when CSJD_MODE is not 'redis'.
     """
-    app = project_app()
-    with reported():
+    with reported():  # a bad CSJD_* setting too (manage.py --skip-checks gets here)
+        app = project_app()
         app.require_redis(command)
     return app

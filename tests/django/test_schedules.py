@@ -296,3 +296,11 @@ def test_csjd_worker_ticks_unless_no_schedule(
 
     call_command("csjd_worker", "--burst")
     assert f"schedules={schedule.name}" in capsys.readouterr().err
+
+
+def test_a_worker_without_checks_reports_a_bad_setting_as_a_command_error(
+    redis_mode: Any,
+) -> None:
+    bad = {"adder": {**ADDER, "schedule": "61 * * * *"}}
+    with override_settings(CSJD_SCHEDULE=bad), pytest.raises(CommandError, match="CSJD_SCHEDULE"):
+        call_command("csjd_worker", "--burst", skip_checks=True)
