@@ -218,9 +218,9 @@ def _task(name: str, path: object) -> tuple[Task, CSJDBackend]:
     return task, backend
 
 
-def _arguments(app: App, name: str, entry: object) -> dict[str, Any]:
-    """`App.add_schedule` arguments for one entry (its job function made and known to
-    ``app``).
+def _arguments(app: App, name: str, entry: object, *, register: bool) -> dict[str, Any]:
+    """`App.add_schedule` arguments for one entry (its job function made, and with
+    ``register`` made known to ``app``: a check changes nothing).
 
     Raises:
         ScheduleSettingError: the entry is wrong (its `check_id` says how).
@@ -241,7 +241,8 @@ def _arguments(app: App, name: str, entry: object) -> dict[str, Any]:
     job = app.jobs.get(job_type)
     if not isinstance(job, TaskJobFunction) or job.task.func is not task.func:
         job = TaskJobFunction(app, task, backend)
-        app.jobs[job_type] = job
+        if register:
+            app.jobs[job_type] = job
     options = {key: entry[key] for key in ENTRY_KEYS[2:] if key in entry}
     return {"job": job, "schedule": schedule, "name": name, **options}
 
@@ -252,7 +253,7 @@ def _made(app: App, name: str, entry: object) -> Schedule:
     Raises:
         ScheduleSettingError: the entry is wrong.
     """
-    arguments = _arguments(app, name, entry)
+    arguments = _arguments(app, name, entry, register=False)
     try:
         return make_schedule(**arguments)
     except (ValueError, TypeError) as exc:  # the setting names the entry already
@@ -306,7 +307,7 @@ def install_schedules(app: App, installed: frozenset[str] = frozenset()) -> froz
     try:
         for name, entry in entries.items():
             try:
-                app.add_schedule(**_arguments(app, name, entry))
+                app.add_schedule(**_arguments(app, name, entry, register=True))
             except ScheduleSettingError:
                 raise
             except (ValueError, TypeError) as exc:
