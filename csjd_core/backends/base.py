@@ -24,6 +24,8 @@ __all__ = [
     "Backend",
     "BackendSettings",
     "Delivery",
+    "RelayResult",
+    "RelayVerdict",
     "SlotOp",
     "SlotRequest",
     "SlotVerdict",
@@ -76,6 +78,24 @@ class AttemptError:
     kind: str
     message: str
     traceback: str | None = None
+
+
+class RelayVerdict(StrEnum):
+    """What `Backend.relay` (the outbox relay's admission) did with one job."""
+
+    ADMITTED = "admitted"
+    EXISTS = "exists"  # its id is taken (relayed before, or earlier in the batch): not admitted
+    FULL = "full"  # admitting it would pass max_pending_jobs: not admitted, to try again later
+    INVALID = "invalid"  # (the dispatcher's) a malformed job: never admitted
+
+
+@dataclass(frozen=True, slots=True)
+class RelayResult:
+    """One job of a `BaseDispatcher.relay`: its verdict, and why an ``INVALID`` one is."""
+
+    job_id: str
+    verdict: RelayVerdict
+    reason: str | None = None
 
 
 class SlotOp(StrEnum):
@@ -196,6 +216,23 @@ class Backend(ABC):
     def renew(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Extend the lease of running attempts; False where the claim was lost."""
         return [True for _ in deliveries]
+
+    def relay(self, jobs: Sequence[Job]) -> list[RelayResult]:
+        """Admit the ``jobs`` whose ids are free and skip the others, atomically, up to the
+        pending cap: the outbox relay's admission, which must not stall on a job it relayed
+        before (a crash between the enqueue and the row's deletion), on a full queue, nor on
+        a job this backend cannot store.
+
+        Returns:
+            Per job, in order: `RelayVerdict.ADMITTED`, ``EXISTS`` (its id is taken, as
+            `enqueue` would refuse it, or it came earlier in ``jobs``), ``FULL`` (over the
+            cap: it and every later new job; nothing is admitted out of order) or ``INVALID``
+            (it cannot be stored here, e.g. over Redis's payload limit; with the reason).
+
+        Raises:
+            BackendUnavailable, DispatcherClosed: nothing was admitted.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not relay")
 
     # -- schedules (csjd_core.periodic) ----------------------------------------------------
     def clock(self) -> float:

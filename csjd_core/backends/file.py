@@ -24,7 +24,7 @@ from typing import Any, Literal
 from csjd_core.backends import _marks
 from csjd_core.backends import _records as fmt
 from csjd_core.backends._wal import MAX_RECORD, WriteAheadLog, fsync_directory, write_all
-from csjd_core.backends.base import AttemptError, BackendSettings, Delivery
+from csjd_core.backends.base import AttemptError, BackendSettings, Delivery, RelayResult
 from csjd_core.backends.memory import Entry, MemoryBackend
 from csjd_core.errors import (
     InvalidConfig,
@@ -230,6 +230,16 @@ class FileJobStore(MemoryBackend):
         # Before any lock: in a forked child the parent's locks may have been copied held.
         self._check_owner()
         super().enqueue(jobs)
+
+    def relay(self, jobs: Sequence[Job]) -> list[RelayResult]:
+        """`MemoryBackend.relay`, the admitted jobs durable (one record) when it returns.
+
+        Raises:
+            JobStoreLocked: called in a forked child of the process that opened the store.
+            StoreFailed: the record could not be written (nothing was admitted).
+        """
+        self._check_owner()
+        return super().relay(jobs)
 
     def close(self, *, clean: bool = True) -> list[Job]:
         """Compact (fold the log into the snapshot), fsync and release the lock.

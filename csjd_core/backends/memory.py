@@ -21,6 +21,8 @@ from csjd_core.backends.base import (
     Backend,
     BackendSettings,
     Delivery,
+    RelayResult,
+    RelayVerdict,
     SlotOp,
     SlotRequest,
     SlotVerdict,
@@ -243,6 +245,42 @@ class MemoryBackend(Backend):
             unfinished[job.id] = entry
             entries.append(entry)
         return entries
+
+    def relay(self, jobs: Sequence[Job]) -> list[RelayResult]:
+        """Admit the jobs whose ids are free, skip the others, up to the cap (see
+        `Backend.relay`); a durable subclass writes the admitted ones in one record."""
+        now = time.time()
+        verdicts: list[RelayResult] = []
+        entries: list[Entry] = []
+        with self._lock:
+            if self._closed:
+                raise DispatcherClosed("the dispatcher stopped; relay refused")
+            unfinished = self._unfinished
+            full = False
+            for job in jobs:
+                if job.id in unfinished:  # an unfinished job's, or admitted just before
+                    verdicts.append(RelayResult(job.id, RelayVerdict.EXISTS))
+                elif full or len(unfinished) >= self._max_pending:
+                    full = True
+                    verdicts.append(RelayResult(job.id, RelayVerdict.FULL))
+                else:
+                    entry = Entry(job, job.max_attempts or self._default_max_attempts, now)
+                    unfinished[job.id] = entry
+                    entries.append(entry)
+                    verdicts.append(RelayResult(job.id, RelayVerdict.ADMITTED))
+        if not entries:
+            return verdicts
+        try:
+            self._persist_submitted(entries)
+        except BaseException:
+            with self._lock:
+                for entry in entries:
+                    if unfinished.get(entry.job.id) is entry:
+                        del unfinished[entry.job.id]
+            raise
+        with self._lock:
+            self._publish(entries, now)
+        return verdicts
 
     def _publish(self, entries: Iterable[Entry], now: float) -> None:
         """Make reserved entries visible: ready now, or scheduled for ``run_at`` (lock held)."""

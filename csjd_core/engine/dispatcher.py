@@ -6,12 +6,20 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
-from csjd_core.backends.base import Backend, BackendSettings, SlotOp, SlotRequest, SlotVerdict
+from csjd_core.backends.base import (
+    Backend,
+    BackendSettings,
+    RelayResult,
+    RelayVerdict,
+    SlotOp,
+    SlotRequest,
+    SlotVerdict,
+)
 from csjd_core.config import EngineConfig
 from csjd_core.engine.pool import Engine
 from csjd_core.engine.registry import HandlerFn, HandlerRegistry
@@ -248,6 +256,58 @@ class BaseDispatcher:
         if hooks.active:
             for job in batch:
                 hooks.call("after_enqueue", job)
+
+    def relay(self, jobs: Sequence[Job]) -> list[RelayResult]:
+        """The outbox relay's admission: admit the jobs whose ids are free, skip those that
+        are taken (relayed before a crash kept their rows) and those over the pending cap,
+        and say which is which — each queue's jobs in one atomic step (`Backend.relay`).
+        A malformed job is ``INVALID`` (with the reason) and never blocks the others; in
+        Redis mode a job's type is not judged (some worker may know it).
+
+        Returns:
+            One `RelayResult` per job, in order.
+
+        Raises:
+            DispatcherClosed, BackendUnavailable: for a queue, nothing of it was admitted (the
+                results of queues relayed before are lost with the error: relay them again,
+                their ids are then ``EXISTS``).
+        """
+        if self._closed:
+            raise DispatcherClosed("dispatcher is stopping; relay refused")
+        results: list[RelayResult | None] = [None] * len(jobs)
+        queues: dict[str | None, list[tuple[int, Job]]] = {}
+        for index, job in enumerate(jobs):
+            try:
+                self._check(job)
+            except (InvalidJob, UnknownJobType) as exc:
+                results[index] = RelayResult(
+                    getattr(job, "id", "?"), RelayVerdict.INVALID, str(exc)
+                )
+                continue
+            queues.setdefault(job.queue, []).append((index, job))
+        self._ensure_open()
+        counters, hooks = self._counters, self._hooks
+        for batch in queues.values():
+            if hooks.active:
+                for _, job in batch:
+                    hooks.call("before_enqueue", job)
+            # Counted before workers can see them; taken back for those not admitted.
+            counters.add(counters.accepted, len(batch))
+            try:
+                relayed = self._backend.relay([job for _, job in batch])
+            except BaseException:
+                counters.add(counters.accepted, -len(batch))
+                raise
+            counters.add(counters.submitted, len(batch))
+            admitted = 0
+            for (index, job), result in zip(batch, relayed, strict=True):
+                results[index] = result
+                if result.verdict is RelayVerdict.ADMITTED:
+                    admitted += 1
+                    if hooks.active:
+                        hooks.call("after_enqueue", job)
+            counters.add(counters.accepted, admitted - len(batch))
+        return [result for result in results if result is not None]
 
     def _check_batch(self, batch: list[Job]) -> None:
         """Mode-specific batch rules (distributed mode: one queue per batch)."""

@@ -22,6 +22,8 @@ from csjd_core.backends.base import (
     Backend,
     BackendSettings,
     Delivery,
+    RelayResult,
+    RelayVerdict,
     SlotOp,
     SlotRequest,
     SlotVerdict,
@@ -35,12 +37,13 @@ from csjd_core.backends.redis.maintenance import Maintenance
 from csjd_core.backends.redis.reader import Reader
 from csjd_core.backends.redis.settle import Outcomes
 from csjd_core.config import DistributedConfig, EngineConfig, RedisConfig
-from csjd_core.errors import BackendUnavailable, DuplicateJob, QueueFull
+from csjd_core.errors import BackendUnavailable, DuplicateJob, InvalidJob, QueueFull
 from csjd_core.job import Job, JobStatus
 from csjd_core.stats import DeadLetter, QueueStats, ScheduleState
 
 __all__ = ["RedisStreamsBackend"]
 
+_RELAY_VERDICTS = {"a": RelayVerdict.ADMITTED, "e": RelayVerdict.EXISTS, "f": RelayVerdict.FULL}
 _SLOT_VERDICTS = {
     "ok": SlotVerdict.ENQUEUED,
     "init": SlotVerdict.INIT,
@@ -174,20 +177,52 @@ class RedisStreamsBackend(Backend):
         """Admit ``jobs`` (all in one queue) in one round trip (see enqueue.lua)."""
         self._run_enqueue(self.queues.keys_for(jobs[0].queue), jobs, [""])
 
+    def relay(self, jobs: Sequence[Job]) -> list[RelayResult]:
+        """The outbox relay's admission of ``jobs`` (all in one queue) in one round trip:
+        enqueue.lua's 'relay' mode. A job that cannot be stored (over the payload limit) is
+        ``INVALID`` and left out of it."""
+        default_attempts, max_payload = (
+            self.config.default_max_attempts,
+            self.config.max_payload_bytes,
+        )
+        results: list[RelayResult | None] = []
+        storable: list[Job] = []
+        encoded: list[tuple[str, int]] = []
+        for job in jobs:
+            try:
+                encoded.append(codec.encode(job, default_attempts, max_payload))
+            except InvalidJob as exc:
+                results.append(RelayResult(job.id, RelayVerdict.INVALID, str(exc)))
+                continue
+            results.append(None)
+            storable.append(job)
+        if storable:
+            keys = self.queues.keys_for(jobs[0].queue)
+            reply = self._run_enqueue(keys, storable, ["relay"], encoded=encoded)
+            codes = iter(codec.text(reply[1]))
+            for index, result in enumerate(results):
+                if result is None:
+                    results[index] = RelayResult(jobs[index].id, _RELAY_VERDICTS[next(codes)])
+        return [result for result in results if result is not None]
+
     def _run_enqueue(
         self,
         keys: QueueKeys,
         jobs: Sequence[Job],
         mark: list[Any],
         schedule: str | None = None,
-    ) -> str:
-        """Run enqueue.lua (``mark``: its schedule arguments, ``[""]`` for none); returns its
-        verdict, having raised for a full queue or (without a schedule) a taken id."""
+        *,
+        encoded: list[tuple[str, int]] | None = None,
+    ) -> list[Any]:
+        """Run enqueue.lua (``mark``: its mode and schedule arguments, ``[""]`` for none);
+        returns its reply, having raised for a full queue or (without a schedule) a taken
+        id."""
         args: list[Any] = [self.config.max_pending_jobs, self._dedupe_ms, *mark]
-        default_attempts = self.config.default_max_attempts
-        max_payload = self.config.max_payload_bytes
-        for job in jobs:
-            data, max_attempts = codec.encode(job, default_attempts, max_payload)
+        if encoded is None:
+            default_attempts = self.config.default_max_attempts
+            max_payload = self.config.max_payload_bytes
+            encoded = [codec.encode(job, default_attempts, max_payload) for job in jobs]
+        for job, (data, max_attempts) in zip(jobs, encoded, strict=True):
             args += [job.id, data, codec.run_at_ms(job), max_attempts]
         display = self.redis_config.display
         try:
@@ -218,7 +253,7 @@ class RedisStreamsBackend(Backend):
                 f"job id {codec.text(reply[1])!r} is taken by an "
                 "unfinished job, or one that finished within dedupe_window",
             )
-        return verdict
+        return list(reply)
 
     # -- schedules (csjd_core.periodic) ----------------------------------------------------
     def clock(self) -> float:
@@ -241,8 +276,8 @@ class RedisStreamsBackend(Backend):
             "" if request.after is None else int(request.after),
         ]
         jobs = [] if request.job is None else [request.job]
-        verdict = self._run_enqueue(keys, jobs, mark, request.schedule)
-        return _SLOT_VERDICTS[verdict]
+        reply = self._run_enqueue(keys, jobs, mark, request.schedule)
+        return _SLOT_VERDICTS[codec.text(reply[0])]
 
     def schedule_state(self, name: str, queue: str | None) -> ScheduleState | None:
         """The schedule's mark, or ``None``."""

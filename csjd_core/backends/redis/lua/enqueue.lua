@@ -1,19 +1,21 @@
 -- Admit jobs atomically: the pending cap, duplicate ids (unfinished, or finished within the dedupe
 -- window), then XADD (or ZADD for run_at in the future) and the pending counter. With a schedule's
--- mark (ARGV[3] not empty: csjd_core.periodic), compare and advance the mark in the same step, so
--- any number of tickers enqueue each slot at most once (the rules of backends/_marks.py).
+-- mark (a mark op in ARGV[3]: csjd_core.periodic), compare and advance the mark in the same step,
+-- so any number of tickers enqueue each slot at most once (the rules of backends/_marks.py).
 -- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] pending counter, [KEYS[4] the mark hash,] then one
 --   job hash per job
--- ARGV[1] max_pending_jobs, ARGV[2] dedupe window (ms), ARGV[3] mark op: '' (none), 'init',
---   'slot', 'skip', 'manual' or 'resume'; with an op: ARGV[4] slot (Unix seconds), ARGV[5]
---   max_running (0: no limit), ARGV[6] slots missed before it (added to the misfires only if
---   the mark is still ARGV[8]; for 'resume', the slots skipped while paused), ARGV[7] the job
---   record key prefix (the records of the mark's running ids are named from data: in the
---   queue's hash tag), ARGV[8] the mark the ticker planned from ('' for none); then per job:
---   id, data, run_at_ms or "", max_attempts
--- Returns {"ok"} | {"full", pending} | {"dup", job_id}; with an op also {"init"} | {"done"} |
---   {"skipped"} | {"paused"} | {"overlap"} | {"resumed"} (and a slot's "dup" moved the mark past
---   it)
+-- ARGV[1] max_pending_jobs, ARGV[2] dedupe window (ms), ARGV[3] the mode: '' (all or nothing),
+--   'relay' (admit the new ids up to the cap and skip the others, reporting each: the outbox
+--   relay's mode), or a mark op: 'init', 'slot', 'skip', 'manual' or 'resume'. With a mark op:
+--   ARGV[4] slot (Unix seconds), ARGV[5] max_running (0: no limit), ARGV[6] slots missed before
+--   it (added to the misfires only if the mark is still ARGV[8]; for 'resume', the slots skipped
+--   while paused, likewise), ARGV[7] the job record key prefix (the records of the mark's
+--   running ids are named from data: in the queue's hash tag), ARGV[8] the mark the ticker
+--   planned from ('' for none). Then per job: id, data, run_at_ms or "", max_attempts
+-- Returns {"ok"} | {"full", pending} | {"dup", job_id}; 'relay': {"relay", one code per job: 'a'
+--   admitted, 'e' id taken (or repeated in the batch), 'f' over the cap}; a mark op also
+--   {"init"} | {"done"} | {"skipped"} | {"paused"} | {"overlap"} | {"resumed"} (and a slot's
+--   "dup" moved the mark past it)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cap = tonumber(ARGV[1])
@@ -21,7 +23,8 @@ local window = tonumber(ARGV[2])
 local op = ARGV[3]
 local k0, a0 = 3, 3
 local mark, slot, misfired, running, max_running
-if op ~= '' then
+local relay = op == 'relay'  -- the outbox relay's mode: admit the new ids, skip the rest
+if op ~= '' and not relay then
   k0, a0 = 4, 8
   mark, slot = KEYS[4], ARGV[4]
   local current = tonumber(redis.call('HGET', mark, 'mark'))  -- nil: none (or not a number)
@@ -81,30 +84,40 @@ if op ~= '' then
 end
 local n = #KEYS - k0
 local pending = tonumber(redis.call('GET', KEYS[3]) or '0')
-if pending + n > cap then
+if not relay and pending + n > cap then
   return {'full', pending}
 end
-local seen, stale = {}, {}
+-- Per job: 'a' admitted, 'e' its id is taken (or repeated in the batch), 'f' over the cap.
+local seen, stale, verdicts = {}, {}, {}
+local admitted = 0
 local taken
 for i = 1, n do
   local id = ARGV[a0 + (i - 1) * 4 + 1]
-  if seen[id] then
-    taken = id  -- repeated within the batch
-    break
-  end
+  local exists = seen[id]
   seen[id] = true
-  local state = redis.call('HGET', KEYS[k0 + i], 'state')
-  if state then
-    stale[i] = true
-    if state ~= 'succeeded' and state ~= 'failed' then
+  if not exists then
+    local state = redis.call('HGET', KEYS[k0 + i], 'state')
+    if state then
+      if state ~= 'succeeded' and state ~= 'failed' then
+        exists = true
+      else
+        local finished = tonumber(redis.call('HGET', KEYS[k0 + i], 'finished_at') or '0')
+        exists = finished + window > now
+        stale[i] = not exists  -- the record of a finished job whose dedupe window is over
+      end
+    end
+  end
+  if exists then
+    if not relay then
       taken = id
       break
     end
-    local finished = tonumber(redis.call('HGET', KEYS[k0 + i], 'finished_at') or '0')
-    if finished + window > now then
-      taken = id
-      break
-    end
+    verdicts[i] = 'e'
+  elseif pending + admitted + 1 > cap then
+    verdicts[i] = 'f'  -- (only in relay mode: the cap was checked for the whole batch above)
+  else
+    verdicts[i] = 'a'
+    admitted = admitted + 1
   end
 end
 if taken then
@@ -116,24 +129,29 @@ if taken then
   return {'dup', taken}
 end
 for i = 1, n do
-  local base = a0 + (i - 1) * 4
-  local id, data, run_at, max = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
-  local key = KEYS[k0 + i]
-  if stale[i] then  -- the record of a finished job whose dedupe window is over
-    redis.call('DEL', key)
-  end
-  if run_at ~= '' and tonumber(run_at) > now then
-    redis.call('HSET', key, 'state', 'scheduled', 'attempts', 0, 'max', max, 'data', data,
-      'enqueued_at', now, 'run_at', run_at)
-    redis.call('ZADD', KEYS[2], tonumber(run_at), id)
-  else
-    redis.call('XADD', KEYS[1], '*', 'id', id, 'd', data)
-    redis.call('HSET', key, 'state', 'queued', 'attempts', 0, 'max', max, 'data', data,
-      'enqueued_at', now)
+  if verdicts[i] == 'a' then
+    local base = a0 + (i - 1) * 4
+    local id, data, run_at, max = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
+    local key = KEYS[k0 + i]
+    if stale[i] then
+      redis.call('DEL', key)
+    end
+    if run_at ~= '' and tonumber(run_at) > now then
+      redis.call('HSET', key, 'state', 'scheduled', 'attempts', 0, 'max', max, 'data', data,
+        'enqueued_at', now, 'run_at', run_at)
+      redis.call('ZADD', KEYS[2], tonumber(run_at), id)
+    else
+      redis.call('XADD', KEYS[1], '*', 'id', id, 'd', data)
+      redis.call('HSET', key, 'state', 'queued', 'attempts', 0, 'max', max, 'data', data,
+        'enqueued_at', now)
+    end
   end
 end
-redis.call('INCRBY', KEYS[3], n)
-if op ~= '' then  -- 'slot' or 'manual', with its one job
+redis.call('INCRBY', KEYS[3], admitted)
+if relay then
+  return {'relay', table.concat(verdicts)}
+end
+if op ~= '' then  -- 'slot' or 'manual', with its one job (relay returned above)
   local id = ARGV[a0 + 1]
   if max_running > 0 then  -- every run that may be unfinished ("run now" ones too)
     running[#running + 1] = id
