@@ -527,7 +527,8 @@ def test_a_reply_that_never_comes_means_maybe_enqueued(
     )
 
     def keep_busy() -> None:
-        with redis.Redis.from_url(redis_url) as client:
+        # Its own reply may come late on a loaded machine: redis-py's default (5 s) is too short.
+        with redis.Redis.from_url(redis_url, socket_timeout=DEADLINE) as client:
             client.eval(BUSY_SCRIPT, 0, 1_500_000)
 
     busy = threading.Thread(target=keep_busy)
