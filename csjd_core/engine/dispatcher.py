@@ -280,13 +280,13 @@ class BaseDispatcher:
             try:
                 self._check(job)
             except (InvalidJob, UnknownJobType) as exc:
-                results[index] = RelayResult(
-                    getattr(job, "id", "?"), RelayVerdict.INVALID, str(exc)
-                )
+                results[index] = RelayResult(job.id, RelayVerdict.INVALID, str(exc))
                 continue
             queues.setdefault(job.queue, []).append((index, job))
         self._ensure_open()
         counters, hooks = self._counters, self._hooks
+        # Every job is a submission, as in `submit` (a refused one too).
+        counters.add(counters.submitted, len(jobs))
         for batch in queues.values():
             if hooks.active:
                 for _, job in batch:
@@ -298,7 +298,6 @@ class BaseDispatcher:
             except BaseException:
                 counters.add(counters.accepted, -len(batch))
                 raise
-            counters.add(counters.submitted, len(batch))
             admitted = 0
             for (index, job), result in zip(batch, relayed, strict=True):
                 results[index] = result

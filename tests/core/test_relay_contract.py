@@ -109,7 +109,7 @@ def test_a_malformed_job_is_invalid_and_blocks_nothing() -> None:
         assert results[1].reason is not None and "JSON" in results[1].reason
         assert results[2].reason is not None and "no handler" in results[2].reason
         metrics = dispatcher.metrics()
-        assert (metrics.accepted, metrics.submitted) == (2, 2)
+        assert (metrics.accepted, metrics.submitted) == (2, 4)
     finally:
         dispatcher.stop(5)
 
