@@ -7,96 +7,35 @@ Handlers append ``job_id pid`` to a per-test file; `Cli.ran` counts the ids in i
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import procs
+from procs import STARTUP
 
 from csjd_core import Job
 from csjd_core.backends.redis import QueueKeys
 from csjd_core.config import DistributedConfig, RedisConfig
 from csjd_core.distributed import RedisDistributedDispatcher
-from csjd_core.testing import wait_until
 
 OPS_DIR = Path(__file__).resolve().parent
 ROOT = OPS_DIR.parents[1]
 APP = "opsapp:app"
-#: Seconds a started worker may take to import, connect and print its first lines (2 slow cores).
-STARTUP = 30.0
 
 
-class Proc:
-    """A running ``csjd`` subprocess whose stdout and stderr go to files (never a full pipe)."""
+class Proc(procs.Proc):
+    """A ``csjd`` subprocess run in ``tests/ops`` (see `procs.Proc`)."""
 
     def __init__(self, argv: list[str], env: dict[str, str], directory: Path, name: str) -> None:
-        self.out_path = directory / f"{name}.out"
-        self.err_path = directory / f"{name}.err"
-        with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
-            # A session of its own: a test can signal its whole process group, like a terminal.
-            # And SIGINT as a terminal leaves it: a shell starts background jobs (a CI script
-            # run with `&`) with SIGINT ignored, which a child inherits, and Python then never
-            # raises KeyboardInterrupt. A handler in this process is reset to the default in
-            # the child.
-            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-            self.popen = subprocess.Popen(
-                argv,
-                cwd=OPS_DIR,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def out(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    def err(self) -> str:
-        return self.err_path.read_text(errors="replace")
-
-    def signal(self, signum: int) -> None:
-        self.popen.send_signal(signum)
-
-    def wait(self, timeout: float = 60.0) -> int:
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"{self.popen.args} still running after {timeout} s; stderr:\n{self.err()}"
-            ) from None
-
-    def wait_for(
-        self, condition: Callable[[], Any], timeout: float = STARTUP, what: str = "condition"
-    ) -> Any:
-        """Wait for ``condition`` while the process lives (fail at once with its output if not)."""
-
-        def check() -> Any:
-            value = condition()
-            if not value and self.popen.poll() is not None:
-                raise AssertionError(
-                    f"{self.popen.args} exited with {self.popen.returncode} "
-                    f"before {what}; stderr:\n{self.err()}"
-                )
-            return value
-
-        return wait_until(
-            check,
-            timeout=timeout,
-            interval=0.02,
-            message=lambda: f"{what}; stderr so far:\n{self.err()}",
-        )
+        super().__init__(argv, env, directory, name, OPS_DIR)
 
     def wait_for_line(self, pattern: str, count: int = 1, timeout: float = STARTUP) -> list[str]:
         """Wait until stderr holds ``count`` lines matching the regex ``pattern``."""
@@ -114,9 +53,7 @@ class Proc:
         for pid in pids_started(self):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait()
+        super().stop()
 
 
 class Cli:

@@ -11,26 +11,23 @@ durations are measured in slots seen, not in wall-clock seconds.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
-import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import procs
+
 from csjd_core.backends.redis import QueueKeys
-from csjd_core.testing import wait_until
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 APP = "schedapp:app"
-#: Seconds a started worker may take to import, connect and tick (two slow, loaded cores).
-STARTUP = 30.0
+STARTUP = procs.STARTUP
 ENQUEUED = re.compile(r"schedule enqueued name=(\S+) id=(\S+)")
 SLOT = re.compile(r"^periodic:([^:]+):(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)$")
 
@@ -78,79 +75,15 @@ def slot_records(client: Any, name: str = "tick", queue: str = "default") -> lis
     )
 
 
-class Proc:
-    """A running subprocess whose stdout and stderr go to files (never a full pipe)."""
+class Proc(procs.Proc):
+    """A ``csjd`` subprocess run in ``tests/periodic`` (see `procs.Proc`)."""
 
     def __init__(self, argv: list[str], env: dict[str, str], directory: Path, name: str) -> None:
-        self.name = name
-        self.out_path = directory / f"{name}.out"
-        self.err_path = directory / f"{name}.err"
-        with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
-            self.popen = subprocess.Popen(
-                argv,
-                cwd=HERE,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def err(self) -> str:
-        return self.err_path.read_text(errors="replace")
-
-    def out(self) -> str:
-        return self.out_path.read_text(errors="replace")
+        super().__init__(argv, env, directory, name, HERE)
 
     def enqueued(self, name: str = "tick") -> list[str]:
         """The slot ids this process's ticker logged as enqueued."""
         return [m.group(2) for m in ENQUEUED.finditer(self.err()) if m.group(1) == name]
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL, and reap it."""
-        self.popen.send_signal(signal.SIGKILL)
-        self.popen.wait(30)
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        """SIGTERM (drain), and wait for the exit status."""
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"{self.name} still running {timeout} s after SIGTERM:\n{self.err()}"
-            ) from None
-
-    def wait_for(
-        self, condition: Callable[[], Any], timeout: float = STARTUP, what: str = "condition"
-    ) -> Any:
-        """Wait for ``condition`` while the process lives (fail at once with its output if not)."""
-
-        def check() -> Any:
-            value = condition()
-            if not value and self.popen.poll() is not None:
-                raise AssertionError(
-                    f"{self.name} exited with {self.popen.returncode} before {what}; "
-                    f"stderr:\n{self.err()}"
-                )
-            return value
-
-        return wait_until(
-            check, timeout=timeout, interval=0.05, message=lambda: f"{what}:\n{self.err()}"
-        )
-
-    def stop(self) -> None:
-        """Kill whatever is left of it (teardown)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait()
 
 
 class Fleet:
