@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 
 from csjd_core import operations
 from csjd_core.errors import CSJDError
 from csjd_core.operations import ScheduleRow
 from csjd_core.stats import ScheduleState
+from csjd_django.views import back_to_dashboard, configured_app
 
 if TYPE_CHECKING:
     from csjd_core.app import App
@@ -79,18 +79,9 @@ def schedule_action(request: HttpRequest, model_admin: DashboardAdmin, action: s
     if not form.is_valid():
         return HttpResponseBadRequest("bad schedule reference")
     name = form.cleaned_data["name"]
-    back = HttpResponseRedirect(
-        reverse(
-            f"admin:{model_admin.opts.app_label}_{model_admin.opts.model_name}_changelist",
-            current_app=model_admin.admin_site.name,
-        )
-    )
-    from csjd_django import app  # noqa: PLC0415 - the app reads settings lazily
-
-    try:
-        app.configure_from_settings()
-    except (CSJDError, ValueError) as exc:
-        messages.error(request, f"CSJD settings are invalid: {exc}")
+    back = back_to_dashboard(model_admin)
+    app = configured_app(request)
+    if app is None:
         return back
     if name not in app.schedules:
         return HttpResponseBadRequest("unknown schedule")

@@ -25,13 +25,13 @@ from django.urls import reverse
 
 from csjd_core.app import Mode
 from csjd_core.errors import CSJDError, DuplicateJob, InvalidJob, SettingsError
-from csjd_django.schedule_views import schedule_figures
 from csjd_django.throughput import Sample, ThroughputSamples, throughput_svg
 
 if TYPE_CHECKING:
     from csjd_core.distributed import RedisDistributedDispatcher
     from csjd_core.stats import DeadLetter
     from csjd_django.admin import DashboardAdmin
+    from csjd_django.app import DjangoApp
 
 __all__ = [
     "DEAD_LETTER_LIMIT",
@@ -258,6 +258,7 @@ def dashboard(request: HttpRequest, model_admin: DashboardAdmin) -> HttpResponse
     refresh = _refresh(request.GET.get("refresh"))
     figures = collect_figures(show_payload=show_payload)
     from csjd_django import app  # noqa: PLC0415 - the app reads settings lazily
+    from csjd_django.schedule_views import schedule_figures  # noqa: PLC0415 - it imports this
 
     context = {
         **model_admin.admin_site.each_context(request),
@@ -300,6 +301,31 @@ def _refresh(value: str | None) -> int | None:
     return None
 
 
+def back_to_dashboard(model_admin: DashboardAdmin) -> HttpResponseRedirect:
+    """Where an action returns to: the dashboard (its message shown there)."""
+    opts = model_admin.opts
+    return HttpResponseRedirect(
+        reverse(
+            f"admin:{opts.app_label}_{opts.model_name}_changelist",
+            current_app=model_admin.admin_site.name,
+        )
+    )
+
+
+def configured_app(request: HttpRequest) -> DjangoApp | None:
+    """The project's app, configured from settings with its dispatcher built, for an action;
+    ``None`` once a message on the page says why it cannot be."""
+    from csjd_django import app  # noqa: PLC0415 - the app reads settings lazily
+
+    try:
+        app.configure_from_settings()
+        app.dispatcher  # noqa: B018 - built now: a bad setting is reported here
+    except (CSJDError, ValueError) as exc:
+        messages.error(request, f"CSJD settings are invalid: {exc}")
+        return None
+    return app
+
+
 class DeadLetterForm(forms.Form):
     """Which dead letter an action is for."""
 
@@ -322,20 +348,11 @@ def dead_letter_action(
     if not form.is_valid():
         return HttpResponseBadRequest("bad dead-letter reference")
     queue, entry_id = form.cleaned_data["queue"], form.cleaned_data["entry_id"]
-    back = HttpResponseRedirect(
-        reverse(
-            f"admin:{model_admin.opts.app_label}_{model_admin.opts.model_name}_changelist",
-            current_app=model_admin.admin_site.name,
-        )
-    )
-    from csjd_django import app  # noqa: PLC0415
-
-    try:
-        app.configure_from_settings()
-        dispatcher = app.dispatcher
-    except (CSJDError, ValueError) as exc:
-        messages.error(request, f"CSJD settings are invalid: {exc}")
+    back = back_to_dashboard(model_admin)
+    app = configured_app(request)
+    if app is None:
         return back
+    dispatcher = app.dispatcher
     if app.mode is not Mode.REDIS:
         messages.error(request, "Dead letters exist in Redis mode only.")
         return back
