@@ -591,8 +591,8 @@ class ScheduleRow:
         next_due: when that slot is due: ``next_slot`` plus its jitter.
         queue: the queue its runs go to (Redis mode: the app's default queue for a job that
             names none; ``None`` in process).
-        shared: the mark is shared by every ticker (Redis, a file store); ``False`` for an
-            in-process app in memory, where each process ticks its own and this one's is shown.
+
+    Whether the marks are shared by every ticker is the app's: `schedules_shared`.
     """
 
     schedule: Schedule
@@ -600,7 +600,6 @@ class ScheduleRow:
     next_slot: datetime
     next_due: datetime
     queue: str | None
-    shared: bool
 
 
 def schedule_rows(app: App) -> list[ScheduleRow]:
@@ -613,7 +612,6 @@ def schedule_rows(app: App) -> list[ScheduleRow]:
     """
     dispatcher = app.dispatcher
     now = dispatcher.clock()
-    shared = schedules_shared(app)
     default_queue = app.distributed.queues[0] if app.mode is Mode.REDIS else None
     rows = []
     for name in sorted(app.schedules):
@@ -628,7 +626,6 @@ def schedule_rows(app: App) -> list[ScheduleRow]:
                 datetime.fromtimestamp(slot, UTC),
                 datetime.fromtimestamp(schedule.due(slot), UTC),
                 schedule.queue or default_queue,
-                shared,
             )
         )
     return rows

@@ -70,8 +70,9 @@ def _utc(at: float | None) -> str:
     return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(at))
 
 
-def schedule_lines(rows: Sequence[ScheduleRow]) -> list[str]:
-    """``csjd schedule``: each schedule, its next slot, last run and the fleet's counts."""
+def schedule_lines(rows: Sequence[ScheduleRow], *, shared: bool = True) -> list[str]:
+    """``csjd schedule``: each schedule, its next slot, last run and the fleet's counts
+    (``shared``: whether every process shares the marks, `operations.schedules_shared`)."""
     if not rows:
         return ["no schedules (declare one with @app.job(..., schedule=...))"]
     lines = []
@@ -96,7 +97,7 @@ def schedule_lines(rows: Sequence[ScheduleRow]) -> list[str]:
             f"duplicates={state.duplicates} overlaps={state.overlaps} "
             f"paused_skips={state.paused_skips} misfires={state.misfires}"
         )
-    if not rows[0].shared:
+    if not shared:
         lines.append(
             "note: in-process mode without a file store: each process ticks and keeps its own "
             "schedule state (this process's is shown); use Redis or a store in production"
@@ -131,7 +132,7 @@ def schedules(app: App, as_json: bool, *, echo: Echo) -> None:
         ]
         echo(json.dumps(payload, indent=2))
         return
-    for line in schedule_lines(rows):
+    for line in schedule_lines(rows, shared=operations.schedules_shared(app)):
         echo(line)
 
 
