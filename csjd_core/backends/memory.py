@@ -185,10 +185,7 @@ class MemoryBackend(Backend):
         try:
             self._persist_submitted(entries)
         except BaseException:
-            with self._lock:
-                for entry in entries:
-                    if self._unfinished.get(entry.job.id) is entry:
-                        del self._unfinished[entry.job.id]
+            self._unreserve(entries)
             raise
         if len(entries) == 1 and entries[0].job.run_at is None:
             # `_publish` of one job due now without the lock, unless a worker waits: the append
@@ -273,14 +270,18 @@ class MemoryBackend(Backend):
         try:
             self._persist_submitted(entries)
         except BaseException:
-            with self._lock:
-                for entry in entries:
-                    if unfinished.get(entry.job.id) is entry:
-                        del unfinished[entry.job.id]
+            self._unreserve(entries)
             raise
         with self._lock:
             self._publish(entries, now)
         return verdicts
+
+    def _unreserve(self, entries: list[Entry]) -> None:
+        """Take back ids `_admit` reserved for entries whose record could not be written."""
+        with self._lock:
+            for entry in entries:
+                if self._unfinished.get(entry.job.id) is entry:
+                    del self._unfinished[entry.job.id]
 
     def _publish(self, entries: Iterable[Entry], now: float) -> None:
         """Make reserved entries visible: ready now, or scheduled for ``run_at`` (lock held)."""
@@ -611,8 +612,7 @@ class MemoryBackend(Backend):
             try:
                 self._keep_mark(after, entries)
             except BaseException:
-                with self._lock:
-                    del self._unfinished[request.job.id]
+                self._unreserve(entries)
                 raise
             with self._lock:
                 self._publish(entries, now)
