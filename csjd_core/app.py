@@ -17,6 +17,7 @@ from csjd_core.immediate import ImmediateDispatcher
 from csjd_core.job import Job, JobStatus
 from csjd_core.jobs import JobFunction, JobHandle, JobRegistry
 from csjd_core.limits import brief
+from csjd_core.outbox import Outbox
 
 __all__ = ["MODES", "App", "JobFailed", "JobFunction", "JobHandle", "Mode"]
 
@@ -84,6 +85,9 @@ class App(JobRegistry):
         self.redis = redis
         self.distributed = distributed if distributed is not None else DistributedConfig()
         self.name = name
+        #: Where jobs written in database transactions wait (`csjd_core.outbox`): a framework
+        #: sets them (``CSJD_OUTBOX``, ``CSJD(app, outbox=db)``); workers relay them.
+        self.outboxes: tuple[Outbox, ...] = ()
         self._dispatcher: BaseDispatcher | None = None
         self._pid = os.getpid()
         self._lock = threading.RLock()  # _build may call configure (frameworks)
@@ -151,9 +155,12 @@ class App(JobRegistry):
             # A web process only enqueues: worker processes tick (`run_workers`).
             assert self.redis is not None
             return RedisDistributedDispatcher(self.redis, self.distributed, registry=self.registry)
-        # In-process: this process runs the jobs, so it ticks the schedules once started (with
-        # a file store, the one process holding it; in memory, every process its own).
-        return Dispatcher(self.config, registry=self.registry, schedules=self.schedules)
+        # In-process: this process runs the jobs, so it ticks the schedules and relays the
+        # outboxes once started (with a file store, the one process holding it; in memory,
+        # every process its own).
+        return Dispatcher(
+            self.config, registry=self.registry, schedules=self.schedules, outboxes=self.outboxes
+        )
 
     def start(self) -> None:
         """Start the dispatcher's workers now (in-process mode starts lazily otherwise)."""

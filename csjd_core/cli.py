@@ -154,6 +154,26 @@ def worker(ctx: click.Context, /, app_spec: str, log_level: str | None, **values
     sys.exit(code)
 
 
+@main.command(epilog=APP_HELP)
+@click.argument("app_spec", metavar="APP")
+@click.option("--burst", is_flag=True, help="Exit once no outbox row is due.")
+@click.option(
+    "--log-level",
+    type=LOG_LEVELS,
+    help="Log level (default: INFO, or the one given before the command).",
+)
+@click.pass_context
+def relay(ctx: click.Context, /, app_spec: str, burst: bool, log_level: str | None) -> None:
+    """Relay the outbox of APP to its Redis queues until SIGTERM, running no job (workers
+    relay too, unless started with --no-relay).
+    """
+    level = (log_level or ctx.obj.get("log_level", "INFO")).upper()
+    logging.getLogger().setLevel(level)
+    with reported():
+        code = operations.run_relay(load_app(app_spec), announce=_to_stderr, burst=burst)
+    sys.exit(code)
+
+
 def _to_stderr(line: str) -> None:
     click.echo(line, err=True)
 

@@ -81,6 +81,7 @@ WORKER_OPTIONS = (
     Option("--max-memory", "Recycle a process past this RSS (e.g. 512M).", str),
     Option("--drain-timeout", "Seconds to let in-flight jobs finish after SIGTERM.", float),
     Option("--no-schedule", "Do not tick the app's periodic jobs in this process."),
+    Option("--no-relay", "Do not relay the app's outbox in this process."),
     Option("--child", "(internal: a supervised child)", hidden=True),
 )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from csjd_core.backends.memory import MemoryBackend
@@ -11,6 +11,7 @@ from csjd_core.engine.dispatcher import BaseDispatcher
 from csjd_core.engine.registry import HandlerRegistry
 
 if TYPE_CHECKING:
+    from csjd_core.outbox import Outbox
     from csjd_core.periodic import Schedule
 
 __all__ = ["Dispatcher"]
@@ -35,6 +36,7 @@ class Dispatcher(BaseDispatcher):
         registry: HandlerRegistry | None = None,
         schedules: Mapping[str, Schedule] | None = None,
         tick: bool = True,
+        outboxes: Sequence[Outbox] = (),
     ):
         self.config = config = config if config is not None else Config()
         super().__init__(
@@ -44,4 +46,5 @@ class Dispatcher(BaseDispatcher):
             max_results=config.max_results,
             schedules=schedules,
             tick=tick,
+            outboxes=outboxes,
         )

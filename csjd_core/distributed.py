@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,6 +18,7 @@ from csjd_core.metrics import StopReport
 from csjd_core.stats import DeadLetter, QueueStats
 
 if TYPE_CHECKING:
+    from csjd_core.outbox import Outbox
     from csjd_core.periodic import Schedule
 
 __all__ = ["DeadLetter", "RedisDistributedDispatcher"]
@@ -42,11 +43,19 @@ class RedisDistributedDispatcher(BaseDispatcher):
         registry: HandlerRegistry | None = None,
         schedules: Mapping[str, Schedule] | None = None,
         tick: bool = True,
+        outboxes: Sequence[Outbox] = (),
     ) -> None:
         self.config = config = config if config is not None else DistributedConfig()
         self.redis_config = redis
         self.backend = RedisStreamsBackend(redis, config)
-        super().__init__(self.backend, config, registry=registry, schedules=schedules, tick=tick)
+        super().__init__(
+            self.backend,
+            config,
+            registry=registry,
+            schedules=schedules,
+            tick=tick,
+            outboxes=outboxes,
+        )
 
     @property
     def consumer(self) -> str:

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import socket
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,10 +34,11 @@ from csjd_core.errors import (
 from csjd_core.job import Job, JobState, JobStatus
 from csjd_core.limits import MAX_WORKERS, brief, name_problem, names, seconds
 from csjd_core.metrics import MetricsSnapshot
+from csjd_core.outbox import Relay
 from csjd_core.periodic import Schedule
 from csjd_core.stats import DeadLetter, QueueStats, ScheduleState
 from csjd_core.supervisor import EXIT_RECYCLE, supervise
-from csjd_core.worker import InFlight, run_worker
+from csjd_core.worker import InFlight, run_worker, stop_on_signals
 
 if TYPE_CHECKING:
     from csjd_core.distributed import RedisDistributedDispatcher
@@ -60,6 +62,7 @@ __all__ = [
     "queue_stats",
     "redis_queues",
     "requeue_dead",
+    "run_relay",
     "run_store",
     "run_workers",
     "store_jobs",
@@ -153,6 +156,7 @@ class WorkerOptions:
         max_memory: recycle a process past this resident size, in bytes.
         drain_timeout: seconds in-flight jobs may take to finish after SIGTERM.
         no_schedule: do not tick the app's schedules in this process (or its children).
+        no_relay: do not relay the app's outboxes in this process (or its children).
     """
 
     queues: tuple[str, ...] | None = None
@@ -163,6 +167,7 @@ class WorkerOptions:
     max_memory: int | None = None
     drain_timeout: float = 30.0
     no_schedule: bool = False
+    no_relay: bool = False
 
     def __post_init__(self) -> None:
         if self.queues is not None:
@@ -223,6 +228,8 @@ class WorkerOptions:
             argv.append("--burst")
         if self.no_schedule:
             argv.append("--no-schedule")
+        if self.no_relay:
+            argv.append("--no-relay")
         return argv
 
 
@@ -233,11 +240,12 @@ def worker_dispatcher(
     hooks: tuple[object, ...] = (),
     *,
     schedule: bool = False,
+    relay: bool = False,
     needed_by: str = "csjd worker",
 ) -> RedisDistributedDispatcher:
     """A Redis dispatcher for ``app`` with the given overrides (and extra hooks); with
     ``schedule`` it ticks the app's schedules while started (without, it still records the
-    last outcome of the runs it finishes).
+    last outcome of the runs it finishes); with ``relay`` it relays the app's outboxes.
 
     Raises:
         RedisModeRequired: the app is not in Redis mode.
@@ -259,7 +267,12 @@ def worker_dispatcher(
         changes["hooks"] = (*app.distributed.hooks, *hooks)
     config = dataclasses.replace(app.distributed, **changes)
     return RedisDistributedDispatcher(
-        redis, config, registry=app.registry, schedules=app.schedules, tick=schedule
+        redis,
+        config,
+        registry=app.registry,
+        schedules=app.schedules,
+        tick=schedule,
+        outboxes=app.outboxes if relay else (),
     )
 
 
@@ -291,25 +304,30 @@ def run_workers(
         RedisModeRequired: the app is not in Redis mode.
     """
     in_flight = InFlight()
+    # Supervised children tick and relay, not their supervisor (which runs no jobs).
+    runs_jobs = child or not options.supervised
     dispatcher = worker_dispatcher(
         app,
         options.queues,
         options.workers,
         hooks=(in_flight,),
-        # Supervised children tick, not their supervisor (which runs no jobs).
-        schedule=not options.no_schedule and (child or not options.supervised),
+        schedule=not options.no_schedule and runs_jobs,
+        relay=not options.no_relay and runs_jobs,
         needed_by=needed_by,
     )
     ticking = ",".join(app.schedules) or "-"
     if options.no_schedule and app.schedules:
         ticking = "off (--no-schedule)"
+    relaying = ",".join(outbox.name for outbox in app.outboxes) or "-"
+    if options.no_relay and app.outboxes:
+        relaying = "off (--no-relay)"
     if not child and options.supervised:
-        announce(_banner(dispatcher, options.processes, needed_by, ticking))
+        announce(_banner(dispatcher, options.processes, needed_by, ticking, relaying))
         return supervise(
             options.child_argv(), options.processes, burst=options.burst, command=child_command
         )
     if not child:
-        announce(_banner(dispatcher, 1, needed_by, ticking))
+        announce(_banner(dispatcher, 1, needed_by, ticking, relaying))
     recycled: list[str] = []
     supervisor = os.getppid()
 
@@ -341,14 +359,84 @@ def run_workers(
 
 
 def _banner(
-    dispatcher: RedisDistributedDispatcher, processes: int, command: str, schedules: str
+    dispatcher: RedisDistributedDispatcher,
+    processes: int,
+    command: str,
+    schedules: str,
+    outboxes: str,
 ) -> str:
     config = dispatcher.config
     return (
         f"{command}: queues={','.join(config.queues)} processes={processes} "
         f"workers={config.workers} group={config.group} redis={dispatcher.redis_config.display} "
-        f"types={','.join(dispatcher.registry.types()) or '-'} schedules={schedules}"
+        f"types={','.join(dispatcher.registry.types()) or '-'} schedules={schedules} "
+        f"outbox={outboxes}"
     )
+
+
+# -- the outbox relay ------------------------------------------------------------------------
+def run_relay(
+    app: App,
+    *,
+    announce: Callable[[str], object],
+    burst: bool = False,
+    needed_by: str = "csjd relay",
+) -> int:
+    """Relay ``app``'s outboxes to its Redis queues until a signal (with ``burst``, until no
+    row is due), without running jobs: a relay of its own, beside workers started with
+    ``--no-relay`` or in addition to their relays.
+
+    Returns:
+        The exit status: 0, or 1 when a burst could not finish (Redis or the database away).
+
+    Raises:
+        RedisModeRequired: the app is not in Redis mode (in-process mode relays in the
+            process that holds the store).
+        CSJDError: the app has no outbox.
+    """
+    if not app.outboxes:
+        raise CSJDError(
+            f"{needed_by}: the app has no outbox to relay (Django: CSJD_OUTBOX = True; "
+            "Flask: CSJD(app, outbox=db); see docs/outbox.md)"
+        )
+    dispatcher = worker_dispatcher(app, needed_by=needed_by)
+    relays = [Relay(outbox, dispatcher) for outbox in app.outboxes]
+    announce(
+        f"{needed_by}: outbox={','.join(outbox.name for outbox in app.outboxes)} "
+        f"redis={dispatcher.redis_config.display} burst={'yes' if burst else 'no'}"
+    )
+    try:
+        if burst:
+            return _relay_burst(relays)
+        stop = threading.Event()
+        with stop_on_signals(stop):
+            for relay in relays:
+                relay.start()
+            while not stop.wait(0.5):
+                pass
+            for relay in relays:  # a batch under way finishes (or its rows are relayed again)
+                relay.stop(30.0)
+        return 0
+    finally:
+        dispatcher.stop(5.0)
+
+
+def _relay_burst(relays: Sequence[Relay]) -> int:
+    for relay in relays:
+        try:
+            while relay.relay_once():
+                pass
+        except Exception as exc:
+            logger.error(
+                "relay failed; rows wait for the next relay outbox=%s error=%s",
+                relay.outbox.name,
+                exc,
+            )
+            return 1
+        finally:
+            relay.outbox.close()
+        logger.info("outbox relayed outbox=%s counters=%s", relay.outbox.name, relay.counters)
+    return 0
 
 
 # -- queues and dead letters -----------------------------------------------------------------

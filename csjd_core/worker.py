@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from csjd_core.context import JobContext
     from csjd_core.job import Job
 
-__all__ = ["EXIT_FORCED", "InFlight", "run_worker"]
+__all__ = ["EXIT_FORCED", "InFlight", "run_worker", "stop_on_signals"]
 
 logger = logging.getLogger("csjd_core.worker")
 
@@ -82,22 +83,30 @@ def run_worker(
         The dispatcher's `StopReport`.
     """
     stop = threading.Event()
-    if install_signals:
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            # Runs in the main thread between bytecodes: set a flag, touch nothing else.
-            if stop.is_set():
-                os.write(2, b"csjd: second signal, exiting now without draining\n")
-                os._exit(EXIT_FORCED)
-            stop.set()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    if not install_signals:
         return _serve(dispatcher, stop, burst, drain_timeout, should_stop, in_flight)
+    with stop_on_signals(stop):
+        return _serve(dispatcher, stop, burst, drain_timeout, should_stop, in_flight)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """While inside, the first SIGTERM or SIGINT sets ``stop``; a second one exits the process
+    at once with `EXIT_FORCED` (main thread only)."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Runs in the main thread between bytecodes: set a flag, touch nothing else.
+        if stop.is_set():
+            os.write(2, b"csjd: second signal, exiting now without draining\n")
+            os._exit(EXIT_FORCED)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
     finally:
-        if install_signals:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _serve(

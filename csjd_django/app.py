@@ -9,10 +9,14 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, transaction
 
 from csjd_core.app import App, JobFunction, JobHandle, Mode
 from csjd_core.engine.dispatcher import BaseDispatcher
+from csjd_core.errors import JobNotFound, SettingsError
+from csjd_core.job import Job, JobStatus
+from csjd_core.outbox import queued_status
+from csjd_django.outbox import OUTBOX_IN_MEMORY, DjangoOutbox, outbox_settings
 
 __all__ = ["DjangoApp", "DjangoJobFunction"]
 
@@ -35,26 +39,19 @@ class DjangoJobFunction(JobFunction[Any, Any]):
         using: str | None = None,
         **options: Any,
     ) -> JobHandle[Any]:
-        """`apply_async` deferred to ``transaction.on_commit``.
+        """`apply_async` when the transaction of database ``using`` commits; nothing is
+        enqueued if it rolls back (`DjangoApp.enqueue_on_commit`).
 
-        The job is built and validated now (bad arguments fail here, inside the transaction);
-        it is admitted after the commit. If that admission fails (Redis down, queue full),
-        the error is logged with the job id — the transaction has committed and cannot be
-        undone, so the caller is no longer there to see an exception.
+        The job is built and validated now (bad arguments fail here, inside the transaction).
+        With ``CSJD_OUTBOX`` it is written to the outbox in this transaction; without, it is
+        admitted after the commit, and if that fails the error is only logged.
         """
         options.setdefault("job_id", uuid.uuid4().hex)
         job = self.build_job(args, kwargs, **options)
-
-        def enqueue() -> None:
-            try:
-                self.app.enqueue(job)
-            except Exception:  # any error: the caller is gone, this log line is all there is
-                logger.exception(
-                    "enqueue after commit failed; job not enqueued id=%r type=%r", job.id, job.type
-                )
-
-        transaction.on_commit(enqueue, using=using, robust=True)
-        return JobHandle(self.app, job.id, job.queue)
+        app = self.app
+        assert isinstance(app, DjangoApp)
+        app.enqueue_on_commit(job, using=using)
+        return JobHandle(app, job.id, job.queue)
 
 
 class DjangoApp(App):
@@ -67,6 +64,8 @@ class DjangoApp(App):
         self._configured = False
         #: The schedules that ``CSJD_SCHEDULE`` put in `schedules` (replaced on `reset`).
         self.setting_schedules: frozenset[str] = frozenset()
+        #: The outbox of each database ``CSJD_OUTBOX`` names (none in immediate mode).
+        self.outbox_by_database: dict[str, DjangoOutbox] = {}
         self._ticking: tuple[int, bool] | None = None  # (pid, ticks) once decided
         self._ticking_failed: tuple[int, float] | None = None  # (pid, monotonic time)
 
@@ -77,23 +76,98 @@ class DjangoApp(App):
             SettingsError: a bad or unknown ``CSJD_*`` setting (``manage.py check`` lists
                 them all).
         """
-        from csjd_django.conf import options_from_settings  # noqa: PLC0415 - needs settings
+        from csjd_django.conf import in_memory, options_from_settings  # noqa: PLC0415
         from csjd_django.schedules import install_schedules  # noqa: PLC0415
 
         with self._lock:
             if not self._configured:
-                self.configure(**options_from_settings())
+                options = options_from_settings()
+                outbox = outbox_settings()
+                if outbox.databases and in_memory(options):
+                    raise SettingsError("CSJD_OUTBOX", OUTBOX_IN_MEMORY)
+                self.configure(**options)
                 self.setting_schedules = install_schedules(self, self.setting_schedules)
+                # Immediate mode (tests) runs a job at the commit: no outbox, no relay.
+                relayed = () if self.mode is Mode.IMMEDIATE else outbox.databases
+                self.outbox_by_database = {
+                    alias: DjangoOutbox(
+                        alias, notify=outbox.notify, poll_interval=outbox.poll_interval
+                    )
+                    for alias in relayed
+                }
+                self.outboxes = tuple(self.outbox_by_database.values())
                 self._configured = True
 
-    def start_ticking(self) -> bool:
+    def enqueue_on_commit(self, job: Job, *, using: str | None = None) -> None:
+        """Enqueue ``job`` if the current transaction of database ``using`` commits (at once
+        outside a transaction).
+
+        With ``CSJD_OUTBOX`` the job is written to that database's outbox in the transaction:
+        once it commits, a relay admits it, whatever happens to this process or to Redis.
+        Without, it is admitted by a ``transaction.on_commit`` callback: if that admission
+        fails (Redis down, queue full) the error is only logged — the caller is gone.
+
+        Raises:
+            SettingsError: a bad setting, or ``CSJD_OUTBOX`` does not name ``using``.
+            InvalidJob: a malformed job (nothing is written).
+        """
+        self.configure_from_settings()
+        alias = using or DEFAULT_DB_ALIAS
+        outbox = self.outbox_by_database.get(alias)
+        if outbox is None and self.outbox_by_database:
+            raise SettingsError(
+                "CSJD_OUTBOX",
+                f"database {alias!r} has no outbox (CSJD_OUTBOX names "
+                f"{', '.join(map(repr, self.outbox_by_database))}); add it to the list",
+            )
+        if outbox is not None:
+            outbox.add(job)
+            if self.mode is Mode.INPROCESS:  # this process relays: tell it at the commit
+                transaction.on_commit(self._relay_now, using=alias, robust=True)
+            return
+
+        def enqueue() -> None:
+            try:
+                self.enqueue(job)
+            except Exception:  # any error: the caller is gone, this log line is all there is
+                logger.exception(
+                    "enqueue after commit failed; job not enqueued id=%r type=%r", job.id, job.type
+                )
+
+        transaction.on_commit(enqueue, using=alias, robust=True)
+
+    def _relay_now(self) -> None:
+        dispatcher = self.dispatcher
+        if not dispatcher.started:
+            dispatcher.start()
+        dispatcher.wake_relays()
+
+    def status(self, job_id: str, queue: str | None = None) -> JobStatus:
+        """The status of a job, also while it waits in an outbox (``queued``).
+
+        Raises:
+            JobNotFound: no queue and no outbox knows the id.
+        """
+        try:
+            return super().status(job_id, queue)
+        except JobNotFound:
+            for outbox in self.outboxes:
+                found = outbox.find(job_id)
+                if found is not None and (queue is None or found.queue == queue):
+                    config = self.distributed if self.mode is Mode.REDIS else self.config
+                    default = config.default_max_attempts
+                    return queued_status(found, outbox.written_at(job_id), default)
+            raise
+
+    def start_in_process(self) -> bool:
         """In in-process mode, start this process's dispatcher if the project has schedules
-        (they tick only while it runs); Redis mode's workers tick, and immediate mode never
-        does. Called on each request (``request_started``): only the first one in a process
-        does anything (after a failure, the first one a minute later tries again).
+        or an outbox (they tick and relay only while it runs: rows left by a crash are
+        relayed at once); Redis mode's workers do both, and immediate mode neither. Called on
+        each request (``request_started``): only the first one in a process does anything
+        (after a failure, the first one a minute later tries again).
 
         Returns:
-            Whether the dispatcher ticks schedules now.
+            Whether the dispatcher ticks schedules or relays an outbox now.
 
         Raises:
             SettingsError: a bad ``CSJD_*`` setting.
@@ -109,13 +183,14 @@ class DjangoApp(App):
         with self._lock:
             try:
                 self.configure_from_settings()
-                ticks = self.mode is Mode.INPROCESS and bool(self.schedules)
+                ticks = self.mode is Mode.INPROCESS and bool(self.schedules or self.outboxes)
                 if ticks and not self.dispatcher.started:
                     self.dispatcher.start()
                     logger.info(
-                        "in-process dispatcher started to tick schedules pid=%d names=%s",
+                        "in-process dispatcher started pid=%d schedules=%s outbox=%s",
                         pid,
-                        ",".join(sorted(self.schedules)),
+                        ",".join(sorted(self.schedules)) or "-",
+                        ",".join(outbox.name for outbox in self.outboxes) or "-",
                     )
             except BaseException:
                 self._ticking_failed = (pid, time.monotonic())

@@ -26,9 +26,9 @@ class CSJDConfig(AppConfig):
         from csjd_django import checks  # noqa: F401, PLC0415 - registers the checks
 
         setting_changed.connect(_reset_on_change, dispatch_uid="csjd_django.reset")
-        # In-process schedules tick in web processes, from their first request (never in
-        # `migrate` or another management command, which serve none).
-        request_started.connect(_tick_on_first_request, dispatch_uid="csjd_django.tick")
+        # In-process schedules tick and outboxes relay in web processes, from their first
+        # request (never in `migrate` or another management command, which serve none).
+        request_started.connect(_start_on_first_request, dispatch_uid="csjd_django.tick")
 
         # Every process (web or worker) must know every job type before it runs one.
         autodiscover_modules("jobs")
@@ -43,13 +43,13 @@ def _reset_on_change(setting: str, **kwargs: object) -> None:
         app.reset()
 
 
-def _tick_on_first_request(**kwargs: object) -> None:
-    """In-process mode with schedules: start the dispatcher (it ticks them) on this process's
-    first request. A failure is logged, never raised into the request: the same error
-    reaches the first enqueue, and ``manage.py check`` reports bad settings."""
+def _start_on_first_request(**kwargs: object) -> None:
+    """In-process mode with schedules or an outbox: start the dispatcher (it ticks and relays)
+    on this process's first request. A failure is logged, never raised into the request: the
+    same error reaches the first enqueue, and ``manage.py check`` reports bad settings."""
     from csjd_django import app  # noqa: PLC0415
 
     try:
-        app.start_ticking()
+        app.start_in_process()
     except (CSJDError, ValueError) as exc:
-        logger.error("schedules not ticking in this process error=%s", exc)
+        logger.error("schedules not ticking, outbox not relayed in this process error=%s", exc)

@@ -104,7 +104,10 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
 
     # -- producing -------------------------------------------------------------------------
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
-        """Admit the task as a CSJD job and return its `TaskResult` (status READY)."""
+        """Admit the task as a CSJD job and return its `TaskResult` (status READY).
+
+        With ``CSJD_OUTBOX`` the job is written to the default database's outbox, in the
+        caller's transaction (admitted once it commits; never if it rolls back)."""
         from csjd_django import app  # noqa: PLC0415
 
         self.validate_task(task)
@@ -113,7 +116,11 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
             job = self.build_job(task, args, kwargs)
         except InvalidJob as exc:
             raise InvalidTaskError(str(exc)) from exc
-        app.enqueue(job)
+        app.configure_from_settings()
+        if app.outboxes:
+            app.enqueue_on_commit(job)
+        else:
+            app.enqueue(job)
         result = self._result(task, job.id, args, kwargs)
         object.__setattr__(result, "enqueued_at", timezone.now())
         task_enqueued.send(type(self), task_result=result)

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core import checks
+from django.db import DatabaseError
+from django.utils import timezone
 
 from csjd_core.app import Mode
 from csjd_core.errors import SettingsError
 from csjd_django import schedules
-from csjd_django.conf import options_from_settings
+from csjd_django.conf import in_memory, options_from_settings
+from csjd_django.outbox import OUTBOX_IN_MEMORY, DjangoOutbox, outbox_settings
 
-__all__ = ["check_schedules", "check_settings"]
+__all__ = ["check_outbox_relays", "check_schedules", "check_settings"]
+
+#: ``csjd.W003``: no relay's heartbeat within this long.
+RELAY_SILENCE = timedelta(minutes=5)
 
 
 @checks.register("csjd")
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """csjd.E001 bad value, csjd.E002 unknown setting, csjd.W001 in-process without a store;
-    ``CSJD_SCHEDULE`` (`check_schedules`): csjd.E020-E023, csjd.W002."""
+    ``CSJD_SCHEDULE`` (`check_schedules`): csjd.E020-E023, csjd.W002; the outbox: csjd.E030
+    (in memory), csjd.E031 (a bad ``CSJD_OUTBOX*`` value)."""
     try:
         options = options_from_settings()
     except SettingsError as exc:
@@ -36,8 +44,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         ]
     messages: list[checks.CheckMessage] = []
-    in_memory = options["mode"] is Mode.INPROCESS and options["config"].store is None
-    if in_memory:
+    memory_only = in_memory(options)
+    if memory_only:
         messages.append(
             checks.Warning(
                 "CSJD_MODE='inprocess' without CSJD_STORE_PATH keeps jobs in memory only: a "
@@ -47,7 +55,68 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="csjd.W001",
             )
         )
-    messages.extend(check_schedules(in_memory=in_memory))
+    messages.extend(check_schedules(in_memory=memory_only))
+    try:
+        outbox = outbox_settings()
+    except SettingsError as exc:
+        messages.append(
+            checks.Error(str(exc), hint="See docs/outbox.md.", obj=exc.setting, id="csjd.E031")
+        )
+    else:
+        if outbox.databases and memory_only:
+            messages.append(
+                checks.Error(
+                    OUTBOX_IN_MEMORY,
+                    hint="Set CSJD_STORE_PATH (in-process mode with a file store) or "
+                    "CSJD_MODE='redis', or remove CSJD_OUTBOX.",
+                    obj="CSJD_OUTBOX",
+                    id="csjd.E030",
+                )
+            )
+    return messages
+
+
+@checks.register("csjd", checks.Tags.database)
+def check_outbox_relays(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """csjd.W003: ``CSJD_OUTBOX`` is on and no relay has beaten on one of its databases in
+    the last `RELAY_SILENCE` (run only with ``check --database``, and by ``migrate``)."""
+    if not databases:
+        return []
+    try:
+        outbox = outbox_settings()
+        mode = options_from_settings()["mode"]
+    except SettingsError:
+        return []  # csjd.E001/E031 say why
+    if mode is Mode.IMMEDIATE:
+        return []  # no relay: jobs run at the commit
+    messages: list[checks.CheckMessage] = []
+    now = timezone.now()
+    for alias in outbox.databases:
+        if alias not in databases:
+            continue
+        try:
+            stats = DjangoOutbox(alias).stats()
+        except DatabaseError:
+            continue  # not migrated yet (``migrate`` runs this before migrating)
+        last = stats.last_relay()
+        if last is not None and now - last <= RELAY_SILENCE:
+            continue
+        waiting = f"{stats.depth} job(s) waiting"
+        age = stats.oldest_age(now)
+        if age is not None:
+            waiting += f", the oldest for {age:.0f} s"
+        messages.append(
+            checks.Warning(
+                f"CSJD_OUTBOX is on but no outbox relay has run on database {alias!r} in the "
+                f"last {RELAY_SILENCE.total_seconds() / 60:.0f} minutes ({waiting})",
+                hint="Start workers (manage.py csjd_worker relays unless --no-relay) or "
+                "manage.py csjd_relay.",
+                obj="CSJD_OUTBOX",
+                id="csjd.W003",
+            )
+        )
     return messages
 
 

@@ -6,14 +6,18 @@ from typing import Any
 
 from django.conf import settings
 
+from csjd_core.app import Mode
 from csjd_core.settings import app_options
 from csjd_django.hooks import CloseOldConnections, TaskSignals
 
-__all__ = ["DJANGO_ONLY", "csjd_settings", "options_from_settings"]
+__all__ = ["DJANGO_ONLY", "csjd_settings", "in_memory", "options_from_settings"]
 
 
-#: ``CSJD_*`` settings of Django's own, not `App` options (read by `csjd_django.schedules`).
-DJANGO_ONLY = frozenset({"CSJD_SCHEDULE"})
+#: ``CSJD_*`` settings of Django's own, not `App` options (read by `csjd_django.schedules`
+#: and `csjd_django.outbox`).
+DJANGO_ONLY = frozenset(
+    {"CSJD_SCHEDULE", "CSJD_OUTBOX", "CSJD_OUTBOX_NOTIFY", "CSJD_OUTBOX_POLL_INTERVAL"}
+)
 
 
 def csjd_settings() -> dict[str, Any]:
@@ -23,6 +27,11 @@ def csjd_settings() -> dict[str, Any]:
         for name in dir(settings)
         if name.startswith("CSJD_") and name not in DJANGO_ONLY
     }
+
+
+def in_memory(options: dict[str, Any]) -> bool:
+    """Whether `options_from_settings` keep jobs in memory only (in-process, no store)."""
+    return options["mode"] is Mode.INPROCESS and options["config"].store is None
 
 
 def options_from_settings() -> dict[str, Any]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import postgres
 import pytest
 
 from redis_server import (
@@ -131,6 +132,24 @@ def redis_client(redis_server: RedisServerProcess) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of the PostgreSQL server the outbox tests use (never skipped: without it
+    they fail, naming the fix)."""
+    problem = postgres.server_problem()
+    if problem is not None:
+        hint = " .ci/run installs and starts PostgreSQL when it is missing." if _in_ci() else ""
+        pytest.fail(f"the outbox tests need PostgreSQL: {problem}.{hint}", pytrace=False)
+    return postgres.admin_url()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A database of this test's own on the PostgreSQL server (created, then dropped)."""
+    with postgres.throwaway_database() as url:
+        yield url
 
 
 @pytest.hookimpl(wrapper=True)

@@ -29,6 +29,7 @@ from csjd_core.hooks import HookRunner
 from csjd_core.job import Job, JobStatus, check_name, validate_job
 from csjd_core.limits import name_problem
 from csjd_core.metrics import Counters, MetricsSnapshot, StopReport
+from csjd_core.outbox import Outbox, Relay
 from csjd_core.periodic import manual_id, slot_id
 from csjd_core.retry import seconds
 from csjd_core.stats import ScheduleState
@@ -55,6 +56,7 @@ class BaseDispatcher:
         max_results: int = 0,
         schedules: Mapping[str, Schedule] | None = None,
         tick: bool = True,
+        outboxes: Sequence[Outbox] = (),
     ) -> None:
         self._backend = backend
         self._registry = registry if registry is not None else HandlerRegistry()
@@ -67,6 +69,8 @@ class BaseDispatcher:
             self.ticker = Ticker(schedules, self)
             hooks = (*hooks, self.ticker)
         self._hooks = HookRunner(hooks)
+        #: One `Relay` per outbox, relaying while started (`csjd_core.outbox`).
+        self.relays = tuple(Relay(outbox, self) for outbox in outboxes)
         self._counters = Counters()
         self._engine = Engine(
             backend, self._registry, config, hooks=self._hooks, counters=self._counters
@@ -141,6 +145,13 @@ class BaseDispatcher:
             self._engine.start()
             if self.ticker is not None and self._tick:
                 self.ticker.start()
+            for relay in self.relays:
+                relay.start()
+
+    def wake_relays(self) -> None:
+        """Have the relays look at their outboxes now (a commit here wrote rows)."""
+        for relay in self.relays:
+            relay.wake()
 
     @property
     def started(self) -> bool:
@@ -476,9 +487,13 @@ class BaseDispatcher:
         with self._lifecycle:  # closed first: a concurrent start() starts no ticker now
             self._closed = True
             started = self._started
-        if self.ticker is not None:  # within the stop's deadline (a step under way ends soon)
-            wait = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
+        # Within the stop's deadline (a step under way ends soon; a relay's batch cut short is
+        # claimed again later: its rows stay until a commit deletes them).
+        wait = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
+        if self.ticker is not None:
             self.ticker.stop(wait)
+        for relay in self.relays:
+            relay.stop(wait)
         before = self._counters.snapshot().processed
         still_running = 0
         timed_out = False

@@ -221,7 +221,7 @@ def test_requests_start_nothing_without_schedules_or_outside_in_process_mode(
 ) -> None:
     with override_settings(CSJD_SCHEDULE={"adder": ADDER}):
         client.get("/admin/login/")
-        assert csjd.app.start_ticking() is False  # Redis mode: the workers tick
+        assert csjd.app.start_in_process() is False  # Redis mode: the workers tick
     with override_settings(CSJD_MODE="inprocess"):
         client.get("/admin/login/")
         assert csjd.app._dispatcher is None  # no schedule: nothing built, nothing started

@@ -1,0 +1,43 @@
+"""``manage.py csjd_relay``: relay this project's outbox (``CSJD_OUTBOX``) to its Redis queues."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from csjd_core import operations
+from csjd_core.cli_options import LOG_LEVELS, log_to_stderr
+from csjd_django.management import project_app, redis_app, reported
+
+COMMAND = "manage.py csjd_relay"
+
+
+class Command(BaseCommand):
+    help = (
+        "Relay the jobs that CSJD_OUTBOX wrote in transactions to the Redis queues, running "
+        "none (csjd_worker relays too, unless --no-relay). SIGTERM/SIGINT stops it."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--burst", action="store_true", help="Exit once no outbox row is due.")
+        parser.add_argument(
+            "--log-level",
+            default="INFO",
+            type=str.upper,
+            choices=LOG_LEVELS,
+            help="The csjd loggers' lines on stderr, unless LOGGING configures them (INFO).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        redis_app(COMMAND)
+        with log_to_stderr(options["log_level"]), reported():
+            code = operations.run_relay(
+                project_app(),
+                announce=self.stderr.write,
+                burst=options["burst"],
+                needed_by=COMMAND,
+            )
+        if code:
+            sys.exit(code)
