@@ -12,12 +12,12 @@ from enum import StrEnum
 from csjd_core.config import Config, DistributedConfig, RedisConfig
 from csjd_core.dispatcher import Dispatcher
 from csjd_core.engine.dispatcher import BaseDispatcher
-from csjd_core.errors import CSJDError, InvalidConfig, JobFailed, RedisModeRequired
+from csjd_core.errors import CSJDError, InvalidConfig, JobFailed, JobNotFound, RedisModeRequired
 from csjd_core.immediate import ImmediateDispatcher
 from csjd_core.job import Job, JobStatus
 from csjd_core.jobs import JobFunction, JobHandle, JobRegistry
 from csjd_core.limits import brief
-from csjd_core.outbox import Outbox
+from csjd_core.outbox import Outbox, queued_status
 
 __all__ = ["MODES", "App", "JobFailed", "JobFunction", "JobHandle", "Mode"]
 
@@ -178,8 +178,21 @@ class App(JobRegistry):
         dispatcher.submit(job)
 
     def status(self, job_id: str, queue: str | None = None) -> JobStatus:
-        """Status of a job submitted through this app."""
-        return self.dispatcher.status(job_id, queue)
+        """Status of a job submitted through this app; ``queued`` while it waits in one of the
+        app's outboxes.
+
+        Raises:
+            JobNotFound: neither the queue nor an outbox knows the id.
+        """
+        try:
+            return self.dispatcher.status(job_id, queue)
+        except JobNotFound:
+            for outbox in self.outboxes:
+                found = outbox.find(job_id)
+                if found is not None and (queue is None or found[0].queue == queue):
+                    config = self.distributed if self.mode is Mode.REDIS else self.config
+                    return queued_status(*found, config.default_max_attempts)
+            raise
 
     def wait(self, timeout: float | timedelta | None = None) -> bool:
         """Block until every enqueued job finished (for tests). False on timeout."""

@@ -183,8 +183,9 @@ class Outbox(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def find(self, job_id: str) -> Job | None:
-        """The job of ``job_id`` while it waits here (``None``: no such row)."""
+    def find(self, job_id: str) -> tuple[Job, datetime] | None:
+        """The job of ``job_id`` and when it was written, while it waits here (``None``: no
+        such row)."""
 
     @abc.abstractmethod
     def stats(self) -> OutboxStats:

@@ -13,9 +13,8 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 
 from csjd_core.app import App, JobFunction, JobHandle, Mode
 from csjd_core.engine.dispatcher import BaseDispatcher
-from csjd_core.errors import JobNotFound, SettingsError
-from csjd_core.job import Job, JobStatus
-from csjd_core.outbox import queued_status
+from csjd_core.errors import SettingsError
+from csjd_core.job import Job
 from csjd_django.outbox import OUTBOX_IN_MEMORY, DjangoOutbox, outbox_settings
 
 __all__ = ["DjangoApp", "DjangoJobFunction"]
@@ -141,23 +140,6 @@ class DjangoApp(App):
         if not dispatcher.started:
             dispatcher.start()
         dispatcher.wake_relays()
-
-    def status(self, job_id: str, queue: str | None = None) -> JobStatus:
-        """The status of a job, also while it waits in an outbox (``queued``).
-
-        Raises:
-            JobNotFound: no queue and no outbox knows the id.
-        """
-        try:
-            return super().status(job_id, queue)
-        except JobNotFound:
-            for outbox in self.outboxes:
-                found = outbox.find(job_id)
-                if found is not None and (queue is None or found.queue == queue):
-                    config = self.distributed if self.mode is Mode.REDIS else self.config
-                    default = config.default_max_attempts
-                    return queued_status(found, outbox.written_at(job_id), default)
-            raise
 
     def start_in_process(self) -> bool:
         """In in-process mode, start this process's dispatcher if the project has schedules

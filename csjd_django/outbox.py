@@ -193,27 +193,16 @@ class DjangoOutbox(Outbox):
         raw = connection.Database.connect(**connection.get_connection_params(), autocommit=True)
         return PsycopgListener(raw)
 
-    def find(self, job_id: str) -> Job | None:
+    def find(self, job_id: str) -> tuple[Job, datetime] | None:
         from csjd_django.models import OutboxJob  # noqa: PLC0415
 
-        data = (
+        found = (
             OutboxJob.objects.using(self.using)
             .filter(job_id=job_id, problem__isnull=True)
-            .values_list("data", flat=True)
+            .values_list("data", "created_at")
             .first()
         )
-        return None if data is None else decode_row(data)
-
-    def written_at(self, job_id: str) -> datetime | None:
-        """When the row of ``job_id`` was written (``None``: no such row)."""
-        from csjd_django.models import OutboxJob  # noqa: PLC0415
-
-        return (
-            OutboxJob.objects.using(self.using)
-            .filter(job_id=job_id)
-            .values_list("created_at", flat=True)
-            .first()
-        )
+        return None if found is None else (decode_row(found[0]), found[1])
 
     def stats(self) -> OutboxStats:
         from csjd_django.models import OutboxJob, OutboxRelay  # noqa: PLC0415
