@@ -427,6 +427,8 @@ class Relay:
             return self._listener
         try:
             self._listener = self.outbox.listener()
+            if self._listener is not None:
+                logger.info("listening for outbox commits outbox=%s", self.outbox.name)
         except Exception as exc:
             logger.warning(
                 "cannot listen for outbox commits; polling every %.1f s error=%s",
