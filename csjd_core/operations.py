@@ -34,7 +34,7 @@ from csjd_core.errors import (
 from csjd_core.job import Job, JobState, JobStatus
 from csjd_core.limits import MAX_WORKERS, brief, name_problem, names, seconds
 from csjd_core.metrics import MetricsSnapshot
-from csjd_core.outbox import Relay
+from csjd_core.outbox import OutboxStats, Relay
 from csjd_core.periodic import Schedule
 from csjd_core.stats import DeadLetter, QueueStats, ScheduleState
 from csjd_core.supervisor import EXIT_RECYCLE, supervise
@@ -55,6 +55,7 @@ __all__ = [
     "live_workers",
     "move_into_redis",
     "open_store",
+    "outbox_stats",
     "parse_size",
     "purge_dead",
     "queue_list",
@@ -419,6 +420,15 @@ def run_relay(
         return 0
     finally:
         dispatcher.stop(5.0)
+
+
+def outbox_stats(app: App) -> dict[str, OutboxStats]:
+    """Each of ``app``'s outboxes by name: rows waiting, the oldest, rows set aside, relays.
+
+    Raises:
+        Exception: the database's error (unreachable, not migrated).
+    """
+    return {outbox.name: outbox.stats() for outbox in app.outboxes}
 
 
 def _relay_burst(relays: Sequence[Relay]) -> int:

@@ -105,6 +105,26 @@ class OutboxStats:
         """The latest heartbeat of any relay (``None``: no relay ever ran)."""
         return max(self.relays.values(), default=None)
 
+    def line(self, name: str, now: datetime) -> str:
+        """``csjd stats``'s line for the outbox called ``name``."""
+        age, last = self.oldest_age(now), self.last_relay()
+        relayed = "never" if last is None else f"{(now - last).total_seconds():.0f}s ago"
+        return (
+            f"outbox {name}: waiting={self.depth} "
+            f"oldest={'-' if age is None else f'{age:.1f}s'} set_aside={self.set_aside} "
+            f"relays={len(self.relays)} last_relay={relayed}"
+        )
+
+    def to_json(self, name: str, now: datetime) -> dict[str, Any]:
+        """``csjd stats --json``'s entry for the outbox called ``name`` (ages in seconds)."""
+        return {
+            "name": name,
+            "waiting": self.depth,
+            "oldest_age": self.oldest_age(now),
+            "set_aside": self.set_aside,
+            "relays": {r: (now - seen).total_seconds() for r, seen in self.relays.items()},
+        }
+
 
 @dataclass(slots=True)
 class Claim:

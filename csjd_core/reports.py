@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from csjd_core import operations
 from csjd_core.app import App
@@ -41,6 +42,8 @@ __all__ = [
 
 #: Stored jobs a listing shows before saying how many more there are.
 LISTED_JOBS = 50
+#: ``csjd stats --json``: the key listing the outboxes (braces never appear in a queue's name).
+OUTBOX_KEY = "{outbox}"
 
 
 def stats_lines(stats: dict[str, QueueStats]) -> list[str]:
@@ -217,11 +220,18 @@ def stats(app: App, queues: str | None, as_json: bool, *, needed_by: str, echo: 
         RedisModeRequired, BackendUnavailable: see `operations.queue_stats`.
     """
     figures = operations.queue_stats(app, operations.queue_list(queues), needed_by=needed_by)
+    outboxes = operations.outbox_stats(app)
+    now = datetime.now(UTC)
     if as_json:
-        echo(json.dumps({n: q.to_json() for n, q in figures.items()}, indent=2, sort_keys=True))
+        document: dict[str, Any] = {n: q.to_json() for n, q in figures.items()}
+        if outboxes:  # braces are never part of a queue's name
+            document[OUTBOX_KEY] = [s.to_json(name, now) for name, s in outboxes.items()]
+        echo(json.dumps(document, indent=2, sort_keys=True))
         return
     for line in stats_lines(figures):
         echo(line)
+    for name, outbox in outboxes.items():
+        echo(outbox.line(name, now))
 
 
 def replay(

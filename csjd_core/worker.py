@@ -121,7 +121,7 @@ def _serve(
     last = dispatcher.metrics()
     last_at = time.monotonic()
     while not stop.wait(_POLL):
-        if burst and _queues_empty(dispatcher):
+        if burst and _drained(dispatcher):
             break
         if should_stop is not None and should_stop():
             break
@@ -147,10 +147,14 @@ def _serve(
     return report
 
 
-def _queues_empty(dispatcher: BaseDispatcher) -> bool:
+def _drained(dispatcher: BaseDispatcher) -> bool:
+    """No unfinished job: none waits in the outboxes this process relays, none in the backend
+    (in that order: a relay deletes its rows after the queue has their jobs)."""
     try:
+        if any(relay.outbox.stats().depth for relay in dispatcher.relays):
+            return False
         return dispatcher.pending() == 0
-    except Exception as exc:  # Redis unreachable for a moment: not a reason to crash
+    except Exception as exc:  # Redis or the database unreachable for a moment: no crash
         # The backend logs the outage (with backoff); a line per poll would only add noise.
         logger.debug("cannot count unfinished jobs; burst mode keeps waiting error=%s", exc)
         return False

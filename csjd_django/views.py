@@ -22,9 +22,11 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 
 from csjd_core.app import Mode
 from csjd_core.errors import CSJDError, DuplicateJob, InvalidJob, SettingsError
+from csjd_core.outbox import OutboxStats
 from csjd_django.throughput import Sample, ThroughputSamples, throughput_svg
 
 if TYPE_CHECKING:
@@ -279,8 +281,42 @@ def dashboard(request: HttpRequest, model_admin: DashboardAdmin) -> HttpResponse
         # Bad settings or Redis down are the page's error already: no schedule is read then
         # (one connection timeout per page view is enough).
         "schedules": None if figures.error else schedule_figures(app),
+        "outboxes": outbox_figures(app),
     }
     return TemplateResponse(request, "csjd_django/dashboard.html", context)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxFigures:
+    """The dashboard's row for one outbox (``CSJD_OUTBOX``): its stats, ages in seconds."""
+
+    name: str
+    stats: OutboxStats | None
+    oldest_age: float | None = None
+    last_relay_age: float | None = None
+    error: str | None = None
+
+
+def outbox_figures(app: DjangoApp) -> list[OutboxFigures]:
+    """One `OutboxFigures` per outbox; a database that cannot answer is shown as an error."""
+    now = timezone.now()
+    rows = []
+    for outbox in app.outboxes:
+        try:
+            stats = outbox.stats()
+        except Exception as exc:  # the database's: the page still shows the rest
+            rows.append(OutboxFigures(outbox.name, None, error=f"{type(exc).__name__}: {exc}"))
+            continue
+        last = stats.last_relay()
+        rows.append(
+            OutboxFigures(
+                outbox.name,
+                stats,
+                stats.oldest_age(now),
+                None if last is None else (now - last).total_seconds(),
+            )
+        )
+    return rows
 
 
 def _query(request: HttpRequest, **changes: str | None) -> str:

@@ -3,16 +3,22 @@ tests/outbox/): rows written in the caller's transaction, relayed by `Relay`, co
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import transaction
 from django.test import override_settings
+from django.urls import reverse
 from django.utils import timezone
+from factories import StaffFactory
 
 import csjd_django as csjd
 from csjd_core import JobNotFound, JobState
@@ -22,7 +28,7 @@ from csjd_core.operations import worker_dispatcher
 from csjd_core.outbox import Relay, decode_row, encode_job
 from csjd_core.testing import wait_until
 from csjd_django.checks import check_outbox_relays, check_settings
-from csjd_django.models import OutboxJob, OutboxRelay
+from csjd_django.models import VIEW_PERMISSION, OutboxJob, OutboxRelay
 from testapp import jobs, tasks
 from testapp.models import Order, Receipt
 
@@ -278,3 +284,52 @@ def test_the_database_check_warns_when_no_relay_ran_recently(outbox_redis: Any) 
     assert check_outbox_relays(databases=["default"]) == []
     OutboxRelay.objects.update(seen_at=timezone.now() - timedelta(minutes=6))
     assert [w.id for w in check_outbox_relays(databases=["default"])] == ["csjd.W003"]
+
+
+def test_worker_burst_relays_then_runs_and_stats_show_the_outbox(
+    outbox_redis: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    order = make_order()
+    with transaction.atomic():
+        handle = jobs.send_receipt.delay_on_commit(order.pk)
+    call_command("csjd_stats")
+    assert "outbox django:default: waiting=1 " in capsys.readouterr().out
+    call_command("csjd_worker", "--burst")  # relays the row, runs the job, then exits
+    assert "outbox=django:default" in capsys.readouterr().err  # the banner
+    assert handle.status().state is JobState.SUCCEEDED
+    assert Receipt.objects.filter(order=order).count() == 1
+    call_command("csjd_stats", "--json")
+    document = json.loads(capsys.readouterr().out)
+    [outbox] = document["{outbox}"]
+    assert (outbox["name"], outbox["waiting"], outbox["oldest_age"]) == ("django:default", 0, None)
+    assert len(outbox["relays"]) == 1
+
+
+def test_worker_no_relay_leaves_the_rows_and_csjd_relay_moves_them(
+    outbox_redis: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for _ in range(3):
+        jobs.flaky.delay_on_commit(0)
+    call_command("csjd_worker", "--burst", "--no-relay")
+    assert "outbox=off (--no-relay)" in capsys.readouterr().err
+    assert OutboxJob.objects.count() == 3
+    call_command("csjd_relay", "--burst")
+    assert "manage.py csjd_relay: outbox=django:default" in capsys.readouterr().err
+    assert not OutboxJob.objects.exists()
+    assert stream_jobs(outbox_redis) == 3
+
+
+def test_csjd_relay_without_an_outbox_says_how_to_configure_one(redis_mode: Any) -> None:
+    with pytest.raises(CommandError, match=r"no outbox to relay .*CSJD_OUTBOX = True"):
+        call_command("csjd_relay", "--burst")
+
+
+def test_the_dashboard_shows_the_outbox(outbox_redis: Any, client: Any) -> None:
+    jobs.flaky.delay_on_commit(0)
+    OutboxJob.objects.create(job_id="bad", data="{", problem="malformed outbox row")
+    client.force_login(StaffFactory(permissions=[VIEW_PERMISSION]))
+    page = client.get(reverse("admin:csjd_django_dashboard_changelist")).content.decode()
+    row = page[page.index('data-outbox="django:default"') :]
+    cells = re.findall(r'<td class="num">([^<]*)</td>', row)[:3]
+    assert cells[0] == "1" and cells[1].endswith(" s") and cells[2] == "1"
+    assert "none has run" in row
