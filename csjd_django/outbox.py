@@ -159,7 +159,7 @@ class DjangoOutbox(Outbox):
     def claim(self, limit: int) -> Iterator[Claim]:
         from csjd_django.models import OutboxJob  # noqa: PLC0415
 
-        self._connection.close_if_unusable_or_obsolete()  # a database restart: reconnect
+        self._reconnect_after_errors()
         rows = OutboxJob.objects.using(self.using)
         with transaction.atomic(using=self.using):
             now = timezone.now()
@@ -183,6 +183,16 @@ class DjangoOutbox(Outbox):
                 )
             for key, reason in claim.set_aside:
                 rows.filter(id=key).update(problem=reason)
+
+    def _reconnect_after_errors(self) -> None:
+        """Close this thread's connection if an error broke it (a database restart): the
+        relay's next query reconnects. (Not `close_if_unusable_or_obsolete`, which also closes
+        it after each batch under the default ``CONN_MAX_AGE = 0``: the relay is no request.)"""
+        connection = self._connection
+        if connection.connection is not None and connection.errors_occurred:
+            if not connection.is_usable():
+                connection.close()
+            connection.errors_occurred = False
 
     def listener(self) -> Listener | None:
         if not (self.notify and self._postgres):
