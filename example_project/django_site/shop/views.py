@@ -17,10 +17,11 @@ from shop.models import Customer, Order, SalesReport
 
 
 def place_order(form: OrderForm) -> Order:
-    """Save the order and enqueue its follow-up work for when the transaction commits.
+    """Save the order and enqueue its follow-up work in the same transaction.
 
-    If the transaction rolls back, nothing is enqueued: no mail for an order that does not
-    exist. The job ids are known at once, before the commit.
+    With ``CSJD_OUTBOX`` the jobs are rows of this transaction: if it commits they run, whatever
+    happens next (the process killed, Redis down); if it rolls back, nothing is enqueued: no
+    mail for an order that does not exist. The job ids are known at once, before the commit.
     """
     with transaction.atomic():
         order = form.save()
@@ -43,7 +44,7 @@ def order_detail(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         status: Any = csjd.status(order.confirmation_job_id)
     except JobNotFound:
-        status = None  # not enqueued yet (no commit), or its result expired (CSJD_RESULT_TTL)
+        status = None  # its result expired (CSJD_RESULT_TTL); a waiting job answers "queued"
     return render(request, "shop/order_detail.html", {"order": order, "status": status})
 
 

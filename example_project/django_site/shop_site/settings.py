@@ -102,6 +102,10 @@ CSJD_QUEUES = env.list("CSJD_QUEUES", default=["shop"])
 CSJD_WORKERS = env.int("CSJD_WORKERS", default=4)
 CSJD_DEFAULT_MAX_ATTEMPTS = env.int("CSJD_DEFAULT_MAX_ATTEMPTS", default=5)
 CSJD_RETRY = {"base_delay": 1.0, "max_delay": 60.0}
+# The transactional outbox (docs/outbox.md): delay_on_commit writes the job into the order's own
+# transaction; the process running the jobs (this one in-process, csjd_worker in Redis mode)
+# relays it. A committed order always gets its mail, whatever happens after the commit.
+CSJD_OUTBOX = env.bool("CSJD_OUTBOX", default=True)
 
 LOGGING = {
     "version": 1,
