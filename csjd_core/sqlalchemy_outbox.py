@@ -41,7 +41,9 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
 
 from csjd_core.job import Job
 from csjd_core.outbox import (
@@ -304,12 +306,31 @@ class SQLAlchemyOutbox(Outbox):
         relays = self.relays
         now = _now()
         with self.engine.begin() as connection:
-            seen = connection.execute(
-                update(relays).where(relays.c.name == relay).values(seen_at=now)
-            )
-            if not seen.rowcount:  # a relay's name is its host and pid: nobody races it
-                connection.execute(insert(relays).values(name=relay, seen_at=now))
+            upsert = self._upsert_beat(connection.dialect.name, relay, now)
+            if upsert is not None:
+                connection.execute(upsert)
+            else:
+                seen = connection.execute(
+                    update(relays).where(relays.c.name == relay).values(seen_at=now)
+                )
+                if not seen.rowcount:
+                    connection.execute(insert(relays).values(name=relay, seen_at=now))
             connection.execute(delete(relays).where(relays.c.seen_at < now - _FORGET_RELAYS))
+
+    def _upsert_beat(self, dialect: str, relay: str, now: datetime) -> Executable | None:
+        """``INSERT ... ON CONFLICT UPDATE`` where the dialect has one (two relays of one name,
+        e.g. two Flask apps of one process on one database, must not fail on the key)."""
+        relays = self.relays
+        if dialect in ("postgresql", "sqlite"):
+            module: Any = postgresql if dialect == "postgresql" else sqlite
+            upsert = module.insert(relays).values(name=relay, seen_at=now)
+            return upsert.on_conflict_do_update(  # type: ignore[no-any-return]
+                index_elements=[relays.c.name], set_={"seen_at": upsert.excluded.seen_at}
+            )
+        if dialect in ("mysql", "mariadb"):
+            upsert_my = mysql.insert(relays).values(name=relay, seen_at=now)
+            return upsert_my.on_duplicate_key_update(seen_at=upsert_my.inserted.seen_at)
+        return None
 
     def close(self) -> None:
         """Nothing to release: each claim returns its connection to the engine's pool, and the

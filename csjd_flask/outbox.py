@@ -98,9 +98,13 @@ class FlaskOutbox:
     """
 
     def __init__(self, app: Flask, core: App, db: SQLAlchemy, config: Mapping[str, Any]) -> None:
+        from sqlalchemy import MetaData  # noqa: PLC0415
+
         from csjd_core.sqlalchemy_outbox import SQLAlchemyOutbox, outbox_tables  # noqa: PLC0415
 
-        if not all(hasattr(db, name) for name in ("metadata", "session", "engine")):
+        # Not ``hasattr(db, "engine")``: outside an application context that raises.
+        metadata = getattr(db, "metadata", None)
+        if not (isinstance(metadata, MetaData) and hasattr(type(db), "engine")):
             raise TypeError(
                 f"outbox= takes a Flask-SQLAlchemy extension (db = SQLAlchemy()), got {brief(db)}"
             )
