@@ -266,7 +266,9 @@ def test_poison_rows_are_set_aside_with_the_reason_and_the_rest_is_relayed(
     stats = sqlalchemy_outbox(app).stats()
     assert (stats.depth, stats.set_aside, stats.oldest) == (0, 3, None)
     assert sqlalchemy_outbox(app).find("huge") is None  # set aside: no longer "queued"
-    assert invoke(app, "relay", "--burst").exit_code == 0  # never claimed again
+    with sqlalchemy_outbox(app).claim(10) as claim:
+        assert claim.rows == []  # never claimed again
+    assert invoke(app, "relay", "--burst").exit_code == 0
     assert queued(app) == (3, 3) and len(outbox_rows(app)) == 3
     assert invoke(app, "run", "--burst").exit_code == 0
     assert sorted(ran(app)) == ["g0", "g1", "g2"]
@@ -461,6 +463,9 @@ def test_immediate_mode_runs_the_job_at_the_commit_only(build: Build, sqlite_url
 
         record.delay_on_commit("rolled-back")
         db.session.rollback()
+        db.session.commit()
+        record.delay_on_commit("closed-without-a-commit")
+        db.session.close()
         db.session.commit()
 
         savepoint = db.session.begin_nested()
