@@ -28,6 +28,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
@@ -85,7 +86,7 @@ def outbox_tables(metadata: MetaData) -> tuple[Table, Table]:
                 primary_key=True,
                 autoincrement=True,
             ),
-            Column("job_id", String(1024), nullable=False, index=True),
+            Column("job_id", String(1024), nullable=False),
             Column("queue", String(1024), nullable=True),
             Column("data", Text(), nullable=False),
             Column("created_at", DateTime(timezone=True), nullable=False),
@@ -94,6 +95,8 @@ def outbox_tables(metadata: MetaData) -> tuple[Table, Table]:
             Column("attempts", Integer(), nullable=False, default=0, server_default=text("0")),
             # Why a relay set the row aside (malformed, refused); NULL: waiting.
             Column("problem", Text(), nullable=True),
+            # The name Django's migration gives it: one schema, whichever framework made it.
+            Index("csjd_outbox_job_id_587d99c0", "job_id"),
             sqlite_autoincrement=True,
         )
     relays = metadata.tables.get(RELAYS_TABLE)

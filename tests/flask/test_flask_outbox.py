@@ -501,9 +501,9 @@ def test_bad_arguments_fail_in_the_caller_and_write_nothing(
     app = build(sqlite_url, **redis_config)
     with app.app_context():
         with pytest.raises(TypeError, match=r"outbox\.record"):
-            record.delay_on_commit("a", "b")
+            record.delay_on_commit("a", "b")  # type: ignore[call-arg]
         with pytest.raises(InvalidJob, match="label"):
-            record.delay_on_commit(object())
+            record.delay_on_commit(object())  # type: ignore[arg-type]
         with pytest.raises(InvalidJob, match="countdown or eta"):
             record.apply_async_on_commit(
                 ["a"], countdown=1, eta=datetime.now(UTC) + timedelta(minutes=1)
