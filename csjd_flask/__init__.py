@@ -1,5 +1,6 @@
 """CSJD for Flask: ``csjd = CSJD(app)`` (or ``CSJD()`` + ``init_app(app)``), ``@csjd.job``,
-``flask csjd run``. Configuration is the ``CSJD_*`` keys of ``app.config`` (docs/flask.md)."""
+``flask csjd run``; ``CSJD(app, outbox=db)`` + ``delay_on_commit`` for the transactional
+outbox. Configuration is the ``CSJD_*`` keys of ``app.config`` (docs/flask.md)."""
 
 from csjd_flask.extension import (
     CSJD,
@@ -9,6 +10,7 @@ from csjd_flask.extension import (
     NoAppContext,
     NotInitialized,
 )
+from csjd_flask.outbox import NoOutbox
 
 __all__ = [  # noqa: RUF022 - plainly sorted, as csjd_core's (a test checks it)
     "AlreadyInitialized",
@@ -16,5 +18,6 @@ __all__ = [  # noqa: RUF022 - plainly sorted, as csjd_core's (a test checks it)
     "CSJDState",
     "FlaskJobFunction",
     "NoAppContext",
+    "NoOutbox",
     "NotInitialized",
 ]

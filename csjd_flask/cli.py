@@ -1,4 +1,4 @@
-"""``flask csjd``: run, replay, stats, dead, schedule. Each parses its options, calls
+"""``flask csjd``: run, relay, replay, stats, dead, schedule. Each parses its options, calls
 `csjd_core.operations` with the core `App` of ``current_app`` and prints what the ``csjd``
 command prints (the dead-letter and schedule actions are the very click commands of
 ``csjd dead`` and ``csjd schedule``)."""
@@ -27,8 +27,8 @@ LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=
 
 csjd_group = AppGroup(
     "csjd",
-    help="CSJD background jobs: run workers, replay a file store, stats, dead letters, "
-    "periodic jobs.",
+    help="CSJD background jobs: run workers, relay the outbox, replay a file store, stats, "
+    "dead letters, periodic jobs.",
 )
 
 
@@ -70,6 +70,24 @@ def run(info: ScriptInfo, /, log_level: str, **values: Any) -> None:
             announce=lambda line: click.echo(line, err=True),
             child=child,
             needed_by="flask csjd run",
+        )
+    if code:
+        sys.exit(code)
+
+
+@csjd_group.command("relay")
+@click.option("--burst", is_flag=True, help="Exit once no outbox row is due.")
+@click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True)
+def relay(burst: bool, log_level: str) -> None:
+    """Relay this app's outbox (CSJD(app, outbox=db)) to its Redis queues until
+    SIGTERM/SIGINT, running no job (flask csjd run relays too, unless --no-relay)."""
+    core = _core_app()
+    with log_to_stderr(log_level.upper()), reported():
+        code = operations.run_relay(
+            core,
+            announce=lambda line: click.echo(line, err=True),
+            burst=burst,
+            needed_by="flask csjd relay",
         )
     if code:
         sys.exit(code)

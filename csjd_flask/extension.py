@@ -14,7 +14,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overload
 
 from flask import Flask, current_app, has_app_context
 
@@ -22,9 +22,15 @@ from csjd_core.app import App
 from csjd_core.context import JobContext
 from csjd_core.errors import CSJDError
 from csjd_core.job import Job, JobStatus
-from csjd_core.jobs import JobFunction, JobRegistry
+from csjd_core.jobs import JobFunction, JobHandle, JobRegistry
 from csjd_core.periodic import Every, Schedule
 from csjd_core.settings import app_options
+from csjd_flask.outbox import SETTINGS as OUTBOX_SETTINGS
+from csjd_flask.outbox import FlaskOutbox, NoOutbox
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+    from sqlalchemy.orm import Session, scoped_session
 
 __all__ = [
     "CSJD",
@@ -73,6 +79,46 @@ class FlaskJobFunction(JobFunction[P, R]):
     def extension(self) -> CSJD:
         """The `CSJD` extension that defined this job."""
         return self.registry.extension
+
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Write the job into ``db.session`` now; it is enqueued once the app commits that
+        session, never if it rolls back (`apply_async_on_commit`)."""
+        return self.apply_async_on_commit(args, kwargs)
+
+    def apply_async_on_commit(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        session: Session | scoped_session[Session] | None = None,
+        **options: Any,
+    ) -> JobHandle[R]:
+        """`apply_async` in the transaction of ``session`` (default ``db.session``) of the app
+        configured with ``CSJD(app, outbox=db)``: the job is built and validated now, and
+        written to the outbox table in that transaction — committed by the app's own
+        ``db.session.commit()``, discarded by a rollback; a relay then enqueues it (the
+        handle's ``status()`` says ``queued`` meanwhile). In immediate mode the job runs when
+        the session commits instead.
+
+        Raises:
+            NoOutbox: the app was initialised without ``outbox=``.
+            TypeError: the arguments do not match the function's signature.
+            InvalidJob: an argument is not JSON, or the options are inconsistent (nothing is
+                written).
+            NoAppContext, NotInitialized: as for `apply_async`.
+        """
+        state = self.extension.state(job_type=self.type)
+        outbox = state.outbox
+        if outbox is None:
+            raise NoOutbox(
+                f"job {self.type!r}: delay_on_commit needs an outbox: initialise the extension "
+                "with your Flask-SQLAlchemy extension, CSJD(app, outbox=db) or "
+                "csjd.init_app(app, outbox=db), and create its tables (db.create_all() or a "
+                "Flask-Migrate migration); see docs/flask.md"
+            )
+        job = self.build_job(args, kwargs, **options)
+        outbox.enqueue_on_commit(job, session)
+        return JobHandle(state.core, job.id, job.queue)
 
 
 class _Definitions(JobRegistry):
@@ -123,13 +169,15 @@ class _InAppContext:
 
 
 class CSJDState:
-    """What ``app.extensions["csjd"]`` holds: the extension and this app's core `App`."""
+    """What ``app.extensions["csjd"]`` holds: the extension, this app's core `App`, and its
+    outbox (``CSJD(app, outbox=db)``; ``None`` without)."""
 
-    __slots__ = ("core", "extension")
+    __slots__ = ("core", "extension", "outbox")
 
-    def __init__(self, extension: CSJD, core: App) -> None:
+    def __init__(self, extension: CSJD, core: App, outbox: FlaskOutbox | None = None) -> None:
         self.extension = extension
         self.core = core
+        self.outbox = outbox
 
     @classmethod
     def of(cls, app: Flask, *, job_type: str | None = None) -> CSJDState:
@@ -172,12 +220,22 @@ class CSJD:
     Args:
         app: a Flask app to initialise now.
         hooks: core `Hooks` objects added to every app's dispatcher.
+        outbox: a Flask-SQLAlchemy extension (``db = SQLAlchemy()``): the transactional
+            outbox of every app initialised (unless ``init_app`` is given another), for
+            ``delay_on_commit`` (docs/flask.md, "Transactional outbox").
     """
 
-    def __init__(self, app: Flask | None = None, *, hooks: Sequence[object] = ()) -> None:
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        hooks: Sequence[object] = (),
+        outbox: SQLAlchemy | None = None,
+    ) -> None:
         if isinstance(hooks, str | bytes) or not isinstance(hooks, Sequence):
             raise TypeError(f"hooks must be a sequence of Hooks objects, got {hooks!r}")
         self.hooks = tuple(hooks)
+        self.outbox = outbox
         self._definitions = _Definitions(self)
         # The apps initialised so far, to register jobs decorated after init_app. Weak: the
         # state lives in app.extensions, the extension never keeps an app alive.
@@ -186,14 +244,21 @@ class CSJD:
         if app is not None:
             self.init_app(app)
 
-    def init_app(self, app: Flask) -> None:
+    def init_app(self, app: Flask, *, outbox: SQLAlchemy | None = None) -> None:
         """Set up CSJD on ``app``: read its ``CSJD_*`` config, build its core `App`, register
         every job, add the ``flask csjd`` commands. Starts nothing (in-process workers start on
         the first enqueue).
 
+        With ``outbox`` (a Flask-SQLAlchemy extension; default: the extension's ``outbox=``),
+        the outbox's tables are defined on ``outbox.metadata`` and the app's workers relay
+        them (the engine is ``outbox.engine`` of this app, looked up on first use:
+        ``outbox.init_app(app)`` may come before or after).
+
         Raises:
             AlreadyInitialized: ``app`` was already initialised.
-            SettingsError: an unknown ``CSJD_*`` key or a bad value, naming the key.
+            SettingsError: an unknown ``CSJD_*`` key or a bad value, naming the key; an outbox
+                in in-process mode without ``CSJD_STORE_PATH``.
+            TypeError: ``outbox`` is not a Flask-SQLAlchemy extension.
         """
         from csjd_flask.cli import csjd_group  # noqa: PLC0415 - the CLI imports this module
 
@@ -203,8 +268,13 @@ class CSJD:
                 "app (import and use the extension object that initialised it)"
             )
         settings = app.config.get_namespace("CSJD_", lowercase=False, trim_namespace=False)
-        core = App(name=app.name, **app_options(settings, hooks=self.hooks))
-        state = CSJDState(self, core)
+        options = {k: v for k, v in settings.items() if k not in OUTBOX_SETTINGS}
+        core = App(name=app.name, **app_options(options, hooks=self.hooks))
+        db = outbox if outbox is not None else self.outbox
+        flask_outbox = None if db is None else FlaskOutbox(app, core, db, settings)
+        if flask_outbox is not None and flask_outbox.outbox is not None:
+            core.outboxes = (flask_outbox.outbox,)
+        state = CSJDState(self, core, flask_outbox)
         with self._lock:
             for job in self._definitions.jobs.values():
                 state.register(app, cast(FlaskJobFunction[Any, Any], job))
