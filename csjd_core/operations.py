@@ -322,6 +322,8 @@ def run_workers(
     relaying = ",".join(outbox.name for outbox in app.outboxes) or "-"
     if options.no_relay and app.outboxes:
         relaying = "off (--no-relay)"
+    elif not outboxes_readable(app):  # not migrated, or the database is down: say so now
+        return 1
     if not child and options.supervised:
         announce(_banner(dispatcher, options.processes, needed_by, ticking, relaying))
         return supervise(
@@ -400,6 +402,8 @@ def run_relay(
             f"{needed_by}: the app has no outbox to relay (Django: CSJD_OUTBOX = True; "
             "Flask: CSJD(app, outbox=db); see docs/outbox.md)"
         )
+    if not outboxes_readable(app):
+        return 1
     dispatcher = worker_dispatcher(app, needed_by=needed_by)
     relays = [Relay(outbox, dispatcher) for outbox in app.outboxes]
     announce(
@@ -420,6 +424,24 @@ def run_relay(
         return 0
     finally:
         dispatcher.stop(5.0)
+
+
+def outboxes_readable(app: App) -> bool:
+    """Whether each of ``app``'s outboxes can be read (else an error says why, once: a worker or
+    relay then exits with status 1, as when Redis is down at its start)."""
+    for outbox in app.outboxes:
+        try:
+            outbox.stats()
+        except Exception as exc:
+            logger.error(
+                "cannot read the outbox; is the database up, and migrated? outbox=%s error=%s",
+                outbox.name,
+                f"{type(exc).__name__}: {exc}".strip(),
+            )
+            return False
+        finally:
+            outbox.close()
+    return True
 
 
 def outbox_stats(app: App) -> dict[str, OutboxStats]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
@@ -333,3 +333,21 @@ def test_the_dashboard_shows_the_outbox(outbox_redis: Any, client: Any) -> None:
     cells = re.findall(r'<td class="num">([^<]*)</td>', row)[:3]
     assert cells[0] == "1" and cells[1].endswith(" s") and cells[2] == "1"
     assert "none has run" in row
+
+
+def test_a_worker_or_relay_that_cannot_read_the_outbox_exits_1_saying_why(
+    outbox_redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with connection.schema_editor() as editor:  # a database the deploy forgot to migrate
+        editor.delete_model(OutboxJob)
+    try:
+        for command in ("csjd_worker", "csjd_relay"):
+            caplog.clear()
+            with pytest.raises(SystemExit) as exited:
+                call_command(command, "--burst")
+            assert exited.value.code == 1
+            assert "cannot read the outbox; is the database up, and migrated?" in caplog.text
+            assert "outbox=django:default" in caplog.text
+    finally:
+        with connection.schema_editor() as editor:
+            editor.create_model(OutboxJob)

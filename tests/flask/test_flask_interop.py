@@ -28,6 +28,7 @@ def django_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
         CSJD_MODE="redis",
         CSJD_REDIS_URL=redis_url,
         CSJD_STORE_PATH=str(tmp_path / "django-jobs.json"),
+        CSJD_OUTBOX="false",  # the example's database is not migrated here: no outbox table
         DATABASE_URL=f"sqlite:///{tmp_path / 'django.sqlite3'}",
         DJANGO_SETTINGS_MODULE="shop_site.settings",
     )
