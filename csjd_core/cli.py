@@ -43,14 +43,14 @@ def reported() -> Iterator[None]:
     "--log-level",
     default=None,
     type=LOG_LEVELS,
-    help="Log level (default: INFO for worker, WARNING otherwise).",
+    help="Log level (default: INFO for worker and relay, WARNING otherwise).",
 )
 @click.pass_context
 def main(ctx: click.Context, log_level: str | None) -> None:
     """CSJD: reliability-first background jobs."""
     ctx.ensure_object(dict)
     if log_level is None:
-        log_level = "INFO" if ctx.invoked_subcommand == "worker" else "WARNING"
+        log_level = "INFO" if ctx.invoked_subcommand in ("worker", "relay") else "WARNING"
     ctx.obj["log_level"] = log_level.upper()
     logging.basicConfig(
         level=log_level.upper(),

@@ -79,3 +79,18 @@ inprocess = App(mode="inprocess", name="inproc")
 def needs_arguments(url: str) -> App:
     """Not a zero-argument factory: ``csjd`` cannot call it."""
     return app
+
+
+if os.environ.get("CSJD_OPS_OUTBOX_DB"):  # a SQLite outbox, for `csjd relay` (SQLAlchemy)
+    from sqlalchemy import MetaData, create_engine
+
+    from csjd_core.sqlalchemy_outbox import SQLAlchemyOutbox, outbox_tables
+
+    OUTBOX_METADATA = MetaData()
+    app.outboxes = (
+        SQLAlchemyOutbox(
+            create_engine(f"sqlite:///{os.environ['CSJD_OPS_OUTBOX_DB']}"),
+            *outbox_tables(OUTBOX_METADATA),
+            name="sqlite:ops",
+        ),
+    )
