@@ -26,14 +26,16 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from csjd_core.backends.base import RelayVerdict
-from csjd_core.errors import CSJDError, DispatcherClosed, InvalidJob
+from csjd_core.errors import CSJDError, DispatcherClosed, InvalidJob, SettingsError
 from csjd_core.job import Job, JobState, JobStatus, utc_from_timestamp, validate_job
+from csjd_core.limits import brief
 
 if TYPE_CHECKING:
     from csjd_core.engine.dispatcher import BaseDispatcher
@@ -51,6 +53,7 @@ __all__ = [
     "decode_row",
     "encode_job",
     "queued_status",
+    "relay_settings",
 ]
 
 logger = logging.getLogger("csjd_core.outbox")
@@ -258,6 +261,28 @@ def queued_status(job: Job, written_at: datetime | None, default_max_attempts: i
         run_at=run_at if run_at is None else utc_from_timestamp(run_at.timestamp()),
         payload=job.payload,
     )
+
+
+def relay_settings(settings: Mapping[str, Any]) -> tuple[bool, float]:
+    """``CSJD_OUTBOX_NOTIFY`` and ``CSJD_OUTBOX_POLL_INTERVAL`` of a framework's settings
+    (Django's, or a Flask app's config), validated: (notify, poll interval).
+
+    Raises:
+        SettingsError: a bad value, naming the setting.
+    """
+    notify = settings.get("CSJD_OUTBOX_NOTIFY", True)
+    if not isinstance(notify, bool):
+        raise SettingsError("CSJD_OUTBOX_NOTIFY", f"must be True or False, got {brief(notify)}")
+    interval = settings.get("CSJD_OUTBOX_POLL_INTERVAL", POLL_INTERVAL)
+    if isinstance(interval, bool) or not isinstance(interval, int | float):
+        raise SettingsError(
+            "CSJD_OUTBOX_POLL_INTERVAL", f"must be a number of seconds, got {brief(interval)}"
+        )
+    if not 0.01 <= interval <= 3600:
+        raise SettingsError(
+            "CSJD_OUTBOX_POLL_INTERVAL", f"must be from 0.01 to 3600 seconds, got {interval!r}"
+        )
+    return notify, float(interval)
 
 
 def backoff(attempts: int) -> float:

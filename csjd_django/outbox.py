@@ -38,6 +38,7 @@ from csjd_core.outbox import (
     PsycopgListener,
     decode_row,
     encode_job,
+    relay_settings,
 )
 
 __all__ = ["OUTBOX_IN_MEMORY", "SETTINGS", "DjangoOutbox", "OutboxSettings", "outbox_settings"]
@@ -87,19 +88,8 @@ def outbox_settings() -> OutboxSettings:
         raise SettingsError(
             "CSJD_OUTBOX", f"must be True, False or a list of database aliases, got {brief(raw)}"
         )
-    notify = getattr(settings, "CSJD_OUTBOX_NOTIFY", True)
-    if not isinstance(notify, bool):
-        raise SettingsError("CSJD_OUTBOX_NOTIFY", f"must be True or False, got {brief(notify)}")
-    interval = getattr(settings, "CSJD_OUTBOX_POLL_INTERVAL", POLL_INTERVAL)
-    if isinstance(interval, bool) or not isinstance(interval, int | float):
-        raise SettingsError(
-            "CSJD_OUTBOX_POLL_INTERVAL", f"must be a number of seconds, got {brief(interval)}"
-        )
-    if not 0.01 <= interval <= 3600:
-        raise SettingsError(
-            "CSJD_OUTBOX_POLL_INTERVAL", f"must be from 0.01 to 3600 seconds, got {interval!r}"
-        )
-    return OutboxSettings(databases, notify, float(interval))
+    given = {name: getattr(settings, name) for name in SETTINGS[1:] if hasattr(settings, name)}
+    return OutboxSettings(databases, *relay_settings(given))
 
 
 class DjangoOutbox(Outbox):

@@ -23,7 +23,7 @@ from csjd_core.app import App, Mode
 from csjd_core.errors import CSJDError, SettingsError
 from csjd_core.job import Job
 from csjd_core.limits import brief
-from csjd_core.outbox import POLL_INTERVAL
+from csjd_core.outbox import POLL_INTERVAL, relay_settings
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -72,19 +72,7 @@ def outbox_settings(config: Mapping[str, Any]) -> OutboxSettings:
     Raises:
         SettingsError: a bad value, naming the key.
     """
-    notify = config.get("CSJD_OUTBOX_NOTIFY", True)
-    if not isinstance(notify, bool):
-        raise SettingsError("CSJD_OUTBOX_NOTIFY", f"must be True or False, got {brief(notify)}")
-    interval = config.get("CSJD_OUTBOX_POLL_INTERVAL", POLL_INTERVAL)
-    if isinstance(interval, bool) or not isinstance(interval, int | float):
-        raise SettingsError(
-            "CSJD_OUTBOX_POLL_INTERVAL", f"must be a number of seconds, got {brief(interval)}"
-        )
-    if not 0.01 <= interval <= 3600:
-        raise SettingsError(
-            "CSJD_OUTBOX_POLL_INTERVAL", f"must be from 0.01 to 3600 seconds, got {interval!r}"
-        )
-    return OutboxSettings(notify, float(interval))
+    return OutboxSettings(*relay_settings(config))
 
 
 class FlaskOutbox:
