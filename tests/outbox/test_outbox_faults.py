@@ -1,0 +1,181 @@
+"""The outbox under faults, with real processes on PostgreSQL: Redis down when the web process
+commits, the web process SIGKILLed right after its commit, a relay SIGKILLed between the
+admission and the deletion of its rows, a queue at its cap, a rolled-back transaction. Every
+job is counted where it ran (``testapp_jobrun``): jobs run == jobs committed, each once, and the
+outbox is left empty."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+from outbox_support import ALREADY_RELAYED, Site, relay_counters
+
+from redis_server import RedisServerProcess
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def assert_each_ran_once(site: Site, ids: list[str]) -> None:
+    ran = site.ran()
+    assert set(ran) == set(ids), (
+        f"lost {len(set(ids) - set(ran))}, never committed {len(set(ran) - set(ids))}"
+    )
+    twice = {job_id: n for job_id, n in ran.items() if n > 1}
+    assert not twice, f"ran more than once: {twice}"
+
+
+def test_redis_down_at_commit_time_the_commit_succeeds_and_every_job_runs_later(
+    sites: Callable[..., Site], redis_server_factory: Callable[..., RedisServerProcess]
+) -> None:
+    count = 100
+    server = redis_server_factory()
+    site = sites(server.url)
+    server.kill()
+
+    web = site.enqueue(count)  # the web process never touches Redis: the commit succeeds
+
+    assert web.returncode == 0, web.proc.err()
+    assert len(web.ids) == count
+    assert site.rows_left() == count
+    server.restart()  # same port, empty (no persistence): the rows are all there is
+    worker = site.worker()
+    worker.wait_for(lambda: site.runs() >= count, timeout=60, what=f"{count} runs")
+    relayed = site.stop_worker(worker)
+    counts = site.counts()
+    print(f"\nredis down at commit: committed={len(web.ids)} {counts} relay={relayed}")
+
+    assert_each_ran_once(site, web.ids)
+    assert (counts.runs, counts.duplicates, counts.rows_left) == (count, 0, 0)
+    assert (counts.stream, counts.pending, counts.succeeded) == (0, 0, count)
+    assert (relayed.relayed, relayed.skipped) == (count, 0)
+
+
+def test_the_web_process_killed_right_after_its_commit_loses_no_job(
+    sites: Callable[..., Site], redis_server_factory: Callable[..., RedisServerProcess]
+) -> None:
+    count = 100
+    server = redis_server_factory()
+    site = sites(server.url)
+    worker = site.worker()
+
+    web = site.enqueue(count, "--kill-after-commit")
+
+    assert web.returncode == -signal.SIGKILL, web.proc.err()
+    assert len(web.ids) == count
+    worker.wait_for(lambda: site.runs() >= count, timeout=60, what=f"{count} runs")
+    relayed = site.stop_worker(worker)
+    counts = site.counts()
+    print(f"\nweb killed after commit: committed={len(web.ids)} {counts} relay={relayed}")
+
+    assert_each_ran_once(site, web.ids)
+    assert (counts.runs, counts.duplicates, counts.rows_left) == (count, 0, 0)
+    assert (counts.stream, counts.pending, counts.succeeded) == (0, 0, count)
+    assert (relayed.relayed, relayed.skipped) == (count, 0)
+
+
+def test_a_relay_killed_between_the_admission_and_the_delete_admits_nothing_twice(
+    sites: Callable[..., Site], redis_server_factory: Callable[..., RedisServerProcess]
+) -> None:
+    count = 200  # one batch (Relay's 500)
+    server = redis_server_factory()
+    site = sites(server.url)
+    web = site.enqueue(count)
+    assert web.returncode == 0, web.proc.err()
+
+    # Redis admitted the batch, then the relay died before its DELETE and COMMIT.
+    killed, code = site.run("outbox_relay_killed")
+    assert code == -signal.SIGKILL, killed.err()
+    assert killed.out() == f"admitted {count} of {count}\n"
+    assert site.rows_left() == count  # the claim's transaction died with the process
+    assert site.stream_ids() == web.ids  # ...after the admission
+
+    # The next relay finds every id taken: it deletes the rows and admits nothing.
+    relay, code = site.run("csjd_relay", "--burst")
+    assert code == 0, relay.err()
+    relayed = relay_counters(relay.err())
+    deleted = [int(n) for n in ALREADY_RELAYED.findall(relay.err())]
+    assert site.rows_left() == 0
+    assert site.stream_ids() == web.ids
+
+    worker = site.worker()
+    worker.wait_for(lambda: site.runs() >= count, timeout=60, what=f"{count} runs")
+    worker_relayed = site.stop_worker(worker)
+    counts = site.counts()
+    print(
+        f"\nrelay killed before its delete: committed={len(web.ids)} the next relay: "
+        f"{relayed} logged deleted={deleted}; {counts} worker relay={worker_relayed}"
+    )
+
+    assert (relayed.relayed, relayed.skipped) == (0, count)
+    assert deleted == [count]
+    assert_each_ran_once(site, web.ids)
+    assert (counts.runs, counts.duplicates, counts.rows_left) == (count, 0, 0)
+    assert (counts.stream, counts.pending, counts.succeeded) == (0, 0, count)
+    assert (worker_relayed.relayed, worker_relayed.skipped) == (0, 0)
+
+
+def test_rows_over_the_pending_cap_wait_with_backoff_and_all_run_once(
+    sites: Callable[..., Site], redis_server_factory: Callable[..., RedisServerProcess]
+) -> None:
+    count, cap = 300, 50
+    server = redis_server_factory()
+    site = sites(server.url, CSJD_TEST_MAX_PENDING=str(cap))
+    web = site.enqueue(count)
+    assert web.returncode == 0, web.proc.err()
+
+    worker = site.worker()
+    most_pending = most_attempts = 0
+
+    def all_ran() -> bool:
+        nonlocal most_pending, most_attempts
+        most_pending = max(most_pending, site.counts().pending)
+        tries = site.query("SELECT coalesce(max(attempts), 0) FROM csjd_outbox")
+        most_attempts = max(most_attempts, int(tries))
+        return site.runs() >= count
+
+    worker.wait_for(all_ran, timeout=90, what=f"{count} runs")
+    relayed = site.stop_worker(worker)
+    counts = site.counts()
+    waits = worker.err().count("queue full: outbox rows wait")
+    print(
+        f"\nqueue at its cap ({cap}): committed={len(web.ids)} {counts} relay={relayed} "
+        f"'queue full' lines={waits} most pending seen={most_pending} most postponements of a "
+        f"row seen={most_attempts}"
+    )
+
+    assert_each_ran_once(site, web.ids)
+    assert (counts.runs, counts.duplicates, counts.rows_left) == (count, 0, 0)
+    assert (counts.stream, counts.pending, counts.succeeded) == (0, 0, count)
+    assert (relayed.relayed, relayed.skipped, relayed.set_aside) == (count, 0, 0)
+    assert relayed.postponed >= count - cap  # every row past the first cap-full waited
+    assert waits >= 1 and most_attempts >= 1
+    assert most_pending <= cap
+
+
+def test_a_rolled_back_transaction_relays_nothing_and_runs_nothing(
+    sites: Callable[..., Site], redis_server_factory: Callable[..., RedisServerProcess]
+) -> None:
+    server = redis_server_factory()
+    site = sites(server.url)
+    worker = site.worker()
+
+    rolled_back = site.enqueue(50, "--rollback")
+    assert rolled_back.returncode == 0, rolled_back.proc.err()
+    assert rolled_back.proc.out() == "rolled back 50\n"
+    assert site.rows_left() == 0
+    # A control commit after it: the worker relays and runs jobs (so the 0 below means
+    # something), then runs on for a few seconds.
+    control = site.enqueue(1)
+    assert control.returncode == 0, control.proc.err()
+    worker.wait_for(lambda: site.runs() >= 1, timeout=30, what="the control job's run")
+    time.sleep(3.0)
+    relayed = site.stop_worker(worker)
+    counts = site.counts()
+    print(f"\nrolled back 50, then committed 1: {counts} relay={relayed}")
+
+    assert site.ran() == {control.ids[0]: 1}
+    assert (counts.runs, counts.rows_left, counts.stream, counts.pending) == (1, 0, 0, 0)
+    assert (relayed.relayed, relayed.skipped) == (1, 0)
