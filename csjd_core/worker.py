@@ -73,7 +73,8 @@ def run_worker(
 
     Args:
         dispatcher: the dispatcher to run (handlers registered).
-        burst: return once nothing is left to do (no unfinished job in the backend).
+        burst: return once nothing is left to do (no unfinished job in the backend, no row
+            waiting in an outbox the dispatcher relays).
         drain_timeout: seconds to wait for in-flight jobs when stopping.
         install_signals: install the SIGTERM/SIGINT handlers (main thread only).
         should_stop: polled ten times a second; True stops like a signal (``--max-jobs``).
@@ -149,6 +150,11 @@ def _serve(
 
 def _queues_empty(dispatcher: BaseDispatcher) -> bool:
     try:
+        # A committed job waiting in an outbox this process relays is a job left too. The
+        # outboxes first: a row is deleted only once its job is admitted (counted pending),
+        # so a job moving meanwhile is seen in one place or the other.
+        if any(relay.outbox.stats().depth for relay in dispatcher.relays):
+            return False
         return dispatcher.pending() == 0
     except Exception as exc:  # Redis unreachable for a moment: not a reason to crash
         # The backend logs the outage (with backoff); a line per poll would only add noise.
