@@ -87,21 +87,34 @@ class Counts:
         )
 
 
+def committed_ids(out: str) -> list[str]:
+    """The job ids ``manage.py outbox_enqueue`` printed for every commit it reported so far
+    (the output of a running one may end in the middle of a transaction's lines)."""
+    ids: list[str] = []
+    lines: list[str] = []
+    for line in out.splitlines():
+        match = COMMITTED.match(line)
+        if match:
+            assert int(match.group(1)) == len(lines), out[-2000:]
+            ids += lines
+            lines = []
+        elif line.startswith("rolled back"):
+            lines = []
+        elif line:
+            lines.append(line)
+    return ids
+
+
 class Web:
-    """A finished ``manage.py outbox_enqueue``: what it committed."""
+    """A finished ``manage.py outbox_enqueue``: what it committed, and when (the last commit)."""
 
     def __init__(self, proc: procs.Proc, returncode: int) -> None:
         self.proc = proc
         self.returncode = returncode
         out = proc.out()
+        self.ids = committed_ids(out)
         ends = COMMITTED.findall(out)
-        self.ids = [
-            line
-            for line in out.splitlines()
-            if line and not COMMITTED.match(line) and not line.startswith("rolled back")
-        ]
         self.committed_at = float(ends[-1][1]) if ends else None
-        assert sum(int(n) for n, _ in ends) == len(self.ids), out[-2000:]
 
 
 class Site:

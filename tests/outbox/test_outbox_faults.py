@@ -179,3 +179,26 @@ def test_a_rolled_back_transaction_relays_nothing_and_runs_nothing(
     assert site.ran() == {control.ids[0]: 1}
     assert (counts.runs, counts.rows_left, counts.stream, counts.pending) == (1, 0, 0, 0)
     assert (relayed.relayed, relayed.skipped) == (1, 0)
+
+
+def test_a_burst_worker_exits_only_once_the_outbox_is_empty_too(
+    sites: Callable[..., Site], redis_server_factory: Callable[..., RedisServerProcess]
+) -> None:
+    # `csjd_worker --burst` exits "once no job is left": a committed job still in the outbox
+    # (waiting for room under the cap here) is a job left, queued as far as `status` says.
+    count, cap = 150, 50
+    server = redis_server_factory()
+    site = sites(server.url, CSJD_TEST_MAX_PENDING=str(cap))
+    web = site.enqueue(count)
+    assert web.returncode == 0, web.proc.err()
+
+    worker, code = site.run("csjd_worker", "--burst", timeout=90)
+    relayed = relay_counters(worker.err())
+    counts = site.counts()
+    print(f"\nburst worker, cap {cap}: committed={len(web.ids)} exit={code} {counts} {relayed}")
+
+    assert code == 0, worker.err()
+    assert_each_ran_once(site, web.ids)
+    assert (counts.runs, counts.duplicates, counts.rows_left) == (count, 0, 0)
+    assert (counts.stream, counts.pending, counts.succeeded) == (0, 0, count)
+    assert relayed.relayed == count and relayed.postponed >= count - cap

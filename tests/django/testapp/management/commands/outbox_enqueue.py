@@ -2,9 +2,10 @@
 
 It writes N ``outbox.counted`` jobs with ``delay_on_commit`` in one ``transaction.atomic()``
 (``CSJD_OUTBOX``: rows in that transaction, nothing sent to Redis), then prints each committed
-job id on a line of its own and ``committed N at=<time.time()>`` last. ``--rollback`` raises
-inside the block instead (and prints ``rolled back N``); ``--kill-after-commit`` SIGKILLs this
-process right after the commit (after printing).
+job id on a line of its own and ``committed N at=<time.time()>`` last. ``--transactions T``
+commits them in T transactions one after the other (the lines after each commit).
+``--rollback`` raises inside the block instead (and prints ``rolled back N``);
+``--kill-after-commit`` SIGKILLs this process right after the (last) commit, once printed.
 """
 
 from __future__ import annotations
@@ -33,23 +34,31 @@ class Command(BaseCommand):
         parser.add_argument("--seconds", type=float, default=0.0, help="Each job sleeps this.")
         parser.add_argument("--kill-after-commit", action="store_true")
         parser.add_argument("--rollback", action="store_true")
+        parser.add_argument("--transactions", type=int, default=1)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        count, seconds = options["count"], options["seconds"]
+        count, transactions = options["count"], options["transactions"]
+        for number in range(transactions):
+            size = count // transactions + (number < count % transactions)
+            if not self.commit(size, options["seconds"], rollback=options["rollback"]):
+                return
+        if options["kill_after_commit"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def commit(self, count: int, seconds: float, *, rollback: bool) -> bool:
         ids: list[str] = []
         try:
             with transaction.atomic():
                 for _ in range(count):
                     ids.append(counted.delay_on_commit(seconds).id)
-                if options["rollback"]:
+                if rollback:
                     raise RolledBack
         except RolledBack:
             sys.stdout.write(f"rolled back {count}\n")
             sys.stdout.flush()
-            return
+            return False
         committed_at = time.time()
         sys.stdout.write("".join(f"{job_id}\n" for job_id in ids))
         sys.stdout.write(f"committed {count} at={committed_at:.6f}\n")
         sys.stdout.flush()
-        if options["kill_after_commit"]:
-            os.kill(os.getpid(), signal.SIGKILL)
+        return True
