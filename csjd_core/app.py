@@ -187,12 +187,16 @@ class App(JobRegistry):
         try:
             return self.dispatcher.status(job_id, queue)
         except JobNotFound:
-            for outbox in self.outboxes:
-                found = outbox.find(job_id)
-                if found is not None and (queue is None or found[0].queue == queue):
-                    config = self.distributed if self.mode is Mode.REDIS else self.config
-                    return queued_status(*found, config.default_max_attempts)
-            raise
+            if not self.outboxes:
+                raise
+        for outbox in self.outboxes:
+            found = outbox.find(job_id)
+            if found is not None and (queue is None or found[0].queue == queue):
+                config = self.distributed if self.mode is Mode.REDIS else self.config
+                return queued_status(*found, config.default_max_attempts)
+        # A relay may have moved it between the two looks (a row is deleted only once its job
+        # was admitted): the queue has it now, or nobody does.
+        return self.dispatcher.status(job_id, queue)
 
     def wait(self, timeout: float | timedelta | None = None) -> bool:
         """Block until every enqueued job finished (for tests). False on timeout."""
