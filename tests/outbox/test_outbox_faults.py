@@ -202,3 +202,21 @@ def test_a_burst_worker_exits_only_once_the_outbox_is_empty_too(
     assert (counts.runs, counts.duplicates, counts.rows_left) == (count, 0, 0)
     assert (counts.stream, counts.pending, counts.succeeded) == (0, 0, count)
     assert relayed.relayed == count and relayed.postponed >= count - cap
+
+
+def test_status_of_a_job_the_relay_moves_meanwhile_is_queued_not_not_found(
+    sites: Callable[..., Site], redis_server_factory: Callable[..., RedisServerProcess]
+) -> None:
+    # status() looks in the queue (not there yet), then in the outbox: a relay that commits
+    # between the two looks has moved the job to the queue. It exists all along.
+    server = redis_server_factory()
+    site = sites(server.url)
+    web = site.enqueue(1)
+    assert web.returncode == 0, web.proc.err()
+
+    probe, code = site.run("outbox_status_race", web.ids[0])
+    print(f"\nstatus while the relay moves the job: {probe.out().split()} {site.counts()}")
+
+    assert code == 0, probe.err()
+    assert probe.out() == "relayed meanwhile 1\nstatus queued\n"
+    assert site.rows_left() == 0 and site.stream_ids() == web.ids
