@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -120,6 +121,10 @@ class DjangoApp(App):
                 f"{', '.join(map(repr, self.outbox_by_database))}); add it to the list",
             )
         if outbox is not None:
+            if job.queue is None and self.mode is Mode.REDIS:
+                # The queue `enqueue` would admit it to: the relaying worker's default may be
+                # another (``--queues``).
+                job = dataclasses.replace(job, queue=self.distributed.queues[0])
             outbox.add(job)
             if self.mode is Mode.INPROCESS:  # this process relays: tell it at the commit
                 transaction.on_commit(self._relay_now, using=alias, robust=True)
