@@ -220,3 +220,36 @@ def test_status_of_a_job_the_relay_moves_meanwhile_is_queued_not_not_found(
     assert code == 0, probe.err()
     assert probe.out() == "relayed meanwhile 1\nstatus queued\n"
     assert site.rows_left() == 0 and site.stream_ids() == web.ids
+
+
+def test_a_worker_of_other_queues_relays_a_job_into_the_queue_it_was_committed_for(
+    sites: Callable[..., Site], redis_server_factory: Callable[..., RedisServerProcess]
+) -> None:
+    # The jobs name no queue: the app's default queue ("default"), as `delay()` would admit
+    # them. The only relay runs in a worker of queue "other" (`--queues other`).
+    count = 20
+    server = redis_server_factory()
+    site = sites(server.url)
+    other = site.worker("--queues", "other")
+    web = site.enqueue(count)
+    assert web.returncode == 0, web.proc.err()
+    other.wait_for(lambda: site.rows_left() == 0, what="the rows relayed")
+    time.sleep(1.0)  # time enough for the worker of "other" to run what it was given
+    before = site.counts()
+
+    default = site.worker()
+    default.wait_for(lambda: site.runs() >= count, timeout=60, what=f"{count} runs")
+    pids = set(site.query("SELECT array_agg(DISTINCT pid) FROM testapp_jobrun"))
+    for worker in (other, default):
+        site.stop_worker(worker)
+    counts = site.counts()
+    print(
+        f"\nrelayed by a worker of 'other': then default stream={before.stream} runs="
+        f"{before.runs}; after a worker of 'default' ran: {counts} pids={pids} (other="
+        f"{other.pid}, default={default.pid})"
+    )
+
+    assert (before.stream, before.runs) == (count, 0)
+    assert_each_ran_once(site, web.ids)
+    assert pids == {default.pid}
+    assert (counts.runs, counts.rows_left, counts.stream, counts.pending) == (count, 0, 0, 0)
