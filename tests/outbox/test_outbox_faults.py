@@ -1,8 +1,9 @@
 """The outbox under faults, with real processes on PostgreSQL: Redis down when the web process
 commits, the web process SIGKILLed right after its commit, a relay SIGKILLed between the
-admission and the deletion of its rows, a queue at its cap, a rolled-back transaction. Every
-job is counted where it ran (``testapp_jobrun``): jobs run == jobs committed, each once, and the
-outbox is left empty."""
+admission and the deletion of its rows, a queue at its cap (a worker, and a burst worker), a
+rolled-back transaction; and two races found with them: ``status()`` while a relay moves the job,
+a worker of other queues relaying a job. Every job is counted where it ran (``testapp_jobrun``):
+jobs run == jobs committed, each once, and the outbox is left empty."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.timeout(180)
 def assert_each_ran_once(site: Site, ids: list[str]) -> None:
     ran = site.ran()
     assert set(ran) == set(ids), (
-        f"lost {len(set(ids) - set(ran))}, never committed {len(set(ran) - set(ids))}"
+        f"never ran {len(set(ids) - set(ran))}, ran but never committed {len(set(ran) - set(ids))}"
     )
     twice = {job_id: n for job_id, n in ran.items() if n > 1}
     assert not twice, f"ran more than once: {twice}"
