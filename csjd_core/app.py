@@ -3,6 +3,7 @@ dispatcher of this process — shared by the Django and Flask integrations."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -177,6 +178,14 @@ class App(JobRegistry):
             dispatcher.start()
         dispatcher.submit(job)
 
+    def outbox_job(self, job: Job) -> Job:
+        """``job`` as an outbox row of this app keeps it: in Redis mode, with the queue
+        `enqueue` would admit it to when it names none (the first of the app's queues; the
+        worker that relays it may consume others, ``--queues``)."""
+        if job.queue is None and self.mode is Mode.REDIS:
+            return dataclasses.replace(job, queue=self.distributed.queues[0])
+        return job
+
     def status(self, job_id: str, queue: str | None = None) -> JobStatus:
         """Status of a job submitted through this app; ``queued`` while it waits in one of the
         app's outboxes.
@@ -187,12 +196,16 @@ class App(JobRegistry):
         try:
             return self.dispatcher.status(job_id, queue)
         except JobNotFound:
-            for outbox in self.outboxes:
-                found = outbox.find(job_id)
-                if found is not None and (queue is None or found[0].queue == queue):
-                    config = self.distributed if self.mode is Mode.REDIS else self.config
-                    return queued_status(*found, config.default_max_attempts)
-            raise
+            if not self.outboxes:
+                raise
+        for outbox in self.outboxes:
+            found = outbox.find(job_id)
+            if found is not None and (queue is None or found[0].queue == queue):
+                config = self.distributed if self.mode is Mode.REDIS else self.config
+                return queued_status(*found, config.default_max_attempts)
+        # A relay may have moved it between the two looks (a row is deleted only once its job
+        # was admitted): the queue has it now, or nobody does.
+        return self.dispatcher.status(job_id, queue)
 
     def wait(self, timeout: float | timedelta | None = None) -> bool:
         """Block until every enqueued job finished (for tests). False on timeout."""

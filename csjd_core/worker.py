@@ -73,7 +73,8 @@ def run_worker(
 
     Args:
         dispatcher: the dispatcher to run (handlers registered).
-        burst: return once nothing is left to do (no unfinished job in the backend).
+        burst: return once nothing is left to do (no unfinished job in the backend, no row
+            waiting in an outbox the dispatcher relays).
         drain_timeout: seconds to wait for in-flight jobs when stopping.
         install_signals: install the SIGTERM/SIGINT handlers (main thread only).
         should_stop: polled ten times a second; True stops like a signal (``--max-jobs``).

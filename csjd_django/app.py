@@ -120,7 +120,7 @@ class DjangoApp(App):
                 f"{', '.join(map(repr, self.outbox_by_database))}); add it to the list",
             )
         if outbox is not None:
-            outbox.add(job)
+            outbox.add(self.outbox_job(job))
             if self.mode is Mode.INPROCESS:  # this process relays: tell it at the commit
                 transaction.on_commit(self._relay_now, using=alias, robust=True)
             return

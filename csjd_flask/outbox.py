@@ -127,7 +127,7 @@ class FlaskOutbox:
         if self.outbox is None:  # immediate mode: no row, the job runs at the commit
             on_commit(session, lambda: self._run(job))
             return
-        self.outbox.add(session, job)
+        self.outbox.add(session, self.core.outbox_job(job))
         if self.core.mode is Mode.INPROCESS:  # this process relays: tell it at the commit
             on_commit(session, self._relay_now)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 from django.core import mail
 
 import csjd_django as csjd
 from csjd_core import JobContext, permanent
-from testapp.models import Order, Receipt
+from testapp.models import JobRun, Order, Receipt
 
 CALLS: list[str] = []
 
@@ -30,3 +33,13 @@ def flaky(ctx: JobContext, fail_times: int) -> int:
 @csjd.job("always.fails", max_attempts=2)
 def always_fails() -> None:
     raise permanent(ValueError("bad input <script>alert(1)</script>"))
+
+
+@csjd.job("outbox.counted", max_attempts=5, takes_context=True)
+def counted(ctx: JobContext, seconds: float = 0.0) -> None:
+    """Counts each run in the database (tests/outbox/: `JobRun`), then sleeps ``seconds``."""
+    JobRun.objects.create(
+        job_id=ctx.job_id, pid=os.getpid(), attempt=ctx.attempt, ran_at=time.time()
+    )
+    if seconds:
+        time.sleep(seconds)

@@ -58,6 +58,11 @@ DATABASES = {
     }
 }
 
+if os.environ.get("CSJD_TEST_DATABASE_URL"):  # tests/outbox: a throwaway PostgreSQL database
+    from postgres import django_database  # tests/postgres.py (tests/ on the subprocess's path)
+
+    DATABASES["default"] = django_database(os.environ["CSJD_TEST_DATABASE_URL"])
+
 STATIC_URL = "/static/"
 # Fast hashing for the test users (Django's testing advice); never in a real project.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -73,6 +78,16 @@ if os.environ.get("CSJD_TEST_REDIS_URL"):
     CSJD_CLAIM_INTERVAL = 0.3
     CSJD_BLOCK = 0.2
 CSJD_RETRY = {"base_delay": 0.001, "max_delay": 0.01}
+# The outbox fault tests (tests/outbox/) set these in their subprocesses' environment.
+if os.environ.get("CSJD_TEST_OUTBOX") == "1":
+    CSJD_OUTBOX = True
+    CSJD_OUTBOX_NOTIFY = os.environ.get("CSJD_TEST_OUTBOX_NOTIFY", "1") == "1"
+    if os.environ.get("CSJD_TEST_OUTBOX_POLL_INTERVAL"):
+        CSJD_OUTBOX_POLL_INTERVAL = float(os.environ["CSJD_TEST_OUTBOX_POLL_INTERVAL"])
+if os.environ.get("CSJD_TEST_MAX_PENDING"):
+    CSJD_MAX_PENDING_JOBS = int(os.environ["CSJD_TEST_MAX_PENDING"])
+if os.environ.get("CSJD_TEST_LEASE"):
+    CSJD_LEASE = float(os.environ["CSJD_TEST_LEASE"])
 
 TASKS = {
     "default": {
