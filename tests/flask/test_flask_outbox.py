@@ -239,6 +239,21 @@ def test_status_is_queued_while_the_job_waits_in_the_outbox(
     assert handle.result(5) == "s"
 
 
+def test_a_row_names_the_apps_queue_for_a_relay_that_consumes_others(
+    build: Build, sqlite_url: str, redis_config: dict[str, Any]
+) -> None:
+    app = build(sqlite_url, **redis_config, CSJD_QUEUES="default,other")
+    with app.app_context():
+        handle = record.delay_on_commit("q")
+        db.session.commit()
+    [row] = outbox_rows(app)
+    assert (row["queue"], json.loads(row["data"])["queue"]) == ("default", "default")
+    # A worker of "other" only relays it, into the queue it was committed for.
+    assert invoke(app, "run", "--burst", "--queues", "other").exit_code == 0
+    assert queued(app) == (1, 1)
+    assert handle.status().queue == "default"
+
+
 def test_poison_rows_are_set_aside_with_the_reason_and_the_rest_is_relayed(
     build: Build, sqlite_url: str, redis_config: dict[str, Any]
 ) -> None:
