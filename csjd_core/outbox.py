@@ -67,7 +67,7 @@ POLL_INTERVAL = 1.0
 #: A row over the pending cap waits ``FULL_BACKOFF * 2**attempts`` seconds (with jitter),
 #: at most `MAX_BACKOFF`, before a relay tries it again.
 FULL_BACKOFF = 0.25
-MAX_BACKOFF = 30.0
+MAX_BACKOFF = 5.0  # a queue drains fast once it can: longer waits only left workers idle
 #: Seconds between a relay's heartbeats (what ``relays`` in `OutboxStats` reports).
 BEAT_INTERVAL = 10.0
 #: Seconds a relay waits after an error (Redis or the database unreachable) before retrying.
