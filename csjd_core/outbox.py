@@ -26,13 +26,13 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from csjd_core.backends.base import RelayVerdict
+from csjd_core.backends.base import RelayResult, RelayVerdict
 from csjd_core.errors import CSJDError, DispatcherClosed, InvalidJob, SettingsError
 from csjd_core.job import Job, JobState, JobStatus, utc_from_timestamp, validate_job
 from csjd_core.limits import brief
@@ -64,8 +64,9 @@ NOTIFY_CHANNEL = "csjd_outbox"
 BATCH = 500
 #: Seconds a relay without a notification waits before it looks again.
 POLL_INTERVAL = 1.0
-#: A row over the pending cap waits ``FULL_BACKOFF * 2**attempts`` seconds (with jitter),
-#: at most `MAX_BACKOFF`, before a relay tries it again.
+#: A row over its queue's pending cap waits ``FULL_BACKOFF * 2**n`` seconds (with jitter), at
+#: most `MAX_BACKOFF`, before a relay tries it again, ``n`` counting the relay's batches in a
+#: row in which that queue admitted nothing (0 while it drains).
 FULL_BACKOFF = 0.25
 MAX_BACKOFF = 5.0  # a queue drains fast once it can: longer waits only left workers idle
 #: Seconds between a relay's heartbeats (what ``relays`` in `OutboxStats` reports).
@@ -285,9 +286,10 @@ def relay_settings(settings: Mapping[str, Any]) -> tuple[bool, float]:
     return notify, float(interval)
 
 
-def backoff(attempts: int) -> float:
-    """Seconds a row over the pending cap waits before its next try (``attempts`` tries so far)."""
-    delay = min(MAX_BACKOFF, FULL_BACKOFF * (1 << min(attempts, 16)))
+def backoff(stuck: int) -> float:
+    """Seconds a row over the pending cap waits before its next try, its queue having admitted
+    nothing in ``stuck`` batches in a row."""
+    delay = min(MAX_BACKOFF, FULL_BACKOFF * (1 << min(stuck, 16)))
     return delay * random.uniform(0.75, 1.0)
 
 
@@ -340,6 +342,8 @@ class Relay:
         self._listen_after = 0.0  # monotonic time of the next try to listen
         self._failing: str | None = None  # the error last logged
         self._beat_at = 0.0
+        self._stuck: dict[str | None, int] = {}  # queue -> batches in a row it admitted none
+        self._due_in: float | None = None  # seconds until the rows postponed last are due
 
     # -- the thread ------------------------------------------------------------------------
     def start(self) -> None:
@@ -414,16 +418,14 @@ class Relay:
                 else:
                     rows.append(row)
             results = self.dispatcher.relay(jobs) if jobs else []
-            delays: dict[int, float] = {}  # one per try count: the rows of a try wait alike
-            for row, result in zip(rows, results, strict=True):
+            delays = self._full_delays(jobs, results)
+            for row, job, result in zip(rows, jobs, results, strict=True):
                 verdict = result.verdict
                 if verdict is RelayVerdict.ADMITTED or verdict is RelayVerdict.EXISTS:
                     claim.done.append(row.key)
                     skipped += verdict is RelayVerdict.EXISTS
                 elif verdict is RelayVerdict.FULL:
-                    if row.attempts not in delays:
-                        delays[row.attempts] = backoff(row.attempts)
-                    claim.postponed.append((row.key, delays[row.attempts]))
+                    claim.postponed.append((row.key, delays[job.queue]))
                 else:
                     claim.set_aside.append((row.key, result.reason or "refused by admission"))
         # Committed: count what the database now says happened.
@@ -443,17 +445,44 @@ class Relay:
         if skipped:
             logger.info("outbox rows already relayed, deleted outbox=%s count=%d", name, skipped)
         self._recovered()
+        if claim.postponed:  # look again when the first of them is due
+            self._due_in = min(delay for _, delay in claim.postponed)
         return len(claim.rows) >= self.batch and not claim.postponed
+
+    def _full_delays(
+        self, jobs: Sequence[Job], results: Sequence[RelayResult]
+    ) -> dict[str | None, float]:
+        """How long the rows of each queue found full wait: `backoff` of the number of batches
+        in a row in which that queue admitted nothing — a queue that drains (it admitted some
+        of this batch) is tried again soon, one that stays full less and less often."""
+        full: set[str | None] = set()
+        admitted: set[str | None] = set()
+        for job, result in zip(jobs, results, strict=True):
+            if result.verdict is RelayVerdict.FULL:
+                full.add(job.queue)
+            elif result.verdict is RelayVerdict.ADMITTED:
+                admitted.add(job.queue)
+        delays = {}
+        for queue in full:
+            stuck = 0 if queue in admitted else self._stuck.get(queue, 0) + 1
+            self._stuck[queue] = stuck
+            delays[queue] = backoff(stuck)
+        for queue in admitted - full:
+            self._stuck.pop(queue, None)
+        return delays
 
     # -- waiting ---------------------------------------------------------------------------
     def _idle(self) -> None:
-        """Wait for a notification, a `wake`, a `stop`, or the poll interval."""
+        """Wait for a notification, a `wake`, a `stop`, or the poll interval (or until rows
+        postponed by the last batch are due, if sooner)."""
+        wait = self.poll_interval if self._due_in is None else min(self.poll_interval, self._due_in)
+        self._due_in = None
         listener = self._listen()
         if listener is None:
-            self._wake.wait(self.poll_interval)
+            self._wake.wait(wait)
             self._wake.clear()
             return
-        deadline = time.monotonic() + self.poll_interval
+        deadline = time.monotonic() + wait
         while not self._wake.is_set():
             left = deadline - time.monotonic()
             if left <= 0:

@@ -351,3 +351,29 @@ def test_a_worker_or_relay_that_cannot_read_the_outbox_exits_1_saying_why(
     finally:
         with connection.schema_editor() as editor:
             editor.create_model(OutboxJob)
+
+
+def test_rows_of_a_draining_queue_wait_briefly_of_a_stuck_one_longer(outbox_redis: Any) -> None:
+    def wait_of_the_rows() -> list[float]:
+        now = timezone.now()
+        return [(r.available_at - now).total_seconds() for r in OutboxJob.objects.all()]
+
+    with override_settings(CSJD_MAX_PENDING_JOBS=2):
+        for _ in range(5):
+            jobs.flaky.delay_on_commit(0)
+        csjd.app.configure_from_settings()
+        dispatcher = worker_dispatcher(csjd.app)
+        relay = Relay(csjd.app.outboxes[0], dispatcher)
+        try:
+            relay.relay_once()  # 2 admitted: the queue drains, the rest is tried again soon
+            assert all(0 < wait <= 0.25 for wait in wait_of_the_rows())
+            for stuck in (1, 2, 3):  # nothing admitted: 0.25 s doubled each time
+                OutboxJob.objects.update(available_at=None)
+                relay.relay_once()
+                assert all(
+                    0.25 * 2**stuck * 0.7 < wait <= 0.25 * 2**stuck for wait in wait_of_the_rows()
+                )
+        finally:
+            dispatcher.stop(1)
+    assert relay.counters.relayed == 2
+    assert OutboxJob.objects.filter(attempts=4).count() == 3
