@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates every figure docs/performance.md publishes, in one go (about 40 minutes on 2 cores):
 #   benchmarks/results/redis.json, inprocess.json  CSJD beside its limits (bench_redis, bench_inprocess)
+#   benchmarks/results/outbox.json                 the outbox on PostgreSQL (bench_outbox)
 #   benchmarks/peers/results.json                  CSJD beside seven peers (peers/run.py)
 #   docs/img/*.png, docs/img/peers/*.png           their plots
 # CSJD's own benchmarks run with `python` of the activated virtualenv you develop in (python3 -m
@@ -22,6 +23,7 @@ py=.venv-peers/bin/python
 mkdir -p benchmarks/results
 python benchmarks/bench_redis.py --repeat 5 --json benchmarks/results/redis.json
 python benchmarks/bench_inprocess.py --repeat 5 --json benchmarks/results/inprocess.json
+python benchmarks/bench_outbox.py --repeat 3 --json benchmarks/results/outbox.json
 # A peer's run that fails (a timeout, a job run twice) is recorded as failed and makes run.py
 # exit 3: the other figures are still published. Any other failure stops here.
 status=0
