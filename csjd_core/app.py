@@ -13,12 +13,19 @@ from enum import StrEnum
 from csjd_core.config import Config, DistributedConfig, RedisConfig
 from csjd_core.dispatcher import Dispatcher
 from csjd_core.engine.dispatcher import BaseDispatcher
-from csjd_core.errors import CSJDError, InvalidConfig, JobFailed, JobNotFound, RedisModeRequired
+from csjd_core.errors import (
+    BackendUnavailable,
+    CSJDError,
+    InvalidConfig,
+    JobFailed,
+    JobNotFound,
+    RedisModeRequired,
+)
 from csjd_core.immediate import ImmediateDispatcher
-from csjd_core.job import Job, JobStatus
+from csjd_core.job import Job, JobStatus, validate_job
 from csjd_core.jobs import JobFunction, JobHandle, JobRegistry
 from csjd_core.limits import brief
-from csjd_core.outbox import Outbox, queued_status
+from csjd_core.outbox import Outbox
 
 __all__ = ["MODES", "App", "JobFailed", "JobFunction", "JobHandle", "Mode"]
 
@@ -179,11 +186,23 @@ class App(JobRegistry):
         dispatcher.submit(job)
 
     def outbox_job(self, job: Job) -> Job:
-        """``job`` as an outbox row of this app keeps it: in Redis mode, with the queue
-        `enqueue` would admit it to when it names none (the first of the app's queues; the
-        worker that relays it may consume others, ``--queues``)."""
-        if job.queue is None and self.mode is Mode.REDIS:
-            return dataclasses.replace(job, queue=self.distributed.queues[0])
+        """``job`` as an outbox row of this app keeps it, checked as admission will check it:
+        in Redis mode, with the queue `enqueue` would admit it to when it names none (the
+        first of the app's queues; the worker that relays it may consume others,
+        ``--queues``), and within ``max_payload_bytes``.
+
+        Raises:
+            InvalidJob: a malformed job, or one over the payload limit.
+        """
+        validate_job(job)
+        if self.mode is not Mode.REDIS:
+            return job
+        from csjd_core.backends.redis import codec  # noqa: PLC0415 - Redis mode: redis is there
+
+        config = self.distributed
+        codec.encode(job, config.default_max_attempts, config.max_payload_bytes)
+        if job.queue is None:
+            return dataclasses.replace(job, queue=config.queues[0])
         return job
 
     def status(self, job_id: str, queue: str | None = None) -> JobStatus:
@@ -195,14 +214,14 @@ class App(JobRegistry):
         """
         try:
             return self.dispatcher.status(job_id, queue)
-        except JobNotFound:
+        except (JobNotFound, BackendUnavailable):  # Redis down: a waiting job is still queued
             if not self.outboxes:
                 raise
-        for outbox in self.outboxes:
-            found = outbox.find(job_id)
-            if found is not None and (queue is None or found[0].queue == queue):
-                config = self.distributed if self.mode is Mode.REDIS else self.config
-                return queued_status(*found, config.default_max_attempts)
+            for outbox in self.outboxes:
+                found = outbox.find(job_id)
+                if found is not None and (queue is None or found.job.queue == queue):
+                    config = self.distributed if self.mode is Mode.REDIS else self.config
+                    return found.status(config.default_max_attempts)
         # A relay may have moved it between the two looks (a row is deleted only once its job
         # was admitted): the queue has it now, or nobody does.
         return self.dispatcher.status(job_id, queue)

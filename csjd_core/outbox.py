@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "NOTIFY_CHANNEL",
     "Claim",
+    "Found",
     "Listener",
     "Outbox",
     "OutboxRow",
@@ -52,7 +53,7 @@ __all__ = [
     "RelayCounters",
     "decode_row",
     "encode_job",
-    "queued_status",
+    "found_row",
     "relay_settings",
 ]
 
@@ -207,9 +208,9 @@ class Outbox(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def find(self, job_id: str) -> tuple[Job, datetime] | None:
-        """The job of ``job_id`` and when it was written, while it waits here (``None``: no
-        such row)."""
+    def find(self, job_id: str) -> Found | None:
+        """The row of ``job_id``, waiting or set aside (``None``: no such row, or one too
+        malformed to name a job)."""
 
     @abc.abstractmethod
     def stats(self) -> OutboxStats:
@@ -248,20 +249,41 @@ def decode_row(data: str | bytes) -> Job:
     return Job.from_dict(fields)
 
 
-def queued_status(job: Job, written_at: datetime | None, default_max_attempts: int) -> JobStatus:
-    """The status of a job still in the outbox: queued (written to the queue soon)."""
-    run_at = job.run_at
-    return JobStatus(
-        id=job.id,
-        type=job.type,
-        state=JobState.QUEUED,
-        attempts=0,
-        max_attempts=job.max_attempts or default_max_attempts,
-        queue=job.queue,
-        enqueued_at=written_at,
-        run_at=run_at if run_at is None else utc_from_timestamp(run_at.timestamp()),
-        payload=job.payload,
-    )
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A row of an outbox (`Outbox.find`): its job, when it was written, and why a relay set
+    it aside (``None``: it waits to be relayed)."""
+
+    job: Job
+    written_at: datetime | None
+    problem: str | None = None
+
+    def status(self, default_max_attempts: int) -> JobStatus:
+        """The job's status: ``queued`` while it waits; ``failed`` (with the reason as its
+        error) once set aside: it will never run."""
+        job, run_at = self.job, self.job.run_at
+        return JobStatus(
+            id=job.id,
+            type=job.type,
+            state=JobState.QUEUED if self.problem is None else JobState.FAILED,
+            attempts=0,
+            max_attempts=job.max_attempts or default_max_attempts,
+            queue=job.queue,
+            enqueued_at=self.written_at,
+            run_at=run_at if run_at is None else utc_from_timestamp(run_at.timestamp()),
+            last_error=None
+            if self.problem is None
+            else f"set aside by the outbox relay: {self.problem}",
+            payload=job.payload,
+        )
+
+
+def found_row(data: str | bytes, written_at: datetime | None, problem: str | None) -> Found | None:
+    """`Outbox.find`'s answer for a row (``None`` when its data names no job)."""
+    try:
+        return Found(decode_row(data), written_at, problem)
+    except InvalidJob:
+        return None
 
 
 def relay_settings(settings: Mapping[str, Any]) -> tuple[bool, float]:

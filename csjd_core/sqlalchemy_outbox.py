@@ -51,13 +51,14 @@ from csjd_core.outbox import (
     NOTIFY_CHANNEL,
     POLL_INTERVAL,
     Claim,
+    Found,
     Listener,
     Outbox,
     OutboxRow,
     OutboxStats,
     PsycopgListener,
-    decode_row,
     encode_job,
+    found_row,
 )
 
 __all__ = ["JOBS_TABLE", "RELAYS_TABLE", "SQLAlchemyOutbox", "outbox_tables"]
@@ -276,17 +277,17 @@ class SQLAlchemyOutbox(Outbox):
         args, params = dialect.create_connect_args(engine.url)
         return PsycopgListener(dialect.connect(*args, **{**params, "autocommit": True}))
 
-    def find(self, job_id: str) -> tuple[Job, datetime] | None:
+    def find(self, job_id: str) -> Found | None:
         jobs = self.jobs
         query = (
-            select(jobs.c.data, jobs.c.created_at)
-            .where(jobs.c.job_id == job_id, jobs.c.problem.is_(None))
+            select(jobs.c.data, jobs.c.created_at, jobs.c.problem)
+            .where(jobs.c.job_id == job_id)
             .order_by(jobs.c.id)
             .limit(1)
         )
         with self.engine.connect() as connection:
-            found = connection.execute(query).first()
-        return None if found is None else (decode_row(found[0]), _utc(found[1]))
+            row = connection.execute(query).first()
+        return None if row is None else found_row(row[0], _utc(row[1]), row[2])
 
     def stats(self) -> OutboxStats:
         jobs, relays = self.jobs, self.relays

@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -31,13 +31,14 @@ from csjd_core.outbox import (
     NOTIFY_CHANNEL,
     POLL_INTERVAL,
     Claim,
+    Found,
     Listener,
     Outbox,
     OutboxRow,
     OutboxStats,
     PsycopgListener,
-    decode_row,
     encode_job,
+    found_row,
     relay_settings,
 )
 
@@ -193,16 +194,17 @@ class DjangoOutbox(Outbox):
         raw = connection.Database.connect(**connection.get_connection_params(), autocommit=True)
         return PsycopgListener(raw)
 
-    def find(self, job_id: str) -> tuple[Job, datetime] | None:
+    def find(self, job_id: str) -> Found | None:
         from csjd_django.models import OutboxJob  # noqa: PLC0415
 
-        found = (
+        row = (
             OutboxJob.objects.using(self.using)
-            .filter(job_id=job_id, problem__isnull=True)
-            .values_list("data", "created_at")
+            .filter(job_id=job_id)
+            .order_by("id")
+            .values_list("data", "created_at", "problem")
             .first()
         )
-        return None if found is None else (decode_row(found[0]), found[1])
+        return None if row is None else found_row(*row)
 
     def stats(self) -> OutboxStats:
         from csjd_django.models import OutboxJob, OutboxRelay  # noqa: PLC0415

@@ -163,10 +163,33 @@ def test_poison_rows_are_set_aside_with_the_reason_and_the_rest_goes(
     assert (stats.depth, stats.set_aside) == (0, 3)
 
 
-def test_status_of_a_set_aside_row_is_not_found(outbox_redis: Any) -> None:
+def test_status_of_a_set_aside_row_is_failed_saying_why(outbox_redis: Any) -> None:
     OutboxJob.objects.create(job_id="bad", data="{not json", problem="malformed")
     with pytest.raises(JobNotFound):
-        csjd.status("bad")
+        csjd.status("bad")  # names no job
+    job = jobs.flaky.build_job((0,), job_id="refused")
+    OutboxJob.objects.create(job_id=job.id, data=encode_job(job), problem="over the limit")
+    status = csjd.status("refused")
+    assert status.state is JobState.FAILED
+    assert status.last_error == "set aside by the outbox relay: over the limit"
+
+
+def test_a_job_over_the_payload_limit_is_refused_in_the_transaction(outbox_redis: Any) -> None:
+    with override_settings(CSJD_MAX_PAYLOAD_BYTES=1024):
+        with pytest.raises(InvalidJob, match="max_payload_bytes=1024"):
+            jobs.flaky.delay_on_commit("x" * 5000)
+        jobs.flaky.delay_on_commit("x" * 500)
+    assert OutboxJob.objects.count() == 1
+
+
+def test_status_of_a_waiting_job_while_redis_is_down_is_queued(
+    outbox_redis: Any, redis_server_factory: Any
+) -> None:
+    server = redis_server_factory()
+    with override_settings(CSJD_REDIS_URL=server.url):
+        handle = jobs.flaky.delay_on_commit(0)
+        server.stop()
+        assert handle.status().state is JobState.QUEUED
 
 
 def test_a_tasks_enqueue_in_a_transaction_writes_the_outbox(outbox_redis: Any) -> None:

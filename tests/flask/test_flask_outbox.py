@@ -89,6 +89,10 @@ def outbox_rows(app: Flask) -> list[dict[str, Any]]:
         ]
 
 
+def core_status(app: Flask, job_id: str) -> Any:
+    return CSJDState.of(app).core.status(job_id)
+
+
 def queued(app: Flask) -> tuple[int, int]:
     """(entries in the default queue's stream, unfinished jobs) in Redis."""
     stats = queue_stats(CSJDState.of(app).core)["default"]
@@ -280,7 +284,9 @@ def test_poison_rows_are_set_aside_with_the_reason_and_the_rest_is_relayed(
     assert "max_payload_bytes=2048" in left["huge"]
     stats = sqlalchemy_outbox(app).stats()
     assert (stats.depth, stats.set_aside, stats.oldest) == (0, 3, None)
-    assert sqlalchemy_outbox(app).find("huge") is None  # set aside: no longer "queued"
+    huge = core_status(app, "huge")  # set aside: failed for good, saying why
+    assert huge.state is JobState.FAILED and "max_payload_bytes=2048" in (huge.last_error or "")
+    assert sqlalchemy_outbox(app).find("not-json") is None  # names no job
     with sqlalchemy_outbox(app).claim(10) as claim:
         assert claim.rows == []  # never claimed again
     assert invoke(app, "relay", "--burst").exit_code == 0
@@ -423,8 +429,9 @@ def test_sqlite_round_trips_aware_utc_datetimes_and_prunes_old_heartbeats(
     before = datetime.now(UTC)
     job_id = post(app, "d")
     found = outbox.find(job_id)
-    assert found is not None
-    job, written_at = found
+    assert found is not None and found.problem is None
+    job, written_at = found.job, found.written_at
+    assert written_at is not None
     assert job.id == job_id and job.payload == {"args": ["d"], "kwargs": {}}
     assert written_at.tzinfo is UTC and before - timedelta(seconds=1) <= written_at
     with app.app_context():

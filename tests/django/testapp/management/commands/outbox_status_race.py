@@ -9,21 +9,19 @@ process committing between the two looks — then looks. Prints the state, or ``
 from __future__ import annotations
 
 import sys
-from datetime import datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
 import csjd_django
 from csjd_core import JobNotFound
-from csjd_core.job import Job
 from csjd_core.operations import worker_dispatcher
-from csjd_core.outbox import Relay
+from csjd_core.outbox import Found, Relay
 from csjd_django.outbox import DjangoOutbox
 
 
 class RelayedMeanwhile(DjangoOutbox):
-    def find(self, job_id: str) -> tuple[Job, datetime] | None:
+    def find(self, job_id: str) -> Found | None:
         dispatcher = worker_dispatcher(csjd_django.app, needed_by="outbox_status_race")
         relay = Relay(DjangoOutbox(), dispatcher)
         relay.relay_once()
