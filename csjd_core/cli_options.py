@@ -76,7 +76,11 @@ WORKER_OPTIONS = (
     Option("--queues", "Comma-separated queues to consume (default: the app's).", str),
     Option("--workers", "Worker threads per process (default: the app's).", int),
     Option("--processes", "Worker processes under one supervisor.", int),
-    Option("--burst", "Exit once no job is left (queued, scheduled or running)."),
+    Option(
+        "--burst",
+        "Exit once no job is left (queued, scheduled or running, or waiting in an outbox "
+        "this process relays).",
+    ),
     Option("--max-jobs", "Recycle a process after N jobs.", int),
     Option("--max-memory", "Recycle a process past this RSS (e.g. 512M).", str),
     Option("--drain-timeout", "Seconds to let in-flight jobs finish after SIGTERM.", float),

@@ -400,7 +400,8 @@ def run_relay(
     if not app.outboxes:
         raise CSJDError(
             f"{needed_by}: the app has no outbox to relay (Django: CSJD_OUTBOX = True; "
-            "Flask: CSJD(app, outbox=db); see docs/outbox.md)"
+            "Flask: CSJD(app, outbox=db); an App of your own: app.outboxes = "
+            "(SQLAlchemyOutbox(engine, *outbox_tables(metadata)),); see docs/outbox.md)"
         )
     if not outboxes_readable(app):
         return 1
@@ -429,28 +430,29 @@ def run_relay(
 def outboxes_readable(app: App) -> bool:
     """Whether each of ``app``'s outboxes can be read (else an error says why, once: a worker or
     relay then exits with status 1, as when Redis is down at its start)."""
-    for outbox in app.outboxes:
-        try:
-            outbox.stats()
-        except Exception as exc:
-            logger.error(
-                "cannot read the outbox; is the database up, and migrated? outbox=%s error=%s",
-                outbox.name,
-                f"{type(exc).__name__}: {exc}".strip(),
-            )
+    figures = outbox_stats(app)
+    for outbox in app.outboxes:  # (the relays open connections of their own)
+        outbox.close()
+    for name, stats in figures.items():
+        if isinstance(stats, str):
+            logger.error("%s outbox=%s", stats, name)
             return False
-        finally:
-            outbox.close()
     return True
 
 
-def outbox_stats(app: App) -> dict[str, OutboxStats]:
-    """Each of ``app``'s outboxes by name: rows waiting, the oldest, rows set aside, relays.
-
-    Raises:
-        Exception: the database's error (unreachable, not migrated).
-    """
-    return {outbox.name: outbox.stats() for outbox in app.outboxes}
+def outbox_stats(app: App) -> dict[str, OutboxStats | str]:
+    """Each of ``app``'s outboxes by name: rows waiting, the oldest, rows set aside, relays —
+    or why it cannot be read (the database down, not migrated)."""
+    figures: dict[str, OutboxStats | str] = {}
+    for outbox in app.outboxes:
+        try:
+            figures[outbox.name] = outbox.stats()
+        except Exception as exc:  # the database's error: said, not raised
+            error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+            figures[outbox.name] = (
+                f"cannot read the outbox; is the database up, and migrated? error={error}"
+            )
+    return figures
 
 
 def _relay_burst(relays: Sequence[Relay]) -> int:

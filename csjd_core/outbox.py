@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from csjd_core.backends.base import RelayResult, RelayVerdict
 from csjd_core.errors import CSJDError, DispatcherClosed, InvalidJob, SettingsError
 from csjd_core.job import Job, JobState, JobStatus, utc_from_timestamp, validate_job
-from csjd_core.limits import brief
+from csjd_core.limits import brief, seconds
 
 if TYPE_CHECKING:
     from csjd_core.engine.dispatcher import BaseDispatcher
@@ -72,6 +72,8 @@ FULL_BACKOFF = 0.25
 MAX_BACKOFF = 5.0  # a queue drains fast once it can: longer waits only left workers idle
 #: Seconds between a relay's heartbeats (what ``relays`` in `OutboxStats` reports).
 BEAT_INTERVAL = 10.0
+#: A relay whose heartbeat is older than this many seconds is not counted as running.
+LIVE = 3 * BEAT_INTERVAL
 #: Seconds a relay waits after an error (Redis or the database unreachable) before retrying.
 RETRY_INTERVAL = 1.0
 
@@ -110,6 +112,11 @@ class OutboxStats:
         """The latest heartbeat of any relay (``None``: no relay ever ran)."""
         return max(self.relays.values(), default=None)
 
+    def live_relays(self, now: datetime) -> int:
+        """Relays whose heartbeat is fresh (within `LIVE`): those running now (a stopped
+        relay's heartbeat stays a day, for `last_relay`)."""
+        return sum((now - seen).total_seconds() <= LIVE for seen in self.relays.values())
+
     def line(self, name: str, now: datetime) -> str:
         """``csjd stats``'s line for the outbox called ``name``."""
         age, last = self.oldest_age(now), self.last_relay()
@@ -117,16 +124,18 @@ class OutboxStats:
         return (
             f"outbox {name}: waiting={self.depth} "
             f"oldest={'-' if age is None else f'{age:.1f}s'} set_aside={self.set_aside} "
-            f"relays={len(self.relays)} last_relay={relayed}"
+            f"relays_running={self.live_relays(now)} last_relay={relayed}"
         )
 
     def to_json(self, name: str, now: datetime) -> dict[str, Any]:
-        """``csjd stats --json``'s entry for the outbox called ``name`` (ages in seconds)."""
+        """``csjd stats --json``'s entry for the outbox called ``name`` (ages in seconds;
+        ``relays``: every heartbeat of the last day, by relay)."""
         return {
             "name": name,
             "waiting": self.depth,
             "oldest_age": self.oldest_age(now),
             "set_aside": self.set_aside,
+            "relays_running": self.live_relays(now),
             "relays": {r: (now - seen).total_seconds() for r, seen in self.relays.items()},
         }
 
@@ -296,11 +305,10 @@ def relay_settings(settings: Mapping[str, Any]) -> tuple[bool, float]:
     notify = settings.get("CSJD_OUTBOX_NOTIFY", True)
     if not isinstance(notify, bool):
         raise SettingsError("CSJD_OUTBOX_NOTIFY", f"must be True or False, got {brief(notify)}")
-    interval = settings.get("CSJD_OUTBOX_POLL_INTERVAL", POLL_INTERVAL)
-    if isinstance(interval, bool) or not isinstance(interval, int | float):
-        raise SettingsError(
-            "CSJD_OUTBOX_POLL_INTERVAL", f"must be a number of seconds, got {brief(interval)}"
-        )
+    try:
+        interval = seconds(settings.get("CSJD_OUTBOX_POLL_INTERVAL", POLL_INTERVAL), "it")
+    except ValueError as exc:
+        raise SettingsError("CSJD_OUTBOX_POLL_INTERVAL", str(exc).removeprefix("it ")) from None
     if not 0.01 <= interval <= 3600:
         raise SettingsError(
             "CSJD_OUTBOX_POLL_INTERVAL", f"must be from 0.01 to 3600 seconds, got {interval!r}"
@@ -392,10 +400,10 @@ class Relay:
     def run(self) -> None:
         """Relay until `stop` (or the dispatcher stops)."""
         logger.info(
-            "relaying outbox=%s relay=%s concurrent=%s",
+            "relaying outbox=%s relay=%s skip_locked=%s",
             self.outbox.name,
             self.name,
-            self.outbox.concurrent,
+            "yes" if self.outbox.concurrent else "no (relays take turns)",
         )
         try:
             while not self._stop.is_set():

@@ -225,13 +225,16 @@ def stats(app: App, queues: str | None, as_json: bool, *, needed_by: str, echo: 
     if as_json:
         document: dict[str, Any] = {n: q.to_json() for n, q in figures.items()}
         if outboxes:  # braces are never part of a queue's name
-            document[OUTBOX_KEY] = [s.to_json(name, now) for name, s in outboxes.items()]
+            document[OUTBOX_KEY] = [
+                {"name": name, "error": s} if isinstance(s, str) else s.to_json(name, now)
+                for name, s in outboxes.items()
+            ]
         echo(json.dumps(document, indent=2, sort_keys=True))
         return
     for line in stats_lines(figures):
         echo(line)
     for name, outbox in outboxes.items():
-        echo(outbox.line(name, now))
+        echo(f"outbox {name}: {outbox}" if isinstance(outbox, str) else outbox.line(name, now))
 
 
 def replay(

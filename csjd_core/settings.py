@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from csjd_core.app import App, Mode
@@ -51,20 +51,28 @@ def app_from_settings(
     return App(name=name, **app_options(settings, hooks=hooks))
 
 
-def app_options(settings: Mapping[str, Any], *, hooks: tuple[object, ...] = ()) -> dict[str, Any]:
+def app_options(
+    settings: Mapping[str, Any],
+    *,
+    hooks: tuple[object, ...] = (),
+    framework: Sequence[str] = (),
+) -> dict[str, Any]:
     """The ``mode``/``config``/``redis``/``distributed`` arguments that ``CSJD_*`` settings give
-    (for `App` or `App.configure`).
+    (for `App` or `App.configure`). ``framework`` names the settings a framework reads itself
+    (``CSJD_SCHEDULE``, ``CSJD_OUTBOX``...): left out here, but known.
 
     Raises:
         SettingsError: an unknown ``CSJD_*`` key, or a bad value, naming the setting.
     """
-    values = {k[len(PREFIX) :]: v for k, v in settings.items() if k.startswith(PREFIX)}
+    values = {
+        k[len(PREFIX) :]: v
+        for k, v in settings.items()
+        if k.startswith(PREFIX) and k not in framework
+    }
     unknown = sorted(set(values) - set(SETTINGS))
     if unknown:
-        raise SettingsError(
-            PREFIX + unknown[0],
-            f"unknown setting; known: {', '.join(PREFIX + k for k in SETTINGS)}",
-        )
+        known = [PREFIX + k for k in SETTINGS] + list(framework)
+        raise SettingsError(PREFIX + unknown[0], f"unknown setting; known: {', '.join(known)}")
     try:
         mode = Mode.parse(values.get("MODE", Mode.INPROCESS))
     except InvalidConfig as exc:

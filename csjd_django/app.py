@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, transaction
 
 from csjd_core.app import App, JobFunction, JobHandle, Mode
@@ -114,10 +115,13 @@ class DjangoApp(App):
         alias = using or DEFAULT_DB_ALIAS
         outbox = self.outbox_by_database.get(alias)
         if outbox is None and self.outbox_by_database:
+            if alias not in settings.DATABASES:
+                raise SettingsError("CSJD_OUTBOX", f"{alias!r} is not a database of DATABASES")
+            names = ", ".join(map(repr, self.outbox_by_database))
             raise SettingsError(
                 "CSJD_OUTBOX",
-                f"database {alias!r} has no outbox (CSJD_OUTBOX names "
-                f"{', '.join(map(repr, self.outbox_by_database))}); add it to the list",
+                f"database {alias!r} has no outbox (CSJD_OUTBOX covers {names}): list it, "
+                f"e.g. CSJD_OUTBOX = [{names}, {alias!r}], and migrate --database {alias}",
             )
         if outbox is not None:
             outbox.add(self.outbox_job(job))

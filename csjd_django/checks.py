@@ -81,7 +81,9 @@ def check_outbox_relays(
     app_configs: Any = None, databases: Any = None, **kwargs: Any
 ) -> list[checks.CheckMessage]:
     """csjd.W003: ``CSJD_OUTBOX`` is on and no relay has beaten on one of its databases in
-    the last `RELAY_SILENCE` (run only with ``check --database``, and by ``migrate``)."""
+    the last `RELAY_SILENCE`; csjd.W004: the outbox's tables cannot be read there (not
+    migrated). Database checks: run only by ``check --database`` and ``migrate`` — which runs
+    them before it migrates, hence warnings, not errors."""
     if not databases:
         return []
     try:
@@ -98,8 +100,18 @@ def check_outbox_relays(
             continue
         try:
             stats = DjangoOutbox(alias).stats()
-        except DatabaseError:
-            continue  # not migrated yet (``migrate`` runs this before migrating)
+        except DatabaseError as exc:
+            messages.append(
+                checks.Warning(
+                    f"the outbox's tables cannot be read on database {alias!r} "
+                    f"({type(exc).__name__}: {str(exc).strip().splitlines()[0]})",
+                    hint=f"Run manage.py migrate --database {alias} (csjd_django's migrations "
+                    "create them).",
+                    obj="CSJD_OUTBOX",
+                    id="csjd.W004",
+                )
+            )
+            continue
         last = stats.last_relay()
         if last is not None and now - last <= RELAY_SILENCE:
             continue
@@ -107,12 +119,16 @@ def check_outbox_relays(
         age = stats.oldest_age(now)
         if age is not None:
             waiting += f", the oldest for {age:.0f} s"
+        silence = (
+            "no outbox relay has ever run"
+            if last is None
+            else f"no outbox relay has run for {(now - last).total_seconds() / 60:.0f} minutes"
+        )
         messages.append(
             checks.Warning(
-                f"CSJD_OUTBOX is on but no outbox relay has run on database {alias!r} in the "
-                f"last {RELAY_SILENCE.total_seconds() / 60:.0f} minutes ({waiting})",
+                f"CSJD_OUTBOX is on but {silence} on database {alias!r} ({waiting})",
                 hint="Start workers (manage.py csjd_worker relays unless --no-relay) or "
-                "manage.py csjd_relay.",
+                "manage.py csjd_relay; a relay beats every 10 s while it runs.",
                 obj="CSJD_OUTBOX",
                 id="csjd.W003",
             )

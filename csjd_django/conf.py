@@ -21,12 +21,8 @@ DJANGO_ONLY = frozenset(
 
 
 def csjd_settings() -> dict[str, Any]:
-    """Every ``CSJD_*`` name defined in the Django settings (but `DJANGO_ONLY` ones)."""
-    return {
-        name: getattr(settings, name)
-        for name in dir(settings)
-        if name.startswith("CSJD_") and name not in DJANGO_ONLY
-    }
+    """Every ``CSJD_*`` name defined in the Django settings."""
+    return {name: getattr(settings, name) for name in dir(settings) if name.startswith("CSJD_")}
 
 
 def in_memory(options: dict[str, Any]) -> bool:
@@ -42,4 +38,4 @@ def options_from_settings() -> dict[str, Any]:
             as ``csjd.E001``).
     """
     hooks = (CloseOldConnections(), TaskSignals())
-    return app_options(csjd_settings(), hooks=hooks)
+    return app_options(csjd_settings(), hooks=hooks, framework=sorted(DJANGO_ONLY))

@@ -50,7 +50,7 @@ logger = logging.getLogger("csjd_django")
 SETTINGS = ("CSJD_OUTBOX", "CSJD_OUTBOX_NOTIFY", "CSJD_OUTBOX_POLL_INTERVAL")
 #: Why ``CSJD_OUTBOX`` is refused in in-process mode without a store.
 OUTBOX_IN_MEMORY = (
-    "CSJD_OUTBOX needs a queue that survives a crash: with CSJD_MODE='inprocess' and no "
+    "the outbox needs a queue that survives a crash: with CSJD_MODE='inprocess' and no "
     "CSJD_STORE_PATH the relay would hand committed jobs to memory, which a crash empties"
 )
 #: Heartbeats older than this are pruned.
@@ -78,7 +78,9 @@ def outbox_settings() -> OutboxSettings:
         databases: tuple[str, ...] = (DEFAULT_DB_ALIAS,)
     elif raw is False or raw is None:
         databases = ()
-    elif isinstance(raw, list | tuple) and raw and all(isinstance(a, str) for a in raw):
+    elif isinstance(raw, list | tuple) and not raw:
+        raise SettingsError("CSJD_OUTBOX", "an empty list names no database (False: no outbox)")
+    elif isinstance(raw, list | tuple) and all(isinstance(a, str) for a in raw):
         databases = tuple(dict.fromkeys(raw))
         unknown = [alias for alias in databases if alias not in settings.DATABASES]
         if unknown:

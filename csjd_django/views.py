@@ -24,6 +24,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 
+from csjd_core import operations
 from csjd_core.app import Mode
 from csjd_core.errors import CSJDError, DuplicateJob, InvalidJob, SettingsError
 from csjd_core.outbox import OutboxStats
@@ -294,6 +295,7 @@ class OutboxFigures:
     stats: OutboxStats | None
     oldest_age: float | None = None
     last_relay_age: float | None = None
+    running: int = 0
     error: str | None = None
 
 
@@ -301,19 +303,18 @@ def outbox_figures(app: DjangoApp) -> list[OutboxFigures]:
     """One `OutboxFigures` per outbox; a database that cannot answer is shown as an error."""
     now = timezone.now()
     rows = []
-    for outbox in app.outboxes:
-        try:
-            stats = outbox.stats()
-        except Exception as exc:  # the database's: the page still shows the rest
-            rows.append(OutboxFigures(outbox.name, None, error=f"{type(exc).__name__}: {exc}"))
+    for name, stats in operations.outbox_stats(app).items():
+        if isinstance(stats, str):  # the database's error: the page still shows the rest
+            rows.append(OutboxFigures(name, None, error=stats))
             continue
         last = stats.last_relay()
         rows.append(
             OutboxFigures(
-                outbox.name,
+                name,
                 stats,
                 stats.oldest_age(now),
                 None if last is None else (now - last).total_seconds(),
+                stats.live_relays(now),
             )
         )
     return rows

@@ -20,7 +20,7 @@ from flask import Flask, current_app, has_app_context
 
 from csjd_core.app import App
 from csjd_core.context import JobContext
-from csjd_core.errors import CSJDError
+from csjd_core.errors import CSJDError, SettingsError
 from csjd_core.job import Job, JobStatus
 from csjd_core.jobs import JobFunction, JobHandle, JobRegistry
 from csjd_core.periodic import Every, Schedule
@@ -268,8 +268,15 @@ class CSJD:
                 "app (import and use the extension object that initialised it)"
             )
         settings = app.config.get_namespace("CSJD_", lowercase=False, trim_namespace=False)
-        options = {k: v for k, v in settings.items() if k not in OUTBOX_SETTINGS}
-        core = App(name=app.name, **app_options(options, hooks=self.hooks))
+        if "CSJD_OUTBOX" in settings:  # Django's name: a Flask app gives the extension its db
+            raise SettingsError(
+                "CSJD_OUTBOX",
+                "not a Flask setting: give the extension your Flask-SQLAlchemy db, "
+                "CSJD(app, outbox=db) or csjd.init_app(app, outbox=db) (see docs/flask.md)",
+            )
+        core = App(
+            name=app.name, **app_options(settings, hooks=self.hooks, framework=OUTBOX_SETTINGS)
+        )
         db = outbox if outbox is not None else self.outbox
         flask_outbox = None if db is None else FlaskOutbox(app, core, db, settings)
         if flask_outbox is not None and flask_outbox.outbox is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, transaction
@@ -206,8 +207,20 @@ def test_a_tasks_enqueue_in_a_transaction_writes_the_outbox(outbox_redis: Any) -
 
 
 def test_a_database_without_an_outbox_is_refused(outbox_redis: Any) -> None:
-    with pytest.raises(SettingsError, match="database 'other' has no outbox"):
+    with pytest.raises(SettingsError, match="'other' is not a database of DATABASES"):
         jobs.flaky.apply_async_on_commit((0,), using="other")
+    databases = {**settings.DATABASES, "other": settings.DATABASES["default"]}
+    with (
+        pytest.warns(UserWarning, match="Overriding setting DATABASES"),
+        override_settings(DATABASES=databases),  # (only the name is read: no connection)
+        pytest.raises(SettingsError) as refused,
+    ):
+        jobs.flaky.apply_async_on_commit((0,), using="other")
+    expected = (
+        "database 'other' has no outbox (CSJD_OUTBOX covers 'default'): list it, e.g. "
+        "CSJD_OUTBOX = ['default', 'other'], and migrate --database other"
+    )
+    assert expected in str(refused.value)
     assert not OutboxJob.objects.exists()
 
 
@@ -274,7 +287,7 @@ def test_memory_only_in_process_mode_refuses_the_outbox() -> None:
     with override_settings(CSJD_OUTBOX=True, CSJD_MODE="inprocess"):
         ids = [m.id for m in check_settings()]
         assert "csjd.E030" in ids
-        with pytest.raises(SettingsError, match="CSJD_OUTBOX needs a queue that survives"):
+        with pytest.raises(SettingsError, match="the outbox needs a queue that survives"):
             jobs.flaky.delay_on_commit(0)
     assert not OutboxJob.objects.exists()
 
@@ -284,6 +297,8 @@ def test_memory_only_in_process_mode_refuses_the_outbox() -> None:
     [
         ("CSJD_OUTBOX", "yes", "must be True, False or a list of database aliases"),
         ("CSJD_OUTBOX", ["nope"], "'nope' is not a database"),
+        ("CSJD_OUTBOX", [], "an empty list names no database (False: no outbox)"),
+        ("CSJD_OUTBOX_POLL_INTERVAL", "1", "must be seconds (a number or timedelta)"),
         ("CSJD_OUTBOX_NOTIFY", 1, "must be True or False"),
         ("CSJD_OUTBOX_POLL_INTERVAL", 0, "from 0.01 to 3600"),
     ],
@@ -302,11 +317,36 @@ def test_the_database_check_warns_when_no_relay_ran_recently(outbox_redis: Any) 
     assert check_outbox_relays(databases=None) == []  # only with --database
     warnings = check_outbox_relays(databases=["default"])
     assert [w.id for w in warnings] == ["csjd.W003"]
-    assert "1 job(s) waiting" in warnings[0].msg
+    assert "no outbox relay has ever run on database 'default' (1 job(s) waiting" in (
+        warnings[0].msg
+    )
     OutboxRelay.objects.create(name="host:1", seen_at=timezone.now())
     assert check_outbox_relays(databases=["default"]) == []
     OutboxRelay.objects.update(seen_at=timezone.now() - timedelta(minutes=6))
-    assert [w.id for w in check_outbox_relays(databases=["default"])] == ["csjd.W003"]
+    [silent] = check_outbox_relays(databases=["default"])
+    assert silent.id == "csjd.W003" and "no outbox relay has run for 6 minutes" in silent.msg
+
+
+def test_the_database_check_says_when_the_tables_are_missing(outbox_redis: Any) -> None:
+    with connection.schema_editor() as editor:
+        editor.delete_model(OutboxJob)
+    try:
+        [missing] = check_outbox_relays(databases=["default"])
+        assert missing.id == "csjd.W004"
+        assert "the outbox's tables cannot be read on database 'default'" in missing.msg
+        assert missing.hint.startswith("Run manage.py migrate --database default")
+    finally:
+        with connection.schema_editor() as editor:
+            editor.create_model(OutboxJob)
+
+
+def test_settings_a_relay_reads_are_known_and_take_a_timedelta() -> None:
+    with override_settings(CSJD_OUTBOX_POLL=2):
+        [unknown] = [m for m in check_settings() if m.id == "csjd.E002"]
+    assert "CSJD_OUTBOX_POLL" in unknown.msg
+    assert "CSJD_OUTBOX, CSJD_OUTBOX_NOTIFY, CSJD_OUTBOX_POLL_INTERVAL" in unknown.msg
+    with override_settings(CSJD_OUTBOX_POLL_INTERVAL=timedelta(seconds=2)):
+        assert not [m for m in check_settings() if m.id.startswith("csjd.E")]
 
 
 def test_worker_burst_relays_then_runs_and_stats_show_the_outbox(
@@ -325,7 +365,7 @@ def test_worker_burst_relays_then_runs_and_stats_show_the_outbox(
     document = json.loads(capsys.readouterr().out)
     [outbox] = document["{outbox}"]
     assert (outbox["name"], outbox["waiting"], outbox["oldest_age"]) == ("django:default", 0, None)
-    assert len(outbox["relays"]) == 1
+    assert len(outbox["relays"]) == 1 and outbox["relays_running"] == 1
 
 
 def test_worker_no_relay_leaves_the_rows_and_csjd_relay_moves_them(
@@ -345,6 +385,21 @@ def test_worker_no_relay_leaves_the_rows_and_csjd_relay_moves_them(
 def test_csjd_relay_without_an_outbox_says_how_to_configure_one(redis_mode: Any) -> None:
     with pytest.raises(CommandError, match=r"no outbox to relay .*CSJD_OUTBOX = True"):
         call_command("csjd_relay", "--burst")
+
+
+def test_stats_of_an_outbox_that_cannot_be_read_say_why_and_show_the_queues(
+    outbox_redis: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with connection.schema_editor() as editor:
+        editor.delete_model(OutboxJob)
+    try:
+        call_command("csjd_stats")
+        out = capsys.readouterr().out
+        assert "queue default: " in out
+        assert "outbox django:default: cannot read the outbox; is the database up, and " in out
+    finally:
+        with connection.schema_editor() as editor:
+            editor.create_model(OutboxJob)
 
 
 def test_the_dashboard_shows_the_outbox(outbox_redis: Any, client: Any) -> None:

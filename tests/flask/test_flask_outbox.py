@@ -543,6 +543,10 @@ def test_bad_outbox_configuration_is_refused_at_init(sqlite_url: str) -> None:
     with pytest.raises(TypeError, match="Flask-SQLAlchemy"):
         outbox_app.csjd.init_app(app, outbox=object())  # type: ignore[arg-type]
     assert EXTENSION_KEY not in app.extensions
+    with pytest.raises(SettingsError, match=r"not a Flask setting: .*CSJD\(app, outbox=db\)"):
+        outbox_app.create_app({**database_config(sqlite_url), "CSJD_OUTBOX": True})
+    with pytest.raises(SettingsError, match=r"known: .*CSJD_OUTBOX_POLL_INTERVAL"):
+        outbox_app.create_app({**database_config(sqlite_url), "CSJD_OUTBOX_POL": 1})
 
 
 def test_relay_command_needs_an_outbox_and_redis(
