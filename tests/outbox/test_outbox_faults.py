@@ -156,6 +156,9 @@ def test_rows_over_the_pending_cap_wait_with_backoff_and_all_run_once(
     assert most_pending <= cap
 
 
+# In the soak tier (the default run's time budget): tests/django/test_outbox.py and
+# tests/flask/test_flask_outbox.py prove a rollback in the default run.
+@pytest.mark.soak
 def test_a_rolled_back_transaction_relays_nothing_and_runs_nothing(
     sites: Callable[..., Site], redis_server_factory: Callable[..., RedisServerProcess]
 ) -> None:
