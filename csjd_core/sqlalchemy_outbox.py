@@ -34,6 +34,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     func,
     insert,
@@ -220,9 +221,20 @@ class SQLAlchemyOutbox(Outbox):
 
     # -- the relay's side -------------------------------------------------------------------
     @contextmanager
+    def _transaction(self, connection: Connection) -> Iterator[None]:
+        """The claim's transaction: under READ COMMITTED on MySQL and MariaDB, whose default
+        (REPEATABLE READ) locks the gaps between rows too — two relays sharing rows with
+        SKIP LOCKED then deadlock on each other's gaps when they delete (Django's MySQL
+        backend reads committed by default)."""
+        if connection.dialect.name in ("mysql", "mariadb"):
+            connection.execution_options(isolation_level="READ COMMITTED")
+        with connection.begin():
+            yield
+
+    @contextmanager
     def claim(self, limit: int) -> Iterator[Claim]:
         jobs = self.jobs
-        with self.engine.begin() as connection:
+        with self.engine.connect() as connection, self._transaction(connection):
             if connection.dialect.name == "sqlite":
                 self._begin_immediate(connection)
             now = _now()
@@ -239,7 +251,14 @@ class SQLAlchemyOutbox(Outbox):
                 due = due.with_for_update(skip_locked=True)
             claim = Claim([OutboxRow(*row) for row in connection.execute(due)])
             yield claim
-            if claim.done:
+            if claim.done and connection.dialect.name in ("mysql", "mariadb"):
+                # One row at a time: InnoDB's scan of an ``IN (...)`` list locks records
+                # beside it, which are other relays' rows (two relays deadlock on each other).
+                connection.execute(
+                    delete(jobs).where(jobs.c.id == bindparam("key")),
+                    [{"key": key} for key in sorted(claim.done)],
+                )
+            elif claim.done:
                 connection.execute(delete(jobs).where(jobs.c.id.in_(claim.done)))
             by_delay: dict[float, list[Any]] = defaultdict(list)
             for key, delay in claim.postponed:

@@ -165,7 +165,13 @@ class DjangoOutbox(Outbox):
                 [OutboxRow(*fields) for fields in due.values_list("id", "data", "attempts")[:limit]]
             )
             yield claim
-            if claim.done:
+            if claim.done and self._connection.vendor == "mysql":
+                # One row at a time: InnoDB's scan of an ``IN (...)`` list locks records
+                # beside it, which are other relays' rows (two relays deadlock on each other;
+                # seen on MariaDB with the SQLAlchemy outbox).
+                for key in sorted(claim.done):
+                    rows.filter(id=key).delete()
+            elif claim.done:
                 rows.filter(id__in=claim.done).delete()
             by_delay: dict[float, list[Any]] = defaultdict(list)
             for key, delay in claim.postponed:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import mysql
 import postgres
 import pytest
 
@@ -149,6 +150,24 @@ def postgres_server() -> str:
 def postgres_url(postgres_server: str) -> Iterator[str]:
     """A database of this test's own on the PostgreSQL server (created, then dropped)."""
     with postgres.throwaway_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> str:
+    """The admin URL of the MySQL/MariaDB server the row-locking outbox tests use (never
+    skipped: without it they fail, naming the fix)."""
+    problem = mysql.server_problem()
+    if problem is not None:
+        hint = " .ci/run installs and starts MariaDB when it is missing." if _in_ci() else ""
+        pytest.fail(f"the outbox tests need MySQL or MariaDB: {problem}.{hint}", pytrace=False)
+    return mysql.admin_url()
+
+
+@pytest.fixture
+def mysql_url(mysql_server: str) -> Iterator[str]:
+    """A database of this test's own on the MySQL/MariaDB server (created, then dropped)."""
+    with mysql.throwaway_database() as url:
         yield url
 
 

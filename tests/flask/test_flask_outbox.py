@@ -45,6 +45,15 @@ def pg_url(postgres_url: str) -> str:
     return postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
+@pytest.fixture(params=["postgresql", "mariadb"])
+def locking_url(request: pytest.FixtureRequest) -> str:
+    """A database with row locks and ``SKIP LOCKED``: PostgreSQL, then MariaDB (MySQL 8's
+    syntax)."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return str(request.getfixturevalue("mysql_url"))
+
+
 def database_config(url: str) -> dict[str, Any]:
     config: dict[str, Any] = {"SQLALCHEMY_DATABASE_URI": url}
     if url.startswith("sqlite"):  # the worker, the relay and the test share the file
@@ -314,11 +323,11 @@ def test_rows_over_the_pending_cap_wait_with_backoff(
     assert sqlalchemy_outbox(app).stats().depth == 2
 
 
-# -- PostgreSQL: relays share the rows --------------------------------------------------------
-def test_postgres_claims_skip_the_rows_another_relay_holds(
-    build: Build, pg_url: str, redis_config: dict[str, Any]
+# -- PostgreSQL and MariaDB: relays share the rows --------------------------------------------
+def test_claims_skip_the_rows_another_relay_holds(
+    build: Build, locking_url: str, redis_config: dict[str, Any]
 ) -> None:
-    app = build(pg_url, **redis_config)
+    app = build(locking_url, **redis_config)
     outbox = sqlalchemy_outbox(app)
     assert outbox.concurrent
     with app.app_context():
@@ -343,10 +352,10 @@ def test_postgres_claims_skip_the_rows_another_relay_holds(
     assert outbox_rows(app) == []
 
 
-def test_two_postgres_relays_relay_2000_rows_exactly_once(
-    build: Build, pg_url: str, redis_config: dict[str, Any]
+def test_two_relays_relay_2000_rows_exactly_once(
+    build: Build, locking_url: str, redis_config: dict[str, Any]
 ) -> None:
-    app = build(pg_url, **redis_config, CSJD_MAX_PENDING_JOBS=5000)
+    app = build(locking_url, **redis_config, CSJD_MAX_PENDING_JOBS=5000)
     outbox = sqlalchemy_outbox(app)
     core = CSJDState.of(app).core
     with app.app_context():
