@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import mysql
 import postgres
 import pytest
+from redis_cluster import RedisClusterProcess
 
 from redis_server import (
     SERVER_ENV,
@@ -114,6 +115,31 @@ def redis_server_factory(
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.fixture
+def redis_cluster_factory(
+    redis_server_binary: str, tmp_path: Path
+) -> Iterator[Callable[..., RedisClusterProcess]]:
+    """Start private Redis Clusters (`factory(masters=3, replicas=0)`); every one is stopped
+    when the test ends."""
+    clusters: list[RedisClusterProcess] = []
+
+    def start(**kwargs: Any) -> RedisClusterProcess:
+        cluster = RedisClusterProcess(
+            redis_server_binary, tmp_path / f"redis-cluster-{len(clusters)}", **kwargs
+        )
+        clusters.append(cluster)
+        try:
+            return cluster.start()
+        except RedisServerError as exc:
+            pytest.fail(f"the test cluster did not start: {exc}", pytrace=False)
+
+    try:
+        yield start
+    finally:
+        for cluster in clusters:
+            cluster.stop()
 
 
 @pytest.fixture
