@@ -150,11 +150,14 @@ def _serve(
 
 def _drained(dispatcher: BaseDispatcher) -> bool:
     """No unfinished job: none waits in the outboxes this process relays, none in the backend
-    (in that order: a relay deletes its rows after the queue has their jobs)."""
+    (the outboxes first: a relay deletes its rows after the queue has their jobs; the backend
+    is asked first too, so a busy queue costs no database query)."""
     try:
+        if dispatcher.pending():
+            return False
         if any(relay.outbox.stats().depth for relay in dispatcher.relays):
             return False
-        return dispatcher.pending() == 0
+        return not dispatcher.relays or dispatcher.pending() == 0
     except Exception as exc:  # Redis or the database unreachable for a moment: no crash
         # The backend logs the outage (with backoff); a line per poll would only add noise.
         logger.debug("cannot count unfinished jobs; burst mode keeps waiting error=%s", exc)

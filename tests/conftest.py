@@ -161,15 +161,20 @@ def redis_client(redis_server: RedisServerProcess) -> Iterator[redis.Redis]:
         client.close()
 
 
+def _database_server(module: Any, name: str) -> str:
+    """The admin URL of a database server the outbox tests use (``module``: tests/postgres.py
+    or tests/mysql.py); never skipped: without it they fail, naming the fix."""
+    problem = module.server_problem()
+    if problem is not None:
+        hint = f" .ci/run installs and starts {name} when it is missing." if _in_ci() else ""
+        pytest.fail(f"the outbox tests need {name}: {problem}.{hint}", pytrace=False)
+    return str(module.admin_url())
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
-    """The admin URL of the PostgreSQL server the outbox tests use (never skipped: without it
-    they fail, naming the fix)."""
-    problem = postgres.server_problem()
-    if problem is not None:
-        hint = " .ci/run installs and starts PostgreSQL when it is missing." if _in_ci() else ""
-        pytest.fail(f"the outbox tests need PostgreSQL: {problem}.{hint}", pytrace=False)
-    return postgres.admin_url()
+    """The admin URL of the PostgreSQL server."""
+    return _database_server(postgres, "PostgreSQL")
 
 
 @pytest.fixture
@@ -181,13 +186,8 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def mysql_server() -> str:
-    """The admin URL of the MySQL/MariaDB server the row-locking outbox tests use (never
-    skipped: without it they fail, naming the fix)."""
-    problem = mysql.server_problem()
-    if problem is not None:
-        hint = " .ci/run installs and starts MariaDB when it is missing." if _in_ci() else ""
-        pytest.fail(f"the outbox tests need MySQL or MariaDB: {problem}.{hint}", pytrace=False)
-    return mysql.admin_url()
+    """The admin URL of the MySQL/MariaDB server (the row-locking tests)."""
+    return _database_server(mysql, "MariaDB")
 
 
 @pytest.fixture

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, CommandParser
 
+from csjd_core.cli_options import LOG_LEVELS
 from csjd_core.errors import CSJDError, InvalidConfig
 from csjd_core.operations import OPTIONS
 from csjd_django.app import DjangoApp
 
-__all__ = ["project_app", "redis_app", "reported"]
+__all__ = ["add_log_level_argument", "project_app", "redis_app", "reported"]
 
 
 @contextlib.contextmanager
@@ -24,6 +25,17 @@ def reported() -> Iterator[None]:
         raise CommandError(str(exc), returncode=2 if exc.owner == OPTIONS else 1) from exc
     except CSJDError as exc:
         raise CommandError(str(exc)) from exc
+
+
+def add_log_level_argument(parser: CommandParser) -> None:
+    """``--log-level``, as every long-running ``manage.py csjd_*`` command takes it."""
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="The csjd loggers' lines on stderr, unless LOGGING configures them (INFO).",
+    )
 
 
 def project_app() -> DjangoApp:

@@ -8,8 +8,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from csjd_core import operations
-from csjd_core.cli_options import LOG_LEVELS, log_to_stderr
-from csjd_django.management import project_app, redis_app, reported
+from csjd_core.cli_options import log_to_stderr
+from csjd_django.management import add_log_level_argument, project_app, redis_app, reported
 
 COMMAND = "manage.py csjd_relay"
 
@@ -22,13 +22,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--burst", action="store_true", help="Exit once no outbox row is due.")
-        parser.add_argument(
-            "--log-level",
-            default="INFO",
-            type=str.upper,
-            choices=LOG_LEVELS,
-            help="The csjd loggers' lines on stderr, unless LOGGING configures them (INFO).",
-        )
+        add_log_level_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         redis_app(COMMAND)

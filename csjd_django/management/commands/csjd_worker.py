@@ -10,12 +10,11 @@ from django.utils import autoreload
 
 from csjd_core import operations
 from csjd_core.cli_options import (
-    LOG_LEVELS,
     add_worker_arguments,
     log_to_stderr,
     worker_options_from,
 )
-from csjd_django.management import project_app, redis_app, reported
+from csjd_django.management import add_log_level_argument, project_app, redis_app, reported
 
 COMMAND = "manage.py csjd_worker"
 
@@ -31,13 +30,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--reload", action="store_true", help="Restart when code changes (development only)."
         )
-        parser.add_argument(
-            "--log-level",
-            default="INFO",
-            type=str.upper,
-            choices=LOG_LEVELS,
-            help="The csjd loggers' lines on stderr, unless LOGGING configures them (INFO).",
-        )
+        add_log_level_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         redis_app(COMMAND)  # before a reloader starts
