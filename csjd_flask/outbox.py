@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
@@ -23,7 +22,7 @@ from csjd_core.app import App, Mode
 from csjd_core.errors import CSJDError, SettingsError
 from csjd_core.job import Job
 from csjd_core.limits import brief
-from csjd_core.outbox import POLL_INTERVAL, relay_settings
+from csjd_core.outbox import relay_settings
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -37,9 +36,7 @@ __all__ = [
     "SETTINGS",
     "FlaskOutbox",
     "NoOutbox",
-    "OutboxSettings",
     "on_commit",
-    "outbox_settings",
 ]
 
 logger = logging.getLogger("csjd_flask")
@@ -56,23 +53,6 @@ OUTBOX_IN_MEMORY = (
 
 class NoOutbox(CSJDError, RuntimeError):
     """``delay_on_commit`` / ``apply_async_on_commit`` on an app configured without an outbox."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxSettings:
-    """``CSJD_OUTBOX_NOTIFY`` and ``CSJD_OUTBOX_POLL_INTERVAL``."""
-
-    notify: bool = True
-    poll_interval: float = POLL_INTERVAL
-
-
-def outbox_settings(config: Mapping[str, Any]) -> OutboxSettings:
-    """The outbox keys of ``config``, validated (the rules of ``csjd_django``'s settings).
-
-    Raises:
-        SettingsError: a bad value, naming the key.
-    """
-    return OutboxSettings(*relay_settings(config))
 
 
 class FlaskOutbox:
@@ -96,7 +76,7 @@ class FlaskOutbox:
             raise TypeError(
                 f"outbox= takes a Flask-SQLAlchemy extension (db = SQLAlchemy()), got {brief(db)}"
             )
-        settings = outbox_settings(config)
+        notify, poll_interval = relay_settings(config)  # checked before anything is made
         if core.mode is Mode.INPROCESS and core.config.store is None:
             raise SettingsError("CSJD_STORE_PATH", OUTBOX_IN_MEMORY)
         self.db = db
@@ -110,8 +90,8 @@ class FlaskOutbox:
                 _engine_of(app, db),
                 self.jobs_table,
                 self.relays_table,
-                notify=settings.notify,
-                poll_interval=settings.poll_interval,
+                notify=notify,
+                poll_interval=poll_interval,
                 name=f"flask:{app.name}",
             )
 
