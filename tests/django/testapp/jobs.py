@@ -22,6 +22,14 @@ def send_receipt(order_id: int) -> str:
     return order.number
 
 
+@csjd.job("order.number")
+def order_number(order_id: int) -> str:
+    """Reads the order and writes nothing: SQLite's shared in-memory test database refuses a
+    writer outright (no busy wait) while another connection, such as the outbox relay's, holds
+    a write transaction."""
+    return Order.objects.get(pk=order_id).number
+
+
 @csjd.job("flaky", max_attempts=3, takes_context=True)
 def flaky(ctx: JobContext, fail_times: int) -> int:
     CALLS.append(f"flaky:{ctx.attempt}")
