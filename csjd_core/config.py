@@ -35,6 +35,9 @@ __all__ = ["Config", "DistributedConfig", "EngineConfig", "RedisConfig"]
 
 D = TypeVar("D", float, float | None)
 
+#: `DistributedConfig.record_format`'s values: the default first.
+RECORD_FORMATS = ("compact", "full")
+
 
 class Duration(Generic[D]):
     """A duration field: given as seconds or a `timedelta`, read as plain seconds.
@@ -111,6 +114,13 @@ class _Fields:
         problem = name_problem(value, name)
         if problem is not None:
             raise InvalidConfig(f"{self.owner}.{problem}", owner=self.owner, field=name)
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> None:
+        value = getattr(self.config, name)
+        if not isinstance(value, str) or value not in choices:
+            raise self.fail(
+                name, f"must be one of {', '.join(map(repr, choices))}, got {brief(value)}"
+            )
 
     def sequence(self, name: str, what: str) -> tuple[Any, ...]:
         value = getattr(self.config, name)
@@ -327,6 +337,10 @@ class DistributedConfig(EngineConfig):
         prefetch: most entries in hand (running and held ahead, unstarted); ``None`` adapts
             the read-ahead to the handlers' speed, up to ``2 * workers`` in hand.
         block: seconds one blocking read waits for new entries.
+        record_format: how job records are written: ``"compact"`` (a queued job's record
+            leaves its data to its stream entry) or ``"full"`` (the record repeats it, as
+            0.1.0 wrote them: what workers of 0.1.0 need to run the jobs while they share a
+            queue during an upgrade; see docs/distributed.md, "Upgrading"). Both are read.
     """
 
     workers: int = 8
@@ -344,10 +358,12 @@ class DistributedConfig(EngineConfig):
     max_dead_letters: int = DEFAULT_MAX_DEAD_LETTERS
     prefetch: int | None = None
     block: Duration[float] = Duration(1.0)
+    record_format: str = "compact"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check = _Fields(self)
+        check.choice("record_format", RECORD_FORMATS)
         check.integer("max_deliveries", 1, MAX_ATTEMPTS)
         check.integer("max_payload_bytes", 64, MAX_JOB_BYTES)
         check.integer("max_dead_letters", 1)

@@ -140,9 +140,7 @@ def test_a_late_outcome_from_the_old_owner_is_refused(
         (db,) = reclaim(b)
     else:  # a takeover by hand, with or without a new delivery count
         redis_client.xclaim(KEYS.stream, GROUP, "B", 0, [entry], justid=takeover == "xclaim-justid")
-        b.reader.accept(
-            KEYS, [(entry, {b"id": b"j", b"d": redis_client.hget(KEYS.job("j"), "data")})]
-        )
+        b.reader.accept(KEYS, redis_client.xrange(KEYS.stream, entry, entry))
         db = b.fetch(0)
         assert db is not None
     assert owner(redis_client, entry)[0] == "B"
@@ -464,7 +462,7 @@ def test_a_refused_late_outcome_does_not_stop_renewing_the_new_attempt(
     entry = old.ref[1]
     redis_client.xclaim(KEYS.stream, GROUP, "B", 0, [entry])
     redis_client.xclaim(KEYS.stream, GROUP, "A", 0, [entry])
-    a.reader.accept(KEYS, [(entry, {b"id": b"j", b"d": redis_client.hget(KEYS.job("j"), "data")})])
+    a.reader.accept(KEYS, redis_client.xrange(KEYS.stream, entry, entry))
     new = a.fetch(0)
     assert new is not None
     assert new.attempt == 2

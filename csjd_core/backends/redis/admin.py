@@ -30,16 +30,33 @@ class Admin:
         """The job's record (looked up in ``queue``, else in every configured queue)."""
         queues = self.queues
         candidates = [queues.keys_for(queue)] if queue else list(queues.consumed.values())
-        client = self.connection.client
         for keys in candidates:
             try:
-                raw = client.hgetall(keys.job(job_id))
+                fields = self._record(keys, job_id)
             except REDIS_DOWN as exc:
                 raise BackendUnavailable(f"Redis unavailable: {exc}") from exc
-            if raw:
-                fields = {codec.text(k): codec.text(v) for k, v in raw.items()}
+            if fields:
                 return codec.status(job_id, keys.name, fields)
         return None
+
+    def _record(self, keys: QueueKeys, job_id: str) -> dict[str, str]:
+        """A job record's fields (``{}``: none), its ``data`` read from its stream entry where
+        the record leaves it there (a compact record of a queued or running job)."""
+        client = self.connection.client
+        fields: dict[str, str] = {}
+        for _ in range(2):
+            raw = client.hgetall(keys.job(job_id))
+            fields = {codec.text(k): codec.text(v) for k, v in raw.items()}
+            entry = fields.get("entry", "")
+            if not fields or "data" in fields or not codec.is_entry_id(entry):
+                break
+            rows = client.xrange(keys.stream, entry, entry)
+            found = codec.fields(rows[0][1]) if rows else None
+            if found and codec.text(found.get(b"id")) == job_id and b"d" in found:
+                fields["data"] = codec.text(found[b"d"])
+                break
+            # Gone: settled meanwhile (the data is in the record now, read it again) or deleted.
+        return fields
 
     # -- schedules' marks (enqueue.lua changes them) -----------------------------------------
     def _on_mark(self, name: str, queue: str | None, call: Any) -> Any:
@@ -177,7 +194,7 @@ class Admin:
         code = self.connection.run(
             "requeue_dead",
             keys.requeue(f["id"]),
-            [entry_id, f["id"], f["d"]],
+            [entry_id, f["id"], f["d"], self.config.record_format],
         )
         if code == -1:
             raise DuplicateJob(f["id"])

@@ -217,7 +217,12 @@ class RedisStreamsBackend(Backend):
         """Run enqueue.lua (``mark``: its mode and schedule arguments, ``[""]`` for none);
         returns its reply, having raised for a full queue or (without a schedule) a taken
         id."""
-        args: list[Any] = [self.config.max_pending_jobs, self._dedupe_ms, *mark]
+        args: list[Any] = [
+            self.config.max_pending_jobs,
+            self._dedupe_ms,
+            self.config.record_format,
+            *mark,
+        ]
         if encoded is None:
             default_attempts = self.config.default_max_attempts
             max_payload = self.config.max_payload_bytes

@@ -32,6 +32,7 @@ __all__ = [
     "entry_order",
     "error_fields",
     "fields",
+    "is_entry_id",
     "op",
     "result_json",
     "run_at_ms",
@@ -152,9 +153,14 @@ def entry_order(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def is_entry_id(entry_id: object) -> bool:
+    """True if ``entry_id`` is a stream entry id (``1712345678901-0``)."""
+    return isinstance(entry_id, str) and _ENTRY_ID.fullmatch(entry_id) is not None
+
+
 def check_entry_id(entry_id: str) -> None:
     """Raise `InvalidJob` unless ``entry_id`` is a stream entry id (``1712345678901-0``)."""
-    if not isinstance(entry_id, str) or _ENTRY_ID.fullmatch(entry_id) is None:
+    if not is_entry_id(entry_id):
         raise InvalidJob(f"not a dead-letter entry id (like 1712345678901-0): {entry_id!r:.80}")
 
 

@@ -66,7 +66,7 @@ class Maintenance:
                         moved, wait_ms = self.connection.run(
                             "promote",
                             keys.promote(),
-                            [keys.job_prefix, _PROMOTE_BATCH],
+                            [keys.job_prefix, _PROMOTE_BATCH, config.record_format],
                         )
                         full = moved >= _PROMOTE_BATCH
                         wait = 0.0 if full else 0.25 if wait_ms < 0 else wait_ms / 1000

@@ -1,16 +1,21 @@
 -- Admit jobs atomically: the pending cap, duplicate ids (unfinished, or finished within the dedupe
 -- window), then XADD (or ZADD for run_at in the future) and the pending counter. With a schedule's
--- mark (a mark op in ARGV[3]: csjd_core.periodic), compare and advance the mark in the same step,
+-- mark (a mark op in ARGV[4]: csjd_core.periodic), compare and advance the mark in the same step,
 -- so any number of tickers enqueue each slot at most once (the rules of backends/_marks.py).
+-- The record of a queued job is 'compact' (state, enqueued_at and its stream entry's id: the
+-- entry holds its data) or, with ARGV[3] 'full', repeats the data as releases up to 0.1.0 wrote
+-- it (what their workers need, docs/distributed.md "Upgrading"); a scheduled job's record holds
+-- its data in both forms (it has no stream entry yet).
 -- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] pending counter, [KEYS[4] the mark hash,] then one
 --   job hash per job
--- ARGV[1] max_pending_jobs, ARGV[2] dedupe window (ms), ARGV[3] the mode: '' (all or nothing),
+-- ARGV[1] max_pending_jobs, ARGV[2] dedupe window (ms), ARGV[3] the record form: 'compact' or
+--   'full', ARGV[4] the mode: '' (all or nothing),
 --   'relay' (admit the new ids up to the cap and skip the others, reporting each: the outbox
 --   relay's mode), or a mark op: 'init', 'slot', 'skip', 'manual' or 'resume'. With a mark op:
---   ARGV[4] slot (Unix seconds), ARGV[5] max_running (0: no limit), ARGV[6] slots missed before
---   it (added to the misfires only if the mark is still ARGV[8]; for 'resume', the slots skipped
---   while paused, likewise), ARGV[7] the job record key prefix (the records of the mark's
---   running ids are named from data: in the queue's hash tag), ARGV[8] the mark the ticker
+--   ARGV[5] slot (Unix seconds), ARGV[6] max_running (0: no limit), ARGV[7] slots missed before
+--   it (added to the misfires only if the mark is still ARGV[9]; for 'resume', the slots skipped
+--   while paused, likewise), ARGV[8] the job record key prefix (the records of the mark's
+--   running ids are named from data: in the queue's hash tag), ARGV[9] the mark the ticker
 --   planned from ('' for none). Then per job: id, data, run_at_ms or "", max_attempts
 -- Returns {"ok"} | {"full", pending} | {"dup", job_id}; 'relay': {"relay", one code per job: 'a'
 --   admitted, 'e' id taken (or repeated in the batch), 'f' over the cap}; a mark op also
@@ -20,16 +25,17 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cap = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
-local op = ARGV[3]
-local k0, a0 = 3, 3
+local full = ARGV[3] == 'full'
+local op = ARGV[4]
+local k0, a0 = 3, 4
 local mark, slot, misfired, running, max_running
 local relay = op == 'relay'  -- the outbox relay's mode: admit the new ids, skip the rest
 if op ~= '' and not relay then
-  k0, a0 = 4, 8
-  mark, slot = KEYS[4], ARGV[4]
+  k0, a0 = 4, 9
+  mark, slot = KEYS[4], ARGV[5]
   local current = tonumber(redis.call('HGET', mark, 'mark'))  -- nil: none (or not a number)
   -- A gap is counted once: by the step that finds the mark where its ticker's plan started.
-  local planned = ARGV[8] ~= '' and current ~= nil and current == tonumber(ARGV[8])
+  local planned = ARGV[9] ~= '' and current ~= nil and current == tonumber(ARGV[9])
   if op == 'init' then
     if current then
       return {'done'}
@@ -45,23 +51,23 @@ if op ~= '' and not relay then
       redis.call('HSET', mark, 'mark', slot)
     end
     redis.call('HSET', mark, 'paused', 0)
-    redis.call('HINCRBY', mark, 'paused_skips', planned and tonumber(ARGV[6]) or 0)
+    redis.call('HINCRBY', mark, 'paused_skips', planned and tonumber(ARGV[7]) or 0)
     return {'resumed'}
   end
   if op ~= 'manual' and current and current >= tonumber(slot) then
     return {'done'}
   end
-  misfired = planned and tonumber(ARGV[6]) or 0
+  misfired = planned and tonumber(ARGV[7]) or 0
   if op == 'skip' then
     redis.call('HSET', mark, 'mark', slot)
     redis.call('HINCRBY', mark, 'misfires', misfired)
     return {'skipped'}
   end
-  max_running = tonumber(ARGV[5])
+  max_running = tonumber(ARGV[6])
   running = {}
   if max_running > 0 then  -- the runs still unfinished (an expired record finished long ago)
     for id in string.gmatch(redis.call('HGET', mark, 'running') or '', '%S+') do
-      local state = redis.call('HGET', ARGV[7] .. id, 'state')
+      local state = redis.call('HGET', ARGV[8] .. id, 'state')
       if state and state ~= 'succeeded' and state ~= 'failed' then
         running[#running + 1] = id
       end
@@ -137,13 +143,22 @@ for i = 1, n do
       redis.call('DEL', key)
     end
     if run_at ~= '' and tonumber(run_at) > now then
-      redis.call('HSET', key, 'state', 'scheduled', 'attempts', 0, 'max', max, 'data', data,
-        'enqueued_at', now, 'run_at', run_at)
+      if full then
+        redis.call('HSET', key, 'state', 'scheduled', 'attempts', 0, 'max', max, 'data', data,
+          'enqueued_at', now, 'run_at', run_at)
+      else
+        redis.call('HSET', key, 'state', 'scheduled', 'data', data, 'enqueued_at', now,
+          'run_at', run_at)
+      end
       redis.call('ZADD', KEYS[2], tonumber(run_at), id)
     else
-      redis.call('XADD', KEYS[1], '*', 'id', id, 'd', data)
-      redis.call('HSET', key, 'state', 'queued', 'attempts', 0, 'max', max, 'data', data,
-        'enqueued_at', now)
+      local entry = redis.call('XADD', KEYS[1], '*', 'id', id, 'd', data)
+      if full then
+        redis.call('HSET', key, 'state', 'queued', 'attempts', 0, 'max', max, 'data', data,
+          'enqueued_at', now)
+      else
+        redis.call('HSET', key, 'state', 'queued', 'enqueued_at', now, 'entry', entry)
+      end
     end
   end
 end

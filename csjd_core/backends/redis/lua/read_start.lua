@@ -30,8 +30,9 @@ for i, e in ipairs(r[1][2]) do
   if id and data and id ~= '' then
     local key = prefix .. id
     if i > start then
-      -- Every job record has its attempts: none means there was no record (poison).
-      attempts = tonumber(redis.call('HGET', key, 'attempts') or -1)
+      -- Every job record has its state (a compact one has no attempts before its first start).
+      local f = redis.call('HMGET', key, 'state', 'attempts')
+      attempts = f[1] and tonumber(f[2] or 0) or -1
     elseif redis.call('HSET', key, 'state', 'running', 'started_at', now, 'worker', consumer) == 3
     then
       redis.call('DEL', key)  -- three new fields: there was no record

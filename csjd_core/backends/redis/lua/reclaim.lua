@@ -58,6 +58,8 @@ for _, e in ipairs(r[2]) do
     redis.call('XACK', KEYS[1], group, entry)
     redis.call('XDEL', KEYS[1], entry)
     if state and state ~= 'succeeded' and state ~= 'failed' then
+      -- A compact record's data goes with the entry: it moves into the record (settle.lua).
+      if data ~= '' then redis.call('HSET', key, 'data', data) end
       redis.call('HSET', key, 'state', 'failed', 'error', reason, 'finished_at', now)
       redis.call('PEXPIRE', key, ttl)
       redis.call('DECR', KEYS[2])

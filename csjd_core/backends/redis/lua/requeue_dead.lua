@@ -1,6 +1,8 @@
--- Move one dead letter back to its queue as a fresh job (attempts reset).
+-- Move one dead letter back to its queue as a fresh job (attempts reset), its record in the
+-- given form (see enqueue.lua).
 -- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] pending counter, KEYS[4] job hash
--- ARGV[1] dead-letter entry id, ARGV[2] job id, ARGV[3] job data
+-- ARGV[1] dead-letter entry id, ARGV[2] job id, ARGV[3] job data, ARGV[4] the record form:
+--   'compact' or 'full'
 -- Returns 1 requeued, 0 no such dead letter, -1 the id belongs to an unfinished job.
 if #redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1]) == 0 then
   return 0
@@ -11,10 +13,14 @@ if state and state ~= 'succeeded' and state ~= 'failed' then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XADD', KEYS[1], '*', 'id', ARGV[2], 'd', ARGV[3])
+local entry = redis.call('XADD', KEYS[1], '*', 'id', ARGV[2], 'd', ARGV[3])
 redis.call('DEL', KEYS[4])
-redis.call('HSET', KEYS[4], 'state', 'queued', 'attempts', 0, 'data', ARGV[3],
-  'enqueued_at', now)
+if ARGV[4] == 'full' then
+  redis.call('HSET', KEYS[4], 'state', 'queued', 'attempts', 0, 'data', ARGV[3],
+    'enqueued_at', now)
+else
+  redis.call('HSET', KEYS[4], 'state', 'queued', 'enqueued_at', now, 'entry', entry)
+end
 redis.call('XDEL', KEYS[2], ARGV[1])
 redis.call('INCR', KEYS[3])
 return 1

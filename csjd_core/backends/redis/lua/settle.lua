@@ -9,6 +9,10 @@
 --   ARGV[6], ARGV[7] lowest and highest entry id of the successes, ARGV[8] how many of them
 --   (the first ones) record their start too, then per success: entry, deliveries, attempts,
 --   result JSON.
+-- A compact record (enqueue.lua) leaves the job's data to the stream entry this step deletes:
+-- the data moves into the record with the outcome (a retry is promoted from it, and status()
+-- shows it until the record expires). A retry whose data is gone with its entry (deleted while
+-- the job ran) cannot run again: it is dead-lettered as poison instead.
 -- An op's attempts (the attempt it records) is written with the outcome: an attempt started at
 -- hand-over may settle before its start is recorded (started.lua, refused once this acks). An op
 -- whose start was not recorded yet (s=1 for retry/dead ops) records it as well: started_at is
@@ -22,6 +26,28 @@ local out = {}
 local acked, seen = {}, {}
 local succeeded, retried, failed, finished = 0, 0, 0, 0
 local ops = cjson.decode(ARGV[5])
+
+-- The job data of stream entry `entry` (its 'd' field), or nil.
+local function entry_data(entry)
+  local e = redis.call('XRANGE', KEYS[1], entry, entry)[1]
+  if e and type(e[2]) == 'table' then
+    local f = e[2]
+    for j = 1, #f, 2 do
+      if f[j] == 'd' then return f[j + 1] end
+    end
+  end
+  return nil
+end
+
+-- HSET on a job record, with its data too when it is known.
+local function record(key, data, ...)
+  if data then
+    redis.call('HSET', key, 'data', data, ...)
+  else
+    redis.call('HSET', key, ...)
+  end
+end
+
 for i, op in ipairs(ops) do
   local p = not seen[op.e] and redis.call('XPENDING', KEYS[1], group, op.e, op.e, 1)
   if not p or #p == 0 or p[1][2] ~= consumer or (op.n and p[1][4] ~= op.n) then
@@ -35,21 +61,26 @@ for i, op in ipairs(ops) do
     if op.s and live then
       redis.call('HSET', key, 'started_at', now, 'worker', consumer)
     end
+    local data = (state and redis.call('HGET', key, 'data')) or op.d or entry_data(op.e)
+    if op.k == 'retry' and live and not data then
+      op.k, op.reason = 'dead', 'poison'
+      op.err = 'its data is gone: its stream entry was deleted while it ran (last error: ' ..
+        string.sub(op.err or '', 1, 200) .. ')'
+    end
     if op.k == 'retry' and live then
       local due = now + math.floor(op.delay)
-      redis.call('HSET', key, 'state', 'scheduled', 'error', op.err or '', 'traceback',
-        op.tb or '', 'run_at', due, 'attempts', op.a)
+      record(key, data, 'state', 'scheduled', 'error', op.err or '', 'traceback', op.tb or '',
+        'run_at', due, 'attempts', op.a)
       redis.call('ZADD', KEYS[2], due, op.id)
       retried = retried + 1
     else
-      local data = (state and redis.call('HGET', key, 'data')) or op.d or ''
       local attempts = op.a or (state and redis.call('HGET', key, 'attempts')) or 0
       redis.call('XADD', KEYS[4], 'MAXLEN', '~', keep, '*', 'id', op.id or '', 'entry', op.e,
-        'd', data, 'error', op.err or '', 'traceback', op.tb or '', 'reason',
+        'd', data or '', 'error', op.err or '', 'traceback', op.tb or '', 'reason',
         op.reason or 'failed', 'attempts', attempts, 'failed_at', now)
       if live then
-        redis.call('HSET', key, 'state', 'failed', 'error', op.err or '', 'traceback',
-          op.tb or '', 'finished_at', now, 'attempts', attempts)
+        record(key, data, 'state', 'failed', 'error', op.err or '', 'traceback', op.tb or '',
+          'finished_at', now, 'attempts', attempts)
         redis.call('PEXPIRE', key, ttl)
         finished = finished + 1
       end
@@ -79,12 +110,13 @@ if #ARGV > 8 then
       acked[#acked + 1] = entry
       -- The fence passed: this attempt still owns the entry, so the job is running (only
       -- this consumer's settle or the reclaimer, which acks first, can end it).
+      local data = entry_data(entry)
       if i < with_start then
-        redis.call('HSET', KEYS[k], 'state', 'succeeded', 'result', ARGV[i + 3], 'finished_at',
-          now, 'attempts', ARGV[i + 2], 'started_at', now, 'worker', consumer)
+        record(KEYS[k], data, 'state', 'succeeded', 'result', ARGV[i + 3], 'finished_at', now,
+          'attempts', ARGV[i + 2], 'started_at', now, 'worker', consumer)
       else
-        redis.call('HSET', KEYS[k], 'state', 'succeeded', 'result', ARGV[i + 3], 'finished_at',
-          now, 'attempts', ARGV[i + 2])
+        record(KEYS[k], data, 'state', 'succeeded', 'result', ARGV[i + 3], 'finished_at', now,
+          'attempts', ARGV[i + 2])
       end
       redis.call('PEXPIRE', KEYS[k], ttl)
       finished = finished + 1
