@@ -72,7 +72,14 @@ def lines(path: Path) -> list[str]:
 class WorkerProc:
     """One ``worker_proc.py worker`` child and the files it writes."""
 
-    def __init__(self, directory: Path, name: str, url: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        name: str,
+        url: str,
+        options: dict[str, Any],
+        pythonpath: Path | None = None,
+    ) -> None:
         self.directory = directory
         self.name = name
         argv = [
@@ -96,7 +103,9 @@ class WorkerProc:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
-            env=ENV,
+            env=ENV
+            if pythonpath is None
+            else {**ENV, "PYTHONPATH": f"{pythonpath}{os.pathsep}{ROOT}"},
             text=True,
         )
 
@@ -166,9 +175,17 @@ class Workers:
         self.procs: list[WorkerProc] = []
 
     def __call__(
-        self, name: str, *, url: str | None = None, ready: bool = True, **options: Any
+        self,
+        name: str,
+        *,
+        url: str | None = None,
+        ready: bool = True,
+        pythonpath: Path | None = None,
+        **options: Any,
     ) -> WorkerProc:
-        proc = WorkerProc(self.directory, name, url or self.url, options)
+        """Start worker ``name`` (``pythonpath``: a directory whose ``csjd_core`` it runs
+        instead of this checkout's)."""
+        proc = WorkerProc(self.directory, name, url or self.url, options, pythonpath)
         self.procs.append(proc)
         return proc.wait_ready() if ready else proc
 

@@ -14,7 +14,10 @@ Commands:
              NAME.die       one job id per line, written by a ``die`` job right before os._exit
              NAME.stats     JSON {consumer, read_calls, deleted_entries, pid}, rewritten often
            Job types: ``work`` (payload {"ms": N}: sleep N ms), ``sleep`` (payload {"s": N}),
-           ``die`` (os._exit(17) every time).
+           ``die`` (os._exit(17) every time), ``flaky`` (raises in its first attempt, done in
+           the next), ``fail`` (raises every time). Only what every release of the package
+           has is used: the upgrade tests run this file on 0.1.0's package too (--record-format
+           is passed only when given).
   produce  wait until --go exists, then submit jobs; one line per job in --out:
            ``ok ID``, ``full ID``, ``dup ID`` or ``down ID``.
 """
@@ -107,6 +110,7 @@ def worker(args: argparse.Namespace) -> int:
         max_pending_jobs=args.cap,
         retry=RetryPolicy(base_delay=0.05, max_delay=0.2),
         hooks=(ReadyHook(directory / f"{name}.ready", args.workers),),
+        **({"record_format": args.record_format} if args.record_format else {}),
     )
     dispatcher = RedisDistributedDispatcher(RedisConfig(url=args.url), config)
 
@@ -123,6 +127,19 @@ def worker(args: argparse.Namespace) -> int:
         time.sleep(job.payload["s"])
         done(job.id)
         return name
+
+    @dispatcher.handler("flaky")
+    def flaky(ctx: JobContext, job: Job) -> str:
+        started(job.id)
+        if ctx.attempt == 1:
+            raise RuntimeError("flaky: the first attempt fails")
+        done(job.id)
+        return name
+
+    @dispatcher.handler("fail")
+    def fail(ctx: JobContext, job: Job) -> None:
+        started(job.id)
+        raise RuntimeError("fail: every attempt fails")
 
     @dispatcher.handler("die")
     def crash(ctx: JobContext, job: Job) -> None:
@@ -192,6 +209,7 @@ def main() -> int:
     w.add_argument("--prefetch", type=int, default=None)
     w.add_argument("--cap", type=int, default=20_000)
     w.add_argument("--drain-timeout", type=float, default=10.0)
+    w.add_argument("--record-format", default=None)
     p = sub.add_parser("produce")
     p.add_argument("--url", required=True)
     p.add_argument("--out", required=True)
