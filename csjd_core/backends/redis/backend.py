@@ -94,8 +94,8 @@ class RedisStreamsBackend(Backend):
 
     # -- what tools and tests read ---------------------------------------------------------
     @property
-    def client(self) -> redis.Redis:
-        """The command connection pool."""
+    def client(self) -> Any:
+        """The command client (``redis.Redis``, or ``RedisCluster`` for a cluster)."""
         return self.connection.client
 
     @property
@@ -262,7 +262,7 @@ class RedisStreamsBackend(Backend):
             secs, micros = self.connection.client.time()
         except redis.RedisError as exc:
             raise BackendUnavailable(f"Redis at {self.redis_config.display} failed: {exc}") from exc
-        return secs + micros / 1e6
+        return float(secs) + float(micros) / 1e6
 
     def admit_slot(self, request: SlotRequest) -> SlotVerdict:
         """One atomic step on a schedule's mark, in the admission script (enqueue.lua)."""
