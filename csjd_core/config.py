@@ -386,6 +386,12 @@ class DistributedConfig(EngineConfig):
         prefetch: most entries in hand (running and held ahead, unstarted); ``None`` adapts
             the read-ahead to the handlers' speed, up to ``2 * workers`` in hand.
         block: seconds one blocking read waits for new entries.
+        durable_enqueue: an enqueue returns only once a replica of the master that took it
+            has it too (``WAIT 1``): a failover then cannot lose an accepted job. Needs a
+            replica per master; costs a replication round trip per enqueue.
+        durable_timeout: seconds an enqueue waits for that replica; past it the enqueue raises
+            `BackendUnavailable` (the job is on the master: submitting it again with the same
+            id is safe).
     """
 
     workers: int = 8
@@ -403,11 +409,17 @@ class DistributedConfig(EngineConfig):
     max_dead_letters: int = DEFAULT_MAX_DEAD_LETTERS
     prefetch: int | None = None
     block: Duration[float] = Duration(1.0)
+    durable_enqueue: bool = False
+    durable_timeout: Duration[float] = Duration(1.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check = _Fields(self)
         check.integer("max_deliveries", 1, MAX_ATTEMPTS)
+        if not isinstance(self.durable_enqueue, bool):
+            raise check.fail(
+                "durable_enqueue", f"must be True or False, got {brief(self.durable_enqueue)}"
+            )
         check.integer("max_payload_bytes", 64, MAX_JOB_BYTES)
         check.integer("max_dead_letters", 1)
         if self.prefetch is not None:
@@ -422,7 +434,7 @@ class DistributedConfig(EngineConfig):
             raise check.fail("queues", "must name at least one queue")
         for queue in queues:
             check.name_of("queues", queue)
-        for name in ("lease", "claim_interval", "heartbeat_interval", "block"):
+        for name in ("lease", "claim_interval", "heartbeat_interval", "block", "durable_timeout"):
             check.seconds(name, positive=True)
         check.seconds("dedupe_window")
         if self.heartbeat_interval >= self.lease:

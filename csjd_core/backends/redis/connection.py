@@ -10,6 +10,7 @@ the command did not run there, so it is sent again through ``RedisCluster``, whi
 from __future__ import annotations
 
 import threading
+import time
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +29,15 @@ try:
 except ImportError:  # redis-py without hiredis: its own packer
     _hiredis_pack = None
 
-__all__ = ["REDIRECTED", "REDIS_DOWN", "SCRIPTS", "Connection", "NotSent", "packed"]
+__all__ = [
+    "REDIRECTED",
+    "REDIS_DOWN",
+    "SCRIPTS",
+    "Connection",
+    "NotReplicated",
+    "NotSent",
+    "packed",
+]
 
 #: The errors that mean "Redis could not be reached" (as opposed to a refusal); a cluster
 #: that lost a master is down for its slots until a replica takes over.
@@ -74,6 +83,10 @@ def packed(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
 
 class NotSent(redis.ConnectionError):
     """No connection could be made: the command was never sent (so it certainly did not run)."""
+
+
+class NotReplicated(redis.RedisError):
+    """The command ran on the master, but no replica acknowledged it in time."""
 
 
 def _load_script(name: str) -> str:
@@ -208,19 +221,27 @@ class Connection:
         """The EVALSHA command of script ``name``, to send or to pipeline."""
         return ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
 
-    def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    def run(self, name: str, keys: list[str], args: list[Any], *, wait_replica: float = 0.0) -> Any:
         """Run a script in one round trip on a pooled connection.
 
         Straight on the connection: redis-py's command path (events, retries, observability)
         costs as much as the round trip itself on a small machine. A server that lost its
         scripts (restarted) is given them again (SCRIPT LOAD: the worker ACL has no EVAL).
 
+        Args:
+            wait_replica: if positive, seconds to wait (``WAIT 1``, on the same connection)
+                for a replica to acknowledge the script's writes.
+
         Raises:
             NotSent: no connection could be made (nothing was sent).
+            NotReplicated: ``wait_replica`` passed without a replica's acknowledgement (the
+                script ran on the master).
             redis.RedisError: Redis refused it, or the connection failed after sending.
         """
         client = self.client  # registers the scripts on first use
         command = self.evalsha(name, keys, args)
+        if wait_replica > 0:
+            return self._run_replicated(name, keys[0], command, wait_replica)
         try:
             pool = self.pool_for(client, keys[0])
             conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
@@ -231,10 +252,7 @@ class Connection:
             try:
                 return conn.read_response()
             except NoScriptError:
-                conn.send_packed_command(
-                    conn.pack_command("SCRIPT", "LOAD", self._scripts[name].script)
-                )
-                conn.read_response()
+                self._load_on(conn, name)
                 conn.send_packed_command(packed(conn, [command]))
                 return conn.read_response()
         except REDIRECTED:
@@ -249,6 +267,57 @@ class Connection:
         finally:
             if conn is not None:
                 pool.release(conn)
+
+    def _run_replicated(self, name: str, key: str, command: tuple[Any, ...], timeout: float) -> Any:
+        """`run` followed by ``WAIT 1`` on the same connection (WAIT counts the writes of its
+        own connection): a redirection is followed here, on our own connection — ``MOVED``
+        by reading the slot table again, ``ASK``/``TRYAGAIN`` (a slot migrating) by waiting
+        for the migration to end — until ``socket_timeout`` has passed."""
+        client = self.client
+        wait = ("WAIT", 1, max(1, int(timeout * 1000)))
+        deadline = time.monotonic() + self.redis_config.socket_timeout
+        while True:
+            try:
+                pool = self.pool_for(client, key)
+                conn: Any = pool.get_connection()
+            except REDIS_DOWN as exc:
+                raise NotSent(str(exc)) from exc
+            try:
+                conn.send_packed_command(packed(conn, [command, wait]))
+                replies: list[Any] = []
+                for _ in range(2):
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as exc:  # a reply: the connection is in step
+                        replies.append(exc)
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
+            reply, acknowledged = replies
+            if isinstance(reply, NoScriptError):
+                self.load_scripts()
+                continue
+            if isinstance(reply, REDIRECTED) and time.monotonic() < deadline:
+                if isinstance(reply, MovedError):
+                    client.nodes_manager.initialize()
+                else:
+                    time.sleep(0.05)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(acknowledged, Exception) or int(acknowledged) < 1:
+                raise NotReplicated(
+                    f"no replica acknowledged {name} within {timeout:g} s"
+                    + (f" ({acknowledged})" if isinstance(acknowledged, Exception) else "")
+                )
+            return reply
+
+    def _load_on(self, conn: Any, name: str) -> None:
+        """Give the server behind ``conn`` the script ``name`` (it restarted without it)."""
+        conn.send_packed_command(conn.pack_command("SCRIPT", "LOAD", self._scripts[name].script))
+        conn.read_response()
 
     def close(self) -> None:
         """Close both clients; a later call makes new ones (a closed ``RedisCluster``, unlike
