@@ -222,11 +222,15 @@ class RedisConfig:
     """How to reach Redis (or Valkey). Give ``url`` or ``addr``, not both.
 
     Args:
-        url: ``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS.
+        url: ``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS; a Redis
+            Cluster as ``redis+cluster://[user:password@]host:port[,host:port...]`` (or
+            ``rediss+cluster://``): its startup nodes, any of the cluster's nodes.
         addr: ``"host:port"``.
         username, password: ACL credentials (never logged).
-        db: database number.
+        db: database number (a cluster has only database 0).
         ssl: use TLS (implied by ``rediss://``).
+        cluster: ``url`` or ``addr`` names a node of a Redis Cluster (implied by
+            ``redis+cluster://``): redis-py's ``RedisCluster`` routes each key to its node.
         socket_timeout: seconds for a command's reply.
         connect_timeout: seconds to connect.
     """
@@ -237,6 +241,7 @@ class RedisConfig:
     password: str | None = field(default=None, repr=False)
     db: int = 0
     ssl: bool = False
+    cluster: bool = False
     socket_timeout: float = 5.0
     connect_timeout: float = 5.0
 
@@ -249,24 +254,64 @@ class RedisConfig:
             if value is not None and not isinstance(value, str):
                 shown = "***" if name == "password" else brief(value)
                 raise check.fail(name, f"must be a string, got {type(value).__name__} {shown}")
-        if not isinstance(self.ssl, bool):
-            raise check.fail("ssl", f"must be True or False, got {brief(self.ssl)}")
-        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
+        for name in ("ssl", "cluster"):
+            if not isinstance(getattr(self, name), bool):
+                raise check.fail(name, f"must be True or False, got {brief(getattr(self, name))}")
+        if self.url is not None and not self.url.startswith(_URL_SCHEMES):
             raise check.fail(
                 "url",
-                f"must start with redis://, rediss:// or unix://, got {redact_url(self.url)!r}",
+                "must start with redis://, rediss://, unix://, redis+cluster:// or "
+                f"rediss+cluster://, got {redact_url(self.url)!r}",
             )
-        if self.addr is not None:
-            host, sep, port = self.addr.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise check.fail("addr", f"must be 'host:port', got {brief(self.addr)}")
+        if self.addr is not None and _host_port(self.addr) is None:
+            raise check.fail("addr", f"must be 'host:port', got {brief(self.addr)}")
         check.integer("db", 0)
         check.seconds("socket_timeout", positive=True)
         check.seconds("connect_timeout", positive=True)
+        if self.is_cluster:
+            self._check_cluster(check)
+
+    def _check_cluster(self, check: _Fields) -> None:
+        """A cluster has one database and is reached over TCP at one or more nodes."""
+        if self.db != 0:
+            raise check.fail(
+                "db", f"must be 0 for a Redis Cluster (it has no other), got {self.db}"
+            )
+        if self.url is None:
+            return
+        if self.url.startswith("unix://"):
+            raise check.fail("url", "unix:// cannot name a Redis Cluster (its nodes are on TCP)")
+        parts = urlsplit(self.url)
+        hosts = parts.netloc.rpartition("@")[2]
+        if not hosts or any(_host_port(node) is None for node in hosts.split(",")):
+            raise check.fail(
+                "url",
+                "must name the cluster's nodes as host:port[,host:port...], got "
+                f"{redact_url(self.url)!r}",
+            )
+        if parts.path.strip("/") not in ("", "0"):
+            raise check.fail(
+                "url",
+                f"names database {parts.path.strip('/')!r}: a Redis Cluster has only database 0",
+            )
+
+    @property
+    def is_cluster(self) -> bool:
+        """Whether this names a Redis Cluster (``cluster=True`` or a ``+cluster`` URL)."""
+        return self.cluster or (self.url or "").startswith(_CLUSTER_SCHEMES)
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        """The cluster nodes given, as (host, port): those of the URL, or ``addr``."""
+        if self.url is None:
+            return [_host_port(self.addr or "") or ("", 0)]
+        hosts = urlsplit(self.url).netloc.rpartition("@")[2]
+        return [_host_port(node) or ("", 0) for node in hosts.split(",")]
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisConfig:
-        """A config from a ``redis://`` / ``rediss://`` URL plus keyword options."""
+        """A config from a ``redis://`` / ``rediss://`` (or ``redis+cluster://`` /
+        ``rediss+cluster://``) URL plus keyword options."""
         return cls(url=url, **options)
 
     @property
@@ -276,10 +321,24 @@ class RedisConfig:
             return redact_url(self.url)
         scheme = "rediss" if self.ssl else "redis"
         user = f"{self.username}@" if self.username else ""
+        if self.cluster:
+            return f"{scheme}+cluster://{user}{self.addr}"
         return f"{scheme}://{user}{self.addr}/{self.db}"
 
     def __repr__(self) -> str:
         return f"RedisConfig({self.display!r})"
+
+
+_CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+_URL_SCHEMES = ("redis://", "rediss://", "unix://", *_CLUSTER_SCHEMES)
+
+
+def _host_port(text: str) -> tuple[str, int] | None:
+    """``"host:port"`` (or ``"[v6]:port"``) as a pair, or ``None`` if it is not one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 #: Query parameters whose values are hidden: redis-py passes every one to the connection
@@ -341,6 +400,12 @@ class DistributedConfig(EngineConfig):
             leaves its data to its stream entry) or ``"full"`` (the record repeats it, as
             0.1.0 wrote them: what workers of 0.1.0 need to run the jobs while they share a
             queue during an upgrade; see docs/distributed.md, "Upgrading"). Both are read.
+        durable_enqueue: an enqueue returns only once a replica of the master that took it
+            has it too (``WAIT 1``): a failover then cannot lose an accepted job. Needs a
+            replica per master; costs a replication round trip per enqueue.
+        durable_timeout: seconds an enqueue waits for that replica; past it the enqueue raises
+            `BackendUnavailable` (the job is on the master: submitting it again with the same
+            id is safe).
     """
 
     workers: int = 8
@@ -358,6 +423,8 @@ class DistributedConfig(EngineConfig):
     max_dead_letters: int = DEFAULT_MAX_DEAD_LETTERS
     prefetch: int | None = None
     block: Duration[float] = Duration(1.0)
+    durable_enqueue: bool = False
+    durable_timeout: Duration[float] = Duration(1.0)
     record_format: str = "compact"
 
     def __post_init__(self) -> None:
@@ -365,6 +432,10 @@ class DistributedConfig(EngineConfig):
         check = _Fields(self)
         check.choice("record_format", RECORD_FORMATS)
         check.integer("max_deliveries", 1, MAX_ATTEMPTS)
+        if not isinstance(self.durable_enqueue, bool):
+            raise check.fail(
+                "durable_enqueue", f"must be True or False, got {brief(self.durable_enqueue)}"
+            )
         check.integer("max_payload_bytes", 64, MAX_JOB_BYTES)
         check.integer("max_dead_letters", 1)
         if self.prefetch is not None:
@@ -379,7 +450,7 @@ class DistributedConfig(EngineConfig):
             raise check.fail("queues", "must name at least one queue")
         for queue in queues:
             check.name_of("queues", queue)
-        for name in ("lease", "claim_interval", "heartbeat_interval", "block"):
+        for name in ("lease", "claim_interval", "heartbeat_interval", "block", "durable_timeout"):
             check.seconds(name, positive=True)
         check.seconds("dedupe_window")
         if self.heartbeat_interval >= self.lease:

@@ -142,6 +142,40 @@ def redis_cluster_factory(
             cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(
+    redis_server_binary: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisClusterProcess]:
+    """One 3-master Redis Cluster for the session (tests that kill nodes or move slots start
+    their own with `redis_cluster_factory`)."""
+    cluster = RedisClusterProcess(redis_server_binary, tmp_path_factory.mktemp("redis-cluster"))
+    problem: str | None = None
+    try:
+        cluster.start()
+    except RedisServerError as exc:
+        problem = f"the session's Redis Cluster did not start: {exc}"
+    if problem is not None:
+        cluster.stop()
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterProcess) -> str:
+    """``redis+cluster://...`` of the session's cluster, every master flushed first."""
+    import redis  # noqa: PLC0415
+
+    for node in redis_cluster.masters:
+        if not node.running:
+            pytest.fail(f"a session cluster node (pid {node.pid}) is gone", pytrace=False)
+        with redis.Redis(node.host, node.port) as client:
+            client.flushall()
+    return redis_cluster.url
+
+
 @pytest.fixture
 def redis_client(redis_server: RedisServerProcess) -> Iterator[redis.Redis]:
     """A redis-py client to the session server, after FLUSHALL."""

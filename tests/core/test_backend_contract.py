@@ -64,10 +64,30 @@ def redis_streams(request: pytest.FixtureRequest) -> Backend:
     return RedisStreamsBackend(RedisConfig.from_url(request.getfixturevalue("redis_url")), config)
 
 
+def redis_cluster(request: pytest.FixtureRequest) -> Backend:
+    """The Redis Streams backend on the session's 3-master Redis Cluster, its queues (the
+    default and "other") on two different masters."""
+    from csjd_core.backends.redis import RedisStreamsBackend  # noqa: PLC0415
+    from csjd_core.config import DistributedConfig, RedisConfig  # noqa: PLC0415
+
+    config = DistributedConfig(
+        queues=("default", "other"),
+        max_pending_jobs=CAP,
+        dedupe_window=0,
+        block=0.2,
+        lease=5.0,
+        heartbeat_interval=0.5,
+        claim_interval=0.5,
+    )
+    url = request.getfixturevalue("redis_cluster_url")
+    return RedisStreamsBackend(RedisConfig.from_url(url), config)
+
+
 FACTORIES: dict[str, Factory] = {
     "memory": memory_backend,
     "file": file_store,
     "redis": redis_streams,
+    "redis-cluster": redis_cluster,
 }
 _consuming: set[int] = set()  # backends whose consumption `poll` started
 

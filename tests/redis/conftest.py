@@ -8,16 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from redis_support import Dispatchers, Workers
 
 
 @pytest.fixture
-def dispatchers(redis_client: Any, redis_url: str) -> Iterator[Dispatchers]:
-    """A factory of fast dispatchers on a freshly flushed session server."""
-    made = Dispatchers(redis_url)
+def server_url(request: pytest.FixtureRequest) -> str:
+    """Where `dispatchers` and `workers` go: the session server, flushed first; a test
+    parametrized with ``@pytest.mark.parametrize("server_url", ["redis", "cluster"],
+    indirect=True)`` also runs on the session's 3-master Redis Cluster (flushed too)."""
+    if getattr(request, "param", "redis") == "cluster":
+        return str(request.getfixturevalue("redis_cluster_url"))
+    request.getfixturevalue("redis_client")
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+def dispatchers(server_url: str) -> Iterator[Dispatchers]:
+    """A factory of fast dispatchers on a freshly flushed server (see `server_url`)."""
+    made = Dispatchers(server_url)
     try:
         yield made
     finally:
@@ -25,9 +35,9 @@ def dispatchers(redis_client: Any, redis_url: str) -> Iterator[Dispatchers]:
 
 
 @pytest.fixture
-def workers(tmp_path: Path, redis_client: Any, redis_url: str) -> Iterator[Workers]:
-    """A factory of worker subprocesses on the session server (flushed first)."""
-    made = Workers(tmp_path, redis_url)
+def workers(tmp_path: Path, server_url: str) -> Iterator[Workers]:
+    """A factory of worker subprocesses on a freshly flushed server (see `server_url`)."""
+    made = Workers(tmp_path, server_url)
     try:
         yield made
     finally:

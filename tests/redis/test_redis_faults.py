@@ -47,6 +47,7 @@ def no_thread_died(workers: Workers) -> None:
     assert "Exception in thread" not in logs, logs
 
 
+@pytest.mark.parametrize("server_url", ["redis", "cluster"], indirect=True)
 def test_sigkill_one_of_two_workers_mid_run(workers: Workers, dispatchers: Dispatchers) -> None:
     rng = random.Random(4)
     a = workers("a", workers=4)

@@ -8,7 +8,7 @@ from typing import Any
 import redis
 
 from csjd_core.backends.redis import codec
-from csjd_core.backends.redis.connection import REDIS_DOWN, Connection
+from csjd_core.backends.redis.connection import REDIS_DOWN, Connection, NotReplicated
 from csjd_core.backends.redis.keys import QueueKeys, Queues
 from csjd_core.config import DistributedConfig
 from csjd_core.errors import BackendUnavailable, DuplicateJob, InvalidJob
@@ -21,10 +21,17 @@ __all__ = ["Admin"]
 class Admin:
     """What the dispatcher's queries and the operator commands read and change."""
 
-    def __init__(self, connection: Connection, config: DistributedConfig, queues: Queues) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        config: DistributedConfig,
+        queues: Queues,
+        durable_wait: float = 0.0,
+    ) -> None:
         self.connection = connection
         self.config = config
         self.queues = queues
+        self.durable_wait = durable_wait  # a requeue is an enqueue (see durable_enqueue)
 
     def status(self, job_id: str, queue: str | None = None) -> JobStatus | None:
         """The job's record (looked up in ``queue``, else in every configured queue)."""
@@ -191,11 +198,17 @@ class Admin:
         f = {codec.text(k): codec.text(v) for k, v in fields.items()}
         if not f.get("id") or not f.get("d"):
             raise InvalidJob(f"dead letter {entry_id} has no job to requeue ({f.get('error')})")
-        code = self.connection.run(
-            "requeue_dead",
-            keys.requeue(f["id"]),
-            [entry_id, f["id"], f["d"], self.config.record_format],
-        )
+        try:
+            code = self.connection.run(
+                "requeue_dead",
+                keys.requeue(f["id"]),
+                [entry_id, f["id"], f["d"], self.config.record_format],
+                wait_replica=self.durable_wait,
+            )
+        except NotReplicated as exc:
+            raise BackendUnavailable(
+                f"{exc} (durable_enqueue): the job is requeued on the master only"
+            ) from exc
         if code == -1:
             raise DuplicateJob(f["id"])
         return bool(code)

@@ -30,7 +30,7 @@ from csjd_core.backends.base import (
 )
 from csjd_core.backends.redis import codec
 from csjd_core.backends.redis.admin import Admin
-from csjd_core.backends.redis.connection import REDIS_DOWN, Connection, NotSent
+from csjd_core.backends.redis.connection import REDIS_DOWN, Connection, NotReplicated, NotSent
 from csjd_core.backends.redis.holdings import Holdings
 from csjd_core.backends.redis.keys import QueueKeys, Queues
 from csjd_core.backends.redis.maintenance import Maintenance
@@ -89,13 +89,15 @@ class RedisStreamsBackend(Backend):
         self.maintenance = Maintenance(
             self.connection, config, self.consumer, self.queues, self.holdings, self.reader, ttl_ms
         )
-        self.admin = Admin(self.connection, config, self.queues)
+        #: Seconds an enqueue waits for a replica's acknowledgement (0: it does not wait).
+        self.durable_wait = config.durable_timeout if config.durable_enqueue else 0.0
+        self.admin = Admin(self.connection, config, self.queues, self.durable_wait)
         self._threads: list[threading.Thread] = []
 
     # -- what tools and tests read ---------------------------------------------------------
     @property
-    def client(self) -> redis.Redis:
-        """The command connection pool."""
+    def client(self) -> Any:
+        """The command client (``redis.Redis``, or ``RedisCluster`` for a cluster)."""
         return self.connection.client
 
     @property
@@ -232,8 +234,17 @@ class RedisStreamsBackend(Backend):
         display = self.redis_config.display
         try:
             reply = self.connection.run(
-                "enqueue", keys.enqueue((job.id for job in jobs), schedule), args
+                "enqueue",
+                keys.enqueue((job.id for job in jobs), schedule),
+                args,
+                wait_replica=self.durable_wait,
             )
+        except NotReplicated as exc:
+            raise BackendUnavailable(
+                f"Redis at {display}: {exc} (durable_enqueue): the job is on the master but a "
+                "failover could lose it; submitting it again with the same id is safe "
+                "(DuplicateJob then means it is stored)"
+            ) from exc
         except NotSent as exc:
             raise BackendUnavailable(
                 f"Redis at {display} unreachable ({exc}); the job was not enqueued"
@@ -267,7 +278,7 @@ class RedisStreamsBackend(Backend):
             secs, micros = self.connection.client.time()
         except redis.RedisError as exc:
             raise BackendUnavailable(f"Redis at {self.redis_config.display} failed: {exc}") from exc
-        return secs + micros / 1e6
+        return float(secs) + float(micros) / 1e6
 
     def admit_slot(self, request: SlotRequest) -> SlotVerdict:
         """One atomic step on a schedule's mark, in the admission script (enqueue.lua)."""

@@ -1,15 +1,24 @@
-"""Connections to Redis and the Lua scripts: two pools (commands, and blocking reads) made on
-first use, every script registered once and run straight on a pooled connection."""
+"""Connections to Redis and the Lua scripts: two clients (commands, and blocking reads) made on
+first use, every script registered once and run straight on a pooled connection.
+
+A Redis Cluster gets redis-py's own ``RedisCluster``: it keeps the slot table and follows
+``MOVED``/``ASK``. Our fast path (a script or a pipeline sent straight on a pooled connection)
+asks it for the node that serves the key and uses that node's pool; a redirection reply means
+the command did not run there, so it is sent again through ``RedisCluster``, which follows it.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
 from redis.retry import Retry
 
 from csjd_core.config import RedisConfig
@@ -20,10 +29,28 @@ try:
 except ImportError:  # redis-py without hiredis: its own packer
     _hiredis_pack = None
 
-__all__ = ["REDIS_DOWN", "SCRIPTS", "Connection", "NotSent", "packed"]
+__all__ = [
+    "REDIRECTED",
+    "REDIS_DOWN",
+    "SCRIPTS",
+    "Connection",
+    "NotReplicated",
+    "NotSent",
+    "packed",
+]
 
-#: The errors that mean "Redis could not be reached" (as opposed to a refusal).
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+#: The errors that mean "Redis could not be reached" (as opposed to a refusal); a cluster
+#: that lost a master is down for its slots until a replica takes over.
+REDIS_DOWN = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.RedisClusterUnreachableError,
+)
+
+#: A cluster node's answer "not here (or not now)": the command did not run.
+REDIRECTED = (MovedError, AskError, TryAgainError)
 
 #: The scripts in ``lua/``, each one atomic step of the protocol (docs/distributed.md).
 SCRIPTS = (
@@ -58,22 +85,28 @@ class NotSent(redis.ConnectionError):
     """No connection could be made: the command was never sent (so it certainly did not run)."""
 
 
+class NotReplicated(redis.RedisError):
+    """The command ran on the master, but no replica acknowledged it in time."""
+
+
 def _load_script(name: str) -> str:
     return resources.files(__package__).joinpath(f"lua/{name}.lua").read_text()
 
 
 class Connection:
-    """The command pool (`client`) and the reader's pool (`reader`), created on first use."""
+    """The command client (`client`) and the reader's (`reader`), created on first use: each a
+    ``redis.Redis`` (one pool), or for a cluster a ``RedisCluster`` (a pool per node)."""
 
     def __init__(self, redis_config: RedisConfig, block: float) -> None:
         self.redis_config = redis_config
+        self.cluster = redis_config.is_cluster
         self._block = block
-        self._client: redis.Redis | None = None
-        self._reader: redis.Redis | None = None
+        self._client: Any = None  # redis.Redis | RedisCluster
+        self._reader: Any = None
         self._scripts: dict[str, Any] = {}
-        self._init_lock = threading.Lock()  # creates the two pools, once each
+        self._init_lock = threading.Lock()  # creates the two clients, once each
 
-    def _make_client(self, socket_timeout: float) -> redis.Redis:
+    def _make_client(self, socket_timeout: float) -> Any:
         rc = self.redis_config
         # No blind client retries: a timed-out XREADGROUP or XADD must surface to our code.
         options: dict[str, Any] = {
@@ -82,6 +115,8 @@ class Connection:
             "retry": Retry(NoBackoff(), 0),
             "health_check_interval": 0,
         }
+        if self.cluster:
+            return self._make_cluster(options)
         if rc.url is not None:
             extra = {
                 k: v
@@ -100,10 +135,31 @@ class Connection:
             **options,
         )
 
+    def _make_cluster(self, options: dict[str, Any]) -> RedisCluster:
+        """A ``RedisCluster`` over the startup nodes. Redirections are followed whatever the
+        retry setting; a node that cannot be reached is reported at once (the slot table is
+        read again on the next command), as a single Redis is."""
+        rc = self.redis_config
+        make_node: Any = ClusterNode  # redis-py leaves it untyped
+        nodes = [make_node(host, port) for host, port in rc.startup_nodes]
+        for name, value in (("username", rc.username), ("password", rc.password)):
+            if value is not None:
+                options[name] = value
+        if rc.url is None:
+            return RedisCluster(startup_nodes=nodes, ssl=rc.ssl, **options)
+        # redis-py reads the credentials, TLS and query options from a plain URL of one node.
+        parts = urlsplit(rc.url)
+        scheme = "rediss" if parts.scheme.startswith("rediss") else "redis"
+        user = parts.netloc.rpartition("@")[0]
+        url = f"{scheme}://{user + '@' if user else ''}{nodes[0].host}:{nodes[0].port}" + (
+            f"?{parts.query}" if parts.query else ""
+        )
+        return RedisCluster(url=url, startup_nodes=nodes[1:], **options)
+
     @property
-    def client(self) -> redis.Redis:
-        """The command connection pool (created on first use, by one thread: the first
-        submits of a web process may come from several at once)."""
+    def client(self) -> Any:
+        """The command client (created on first use, by one thread: the first submits of a
+        web process may come from several at once)."""
         client = self._client
         if client is None:
             with self._init_lock:
@@ -116,8 +172,8 @@ class Connection:
         return client
 
     @property
-    def reader(self) -> redis.Redis:
-        """The reader's connection pool: blocking reads wait longer than its socket timeout."""
+    def reader(self) -> Any:
+        """The reader's client: blocking reads wait longer than its socket timeout."""
         reader = self._reader
         if reader is None:
             with self._init_lock:
@@ -127,29 +183,67 @@ class Connection:
         return reader
 
     def load_scripts(self) -> None:
-        """Load every script into Redis (pipelined calls use EVALSHA without a fallback)."""
+        """Load every script into Redis, or into every master of a cluster (pipelined calls
+        use EVALSHA without a fallback)."""
         client = self.client
         for script in self._scripts.values():
             client.script_load(script.script)
+
+    def pool_for(self, client: Any, key: str) -> Any:
+        """The connection pool of ``client`` that serves ``key``: its only one, or that of the
+        cluster node holding the key's slot (from redis-py's slot table)."""
+        if not self.cluster:
+            return client.connection_pool
+        return client.get_redis_connection(client.get_node_from_key(key)).connection_pool
+
+    def slot_groups(self, keys: list[str]) -> list[list[str]]:
+        """``keys`` grouped by slot, in first-seen order: one multi-key command (an
+        ``XREADGROUP`` over several streams) per group. One group on a single Redis."""
+        if not self.cluster:
+            return [keys] if keys else []
+        groups: dict[int, list[str]] = {}
+        for key in keys:
+            groups.setdefault(self.client.keyslot(key), []).append(key)
+        return list(groups.values())
+
+    def redirected(self, command: tuple[Any, ...]) -> Any:
+        """Run ``command`` (an ``EVALSHA``) through ``RedisCluster``, which follows ``MOVED``
+        and ``ASK`` and waits out ``TRYAGAIN``: a redirected command did not run, so sending it
+        again is safe. The node it lands on is given the script if it lacks it."""
+        client = self.client
+        try:
+            return client.execute_command(*command)
+        except NoScriptError:
+            self.load_scripts()
+            return client.execute_command(*command)
 
     def evalsha(self, name: str, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
         """The EVALSHA command of script ``name``, to send or to pipeline."""
         return ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
 
-    def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    def run(self, name: str, keys: list[str], args: list[Any], *, wait_replica: float = 0.0) -> Any:
         """Run a script in one round trip on a pooled connection.
 
         Straight on the connection: redis-py's command path (events, retries, observability)
         costs as much as the round trip itself on a small machine. A server that lost its
         scripts (restarted) is given them again (SCRIPT LOAD: the worker ACL has no EVAL).
 
+        Args:
+            wait_replica: if positive, seconds to wait (``WAIT 1``, on the same connection)
+                for a replica to acknowledge the script's writes.
+
         Raises:
             NotSent: no connection could be made (nothing was sent).
+            NotReplicated: ``wait_replica`` passed without a replica's acknowledgement (the
+                script ran on the master).
             redis.RedisError: Redis refused it, or the connection failed after sending.
         """
-        pool = self.client.connection_pool  # registers the scripts on first use
+        client = self.client  # registers the scripts on first use
         command = self.evalsha(name, keys, args)
+        if wait_replica > 0:
+            return self._run_replicated(name, keys[0], command, wait_replica)
         try:
+            pool = self.pool_for(client, keys[0])
             conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
         except REDIS_DOWN as exc:
             raise NotSent(str(exc)) from exc
@@ -158,22 +252,78 @@ class Connection:
             try:
                 return conn.read_response()
             except NoScriptError:
-                conn.send_packed_command(
-                    conn.pack_command("SCRIPT", "LOAD", self._scripts[name].script)
-                )
-                conn.read_response()
+                self._load_on(conn, name)
                 conn.send_packed_command(packed(conn, [command]))
                 return conn.read_response()
+        except REDIRECTED:
+            pool.release(conn)  # a reply: in step, and free again before the slow path
+            conn = None
+            return self.redirected(command)
         except redis.ResponseError:
             raise  # a reply: the connection is in step
         except BaseException:
             conn.disconnect()
             raise
         finally:
-            pool.release(conn)
+            if conn is not None:
+                pool.release(conn)
+
+    def _run_replicated(self, name: str, key: str, command: tuple[Any, ...], timeout: float) -> Any:
+        """`run` followed by ``WAIT 1`` on the same connection (WAIT counts the writes of its
+        own connection): a redirection is followed here, on our own connection — ``MOVED``
+        by reading the slot table again, ``ASK``/``TRYAGAIN`` (a slot migrating) by waiting
+        for the migration to end — until ``socket_timeout`` has passed."""
+        client = self.client
+        wait = ("WAIT", 1, max(1, int(timeout * 1000)))
+        deadline = time.monotonic() + self.redis_config.socket_timeout
+        while True:
+            try:
+                pool = self.pool_for(client, key)
+                conn: Any = pool.get_connection()
+            except REDIS_DOWN as exc:
+                raise NotSent(str(exc)) from exc
+            try:
+                conn.send_packed_command(packed(conn, [command, wait]))
+                replies: list[Any] = []
+                for _ in range(2):
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as exc:  # a reply: the connection is in step
+                        replies.append(exc)
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
+            reply, acknowledged = replies
+            if isinstance(reply, NoScriptError):
+                self.load_scripts()
+                continue
+            if isinstance(reply, REDIRECTED) and time.monotonic() < deadline:
+                if isinstance(reply, MovedError):
+                    client.nodes_manager.initialize()
+                else:
+                    time.sleep(0.05)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(acknowledged, Exception) or int(acknowledged) < 1:
+                raise NotReplicated(
+                    f"no replica acknowledged {name} within {timeout:g} s"
+                    + (f" ({acknowledged})" if isinstance(acknowledged, Exception) else "")
+                )
+            return reply
+
+    def _load_on(self, conn: Any, name: str) -> None:
+        """Give the server behind ``conn`` the script ``name`` (it restarted without it)."""
+        conn.send_packed_command(conn.pack_command("SCRIPT", "LOAD", self._scripts[name].script))
+        conn.read_response()
 
     def close(self) -> None:
-        """Close both pools."""
-        for client in (self._reader, self._client):
+        """Close both clients; a later call makes new ones (a closed ``RedisCluster``, unlike
+        a closed pool, cannot be used again)."""
+        with self._init_lock:
+            clients, self._reader, self._client = (self._reader, self._client), None, None
+        for client in clients:
             if client is not None:
                 client.close()

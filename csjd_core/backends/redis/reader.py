@@ -18,7 +18,7 @@ from redis.exceptions import NoScriptError
 
 from csjd_core.backends.base import Delivery
 from csjd_core.backends.redis import codec
-from csjd_core.backends.redis.connection import REDIS_DOWN, Connection, packed
+from csjd_core.backends.redis.connection import REDIRECTED, REDIS_DOWN, Connection, packed
 from csjd_core.backends.redis.holdings import Holdings
 from csjd_core.backends.redis.keys import QueueKeys, Queues, by_queue
 from csjd_core.backends.redis.settle import Outcomes
@@ -32,6 +32,23 @@ logger = logging.getLogger("csjd_core.redis")
 
 _NO_RECORD = "no job record: the entry was not written by CSJD's enqueue"
 _RELEASE_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
+
+
+class _Trip:
+    """One node's share of a reader cycle: its connection and the queues' commands."""
+
+    __slots__ = ("conn", "error", "pool", "reads", "settles", "started")
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
+        self.started: list[tuple[QueueKeys, list[Delivery]]] = []
+        self.reads: list[QueueKeys] = []
+        self.settles: list[tuple[QueueKeys, list[Any]]] = []
+        self.error: redis.ResponseError | None = None
+
+    def release(self) -> None:
+        self.pool.release(self.conn)
 
 
 class Reader:
@@ -56,6 +73,7 @@ class Reader:
         #: it claims into that list would be read (and started) a second time.
         self.own_pending_read = threading.Event()
         self.read_calls = 0
+        self._turn = 0  # the slot whose streams the next blocking read waits on (a cluster's)
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> None:
@@ -119,10 +137,15 @@ class Reader:
             self.outcomes.settle_now(holdings.take_acks())
 
     def read_history(self, history: dict[Any, Any]) -> None:
-        """Read a slice of our own pending list (entries delivered to us before a restart)."""
+        """Read a slice of our own pending list (entries delivered to us before a restart),
+        from the streams of one slot (all of them on a single Redis)."""
         self.read_calls += 1
+        [streams, *_] = self.connection.slot_groups(list(history))
         reply = self.connection.reader.xreadgroup(
-            self.config.group, self.consumer, history, count=max(1, self.holdings.idle())
+            self.config.group,
+            self.consumer,
+            {stream: history[stream] for stream in streams},
+            count=max(1, self.holdings.idle()),
         )
         self._take(reply, history)
         if not history:
@@ -130,7 +153,11 @@ class Reader:
             self.holdings.pipelining = True
 
     def read_blocking(self) -> None:
-        """Wait in XREADGROUP BLOCK for new entries; successes are recorded directly meanwhile."""
+        """Wait in XREADGROUP BLOCK for new entries; successes are recorded directly meanwhile.
+
+        On a cluster one XREADGROUP reads streams of one slot only: queues in several slots
+        are waited on in turn, each for ``block`` divided among them (docs/scaling.md).
+        """
         holdings = self.holdings
         with holdings.lock:
             if holdings.acks:
@@ -138,12 +165,14 @@ class Reader:
             holdings.pipelining = False
         try:
             self.read_calls += 1
+            groups = self.connection.slot_groups([k.stream for k in self.queues.consumed.values()])
+            self._turn = (self._turn + 1) % len(groups)
             reply = self.connection.reader.xreadgroup(
                 self.config.group,
                 self.consumer,
-                {k.stream: ">" for k in self.queues.consumed.values()},
+                dict.fromkeys(groups[self._turn], ">"),
                 count=max(1, holdings.idle()),  # only reached with idle workers
-                block=int(self.config.block * 1000),
+                block=max(1, int(self.config.block * 1000 / len(groups))),
             )
         finally:
             holdings.pipelining = True
@@ -154,7 +183,8 @@ class Reader:
         the idle workers, held ahead for the rest of `Holdings.capacity`) and record the queued
         successes. Starts go first, so an outcome in the same pipeline lands after its start;
         the reads before the successes, so workers run them while the settle reply is on its
-        way. ``read=False`` only records.
+        way. ``read=False`` only records. On a cluster, one pipeline per node, sent one after
+        the other (each queue's commands go to the node of its slot).
 
         Returns:
             False if there was nothing to record and nothing to read.
@@ -164,18 +194,73 @@ class Reader:
         hold = max(0, holdings.capacity() - start) if read else 0
         reads = list(self.queues.consumed.values()) if start + hold > 0 else []
         self.read_calls += len(reads)  # attempts, counted even if Redis cannot be reached
-        pool = self.connection.reader.connection_pool
         # Connected before the starts and successes are taken: if Redis is down they stay.
-        conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
+        trips = self._trips()
         starts = holdings.take_starts()  # before the successes: theirs are taken by now
         acks = holdings.take_acks()
         if starts and acks:  # a success that records its start makes the start write moot
             with_start = {op["e"] for _, op in acks if "s" in op}
             starts = [d for d in starts if d.ref[1] not in with_start]
+        for keys, begun in by_queue(starts, lambda d: d.ref[0]):
+            trips[keys.name].started.append((keys, begun))
+        for keys in reads:
+            trips[keys.name].reads.append(keys)
+        for keys, group in by_queue(acks, lambda ack: ack[0].ref[0]):
+            trips[keys.name].settles.append((keys, group))
+        got = False
+        error: redis.ResponseError | None = None
+        sent = time.monotonic()
+        pending = list(dict.fromkeys(trips.values()))  # one per node, in queue order
+        try:
+            while pending:
+                trip = pending[0]
+                got = self._round_trip(trip, sent, start, hold) or got
+                error = trip.error or error
+                pending.pop(0)
+        except BaseException:
+            for trip in pending[1:]:  # never sent: recorded on the next cycle
+                for _, begun in trip.started:
+                    holdings.requeue_starts(begun)
+                for _, group in trip.settles:
+                    holdings.requeue_acks(group)
+            raise
+        finally:
+            for trip in dict.fromkeys(trips.values()):
+                trip.release()
+        holdings.measured_round_trip(time.monotonic() - sent)
+        if error is not None:
+            raise error
+        return got or bool(acks) or bool(starts)
+
+    def _trips(self) -> dict[str, _Trip]:
+        """A `_Trip` per consumed queue, queues on one node sharing it, each with a connection
+        taken from that node's pool (the reader's client)."""
+        reader = self.connection.reader
+        by_pool: dict[int, _Trip] = {}
+        trips: dict[str, _Trip] = {}
+        try:
+            for name, keys in self.queues.consumed.items():
+                pool = self.connection.pool_for(reader, keys.stream)
+                trip = by_pool.get(id(pool))
+                if trip is None:
+                    trip = by_pool[id(pool)] = _Trip(pool)
+                trips[name] = trip
+        except BaseException:
+            for trip in by_pool.values():
+                trip.release()
+            raise
+        return trips
+
+    def _round_trip(self, trip: _Trip, sent: float, start: int, hold: int) -> bool:
+        """Send one node's pipeline and take its replies (see `cycle`); True if it read
+        entries. A reply that is an error is kept in ``trip.error`` once every reply is read
+        (the connection stays in step); a lost connection raises, having handed the starts
+        and successes not yet recorded back to `Holdings`."""
+        holdings = self.holdings
         evalsha = self.connection.evalsha
-        started = by_queue(starts, lambda d: d.ref[0])
         commands = [
-            evalsha("started", *self._started_arguments(keys, begun)) for keys, begun in started
+            evalsha("started", *self._started_arguments(keys, begun))
+            for keys, begun in trip.started
         ]
         commands += [
             evalsha(
@@ -183,57 +268,61 @@ class Reader:
                 [keys.stream],
                 [self.config.group, self.consumer, keys.job_prefix, start, hold],
             )
-            for keys in reads
+            for keys in trip.reads
         ]
-        settles = by_queue(acks, lambda ack: ack[0].ref[0])
-        for keys, group in settles:
+        for keys, group in trip.settles:
             script_keys, args, _ = self.outcomes.arguments(keys, [op for _, op in group])
             commands.append(evalsha("settle", script_keys, args))
+        if not commands:
+            return False
+        conn = trip.conn
+        replies = iter(commands)
         got = False
-        error: redis.ResponseError | None = None
         recorded = settled = 0
-        sent = time.monotonic()
         try:
             conn.send_packed_command(packed(conn, commands))
-            for _, begun in started:
+            for _, begun in trip.started:
                 try:
-                    flags = conn.read_response()
+                    flags = self._reply(conn, next(replies))
                 except redis.ResponseError as exc:  # NOSCRIPT...: sent again next cycle
-                    error = exc
+                    trip.error = exc
                     holdings.requeue_starts(begun)
                 else:
                     holdings.recorded(begun)
                     self._refused_starts(begun, flags)
                 recorded += 1
-            for keys in reads:
+            for keys in trip.reads:
                 try:
-                    flat = conn.read_response()
+                    flat = self._reply(conn, next(replies))
                 except redis.ResponseError as exc:
-                    error = exc  # raised once every reply is read: the connection stays in step
+                    trip.error = exc  # raised once every reply is read
                     continue
                 if flat:
                     got = True
                     self._take_read(keys, flat, sent)
-            for _, group in settles:
+            for _, group in trip.settles:
                 try:
-                    reply = conn.read_response()
+                    reply = self._reply(conn, next(replies))
                 except redis.ResponseError as exc:
                     reply = exc
                 settled += 1
                 self.outcomes.settled(group, reply)
         except BaseException:
             conn.disconnect()
-            for _, begun in started[recorded:]:  # recorded on the next cycle (or by outcomes)
+            for _, begun in trip.started[recorded:]:  # recorded on the next cycle (or by outcomes)
                 holdings.requeue_starts(begun)
-            for _, group in settles[settled:]:
+            for _, group in trip.settles[settled:]:
                 holdings.requeue_acks(group)
             raise
-        finally:
-            pool.release(conn)
-        holdings.measured_round_trip(time.monotonic() - sent)
-        if error is not None:
-            raise error
-        return got or bool(acks) or bool(starts)
+        return got
+
+    def _reply(self, conn: Any, command: tuple[Any, ...]) -> Any:
+        """The reply to ``command``; redirected by a cluster node (it did not run there), it
+        is sent again through the cluster client, which follows the redirection."""
+        try:
+            return conn.read_response()
+        except REDIRECTED:
+            return self.connection.redirected(command)
 
     def _started_arguments(
         self, keys: QueueKeys, group: list[Delivery]
