@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import csjd_core
 from csjd_core import DuplicateJob, Hooks, Job, JobContext, QueueFull, RetryPolicy
 from csjd_core.config import DistributedConfig, RedisConfig
 from csjd_core.distributed import RedisDistributedDispatcher
@@ -80,6 +81,7 @@ def write_stats(dispatcher: RedisDistributedDispatcher, path: Path) -> None:
                     "read_calls": backend.read_calls,
                     "deleted_entries": backend.deleted_entries,
                     "pid": os.getpid(),
+                    "package": str(Path(csjd_core.__file__).parent),
                 }
             )
         )
