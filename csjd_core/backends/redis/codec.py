@@ -125,13 +125,14 @@ def decode(
 
 def op(delivery: Delivery, kind: str, **extra: Any) -> dict[str, Any]:
     """An outcome for settle.lua, fenced by the delivery's entry and token (``a``: the attempt
-    it records)."""
+    it records; ``d``: the entry's data, which a compact record takes with the outcome)."""
     return {
         "k": kind,
         "e": delivery.ref[1],
         "id": delivery.job.id,
         "n": delivery.token,
         "a": delivery.attempt,
+        "d": delivery.ref[2],
         **extra,
     }
 

@@ -438,7 +438,9 @@ class Reader:
             elif code == 1:
                 max_attempts = job.max_attempts or self.config.default_max_attempts
                 fresh.append(
-                    Delivery(job, int(attempts), max_attempts, int(deliveries), (keys, entry_id))
+                    Delivery(
+                        job, int(attempts), max_attempts, int(deliveries), (keys, entry_id, data)
+                    )
                 )
         self._hand_over(fresh)
 
@@ -473,9 +475,11 @@ class Reader:
             else:  # read with '>': delivered once, so the fencing token is 1
                 max_attempts = job.max_attempts or self.config.default_max_attempts
                 if flat[i + 4]:
-                    fresh.append(Delivery(job, attempts, max_attempts, 1, (keys, entry_id)))
+                    fresh.append(Delivery(job, attempts, max_attempts, 1, (keys, entry_id, data)))
                 else:
-                    held.append(Delivery(job, attempts + 1, max_attempts, 1, (keys, entry_id)))
+                    held.append(
+                        Delivery(job, attempts + 1, max_attempts, 1, (keys, entry_id, data))
+                    )
         self._hand_over(fresh, held, read_at)
 
     def _hand_over(

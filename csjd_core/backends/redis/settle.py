@@ -202,7 +202,7 @@ class Outcomes:
             args += [ids[0][1], ids[-1][1], with_start]
             for i in ok:
                 op = ops[i]
-                args += [op["e"], op["n"], op["a"], op["r"]]
+                args += [op["e"], op["n"], op["a"], op["r"], op["d"]]
         return script_keys, args, order
 
     def _flush(self, batch: list[list[Any]]) -> list[Any]:

@@ -8,11 +8,13 @@
 --   err=error, tb=traceback, delay=ms, reason=dead-letter reason, a=attempts, d=data},
 --   ARGV[6], ARGV[7] lowest and highest entry id of the successes, ARGV[8] how many of them
 --   (the first ones) record their start too, then per success: entry, deliveries, attempts,
---   result JSON.
+--   result JSON, data.
 -- A compact record (enqueue.lua) leaves the job's data to the stream entry this step deletes:
 -- the data moves into the record with the outcome (a retry is promoted from it, and status()
--- shows it until the record expires). A retry whose data is gone with its entry (deleted while
--- the job ran) cannot run again: it is dead-lettered as poison instead.
+-- shows it until the record expires). The worker sends it back (the entry's d as it read it:
+-- reading the entry here again costs Redis more than the whole start of an attempt); an op
+-- without it takes the record's or the entry's. A retry whose data is gone with its entry
+-- (deleted while the job ran) cannot run again: it is dead-lettered as poison instead.
 -- An op's attempts (the attempt it records) is written with the outcome: an attempt started at
 -- hand-over may settle before its start is recorded (started.lua, refused once this acks). An op
 -- whose start was not recorded yet (s=1 for retry/dead ops) records it as well: started_at is
@@ -61,7 +63,8 @@ for i, op in ipairs(ops) do
     if op.s and live then
       redis.call('HSET', key, 'started_at', now, 'worker', consumer)
     end
-    local data = (state and redis.call('HGET', key, 'data')) or op.d or entry_data(op.e)
+    local data = (op.d ~= '' and op.d) or (state and redis.call('HGET', key, 'data')) or
+      entry_data(op.e)
     if op.k == 'retry' and live and not data then
       op.k, op.reason = 'dead', 'poison'
       op.err = 'its data is gone: its stream entry was deleted while it ran (last error: ' ..
@@ -99,8 +102,8 @@ if #ARGV > 8 then
     from = '(' .. p[#p][1]
   end
   local k = 5 + #ops
-  local with_start = 8 + 4 * tonumber(ARGV[8])
-  for i = 9, #ARGV, 4 do
+  local with_start = 8 + 5 * tonumber(ARGV[8])
+  for i = 9, #ARGV, 5 do
     local entry = ARGV[i]
     k = k + 1
     if seen[entry] or owned[entry] ~= tonumber(ARGV[i + 1]) then
@@ -110,7 +113,7 @@ if #ARGV > 8 then
       acked[#acked + 1] = entry
       -- The fence passed: this attempt still owns the entry, so the job is running (only
       -- this consumer's settle or the reclaimer, which acks first, can end it).
-      local data = entry_data(entry)
+      local data = ARGV[i + 4] ~= '' and ARGV[i + 4] or nil
       if i < with_start then
         record(KEYS[k], data, 'state', 'succeeded', 'result', ARGV[i + 3], 'finished_at', now,
           'attempts', ARGV[i + 2], 'started_at', now, 'worker', consumer)
