@@ -27,6 +27,10 @@ The child, a producer only (it never starts consuming):
    less the dict entries and object headers ``MEMORY USAGE`` counted already), the
    pending counter (one key per queue: its size / N), the connection's buffers and what is left.
 
+The split between the keyspace's buckets and the rest follows Redis 7's ``MEMORY STATS``
+accounting (``--server`` runs another binary, e.g. Valkey's, whose keyspace is built
+differently: there only the total and the record compare).
+
 Scenarios: ``queued`` (the figure of docs/performance.md, "Memory per queued job") and
 ``scheduled`` (the same jobs with ``run_at`` an hour ahead: no stream entry; the record holds the
 job's data until it is promoted).
@@ -179,7 +183,11 @@ def child_main(spec: dict[str, Any]) -> None:
             "max": max(records),
         },
         "server": {
-            "version": info.get("redis_version"),
+            "version": (
+                f"valkey {info['valkey_version']}"
+                if "valkey_version" in info
+                else f"redis {info.get('redis_version')}"
+            ),
             "allocator": client.info("memory").get("mem_allocator"),
             **{name: client.config_get(name).get(name) for name in SETTINGS},
         },
@@ -263,7 +271,9 @@ def main() -> None:
         child_main(json.loads(args.child))
         return
     server_mod = load_server_module()
-    binary = args.server or server_mod.find_server_binary(os.environ.get(server_mod.SERVER_ENV))
+    binary = os.path.abspath(
+        args.server or server_mod.find_server_binary(os.environ.get(server_mod.SERVER_ENV))
+    )
     packages: list[tuple[str, str | None]] = []
     for item in args.against:
         label, sep, directory = item.partition("=")
@@ -294,7 +304,7 @@ def main() -> None:
             shutil.rmtree(tmp)
     server = runs[-1]["scenarios"][scenarios[0]]["server"]
     print(
-        f"server: redis {server['version']} ({server['allocator']}), "
+        f"server: {server['version']} ({server['allocator']}), "
         + ", ".join(f"{k} {server[k]}" for k in SETTINGS)
         + f"; jobs per scenario: {args.jobs}; goal: <= {GOAL} bytes per queued job"
     )

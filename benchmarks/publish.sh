@@ -2,6 +2,7 @@
 # Regenerates every figure docs/performance.md publishes, in one go (about 40 minutes on 2 cores):
 #   benchmarks/results/redis.json, inprocess.json  CSJD beside its limits (bench_redis, bench_inprocess)
 #   benchmarks/results/outbox.json                 the outbox on PostgreSQL (bench_outbox)
+#   benchmarks/results/memory.json                 Redis memory per queued job (bench_memory)
 #   benchmarks/peers/results.json                  CSJD beside seven peers (peers/run.py)
 #   docs/img/*.png, docs/img/peers/*.png           their plots
 # CSJD's own benchmarks run with `python` of the activated virtualenv you develop in (python3 -m
@@ -24,6 +25,12 @@ mkdir -p benchmarks/results
 python benchmarks/bench_redis.py --repeat 5 --json benchmarks/results/redis.json
 python benchmarks/bench_inprocess.py --repeat 5 --json benchmarks/results/inprocess.json
 python benchmarks/bench_outbox.py --repeat 3 --json benchmarks/results/outbox.json
+# Memory per queued job, beside 0.1.0's records (the package of e33d607, from the git history).
+old_package=$(mktemp -d)
+git archive e33d607ac8ad5a6d30229eb0a38191834b34d79c csjd_core | tar -x -C "$old_package"
+python benchmarks/bench_memory.py --against "0.1.0=$old_package" --label compact \
+  --json benchmarks/results/memory.json
+rm -rf "$old_package"
 # A peer's run that fails (a timeout, a job run twice) is recorded as failed and makes run.py
 # exit 3: the other figures are still published. Any other failure stops here.
 status=0

@@ -150,7 +150,9 @@ WORKER_ACL = (
     "+zrangebyscore +zcard +hset +hget +hgetall +hdel +hincrby +get +set +incr +incrby +decr "
     "+pexpire +del +exists +time"
 )
-PRODUCER_ACL = "+evalsha +script|load +time +get +hget +hgetall +hset +del +xadd +zadd +incrby"
+PRODUCER_ACL = (
+    "+evalsha +script|load +time +get +hget +hgetall +hset +del +xadd +zadd +incrby +xrange"
+)
 MONITOR_ACL = "+xinfo|consumers +xpending +xlen +xrange +zcard +get +hgetall"  # read-only keys
 PASSWORD = "pw-Zq81-never-printed"
 
@@ -179,6 +181,9 @@ def test_least_privilege_acl_users_and_no_password_in_any_output(
         ids = web.enqueue([f"j{i}" for i in range(10)])
         web.enqueue(["bad"], type="explode", args=["acl"], max_attempts=1)
         web.enqueue(["later"], run_at=datetime.now(UTC) + timedelta(hours=1))
+        reader = RedisDistributedDispatcher(RedisConfig.from_url(web_url))
+        queued = reader.status("j0")  # a queued job's data is read from its stream entry
+        assert (queued.state, queued.payload) == (JobState.QUEUED, {"args": [], "kwargs": {}})
         worker = cli.start("worker", APP)
         worker.wait_for(lambda: len(cli.ran()) == 10, what="10 jobs done")
         worker.wait_for(lambda: admin.xlen(keys().dead) == 1, what="a dead letter")
@@ -205,7 +210,6 @@ def test_least_privilege_acl_users_and_no_password_in_any_output(
         outputs += [worker.out(), worker.err()]
         assert cli.ran() == Counter(dict.fromkeys(ids, 1))
         assert f"redis=redis://csjd-worker:***@{server.host}:{server.port}/0" in worker.err()
-        reader = RedisDistributedDispatcher(RedisConfig.from_url(web_url))
         assert reader.status("j0").state is JobState.SUCCEEDED
         assert reader.status("later").state is JobState.SCHEDULED
         reader.close()

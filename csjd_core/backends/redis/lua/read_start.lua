@@ -30,9 +30,12 @@ for i, e in ipairs(r[1][2]) do
   if id and data and id ~= '' then
     local key = prefix .. id
     if i > start then
-      -- Every job record has its state (a compact one has no attempts before its first start).
-      local f = redis.call('HMGET', key, 'state', 'attempts')
-      attempts = f[1] and tonumber(f[2] or 0) or -1
+      -- Every job record has its state (a compact one has no attempts before its first
+      -- start). HGET, not HMGET: the worker's ACL user (docs/production.md) has no HMGET.
+      attempts = tonumber(redis.call('HGET', key, 'attempts') or -1)
+      if attempts == -1 and redis.call('HGET', key, 'state') then
+        attempts = 0
+      end
     elseif redis.call('HSET', key, 'state', 'running', 'started_at', now, 'worker', consumer) == 3
     then
       redis.call('DEL', key)  -- three new fields: there was no record
