@@ -164,55 +164,66 @@ class RedisClusterProcess:
         *,
         batch: int = 10,
         pause: float = 0.0,
-        migrate_timeout_ms: int = 5000,
     ) -> SlotMove:
         """Move ``slot`` from its master to ``target`` while clients keep using it.
 
-        ``SETSLOT IMPORTING`` on the target, ``MIGRATING`` on the source, then ``MIGRATE``
-        ``batch`` keys at a time until the source has none left (new keys of the slot are
-        created on the target meanwhile: the source answers ``ASK`` for a key it lacks), then
-        ``SETSLOT NODE`` on the target, the source and the other masters. ``pause`` seconds
-        between batches stretch the migration window, so that it overlaps real work.
+        `begin_move`, then `migrate` ``batch`` keys at a time until the source has none left
+        (new keys of the slot are created on the target meanwhile: the source answers ``ASK``
+        for a key it lacks), then `end_move`. ``pause`` seconds between batches stretch the
+        migration window, so that it overlaps real work.
 
         Raises:
             ValueError: ``target`` serves ``slot`` already.
             RedisServerError: a node refused a step (the slot is left half-moved).
         """
-        source = self.owner(slot)
-        if source is target:
-            raise ValueError(f"slot {slot} is served by that master already")
-        assert target.port is not None
-        source_id, target_id = self.node_id(source), self.node_id(target)
         began = time.monotonic()
-        self._command(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
-        self._command(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+        source = self.begin_move(slot, target)
         moved = batches = 0
         while True:
             keys = self._command(source, "CLUSTER", "GETKEYSINSLOT", str(slot), str(batch))
             assert isinstance(keys, list)
             if not keys:
                 break
-            # "NOKEY" if every one of them was deleted meanwhile: the next batch goes on.
-            reply = self._command(
-                source,
-                "MIGRATE",
-                target.host,
-                str(target.port),
-                "",
-                "0",
-                str(migrate_timeout_ms),
-                "KEYS",
-                *map(str, keys),
-            )
-            if reply == "OK":
+            if self.migrate(source, target, [str(key) for key in keys]):
                 moved += len(keys)
                 batches += 1
             if pause > 0:
                 time.sleep(pause)
-        others = [node for node in self.masters if node not in (source, target) and node.running]
-        for node in [target, source, *others]:
-            self._command(node, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+        self.end_move(slot, target)
         return SlotMove(slot, moved, batches, time.monotonic() - began)
+
+    def begin_move(self, slot: int, target: RedisServerProcess) -> RedisServerProcess:
+        """Start moving ``slot`` to ``target``: ``CLUSTER SETSLOT IMPORTING`` on the target,
+        then ``MIGRATING`` on the master that serves it, which is returned (the source).
+
+        Raises:
+            ValueError: ``target`` serves ``slot`` already.
+        """
+        source = self.owner(slot)
+        if source is target:
+            raise ValueError(f"slot {slot} is served by that master already")
+        self._command(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", self.node_id(source))
+        self._command(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", self.node_id(target))
+        return source
+
+    def migrate(
+        self, source: RedisServerProcess, target: RedisServerProcess, keys: list[str]
+    ) -> bool:
+        """``MIGRATE`` ``keys`` from ``source`` to ``target`` (one atomic step per key); False
+        if none of them was there any more (``NOKEY``)."""
+        assert target.port is not None
+        reply = self._command(
+            source, "MIGRATE", target.host, str(target.port), "", "0", "5000", "KEYS", *keys
+        )
+        return reply == "OK"
+
+    def end_move(self, slot: int, target: RedisServerProcess) -> None:
+        """Finish moving ``slot``: ``CLUSTER SETSLOT NODE`` on the target first, then on
+        every other master (the source among them)."""
+        target_id = self.node_id(target)
+        for node in [target, *(node for node in self.masters if node is not target)]:
+            if node.running:
+                self._command(node, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
 
     def _all_known(self) -> bool:
         wanted = str(len(self.nodes))
