@@ -30,7 +30,13 @@ from csjd_core.backends.base import (
 )
 from csjd_core.backends.redis import codec
 from csjd_core.backends.redis.admin import Admin
-from csjd_core.backends.redis.connection import REDIS_DOWN, Connection, NotReplicated, NotSent
+from csjd_core.backends.redis.connection import (
+    REDIS_DOWN,
+    SLOT_MIGRATING,
+    Connection,
+    NotReplicated,
+    NotSent,
+)
 from csjd_core.backends.redis.holdings import Holdings
 from csjd_core.backends.redis.keys import QueueKeys, Queues
 from csjd_core.backends.redis.maintenance import Maintenance
@@ -248,6 +254,11 @@ class RedisStreamsBackend(Backend):
             raise BackendUnavailable(
                 f"Redis at {display} unavailable while enqueuing ({exc}); the job may or may "
                 "not be enqueued: submitting it again with the same id is safe"
+            ) from exc
+        except SLOT_MIGRATING as exc:
+            raise BackendUnavailable(
+                f"queue {keys.name!r} is being moved to another Redis Cluster node ({exc}); the "
+                "job was not enqueued: submitting it again with the same id is safe"
             ) from exc
         except redis.RedisError as exc:
             raise BackendUnavailable(f"Redis refused the enqueue: {exc}") from exc

@@ -14,9 +14,9 @@ import redis
 
 from csjd_core.backends.base import Delivery
 from csjd_core.backends.redis import codec
-from csjd_core.backends.redis.connection import REDIS_DOWN, Connection
+from csjd_core.backends.redis.connection import REDIS_DOWN, SLOT_MIGRATING, Connection
 from csjd_core.backends.redis.holdings import Holdings
-from csjd_core.backends.redis.keys import Queues, by_queue
+from csjd_core.backends.redis.keys import QueueKeys, Queues, by_queue
 from csjd_core.backends.redis.reader import Reader
 from csjd_core.config import DistributedConfig
 from csjd_core.retry import Backoff
@@ -63,11 +63,7 @@ class Maintenance:
             try:
                 for name, keys in consumed.items():
                     if now >= next_promote[name]:
-                        moved, wait_ms = self.connection.run(
-                            "promote",
-                            keys.promote(),
-                            [keys.job_prefix, _PROMOTE_BATCH],
-                        )
+                        moved, wait_ms = self.promote(keys)
                         full = moved >= _PROMOTE_BATCH
                         wait = 0.0 if full else 0.25 if wait_ms < 0 else wait_ms / 1000
                         next_promote[name] = now + min(wait, 0.25)
@@ -105,6 +101,23 @@ class Maintenance:
             wake = min([*next_promote.values(), next_beat, next_claim])
             if holdings.consuming:
                 self.wake.wait(max(0.005, min(0.25, wake - time.monotonic())))
+
+    def promote(self, keys: QueueKeys) -> tuple[int, int]:
+        """Move due jobs of one queue to its stream (promote.lua): how many, and milliseconds
+        until the next is due (-1: none)."""
+        try:
+            moved, wait_ms = self.connection.run(
+                "promote", keys.promote(), [keys.job_prefix, _PROMOTE_BATCH]
+            )
+        except SLOT_MIGRATING as exc:
+            # Refused while the queue's slot is being migrated (a key missing, or the keys split
+            # between two nodes): not a failure of this thread. The heartbeat after it must run
+            # (it renews the leases of every queue's jobs); promotion is tried again as usual.
+            logger.warning(
+                "queue slot migrating; promotion waits queue=%s error=%s", keys.name, exc
+            )
+            return 0, -1
+        return int(moved), int(wait_ms)
 
     def heartbeat(self) -> None:
         """Write this consumer's heartbeat and renew the leases of what it holds."""
@@ -147,21 +160,27 @@ class Maintenance:
                 count = self.holdings.idle()
                 if count <= 0:
                     break
-                next_cursor, claimed, deleted, dead = self.connection.run(
-                    "reclaim",
-                    keys.reclaim(),
-                    [
-                        config.group,
-                        self.consumer,
-                        lease_ms,
-                        config.max_deliveries,
-                        count,
-                        cursor,
-                        keys.job_prefix,
-                        self.ttl_ms,
-                        config.max_dead_letters,
-                    ],
-                )
+                try:
+                    next_cursor, claimed, deleted, dead = self.connection.run(
+                        "reclaim",
+                        keys.reclaim(),
+                        [
+                            config.group,
+                            self.consumer,
+                            lease_ms,
+                            config.max_deliveries,
+                            count,
+                            cursor,
+                            keys.job_prefix,
+                            self.ttl_ms,
+                            config.max_dead_letters,
+                        ],
+                    )
+                except SLOT_MIGRATING as exc:  # as in `promote`: the other queues go on
+                    logger.warning(
+                        "queue slot migrating; reclaiming waits queue=%s error=%s", keys.name, exc
+                    )
+                    break
                 if deleted:
                     self.holdings.deleted_entries += len(deleted)
                     logger.warning(
