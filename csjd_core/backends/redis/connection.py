@@ -64,6 +64,7 @@ SCRIPTS = (
     "renew",
     "release",
     "delete_consumer",
+    "resign",
     "requeue_dead",
 )
 
