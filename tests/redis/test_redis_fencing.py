@@ -411,7 +411,7 @@ def test_the_reader_and_maintenance_threads_outlive_unexpected_errors(
     backend = d.backend
     parts = {
         "_accept_read": backend.reader,
-        "collect_consumers": backend.maintenance,
+        "collect_queue": backend.maintenance,  # run by the maintainer (this consumer)
         "heartbeat": backend.maintenance,
     }
     failures = dict.fromkeys(parts, 1)
