@@ -17,7 +17,7 @@ Scenarios:
 - ``idle``: ``workers=1``, no jobs: what an idle fleet costs Redis.
 - ``busy``: ``workers=2`` and N jobs that run until the end (their leases renewed), so the
   group's pending list holds N entries and most consumers have an idle worker: the reclaim
-  scan walks the whole pending list (``XAUTOCLAIM`` scans ``COUNT × 10`` entries per call).
+  scan walks the whole pending list (``XAUTOCLAIM`` scans ``COUNT * 10`` entries per call).
 
 Figures, per N: ``all`` = every command Redis ran (top-level and inside scripts, the
 benchmark's own ``INFO`` left out); ``maintenance`` = the commands of the maintenance thread

@@ -53,7 +53,7 @@ class Maintenance:
         self.wake = threading.Event()
         #: A maintainer's term: one claim_interval, extended while its holder stands again.
         self.term_ms = max(1, int(config.claim_interval * 1000))
-        #: Per queue, the claim_intervals this consumer began as its maintainer (tests, tools).
+        #: Per queue, the terms this consumer began as its maintainer (elected, not extended).
         self.terms = dict.fromkeys(queues.consumed, 0)
 
     def run(self) -> None:
