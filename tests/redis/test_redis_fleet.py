@@ -205,6 +205,41 @@ def test_a_stalled_consumers_entries_reach_every_consumer_with_an_idle_worker(
     wait_until(lambda: producer.pending() == 0, DEADLINE)
 
 
+@pytest.mark.parametrize("server_url", ["cluster"], indirect=True)
+def test_on_a_cluster_each_queue_elects_its_maintainer_in_its_own_slot(
+    dispatchers: Dispatchers,
+) -> None:
+    # "default" and "other" live on two masters of the session's cluster: each queue's role,
+    # reclaim scan, collection and resignation run on the node of the queue's slot.
+    queues = ("default", "other")
+    producer = dispatchers(queues=queues)
+    client = producer.backend.client  # a RedisCluster: it routes each key to its node
+    for queue in queues:
+        keys = QueueKeys("csjd:jobs", queue)
+        assert client.keyslot(keys.maintainer) == client.keyslot(keys.stream)
+        producer.submit(Job(f"{queue}-job", "t", queue=queue))
+        client.xgroup_create(keys.stream, GROUP, "0", mkstream=True)
+        client.xreadgroup(GROUP, "ghost", {keys.stream: ">"}, count=1)
+        client.hset(keys.job(f"{queue}-job"), "state", "running")  # the ghost started it
+    ran: list[str] = []
+    d = dispatchers(queues=queues, workers=2, lease=0.3, heartbeat_interval=0.1, claim_interval=0.1)
+    d.register_handler("t", lambda ctx, job: ran.append(job.id))
+    d.start()
+
+    def maintained() -> bool:
+        return all(
+            client.get(QueueKeys("csjd:jobs", q).maintainer) == d.consumer.encode()
+            and {c["name"] for c in client.xinfo_consumers(QueueKeys("csjd:jobs", q).stream, GROUP)}
+            == {d.consumer.encode()}  # the ghost, emptied by the reclaimer, was collected
+            for q in queues
+        )
+
+    wait_until(maintained, DEADLINE)
+    assert sorted(ran) == ["default-job", "other-job"]
+    d.stop(5)
+    assert all(client.get(QueueKeys("csjd:jobs", q).maintainer) is None for q in queues)
+
+
 # ---------------------------------------------------------------------------- soak tier
 @pytest.mark.soak
 @pytest.mark.timeout(600)
