@@ -67,7 +67,8 @@ def load_test_module(name: str) -> Any:
     """``tests/<name>.py`` (the suite's throwaway servers), importable by its own name."""
     sys.path.insert(0, str(ROOT / "tests"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -169,8 +170,8 @@ def drain(target: Target, jobs: int, layout: str, run: int) -> dict[str, Any]:
                 finished[queue] = now - started
         time.sleep(0.005)
     elapsed = max(finished.values())
-    worker_cpu = sum(proc_cpu(c.proc.pid) - c0 for c, c0 in zip(children, worker_cpu0))
-    server_cpu = [proc_cpu(pid) - c0 for pid, c0 in zip(target.pids, server_cpu0)]
+    worker_cpu = sum(proc_cpu(c.proc.pid) - c0 for c, c0 in zip(children, worker_cpu0, strict=True))
+    server_cpu = [proc_cpu(pid) - c0 for pid, c0 in zip(target.pids, server_cpu0, strict=True)]
     processed = sum(child.result().get("processed", 0) for child in children)
     producer.close()
     total = jobs * len(QUEUES)
