@@ -162,7 +162,8 @@ class RedisStreamsBackend(Backend):
         self.reader.stop_fetching()
 
     def close(self, *, clean: bool) -> list[Job]:
-        """Stop the threads, remove the heartbeat, close connections; jobs stay in Redis."""
+        """Stop the threads, remove the heartbeat, give up any maintainer role (the next
+        consumer to stand takes it at once), close connections; jobs stay in Redis."""
         self.wake()
         self.holdings.consuming = False
         self.maintenance.wake.set()
@@ -173,6 +174,9 @@ class RedisStreamsBackend(Backend):
                 self.connection.client.delete(
                     *(k.heartbeat(self.consumer) for k in self.queues.consumed.values())
                 )
+            with contextlib.suppress(redis.RedisError):  # else the role lapses within its term
+                for keys in self.queues.consumed.values():
+                    self.maintenance.resign(keys)
         self.connection.close()
         return []
 

@@ -71,6 +71,7 @@ SCRIPTS = (
     "renew",
     "release",
     "delete_consumer",
+    "resign",
     "requeue_dead",
 )
 
