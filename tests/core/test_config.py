@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -175,3 +176,64 @@ def test_the_engine_fields_are_shared_and_durations_are_plain_seconds() -> None:
     assert (Config().workers, DistributedConfig().workers) == (4, 8)  # defaults per mode
     config = DistributedConfig(lease=timedelta(minutes=1), default_timeout=timedelta(seconds=3))
     assert (type(config.lease), config.lease, config.default_timeout) == (float, 60.0, 3.0)
+
+
+def test_a_cluster_url_names_its_startup_nodes_and_hides_the_password() -> None:
+    config = RedisConfig.from_url("rediss+cluster://app:SECRET@10.0.0.1:7000,[::1]:7001/0")
+    assert config.is_cluster and not config.cluster  # the scheme says it
+    assert config.startup_nodes == [("10.0.0.1", 7000), ("::1", 7001)]
+    assert config.display == "rediss+cluster://app:***@10.0.0.1:7000,[::1]:7001/0"
+    assert "SECRET" not in repr(config)
+    by_flag = RedisConfig(addr="10.0.0.1:7000", cluster=True, username="app", password="SECRET")
+    assert by_flag.is_cluster and by_flag.startup_nodes == [("10.0.0.1", 7000)]
+    assert by_flag.display == "redis+cluster://app@10.0.0.1:7000"
+    assert not RedisConfig.from_url("redis://h:6379/0").is_cluster
+
+
+@pytest.mark.parametrize(
+    ("build", "field", "message"),
+    [
+        (
+            lambda: RedisConfig.from_url("redis+cluster://h:7000/2"),
+            "url",
+            "names database '2': a Redis Cluster has only database 0",
+        ),
+        (
+            lambda: RedisConfig(url="redis://h:7000/0", cluster=True, db=3),
+            "db",
+            "must be 0 for a Redis Cluster",
+        ),
+        (
+            lambda: RedisConfig.from_url("redis+cluster://h:7000,h2"),
+            "url",
+            "must name the cluster's nodes as host:port",
+        ),
+        (lambda: RedisConfig.from_url("redis+cluster://"), "url", "must name the cluster's nodes"),
+        (
+            lambda: RedisConfig(url="unix:///run/redis.sock", cluster=True),
+            "url",
+            "unix:// cannot name a Redis Cluster",
+        ),
+        (lambda: RedisConfig(addr="h:1", cluster="yes"), "cluster", "must be True or False"),
+        (lambda: RedisConfig.from_url("cluster://h:7000"), "url", "redis+cluster://"),
+    ],
+)
+def test_a_bad_cluster_config_is_refused_naming_the_field(
+    build: Callable[[], object], field: str, message: str
+) -> None:
+    with pytest.raises(InvalidConfig, match=re.escape(message)) as error:
+        build()
+    assert (error.value.owner, error.value.field) == ("RedisConfig", field)
+
+
+def test_durable_enqueue_is_a_flag_with_a_positive_timeout() -> None:
+    assert (DistributedConfig().durable_enqueue, DistributedConfig().durable_timeout) == (
+        False,
+        1.0,
+    )
+    config = DistributedConfig(durable_enqueue=True, durable_timeout=timedelta(milliseconds=250))
+    assert (config.durable_enqueue, config.durable_timeout) == (True, 0.25)
+    with pytest.raises(InvalidConfig, match="durable_enqueue must be True or False"):
+        DistributedConfig(durable_enqueue=1)  # type: ignore[arg-type]
+    with pytest.raises(InvalidConfig, match="durable_timeout"):
+        DistributedConfig(durable_timeout=0)

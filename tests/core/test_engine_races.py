@@ -213,3 +213,50 @@ def test_stop_racing_with_a_detach_never_raises(
     wait_until(
         lambda: all(not t.is_alive() for t in spawned), DEADLINE, message="workers never exited"
     )
+
+
+def test_idle_fetches_racing_for_wake_ups_all_return_by_their_deadlines() -> None:
+    # Was: idle workers waited on one queue.SimpleQueue; in CPython 3.11 and 3.12 its
+    # get(timeout) blocks forever when the item that woke it is taken by another thread and it
+    # resumes after its deadline. A worker stuck there never saw the stop: `with dispatcher:`
+    # hung at exit (seen in CI under load). Here many idle fetches with short deadlines race
+    # for the wake-ups of a trickle of jobs, while the GIL is held in bursts (the parked
+    # threads are woken but cannot run until their deadline passed).
+    from csjd_core.backends.base import BackendSettings  # noqa: PLC0415
+    from csjd_core.backends.memory import MemoryBackend  # noqa: PLC0415
+
+    backend = MemoryBackend()
+    backend.open(
+        BackendSettings(
+            max_pending_jobs=10_000,
+            default_max_attempts=3,
+            result_ttl=60.0,
+            max_results=10_000,
+            worker_id="races:1",
+        )
+    )
+    taken: list[int] = []
+    stop = threading.Event()
+
+    def idle_worker() -> None:
+        count = 0
+        while not stop.is_set():
+            if backend.fetch(0.002) is not None:
+                count += 1
+        taken.append(count)
+
+    threads = [threading.Thread(target=idle_worker, daemon=True) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for i in range(1500):
+        backend.enqueue([Job(f"j{i}", "t", None)])
+        if i % 3 == 0:
+            hold = b"x" * 2_000_000  # memset in C, without releasing the GIL
+            del hold
+    wait_until(lambda: backend.ready_count() == 0, DEADLINE)
+    stop.set()
+    for thread in threads:
+        thread.join(5)
+    assert not [t for t in threads if t.is_alive()], "an idle fetch never returned"
+    assert sum(taken) == 1500
+    backend.close(clean=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from django.core.management import call_command
@@ -30,6 +31,24 @@ def test_worker_burst_runs_jobs_and_tasks_enqueued_to_redis(
     assert Receipt.objects.filter(order=order).count() == 1
     assert tasks.add.get_result(task_result.id).return_value == 42
     assert "manage.py csjd_worker: queues=default" in capsys.readouterr().err
+
+
+def test_the_project_runs_on_a_redis_cluster_by_changing_its_url(
+    redis_cluster_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    order = Order.objects.create(number="C-1", customer="bob@example.com")
+    settings = {"CSJD_MODE": "redis", "CSJD_REDIS_URL": redis_cluster_url, "CSJD_BLOCK": 0.2}
+    with override_settings(**settings, CSJD_QUEUES=["default", "reports"]):
+        handle = jobs.send_receipt.delay(order.pk)
+        task_result = tasks.add.enqueue(20, 22)
+        call_command("csjd_worker", "--burst", "--workers", "2")
+        assert handle.status().state is JobState.SUCCEEDED
+        assert tasks.add.get_result(task_result.id).return_value == 42
+        call_command("csjd_stats", "--json")
+        figures = json.loads(capsys.readouterr().out)
+    assert figures["default"]["counters"]["succeeded"] == 2
+    assert figures["reports"]["unfinished"] == 0
+    assert Receipt.objects.filter(order=order).count() == 1
 
 
 def test_stats_and_dead_commands(

@@ -101,6 +101,11 @@ def test_redis_config_keys(make_app: MakeApp) -> None:
         ({"CSJD_MODE": "redis"}, "CSJD_REDIS_URL", "required"),
         ({"CSJD_RETRY": {"base": 1}}, "CSJD_RETRY", "unknown keys"),
         ({"CSJD_MODE": "redis", "CSJD_REDIS_URL": "http://x"}, "CSJD_REDIS_URL", "redis://"),
+        (
+            {"CSJD_MODE": "redis", "CSJD_REDIS_URL": "redis+cluster://h:7000/1"},
+            "CSJD_REDIS_URL",
+            "a Redis Cluster has only database 0",
+        ),
     ],
 )
 def test_bad_config_fails_at_init_app_naming_the_key(

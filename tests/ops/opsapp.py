@@ -3,8 +3,9 @@
 Everything comes from the environment, so each test points the CLI at its own Redis and files:
 ``CSJD_TEST_REDIS_URL`` (the server), ``CSJD_OPS_LOG`` (a file each handler appends
 ``job_id pid`` to, one line per execution; ``record`` also appends to ``<log>.started`` as it
-begins), ``CSJD_OPS_LEASE`` (seconds, default 1) and
-``CSJD_OPS_MAX_PENDING`` (the per-queue cap).
+begins), ``CSJD_OPS_LEASE`` (seconds, default 1),
+``CSJD_OPS_MAX_PENDING`` (the per-queue cap) and ``CSJD_OPS_QUEUES`` (the queues, comma
+separated; default ``default``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ app = App(
     redis=RedisConfig.from_url(os.environ["CSJD_TEST_REDIS_URL"]),
     distributed=DistributedConfig(
         workers=2,
-        queues=("default",),
+        queues=tuple(os.environ.get("CSJD_OPS_QUEUES", "default").split(",")),
         lease=LEASE,
         heartbeat_interval=LEASE / 5,
         claim_interval=LEASE / 5,

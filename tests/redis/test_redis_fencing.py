@@ -409,7 +409,7 @@ def test_the_reader_and_maintenance_threads_outlive_unexpected_errors(
     backend = d.backend
     parts = {
         "_accept_read": backend.reader,
-        "collect_consumers": backend.maintenance,
+        "collect_queue": backend.maintenance,  # run by the maintainer (this consumer)
         "heartbeat": backend.maintenance,
     }
     failures = dict.fromkeys(parts, 1)
@@ -495,19 +495,20 @@ def test_entries_reclaimed_at_start_are_not_read_again_from_our_own_pending_list
     )
     backend = d.backend
     reclaimed = threading.Event()
-    reclaim, xreadgroup = backend.maintenance.reclaim, redis.Redis.xreadgroup
+    reclaim, xreadgroup = backend.maintenance.reclaim_queue, redis.Redis.xreadgroup
 
-    def reclaim_and_tell() -> None:
-        reclaim()
+    def reclaim_and_tell(keys: QueueKeys) -> tuple[int, bool]:
+        done = reclaim(keys)  # the scan of the queue's maintainer (this consumer)
         if backend.holdings.owned:  # it claimed the ghost's entries into our pending list
             reclaimed.set()
+        return done
 
     def read_after_a_reclaim(self: redis.Redis, *args: Any, **kwargs: Any) -> Any:
         if "0" in args[2].values():  # the reader's first read: its own pending list
             reclaimed.wait(4 * LEASE)  # (with the fix, the reclaimer waits for this read)
         return xreadgroup(self, *args, **kwargs)
 
-    monkeypatch.setattr(backend.maintenance, "reclaim", reclaim_and_tell)
+    monkeypatch.setattr(backend.maintenance, "reclaim_queue", reclaim_and_tell)
     monkeypatch.setattr(redis.Redis, "xreadgroup", read_after_a_reclaim)
     ran: list[tuple[str, int]] = []
 

@@ -14,23 +14,31 @@ Commands:
              NAME.die       one job id per line, written by a ``die`` job right before os._exit
              NAME.stats     JSON {consumer, read_calls, deleted_entries, pid}, rewritten often
            Job types: ``work`` (payload {"ms": N}: sleep N ms), ``sleep`` (payload {"s": N}),
-           ``die`` (os._exit(17) every time), ``flaky`` (raises in its first attempt, done in
-           the next), ``fail`` (raises every time). Only what every release of the package
-           has is used: the upgrade tests run this file on 0.1.0's package too (--record-format
-           is passed only when given).
-  produce  wait until --go exists, then submit jobs; one line per job in --out:
-           ``ok ID``, ``full ID``, ``dup ID`` or ``down ID``.
+           ``die`` (os._exit(17) every time), ``flaky`` (like ``work``, but its first attempt
+           raises after writing NAME.started), ``fail`` (raises every time). --queues: the
+           queues it consumes. Only what every release of the package has is used: the upgrade
+           tests run this file on 0.1.0's package too (--record-format is passed only when
+           given).
+  produce  wait until --go exists, then submit jobs (to --queue); one line per job in --out:
+           ``ok ID``, ``full ID``, ``dup ID`` or ``down ID``. With --until-stored a job
+           refused with BackendUnavailable is submitted again with the same id until Redis
+           answers (one ``down ID`` line per refusal, on stderr the error); a DuplicateJob
+           after a refusal means the refused attempt stored it: ``stored ID``. --mix: every
+           tenth job is delayed (run_at 0.5-2 s ahead) and every tenth ``flaky``; --pause:
+           seconds between submits (spreads them over a window of the test).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +122,8 @@ def worker(args: argparse.Namespace) -> int:
         hooks=(ReadyHook(directory / f"{name}.ready", args.workers),),
         **({"record_format": args.record_format} if args.record_format else {}),
     )
+    if args.queues:
+        config = dataclasses.replace(config, queues=tuple(args.queues.split(",")))
     dispatcher = RedisDistributedDispatcher(RedisConfig(url=args.url), config)
 
     @dispatcher.handler("work")
@@ -134,7 +144,8 @@ def worker(args: argparse.Namespace) -> int:
     def flaky(ctx: JobContext, job: Job) -> str:
         started(job.id)
         if ctx.attempt == 1:
-            raise RuntimeError("flaky: the first attempt fails")
+            raise RuntimeError("flaky: fails its first attempt")
+        time.sleep(job.payload.get("ms", 0) / 1000)
         done(job.id)
         return name
 
@@ -176,22 +187,49 @@ def produce(args: argparse.Namespace) -> int:
     go = Path(args.go)
     while not go.exists():  # a start line for every producer: they burst together
         time.sleep(0.001)
-    counts = {"ok": 0, "full": 0, "dup": 0, "down": 0}
-    for job_id in ids:
-        try:
-            dispatcher.submit(Job(job_id, "work", {"ms": 0}))
-            verdict = "ok"
-        except QueueFull:
-            verdict = "full"
-        except DuplicateJob:
-            verdict = "dup"
-        except BackendUnavailable:
-            verdict = "down"
+    counts = {"ok": 0, "full": 0, "dup": 0, "down": 0, "stored": 0}
+    for index, job_id in enumerate(ids):
+        job = (
+            mixed_job(job_id, index, args.queue)
+            if args.mix
+            else Job(job_id, "work", {"ms": 0}, queue=args.queue)
+        )
+        refused = False
+        while True:
+            try:
+                dispatcher.submit(job)
+                verdict = "ok"
+            except QueueFull:
+                verdict = "full"
+            except DuplicateJob:
+                verdict = "stored" if refused else "dup"
+            except BackendUnavailable as exc:
+                verdict = "down"
+                if args.until_stored:
+                    counts[verdict] += 1
+                    out(f"{verdict} {job_id}")
+                    print(f"down id={job_id} error={exc}", file=sys.stderr, flush=True)
+                    refused = True
+                    time.sleep(0.01)
+                    continue
+            break
         counts[verdict] += 1
         out(f"{verdict} {job_id}")
+        if args.pause:
+            time.sleep(args.pause)
     dispatcher.close()
     print(json.dumps(counts), flush=True)
     return 0
+
+
+def mixed_job(job_id: str, index: int, queue: str | None) -> Job:
+    """The ``index``-th job of a --mix producer: mostly ``work`` of 1-3 ms; every tenth
+    delayed (promoted later), every tenth ``flaky`` (retried once through the delayed set)."""
+    payload = {"ms": 1 + index % 3}
+    if index % 10 == 3:
+        run_at = datetime.now(UTC) + timedelta(seconds=0.5 + (index % 7) / 4)
+        return Job(job_id, "work", payload, run_at=run_at, queue=queue)
+    return Job(job_id, "flaky" if index % 10 == 7 else "work", payload, queue=queue)
 
 
 def main() -> int:
@@ -211,6 +249,7 @@ def main() -> int:
     w.add_argument("--prefetch", type=int, default=None)
     w.add_argument("--cap", type=int, default=20_000)
     w.add_argument("--drain-timeout", type=float, default=10.0)
+    w.add_argument("--queues", default="")
     w.add_argument("--record-format", default=None)
     p = sub.add_parser("produce")
     p.add_argument("--url", required=True)
@@ -220,6 +259,10 @@ def main() -> int:
     p.add_argument("--ids", default="")
     p.add_argument("--prefix", default="job")
     p.add_argument("--count", type=int, default=0)
+    p.add_argument("--queue", default=None)
+    p.add_argument("--mix", action="store_true")
+    p.add_argument("--pause", type=float, default=0.0)
+    p.add_argument("--until-stored", action="store_true")
     args = parser.parse_args()
     return worker(args) if args.command == "worker" else produce(args)
 

@@ -30,7 +30,13 @@ from csjd_core.backends.base import (
 )
 from csjd_core.backends.redis import codec
 from csjd_core.backends.redis.admin import Admin
-from csjd_core.backends.redis.connection import REDIS_DOWN, Connection, NotReplicated, NotSent
+from csjd_core.backends.redis.connection import (
+    REDIS_DOWN,
+    SLOT_MIGRATING,
+    Connection,
+    NotReplicated,
+    NotSent,
+)
 from csjd_core.backends.redis.holdings import Holdings
 from csjd_core.backends.redis.keys import QueueKeys, Queues
 from csjd_core.backends.redis.maintenance import Maintenance
@@ -156,7 +162,8 @@ class RedisStreamsBackend(Backend):
         self.reader.stop_fetching()
 
     def close(self, *, clean: bool) -> list[Job]:
-        """Stop the threads, remove the heartbeat, close connections; jobs stay in Redis."""
+        """Stop the threads, remove the heartbeat, give up any maintainer role (the next
+        consumer to stand takes it at once), close connections; jobs stay in Redis."""
         self.wake()
         self.holdings.consuming = False
         self.maintenance.wake.set()
@@ -167,6 +174,9 @@ class RedisStreamsBackend(Backend):
                 self.connection.client.delete(
                     *(k.heartbeat(self.consumer) for k in self.queues.consumed.values())
                 )
+            with contextlib.suppress(redis.RedisError):  # else the role lapses within its term
+                for keys in self.queues.consumed.values():
+                    self.maintenance.resign(keys)
         self.connection.close()
         return []
 
@@ -253,6 +263,11 @@ class RedisStreamsBackend(Backend):
             raise BackendUnavailable(
                 f"Redis at {display} unavailable while enqueuing ({exc}); the job may or may "
                 "not be enqueued: submitting it again with the same id is safe"
+            ) from exc
+        except SLOT_MIGRATING as exc:
+            raise BackendUnavailable(
+                f"queue {keys.name!r} is being moved to another Redis Cluster node ({exc}); the "
+                "job was not enqueued: submitting it again with the same id is safe"
             ) from exc
         except redis.RedisError as exc:
             raise BackendUnavailable(f"Redis refused the enqueue: {exc}") from exc

@@ -33,6 +33,7 @@ __all__ = [
     "REDIRECTED",
     "REDIS_DOWN",
     "SCRIPTS",
+    "SLOT_MIGRATING",
     "Connection",
     "NotReplicated",
     "NotSent",
@@ -52,6 +53,12 @@ REDIS_DOWN = (
 #: A cluster node's answer "not here (or not now)": the command did not run.
 REDIRECTED = (MovedError, AskError, TryAgainError)
 
+#: A slot being migrated (resharding), as the callers of `Connection.run` see it: ``TRYAGAIN``
+#: (a script's keys are split between the two nodes, or one is missing: Redis refuses it until
+#: the migration ends), or redis-py giving up after following redirections for about 0.4 s
+#: (``ClusterError: TTL exhausted``). The command did not run: it may be sent again later.
+SLOT_MIGRATING = (TryAgainError, redis.exceptions.ClusterError)
+
 #: The scripts in ``lua/``, each one atomic step of the protocol (docs/distributed.md).
 SCRIPTS = (
     "enqueue",
@@ -64,6 +71,7 @@ SCRIPTS = (
     "renew",
     "release",
     "delete_consumer",
+    "resign",
     "requeue_dead",
 )
 

@@ -18,10 +18,12 @@ class QueueKeys:
     """Every Redis key of one queue. ``{name}`` is the Cluster hash tag."""
 
     __slots__ = (
+        "collected",
         "dead",
         "delayed",
         "heartbeat_prefix",
         "job_prefix",
+        "maintainer",
         "name",
         "pending",
         "schedule_prefix",
@@ -40,6 +42,8 @@ class QueueKeys:
         self.pending = base + ":pending"
         self.dead = base + ":dead"
         self.stats = base + ":stats"
+        self.maintainer = base + ":maintainer"  # the consumer elected to maintain the queue
+        self.collected = base + ":collected"  # set while expired consumers count as collected
         self.job_prefix = base + ":job:"
         self.heartbeat_prefix = base + ":hb:"
         self.schedule_prefix = base + ":schedule:"

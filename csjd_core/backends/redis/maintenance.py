@@ -1,5 +1,6 @@
-"""The maintenance thread: promotion of due jobs, heartbeats and fenced lease renewal,
-reclaiming the entries of stalled consumers, and deleting expired consumers."""
+"""The maintenance thread: promotion of due jobs, heartbeats and fenced lease renewal, and,
+by the consumer elected maintainer of a queue, reclaiming the entries of stalled consumers and
+deleting expired consumers."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import redis
 
 from csjd_core.backends.base import Delivery
 from csjd_core.backends.redis import codec
-from csjd_core.backends.redis.connection import REDIS_DOWN, Connection
+from csjd_core.backends.redis.connection import REDIS_DOWN, SLOT_MIGRATING, Connection
 from csjd_core.backends.redis.holdings import Holdings
-from csjd_core.backends.redis.keys import Queues, by_queue
+from csjd_core.backends.redis.keys import QueueKeys, Queues, by_queue
 from csjd_core.backends.redis.reader import Reader
 from csjd_core.config import DistributedConfig
 from csjd_core.retry import Backoff
@@ -50,24 +51,24 @@ class Maintenance:
         self.reader = reader
         self.ttl_ms = ttl_ms
         self.wake = threading.Event()
+        #: A maintainer's term: one claim_interval, extended while its holder stands again.
+        self.term_ms = max(1, int(config.claim_interval * 1000))
+        #: Per queue, the terms this consumer began as its maintainer (elected, not extended).
+        self.terms = dict.fromkeys(queues.consumed, 0)
 
     def run(self) -> None:
         """The maintenance thread: until the consumer stops."""
         config, holdings = self.config, self.holdings
         consumed = self.queues.consumed
         next_promote = dict.fromkeys(consumed, 0.0)
-        next_beat = next_claim = next_gc = 0.0
+        next_beat = next_claim = 0.0
         backoff = Backoff()
         while holdings.consuming:
             now = time.monotonic()
             try:
                 for name, keys in consumed.items():
                     if now >= next_promote[name]:
-                        moved, wait_ms = self.connection.run(
-                            "promote",
-                            keys.promote(),
-                            [keys.job_prefix, _PROMOTE_BATCH, config.record_format],
-                        )
+                        moved, wait_ms = self.promote(keys)
                         full = moved >= _PROMOTE_BATCH
                         wait = 0.0 if full else 0.25 if wait_ms < 0 else wait_ms / 1000
                         next_promote[name] = now + min(wait, 0.25)
@@ -79,11 +80,8 @@ class Maintenance:
                     and not holdings.stopping
                     and self.reader.own_pending_read.is_set()
                 ):
-                    self.reclaim()
+                    self.maintain()
                     next_claim = now + config.claim_interval
-                if now >= next_gc:
-                    self.collect_consumers()
-                    next_gc = now + 10 * config.claim_interval
                 backoff.reset()
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
@@ -105,6 +103,25 @@ class Maintenance:
             wake = min([*next_promote.values(), next_beat, next_claim])
             if holdings.consuming:
                 self.wake.wait(max(0.005, min(0.25, wake - time.monotonic())))
+
+    def promote(self, keys: QueueKeys) -> tuple[int, int]:
+        """Move due jobs of one queue to its stream (promote.lua): how many, and milliseconds
+        until the next is due (-1: none)."""
+        try:
+            moved, wait_ms = self.connection.run(
+                "promote",
+                keys.promote(),
+                [keys.job_prefix, _PROMOTE_BATCH, self.config.record_format],
+            )
+        except SLOT_MIGRATING as exc:
+            # Refused while the queue's slot is being migrated (a key missing, or the keys split
+            # between two nodes): not a failure of this thread. The heartbeat after it must run
+            # (it renews the leases of every queue's jobs); promotion is tried again as usual.
+            logger.warning(
+                "queue slot migrating; promotion waits queue=%s error=%s", keys.name, exc
+            )
+            return 0, -1
+        return int(moved), int(wait_ms)
 
     def heartbeat(self) -> None:
         """Write this consumer's heartbeat and renew the leases of what it holds."""
@@ -136,17 +153,73 @@ class Maintenance:
                 flags[d.ref[1]] = bool(flag)
         return [flags[d.ref[1]] for d in deliveries]
 
+    def maintain(self) -> None:
+        """Stand for each queue's maintainer role; where this consumer holds it, reclaim the
+        entries of stalled consumers and, every ten claim_intervals, collect expired consumers.
+
+        Every consumer used to do both, every claim_interval: each one walked the whole pending
+        list and checked every other consumer's heartbeat, so a fleet's cost grew with the
+        square of its size. Now one consumer per queue does that work each claim_interval, and
+        the others pay one ``SET NX`` each: the fleet's cost grows linearly.
+
+        Only a consumer with an idle worker stands, as the reclaimer only ever claimed what
+        idle workers can start now (what it cannot start, it would just hold). The holder keeps
+        the role while it stands again each claim_interval (its term is extended); the role
+        moves when its holder dies or hangs (the term lapses within one claim_interval), stops
+        (it resigns), or has no idle worker when it would stand again (it lets the term lapse).
+        A maintainer whose idle workers ran out while it was claiming resigns at once: there may
+        be more stalled entries, and the next consumer with an idle worker to stand (within one
+        claim_interval, sooner with more consumers) takes the role and claims what it can start.
+
+        The role is not a lock: two maintainers at once (a holder stalled past its term) are
+        harmless, every step of the reclaimer and the collection being atomic and fenced as
+        before; the election only spares the fleet redundant scans.
+        """
+        client = self.connection.client
+        for keys in self.queues.consumed.values():
+            if self.holdings.idle() <= 0:
+                return
+            holder = client.set(keys.maintainer, self.consumer, nx=True, px=self.term_ms, get=True)
+            if holder is None:
+                self.terms[keys.name] += 1
+                logger.debug("elected maintainer queue=%s consumer=%s", keys.name, self.consumer)
+            elif codec.text(holder) == self.consumer:
+                client.pexpire(keys.maintainer, self.term_ms)  # our term goes on
+            else:
+                continue  # another consumer maintains the queue this claim_interval
+            claimed, finished = self.reclaim_queue(keys)
+            if client.set(keys.collected, self.consumer, nx=True, px=10 * self.term_ms):
+                self.collect_queue(keys)
+            if claimed and not finished:
+                self.resign(keys)
+
+    def resign(self, keys: QueueKeys) -> None:
+        """Give up the queue's maintainer role if this consumer holds it (resign.lua)."""
+        self.connection.run("resign", [keys.maintainer], [self.consumer])
+
     def reclaim(self) -> None:
-        """Claim the entries idle longer than the lease (as many as idle workers can start),
-        following the XAUTOCLAIM cursor; reclaim.lua dead-letters those over max_deliveries."""
+        """Run the reclaimer over every consumed queue now, whoever maintains it."""
+        for keys in self.queues.consumed.values():
+            self.reclaim_queue(keys)
+
+    def reclaim_queue(self, keys: QueueKeys) -> tuple[int, bool]:
+        """Claim the queue's entries idle longer than the lease (as many as idle workers can
+        start), following the XAUTOCLAIM cursor; reclaim.lua dead-letters those over
+        max_deliveries.
+
+        Returns:
+            How many entries were claimed, and whether the scan reached the end of the pending
+            list (False: it stopped because no worker was idle any more).
+        """
         config = self.config
         lease_ms = int(config.lease * 1000)
-        for keys in self.queues.consumed.values():
-            cursor = "0-0"
-            while True:
-                count = self.holdings.idle()
-                if count <= 0:
-                    break
+        cursor = "0-0"
+        total = 0
+        while True:
+            count = self.holdings.idle()
+            if count <= 0:
+                return total, False
+            try:
                 next_cursor, claimed, deleted, dead = self.connection.run(
                     "reclaim",
                     keys.reclaim(),
@@ -162,42 +235,62 @@ class Maintenance:
                         config.max_dead_letters,
                     ],
                 )
-                if deleted:
-                    self.holdings.deleted_entries += len(deleted)
-                    logger.warning(
-                        "reclaimer dropped pending entries whose data was deleted "
-                        "queue=%s count=%d",
-                        keys.name,
-                        len(deleted),
-                    )
-                for job_id in dead:
-                    logger.error(
-                        "job dead-lettered: delivered max_deliveries=%d times without "
-                        "an outcome queue=%s id=%r",
-                        config.max_deliveries,
-                        keys.name,
-                        codec.text(job_id),
-                    )
-                if claimed:
-                    logger.warning(
-                        "reclaimed entries from stalled consumers queue=%s count=%d",
-                        keys.name,
-                        len(claimed),
-                    )
-                    self.reader.accept(keys, [(e[0], codec.fields(e[1])) for e in claimed])
-                cursor = codec.text(next_cursor)
-                if cursor == "0-0":
-                    break
+            except SLOT_MIGRATING as exc:  # as in `promote`: the other queues go on
+                logger.warning(
+                    "queue slot migrating; reclaiming waits queue=%s error=%s", keys.name, exc
+                )
+                return total, True  # nothing more to claim until it ends
+            if deleted:
+                self.holdings.deleted_entries += len(deleted)
+                logger.warning(
+                    "reclaimer dropped pending entries whose data was deleted queue=%s count=%d",
+                    keys.name,
+                    len(deleted),
+                )
+            for job_id in dead:
+                logger.error(
+                    "job dead-lettered: delivered max_deliveries=%d times without "
+                    "an outcome queue=%s id=%r",
+                    config.max_deliveries,
+                    keys.name,
+                    codec.text(job_id),
+                )
+            if claimed:
+                total += len(claimed)
+                logger.warning(
+                    "reclaimed entries from stalled consumers queue=%s count=%d",
+                    keys.name,
+                    len(claimed),
+                )
+                self.reader.accept(keys, [(e[0], codec.fields(e[1])) for e in claimed])
+            cursor = codec.text(next_cursor)
+            if cursor == "0-0":
+                return total, True
 
     def collect_consumers(self) -> None:
-        """Delete consumers whose heartbeat expired, once their pending list is empty."""
-        client = self.connection.client
+        """Collect expired consumers in every consumed queue now, whoever maintains it."""
         for keys in self.queues.consumed.values():
-            for info in client.xinfo_consumers(keys.stream, self.config.group):
-                name = codec.text(info.get("name"))
-                if name == self.consumer or client.exists(keys.heartbeat(name)):
-                    continue
-                if int(info.get("pending", 0)) == 0 and self.connection.run(
-                    "delete_consumer", [keys.stream], [self.config.group, name]
-                ):
-                    logger.info("deleted expired consumer queue=%s consumer=%s", keys.name, name)
+            self.collect_queue(keys)
+
+    def collect_queue(self, keys: QueueKeys) -> None:
+        """Delete the queue's consumers whose heartbeat expired, once their pending list is
+        empty: one XINFO CONSUMERS, then one pipelined EXISTS per consumer with nothing
+        pending (the others keep their entries until the reclaimer has moved them)."""
+        client = self.connection.client
+        idle = [
+            name
+            for info in client.xinfo_consumers(keys.stream, self.config.group)
+            if int(info.get("pending", 0)) == 0
+            and (name := codec.text(info.get("name"))) != self.consumer
+        ]
+        if not idle:
+            return
+        pipe = client.pipeline(transaction=False)
+        for name in idle:
+            pipe.exists(keys.heartbeat(name))
+        for name, alive in zip(idle, pipe.execute(), strict=True):
+            # delete_consumer.lua checks the pending list again: it may have taken an entry.
+            if not alive and self.connection.run(
+                "delete_consumer", [keys.stream], [self.config.group, name]
+            ):
+                logger.info("deleted expired consumer queue=%s consumer=%s", keys.name, name)

@@ -18,7 +18,13 @@ from redis.exceptions import NoScriptError
 
 from csjd_core.backends.base import Delivery
 from csjd_core.backends.redis import codec
-from csjd_core.backends.redis.connection import REDIRECTED, REDIS_DOWN, Connection, packed
+from csjd_core.backends.redis.connection import (
+    REDIRECTED,
+    REDIS_DOWN,
+    SLOT_MIGRATING,
+    Connection,
+    packed,
+)
 from csjd_core.backends.redis.holdings import Holdings
 from csjd_core.backends.redis.keys import QueueKeys, Queues, by_queue
 from csjd_core.backends.redis.settle import Outcomes
@@ -31,6 +37,9 @@ __all__ = ["Reader"]
 logger = logging.getLogger("csjd_core.redis")
 
 _NO_RECORD = "no job record: the entry was not written by CSJD's enqueue"
+#: A pipelined command's error that leaves the connection in step: Redis's refusal, or the
+#: cluster client giving up on a redirected command (a slot being migrated, see `_reply`).
+_REFUSED = (redis.ResponseError, *SLOT_MIGRATING)
 _RELEASE_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
 
 
@@ -45,7 +54,7 @@ class _Trip:
         self.started: list[tuple[QueueKeys, list[Delivery]]] = []
         self.reads: list[QueueKeys] = []
         self.settles: list[tuple[QueueKeys, list[Any]]] = []
-        self.error: redis.ResponseError | None = None
+        self.error: redis.RedisError | None = None
 
     def release(self) -> None:
         self.pool.release(self.conn)
@@ -74,6 +83,9 @@ class Reader:
         self.own_pending_read = threading.Event()
         self.read_calls = 0
         self._turn = 0  # the slot whose streams the next blocking read waits on (a cluster's)
+        #: Queues whose slot read_start.lua last found being migrated (resharding): no blocking
+        #: read waits on them, or it would take entries no script can start until it ends.
+        self.migrating: set[str] = set()
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> None:
@@ -128,6 +140,16 @@ class Reader:
                         backoff.peek(),
                     )
                     backoff.sleep(lambda: holdings.stopping)
+                except SLOT_MIGRATING as exc:
+                    # A start or success of a queue whose slot is being migrated: Redis refuses
+                    # them until it ends. They were put back (leases are renewed meanwhile).
+                    logger.warning(
+                        "queue slot migrating; recording starts and successes again "
+                        "error=%s delay=%.2f",
+                        exc,
+                        backoff.peek(),
+                    )
+                    backoff.sleep(lambda: holdings.stopping)
                 except Exception:  # the reader must outlive anything (read entries are reclaimed)
                     logger.exception("reader cycle failed")
                     backoff.sleep(lambda: holdings.stopping)
@@ -156,16 +178,22 @@ class Reader:
         """Wait in XREADGROUP BLOCK for new entries; successes are recorded directly meanwhile.
 
         On a cluster one XREADGROUP reads streams of one slot only: queues in several slots
-        are waited on in turn, each for ``block`` divided among them (docs/scaling.md).
+        are waited on in turn, each for ``block`` divided among them (docs/scaling.md). A
+        queue whose slot is being migrated is not waited on (see `migrating`).
         """
         holdings = self.holdings
+        streams = [k.stream for k in self.queues.consumed.values() if k.name not in self.migrating]
+        if not streams:  # read_start.lua is asked again after a short wait
+            with contextlib.suppress(queue.Empty):
+                holdings.doorbell.get(timeout=min(self.config.block, 0.1))
+            return
         with holdings.lock:
             if holdings.acks:
                 return
             holdings.pipelining = False
         try:
             self.read_calls += 1
-            groups = self.connection.slot_groups([k.stream for k in self.queues.consumed.values()])
+            groups = self.connection.slot_groups(streams)
             self._turn = (self._turn + 1) % len(groups)
             reply = self.connection.reader.xreadgroup(
                 self.config.group,
@@ -208,7 +236,7 @@ class Reader:
         for keys, group in by_queue(acks, lambda ack: ack[0].ref[0]):
             trips[keys.name].settles.append((keys, group))
         got = False
-        error: redis.ResponseError | None = None
+        error: redis.RedisError | None = None
         sent = time.monotonic()
         pending = list(dict.fromkeys(trips.values()))  # one per node, in queue order
         try:
@@ -284,7 +312,7 @@ class Reader:
             for _, begun in trip.started:
                 try:
                     flags = self._reply(conn, next(replies))
-                except redis.ResponseError as exc:  # NOSCRIPT...: sent again next cycle
+                except _REFUSED as exc:  # NOSCRIPT, a slot migrating...: sent again next cycle
                     trip.error = exc
                     holdings.requeue_starts(begun)
                 else:
@@ -294,16 +322,21 @@ class Reader:
             for keys in trip.reads:
                 try:
                     flat = self._reply(conn, next(replies))
-                except redis.ResponseError as exc:
+                except _REFUSED as exc:
                     trip.error = exc  # raised once every reply is read
                     continue
+                if isinstance(flat, int):  # 0: its slot is being migrated, nothing was read
+                    self._slot_migrating(keys, True)
+                    continue
+                if keys.name in self.migrating:
+                    self._slot_migrating(keys, False)
                 if flat:
                     got = True
                     self._take_read(keys, flat, sent)
             for _, group in trip.settles:
                 try:
                     reply = self._reply(conn, next(replies))
-                except redis.ResponseError as exc:
+                except _REFUSED as exc:
                     reply = exc
                 settled += 1
                 self.outcomes.settled(group, reply)
@@ -316,9 +349,23 @@ class Reader:
             raise
         return got
 
+    def _slot_migrating(self, keys: QueueKeys, migrating: bool) -> None:
+        """Note (and log, once each way) that read_start.lua found the queue's slot being
+        migrated, or found it no longer migrating."""
+        if migrating and keys.name not in self.migrating:
+            self.migrating.add(keys.name)
+            logger.warning(
+                "queue slot migrating to another node; its entries wait until it ends queue=%s",
+                keys.name,
+            )
+        elif not migrating:
+            self.migrating.discard(keys.name)
+            logger.info("queue slot migration over; reading it again queue=%s", keys.name)
+
     def _reply(self, conn: Any, command: tuple[Any, ...]) -> Any:
         """The reply to ``command``; redirected by a cluster node (it did not run there), it
-        is sent again through the cluster client, which follows the redirection."""
+        is sent again through the cluster client, which follows the redirection (and raises
+        one of `SLOT_MIGRATING` if the slot is still being migrated after a while)."""
         try:
             return conn.read_response()
         except REDIRECTED:

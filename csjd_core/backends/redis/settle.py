@@ -16,7 +16,7 @@ from redis.exceptions import NoScriptError
 
 from csjd_core.backends.base import AttemptError, Delivery
 from csjd_core.backends.redis import codec
-from csjd_core.backends.redis.connection import REDIS_DOWN, Connection
+from csjd_core.backends.redis.connection import REDIS_DOWN, SLOT_MIGRATING, Connection
 from csjd_core.backends.redis.holdings import Holdings
 from csjd_core.backends.redis.keys import QueueKeys, by_queue
 from csjd_core.config import DistributedConfig
@@ -141,7 +141,8 @@ class Outcomes:
     # -- recording -------------------------------------------------------------------------
     def settle_sync(self, delivery: Delivery, op: dict[str, Any]) -> bool:
         """Record one outcome now (group-committed with other workers'); retried until the
-        lease runs out while Redis is unreachable."""
+        lease runs out while Redis is unreachable, and for as long as the queue's slot is being
+        migrated (the lease is renewed meanwhile: renew.lua needs only the stream)."""
         self.holdings.settling_now(delivery)
         deadline = time.monotonic() + self.config.lease
         backoff = Backoff()
@@ -161,6 +162,16 @@ class Outcomes:
                     break
                 logger.warning(
                     "redis unreachable while recording an outcome; retrying id=%r error=%s",
+                    delivery.job.id,
+                    exc,
+                )
+                backoff.sleep(lambda: False)
+            except SLOT_MIGRATING as exc:
+                # Redis refuses settle.lua while the slot migrates (its keys split between two
+                # nodes, or one missing): nothing ran. Giving up would leave the entry to a
+                # reclaimer after the lease, and a job that succeeded would run again.
+                logger.warning(
+                    "queue slot migrating while recording an outcome; retrying id=%r error=%s",
                     delivery.job.id,
                     exc,
                 )
@@ -209,7 +220,14 @@ class Outcomes:
         results: list[Any] = [0] * len(batch)
         for keys, indexes in by_queue(range(len(batch)), lambda i: batch[i][0]):
             script_keys, args, order = self.arguments(keys, [batch[i][1] for i in indexes])
-            reply = self.connection.run("settle", script_keys, args)
+            try:
+                reply = self.connection.run("settle", script_keys, args)
+            except redis.RedisError as exc:
+                # This queue's call alone failed (its slot migrating...): the outcomes other
+                # queues' calls recorded stand. Sent again, they would be refused (acked).
+                for i in indexes:
+                    results[i] = exc
+                continue
             for i, flag in zip(order, reply, strict=True):
                 results[indexes[i]] = int(flag)
         return results
@@ -218,6 +236,9 @@ class Outcomes:
         """Take the reply of a pipelined settle.lua call for the queued successes ``group``."""
         if isinstance(reply, NoScriptError):
             self.connection.load_scripts()  # Redis restarted without them: again next cycle
+            self.holdings.requeue_acks(group)
+            return
+        if isinstance(reply, SLOT_MIGRATING):  # refused, nothing ran: again next cycle
             self.holdings.requeue_acks(group)
             return
         if isinstance(reply, Exception):

@@ -20,7 +20,7 @@
 -- Returns {"ok"} | {"full", pending} | {"dup", job_id}; 'relay': {"relay", one code per job: 'a'
 --   admitted, 'e' id taken (or repeated in the batch), 'f' over the cap}; a mark op also
 --   {"init"} | {"done"} | {"skipped"} | {"paused"} | {"overlap"} | {"resumed"} (and a slot's
---   "dup" moved the mark past it)
+--   "dup" moved the mark past it); a TRYAGAIN error (nothing written) while the slot migrates
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cap = tonumber(ARGV[1])
@@ -66,6 +66,12 @@ if op ~= '' and not relay then
   max_running = tonumber(ARGV[6])
   running = {}
   if max_running > 0 then  -- the runs still unfinished (an expired record finished long ago)
+    -- While the slot migrates (resharding), a record on the other node reads as missing or is
+    -- refused: nothing is written yet, so refuse the step the way Redis refuses a command
+    -- then (the probe of read_start.lua).
+    if type(redis.pcall('EXISTS', mark, ARGV[8])) == 'table' then
+      return redis.error_reply('TRYAGAIN the queue\'s slot is being migrated')
+    end
     for id in string.gmatch(redis.call('HGET', mark, 'running') or '', '%S+') do
       local state = redis.call('HGET', ARGV[8] .. id, 'state')
       if state and state ~= 'succeeded' and state ~= 'failed' then

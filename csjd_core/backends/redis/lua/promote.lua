@@ -4,10 +4,17 @@
 -- releases up to 0.1.0 need, see enqueue.lua). The compact record is written afresh: HDEL would
 -- leave it in the hashtable encoding its data forced on it (Redis never converts a hash back to
 -- a listpack).
+-- Nothing is moved while the queue's slot is being migrated to another node (resharding): the
+-- job records are split between the two nodes then, and one that moved already can neither be
+-- read here (refused after the ZREM: the job was lost) nor, on the importing node, be told from
+-- a missing record (read_start.lua explains the probe; docs/scaling.md, Resharding).
 -- KEYS[1] stream, KEYS[2] delayed zset
 -- ARGV[1] job hash key prefix, ARGV[2] max jobs to move, ARGV[3] the record form: 'compact' or
 --   'full'
--- Returns {moved, ms until the next due job or -1}
+-- Returns {moved, ms until the next due job or -1} ({0, -1} while the slot migrates)
+if type(redis.pcall('EXISTS', KEYS[1], ARGV[1])) == 'table' then
+  return {0, -1}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local full = ARGV[3] == 'full'

@@ -4,12 +4,23 @@
 -- unchanged: a worker starts them at hand-over, see started.lua). An entry read with '>' has
 -- been delivered exactly once: its fencing token is 1.
 -- Non-blocking: the reader falls back to a blocking XREADGROUP when this returns nothing.
+-- Nothing is read while the queue's slot is being migrated to another node (resharding): the job
+-- records are split between the two nodes then. On the migrating node, touching a record that
+-- moved already is refused ("non local key") after the XREADGROUP delivered the entries; on the
+-- importing node (reached by ASK) a record still on the other reads as missing, and the entry
+-- would be dead-lettered as poison. The probe: EXISTS of the stream and of a key that never
+-- exists (the record of the empty job id) is refused only while the slot migrates (a key of
+-- the slot absent from this node may be on the other), and counts in a stable slot.
 -- KEYS[1] stream
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job hash key prefix, ARGV[4] entries to start,
 --   ARGV[5] entries to read ahead
 -- Returns a flat list, per entry: entry id, job id, data, attempts (after the start if started;
 -- -1: no job record, -2: an entry without id or data; both are poison for the caller to
--- dead-letter), started (1 or 0).
+-- dead-letter), started (1 or 0). 0 instead of a list while the slot migrates (the reader does
+-- not block on this stream meanwhile).
+if type(redis.pcall('EXISTS', KEYS[1], ARGV[3])) == 'table' then
+  return 0
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]

@@ -7,11 +7,18 @@
 -- that stopped: then this claim's delivery is undone and the hold counted as lost in the
 -- record's 'lost' field instead, which max_deliveries caps too (a handler that kills its process
 -- before its start is recorded must not loop forever).
+-- Nothing is claimed while the queue's slot is being migrated to another node (resharding): the
+-- XAUTOCLAIM would count a delivery for entries whose job records may be on the other node
+-- (read_start.lua explains the probe; docs/scaling.md, Resharding).
 -- KEYS[1] stream, KEYS[2] pending counter, KEYS[3] dead-letter stream, KEYS[4] stats hash
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] lease (ms), ARGV[4] max_deliveries, ARGV[5] count,
 --   ARGV[6] XAUTOCLAIM cursor, ARGV[7] job hash key prefix, ARGV[8] finished-record TTL (ms),
 --   ARGV[9] dead letters kept (the stream is trimmed to about that many, oldest first)
--- Returns {next cursor, claimed entries, deleted ids, dead-lettered job ids}
+-- Returns {next cursor, claimed entries, deleted ids, dead-lettered job ids} (nothing, cursor
+--   0-0, while the slot migrates)
+if type(redis.pcall('EXISTS', KEYS[1], ARGV[7])) == 'table' then
+  return {'0-0', {}, {}, {}}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local group, consumer, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
