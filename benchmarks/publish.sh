@@ -25,9 +25,9 @@ mkdir -p benchmarks/results
 python benchmarks/bench_redis.py --repeat 5 --json benchmarks/results/redis.json
 python benchmarks/bench_inprocess.py --repeat 5 --json benchmarks/results/inprocess.json
 python benchmarks/bench_outbox.py --repeat 3 --json benchmarks/results/outbox.json
-# Memory per queued job, beside 0.1.0's records (the package of e33d607, from the git history).
+# Memory per queued job, beside 0.1.0's records (the package of f7b9f15, from the git history).
 old_package=$(mktemp -d)
-git archive e33d607ac8ad5a6d30229eb0a38191834b34d79c csjd_core | tar -x -C "$old_package"
+git archive f7b9f15505cba723cb13fcb818884602e526aece csjd_core | tar -x -C "$old_package"
 python benchmarks/bench_memory.py --against "0.1.0=$old_package" --label compact \
   --json benchmarks/results/memory.json
 rm -rf "$old_package"

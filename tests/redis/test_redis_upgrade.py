@@ -32,7 +32,7 @@ from csjd_core.backends.redis import QueueKeys, codec
 from csjd_core.testing import wait_until
 
 #: The last commit of main whose records repeat the job's data (0.1.0's form).
-OLD_FORMAT = "e33d607ac8ad5a6d30229eb0a38191834b34d79c"
+OLD_FORMAT = "f7b9f15505cba723cb13fcb818884602e526aece"
 GROUP = "csjd-workers"
 PREFIX = "csjd:jobs"
 KEYS = QueueKeys(PREFIX, "default")
