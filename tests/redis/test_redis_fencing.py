@@ -19,7 +19,7 @@ from redis_support import DEADLINE, fast_config
 
 from csjd_core import DuplicateJob, Job, JobContext, JobState
 from csjd_core.backends.base import AttemptError, BackendSettings, Delivery
-from csjd_core.backends.redis import QueueKeys, RedisStreamsBackend
+from csjd_core.backends.redis import QueueKeys, RedisStreamsBackend, codec
 from csjd_core.config import RedisConfig
 from csjd_core.testing import wait_until
 
@@ -546,3 +546,43 @@ def test_entries_handed_back_at_stop_are_reclaimed_at_once_without_a_spent_deliv
     assert owner(redis_client, delivery.ref[1]) == ("B", 1)
     assert b.dead_letters() == []
     assert b.succeed(delivery, None) is True
+
+
+def test_an_outcome_moves_a_compact_records_data_into_it(
+    consumers: Consumers, redis_client: Any
+) -> None:
+    # A queued job's record leaves its data to the stream entry, which the outcome deletes: the
+    # data moves into the record with it (a retry is promoted from it, status() shows it).
+    a = consumers("A")
+    jobs = [Job(i, "t", {"n": i}) for i in ("ok", "again", "dead")]
+    a.enqueue(jobs)
+    data = {codec.text(f[b"id"]): f[b"d"] for _, f in redis_client.xrange(KEYS.stream)}
+    assert not any(redis_client.hexists(KEYS.job(job.id), "data") for job in jobs)
+    ok, again, dead = read(a)
+    assert a.succeed(ok, "r") and a.retry(again, ERROR, 60.0) and a.fail(dead, ERROR)
+    assert redis_client.xlen(KEYS.stream) == 0
+    for job, state in zip(jobs, (JobState.SUCCEEDED, JobState.SCHEDULED, JobState.FAILED)):
+        assert redis_client.hget(KEYS.job(job.id), "data") == data[job.id]
+        assert (a.status(job.id).state, a.status(job.id).payload) == (state, job.payload)
+    (letter,) = a.dead_letters()
+    assert letter.data == data["dead"].decode()
+
+
+def test_a_retry_whose_data_is_gone_is_dead_lettered_not_parked(
+    consumers: Consumers, redis_client: Any
+) -> None:
+    # Its entry deleted by hand while it ran, and no data in the outcome: parked in the delayed
+    # set, the job could never be promoted (nothing to rebuild its entry from).
+    a = consumers("A")
+    a.enqueue([Job("j", "t", {"n": 1})])
+    (d,) = read(a)
+    redis_client.xdel(KEYS.stream, d.ref[1])
+    bare = Delivery(d.job, d.attempt, d.max_attempts, d.token, (d.ref[0], d.ref[1], ""))
+    assert a.retry(bare, ERROR, 0.0)
+    status = a.status("j")
+    assert status.state is JobState.FAILED
+    assert status.last_error is not None and status.last_error.startswith("its data is gone")
+    (letter,) = a.dead_letters()
+    assert (letter.job_id, letter.reason) == ("j", "poison")
+    assert redis_client.zcard(KEYS.delayed) == 0
+    assert int(redis_client.get(KEYS.pending)) == 0
