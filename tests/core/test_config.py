@@ -237,3 +237,11 @@ def test_durable_enqueue_is_a_flag_with_a_positive_timeout() -> None:
         DistributedConfig(durable_enqueue=1)  # type: ignore[arg-type]
     with pytest.raises(InvalidConfig, match="durable_timeout"):
         DistributedConfig(durable_timeout=0)
+
+
+def test_record_format_is_compact_or_full() -> None:
+    assert DistributedConfig().record_format == "compact"
+    assert DistributedConfig(record_format="full").record_format == "full"
+    for bad in ("legacy", "", None, 1):
+        with pytest.raises(InvalidConfig, match="record_format must be one of 'compact', 'full'"):
+            DistributedConfig(record_format=bad)  # type: ignore[arg-type]
