@@ -49,7 +49,8 @@ except ImportError:  # not installed: use the checkout this file lives in
     sys.path.insert(0, str(ROOT))
     import csjd_core
 
-sys.path.insert(0, str(ROOT / "tests"))  # the suite's throwaway servers
+# The suite's throwaway servers; last, so that tests/redis/ cannot shadow redis-py.
+sys.path.append(str(ROOT / "tests"))
 
 import redis  # noqa: E402
 from bench_redis import percentile  # noqa: E402
