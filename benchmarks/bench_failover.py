@@ -193,6 +193,9 @@ def lagging_replica(server: str, tmp: Path, durable: bool, jobs: int) -> dict[st
         wait_for(lambda: replicated(master), 30, "the replica to be in sync")
         p = producer(master.url, durable, timeout=0.05)
         p.submit(Job("warm", TYPE, PAYLOAD))
+        # The replica has everything up to the cut (else the last submits before it, not yet
+        # replicated, would be lost too with durable_enqueue off: the same window, smaller).
+        wait_for(lambda: replicated(master), 30, "the replica to have the warm-up job")
         acknowledged: list[str] = []
         refused = 0
         proxy.cut()
@@ -310,11 +313,19 @@ def cost(server: str, tmp: Path, jobs: int, repeat: int) -> dict[str, dict[str, 
     finally:
         replica.stop()
         master.stop()
-    return {
+    out: dict[str, dict[str, Any]] = {
         mode: {name: statistics.median(values) for name, values in figures.items()}
         | {"all_single": [round(v) for v in figures["single"]]}
         for mode, figures in runs.items()
     }
+    # Each run's on/off, from figures taken back to back (the machine's load moves slower).
+    out["ratio_per_run"] = {
+        name: [
+            round(on / off, 2) for on, off in zip(runs["on"][name], runs["off"][name], strict=True)
+        ]
+        for name in ("single", "batch", "p50", "p99")
+    }
+    return out
 
 
 # ------------------------------------------------------------------------------ output
