@@ -53,10 +53,6 @@ REDIS_DOWN = (
 #: A cluster node's answer "not here (or not now)": the command did not run.
 REDIRECTED = (MovedError, AskError, TryAgainError)
 
-#: Seconds between two readings of a cluster's slot table made after a node could not be
-#: reached (each one is a CLUSTER SLOTS round trip; a failover takes seconds).
-SLOT_REFRESH_INTERVAL = 0.25
-
 #: The scripts in ``lua/``, each one atomic step of the protocol (docs/distributed.md).
 SCRIPTS = (
     "enqueue",
@@ -92,6 +88,11 @@ class NotSent(redis.ConnectionError):
 
 class NotReplicated(redis.RedisError):
     """The command ran on the master, but no replica acknowledged it in time."""
+
+
+#: Seconds between two readings of a cluster's slot table made after a node could not be
+#: reached (each one is a CLUSTER SLOTS round trip; a failover takes seconds).
+SLOT_REFRESH_INTERVAL = 0.25
 
 
 def _load_script(name: str) -> str:
