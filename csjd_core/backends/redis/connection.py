@@ -9,6 +9,7 @@ the command did not run there, so it is sent again through ``RedisCluster``, whi
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from importlib import resources
@@ -97,6 +98,11 @@ class NotReplicated(redis.RedisError):
     """The command ran on the master, but no replica acknowledged it in time."""
 
 
+#: Seconds between two readings of a cluster's slot table made after a node could not be
+#: reached (each one is a CLUSTER SLOTS round trip; a failover takes seconds).
+SLOT_REFRESH_INTERVAL = 0.25
+
+
 def _load_script(name: str) -> str:
     return resources.files(__package__).joinpath(f"lua/{name}.lua").read_text()
 
@@ -113,6 +119,8 @@ class Connection:
         self._reader: Any = None
         self._scripts: dict[str, Any] = {}
         self._init_lock = threading.Lock()  # creates the two clients, once each
+        self._refresh_lock = threading.Lock()
+        self._next_refresh: dict[int, float] = {}  # id(client) -> monotonic time
 
     def _make_client(self, socket_timeout: float) -> Any:
         rc = self.redis_config
@@ -204,6 +212,26 @@ class Connection:
             return client.connection_pool
         return client.get_redis_connection(client.get_node_from_key(key)).connection_pool
 
+    def node_unreachable(self, client: Any) -> None:
+        """A node of ``client`` could not be reached on our fast path (`pool_for`): read a
+        cluster's slot table again, at most every `SLOT_REFRESH_INTERVAL` seconds.
+
+        ``RedisCluster`` does this for the commands it sends itself, never for ours: without
+        it a killed master's slots stay with its dead address after a replica took them
+        over, and every script and reader cycle for them fails for good. Until the replica
+        is promoted the table still names the dead master, so this runs again on the next
+        failure. A failed reading is ignored: the caller raises its own error.
+        """
+        if not self.cluster:
+            return
+        now = time.monotonic()
+        with self._refresh_lock:
+            if now < self._next_refresh.get(id(client), 0.0):
+                return
+            self._next_refresh[id(client)] = now + SLOT_REFRESH_INTERVAL
+        with contextlib.suppress(redis.RedisError, redis.exceptions.RedisClusterException):
+            client.nodes_manager.initialize()
+
     def slot_groups(self, keys: list[str]) -> list[list[str]]:
         """``keys`` grouped by slot, in first-seen order: one multi-key command (an
         ``XREADGROUP`` over several streams) per group. One group on a single Redis."""
@@ -254,6 +282,7 @@ class Connection:
             pool = self.pool_for(client, keys[0])
             conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
         except REDIS_DOWN as exc:
+            self.node_unreachable(client)
             raise NotSent(str(exc)) from exc
         try:
             conn.send_packed_command(packed(conn, [command]))
@@ -269,8 +298,10 @@ class Connection:
             return self.redirected(command)
         except redis.ResponseError:
             raise  # a reply: the connection is in step
-        except BaseException:
+        except BaseException as exc:
             conn.disconnect()
+            if isinstance(exc, REDIS_DOWN):  # the node died or is cut off: a failover?
+                self.node_unreachable(client)
             raise
         finally:
             if conn is not None:
@@ -289,6 +320,7 @@ class Connection:
                 pool = self.pool_for(client, key)
                 conn: Any = pool.get_connection()
             except REDIS_DOWN as exc:
+                self.node_unreachable(client)
                 raise NotSent(str(exc)) from exc
             try:
                 conn.send_packed_command(packed(conn, [command, wait]))
@@ -298,8 +330,10 @@ class Connection:
                         replies.append(conn.read_response())
                     except redis.ResponseError as exc:  # a reply: the connection is in step
                         replies.append(exc)
-            except BaseException:
+            except BaseException as exc:
                 conn.disconnect()
+                if isinstance(exc, REDIS_DOWN):
+                    self.node_unreachable(client)
                 raise
             finally:
                 pool.release(conn)

@@ -133,6 +133,9 @@ class Reader:
                 except redis.ResponseError as exc:
                     self._on_read_error(exc, backoff)
                 except REDIS_DOWN as exc:
+                    # Our cycle's pipelines use the reader client's slot table: a killed
+                    # master's replica takes over its slots only once the table is read again.
+                    self.connection.node_unreachable(self.connection.reader)
                     logger.warning(
                         "redis unreachable; reconnecting redis=%s error=%s delay=%.2f",
                         self.connection.redis_config.display,

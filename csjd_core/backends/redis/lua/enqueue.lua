@@ -138,6 +138,10 @@ if taken then
     redis.call('HINCRBY', mark, 'misfires', misfired)
     redis.call('HINCRBY', mark, 'duplicates', 1)
   end
+  -- A write that changes nothing: WAIT counts only the writes of its own connection, so
+  -- without one a durable_enqueue retry answered 'dup' would be acknowledged while the
+  -- replica still lacks the job a first attempt stored (Valkey 8; Redis 7.0 waits anyway).
+  redis.call('INCRBY', KEYS[3], 0)
   return {'dup', taken}
 end
 for i = 1, n do
