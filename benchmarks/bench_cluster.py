@@ -246,7 +246,7 @@ def main() -> None:
         "repeat": args.repeat,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
-        "server": server_module.binary_version(binary),
+        "server": str(server_module.binary_version(binary)),
         "csjd_core": str(Path(csjd_core.__file__).parent),
         "results": results,
     }
