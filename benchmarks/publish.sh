@@ -3,6 +3,7 @@
 #   benchmarks/results/redis.json, inprocess.json  CSJD beside its limits (bench_redis, bench_inprocess)
 #   benchmarks/results/outbox.json                 the outbox on PostgreSQL (bench_outbox)
 #   benchmarks/results/memory.json                 Redis memory per queued job (bench_memory)
+#   benchmarks/results/cluster.json, fleet.json, failover.json  docs/scaling.md's figures
 #   benchmarks/peers/results.json                  CSJD beside seven peers (peers/run.py)
 #   docs/img/*.png, docs/img/peers/*.png           their plots
 # CSJD's own benchmarks run with `python` of the activated virtualenv you develop in (python3 -m
@@ -31,6 +32,10 @@ git archive f7b9f15505cba723cb13fcb818884602e526aece csjd_core | tar -x -C "$old
 python benchmarks/bench_memory.py --against "0.1.0=$old_package" --label compact \
   --json benchmarks/results/memory.json
 rm -rf "$old_package"
+# docs/scaling.md: one Redis beside a 3-master cluster, fleet maintenance, failover.
+python benchmarks/bench_cluster.py --jobs 50000 --repeat 3
+python benchmarks/bench_fleet.py --record after
+python benchmarks/bench_failover.py --repeat 5 --json benchmarks/results/failover.json
 # A peer's run that fails (a timeout, a job run twice) is recorded as failed and makes run.py
 # exit 3: the other figures are still published. Any other failure stops here.
 status=0
