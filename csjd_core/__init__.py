@@ -35,6 +35,7 @@ from csjd_core.job import Job, JobState, JobStatus
 from csjd_core.jobs import JobFunction, JobHandle, JobRegistry
 from csjd_core.metrics import MetricsSnapshot, StopReport
 from csjd_core.periodic import Schedule, every
+from csjd_core.progress import Progress
 from csjd_core.retry import RetryPolicy
 from csjd_core.stats import ScheduleState
 from csjd_core.utilities import AsyncBatchLoader, BatchLoader, CacheStats, TTLCache
@@ -78,6 +79,7 @@ __all__ = [
     "Mode",
     "OutcomeKind",
     "PermanentError",
+    "Progress",
     "QueueFull",
     "RedisConfig",
     "RedisDistributedDispatcher",

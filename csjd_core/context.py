@@ -1,12 +1,17 @@
-"""The context every handler attempt receives: identity, deadline and cancellation."""
+"""The context every handler attempt receives: identity, deadline, cancellation, progress."""
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from csjd_core.errors import JobTimeout
 from csjd_core.limits import MAX_DURATION
+from csjd_core.progress import Progress, make_progress
+
+if TYPE_CHECKING:
+    from csjd_core.backends.base import Backend, Delivery
 
 __all__ = ["JobContext"]
 
@@ -21,9 +26,21 @@ class JobContext:
         attempt: this attempt's number, 1-based.
         deadline: a `time.monotonic()` value when the attempt times out, or ``None``.
         queue: the queue the job came from (``None`` for the default queue).
+        progress: the last `Progress` this attempt reported (`set_progress`), or ``None``.
     """
 
-    __slots__ = ("_cancelled", "_event", "attempt", "deadline", "job_id", "queue", "timed_out")
+    __slots__ = (
+        "_backend",
+        "_cancelled",
+        "_delivery",
+        "_event",
+        "attempt",
+        "deadline",
+        "job_id",
+        "progress",
+        "queue",
+        "timed_out",
+    )
 
     def __init__(
         self, job_id: str, attempt: int, deadline: float | None = None, queue: str | None = None
@@ -33,9 +50,19 @@ class JobContext:
         self.deadline = deadline
         self.queue = queue
         self.timed_out = False
+        self.progress: Progress | None = None
         self._cancelled = False
         # Created on first wait(): most handlers never wait, and an Event per attempt costs.
         self._event: threading.Event | None = None
+        # Where set_progress writes (`bind`); unbound (a context built in a test) it only
+        # keeps the value in `progress`.
+        self._backend: Backend | None = None
+        self._delivery: Delivery | None = None
+
+    def bind(self, backend: Backend, delivery: Delivery) -> None:
+        """Have `set_progress` write to ``backend`` for ``delivery`` (called by the engine)."""
+        self._backend = backend
+        self._delivery = delivery
 
     @property
     def cancelled(self) -> bool:
@@ -69,6 +96,34 @@ class JobContext:
         """Raise `JobTimeout` if the attempt has been cancelled."""
         if self._cancelled:
             raise JobTimeout(f"job {self.job_id!r} attempt {self.attempt} was cancelled")
+
+    def set_progress(
+        self, current: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Report how far the job has come; ``status(job_id).progress`` shows it.
+
+        Cheap enough to call in a tight loop: in-process it is stored at once; in Redis mode
+        the last value is written about once a second (and with the outcome), so
+        ``status()`` in another process may lag by that much. Progress is advisory: a value
+        from an attempt that lost its claim, or that arrives after the job finished, is
+        dropped. The job's status keeps the last value, whatever the outcome (a retry's next
+        attempt starts from it until it reports its own).
+
+        Args:
+            current: work done so far: a finite number >= 0.
+            total: the work there is, if known (>= ``current``).
+            message: what the handler is doing; cut to
+                `csjd_core.limits.MAX_PROGRESS_MESSAGE` characters.
+
+        Raises:
+            TypeError: a number that is not a number, a message that is not a str.
+            ValueError: a negative or non-finite number, or ``current`` greater than ``total``.
+        """
+        progress = make_progress(current, total, message)
+        self.progress = progress
+        backend = self._backend
+        if backend is not None and self._delivery is not None:
+            backend.set_progress(self._delivery, progress)
 
     def cancel(self, *, timed_out: bool = False) -> None:
         """Cancel the attempt (called by the engine; handlers observe it)."""

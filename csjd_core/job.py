@@ -22,6 +22,7 @@ from csjd_core.limits import (
     job_options,
     name_problem,
 )
+from csjd_core.progress import Progress
 
 __all__ = ["Job", "JobState", "JobStatus"]
 
@@ -120,6 +121,8 @@ class JobStatus:
     result: Any = None
     worker_id: str | None = None
     payload: Any = None
+    #: The last `Progress` a handler reported (``ctx.set_progress``), or ``None``.
+    progress: Progress | None = None
 
 
 def utc_from_timestamp(ts: float | None) -> datetime | None:

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_JOB_BYTES",
     "MAX_NAME_LENGTH",
     "MAX_NESTING",
+    "MAX_PROGRESS_MESSAGE",
     "MAX_TRACEBACK",
     "MAX_WORKERS",
     "NAME_PATTERN",
@@ -67,6 +68,10 @@ MAX_NAME_LENGTH = 1024
 
 #: Error messages kept in a status, a log line or a dead letter (characters; the start is kept).
 MAX_ERROR_TEXT = 4_000
+
+#: Progress messages kept (``ctx.set_progress``; characters, the start is kept): a value
+#: written about once a second per running job, so smaller than an error's.
+MAX_PROGRESS_MESSAGE = 500
 
 #: Tracebacks kept in a status or a dead letter (characters; the end is kept).
 MAX_TRACEBACK = 8_000

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from csjd_core.job import Job, JobStatus
+from csjd_core.progress import Progress
 from csjd_core.stats import ScheduleState
 
 __all__ = [
@@ -212,6 +213,14 @@ class Backend(ABC):
     def release(self, delivery: Delivery) -> None:
         """Stop holding an attempt whose outcome could not be recorded at all (the engine's
         last resort): the job runs again later, within the limits of its attempts."""
+
+    def set_progress(self, delivery: Delivery, progress: Progress) -> bool | None:
+        """Keep the progress a running attempt reported (``ctx.set_progress``), fenced: refused
+        (False) when ``delivery`` lost its claim or its job is no longer running, so a late
+        write never changes a finished record. A backend may write it later, coalesced
+        (``None``: Redis writes the last value about once a second and with the outcome).
+        The default keeps nothing."""
+        return False
 
     def renew(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Extend the lease of running attempts; False where the claim was lost."""

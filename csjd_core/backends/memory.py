@@ -28,6 +28,7 @@ from csjd_core.backends.base import (
 )
 from csjd_core.errors import DispatcherClosed, DuplicateJob, QueueFull
 from csjd_core.job import Job, JobState, JobStatus, utc_from_timestamp
+from csjd_core.progress import Progress
 from csjd_core.stats import ScheduleState
 
 __all__ = ["MemoryBackend"]
@@ -50,6 +51,7 @@ class Entry:
         "finished_at",
         "job",
         "max_attempts",
+        "progress",
         "result",
         "run_at",
         "started_at",
@@ -68,6 +70,7 @@ class Entry:
     traceback: str | None
     result: Any
     worker_id: str | None
+    progress: Progress | None  # the last ctx.set_progress (memory only, also in a file store)
     stored: bool  # its submitted record is in the log (durable subclasses)
 
     def __init__(self, job: Job, max_attempts: int, enqueued_at: float) -> None:
@@ -102,6 +105,7 @@ class Entry:
             result=get("result"),
             worker_id=get("worker_id"),
             payload=self.job.payload,
+            progress=get("progress"),
         )
 
 
@@ -482,6 +486,17 @@ class MemoryBackend(Backend):
             entry.error = error.message
             entry.traceback = error.traceback
             self._finish(entry, _FAILED)
+        return True
+
+    def set_progress(self, delivery: Delivery, progress: Progress) -> bool:
+        """Keep the attempt's progress on its entry (fenced: refused unless ``delivery``
+        holds its claim and the job runs). In memory only, also in a file store: progress is
+        advisory, and recovery never needs it."""
+        with self._lock:  # against an outcome recorded meanwhile (a detached handler's fail)
+            entry = self._owns(delivery)
+            if entry is None or entry.state is not _RUNNING:
+                return False
+            entry.progress = progress
         return True
 
     def retry(self, delivery: Delivery, error: AttemptError, delay: float) -> bool:

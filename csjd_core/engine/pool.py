@@ -261,6 +261,7 @@ class Engine:
             ctx = JobContext(job.id, delivery.attempt, time.monotonic() + timeout, job.queue)
             attempt = Attempt(delivery, ctx, worker)
             self.watchdog.watch(attempt)
+        ctx.bind(backend, delivery)  # where ctx.set_progress writes
         hooks = self.hooks
         if hooks.active:
             hooks.call("before_process", job, ctx)
