@@ -23,6 +23,7 @@ from csjd_core import DuplicateJob, Job, JobState, QueueFull
 from csjd_core.backends.base import AttemptError, Backend, BackendSettings, Delivery
 from csjd_core.backends.file import FileJobStore
 from csjd_core.backends.memory import MemoryBackend
+from csjd_core.progress import Progress, make_progress
 from csjd_core.testing import wait_until
 
 CAP = 5
@@ -446,6 +447,87 @@ def test_a_blocked_fetch_wakes_for_a_job_scheduled_while_it_waits(backend: Backe
     late = time.monotonic() - due
     assert [d.job.id if d else None for d in got] == ["soon"]
     assert late < DEADLINE / 2, f"the scheduled job was fetched {late:.2f} s after its due time"
+
+
+# -- progress (ctx.set_progress) -------------------------------------------------------------
+
+
+def progress_of(backend: Backend, job_id: str) -> Progress | None:
+    status = backend.status(job_id)
+    assert status is not None
+    return status.progress
+
+
+def test_progress_of_a_running_attempt_shows_in_its_status(backend: Backend) -> None:
+    """In process at once; Redis writes the last value about once a second (coalesced)."""
+    backend.enqueue([Job("p", "t")])
+    delivery = fetch(backend)
+    backend.started(delivery, "w")
+    assert progress_of(backend, "p") is None
+    for step in range(1, 101):  # a tight loop: only the last value matters
+        assert backend.set_progress(delivery, make_progress(step, 200, f"row {step}")) is not False
+    wait_until(lambda: progress_of(backend, "p") is not None, DEADLINE)
+    shown = progress_of(backend, "p")
+    assert shown is not None
+    assert (shown.current, shown.total, shown.message) == (100, 200, "row 100")
+    assert shown.fraction == 0.5
+    assert abs((datetime.now(UTC) - shown.at).total_seconds()) < DEADLINE
+
+
+@pytest.mark.parametrize("outcome", ["succeed", "retry", "fail"])
+def test_the_last_progress_is_kept_with_the_outcome(backend: Backend, outcome: str) -> None:
+    """The value set just before the outcome (never flushed on its own) is in the record."""
+    backend.enqueue([Job("p", "t")])
+    delivery = fetch(backend)
+    backend.started(delivery, "w")
+    backend.set_progress(delivery, make_progress(1, 3))
+    backend.set_progress(delivery, make_progress(3, 3, "done"))
+    assert {
+        "succeed": lambda: backend.succeed(delivery, None),
+        "retry": lambda: backend.retry(delivery, ERROR, 60.0),
+        "fail": lambda: backend.fail(delivery, ERROR),
+    }[outcome]()
+    shown = progress_of(backend, "p")
+    assert shown is not None
+    assert (shown.current, shown.total, shown.message) == (3, 3, "done")
+
+
+def test_a_late_progress_write_changes_no_finished_record(backend: Backend) -> None:
+    backend.enqueue([Job("p", "t")])
+    delivery = fetch(backend)
+    backend.started(delivery, "w")
+    backend.set_progress(delivery, make_progress(5, 10))
+    assert backend.succeed(delivery, "ok")
+    before = backend.status("p")
+    assert backend.set_progress(delivery, make_progress(9, 10, "late")) is False
+    if not backend.local:
+        wait_flushed(backend)
+    assert backend.status("p") == before
+    assert before is not None and before.progress is not None and before.progress.current == 5
+
+
+def test_a_delivery_that_lost_its_claim_cannot_write_progress(backend: Backend) -> None:
+    backend.enqueue([Job("p", "t")])
+    stale = fetch(backend)
+    backend.started(stale, "old")
+    backend.set_progress(stale, make_progress(1, message="first attempt"))
+    assert backend.retry(stale, ERROR, 0.0)
+    current = fetch(backend)
+    backend.started(current, "new")
+    assert backend.set_progress(stale, make_progress(2, message="stale")) is False
+    backend.set_progress(current, make_progress(7, message="second attempt"))
+    wait_until(lambda: getattr(progress_of(backend, "p"), "current", None) == 7, DEADLINE)
+    assert backend.set_progress(stale, make_progress(3, message="stale")) is False
+    if not backend.local:
+        wait_flushed(backend)
+    shown = progress_of(backend, "p")
+    assert shown is not None and shown.message == "second attempt"
+
+
+def wait_flushed(backend: Backend) -> None:
+    """Flush a distributed backend's unwritten progress now (its maintenance thread does it
+    about once a second): a refused value would have been sent by then."""
+    backend.maintenance.flush_progress()  # type: ignore[attr-defined]
 
 
 # -- close -----------------------------------------------------------------------------------

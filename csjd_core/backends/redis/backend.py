@@ -45,6 +45,7 @@ from csjd_core.backends.redis.settle import Outcomes
 from csjd_core.config import DistributedConfig, EngineConfig, RedisConfig
 from csjd_core.errors import BackendUnavailable, DuplicateJob, InvalidJob, QueueFull
 from csjd_core.job import Job, JobStatus
+from csjd_core.progress import Progress
 from csjd_core.stats import DeadLetter, QueueStats, ScheduleState
 
 __all__ = ["RedisStreamsBackend"]
@@ -376,6 +377,12 @@ class RedisStreamsBackend(Backend):
             delivery.job.id,
             delivery.ref[1],
         )
+
+    def set_progress(self, delivery: Delivery, progress: Progress) -> bool | None:
+        """Keep the attempt's progress for the maintenance thread to write, coalesced (about
+        once a second, fenced by progress.lua) or for its outcome (settle.lua); False if the
+        attempt is no longer held here."""
+        return None if self.holdings.keep_progress(delivery, progress) else False
 
     def renew(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Fenced lease renewal (renew.lua); False where the entry was lost."""

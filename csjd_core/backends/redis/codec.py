@@ -21,6 +21,7 @@ from csjd_core.job import (
     validate_job,
 )
 from csjd_core.limits import clip_text, clip_traceback
+from csjd_core.progress import from_json as progress_from_json
 from csjd_core.stats import DeadLetter, QueueCounters, ScheduleState
 
 __all__ = [
@@ -212,6 +213,7 @@ def status(job_id: str, queue: str, f: dict[str, str]) -> JobStatus:
         result=result,
         worker_id=f.get("worker") or None,
         payload=data.get("payload"),
+        progress=progress_from_json(f.get("progress")),  # written only once a handler sets it
     )
 
 

@@ -13,6 +13,7 @@ from collections import deque
 from typing import Any
 
 from csjd_core.backends.base import Delivery
+from csjd_core.progress import Progress
 
 __all__ = ["Held", "Holdings"]
 
@@ -68,6 +69,10 @@ class Holdings:
         # reader cycles, it records them in the same pipeline as its next read.
         self.acks: deque[tuple[Delivery, dict[str, Any]]] = deque()
         self.pipelining = False
+        # The last progress each running attempt reported and not yet written (entry id ->
+        # delivery, value): the maintenance thread writes them about once a second, the
+        # outcome takes its attempt's (see `keep_progress`).
+        self.progress: dict[str, tuple[Delivery, Progress]] = {}
         self.deleted_entries = 0  # pending entries whose stream entry was gone (counted, logged)
         self.consuming = False
         self.stopping = False
@@ -222,6 +227,47 @@ class Holdings:
         self.ring()
         return True
 
+    def keep_progress(self, delivery: Delivery, progress: Progress) -> bool:
+        """Keep ``progress`` as ``delivery``'s value to write, replacing an unwritten one
+        (that is the coalescing). False if the attempt is no longer held (settled, handed
+        back): a late value is dropped here, before any fenced script would refuse it."""
+        entry = delivery.ref[1]
+        with self.lock:
+            if self.owned.get(entry) is not delivery or entry in self.settling:
+                return False
+            self.progress[entry] = (delivery, progress)
+        return True
+
+    def take_progress(self, delivery: Delivery) -> Progress | None:
+        """The attempt's unwritten progress, taken to go with its outcome (even while a flush
+        is writing it: the outcome's copy is the one that must land)."""
+        with self.lock:
+            kept = self.progress.get(delivery.ref[1])
+            if kept is None or kept[0] is not delivery:
+                return None
+            del self.progress[delivery.ref[1]]
+        return kept[1]
+
+    def dirty_progress(self) -> list[tuple[Delivery, Progress]]:
+        """The unwritten progress of held attempts whose start is recorded (progress.lua
+        writes only to a running record; the others wait for the next flush or go with the
+        outcome). Left in place until `progress_written`: an outcome recorded meanwhile
+        still takes the value."""
+        with self.lock:
+            return [
+                kept
+                for entry, kept in self.progress.items()
+                if entry not in self.unrecorded and self.owned.get(entry) is kept[0]
+            ]
+
+    def progress_written(self, written: list[tuple[Delivery, Progress]]) -> None:
+        """Forget the values a flush wrote (or that were refused), unless replaced since."""
+        with self.lock:
+            for kept in written:
+                entry = kept[0].ref[1]
+                if self.progress.get(entry) is kept:
+                    del self.progress[entry]
+
     def settling_now(self, delivery: Delivery) -> None:
         """Its outcome is being recorded (renewals refused from now on are no lost lease)."""
         self.settling.add(delivery.ref[1])
@@ -242,6 +288,9 @@ class Holdings:
             if current is delivery or current is None:
                 self.settling.discard(entry)
                 self.unrecorded.discard(entry)
+                kept = self.progress.get(entry)
+                if kept is not None and kept[0] is delivery:
+                    self.progress.pop(entry, None)
         self.ring()
 
     # -- what maintenance reads ------------------------------------------------------------

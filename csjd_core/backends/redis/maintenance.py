@@ -20,6 +20,7 @@ from csjd_core.backends.redis.holdings import Holdings
 from csjd_core.backends.redis.keys import QueueKeys, Queues, by_queue
 from csjd_core.backends.redis.reader import Reader
 from csjd_core.config import DistributedConfig
+from csjd_core.progress import to_json as progress_json
 from csjd_core.retry import Backoff
 
 __all__ = ["Maintenance"]
@@ -28,6 +29,10 @@ logger = logging.getLogger("csjd_core.redis")
 
 #: Jobs one promote.lua call moves from the delayed set to the stream.
 _PROMOTE_BATCH = 500
+#: Seconds between two writes of running attempts' progress (ctx.set_progress), at most: each
+#: is one progress.lua call per queue for every attempt whose value changed (heartbeat_interval
+#: if shorter).
+PROGRESS_INTERVAL = 1.0
 
 
 class Maintenance:
@@ -61,7 +66,9 @@ class Maintenance:
         config, holdings = self.config, self.holdings
         consumed = self.queues.consumed
         next_promote = dict.fromkeys(consumed, 0.0)
-        next_beat = next_claim = 0.0
+        next_beat = next_claim = next_progress = 0.0
+        # Progress rides this thread, never a worker's (ctx.set_progress only keeps a value).
+        progress_every = min(PROGRESS_INTERVAL, config.heartbeat_interval)
         backoff = Backoff()
         while holdings.consuming:
             now = time.monotonic()
@@ -75,6 +82,9 @@ class Maintenance:
                 if now >= next_beat:
                     self.heartbeat()
                     next_beat = now + config.heartbeat_interval
+                if now >= next_progress:
+                    self.flush_progress()
+                    next_progress = now + progress_every
                 if (
                     now >= next_claim
                     and not holdings.stopping
@@ -100,7 +110,7 @@ class Maintenance:
                 logger.exception("maintenance failed")
                 backoff.sleep(lambda: not holdings.consuming)
                 continue
-            wake = min([*next_promote.values(), next_beat, next_claim])
+            wake = min([*next_promote.values(), next_beat, next_claim, next_progress])
             if holdings.consuming:
                 self.wake.wait(max(0.005, min(0.25, wake - time.monotonic())))
 
@@ -139,6 +149,23 @@ class Maintenance:
                         delivery.job.id,
                         delivery.ref[1],
                     )
+
+    def flush_progress(self) -> int:
+        """Write the progress running attempts reported since the last flush: the last value
+        of each, one progress.lua call per queue (fenced there: owner, delivery count and a
+        running record). Returns how many values were sent."""
+        dirty = self.holdings.dirty_progress()
+        for keys, group in by_queue(dirty, lambda kept: kept[0].ref[0]):
+            args: list[Any] = [self.config.group, self.consumer]
+            for delivery, progress in group:
+                args += [delivery.ref[1], delivery.token, progress_json(progress)]
+            script_keys = [keys.stream, *(keys.job(d.job.id) for d, _ in group)]
+            try:
+                self.connection.run("progress", script_keys, args)
+            except SLOT_MIGRATING:  # advisory: the value is written next time, or with the outcome
+                continue
+            self.holdings.progress_written(group)  # written, or refused for good
+        return len(dirty)
 
     def renew(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Fenced lease renewal (renew.lua); False where the entry was lost."""

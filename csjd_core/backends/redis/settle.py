@@ -20,6 +20,7 @@ from csjd_core.backends.redis.connection import REDIS_DOWN, SLOT_MIGRATING, Conn
 from csjd_core.backends.redis.holdings import Holdings
 from csjd_core.backends.redis.keys import QueueKeys, by_queue
 from csjd_core.config import DistributedConfig
+from csjd_core.progress import to_json as progress_json
 from csjd_core.retry import Backoff
 
 __all__ = ["Outcomes"]
@@ -114,6 +115,10 @@ class Outcomes:
         op = codec.op(delivery, kind, **extra)
         if delivery.ref[1] in self.holdings.unrecorded:
             op["s"] = 1
+        # Progress (issue 18): the attempt's last unwritten value goes with its outcome.
+        progress = self.holdings.take_progress(delivery)
+        if progress is not None:
+            op["p"] = progress_json(progress)
         return op
 
     def poison(self, keys: QueueKeys, entry_id: str, job_id: str, data: str, reason: str) -> None:
@@ -213,7 +218,7 @@ class Outcomes:
             args += [ids[0][1], ids[-1][1], with_start]
             for i in ok:
                 op = ops[i]
-                args += [op["e"], op["n"], op["a"], op["r"], op["d"]]
+                args += [op["e"], op["n"], op["a"], op["r"], op["d"], op.get("p", "")]
         return script_keys, args, order
 
     def _flush(self, batch: list[list[Any]]) -> list[Any]:

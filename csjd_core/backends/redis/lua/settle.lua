@@ -5,10 +5,13 @@
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] finished-record TTL (ms), ARGV[4] dead letters kept
 --   (the stream is trimmed to about that many, oldest first),
 --   ARGV[5] JSON list of retry/dead ops {k="retry"|"dead", e=entry, id=job id, n=deliveries,
---   err=error, tb=traceback, delay=ms, reason=dead-letter reason, a=attempts, d=data},
+--   err=error, tb=traceback, delay=ms, reason=dead-letter reason, a=attempts, d=data,
+--   p=progress JSON (optional)},
 --   ARGV[6], ARGV[7] lowest and highest entry id of the successes, ARGV[8] how many of them
 --   (the first ones) record their start too, then per success: entry, deliveries, attempts,
---   result JSON, data.
+--   result JSON, data, progress JSON ('' for none).
+-- Progress (ctx.set_progress): the attempt's last value not yet written by progress.lua goes
+-- with its outcome, so a finished job shows its final progress; written only to a live record.
 -- A compact record (enqueue.lua) leaves the job's data to the stream entry this step deletes:
 -- the data moves into the record with the outcome (a retry is promoted from it, and status()
 -- shows it until the record expires). The worker sends it back (the entry's d as it read it:
@@ -63,6 +66,7 @@ for i, op in ipairs(ops) do
     if op.s and live then
       redis.call('HSET', key, 'started_at', now, 'worker', consumer)
     end
+    if op.p and live then redis.call('HSET', key, 'progress', op.p) end  -- progress (issue 18)
     local data = (op.d ~= '' and op.d) or (state and redis.call('HGET', key, 'data')) or
       entry_data(op.e)
     if op.k == 'retry' and live and not data then
@@ -102,8 +106,8 @@ if #ARGV > 8 then
     from = '(' .. p[#p][1]
   end
   local k = 5 + #ops
-  local with_start = 8 + 5 * tonumber(ARGV[8])
-  for i = 9, #ARGV, 5 do
+  local with_start = 8 + 6 * tonumber(ARGV[8])
+  for i = 9, #ARGV, 6 do
     local entry = ARGV[i]
     k = k + 1
     if seen[entry] or owned[entry] ~= tonumber(ARGV[i + 1]) then
@@ -121,6 +125,7 @@ if #ARGV > 8 then
         record(KEYS[k], data, 'state', 'succeeded', 'result', ARGV[i + 3], 'finished_at', now,
           'attempts', ARGV[i + 2])
       end
+      if ARGV[i + 5] ~= '' then redis.call('HSET', KEYS[k], 'progress', ARGV[i + 5]) end
       redis.call('PEXPIRE', KEYS[k], ttl)
       finished = finished + 1
       succeeded = succeeded + 1
