@@ -1,7 +1,7 @@
 """What each Lua script touches, watched with MONITOR on a private server (issue 13).
 
 A real workload on two queues runs every script: enqueue, read, read ahead, start at
-hand-over, run, retry, promote, dead-letter, requeue, renew, a stalled consumer's entry
+hand-over, run, report progress, retry, promote, dead-letter, requeue, renew, a stalled consumer's entry
 reclaimed and the consumer collected, entries handed back at stop. Every command a script ran
 is attributed to its ``EVALSHA``, and its keys are read with ``COMMAND GETKEYS``: each script
 stays in its queue's hash tag (one Cluster slot), and only the scripts listed in
@@ -138,6 +138,10 @@ def test_every_script_stays_in_its_queue_slot_and_declares_what_it_can(
             raise permanent(ValueError("never works"))
         if kind == "slow":
             slow_started.set()
+            # progress.lua: written by the maintenance thread while the attempt runs.
+            ctx.set_progress(1, 2, "slow")
+            record = f"csjd:jobs:{{{job.queue}}}:job:{job.id}"
+            wait_until(lambda: admin.hexists(record, "progress"), DEADLINE)
             time.sleep(0.3)
         first_runs[job.id] += 1
         return kind
