@@ -15,7 +15,8 @@ Commands:
              NAME.stats     JSON {consumer, read_calls, deleted_entries, pid}, rewritten often
            Job types: ``work`` (payload {"ms": N}: sleep N ms), ``sleep`` (payload {"s": N}),
            ``die`` (os._exit(17) every time), ``flaky`` (like ``work``, but its first attempt
-           raises after writing NAME.started), ``fail`` (raises every time). --queues: the
+           raises after writing NAME.started), ``fail`` (raises every time), ``progress`` (calls
+           ctx.set_progress in a tight loop, see the handler). --queues: the
            queues it consumes. Only what every release of the package has is used: the upgrade
            tests run this file on 0.1.0's package too (--record-format is passed only when
            given).
@@ -153,6 +154,24 @@ def worker(args: argparse.Namespace) -> int:
     def fail(ctx: JobContext, job: Job) -> None:
         started(job.id)
         raise RuntimeError("fail: every attempt fails")
+
+    @dispatcher.handler("progress")
+    def progress(ctx: JobContext, job: Job) -> int:
+        # payload {"calls": N, "seconds": S, "go": path}: ctx.set_progress in a tight loop, at
+        # least N times and for at least S seconds; then wait for the file ``go`` (if given);
+        # then a final value right before returning. Returns how many calls it made.
+        started(job.id)
+        total = job.payload["calls"]
+        calls, until = 0, time.monotonic() + job.payload.get("seconds", 0)
+        while calls < total or time.monotonic() < until:
+            calls += 1
+            ctx.set_progress(min(calls, total), total, f"call {calls}")
+        go = job.payload.get("go")
+        while go and not os.path.exists(go):
+            time.sleep(0.01)
+        ctx.set_progress(total, total, "finished")
+        done(job.id)
+        return calls
 
     @dispatcher.handler("die")
     def crash(ctx: JobContext, job: Job) -> None:
