@@ -1,10 +1,11 @@
 """What each Lua script touches, watched with MONITOR on a private server (issue 13).
 
 A real workload on two queues runs every script: enqueue, read, read ahead, start at
-hand-over, run, report progress, retry, promote, dead-letter, requeue, renew, a stalled consumer's entry
-reclaimed and the consumer collected, entries handed back at stop. Every command a script ran
-is attributed to its ``EVALSHA``, and its keys are read with ``COMMAND GETKEYS``: each script
-stays in its queue's hash tag (one Cluster slot), and only the scripts listed in
+hand-over, run, report progress, retry, promote, dead-letter, requeue, renew, a stalled
+consumer's entry reclaimed and the consumer collected, entries handed back at stop. Every
+command a script ran is attributed to its ``EVALSHA``, and its keys are read with ``COMMAND
+GETKEYS``: each script stays in its queue's hash tag (one Cluster slot), and only the scripts
+listed in
 docs/architecture.md touch a key not passed in ``KEYS``.
 """
 
