@@ -26,7 +26,8 @@ from django.utils import timezone
 
 from csjd_core import operations
 from csjd_core.app import Mode
-from csjd_core.errors import CSJDError, DuplicateJob, InvalidJob, SettingsError
+from csjd_core.errors import CSJDError, DuplicateJob, InvalidJob, JobNotFound, SettingsError
+from csjd_core.job import JobStatus
 from csjd_core.outbox import OutboxStats
 from csjd_django.throughput import Sample, ThroughputSamples, throughput_svg
 
@@ -41,6 +42,7 @@ __all__ = [
     "collect_figures",
     "dashboard",
     "dead_letter_action",
+    "lookup_job",
     "throughput_samples",
 ]
 
@@ -116,6 +118,36 @@ class Figures:
     store: str | None = None
     chart: Any = None
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobLookup:
+    """The dashboard's job lookup (``?job=ID[&queue=Q]``): the job's status, or why none."""
+
+    job_id: str
+    queue: str | None
+    status: JobStatus | None = None
+    error: str | None = None
+
+    @property
+    def percent(self) -> int | None:
+        """The status's progress as a whole percentage, if it has a total."""
+        progress = self.status.progress if self.status is not None else None
+        fraction = progress.fraction if progress is not None else None
+        return None if fraction is None else int(fraction * 100)
+
+
+def lookup_job(job_id: str, queue: str | None) -> JobLookup:
+    """Look a job up through the configured app (``csjd.status``); never raises: an unknown
+    id, a bad queue name or an unreachable Redis is the lookup's error."""
+    from csjd_django import app  # noqa: PLC0415 - the app module imports settings lazily
+
+    try:
+        return JobLookup(job_id, queue, status=app.status(job_id, queue))
+    except JobNotFound:
+        return JobLookup(job_id, queue, error="No such job (or its result expired).")
+    except (CSJDError, SettingsError, ValueError) as exc:
+        return JobLookup(job_id, queue, error=f"The job could not be looked up: {exc}")
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -260,6 +292,9 @@ def dashboard(request: HttpRequest, model_admin: DashboardAdmin) -> HttpResponse
     show_payload = request.GET.get("payload") == "1"
     refresh = _refresh(request.GET.get("refresh"))
     figures = collect_figures(show_payload=show_payload)
+    job_id = request.GET.get("job", "").strip()
+    queue = request.GET.get("queue", "").strip() or None
+    lookup = lookup_job(job_id, queue) if job_id and not figures.error else None
     from csjd_django import app  # noqa: PLC0415 - the app reads settings lazily
     from csjd_django.schedule_views import schedule_figures  # noqa: PLC0415 - it imports this
 
@@ -279,6 +314,7 @@ def dashboard(request: HttpRequest, model_admin: DashboardAdmin) -> HttpResponse
         "can_manage": model_admin.has_manage_permission(request),
         "dead_letter_limit": DEAD_LETTER_LIMIT,
         "redis_mode": figures.mode == Mode.REDIS,
+        "lookup": lookup,  # a job's status and progress (the lookup form)
         # Bad settings or Redis down are the page's error already: no schedule is read then
         # (one connection timeout per page view is enough).
         "schedules": None if figures.error else schedule_figures(app),

@@ -407,3 +407,47 @@ def test_the_page_draws_the_chart_after_two_samples(client: Client, viewer: Any)
     finally:
         throughput_samples.min_interval = 1.0
         throughput_samples.clear()
+
+
+# -- job lookup: status and progress (issue 18) --------------------------------------------
+
+
+def test_the_job_lookup_shows_a_jobs_progress_escaped(client: Client, viewer: Any) -> None:
+    """Django 6.1's TaskResult has no metadata field: progress is read through csjd.status(),
+    and the dashboard's lookup shows it (immediate mode: the job ran at enqueue)."""
+    handle = jobs.report_progress.delay(SCRIPT)
+    client.force_login(viewer)
+    page = client.get(dashboard_url(), {"job": handle.id}).content.decode()
+    assert 'id="csjd-lookup-state">succeeded<' in page
+    assert '<progress max="100" value="75">75%</progress> 75%' in page
+    assert "3 of 4" in page
+    assert ESCAPED_SCRIPT in page
+    assert SCRIPT not in page
+    status = csjd.status(handle.id)
+    assert status.progress is not None and status.progress.message == f"step 3 {SCRIPT}"
+
+
+def test_the_job_lookup_says_when_a_job_is_unknown(client: Client, viewer: Any) -> None:
+    client.force_login(viewer)
+    page = client.get(dashboard_url(), {"job": SCRIPT}).content.decode()
+    assert 'id="csjd-lookup-error"' in page
+    assert "No such job" in page
+    assert SCRIPT not in page
+
+
+def test_the_job_lookup_shows_a_running_jobs_progress_in_process(
+    client: Client, viewer: Any
+) -> None:
+    with override_settings(CSJD_MODE="inprocess", CSJD_WORKERS=1):
+        jobs.PROGRESS_GATE.clear()
+        jobs.PROGRESS_REPORTED.clear()
+        try:
+            handle = jobs.report_progress.delay("held", hold=True)
+            assert jobs.PROGRESS_REPORTED.wait(10)
+            client.force_login(viewer)
+            page = client.get(dashboard_url(), {"job": handle.id}).content.decode()
+            assert 'id="csjd-lookup-state">running<' in page
+            assert "3 of 4" in page and "step 3 held" in page
+        finally:
+            jobs.PROGRESS_GATE.set()
+        assert csjd.wait(timeout=10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 from django.core import mail
@@ -51,3 +52,19 @@ def counted(ctx: JobContext, seconds: float = 0.0) -> None:
     )
     if seconds:
         time.sleep(seconds)
+
+
+#: report_progress(hold=True) waits for PROGRESS_GATE after setting PROGRESS_REPORTED.
+PROGRESS_GATE = threading.Event()
+PROGRESS_REPORTED = threading.Event()
+
+
+@csjd.job("progress.report", takes_context=True)
+def report_progress(ctx: JobContext, label: str, hold: bool = False) -> str:
+    """Reports progress 1..3 of 4 (the last with ``label`` in its message)."""
+    for step in (1, 2, 3):
+        ctx.set_progress(step, 4, f"step {step} {label}")
+    if hold:
+        PROGRESS_REPORTED.set()
+        PROGRESS_GATE.wait(10)
+    return label
