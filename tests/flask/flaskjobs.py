@@ -75,3 +75,11 @@ def naps(seconds: float, started: str) -> str:
     Path(started).touch()
     time.sleep(seconds)
     return f"slept {seconds}"
+
+
+@csjd.job("flask.progress", takes_context=True)
+def report_progress(ctx: JobContext, total: int) -> int:
+    """Reports progress up to ``total``, the last step with a message."""
+    for step in range(1, total + 1):
+        ctx.set_progress(step, total, f"item {step} of {total}")
+    return total

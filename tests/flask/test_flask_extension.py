@@ -12,7 +12,17 @@ from typing import Any
 import flaskjobs
 import pytest
 from flask import Flask, current_app, g
-from flaskjobs import async_whoami, attempt, blocks, csjd, fails, flaky, greet, whoami
+from flaskjobs import (
+    async_whoami,
+    attempt,
+    blocks,
+    csjd,
+    fails,
+    flaky,
+    greet,
+    report_progress,
+    whoami,
+)
 
 import csjd_flask
 from csjd_core import App, Hooks, Job, JobFailed, JobNotFound, JobState
@@ -295,6 +305,18 @@ def test_async_jobs_and_takes_context_run_in_the_app_context(make_app: MakeApp) 
             "attempt": 1,
             "app": "async-app",
         }
+
+
+@pytest.mark.parametrize("mode", ["immediate", "inprocess"])
+def test_progress_is_read_through_status(make_app: MakeApp, mode: str) -> None:
+    app = make_app("progress-app", CSJD_MODE=mode)
+    with app.app_context():
+        handle = report_progress.delay(5)
+        assert handle.result(DEADLINE) == 5
+        progress = csjd.status(handle.id).progress
+    assert progress is not None
+    assert (progress.current, progress.total, progress.message) == (5, 5, "item 5 of 5")
+    assert handle.status().progress == progress
 
 
 def test_job_handles_work_outside_the_app_context(make_app: MakeApp) -> None:
