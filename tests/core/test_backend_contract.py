@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -90,7 +91,11 @@ FACTORIES: dict[str, Factory] = {
     "redis": redis_streams,
     "redis-cluster": redis_cluster,
 }
-_consuming: set[int] = set()  # backends whose consumption `poll` started
+# The backends whose consumption `poll` started: weakly held, so a backend made later at the
+# address of a collected one is not taken for it (was: a set of id()s, which a fixture that did
+# not discard its backend's left behind; CPython 3.13 reuses addresses often enough that the
+# new backend never started consuming and "nothing was ready").
+_consuming: weakref.WeakSet[Backend] = weakref.WeakSet()
 
 
 @pytest.fixture(params=sorted(FACTORIES))
@@ -100,15 +105,14 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     try:
         yield instance
     finally:
-        _consuming.discard(id(instance))
         instance.wake()
         instance.close(clean=True)
 
 
 def poll(backend: Backend, timeout: float) -> Delivery | None:
     """`Backend.fetch`, consumption started first (once) as the engine does with its workers."""
-    if id(backend) not in _consuming:
-        _consuming.add(id(backend))
+    if backend not in _consuming:
+        _consuming.add(backend)
         backend.start_consuming()
     return backend.fetch(timeout)
 
