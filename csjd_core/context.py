@@ -43,7 +43,13 @@ class JobContext:
     )
 
     def __init__(
-        self, job_id: str, attempt: int, deadline: float | None = None, queue: str | None = None
+        self,
+        job_id: str,
+        attempt: int,
+        deadline: float | None = None,
+        queue: str | None = None,
+        backend: Backend | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
@@ -54,13 +60,8 @@ class JobContext:
         self._cancelled = False
         # Created on first wait(): most handlers never wait, and an Event per attempt costs.
         self._event: threading.Event | None = None
-        # Where set_progress writes (`bind`); unbound (a context built in a test) it only
-        # keeps the value in `progress`.
-        self._backend: Backend | None = None
-        self._delivery: Delivery | None = None
-
-    def bind(self, backend: Backend, delivery: Delivery) -> None:
-        """Have `set_progress` write to ``backend`` for ``delivery`` (called by the engine)."""
+        # Where set_progress writes (the engine passes them); without them (a context built
+        # in a test) it only keeps the value in `progress`.
         self._backend = backend
         self._delivery = delivery
 

@@ -255,13 +255,14 @@ class Engine:
         elif type(timeout) is not float:
             timeout = timeout_seconds(timeout)  # admission checked it
         attempt: Attempt | None = None
+        # The backend and the delivery: where ctx.set_progress writes.
         if timeout is None:
-            ctx = JobContext(job.id, delivery.attempt, None, job.queue)
+            ctx = JobContext(job.id, delivery.attempt, None, job.queue, backend, delivery)
         else:
-            ctx = JobContext(job.id, delivery.attempt, time.monotonic() + timeout, job.queue)
+            deadline = time.monotonic() + timeout
+            ctx = JobContext(job.id, delivery.attempt, deadline, job.queue, backend, delivery)
             attempt = Attempt(delivery, ctx, worker)
             self.watchdog.watch(attempt)
-        ctx.bind(backend, delivery)  # where ctx.set_progress writes
         hooks = self.hooks
         if hooks.active:
             hooks.call("before_process", job, ctx)
