@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from csjd_core.errors import JobTimeout
+from csjd_core.errors import JobCancelled, JobTimeout
 from csjd_core.limits import MAX_DURATION
 
 __all__ = ["JobContext"]
@@ -23,7 +23,16 @@ class JobContext:
         queue: the queue the job came from (``None`` for the default queue).
     """
 
-    __slots__ = ("_cancelled", "_event", "attempt", "deadline", "job_id", "queue", "timed_out")
+    __slots__ = (
+        "_cancelled",
+        "_event",
+        "attempt",
+        "cancel_reason",
+        "deadline",
+        "job_id",
+        "queue",
+        "timed_out",
+    )
 
     def __init__(
         self, job_id: str, attempt: int, deadline: float | None = None, queue: str | None = None
@@ -33,13 +42,17 @@ class JobContext:
         self.deadline = deadline
         self.queue = queue
         self.timed_out = False
+        #: Why the context is cancelled: ``"timed_out"`` (its deadline passed) or
+        #: ``"cancelled"`` (the job's cancellation was requested); ``None`` while it is not.
+        self.cancel_reason: str | None = None
         self._cancelled = False
         # Created on first wait(): most handlers never wait, and an Event per attempt costs.
         self._event: threading.Event | None = None
 
     @property
     def cancelled(self) -> bool:
-        """True once the attempt is cancelled (its timeout passed)."""
+        """True once the attempt is cancelled: its timeout passed, or the job's cancellation
+        was requested (`cancel_reason` says which)."""
         return self._cancelled
 
     def remaining(self) -> float | None:
@@ -66,14 +79,21 @@ class JobContext:
         return event.wait(min(seconds, MAX_DURATION))
 
     def raise_if_cancelled(self) -> None:
-        """Raise `JobTimeout` if the attempt has been cancelled."""
+        """Raise `JobCancelled` if the job's cancellation was requested, `JobTimeout` if the
+        attempt timed out."""
         if self._cancelled:
+            if self.cancel_reason == "cancelled":
+                raise JobCancelled(f"job {self.job_id!r} was cancelled (attempt {self.attempt})")
             raise JobTimeout(f"job {self.job_id!r} attempt {self.attempt} was cancelled")
 
-    def cancel(self, *, timed_out: bool = False) -> None:
-        """Cancel the attempt (called by the engine; handlers observe it)."""
+    def cancel(self, *, timed_out: bool = False, reason: str | None = None) -> None:
+        """Cancel the attempt (called by the engine; handlers observe it): ``timed_out`` at
+        its deadline, or with ``reason="cancelled"`` when the job's cancellation is requested.
+        The first reason stays."""
         if timed_out:
             self.timed_out = True
+        if self.cancel_reason is None:
+            self.cancel_reason = "timed_out" if timed_out else (reason or "cancelled")
         self._cancelled = True
         event = self._event
         if event is not None:

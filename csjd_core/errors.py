@@ -18,6 +18,7 @@ __all__ = [
     "DuplicateJob",
     "InvalidConfig",
     "InvalidJob",
+    "JobCancelled",
     "JobFailed",
     "JobNotFound",
     "JobStoreLocked",
@@ -154,6 +155,11 @@ class RedisModeRequired(CSJDError):
 
 class JobTimeout(CSJDError):
     """An attempt ran past its timeout (recorded as the attempt's error)."""
+
+
+class JobCancelled(JobTimeout):
+    """``ctx.raise_if_cancelled()`` after the job's cancellation was requested (a `JobTimeout`
+    too, so handlers that catch timeouts stop for a cancel as well)."""
 
 
 class PermanentError(CSJDError):

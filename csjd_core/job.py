@@ -94,11 +94,19 @@ class JobState(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    # Ended by `cancel` (or, never started, by its ``expires``): see `JobStatus.cancel_reason`.
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
         """True for the terminal states."""
-        return self in (JobState.SUCCEEDED, JobState.FAILED)
+        return self in _FINISHED_STATES
+
+
+_FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+#: `JobStatus.cancel_reason` values: cancelled by a request, or never started before ``expires``.
+CANCEL_REASONS = ("cancelled", "expired")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +128,9 @@ class JobStatus:
     result: Any = None
     worker_id: str | None = None
     payload: Any = None
+    #: Why a ``cancelled`` job was cancelled: ``"cancelled"`` (a request) or ``"expired"``;
+    #: also set on a running job whose cancellation was requested. ``None`` otherwise.
+    cancel_reason: str | None = None
 
 
 def utc_from_timestamp(ts: float | None) -> datetime | None:

@@ -24,7 +24,13 @@ from typing import Any, Literal
 from csjd_core.backends import _marks
 from csjd_core.backends import _records as fmt
 from csjd_core.backends._wal import MAX_RECORD, WriteAheadLog, fsync_directory, write_all
-from csjd_core.backends.base import AttemptError, BackendSettings, Delivery, RelayResult
+from csjd_core.backends.base import (
+    AttemptError,
+    BackendSettings,
+    CancelVerdict,
+    Delivery,
+    RelayResult,
+)
 from csjd_core.backends.memory import Entry, MemoryBackend
 from csjd_core.errors import (
     InvalidConfig,
@@ -458,6 +464,11 @@ class FileJobStore(MemoryBackend):
     def _persist_finished(self, entry: Entry) -> None:
         self._wal.defer(fmt.FINISHED, fmt.finished(entry.job.id, entry.state, entry.finished_at))
 
+    def _persist_cancel_requested(self, entry: Entry) -> None:
+        # A finished record now, while the attempt runs on: replay drops the job, so a crash
+        # before its outcome never runs it again (the outcome writes a second one, harmless).
+        self._wal.defer(fmt.FINISHED, fmt.finished(entry.job.id, JobState.CANCELLED, time.time()))
+
     def _flush_progress(self) -> None:
         if not self._wal.has_deferred:
             return
@@ -497,6 +508,33 @@ class FileJobStore(MemoryBackend):
             super().release(delivery)
         finally:
             self._flush_progress()
+
+    def cancelled(
+        self, delivery: Delivery, reason: str, error: AttemptError | None, result: Any = None
+    ) -> bool:
+        """Record a cancelled attempt (fenced); its record is in the log when this returns."""
+        try:
+            return super().cancelled(delivery, reason, error, result)
+        finally:
+            self._flush_progress()
+
+    def cancel(self, job_id: str, queue: str | None, reason: str = "cancelled") -> CancelVerdict:
+        """`MemoryBackend.cancel`, its record in the log (under the fsync policy) when this
+        returns: recovery never runs a cancelled job."""
+        self._check_owner()
+        try:
+            return super().cancel(job_id, queue, reason)
+        finally:
+            if self._wal.has_deferred:
+                try:
+                    self._write([], durable=True)
+                except (StoreFailed, JobStoreLocked) as exc:
+                    logger.error(
+                        "could not record a cancellation; after a crash the job may run "
+                        "id=%r error=%s",
+                        job_id,
+                        exc,
+                    )
 
     def discard(self, job_ids: Iterable[str], reason: str) -> int:
         """Finish jobs without running them (see `MemoryBackend.discard`), durably."""
@@ -543,10 +581,13 @@ class FileJobStore(MemoryBackend):
             # jobs that finished: a success takes its job out of `_unfinished` without the
             # index lock (list() copies the map at once), and its finished record may be
             # written before or after ``seq``.
+            # Nor are jobs whose cancellation was requested (their finished record is written,
+            # or about to be): recovery must not run them again.
+            cancels = self._cancels
             captured = [
                 fmt.snapshot_fields(e)
                 for e in list(self._unfinished.values())
-                if e.get("stored") and not e.state.finished
+                if e.get("stored") and not e.state.finished and not cancels.get(e.job.id)
             ]
             marks = list(self._marks.values())
         data = fmt.snapshot(seq, captured, marks)

@@ -101,6 +101,9 @@ class Engine:
         self._spawn_lock = threading.Lock()
         self._idle_cond = threading.Condition()
         self._joiners = 0
+        #: The context of each attempt running in this process, by job id: a cancellation the
+        #: backend reports (`on_cancel`) is told to it at once.
+        self.running: dict[str, JobContext] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -238,10 +241,24 @@ class Engine:
         """Run one attempt and record its outcome (unless it was detached meanwhile)."""
         job = delivery.job
         backend = self.backend
-        backend.started(delivery, worker.id)
+        running = self.running
+        ctx = JobContext(job.id, delivery.attempt, None, job.queue)
+        # Registered before `started` reads the job's cancellation: a cancel from now on finds
+        # this context (`on_cancel`), or `started` (or else the outcome) finds the cancel.
+        running[job.id] = ctx
+        try:
+            reason = backend.started(delivery, worker.id) or delivery.cancel
+        except BaseException:
+            self._unregister(ctx)
+            raise
+        if reason:  # cancelled after it was fetched: the handler never runs
+            self._unregister(ctx)
+            self._record_cancelled(delivery, reason, None, None, None, worker.tally, ran=False)
+            return
         handler = self.registry.handlers.get(job.type)
         if handler is None:
             # Only reachable in distributed mode: in-process admission rejects unknown types.
+            self._unregister(ctx)
             self._record_failure(
                 delivery,
                 AttemptError("unknown_type", f"no handler registered for job type {job.type!r}"),
@@ -255,10 +272,8 @@ class Engine:
         elif type(timeout) is not float:
             timeout = timeout_seconds(timeout)  # admission checked it
         attempt: Attempt | None = None
-        if timeout is None:
-            ctx = JobContext(job.id, delivery.attempt, None, job.queue)
-        else:
-            ctx = JobContext(job.id, delivery.attempt, time.monotonic() + timeout, job.queue)
+        if timeout is not None:
+            ctx.deadline = time.monotonic() + timeout
             attempt = Attempt(delivery, ctx, worker)
             self.watchdog.watch(attempt)
         hooks = self.hooks
@@ -275,6 +290,8 @@ class Engine:
                     result = worker.run_coroutine(result, attempt)
         except BaseException as exc:
             error = exc
+        if running.get(job.id) is ctx:  # (inlined `_unregister`: the hot path)
+            del running[job.id]
         if hooks.active:  # every before_process gets its after_process, detached or not
             hooks.call("after_process", job, result, error)
         if attempt is not None:
@@ -289,6 +306,17 @@ class Engine:
                     )
                     return
                 attempt.settled = True
+        reason = delivery.cancel or ctx.cancel_reason
+        if reason is not None and reason != "timed_out":
+            # Cancelled while it ran: recorded so whether it stopped (raised) or finished (its
+            # result kept); never retried.
+            failure = None
+            if error is not None:
+                failure = self._classify(error, ctx)
+            elif result is not None and not self._result_ok(delivery, result):
+                result = None
+            self._record_cancelled(delivery, reason, failure, error, result, worker.tally)
+            return
         if error is None and not ctx.timed_out:
             if result is not None:
                 try:
@@ -304,6 +332,9 @@ class Engine:
                     )
                     return
             if backend.succeed_nowait(delivery, result) is not False:
+                if delivery.cancel:  # a cancellation came first: the backend recorded that
+                    self._recorded_cancel(delivery, worker.tally, result=result)
+                    return
                 # `_recorded` for a success, inlined: this is the hot path.
                 tally = worker.tally
                 tally.seq += 1
@@ -325,6 +356,99 @@ class Engine:
                 self._lost_claim(delivery)
             return
         self._record_failure(delivery, self._classify(error, ctx), error, worker.tally)
+
+    def _result_ok(self, delivery: Delivery, result: Any) -> bool:
+        """Whether a cancelled attempt's result can be kept (JSON within the limit)."""
+        try:
+            check_json(result, "result", max_bytes=self.max_result_bytes)
+        except InvalidJob:
+            logger.warning(
+                "result of a cancelled job discarded: not JSON or too large id=%r",
+                delivery.job.id,
+            )
+            return False
+        return True
+
+    def _unregister(self, ctx: JobContext) -> None:
+        running = self.running
+        if running.get(ctx.job_id) is ctx:
+            del running[ctx.job_id]
+
+    # -- cancellation (the backend tells; see `Backend.cancel`) ----------------------------
+    def on_cancel(self, job_id: str, reason: str) -> None:
+        """A job was cancelled: cancel the context of its attempt running here, if any."""
+        ctx = self.running.get(job_id)
+        if ctx is not None:
+            ctx.cancel(reason=reason)
+            logger.info("cancellation told to the running attempt id=%r reason=%s", job_id, reason)
+
+    def cancelled_unstarted(self, count: int) -> None:
+        """Count jobs the backend ended cancelled before an attempt began."""
+        with self.counters.lock:
+            self.counters.cancelled += count
+
+    def success_cancelled(self, delivery: Delivery) -> None:
+        """A success counted when it was queued was recorded as a cancellation."""
+        with self.counters.lock:
+            self.counters.cancelled_successes += 1
+
+    def _record_cancelled(
+        self,
+        delivery: Delivery,
+        reason: str,
+        error: AttemptError | None,
+        exc: BaseException | None,
+        result: Any,
+        tally: Tally,
+        *,
+        ran: bool = True,
+    ) -> None:
+        """Record an attempt whose job was cancelled (`Backend.cancelled`)."""
+        if not self.backend.cancelled(delivery, reason, error, result):
+            self._lost_claim(delivery)
+            return
+        delivery.cancel = delivery.cancel or reason
+        self._recorded_cancel(delivery, tally, error=error, exception=exc, result=result, ran=ran)
+
+    def _recorded_cancel(
+        self,
+        delivery: Delivery,
+        tally: Tally,
+        *,
+        error: AttemptError | None = None,
+        exception: BaseException | None = None,
+        result: Any = None,
+        ran: bool = True,
+    ) -> None:
+        """The outcome event of an attempt recorded as cancelled."""
+        job = delivery.job
+        logger.info(
+            "job cancelled id=%r type=%r attempt=%d reason=%s ran=%s",
+            job.id,
+            job.type,
+            delivery.attempt,
+            delivery.cancel,
+            ran,
+        )
+        tally.seq += 1
+        if ran:
+            tally.processed += 1
+        tally.cancelled += 1
+        tally.seq += 1
+        hooks = self.hooks
+        if hooks.wants_outcomes:
+            hooks.outcome(
+                AttemptOutcome(
+                    job=job,
+                    kind=OutcomeKind.CANCELLED,
+                    terminal=True,
+                    attempt=delivery.attempt,
+                    max_attempts=delivery.max_attempts,
+                    error=error,
+                    exception=exception,
+                    result=result,
+                )
+            )
 
     def _classify(self, error: BaseException | None, ctx: JobContext) -> AttemptError:
         """What an attempt's error is, as text that never fails to build (see
@@ -364,7 +488,7 @@ class Engine:
         delay = None
         if terminal:
             ok = self.backend.fail(delivery, error)
-            if ok:
+            if ok and not delivery.cancel:
                 logger.error(
                     "job failed id=%r type=%r attempt=%d/%d kind=%s error=%s%s",
                     job.id,
@@ -379,7 +503,7 @@ class Engine:
         else:
             delay = self.retry_policy.delay(delivery.attempt)
             ok = self.backend.retry(delivery, error, delay)
-            if ok:
+            if ok and not delivery.cancel:
                 log = logger.error if kind is OutcomeKind.PANICKED else logger.warning
                 log(
                     "job retry id=%r type=%r attempt=%d/%d kind=%s delay=%.3f error=%s%s",
@@ -395,6 +519,9 @@ class Engine:
                 )
         if not ok:
             self._lost_claim(delivery)
+            return
+        if delivery.cancel:  # the backend recorded a cancellation that came first
+            self._recorded_cancel(delivery, tally, error=error, exception=exc)
             return
         self._recorded(delivery, kind, terminal, tally, error=error, exception=exc, retry_in=delay)
 

@@ -194,7 +194,7 @@ def status(job_id: str, queue: str, f: dict[str, str]) -> JobStatus:
         data = {}
     state = JobState(f.get("state", "queued"))
     result = None
-    if state is JobState.SUCCEEDED and f.get("result"):
+    if state in (JobState.SUCCEEDED, JobState.CANCELLED) and f.get("result"):
         result = json.loads(f["result"])
     return JobStatus(
         id=job_id,
@@ -212,6 +212,7 @@ def status(job_id: str, queue: str, f: dict[str, str]) -> JobStatus:
         result=result,
         worker_id=f.get("worker") or None,
         payload=data.get("payload"),
+        cancel_reason=f.get("cancel") or None,
     )
 
 

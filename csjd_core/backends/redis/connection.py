@@ -74,6 +74,7 @@ SCRIPTS = (
     "delete_consumer",
     "resign",
     "requeue_dead",
+    "cancel",
 )
 
 

@@ -474,8 +474,13 @@ class Reader:
             valid.append((entry_id, job, data))
         if not valid:
             return
-        script_keys = [keys.stream, *(keys.job(job.id) for _, job, _ in valid)]
-        args = [self.config.group, self.consumer, *(entry_id for entry_id, _, _ in valid)]
+        script_keys = keys.start(job.id for _, job, _ in valid)
+        args = [
+            self.config.group,
+            self.consumer,
+            self.outcomes.ttl_ms,
+            *(entry_id for entry_id, _, _ in valid),
+        ]
         try:
             codes = self.connection.run("start", script_keys, args)
         except redis.RedisError as exc:
@@ -485,6 +490,10 @@ class Reader:
         for (entry_id, job, data), (code, attempts, deliveries) in zip(valid, codes, strict=True):
             if code == -1:
                 self.outcomes.poison(keys, entry_id, job.id, data, _NO_RECORD)
+            elif code == 2:  # cancelled while held (start.lua ended it): never started
+                logger.info("cancelled job not started queue=%s id=%r", keys.name, job.id)
+                if self.outcomes.on_unstarted is not None:
+                    self.outcomes.on_unstarted(1)
             elif code == 1:
                 max_attempts = job.max_attempts or self.config.default_max_attempts
                 fresh.append(

@@ -64,7 +64,7 @@ for _, e in ipairs(r[2]) do
       (state and redis.call('HGET', key, 'attempts')) or 0, 'failed_at', now)
     redis.call('XACK', KEYS[1], group, entry)
     redis.call('XDEL', KEYS[1], entry)
-    if state and state ~= 'succeeded' and state ~= 'failed' then
+    if state and state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then
       -- A compact record's data goes with the entry: it moves into the record (settle.lua).
       if data ~= '' then redis.call('HSET', key, 'data', data) end
       redis.call('HSET', key, 'state', 'failed', 'error', reason, 'finished_at', now)

@@ -8,7 +8,7 @@ if #redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1]) == 0 then
   return 0
 end
 local state = redis.call('HGET', KEYS[4], 'state')
-if state and state ~= 'succeeded' and state ~= 'failed' then
+if state and state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then
   return -1
 end
 local t = redis.call('TIME')
@@ -17,7 +17,7 @@ local entry = redis.call('XADD', KEYS[1], '*', 'id', ARGV[2], 'd', ARGV[3])
 redis.call('DEL', KEYS[4])
 if ARGV[4] == 'full' then
   redis.call('HSET', KEYS[4], 'state', 'queued', 'attempts', 0, 'data', ARGV[3],
-    'enqueued_at', now)
+    'enqueued_at', now, 'entry', entry)
 else
   redis.call('HSET', KEYS[4], 'state', 'queued', 'enqueued_at', now, 'entry', entry)
 end

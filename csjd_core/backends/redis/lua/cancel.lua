@@ -1,0 +1,59 @@
+-- Cancel one job, atomically against its start and its outcome (settle.lua):
+-- a scheduled job (run_at, or waiting for a retry) leaves the delayed set; a queued job whose
+-- stream entry no consumer has read yet is acked and deleted; either ends now: its record is
+-- 'cancelled' (with the reason in 'cancel'), the pending counter decremented, counted. A job
+-- whose entry a consumer holds (running, or read ahead) gets a 'cancel' flag in its record:
+-- its consumer's heartbeat reads it (renew.lua) and tells the attempt, start.lua refuses to start
+-- it, and settle.lua records 'cancelled' whatever the outcome (never 'succeeded', never a retry).
+-- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] pending counter, KEYS[4] stats hash,
+--   KEYS[5] the job hash
+-- ARGV[1] group, ARGV[2] job id, ARGV[3] reason ('cancelled'), ARGV[4] finished-record TTL (ms)
+-- Returns 'none' (no record), 'ended' (finished already), 'cancelled' (ended now) or
+--   'requested' (flagged)
+local key = KEYS[5]
+local state = redis.call('HGET', key, 'state')
+if not state then
+  return 'none'
+end
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then
+  return 'ended'
+end
+if redis.call('HGET', key, 'cancel') then
+  return 'requested'
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- End the job now; `data` moves into the record when its entry goes (a compact record).
+local function finish(data)
+  if data then
+    redis.call('HSET', key, 'data', data)
+  end
+  redis.call('HSET', key, 'state', 'cancelled', 'cancel', ARGV[3], 'finished_at', now)
+  redis.call('PEXPIRE', key, tonumber(ARGV[4]))
+  redis.call('INCRBY', KEYS[3], -1)
+  redis.call('HINCRBY', KEYS[4], 'cancelled', 1)
+  return 'cancelled'
+end
+
+if redis.call('ZREM', KEYS[2], ARGV[2]) == 1 then
+  return finish(nil)  -- a scheduled record holds its data
+end
+local entry = redis.call('HGET', key, 'entry')
+-- (No group yet: no consumer ever read the stream.)
+local held = entry and redis.pcall('XPENDING', KEYS[1], ARGV[1], entry, entry, 1)
+if state == 'queued' and entry and not (type(held) == 'table' and not held.err and #held > 0)
+then
+  local e = redis.call('XRANGE', KEYS[1], entry, entry)[1]
+  if e then
+    local data
+    local f = e[2]
+    for j = 1, #f, 2 do
+      if f[j] == 'd' then data = f[j + 1] end
+    end
+    redis.call('XDEL', KEYS[1], entry)
+    return finish(data)
+  end
+end
+redis.call('HSET', key, 'cancel', ARGV[3])
+return 'requested'
