@@ -122,12 +122,19 @@ class JobNotFound(CSJDError, LookupError):
 
 
 class JobFailed(CSJDError):
-    """``handle.result()``: the job ended in the failed state."""
+    """``handle.result()``: the job ended in the failed state, or cancelled."""
 
     def __init__(self, status: JobStatus) -> None:
-        super().__init__(
-            f"job {status.id!r} failed after {status.attempts} attempt(s): {status.last_error}"
-        )
+        if status.state == "cancelled":
+            message = (
+                f"job {status.id!r} was cancelled ({status.cancel_reason or 'cancelled'}) "
+                f"after {status.attempts} attempt(s)"
+            )
+        else:
+            message = (
+                f"job {status.id!r} failed after {status.attempts} attempt(s): {status.last_error}"
+            )
+        super().__init__(message)
         self.status = status
 
 

@@ -37,6 +37,9 @@ class Enqueuer(Protocol):
     def status(self, job_id: str, queue: str | None = None) -> JobStatus:
         """The status of ``job_id``."""
 
+    def cancel(self, job_id: str, queue: str | None = None) -> bool:
+        """Cancel ``job_id``."""
+
 
 class JobHandle(Generic[R]):
     """A reference to an enqueued job: its id, status and eventual result."""
@@ -52,11 +55,20 @@ class JobHandle(Generic[R]):
         """The job's current status (raises `JobNotFound` for an unknown or expired id)."""
         return self._app.status(self.id, self.queue)
 
+    def cancel(self) -> bool:
+        """Cancel the job (see `App.cancel`): True when it was cancelled or its cancellation
+        requested of a running attempt, False when it had already ended.
+
+        Raises:
+            JobNotFound: no record of it (its result expired).
+        """
+        return self._app.cancel(self.id, self.queue)
+
     def result(self, timeout: float | timedelta | None = None) -> R:
         """Wait for the job to finish and return its result.
 
         Raises:
-            JobFailed: the job failed for good.
+            JobFailed: the job failed for good, or was cancelled (``exc.status.state``).
             TimeoutError: it did not finish within ``timeout`` seconds.
         """
         limit = None if timeout is None else seconds(timeout, "timeout")
@@ -66,7 +78,7 @@ class JobHandle(Generic[R]):
             status = self.status()
             if status.state is JobState.SUCCEEDED:
                 return status.result  # type: ignore[no-any-return]
-            if status.state is JobState.FAILED:
+            if status.state is JobState.FAILED or status.state is JobState.CANCELLED:
                 raise JobFailed(status)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id!r} still {status.state} after {limit} s")

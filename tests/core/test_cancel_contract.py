@@ -15,10 +15,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from test_backend_contract import CAP, ERROR, FACTORIES, SETTINGS, fetch, poll
+from test_backend_contract import CAP, ERROR, FACTORIES, SETTINGS, _consuming, fetch, poll
 
 from csjd_core import Job, JobState
-from csjd_core.backends.base import Backend, CancelVerdict, Delivery
+from csjd_core.backends.base import (
+    Backend,
+    CancelVerdict,
+    Delivery,
+    SlotOp,
+    SlotRequest,
+    SlotVerdict,
+)
+from csjd_core.periodic import slot_id
 
 #: What the backend told the engine: (job id, reason) per ``on_cancel``, and the counts of
 #: ``on_cancelled_unstarted``.
@@ -40,6 +48,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     try:
         yield instance
     finally:
+        _consuming.discard(id(instance))  # (keyed by id(): a later backend may reuse it)
         instance.wake()
         instance.close(clean=True)
 
@@ -216,3 +225,20 @@ def test_a_cancel_after_the_fetch_stops_the_attempt_before_its_handler(
     assert backend.started(delivery, "w") == "cancelled"
     assert backend.cancelled(delivery, "cancelled", None)
     assert finished(backend, "f") == (JobState.CANCELLED, "cancelled")
+
+
+# -- a finished state wherever one matters ---------------------------------------------------
+
+
+def test_a_cancelled_run_is_finished_for_a_schedules_overlap_rule(backend: Backend) -> None:
+    """``max_running=1``: a slot is skipped while the previous run is unfinished, and taken
+    once that run is cancelled (enqueue.lua's check in Redis, the unfinished index locally)."""
+
+    def slot(at: float) -> SlotRequest:
+        job = Job(slot_id("nightly", at), "t", {"args": [], "kwargs": {}})
+        return SlotRequest(SlotOp.SLOT, "nightly", None, at, job, max_running=1)
+
+    assert backend.admit_slot(slot(1000.0)) is SlotVerdict.ENQUEUED
+    assert backend.admit_slot(slot(2000.0)) is SlotVerdict.OVERLAP
+    assert backend.cancel(slot_id("nightly", 1000.0), None) is CancelVerdict.CANCELLED
+    assert backend.admit_slot(slot(3000.0)) is SlotVerdict.ENQUEUED

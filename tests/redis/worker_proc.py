@@ -15,7 +15,9 @@ Commands:
              NAME.stats     JSON {consumer, read_calls, deleted_entries, pid}, rewritten often
            Job types: ``work`` (payload {"ms": N}: sleep N ms), ``sleep`` (payload {"s": N}),
            ``die`` (os._exit(17) every time), ``flaky`` (like ``work``, but its first attempt
-           raises after writing NAME.started), ``fail`` (raises every time). --queues: the
+           raises after writing NAME.started), ``fail`` (raises every time), ``patient``
+           (waits up to payload {"s": N} on ``ctx.wait``; when woken by a cancellation it
+           appends "ID UNIX-TIME" to NAME.noticed and returns). --queues: the
            queues it consumes. Only what every release of the package has is used: the upgrade
            tests run this file on 0.1.0's package too (--record-format is passed only when
            given).
@@ -153,6 +155,17 @@ def worker(args: argparse.Namespace) -> int:
     def fail(ctx: JobContext, job: Job) -> None:
         started(job.id)
         raise RuntimeError("fail: every attempt fails")
+
+    noticed = line_writer(directory / f"{name}.noticed")
+
+    @dispatcher.handler("patient")
+    def patient(ctx: JobContext, job: Job) -> str:
+        started(job.id)
+        if ctx.wait(job.payload["s"]):
+            noticed(f"{job.id} {time.time()}")
+            return "stopped"
+        done(job.id)
+        return name
 
     @dispatcher.handler("die")
     def crash(ctx: JobContext, job: Job) -> None:
