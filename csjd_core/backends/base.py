@@ -100,6 +100,7 @@ class CancelVerdict(StrEnum):
     CANCELLED = "cancelled"  # it was waiting (queued, scheduled, retry-waiting): ended now
     REQUESTED = "requested"  # it may be running: its attempt is told, and the job ends cancelled
     ENDED = "ended"  # it had finished already (or its outcome was being recorded): unchanged
+    RUNNING = "running"  # ``waiting_only``: it had started (or a consumer holds it): unchanged
     NOT_FOUND = "not_found"  # no record of it (never submitted, or its result expired)
 
 
@@ -251,11 +252,25 @@ class Backend(ABC):
         if it raised, the result if it returned. False if fenced out."""
 
     @abstractmethod
-    def cancel(self, job_id: str, queue: str | None, reason: str = "cancelled") -> CancelVerdict:
+    def cancel(
+        self,
+        job_id: str,
+        queue: str | None,
+        reason: str = "cancelled",
+        *,
+        waiting_only: bool = False,
+    ) -> CancelVerdict:
         """Cancel ``job_id`` (in ``queue``, in distributed mode): a waiting job ends at once,
         a running one is asked to stop (`BackendSettings.on_cancel`, or a flag its consumer
-        reads) and ends cancelled whatever its handler does. Decided atomically against the
-        job's start and its outcome: the job has one final state."""
+        reads) and ends cancelled whatever its handler does — unless ``waiting_only``: then
+        it is left alone (`CancelVerdict.RUNNING`). Decided atomically against the job's
+        start and its outcome: the job has one final state."""
+
+    def waiting_jobs(self, queue: str | None, job_type: str | None) -> list[str]:
+        """The ids of the jobs that wait (queued or scheduled, not held by a worker) in
+        ``queue`` (``None``: every queue this backend holds), of ``job_type`` if given, oldest
+        first: what the bulk cancel offers to end."""
+        raise NotImplementedError(f"{type(self).__name__} does not list waiting jobs")
 
     @abstractmethod
     def release(self, delivery: Delivery) -> None:

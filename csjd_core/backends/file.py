@@ -518,12 +518,19 @@ class FileJobStore(MemoryBackend):
         finally:
             self._flush_progress()
 
-    def cancel(self, job_id: str, queue: str | None, reason: str = "cancelled") -> CancelVerdict:
+    def cancel(
+        self,
+        job_id: str,
+        queue: str | None,
+        reason: str = "cancelled",
+        *,
+        waiting_only: bool = False,
+    ) -> CancelVerdict:
         """`MemoryBackend.cancel`, its record in the log (under the fsync policy) when this
         returns: recovery never runs a cancelled job."""
         self._check_owner()
         try:
-            return super().cancel(job_id, queue, reason)
+            return super().cancel(job_id, queue, reason, waiting_only=waiting_only)
         finally:
             if self._wal.has_deferred:
                 try:

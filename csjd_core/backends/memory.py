@@ -539,7 +539,14 @@ class MemoryBackend(Backend):
             self._finish(entry, _CANCELLED)
         return True
 
-    def cancel(self, job_id: str, queue: str | None, reason: str = "cancelled") -> CancelVerdict:
+    def cancel(
+        self,
+        job_id: str,
+        queue: str | None,
+        reason: str = "cancelled",
+        *,
+        waiting_only: bool = False,
+    ) -> CancelVerdict:
         """End a waiting job now, or ask a running attempt to stop (see `Backend.cancel`).
 
         A queued job is taken out of the ready queue (`deque.remove`, atomic: either it is
@@ -553,7 +560,9 @@ class MemoryBackend(Backend):
                     return CancelVerdict.NOT_FOUND
                 return CancelVerdict.ENDED
             if self._cancels.get(job_id):  # requested before: its attempt was told
-                return CancelVerdict.REQUESTED
+                return CancelVerdict.RUNNING if waiting_only else CancelVerdict.REQUESTED
+            if waiting_only and entry.state is _RUNNING:
+                return CancelVerdict.RUNNING
             prior = self._cancels.setdefault(job_id, reason)
             if prior == "" or entry.state.finished:  # its outcome is being recorded
                 if prior == reason:
@@ -563,6 +572,9 @@ class MemoryBackend(Backend):
                 entry.cancel_reason = prior
                 self._finish(entry, _CANCELLED)
                 ended = True
+            elif waiting_only:  # a fetch took it: it counts as started
+                del self._cancels[job_id]
+                return CancelVerdict.RUNNING
             else:
                 entry.cancel_reason = prior
                 if self._logs:
@@ -575,6 +587,19 @@ class MemoryBackend(Backend):
         if self._on_cancel is not None:
             self._on_cancel(job_id, prior)
         return CancelVerdict.REQUESTED
+
+    def waiting_jobs(self, queue: str | None, job_type: str | None) -> list[str]:
+        """The queued and scheduled jobs (of ``job_type``), oldest first (``queue`` is not
+        needed here)."""
+        with self._lock:
+            entries = [
+                e
+                for e in self._unfinished.values()
+                if (e.state is _QUEUED or e.state is _SCHEDULED)
+                and (job_type is None or e.job.type == job_type)
+            ]
+        entries.sort(key=lambda e: e.enqueued_at)
+        return [e.job.id for e in entries]
 
     def _unready(self, entry: Entry) -> bool:
         """Take ``entry`` out of the ready queue; False if a fetch took it first."""

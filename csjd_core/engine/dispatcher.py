@@ -471,18 +471,39 @@ class BaseDispatcher:
             InvalidJob: ``queue`` is not a queue name.
             BackendUnavailable: the store or Redis could not record it.
         """
+        verdict = self.cancel_job(job_id, queue)
+        if verdict is CancelVerdict.NOT_FOUND:
+            raise JobNotFound(job_id)
+        return verdict is not CancelVerdict.ENDED
+
+    def cancel_job(
+        self, job_id: str, queue: str | None = None, *, waiting_only: bool = False
+    ) -> CancelVerdict:
+        """`cancel`, answered with the backend's `CancelVerdict` (no `JobNotFound`); with
+        ``waiting_only`` a job that started is left alone (the bulk form's rule)."""
         try:
             check_name(job_id, "job id")
         except InvalidJob:
-            raise JobNotFound(job_id) from None  # no job can have it
+            return CancelVerdict.NOT_FOUND  # no job can have it
         if queue is not None and (problem := name_problem(queue, "queue")) is not None:
             raise InvalidJob(problem)
         self._ensure_open()
-        verdict = self._backend.cancel(job_id, queue)
-        if verdict is CancelVerdict.NOT_FOUND:
-            raise JobNotFound(job_id)
+        verdict = self._backend.cancel(job_id, queue, waiting_only=waiting_only)
         logger.info("cancel id=%r queue=%s verdict=%s", job_id, queue, verdict)
-        return verdict is not CancelVerdict.ENDED
+        return verdict
+
+    def waiting_jobs(self, job_type: str | None = None, queue: str | None = None) -> list[str]:
+        """The ids of the jobs that wait — queued or scheduled, not held by a worker — in
+        ``queue`` (in process: every job), of ``job_type`` if given, oldest first.
+
+        Raises:
+            InvalidJob: ``queue`` is not a queue name.
+            BackendUnavailable: Redis could not be reached.
+        """
+        if queue is not None and (problem := name_problem(queue, "queue")) is not None:
+            raise InvalidJob(problem)
+        self._ensure_open()
+        return self._backend.waiting_jobs(queue, job_type)
 
     def metrics(self) -> MetricsSnapshot:
         """A consistent snapshot of this dispatcher's counters."""

@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 from redis_support import DEADLINE, Dispatchers, Workers, lines
@@ -113,3 +114,13 @@ def run_races(workers: Workers, dispatchers: Dispatchers, races: int) -> None:
         0,
     )
     print(f"cancel races in a worker process ({races}):", dict(counts))
+
+
+def test_a_full_form_record_is_cancelled_too(dispatchers: Dispatchers, redis_client: Any) -> None:
+    """The full form (as 0.1.0 wrote it) does not name the job's entry: cancel.lua finds it."""
+    producer = dispatchers(record_format="full")
+    producer.submit_batch([Job(f"f{i}", "work", {"ms": 0}) for i in range(1500)])
+    assert producer.cancel("f1400") is True
+    assert producer.status("f1400").state is JobState.CANCELLED
+    assert redis_client.xlen("csjd:jobs:{default}") == 1499
+    assert producer.pending() == 1499

@@ -55,6 +55,7 @@ _CANCEL_VERDICTS = {
     "ended": CancelVerdict.ENDED,
     "cancelled": CancelVerdict.CANCELLED,
     "requested": CancelVerdict.REQUESTED,
+    "running": CancelVerdict.RUNNING,
 }
 _RELAY_VERDICTS = {"a": RelayVerdict.ADMITTED, "e": RelayVerdict.EXISTS, "f": RelayVerdict.FULL}
 _SLOT_VERDICTS = {
@@ -383,7 +384,14 @@ class RedisStreamsBackend(Backend):
         """Ack and record the job ``cancelled`` (one atomic step of settle.lua)."""
         return self.outcomes.cancelled(delivery, reason, error, result)
 
-    def cancel(self, job_id: str, queue: str | None, reason: str = "cancelled") -> CancelVerdict:
+    def cancel(
+        self,
+        job_id: str,
+        queue: str | None,
+        reason: str = "cancelled",
+        *,
+        waiting_only: bool = False,
+    ) -> CancelVerdict:
         """cancel.lua on the job's record in ``queue`` (else in each configured queue, until
         one knows it): see `Backend.cancel`. A job a consumer holds is flagged; its consumer
         tells the attempt within ``heartbeat_interval``."""
@@ -393,7 +401,13 @@ class RedisStreamsBackend(Backend):
                 reply = self.connection.run(
                     "cancel",
                     keys.cancel(job_id),
-                    [self.config.group, job_id, reason, self.outcomes.ttl_ms],
+                    [
+                        self.config.group,
+                        job_id,
+                        reason,
+                        self.outcomes.ttl_ms,
+                        "waiting" if waiting_only else "",
+                    ],
                     wait_replica=self.durable_wait,
                 )
             except NotReplicated as exc:
@@ -415,6 +429,14 @@ class RedisStreamsBackend(Backend):
             if verdict is not CancelVerdict.NOT_FOUND:
                 return verdict
         return CancelVerdict.NOT_FOUND
+
+    def waiting_jobs(self, queue: str | None, job_type: str | None) -> list[str]:
+        """The ids of the jobs in ``queue``'s stream no consumer has read and in its delayed
+        set (see `Admin.waiting_jobs`)."""
+        try:
+            return self.admin.waiting_jobs(queue, job_type)
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"Redis at {self.redis_config.display} failed: {exc}") from exc
 
     def release(self, delivery: Delivery) -> None:
         """Stop renewing the entry's lease: any consumer's reclaimer takes it after the lease

@@ -7,9 +7,10 @@
 -- it, and settle.lua records 'cancelled' whatever the outcome (never 'succeeded', never a retry).
 -- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] pending counter, KEYS[4] stats hash,
 --   KEYS[5] the job hash
--- ARGV[1] group, ARGV[2] job id, ARGV[3] reason ('cancelled'), ARGV[4] finished-record TTL (ms)
--- Returns 'none' (no record), 'ended' (finished already), 'cancelled' (ended now) or
---   'requested' (flagged)
+-- ARGV[1] group, ARGV[2] job id, ARGV[3] reason ('cancelled'), ARGV[4] finished-record TTL (ms),
+--   ARGV[5] 'waiting' to end the job only if it waits (the bulk form: a held job is left alone)
+-- Returns 'none' (no record), 'ended' (finished already), 'cancelled' (ended now),
+--   'requested' (flagged) or, with 'waiting', 'running' (held by a consumer: left alone)
 local key = KEYS[5]
 local state = redis.call('HGET', key, 'state')
 if not state then
@@ -40,6 +41,22 @@ if redis.call('ZREM', KEYS[2], ARGV[2]) == 1 then
   return finish(nil)  -- a scheduled record holds its data
 end
 local entry = redis.call('HGET', key, 'entry')
+if not entry and state == 'queued' then
+  -- A full-form record (record_format='full', as 0.1.0 wrote it) does not name its entry: find
+  -- it in the stream (a scan of the backlog: that form is for the time of an upgrade).
+  local from = '-'
+  while not entry do
+    local rows = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', 1000)
+    for _, e in ipairs(rows) do
+      local f = e[2]
+      for j = 1, #f, 2 do
+        if f[j] == 'id' and f[j + 1] == ARGV[2] then entry = e[1] end
+      end
+    end
+    if #rows < 1000 then break end
+    from = '(' .. rows[#rows][1]
+  end
+end
 -- (No group yet: no consumer ever read the stream.)
 local held = entry and redis.pcall('XPENDING', KEYS[1], ARGV[1], entry, entry, 1)
 if state == 'queued' and entry and not (type(held) == 'table' and not held.err and #held > 0)
@@ -52,8 +69,11 @@ then
       if f[j] == 'd' then data = f[j + 1] end
     end
     redis.call('XDEL', KEYS[1], entry)
-    return finish(data)
+    return finish(not redis.call('HGET', key, 'data') and data or nil)
   end
+end
+if ARGV[5] == 'waiting' then
+  return 'running'
 end
 redis.call('HSET', key, 'cancel', ARGV[3])
 return 'requested'

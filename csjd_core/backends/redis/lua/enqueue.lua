@@ -164,9 +164,9 @@ for i = 1, n do
       redis.call('ZADD', KEYS[2], tonumber(run_at), id)
     else
       local entry = redis.call('XADD', KEYS[1], '*', 'id', id, 'd', data)
-      if full then  -- (its entry named too: cancel.lua finds a queued job's entry by it)
+      if full then
         redis.call('HSET', key, 'state', 'queued', 'attempts', 0, 'max', max, 'data', data,
-          'enqueued_at', now, 'entry', entry)
+          'enqueued_at', now)
       else
         redis.call('HSET', key, 'state', 'queued', 'enqueued_at', now, 'entry', entry)
       end

@@ -36,8 +36,8 @@ for _, id in ipairs(ids) do
   end
   if data then
     local entry = redis.call('XADD', KEYS[1], '*', 'id', id, 'd', data)
-    if full then  -- (its entry named too: cancel.lua finds a queued job's entry by it)
-      redis.call('HSET', key, 'state', 'queued', 'entry', entry)
+    if full then
+      redis.call('HSET', key, 'state', 'queued')
     else
       fields[#fields + 1] = 'entry'
       fields[#fields + 1] = entry

@@ -17,7 +17,7 @@ local entry = redis.call('XADD', KEYS[1], '*', 'id', ARGV[2], 'd', ARGV[3])
 redis.call('DEL', KEYS[4])
 if ARGV[4] == 'full' then
   redis.call('HSET', KEYS[4], 'state', 'queued', 'attempts', 0, 'data', ARGV[3],
-    'enqueued_at', now, 'entry', entry)
+    'enqueued_at', now)
 else
   redis.call('HSET', KEYS[4], 'state', 'queued', 'enqueued_at', now, 'entry', entry)
 end
