@@ -279,6 +279,8 @@ def dashboard(request: HttpRequest, model_admin: DashboardAdmin) -> HttpResponse
         "can_manage": model_admin.has_manage_permission(request),
         "dead_letter_limit": DEAD_LETTER_LIMIT,
         "redis_mode": figures.mode == Mode.REDIS,
+        # The Cancel form's queue choices (Redis mode; in process there is one memory).
+        "cancel_queues": app.distributed.queues if figures.mode == Mode.REDIS else (),
         # Bad settings or Redis down are the page's error already: no schedule is read then
         # (one connection timeout per page view is enough).
         "schedules": None if figures.error else schedule_figures(app),
