@@ -38,6 +38,8 @@ class Job:
         timeout: seconds (or a `timedelta`) per attempt, or ``None`` for no timeout.
         run_at: a timezone-aware `datetime` before which the job must not start.
         queue: the queue name (distributed mode); ``None`` is the default queue.
+        expires: a timezone-aware `datetime`: a job not started by then never runs (it ends
+            ``cancelled``, ``cancel_reason="expired"``). ``None``: it never expires.
     """
 
     id: str
@@ -47,10 +49,11 @@ class Job:
     timeout: float | timedelta | None = field(default=None, kw_only=True)
     run_at: datetime | None = field(default=None, kw_only=True)
     queue: str | None = field(default=None, kw_only=True)
+    expires: datetime | None = field(default=None, kw_only=True)  # (issue 18: expiry)
 
     def to_dict(self) -> dict[str, Any]:
         """The job as a JSON-ready mapping (the wire and storage format)."""
-        return {
+        data = {
             "id": self.id,
             "type": self.type,
             "payload": self.payload,
@@ -59,6 +62,9 @@ class Job:
             "run_at": self.run_at.timestamp() if self.run_at is not None else None,
             "queue": self.queue,
         }
+        if self.expires is not None:  # only when set: readers before expiry never see it
+            data["expires"] = self.expires.timestamp()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
@@ -71,6 +77,7 @@ class Job:
             raise InvalidJob(f"malformed job record: expected an object, got {type(data).__name__}")
         try:
             run_at = data.get("run_at")
+            expires = data.get("expires")
             job = cls(
                 data["id"],
                 data["type"],
@@ -79,6 +86,7 @@ class Job:
                 timeout=data.get("timeout"),
                 run_at=(datetime.fromtimestamp(run_at, tz=UTC) if run_at is not None else None),
                 queue=data.get("queue"),
+                expires=(datetime.fromtimestamp(expires, tz=UTC) if expires is not None else None),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InvalidJob(f"malformed job record: {exc!r}") from exc
@@ -305,24 +313,26 @@ def validate_job(job: Job) -> None:
             raise InvalidJob(f"{exc} (job id={job_id!r})") from None
     if job.run_at is not None:
         check_run_at(job.run_at)
+    if job.expires is not None:
+        check_run_at(job.expires, "expires")
     if job.queue is not None:
         problem = name_problem(job.queue, "queue")
         if problem is not None:
             raise InvalidJob(problem)
 
 
-def check_run_at(run_at: Any) -> None:
-    """Raise `InvalidJob` unless ``run_at`` is a timezone-aware datetime at most
-    `MAX_DURATION` ahead."""
+def check_run_at(run_at: Any, name: str = "run_at") -> None:
+    """Raise `InvalidJob` unless ``run_at`` (or the moment ``name`` names: ``expires``) is a
+    timezone-aware datetime at most `MAX_DURATION` ahead."""
     if not isinstance(run_at, datetime):
-        raise InvalidJob(f"run_at must be a datetime, got {type(run_at).__name__}")
+        raise InvalidJob(f"{name} must be a datetime, got {type(run_at).__name__}")
     if run_at.tzinfo is None or run_at.utcoffset() is None:
         raise InvalidJob(
-            f"run_at must be timezone-aware (got naive {run_at.isoformat()}); "
+            f"{name} must be timezone-aware (got naive {run_at.isoformat()}); "
             "use datetime.now(timezone.utc) + timedelta(...)"
         )
     if run_at.timestamp() - time.time() > MAX_DURATION:
         raise InvalidJob(
-            f"run_at {run_at.isoformat()} is more than {MAX_DURATION:.0f} seconds ahead "
+            f"{name} {run_at.isoformat()} is more than {MAX_DURATION:.0f} seconds ahead "
             "(ten years, csjd_core.limits.MAX_DURATION)"
         )

@@ -360,6 +360,19 @@ def _job_of(item: dict[str, Any] | bytes, payload: Any) -> tuple[Job, int, float
     return job, max_attempts, at
 
 
+def submitted_record(entries: list[Entry]) -> tuple[int, bytes] | tuple[int, bytes, int]:
+    """The submitted record of ``entries`` for the log. A job with ``expires`` (issue 18) is
+    written as version 2 wrote submitted records — JSON, `Job.to_dict` with its ``expires`` —
+    as the binary item has no field for it: every release reads version 2, and one from before
+    expiry ignores the field."""
+    if any(entry.job.expires is not None for entry in entries):
+        items = [
+            {"job": e.job.to_dict(), "max": e.max_attempts, "t": e.enqueued_at} for e in entries
+        ]
+        return SUBMITTED, encode({"jobs": items}).encode(), 2
+    return SUBMITTED, submitted(entries)
+
+
 def submitted(entries: list[Entry]) -> bytes:
     """A submitted record's payload: an item per job (see `_SUBMITTED`)."""
     if len(entries) == 1:

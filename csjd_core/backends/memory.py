@@ -375,6 +375,10 @@ class MemoryBackend(Backend):
             # Its cancellation was requested after this fetch took it from the ready queue.
             self._end_unstarted(entry, cancels[entry.job.id])
             return self.fetch(0.0)
+        expires = entry.job.expires
+        if expires is not None and not entry.attempts and expires.timestamp() <= time.time():
+            self._end_unstarted(entry, "expired")  # never started before its expiry: never runs
+            return self.fetch(0.0)
         entry.attempts += 1
         return Delivery(entry.job, entry.attempts, entry.max_attempts, entry.attempts, entry)
 

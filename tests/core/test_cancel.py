@@ -22,6 +22,7 @@ from csjd_core import (
     Dispatcher,
     FileJobStore,
     Hooks,
+    InvalidJob,
     Job,
     JobCancelled,
     JobContext,
@@ -261,3 +262,76 @@ def test_cancel_racing_completion_has_one_final_state(races: int) -> None:
     assert metrics.cancelled == counts["cancelled, ran"] + counts["cancelled, never ran"]
     assert metrics.succeeded == counts["succeeded first"]
     print("in-process cancel races:", dict(counts))
+
+
+# -- expiry ----------------------------------------------------------------------------------
+
+
+def test_expires_on_apply_async_and_on_the_decorator() -> None:
+    app = App(config=Config(workers=1))
+    release = threading.Event()
+    ran: list[str] = []
+
+    @app.job("blocker")
+    def blocker() -> None:
+        release.wait(DEADLINE)
+
+    @app.job("report", expires=0.05)
+    def report(name: str) -> str:
+        ran.append(name)
+        return name
+
+    try:
+        busy = blocker.delay()
+        wait_until(lambda: busy.status().state is JobState.RUNNING, DEADLINE)
+        by_decorator = report.delay("decorator")  # expires 0.05 s after its enqueue
+        by_call = report.apply_async(args=["call"], expires=timedelta(hours=1))
+        at = datetime.now(UTC) + timedelta(seconds=0.05)
+        by_datetime = report.apply_async(args=["datetime"], expires=at)
+        time.sleep(0.1)  # the backlog outlives two of the expiries (not a synchronisation)
+        release.set()
+        assert app.wait(DEADLINE)
+        assert ran == ["call"]
+        for handle in (by_decorator, by_datetime):
+            status = handle.status()
+            assert (status.state, status.cancel_reason) == (JobState.CANCELLED, "expired")
+            with pytest.raises(JobFailed, match=r"was cancelled \(expired\)"):
+                handle.result(DEADLINE)
+        assert by_call.result(DEADLINE) == "call"
+        metrics = app.dispatcher.metrics()
+        assert (metrics.cancelled, metrics.succeeded) == (2, 2)
+    finally:
+        app.stop(5)
+
+
+def test_bad_expiry_values_are_refused() -> None:
+    app = App(mode="immediate")
+
+    @app.job("x")
+    def x() -> None: ...
+
+    with pytest.raises(InvalidJob, match="expires must be a number of seconds >= 0"):
+        x.apply_async(expires=-1)
+    with pytest.raises(InvalidJob, match="expires must be timezone-aware"):
+        x.apply_async(expires=datetime(2030, 1, 1))
+    with pytest.raises(ValueError, match="expires must be at most"):
+        app.job("y", expires=1e12)(lambda: None)
+
+
+def test_the_file_store_keeps_expires_across_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.json"
+    later = datetime.now(UTC) + timedelta(hours=1)
+    soon = datetime.now(UTC) + timedelta(seconds=0.1)
+    with FileJobStore(path) as store:
+        store.enqueue([Job("kept", "t", expires=later), Job("stale", "t", expires=soon)])
+        store.enqueue([Job("plain", "t")])  # the binary form, beside version 2's JSON one
+    time.sleep(0.15)  # past "stale"'s expiry while no process runs (not a synchronisation)
+    d = Dispatcher(Config(store=FileJobStore(path)))
+    ran: list[str] = []
+    d.register_handler("t", lambda ctx, job: ran.append(job.id))
+    with d:
+        assert d.join(DEADLINE)
+        assert sorted(ran) == ["kept", "plain"]
+        assert d.status("stale").cancel_reason == "expired"
+    with FileJobStore(path) as again:
+        assert again.jobs() == []

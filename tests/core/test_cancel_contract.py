@@ -242,3 +242,57 @@ def test_a_cancelled_run_is_finished_for_a_schedules_overlap_rule(backend: Backe
     assert backend.admit_slot(slot(2000.0)) is SlotVerdict.OVERLAP
     assert backend.cancel(slot_id("nightly", 1000.0), None) is CancelVerdict.CANCELLED
     assert backend.admit_slot(slot(3000.0)) is SlotVerdict.ENQUEUED
+
+
+# -- expiry: a job not started by its ``expires`` never runs ---------------------------------
+
+
+def test_an_expired_job_is_not_run_and_ends_cancelled_expired(backend: Backend) -> None:
+    now = datetime.now(UTC)
+    backend.enqueue(
+        [
+            Job("stale", "t", {"n": 1}, expires=now - timedelta(seconds=1)),
+            Job("fresh", "t", expires=now + timedelta(minutes=5)),
+        ]
+    )
+    delivery = fetch(backend)
+    assert delivery.job.id == "fresh"
+    assert delivery.job.expires is not None  # it travels with the job
+    assert abs((delivery.job.expires - (now + timedelta(minutes=5))).total_seconds()) < 0.002
+    status = backend.status("stale")
+    assert status is not None
+    assert (status.state, status.cancel_reason, status.attempts, status.payload) == (
+        JobState.CANCELLED,
+        "expired",
+        0,
+        {"n": 1},
+    )
+    assert UNSTARTED == [1]
+    assert backend.pending() == 1
+
+
+def test_a_scheduled_job_that_expires_before_its_run_at_never_runs(backend: Backend) -> None:
+    now = datetime.now(UTC)
+    backend.enqueue(
+        [
+            Job(
+                "late",
+                "t",
+                run_at=now + timedelta(seconds=0.2),
+                expires=now + timedelta(seconds=0.1),
+            )
+        ]
+    )
+    assert poll(backend, 0.8) is None
+    assert finished(backend, "late") == (JobState.CANCELLED, "expired")
+    assert backend.pending() == 0
+
+
+def test_expiry_is_for_a_job_that_never_started(backend: Backend) -> None:
+    """A retry of a job that started before its expiry still runs."""
+    backend.enqueue([Job("r", "t", expires=datetime.now(UTC) + timedelta(seconds=0.3))])
+    delivery = fetch(backend)
+    backend.started(delivery, "w")
+    assert backend.retry(delivery, ERROR, 0.5)
+    again = fetch(backend)
+    assert (again.job.id, again.attempt) == ("r", 2)
