@@ -48,6 +48,7 @@ class Entry:
         "attempts",
         "cancel_reason",
         "due",
+        "ending",
         "enqueued_at",
         "error",
         "finished_at",
@@ -73,6 +74,7 @@ class Entry:
     worker_id: str | None
     stored: bool  # its submitted record is in the log (durable subclasses)
     cancel_reason: str | None  # why it was cancelled (or its cancellation requested)
+    ending: bool  # its success is being recorded (see `MemoryBackend.cancel`)
 
     def __init__(self, job: Job, max_attempts: int, enqueued_at: float) -> None:
         # Only what every job needs is set here: each attribute set costs on the submit path.
@@ -135,10 +137,9 @@ class MemoryBackend(Backend):
         self._scheduled: list[tuple[float, int, Entry]] = []
         self._seq = itertools.count()
         self._unfinished: dict[str, Entry] = {}
-        # Cancellation, decided atomically without the index lock on the success path: per
-        # unfinished job id, the reason its cancellation was requested, or "" once its success
-        # claimed it first. ``dict.setdefault`` is atomic: whoever sets the key first wins
-        # (see `cancel` and `succeed`); `_finish` removes it.
+        # Per unfinished job id, the reason its cancellation was requested (`cancel`, under the
+        # lock); `_finish` removes it. The lock-free success path decides against it without a
+        # lock: see `succeed`.
         self._cancels: dict[str, str] = {}
         self._on_cancel: Callable[[str, str], None] | None = None
         self._on_unstarted: Callable[[int], None] | None = None
@@ -497,15 +498,22 @@ class MemoryBackend(Backend):
         if entry is None:
             return False
         entry.result = result
-        # The success claims the job unless a cancellation did first (one atomic step).
-        reason = self._cancels.setdefault(entry.job.id, "")
-        if reason:
+        # One winner against `cancel`, without a lock on this path: the success writes its claim
+        # (``ending``) and then looks for a request; `cancel` writes its request and then looks
+        # for a claim. Under the GIL one of the two sees the other's write. A cancel that sees
+        # the claim withdraws its request (ENDED) under the lock, which the success then takes
+        # to look again: the job ends as exactly one of them says.
+        entry.ending = True
+        cancels = self._cancels
+        if cancels and cancels.get(entry.job.id):
             with self._lock:
-                if self._owns(delivery) is None:
-                    return False
-                delivery.cancel = entry.cancel_reason = reason
-                self._finish(entry, _CANCELLED)
-            return True
+                reason = cancels.get(entry.job.id)
+                if reason:
+                    if self._owns(delivery) is None:
+                        return False
+                    delivery.cancel = entry.cancel_reason = reason
+                    self._finish(entry, _CANCELLED)
+                    return True
         self._finish(entry, _SUCCEEDED)
         return True
 
@@ -563,14 +571,14 @@ class MemoryBackend(Backend):
                 if done is None or done.get("finished_at") + self._result_ttl <= time.time():
                     return CancelVerdict.NOT_FOUND
                 return CancelVerdict.ENDED
-            if self._cancels.get(job_id):  # requested before: its attempt was told
+            cancels = self._cancels
+            if cancels.get(job_id):  # requested before: its attempt was told
                 return CancelVerdict.RUNNING if waiting_only else CancelVerdict.REQUESTED
             if waiting_only and entry.state is _RUNNING:
                 return CancelVerdict.RUNNING
-            prior = self._cancels.setdefault(job_id, reason)
-            if prior == "" or entry.state.finished:  # its outcome is being recorded
-                if prior == reason:
-                    del self._cancels[job_id]
+            cancels[job_id] = prior = reason  # the request first, then look for a success's claim
+            if entry.get("ending") or entry.state.finished:  # its success is being recorded
+                del cancels[job_id]
                 return CancelVerdict.ENDED
             if entry.state is _SCHEDULED or (entry.state is _QUEUED and self._unready(entry)):
                 entry.cancel_reason = prior
@@ -680,9 +688,10 @@ class MemoryBackend(Backend):
             # Visible as finished before it stops being unfinished: a lock-free succeed runs
             # beside status(), which must never find the job in neither map.
             self._finished[job_id] = entry
-        # After the state is final (a cancel that claims the id now sees it finished), before
-        # the id is free (a new job of the same id starts with no claim).
-        self._cancels.pop(job_id, None)
+        # Before the id is free: a new job of the same id starts with no request.
+        cancels = self._cancels
+        if cancels:
+            cancels.pop(job_id, None)
         self._unfinished.pop(job_id, None)
         if keep:
             order = self._finished_order

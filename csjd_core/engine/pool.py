@@ -290,8 +290,6 @@ class Engine:
                     result = worker.run_coroutine(result, attempt)
         except BaseException as exc:
             error = exc
-        if running.get(job.id) is ctx:  # (inlined `_unregister`: the hot path)
-            del running[job.id]
         if hooks.active:  # every before_process gets its after_process, detached or not
             hooks.call("after_process", job, result, error)
         if attempt is not None:
@@ -306,8 +304,13 @@ class Engine:
                     )
                     return
                 attempt.settled = True
-        reason = delivery.cancel or ctx.cancel_reason
-        if reason is not None and reason != "timed_out":
+        # Not detached: this attempt still holds the job, so no newer attempt registered under
+        # its id (a detached one is unregistered by `_on_overrun`).
+        running.pop(job.id, None)
+        reason = delivery.cancel
+        if reason is None and ctx.cancel_reason is not None and ctx.cancel_reason != "timed_out":
+            reason = ctx.cancel_reason
+        if reason is not None:
             # Cancelled while it ran: recorded so whether it stopped (raised) or finished (its
             # result kept); never retried.
             failure = None
@@ -602,6 +605,7 @@ class Engine:
             if self.live_detached >= self.max_detached:
                 return True
             attempt.settled = True
+            self._unregister(attempt.ctx)
             # Under the same lock as `settled`: a handler returning right now must find its
             # worker detached, or that worker would go on to take the next job.
             worker = attempt.worker
