@@ -182,7 +182,7 @@ def _redis_figures(dispatcher: RedisDistributedDispatcher, *, show_payload: bool
         logger.warning("dashboard could not read Redis url=%s error=%s", where, exc)
         figures.error = f"Redis at {where} is unavailable: {exc}"
         return figures
-    cluster = dict.fromkeys(("processed", "succeeded", "retried", "failed"), 0)
+    cluster = dict.fromkeys(("processed", "succeeded", "retried", "failed", "cancelled"), 0)
     for name, queue in stats.items():
         counters = queue.counters
         for key in cluster:

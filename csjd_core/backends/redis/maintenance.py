@@ -152,7 +152,7 @@ class Maintenance:
             args: list[Any] = [self.config.group, self.consumer]
             for d in group:
                 args += [d.ref[1], d.token]
-            script_keys = [keys.stream, *(keys.job(d.job.id) for d in group)]
+            script_keys = [keys.stream, keys.stats, *(keys.job(d.job.id) for d in group)]
             for d, flag in zip(group, self.connection.run("renew", script_keys, args), strict=True):
                 flags[d.ref[1]] = bool(flag)
                 if flag == 2:

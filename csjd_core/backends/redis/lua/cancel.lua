@@ -4,7 +4,8 @@
 -- 'cancelled' (with the reason in 'cancel'), the pending counter decremented, counted. A job
 -- whose entry a consumer holds (running, or read ahead) gets a 'cancel' flag in its record:
 -- its consumer's heartbeat reads it (renew.lua) and tells the attempt, start.lua refuses to start
--- it, and settle.lua records 'cancelled' whatever the outcome (never 'succeeded', never a retry).
+-- it, and settle.lua records 'cancelled' whatever the outcome (never 'succeeded', never a retry);
+-- the stats hash's 'flagged' counts the flags set and not yet consumed by those scripts.
 -- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] pending counter, KEYS[4] stats hash,
 --   KEYS[5] the job hash
 -- ARGV[1] group, ARGV[2] job id, ARGV[3] reason ('cancelled'), ARGV[4] finished-record TTL (ms),
@@ -76,4 +77,7 @@ if ARGV[5] == 'waiting' then
   return 'running'
 end
 redis.call('HSET', key, 'cancel', ARGV[3])
+-- Flags not yet consumed by an outcome, per queue: settle.lua and renew.lua look for a flag in
+-- job records only while this is above 0 (an HGET per job saved on the hot path).
+redis.call('HINCRBY', KEYS[4], 'flagged', 1)
 return 'requested'

@@ -33,6 +33,10 @@ local out = {}
 local acked, seen = {}, {}
 local succeeded, retried, failed, finished, cancelled = 0, 0, 0, 0, 0
 local ops = cjson.decode(ARGV[5])
+-- Job records are read for a cancel flag only while some flag of this queue is unconsumed
+-- (cancel.lua counts them in the stats hash's 'flagged'; consumed here, they are uncounted).
+local flagged = tonumber(redis.call('HGET', KEYS[5], 'flagged') or '0') > 0
+local consumed = 0
 
 -- The job data of stream entry `entry` (its 'd' field), or nil.
 local function entry_data(entry)
@@ -65,7 +69,8 @@ for i, op in ipairs(ops) do
     local key = KEYS[5 + i]
     local state = op.id and op.id ~= '' and redis.call('HGET', key, 'state')
     local live = state and state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled'
-    local cancel = live and redis.call('HGET', key, 'cancel')
+    local cancel = live and flagged and redis.call('HGET', key, 'cancel')
+    if cancel then consumed = consumed + 1 end
     if op.s and live then
       redis.call('HSET', key, 'started_at', now, 'worker', consumer)
     end
@@ -143,8 +148,9 @@ if #ARGV > 8 then
       -- this consumer's settle or the reclaimer, which acks first, can end it).
       local data = ARGV[i + 4] ~= '' and ARGV[i + 4] or nil
       -- Refused over a cancellation (cancel.lua flagged it first): 'cancelled', result kept.
-      local cancel = redis.call('HGET', KEYS[k], 'cancel')
+      local cancel = flagged and redis.call('HGET', KEYS[k], 'cancel')
       if cancel then
+        consumed = consumed + 1
         record(KEYS[k], data, 'state', 'cancelled', 'result', ARGV[i + 3], 'finished_at', now,
           'attempts', ARGV[i + 2])
         cancelled = cancelled + 1
@@ -176,5 +182,6 @@ if succeeded > 0 then redis.call('HINCRBY', KEYS[5], 'succeeded', succeeded) end
 if retried > 0 then redis.call('HINCRBY', KEYS[5], 'retried', retried) end
 if failed > 0 then redis.call('HINCRBY', KEYS[5], 'failed', failed) end
 if cancelled > 0 then redis.call('HINCRBY', KEYS[5], 'cancelled', cancelled) end
+if consumed > 0 then redis.call('HINCRBY', KEYS[5], 'flagged', -consumed) end
 if finished > 0 then redis.call('INCRBY', KEYS[3], -finished) end  -- INCRBY: in the worker ACL
 return out

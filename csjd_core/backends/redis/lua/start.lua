@@ -25,7 +25,8 @@ for i = 4, #ARGV, 2 do
     out[#out + 1] = {0, 0, 0}
   else
     local state = redis.call('HGET', key, 'state')
-    local cancel = state and (redis.call('HGET', key, 'cancel') or (expired and 'expired'))
+    local flag = state and redis.call('HGET', key, 'cancel')
+    local cancel = flag or (state and expired and 'expired')
     if not state then
       out[#out + 1] = {-1, 0, p[1][4]}
     elseif cancel then
@@ -37,6 +38,9 @@ for i = 4, #ARGV, 2 do
       end
       redis.call('XACK', KEYS[1], group, entry)
       redis.call('XDEL', KEYS[1], entry)
+      if flag and state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then
+        redis.call('HINCRBY', KEYS[3], 'flagged', -1)  -- consumed (see cancel.lua)
+      end
       if state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then
         redis.call('HSET', key, 'state', 'cancelled', 'cancel', cancel, 'finished_at', now)
         redis.call('PEXPIRE', key, tonumber(ARGV[3]))
