@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from csjd_core.errors import JobCancelled, JobTimeout
 from csjd_core.limits import MAX_DURATION
@@ -26,6 +27,7 @@ class JobContext:
     __slots__ = (
         "_cancelled",
         "_event",
+        "_stop",
         "attempt",
         "cancel_reason",
         "deadline",
@@ -46,6 +48,8 @@ class JobContext:
         #: ``"cancelled"`` (the job's cancellation was requested); ``None`` while it is not.
         self.cancel_reason: str | None = None
         self._cancelled = False
+        # Set by the engine while an async handler runs: cancels its task (a cancellation).
+        self._stop: Callable[[], None] | None = None
         # Created on first wait(): most handlers never wait, and an Event per attempt costs.
         self._event: threading.Event | None = None
 
@@ -95,6 +99,9 @@ class JobContext:
         if self.cancel_reason is None:
             self.cancel_reason = "timed_out" if timed_out else (reason or "cancelled")
         self._cancelled = True
+        stop = self._stop
+        if stop is not None and not timed_out:  # (a timeout cancels the task itself)
+            stop()
         event = self._event
         if event is not None:
             event.set()

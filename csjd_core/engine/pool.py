@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
+from functools import partial
 from typing import Any
 
 from csjd_core.backends.base import AttemptError, Backend, Delivery
@@ -44,8 +46,9 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
 
-    def run_coroutine(self, coro: Any, attempt: Attempt | None) -> Any:
-        """Run a coroutine to completion on this worker's own event loop."""
+    def run_coroutine(self, coro: Any, attempt: Attempt | None, ctx: JobContext) -> Any:
+        """Run a coroutine to completion on this worker's own event loop; a cancellation of
+        ``ctx`` (its job cancelled) cancels its task, as its timeout does."""
         loop = self.loop
         if loop is None:
             loop = self.loop = asyncio.new_event_loop()
@@ -53,9 +56,13 @@ class Worker:
         if attempt is not None:
             attempt.loop = loop
             attempt.task = task
-            if attempt.ctx.cancelled:  # the deadline passed before the task existed
-                task.cancel()
-        return loop.run_until_complete(task)
+        ctx._stop = partial(_cancel_task, loop, task)
+        if ctx.cancelled:  # the deadline passed, or the job was cancelled, before the task existed
+            task.cancel()
+        try:
+            return loop.run_until_complete(task)
+        finally:
+            ctx._stop = None
 
     def close_loop(self) -> None:
         """Close the event loop, if one was created."""
@@ -65,6 +72,13 @@ class Worker:
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
+
+
+def _cancel_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` from any thread (the loop may have closed meanwhile)."""
+    if not loop.is_closed():
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(task.cancel)
 
 
 class Engine:
@@ -283,11 +297,11 @@ class Engine:
         error: BaseException | None = None
         try:
             if handler.is_async:
-                result = worker.run_coroutine(handler.fn(ctx, job), attempt)
+                result = worker.run_coroutine(handler.fn(ctx, job), attempt, ctx)
             else:
                 result = handler.fn(ctx, job)
                 if result is not None and hasattr(result, "__await__"):
-                    result = worker.run_coroutine(result, attempt)
+                    result = worker.run_coroutine(result, attempt, ctx)
         except BaseException as exc:
             error = exc
         if hooks.active:  # every before_process gets its after_process, detached or not

@@ -4,6 +4,7 @@ decorator family's `App.cancel` and ``handle.cancel()``, and cancel racing compl
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -335,3 +336,27 @@ def test_the_file_store_keeps_expires_across_a_restart(tmp_path: Path) -> None:
         assert d.status("stale").cancel_reason == "expired"
     with FileJobStore(path) as again:
         assert again.jobs() == []
+
+
+def test_an_async_handler_is_stopped_by_cancelling_its_task(dispatcher: Dispatcher) -> None:
+    seen: dict[str, Any] = {}
+
+    @dispatcher.handler("sleepy")
+    async def sleepy(ctx: JobContext, job: Job) -> str:
+        seen["started"] = True
+        try:
+            await asyncio.sleep(DEADLINE)
+        except asyncio.CancelledError:
+            seen["reason"] = ctx.cancel_reason
+            raise
+        return "not reached"
+
+    dispatcher.submit(Job("a", "sleepy"))
+    wait_until(lambda: seen.get("started"), DEADLINE)
+    asked = time.monotonic()
+    assert dispatcher.cancel("a") is True
+    assert dispatcher.join(DEADLINE)
+    assert time.monotonic() - asked < 1.0
+    assert seen["reason"] == "cancelled"
+    status = dispatcher.status("a")
+    assert (status.state, status.cancel_reason) == (JobState.CANCELLED, "cancelled")
