@@ -32,7 +32,9 @@ from csjd_core import (
     JobState,
     OutcomeKind,
     RetryPolicy,
+    operations,
 )
+from csjd_core.errors import CSJDError
 from csjd_core.testing import wait_until
 
 DEADLINE = 10.0
@@ -360,3 +362,23 @@ def test_an_async_handler_is_stopped_by_cancelling_its_task(dispatcher: Dispatch
     assert seen["reason"] == "cancelled"
     status = dispatcher.status("a")
     assert (status.state, status.cancel_reason) == (JobState.CANCELLED, "cancelled")
+
+
+def test_a_command_cancels_in_a_file_store_no_process_holds(tmp_path: Path) -> None:
+    """``csjd cancel`` of an in-process app reaches its jobs through the store (when no running
+    process holds it: else `JobStoreLocked`); in memory it cannot, and says why."""
+    path = tmp_path / "jobs.json"
+    with FileJobStore(path) as store:
+        store.enqueue([Job("a", "t"), Job("b", "t")])
+    app = App(config=Config(store=FileJobStore(path)))
+    app.register_handler("t", lambda ctx, job: None)
+    try:
+        report = operations.cancel_jobs(app, ["a", "zz"], from_command=True)
+        assert (report.cancelled, report.missing) == (("a",), ("zz",))
+        assert operations.waiting_jobs(app, "t", from_command=True) == ["b"]
+    finally:
+        app.stop(5)
+    with FileJobStore(path) as again:
+        assert [s.id for s in again.jobs()] == ["b"]
+    with pytest.raises(CSJDError, match="own memory"):
+        operations.cancel_jobs(App(), ["a"], from_command=True)
