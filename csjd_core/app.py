@@ -226,6 +226,22 @@ class App(JobRegistry):
         # was admitted): the queue has it now, or nobody does.
         return self.dispatcher.status(job_id, queue)
 
+    def cancel(self, job_id: str, queue: str | None = None) -> bool:
+        """Cancel a job submitted through this app (`BaseDispatcher.cancel`): one that waits
+        never runs; a running one is asked to stop (``ctx.cancelled``) and ends ``cancelled``
+        whatever it does. In Redis mode any process can cancel any job of the app's queues.
+
+        Returns:
+            True when it was cancelled or its cancellation requested of a running attempt;
+            False when it had already ended.
+
+        Raises:
+            JobNotFound: no record of the id (never submitted, its result expired, or it still
+                waits in an outbox: not admitted yet).
+            BackendUnavailable: the store or Redis could not record it.
+        """
+        return self.dispatcher.cancel(job_id, queue)
+
     def wait(self, timeout: float | timedelta | None = None) -> bool:
         """Block until every enqueued job finished (for tests). False on timeout."""
         dispatcher = self._dispatcher

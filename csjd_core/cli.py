@@ -309,6 +309,58 @@ def _confirmation(yes: bool) -> Callable[[str], object]:
 main.add_command(dead)
 
 
+@click.command(epilog=APP_HELP)
+@click.argument("app_spec", metavar="APP")
+@click.argument("job_ids", nargs=-1, metavar="[JOB_ID]...")
+@click.option("--queue", default=None, help="The jobs' queue (default: each of the app's).")
+@click.option("--type", "job_type", default=None, help="Bulk: every waiting job of this type.")
+@click.option("--all", "everything", is_flag=True, help="Bulk: every waiting job of the queue.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (bulk form).")
+def cancel(
+    app_spec: str,
+    job_ids: tuple[str, ...],
+    queue: str | None,
+    job_type: str | None,
+    everything: bool,
+    yes: bool,
+) -> None:
+    """Cancel jobs of APP (module:attr naming your csjd_core.App) by id: a waiting job never
+    runs; a running one is told to stop and ends cancelled. Without ids, --type T or --all
+    cancels every waiting (queued or scheduled) job of the queue, after a confirmation."""
+    cancel_command(load_app, app_spec, job_ids, queue, job_type, everything, yes, "csjd cancel")
+
+
+def cancel_command(
+    load: Callable[[Any], Any],
+    target: Any,
+    job_ids: tuple[str, ...],
+    queue: str | None,
+    job_type: str | None,
+    everything: bool,
+    yes: bool,
+    needed_by: str,
+) -> None:
+    """The body of ``csjd cancel`` and ``flask csjd cancel`` (``load(target)``: the app)."""
+    if job_ids and (job_type or everything):
+        raise click.UsageError("give job ids, or --type / --all for the bulk form (not both)")
+    if not job_ids and not (job_type or everything):
+        raise click.UsageError("give job ids, or --type TYPE / --all to cancel waiting jobs")
+    with reported():
+        reports.cancel(
+            load(target),
+            job_ids,
+            queue,
+            job_type=job_type,
+            confirm=_confirmation(yes),
+            needed_by=needed_by,
+            echo=click.echo,
+            warn=_to_stderr,
+        )
+
+
+main.add_command(cancel)
+
+
 class _ScheduleGroup(click.Group):
     """``csjd schedule APP --json`` as ``csjd stats APP --json`` is typed (a group reads its
     own options only before its first argument: ``--json`` after APP was taken for a command)."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from csjd_core.errors import JobTimeout
+from csjd_core.errors import JobCancelled, JobTimeout
 from csjd_core.limits import MAX_DURATION
 from csjd_core.progress import Progress, make_progress
 
@@ -34,7 +35,9 @@ class JobContext:
         "_cancelled",
         "_delivery",
         "_event",
+        "_stop",
         "attempt",
+        "cancel_reason",
         "deadline",
         "job_id",
         "progress",
@@ -57,7 +60,12 @@ class JobContext:
         self.queue = queue
         self.timed_out = False
         self.progress: Progress | None = None
+        #: Why the context is cancelled: ``"timed_out"`` (its deadline passed) or
+        #: ``"cancelled"`` (the job's cancellation was requested); ``None`` while it is not.
+        self.cancel_reason: str | None = None
         self._cancelled = False
+        # Set by the engine while an async handler runs: cancels its task (a cancellation).
+        self._stop: Callable[[], None] | None = None
         # Created on first wait(): most handlers never wait, and an Event per attempt costs.
         self._event: threading.Event | None = None
         # Where set_progress writes (the engine passes them); without them (a context built
@@ -67,7 +75,8 @@ class JobContext:
 
     @property
     def cancelled(self) -> bool:
-        """True once the attempt is cancelled (its timeout passed)."""
+        """True once the attempt is cancelled: its timeout passed, or the job's cancellation
+        was requested (`cancel_reason` says which)."""
         return self._cancelled
 
     def remaining(self) -> float | None:
@@ -94,8 +103,11 @@ class JobContext:
         return event.wait(min(seconds, MAX_DURATION))
 
     def raise_if_cancelled(self) -> None:
-        """Raise `JobTimeout` if the attempt has been cancelled."""
+        """Raise `JobCancelled` if the job's cancellation was requested, `JobTimeout` if the
+        attempt timed out."""
         if self._cancelled:
+            if self.cancel_reason == "cancelled":
+                raise JobCancelled(f"job {self.job_id!r} was cancelled (attempt {self.attempt})")
             raise JobTimeout(f"job {self.job_id!r} attempt {self.attempt} was cancelled")
 
     def set_progress(
@@ -126,11 +138,18 @@ class JobContext:
         if backend is not None and self._delivery is not None:
             backend.set_progress(self._delivery, progress)
 
-    def cancel(self, *, timed_out: bool = False) -> None:
-        """Cancel the attempt (called by the engine; handlers observe it)."""
+    def cancel(self, *, timed_out: bool = False, reason: str | None = None) -> None:
+        """Cancel the attempt (called by the engine; handlers observe it): ``timed_out`` at
+        its deadline, or with ``reason="cancelled"`` when the job's cancellation is requested.
+        The first reason stays."""
         if timed_out:
             self.timed_out = True
+        if self.cancel_reason is None:
+            self.cancel_reason = "timed_out" if timed_out else (reason or "cancelled")
         self._cancelled = True
+        stop = self._stop
+        if stop is not None and not timed_out:  # (a timeout cancels the task itself)
+            stop()
         event = self._event
         if event is not None:
             event.set()

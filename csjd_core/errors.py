@@ -18,6 +18,7 @@ __all__ = [
     "DuplicateJob",
     "InvalidConfig",
     "InvalidJob",
+    "JobCancelled",
     "JobFailed",
     "JobNotFound",
     "JobStoreLocked",
@@ -121,12 +122,19 @@ class JobNotFound(CSJDError, LookupError):
 
 
 class JobFailed(CSJDError):
-    """``handle.result()``: the job ended in the failed state."""
+    """``handle.result()``: the job ended in the failed state, or cancelled."""
 
     def __init__(self, status: JobStatus) -> None:
-        super().__init__(
-            f"job {status.id!r} failed after {status.attempts} attempt(s): {status.last_error}"
-        )
+        if status.state == "cancelled":
+            message = (
+                f"job {status.id!r} was cancelled ({status.cancel_reason or 'cancelled'}) "
+                f"after {status.attempts} attempt(s)"
+            )
+        else:
+            message = (
+                f"job {status.id!r} failed after {status.attempts} attempt(s): {status.last_error}"
+            )
+        super().__init__(message)
         self.status = status
 
 
@@ -154,6 +162,11 @@ class RedisModeRequired(CSJDError):
 
 class JobTimeout(CSJDError):
     """An attempt ran past its timeout (recorded as the attempt's error)."""
+
+
+class JobCancelled(JobTimeout):
+    """``ctx.raise_if_cancelled()`` after the job's cancellation was requested (a `JobTimeout`
+    too, so handlers that catch timeouts stop for a cancel as well)."""
 
 
 class PermanentError(CSJDError):

@@ -104,6 +104,8 @@ class HookRunner:
         error = outcome.error
         if outcome.kind is OutcomeKind.SUCCEEDED:
             self.call("after_succeeded", outcome.job, outcome.result)
+        elif outcome.kind is OutcomeKind.CANCELLED:
+            return  # neither a success nor a failure: ``after_attempt`` only
         elif not outcome.terminal:
             self.call("after_retry_scheduled", outcome.job, outcome.attempt, outcome.retry_in)
         elif error is not None:

@@ -39,6 +39,8 @@ class Job:
         timeout: seconds (or a `timedelta`) per attempt, or ``None`` for no timeout.
         run_at: a timezone-aware `datetime` before which the job must not start.
         queue: the queue name (distributed mode); ``None`` is the default queue.
+        expires: a timezone-aware `datetime`: a job not started by then never runs (it ends
+            ``cancelled``, ``cancel_reason="expired"``). ``None``: it never expires.
     """
 
     id: str
@@ -48,10 +50,11 @@ class Job:
     timeout: float | timedelta | None = field(default=None, kw_only=True)
     run_at: datetime | None = field(default=None, kw_only=True)
     queue: str | None = field(default=None, kw_only=True)
+    expires: datetime | None = field(default=None, kw_only=True)  # (issue 18: expiry)
 
     def to_dict(self) -> dict[str, Any]:
         """The job as a JSON-ready mapping (the wire and storage format)."""
-        return {
+        data = {
             "id": self.id,
             "type": self.type,
             "payload": self.payload,
@@ -60,6 +63,9 @@ class Job:
             "run_at": self.run_at.timestamp() if self.run_at is not None else None,
             "queue": self.queue,
         }
+        if self.expires is not None:  # only when set: readers before expiry never see it
+            data["expires"] = self.expires.timestamp()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
@@ -72,6 +78,7 @@ class Job:
             raise InvalidJob(f"malformed job record: expected an object, got {type(data).__name__}")
         try:
             run_at = data.get("run_at")
+            expires = data.get("expires")
             job = cls(
                 data["id"],
                 data["type"],
@@ -80,6 +87,7 @@ class Job:
                 timeout=data.get("timeout"),
                 run_at=(datetime.fromtimestamp(run_at, tz=UTC) if run_at is not None else None),
                 queue=data.get("queue"),
+                expires=(datetime.fromtimestamp(expires, tz=UTC) if expires is not None else None),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InvalidJob(f"malformed job record: {exc!r}") from exc
@@ -95,11 +103,19 @@ class JobState(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    # Ended by `cancel` (or, never started, by its ``expires``): see `JobStatus.cancel_reason`.
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
         """True for the terminal states."""
-        return self in (JobState.SUCCEEDED, JobState.FAILED)
+        return self in _FINISHED_STATES
+
+
+_FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+#: `JobStatus.cancel_reason` values: cancelled by a request, or never started before ``expires``.
+CANCEL_REASONS = ("cancelled", "expired")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +139,9 @@ class JobStatus:
     payload: Any = None
     #: The last `Progress` a handler reported (``ctx.set_progress``), or ``None``.
     progress: Progress | None = None
+    #: Why a ``cancelled`` job was cancelled: ``"cancelled"`` (a request) or ``"expired"``;
+    #: also set on a running job whose cancellation was requested. ``None`` otherwise.
+    cancel_reason: str | None = None
 
 
 def utc_from_timestamp(ts: float | None) -> datetime | None:
@@ -297,24 +316,26 @@ def validate_job(job: Job) -> None:
             raise InvalidJob(f"{exc} (job id={job_id!r})") from None
     if job.run_at is not None:
         check_run_at(job.run_at)
+    if job.expires is not None:
+        check_run_at(job.expires, "expires")
     if job.queue is not None:
         problem = name_problem(job.queue, "queue")
         if problem is not None:
             raise InvalidJob(problem)
 
 
-def check_run_at(run_at: Any) -> None:
-    """Raise `InvalidJob` unless ``run_at`` is a timezone-aware datetime at most
-    `MAX_DURATION` ahead."""
+def check_run_at(run_at: Any, name: str = "run_at") -> None:
+    """Raise `InvalidJob` unless ``run_at`` (or the moment ``name`` names: ``expires``) is a
+    timezone-aware datetime at most `MAX_DURATION` ahead."""
     if not isinstance(run_at, datetime):
-        raise InvalidJob(f"run_at must be a datetime, got {type(run_at).__name__}")
+        raise InvalidJob(f"{name} must be a datetime, got {type(run_at).__name__}")
     if run_at.tzinfo is None or run_at.utcoffset() is None:
         raise InvalidJob(
-            f"run_at must be timezone-aware (got naive {run_at.isoformat()}); "
+            f"{name} must be timezone-aware (got naive {run_at.isoformat()}); "
             "use datetime.now(timezone.utc) + timedelta(...)"
         )
     if run_at.timestamp() - time.time() > MAX_DURATION:
         raise InvalidJob(
-            f"run_at {run_at.isoformat()} is more than {MAX_DURATION:.0f} seconds ahead "
+            f"{name} {run_at.isoformat()} is more than {MAX_DURATION:.0f} seconds ahead "
             "(ten years, csjd_core.limits.MAX_DURATION)"
         )

@@ -37,6 +37,9 @@ class Enqueuer(Protocol):
     def status(self, job_id: str, queue: str | None = None) -> JobStatus:
         """The status of ``job_id``."""
 
+    def cancel(self, job_id: str, queue: str | None = None) -> bool:
+        """Cancel ``job_id``."""
+
 
 class JobHandle(Generic[R]):
     """A reference to an enqueued job: its id, status and eventual result."""
@@ -52,11 +55,20 @@ class JobHandle(Generic[R]):
         """The job's current status (raises `JobNotFound` for an unknown or expired id)."""
         return self._app.status(self.id, self.queue)
 
+    def cancel(self) -> bool:
+        """Cancel the job (see `App.cancel`): True when it was cancelled or its cancellation
+        requested of a running attempt, False when it had already ended.
+
+        Raises:
+            JobNotFound: no record of it (its result expired).
+        """
+        return self._app.cancel(self.id, self.queue)
+
     def result(self, timeout: float | timedelta | None = None) -> R:
         """Wait for the job to finish and return its result.
 
         Raises:
-            JobFailed: the job failed for good.
+            JobFailed: the job failed for good, or was cancelled (``exc.status.state``).
             TimeoutError: it did not finish within ``timeout`` seconds.
         """
         limit = None if timeout is None else seconds(timeout, "timeout")
@@ -66,7 +78,7 @@ class JobHandle(Generic[R]):
             status = self.status()
             if status.state is JobState.SUCCEEDED:
                 return status.result  # type: ignore[no-any-return]
-            if status.state is JobState.FAILED:
+            if status.state is JobState.FAILED or status.state is JobState.CANCELLED:
                 raise JobFailed(status)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id!r} still {status.state} after {limit} s")
@@ -99,6 +111,7 @@ class JobFunction(Generic[P, R]):
         timeout: float | None,
         queue: str | None,
         takes_context: bool,
+        expires: float | None = None,
     ) -> None:
         self.registry = registry
         self.fn = fn
@@ -107,6 +120,8 @@ class JobFunction(Generic[P, R]):
         self.timeout = timeout
         self.queue = queue
         self.takes_context = takes_context
+        #: Seconds after its enqueue after which a job not started yet never runs (``None``).
+        self.expires = expires
         self._signature = inspect.signature(fn)
         self.__name__ = getattr(fn, "__name__", type)
         self.__qualname__ = getattr(fn, "__qualname__", type)
@@ -141,6 +156,7 @@ class JobFunction(Generic[P, R]):
         max_attempts: int | None = None,
         timeout: float | timedelta | None = None,
         queue: str | None = None,
+        expires: float | timedelta | datetime | None = None,
     ) -> JobHandle[R]:
         """Enqueue with options (Celery's ``apply_async``).
 
@@ -151,6 +167,9 @@ class JobFunction(Generic[P, R]):
             eta: a timezone-aware `datetime` for the first attempt (not with ``countdown``).
             job_id: an id (idempotency key); default a random UUID.
             max_attempts, timeout, queue: override the decorator's settings for this call.
+            expires: seconds (or a `timedelta`) from now, or a timezone-aware `datetime`: a
+                job not started by then never runs (it ends ``cancelled``, reason
+                ``"expired"``); default the decorator's ``expires``.
 
         Raises:
             InvalidJob: an argument is not JSON (naming it), or the options are inconsistent.
@@ -166,6 +185,7 @@ class JobFunction(Generic[P, R]):
             max_attempts=max_attempts,
             timeout=timeout,
             queue=queue,
+            **({"expires": expires} if expires is not None else {}),
         )
         app = self.app
         app.enqueue(job)
@@ -195,6 +215,7 @@ class JobFunction(Generic[P, R]):
         max_attempts: int | None = None,
         timeout: float | timedelta | None = None,
         queue: str | None = None,
+        expires: float | timedelta | datetime | None = None,
     ) -> Job:
         """The `Job` that `apply_async` would enqueue (validated, not enqueued)."""
         if isinstance(args, str | bytes) or not isinstance(args, Sequence):
@@ -218,6 +239,7 @@ class JobFunction(Generic[P, R]):
             timeout=timeout if timeout is not None else self.timeout,
             run_at=run_at,
             queue=queue if queue is not None else self.queue,
+            expires=_expires_at(expires if expires is not None else self.expires),
         )
         try:
             validate_job(job)
@@ -259,6 +281,22 @@ class JobFunction(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<JobFunction {self.type!r} ({self.__qualname__})>"
+
+
+def _expires_at(expires: float | timedelta | datetime | None) -> datetime | None:
+    """An ``expires`` option as the moment it names: seconds (or a `timedelta`) from now, or
+    a `datetime` (checked at admission).
+
+    Raises:
+        InvalidJob: a negative, too long or non-numeric duration.
+    """
+    if expires is None or isinstance(expires, datetime):
+        return expires
+    try:
+        delay = seconds(expires, "expires")
+    except ValueError as exc:
+        raise InvalidJob(str(exc)) from exc
+    return datetime.now(UTC) + timedelta(seconds=delay)
 
 
 def _check_job_options(
@@ -313,6 +351,7 @@ class JobRegistry:
         schedule_name: str | None = ...,
         schedule_kwargs: Mapping[str, Any] | None = ...,
         schedule_jitter: float | timedelta | None = ...,
+        expires: float | timedelta | None = ...,
     ) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
 
     @overload
@@ -332,6 +371,7 @@ class JobRegistry:
         schedule_name: str | None = ...,
         schedule_kwargs: Mapping[str, Any] | None = ...,
         schedule_jitter: float | timedelta | None = ...,
+        expires: float | timedelta | None = ...,
     ) -> Callable[[Callable[..., R]], JobFunction[..., R]]: ...
 
     def job(
@@ -350,6 +390,7 @@ class JobRegistry:
         schedule_name: str | None = None,
         schedule_kwargs: Mapping[str, Any] | None = None,
         schedule_jitter: float | timedelta | None = None,
+        expires: float | timedelta | None = None,
     ) -> Callable[[Callable[..., Any]], JobFunction[Any, Any]]:
         """Decorate a function as a job of ``type`` (default: ``module.qualname``).
 
@@ -357,11 +398,16 @@ class JobRegistry:
         see `add_schedule` for the schedule's options (``schedule_name``, ``schedule_kwargs``
         and ``schedule_jitter`` are its ``name``, ``kwargs`` and ``jitter``).
 
+        ``expires`` (seconds or a `timedelta`): each job not started within that time of its
+        enqueue never runs (it ends ``cancelled``, reason ``"expired"``); ``apply_async``
+        may give its own.
+
         Raises:
             ValueError: a bad option, ``type`` already names another function, or a bad or
                 duplicate schedule.
         """
         limit = _check_job_options(max_attempts, timeout, queue)
+        expiry = None if expires is None else seconds(expires, "expires")
         if schedule is None:
             extra: dict[str, object] = {"timezone": timezone, "schedule_name": schedule_name}
             extra |= {"schedule_kwargs": schedule_kwargs, "schedule_jitter": schedule_jitter}
@@ -380,6 +426,7 @@ class JobRegistry:
                 timeout=limit,
                 queue=queue,
                 takes_context=takes_context,
+                expires=expiry,
             )
             made = None
             if schedule is not None:  # checked before anything is registered

@@ -18,7 +18,10 @@ class MetricsSnapshot:
     recovered at start); ``processed``: attempts finished with any outcome; ``retried``: retries
     scheduled; ``succeeded`` / ``failed``: jobs that ended so; ``panics``: attempts that raised a
     `BaseException` that is not an `Exception`; ``detached``: handlers abandoned after their
-    timeout. When idle, ``processed == succeeded + failed + retried``.
+    timeout; ``cancelled``: jobs this dispatcher ended cancelled — by `cancel` (of a job that
+    was waiting, or an attempt of its workers that ended after the request) or because they
+    expired before they started. When idle, ``processed == succeeded + failed + retried +``
+    the cancelled jobs whose attempt ran (``cancelled`` also counts those that never ran).
     """
 
     submitted: int = 0
@@ -29,6 +32,7 @@ class MetricsSnapshot:
     failed: int = 0
     panics: int = 0
     detached: int = 0
+    cancelled: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +65,7 @@ class Tally:
     never sees half of an update: the writer makes it odd, updates, makes it even again.
     """
 
-    __slots__ = ("failed", "panics", "processed", "retried", "seq", "succeeded")
+    __slots__ = ("cancelled", "failed", "panics", "processed", "retried", "seq", "succeeded")
 
     def __init__(self) -> None:
         self.seq = 0
@@ -70,13 +74,21 @@ class Tally:
         self.succeeded = 0
         self.failed = 0
         self.panics = 0
+        self.cancelled = 0
 
-    def read(self) -> tuple[int, int, int, int, int]:
-        """(processed, retried, succeeded, failed, panics), read consistently."""
+    def read(self) -> tuple[int, int, int, int, int, int]:
+        """(processed, retried, succeeded, failed, panics, cancelled), read consistently."""
         while True:
             seq = self.seq
             if not seq & 1:
-                values = (self.processed, self.retried, self.succeeded, self.failed, self.panics)
+                values = (
+                    self.processed,
+                    self.retried,
+                    self.succeeded,
+                    self.failed,
+                    self.panics,
+                    self.cancelled,
+                )
                 if self.seq == seq:
                     return values
             time.sleep(0)  # the writer is mid-update: let it finish
@@ -96,9 +108,12 @@ class Counters:
         self.accepted = itertools.count()
         self.detached = 0
         self.lost_successes = 0  # counted by a worker, then refused by the backend (lost claim)
+        # Counted as successes by a worker, then recorded as cancelled (a cancel came first).
+        self.cancelled_successes = 0
+        self.cancelled = 0  # jobs ended cancelled without an attempt of this dispatcher's
         self._bulk: dict[int, int] = {}  # batch increments, keyed by id() of the count
         self._tallies: list[Tally] = []
-        self._retired = (0, 0, 0, 0, 0)
+        self._retired = (0, 0, 0, 0, 0, 0)
 
     def add(self, counter: itertools.count[int], n: int) -> None:
         """Add ``n`` to ``submitted`` or ``accepted`` (batches, recovery)."""
@@ -122,16 +137,18 @@ class Counters:
     def snapshot(self) -> MetricsSnapshot:
         """Copy the counters."""
         with self.lock:
-            processed, retried, succeeded, failed, panics = self._retired
+            processed, retried, succeeded, failed, panics, cancelled = self._retired
             processed -= self.lost_successes
-            succeeded -= self.lost_successes
+            succeeded -= self.lost_successes + self.cancelled_successes
+            cancelled += self.cancelled + self.cancelled_successes
             for block in self._tallies:
-                p, r, s, f, x = block.read()
+                p, r, s, f, x, c = block.read()
                 processed += p
                 retried += r
                 succeeded += s
                 failed += f
                 panics += x
+                cancelled += c
             return MetricsSnapshot(
                 _count_value(self.submitted) + self._bulk.get(id(self.submitted), 0),
                 _count_value(self.accepted) + self._bulk.get(id(self.accepted), 0),
@@ -141,6 +158,7 @@ class Counters:
                 failed,
                 panics,
                 self.detached,
+                cancelled,
             )
 
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from csjd_core.app import App, Mode
+from csjd_core.backends.base import CancelVerdict
 from csjd_core.backends.file import FileJobStore
 from csjd_core.dispatcher import Dispatcher
 from csjd_core.errors import (
@@ -46,8 +47,10 @@ if TYPE_CHECKING:
 __all__ = [
     "OPTIONS",
     "WORKER_BOUNDS",
+    "CancelReport",
     "RequeueReport",
     "WorkerOptions",
+    "cancel_jobs",
     "dead_count",
     "dead_letter",
     "dead_letters",
@@ -67,6 +70,7 @@ __all__ = [
     "run_store",
     "run_workers",
     "store_jobs",
+    "waiting_jobs",
 ]
 
 logger = logging.getLogger("csjd_core.worker")
@@ -822,3 +826,84 @@ def schedule_action(
         return ScheduleActionResult(action, name, True, app.dispatcher.run_now(schedule))
     changed = app.dispatcher.set_schedule_paused(schedule, action == "pause")
     return ScheduleActionResult(action, name, changed)
+
+
+# -- cancel ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class CancelReport:
+    """What `cancel_jobs` did, by job id: ``cancelled`` (waiting: ended now), ``requested``
+    (running: asked to stop; it ends ``cancelled``), ``ended`` (finished before), ``running``
+    (the bulk form: it had started, left alone) and ``missing`` (no record)."""
+
+    cancelled: tuple[str, ...] = ()
+    requested: tuple[str, ...] = ()
+    ended: tuple[str, ...] = ()
+    running: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+
+
+def _cancel_target(app: App, from_command: bool, needed_by: str) -> None:
+    """Raise unless a command's process can reach ``app``'s jobs (as for schedules)."""
+    if from_command and not schedules_shared(app):
+        raise CSJDError(
+            f"{needed_by}: in {app.mode} mode without a file store each process keeps its "
+            "jobs in its own memory, which a command cannot reach (use Redis mode or a file "
+            "store; in Django, the admin dashboard's Cancel button acts in the web process; "
+            "in code, app.cancel(job_id))"
+        )
+
+
+def cancel_jobs(
+    app: App,
+    job_ids: Sequence[str],
+    queue: str | None = None,
+    *,
+    waiting_only: bool = False,
+    from_command: bool,
+    needed_by: str = "csjd cancel",
+) -> CancelReport:
+    """Cancel jobs by id: what every front end's cancel calls (``csjd cancel``, ``manage.py
+    csjd_cancel``, ``flask csjd cancel``, the Django dashboard's Cancel button).
+
+    Args:
+        queue: where they are (Redis mode; default: each of the app's queues).
+        waiting_only: leave a job that started alone (the bulk form).
+        from_command: the caller is a command's own process (not one that runs the jobs).
+
+    Raises:
+        CSJDError: from a command, an app whose jobs live in each process's memory.
+        InvalidJob: ``queue`` is not a queue name.
+        BackendUnavailable: Redis (or the store) could not record a cancellation; the ones
+            before it stand (cancelling again is safe).
+    """
+    _cancel_target(app, from_command, needed_by)
+    found: dict[str, list[str]] = {str(v): [] for v in CancelVerdict}
+    dispatcher = app.dispatcher
+    for job_id in job_ids:
+        found[dispatcher.cancel_job(job_id, queue, waiting_only=waiting_only)].append(job_id)
+    return CancelReport(
+        cancelled=tuple(found[CancelVerdict.CANCELLED]),
+        requested=tuple(found[CancelVerdict.REQUESTED]),
+        ended=tuple(found[CancelVerdict.ENDED]),
+        running=tuple(found[CancelVerdict.RUNNING]),
+        missing=tuple(found[CancelVerdict.NOT_FOUND]),
+    )
+
+
+def waiting_jobs(
+    app: App,
+    job_type: str | None = None,
+    queue: str | None = None,
+    *,
+    from_command: bool,
+    needed_by: str = "csjd cancel",
+) -> list[str]:
+    """The ids of the jobs that wait (queued or scheduled) in ``queue`` (default: the app's
+    default queue in Redis mode; every job in process), of ``job_type`` if given: what the
+    bulk cancel ends, with `cancel_jobs` ``waiting_only``.
+
+    Raises:
+        CSJDError: from a command, an app whose jobs live in each process's memory.
+    """
+    _cancel_target(app, from_command, needed_by)
+    return app.dispatcher.waiting_jobs(job_type, queue)

@@ -15,7 +15,7 @@ from csjd_core.app import App
 from csjd_core.errors import CSJDError, StoreCorrupted
 from csjd_core.job import JobStatus
 from csjd_core.metrics import MetricsSnapshot
-from csjd_core.operations import RequeueReport, ScheduleRow
+from csjd_core.operations import CancelReport, RequeueReport, ScheduleRow
 from csjd_core.stats import DeadLetter, QueueStats, ScheduleState
 
 Echo = Callable[[str], object]
@@ -58,7 +58,8 @@ def stats_lines(stats: dict[str, QueueStats]) -> list[str]:
         counters = queue.counters
         lines.append(
             f"  counters: processed={counters.processed} succeeded={counters.succeeded} "
-            f"retried={counters.retried} failed={counters.failed}"
+            f"retried={counters.retried} failed={counters.failed} "
+            f"cancelled={counters.cancelled}"
         )
         for consumer in queue.consumers:
             age = "expired" if consumer.heartbeat_age is None else f"{consumer.heartbeat_age:.1f}s"
@@ -364,3 +365,68 @@ def dead_purge(
 def _count(count: int, noun: str) -> str:
     """``1 job``, ``2 jobs``."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def cancel_lines(report: CancelReport) -> tuple[list[str], list[str]]:
+    """``csjd cancel`` by id: what to print (standard output, standard error)."""
+    out = [f"cancelled {job_id}" for job_id in report.cancelled]
+    out += [
+        f"cancellation requested {job_id} (running: it is told, and ends cancelled)"
+        for job_id in report.requested
+    ]
+    out += [f"not cancelled {job_id}: it had already ended" for job_id in report.ended]
+    out += [f"not cancelled {job_id}: it had started (left running)" for job_id in report.running]
+    errors = [
+        f"no job {job_id} (never submitted, or its result expired)" for job_id in report.missing
+    ]
+    return out, errors
+
+
+def cancel(
+    app: App,
+    job_ids: Sequence[str],
+    queue: str | None,
+    *,
+    job_type: str | None = None,
+    confirm: Confirm,
+    needed_by: str,
+    echo: Echo,
+    warn: Echo,
+) -> CancelReport:
+    """``csjd cancel APP ID... | --type T | --all``: cancel the jobs by id, or (no id) every
+    waiting job of ``queue`` (of ``job_type`` if given) once ``confirm`` agrees.
+
+    Raises:
+        CSJDError: an id had no record (after saying which); the errors of
+            `operations.cancel_jobs`.
+    """
+    queue = operations.queue_option(queue)
+    if job_ids:
+        report = operations.cancel_jobs(app, job_ids, queue, from_command=True, needed_by=needed_by)
+    else:
+        waiting = operations.waiting_jobs(
+            app, job_type, queue, from_command=True, needed_by=needed_by
+        )
+        what = f"waiting job(s) of type {job_type}" if job_type else "waiting job(s)"
+        where = f" in queue {queue}" if queue else ""
+        if not waiting:
+            echo(f"no {what.replace('(s)', 's')}{where} to cancel")
+            return CancelReport()
+        confirm(f"cancel {len(waiting)} {what}{where}?")
+        report = operations.cancel_jobs(
+            app, waiting, queue, waiting_only=True, from_command=True, needed_by=needed_by
+        )
+        echo(
+            f"cancelled {len(report.cancelled)} {what}{where}"
+            + (f"; {len(report.running)} had started (left running)" if report.running else "")
+            + (f"; {len(report.ended)} had ended" if report.ended else "")
+        )
+        return report
+    out, errors = cancel_lines(report)
+    for line in errors:
+        warn(line)
+    for line in out:
+        echo(line)
+    if report.missing:
+        raise CSJDError(f"{len(report.missing)} of {len(job_ids)} job(s) not found")
+    return report

@@ -45,6 +45,8 @@ class QueueCounters:
     succeeded: int = 0
     retried: int = 0
     failed: int = 0
+    #: Jobs ended ``cancelled`` (by `cancel`, or expired before they started).
+    cancelled: int = 0
 
 
 @dataclass(frozen=True, slots=True)

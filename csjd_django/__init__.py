@@ -11,7 +11,7 @@ from typing import Any
 
 from csjd_django.app import DjangoApp, DjangoJobFunction
 
-__all__ = ["DjangoJobFunction", "app", "job", "status", "wait"]
+__all__ = ["DjangoJobFunction", "app", "cancel", "job", "status", "wait"]
 
 #: The project's CSJD app: one per process, configured from settings on first use.
 app = DjangoApp()
@@ -23,6 +23,13 @@ job = app.job
 def status(job_id: str, queue: str | None = None) -> Any:
     """The `JobStatus` of a job enqueued by this project."""
     return app.status(job_id, queue)
+
+
+def cancel(job_id: str, queue: str | None = None) -> bool:
+    """Cancel a job enqueued by this project (`csjd_core.App.cancel`): True when it was
+    cancelled or its cancellation requested of a running attempt, False when it had already
+    ended; `JobNotFound` when no record exists."""
+    return app.cancel(job_id, queue)
 
 
 def wait(timeout: float | None = None) -> bool:

@@ -5,8 +5,8 @@ It is registered on ``admin.site`` for the unmanaged `Dashboard` model; a projec
 
 Who sees what: anonymous users and non-staff are sent to the admin login page (the admin's own
 ``admin_view``); staff need ``csjd_django.view_csjd_dashboard`` to open the page (else 403) and
-``csjd_django.manage_dead_letters`` *as well* to requeue or delete dead letters, and to pause,
-resume or run a schedule now (POST only, CSRF-checked).
+``csjd_django.manage_dead_letters`` *as well* to requeue or delete dead letters, to pause,
+resume or run a schedule now, and to cancel a job (POST only, CSRF-checked).
 Superusers have both.
 """
 
@@ -21,7 +21,7 @@ from django.urls import URLPattern, path
 from django.views.decorators.http import require_POST
 
 from csjd_core.operations import SCHEDULE_ACTIONS
-from csjd_django import schedule_views, views
+from csjd_django import cancel_views, schedule_views, views
 from csjd_django.models import MANAGE_PERMISSION, VIEW_PERMISSION, Dashboard
 
 __all__ = ["DashboardAdmin"]
@@ -35,8 +35,8 @@ class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return request.user.has_perm(VIEW_PERMISSION)
 
     def has_manage_permission(self, request: HttpRequest) -> bool:
-        """May this user requeue or delete dead letters, and pause, resume or run schedules?
-        Only one who may also see them."""
+        """May this user requeue or delete dead letters, pause, resume or run schedules, and
+        cancel jobs? Only one who may also see them."""
         return self.has_view_permission(request) and request.user.has_perm(MANAGE_PERMISSION)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -64,6 +64,7 @@ class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 wrap(require_POST(self.delete_dead_letter_view)),
                 name=f"{prefix}_delete_dead_letter",
             ),
+            path("jobs/cancel/", wrap(require_POST(self.cancel_view)), name=f"{prefix}_cancel"),
             *(
                 path(
                     f"schedules/{action}/",
@@ -82,6 +83,9 @@ class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def delete_dead_letter_view(self, request: HttpRequest) -> HttpResponse:
         return views.dead_letter_action(request, self, "delete")
+
+    def cancel_view(self, request: HttpRequest) -> HttpResponse:
+        return cancel_views.cancel_action(request, self)
 
     def schedule_view(self, request: HttpRequest, *, action: str) -> HttpResponse:
         return schedule_views.schedule_action(request, self, action)

@@ -46,6 +46,8 @@ _STATUS = {
     JobState.RUNNING: TaskResultStatus.RUNNING,
     JobState.SUCCEEDED: TaskResultStatus.SUCCESSFUL,
     JobState.FAILED: TaskResultStatus.FAILED,
+    # Django's model has no cancelled status: FAILED, with a `JobCancelled` error saying so.
+    JobState.CANCELLED: TaskResultStatus.FAILED,
 }
 
 
@@ -213,7 +215,9 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
             object.__setattr__(result, name, value)
         if status.worker_id:
             result.worker_ids.extend([status.worker_id] * max(1, status.attempts))
-        if status.last_error and status.state is JobState.FAILED:
+        if status.state is JobState.CANCELLED:
+            result.errors.append(_cancelled_error(status.id, status.cancel_reason))
+        elif status.last_error and status.state is JobState.FAILED:
             result.errors.append(
                 TaskError(
                     exception_class_path=_exception_path(status.last_traceback, status.last_error),
@@ -276,6 +280,9 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
         if outcome.kind is OutcomeKind.SUCCEEDED:
             object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
             object.__setattr__(result, "_return_value", outcome.result)
+        elif outcome.kind is OutcomeKind.CANCELLED:
+            object.__setattr__(result, "status", TaskResultStatus.FAILED)
+            result.errors.append(_cancelled_error(job.id, "cancelled"))
         else:
             object.__setattr__(result, "status", TaskResultStatus.FAILED)
             exc, error = outcome.exception, outcome.error
@@ -307,6 +314,18 @@ def _task_options(max_attempts: Any, timeout: Any, where: str) -> tuple[int | No
         return job_options(max_attempts, timeout)
     except ValueError as exc:
         raise InvalidTaskError(f"{where}: {exc}") from None
+
+
+def _cancelled_error(job_id: str, reason: str | None) -> TaskError:
+    """The error a cancelled job's `TaskResult` carries: Django's Tasks have no cancelled
+    status, so FAILED with this (``exception_class_path`` names `JobCancelled`)."""
+    why = (
+        "it expired before it started" if reason == "expired" else "its cancellation was requested"
+    )
+    return TaskError(
+        exception_class_path="csjd_core.errors.JobCancelled",
+        traceback=f"csjd_core.errors.JobCancelled: task {job_id!r} was cancelled: {why}",
+    )
 
 
 def _exception_path(traceback_text: str | None, error: str) -> str:

@@ -214,7 +214,7 @@ def _redis_figures(dispatcher: RedisDistributedDispatcher, *, show_payload: bool
         logger.warning("dashboard could not read Redis url=%s error=%s", where, exc)
         figures.error = f"Redis at {where} is unavailable: {exc}"
         return figures
-    cluster = dict.fromkeys(("processed", "succeeded", "retried", "failed"), 0)
+    cluster = dict.fromkeys(("processed", "succeeded", "retried", "failed", "cancelled"), 0)
     for name, queue in stats.items():
         counters = queue.counters
         for key in cluster:
@@ -315,6 +315,8 @@ def dashboard(request: HttpRequest, model_admin: DashboardAdmin) -> HttpResponse
         "dead_letter_limit": DEAD_LETTER_LIMIT,
         "redis_mode": figures.mode == Mode.REDIS,
         "lookup": lookup,  # a job's status and progress (the lookup form)
+        # The Cancel form's queue choices (Redis mode; in process there is one memory).
+        "cancel_queues": app.distributed.queues if figures.mode == Mode.REDIS else (),
         # Bad settings or Redis down are the page's error already: no schedule is read then
         # (one connection timeout per page view is enough).
         "schedules": None if figures.error else schedule_figures(app),

@@ -1,4 +1,4 @@
-"""``flask csjd``: run, relay, replay, stats, dead, schedule. Each parses its options, calls
+"""``flask csjd``: run, relay, replay, stats, dead, schedule, cancel. Each parses its options, calls
 `csjd_core.operations` with the core `App` of ``current_app`` and prints what the ``csjd``
 command prints (the dead-letter and schedule actions are the very click commands of
 ``csjd dead`` and ``csjd schedule``)."""
@@ -15,8 +15,8 @@ from flask.cli import AppGroup, ScriptInfo, pass_script_info, with_appcontext
 
 from csjd_core import operations, reports
 from csjd_core.app import App
+from csjd_core.cli import cancel_command, reported
 from csjd_core.cli import dead as core_dead
-from csjd_core.cli import reported
 from csjd_core.cli import schedule as core_schedule
 from csjd_core.cli_options import log_to_stderr, worker_options, worker_options_from
 from csjd_flask.extension import CSJDState, NotInitialized
@@ -28,7 +28,7 @@ LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=
 csjd_group = AppGroup(
     "csjd",
     help="CSJD background jobs: run workers, relay the outbox, replay a file store, stats, "
-    "dead letters, periodic jobs.",
+    "dead letters, periodic jobs, cancel.",
 )
 
 
@@ -194,3 +194,24 @@ def schedule(ctx: click.Context, as_json: bool) -> None:
 
 for _command in core_schedule.commands.values():  # the very commands of `csjd schedule`
     schedule.add_command(_command)
+
+
+@csjd_group.command("cancel")
+@click.argument("job_ids", nargs=-1, metavar="[JOB_ID]...")
+@click.option("--queue", default=None, help="The jobs' queue (default: each of CSJD_QUEUES).")
+@click.option("--type", "job_type", default=None, help="Bulk: every waiting job of this type.")
+@click.option("--all", "everything", is_flag=True, help="Bulk: every waiting job of the queue.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (bulk form).")
+def cancel(
+    job_ids: tuple[str, ...],
+    queue: str | None,
+    job_type: str | None,
+    everything: bool,
+    yes: bool,
+) -> None:
+    """Cancel jobs by id: a waiting job never runs; a running one is told to stop and ends
+    cancelled. Without ids, --type T or --all cancels every waiting (queued or scheduled) job
+    of the queue, after a confirmation."""
+    cancel_command(
+        lambda app: app, _core_app(), job_ids, queue, job_type, everything, yes, "flask csjd cancel"
+    )

@@ -427,6 +427,12 @@ class CSJD:
         """The `JobStatus` of a job enqueued through ``app`` (default: ``current_app``)."""
         return self.core_app(app).status(job_id, queue)
 
+    def cancel(self, job_id: str, queue: str | None = None, *, app: Flask | None = None) -> bool:
+        """Cancel a job enqueued through ``app`` (default: ``current_app``), as
+        `csjd_core.App.cancel`: True when it was cancelled or its cancellation requested of a
+        running attempt, False when it had already ended; `JobNotFound` when no record exists."""
+        return self.core_app(app).cancel(job_id, queue)
+
     def wait(self, timeout: float | timedelta | None = None, *, app: Flask | None = None) -> bool:
         """Block until every job enqueued in this process through ``app`` finished (in-process
         mode, for tests). False on timeout."""

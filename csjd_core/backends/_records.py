@@ -33,7 +33,10 @@ JSON_TYPES = {1: TYPES, 2: frozenset({SUBMITTED, RETRY}), 3: frozenset({RETRY, M
 # Started and finished records (version 2 on): these fields, then the job id in UTF-8.
 _STARTED = struct.Struct("<dQ")  # started_at (NaN: unknown), attempt
 _FINISHED = struct.Struct("<dB")  # finished_at (NaN: unknown), outcome (see _OUTCOMES)
-_OUTCOMES = {JobState.SUCCEEDED: 0, JobState.FAILED: 1}
+# 2 (cancelled) is written for a job ended by `cancel`, and for a running job as soon as its
+# cancellation is requested (recovery must never run it again). Replay drops the job on any
+# finished record whatever its outcome, so logs that hold a 2 open in earlier releases too.
+_OUTCOMES = {JobState.SUCCEEDED: 0, JobState.FAILED: 1, JobState.CANCELLED: 2}
 # A submitted record (version 3 on) holds one item per job, back to back: these fields, then
 # the job's id, type and queue in UTF-8 and its payload as JSON (empty: no payload).
 _SUBMITTED = struct.Struct("<dddIIHHHI")
@@ -355,6 +358,19 @@ def _job_of(item: dict[str, Any] | bytes, payload: Any) -> tuple[Job, int, float
     )
     validate_job(job)
     return job, max_attempts, at
+
+
+def submitted_record(entries: list[Entry]) -> tuple[int, bytes] | tuple[int, bytes, int]:
+    """The submitted record of ``entries`` for the log. A job with ``expires`` (issue 18) is
+    written as version 2 wrote submitted records — JSON, `Job.to_dict` with its ``expires`` —
+    as the binary item has no field for it: every release reads version 2, and one from before
+    expiry ignores the field."""
+    if any(entry.job.expires is not None for entry in entries):
+        items = [
+            {"job": e.job.to_dict(), "max": e.max_attempts, "t": e.enqueued_at} for e in entries
+        ]
+        return SUBMITTED, encode({"jobs": items}).encode(), 2
+    return SUBMITTED, submitted(entries)
 
 
 def submitted(entries: list[Entry]) -> bytes:

@@ -32,6 +32,8 @@ logger = logging.getLogger("csjd_core.store")
 MAGIC = b"CJ"
 VERSION = 3  # written; 2: binary started / finished payloads, 3: binary submitted (_records)
 READABLE_VERSIONS = frozenset({1, 2, 3})
+#: A record to append: (type, payload), or (type, payload, version) (see `WriteAheadLog.append`).
+LogRecord = tuple[int, bytes] | tuple[int, bytes, int]
 HEADER = struct.Struct("<2sBBIQI")
 #: Largest record: a job of `MAX_JOB_BYTES` (the admission limit) plus room for its id, type
 #: and framing, so that every job admission accepts fits one record. Checked when reading too.
@@ -298,7 +300,7 @@ class WriteAheadLog:
     # -- writing ---------------------------------------------------------------------------
     def append(
         self,
-        records: list[tuple[int, bytes]],
+        records: list[LogRecord],
         *,
         durable: bool,
         on_written: Callable[[], None] | None = None,
@@ -306,7 +308,9 @@ class WriteAheadLog:
         """Write framed records; with ``durable`` wait for fsync under the ``always`` policy.
 
         ``on_written`` runs under the write lock right after a successful write, so a snapshot
-        taken under the same lock sees exactly the records that are in the file.
+        taken under the same lock sees exactly the records that are in the file. A record is
+        ``(type, payload)``, or ``(type, payload, version)`` for one encoded as an earlier
+        version encodes it (`_records.submitted_record`).
 
         Raises:
             StoreFailed: the log is closed or failed, the disk is full, or a write failed (the
@@ -321,19 +325,19 @@ class WriteAheadLog:
                 raise StoreFailed(f"job store {self.path} is closed")
             deferred = self._take_deferred() if self._deferred else []
             if deferred:
-                records = deferred + records
+                records = [*deferred, *records]
             elif not records:
                 return
             seq = self._seq
             if len(records) == 1:
-                rtype, payload = records[0]
+                record = records[0]
                 seq += 1
-                data = encode(rtype, seq, payload)
+                data = encode(record[0], seq, record[1], *record[2:])
             else:
                 parts = []
-                for rtype, payload in records:
+                for record in records:
                     seq += 1
-                    parts.append(encode(rtype, seq, payload))
+                    parts.append(encode(record[0], seq, record[1], *record[2:]))
                 data = b"".join(parts)
             try:
                 self._write_all(data)

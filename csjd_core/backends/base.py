@@ -24,6 +24,7 @@ __all__ = [
     "AttemptError",
     "Backend",
     "BackendSettings",
+    "CancelVerdict",
     "Delivery",
     "RelayResult",
     "RelayVerdict",
@@ -44,6 +45,16 @@ class BackendSettings:
     worker_id: str
     #: Told of a success `Backend.succeed_nowait` accepted but could not record (lost claim).
     on_lost_claim: Callable[[Delivery], None] | None = None
+    #: Told ``(job_id, reason)`` when the backend learns that a job one of this process's
+    #: attempts may be running was cancelled (at once in process; within a heartbeat in Redis
+    #: mode): the engine cancels that attempt's context.
+    on_cancel: Callable[[str, str], None] | None = None
+    #: Told of a success `Backend.succeed_nowait` accepted and then recorded as cancelled (the
+    #: job's cancellation came first): the engine counts it so.
+    on_cancelled_success: Callable[[Delivery], None] | None = None
+    #: Told how many jobs the backend ended ``cancelled`` before any attempt of this process
+    #: began (cancelled while waiting, or expired when fetched): the engine counts them.
+    on_cancelled_unstarted: Callable[[int], None] | None = None
 
 
 class Delivery:
@@ -51,10 +62,12 @@ class Delivery:
 
     ``token`` fences the attempt: a backend refuses to record an outcome for a delivery whose
     token no longer matches the job (it was re-delivered, reclaimed or recovered meanwhile).
-    ``ref`` is the backend's own handle (an index entry, a stream entry id).
+    ``ref`` is the backend's own handle (an index entry, a stream entry id). ``cancel`` is set
+    by the backend once it knows the job was cancelled (the reason): the attempt's outcome is
+    then recorded as ``cancelled`` whatever the handler did.
     """
 
-    __slots__ = ("attempt", "job", "max_attempts", "ref", "token")
+    __slots__ = ("attempt", "cancel", "job", "max_attempts", "ref", "token")
 
     def __init__(self, job: Job, attempt: int, max_attempts: int, token: Any, ref: Any) -> None:
         self.job = job
@@ -62,6 +75,7 @@ class Delivery:
         self.max_attempts = max_attempts
         self.token = token
         self.ref = ref
+        self.cancel: str | None = None
 
     def __repr__(self) -> str:
         return f"Delivery(job_id={self.job.id!r}, type={self.job.type!r}, attempt={self.attempt})"
@@ -79,6 +93,16 @@ class AttemptError:
     kind: str
     message: str
     traceback: str | None = None
+
+
+class CancelVerdict(StrEnum):
+    """What `Backend.cancel` did."""
+
+    CANCELLED = "cancelled"  # it was waiting (queued, scheduled, retry-waiting): ended now
+    REQUESTED = "requested"  # it may be running: its attempt is told, and the job ends cancelled
+    ENDED = "ended"  # it had finished already (or its outcome was being recorded): unchanged
+    RUNNING = "running"  # ``waiting_only``: it had started (or a consumer holds it): unchanged
+    NOT_FOUND = "not_found"  # no record of it (never submitted, or its result expired)
 
 
 class RelayVerdict(StrEnum):
@@ -185,12 +209,22 @@ class Backend(ABC):
         """The next ready job, waiting up to ``timeout`` seconds; ``None`` if there is none."""
 
     @abstractmethod
-    def started(self, delivery: Delivery, worker_id: str) -> None:
-        """Record that the attempt's handler is about to run."""
+    def started(self, delivery: Delivery, worker_id: str) -> str | None:
+        """Record that the attempt's handler is about to run.
+
+        Returns:
+            ``None``, or the reason the job was cancelled meanwhile: then the handler must not
+            run (the engine records the attempt with `cancelled`).
+        """
 
     @abstractmethod
     def succeed(self, delivery: Delivery, result: Any) -> bool:
-        """Record success with a JSON result. Returns False if the delivery lost its claim."""
+        """Record success with a JSON result. Returns False if the delivery lost its claim.
+
+        A job whose cancellation was requested is recorded ``cancelled`` instead (its result
+        kept) and ``delivery.cancel`` set: one of the two is the job's final state, decided
+        atomically with `cancel`.
+        """
 
     def succeed_nowait(self, delivery: Delivery, result: Any) -> bool | None:
         """Like `succeed`, but a backend may record the outcome after returning ``None``.
@@ -203,11 +237,41 @@ class Backend(ABC):
 
     @abstractmethod
     def retry(self, delivery: Delivery, error: AttemptError, delay: float) -> bool:
-        """Schedule the job's next attempt in ``delay`` seconds. False if fenced out."""
+        """Schedule the job's next attempt in ``delay`` seconds. False if fenced out. A job
+        whose cancellation was requested is never retried: recorded as in `succeed`."""
 
     @abstractmethod
     def fail(self, delivery: Delivery, error: AttemptError) -> bool:
-        """Record a terminal failure (dead-letter it). False if fenced out."""
+        """Record a terminal failure (dead-letter it). False if fenced out. A job whose
+        cancellation was requested is recorded as in `succeed`."""
+
+    @abstractmethod
+    def cancelled(
+        self, delivery: Delivery, reason: str, error: AttemptError | None, result: Any = None
+    ) -> bool:
+        """Record that the attempt ended with its job cancelled: never retried; the error kept
+        if it raised, the result if it returned. False if fenced out."""
+
+    @abstractmethod
+    def cancel(
+        self,
+        job_id: str,
+        queue: str | None,
+        reason: str = "cancelled",
+        *,
+        waiting_only: bool = False,
+    ) -> CancelVerdict:
+        """Cancel ``job_id`` (in ``queue``, in distributed mode): a waiting job ends at once,
+        a running one is asked to stop (`BackendSettings.on_cancel`, or a flag its consumer
+        reads) and ends cancelled whatever its handler does — unless ``waiting_only``: then
+        it is left alone (`CancelVerdict.RUNNING`). Decided atomically against the job's
+        start and its outcome: the job has one final state."""
+
+    def waiting_jobs(self, queue: str | None, job_type: str | None) -> list[str]:
+        """The ids of the jobs that wait (queued or scheduled, not held by a worker) in
+        ``queue`` (``None``: every queue this backend holds), of ``job_type`` if given, oldest
+        first: what the bulk cancel offers to end."""
+        raise NotImplementedError(f"{type(self).__name__} does not list waiting jobs")
 
     @abstractmethod
     def release(self, delivery: Delivery) -> None:

@@ -23,8 +23,20 @@ from typing import Any, Literal
 
 from csjd_core.backends import _marks
 from csjd_core.backends import _records as fmt
-from csjd_core.backends._wal import MAX_RECORD, WriteAheadLog, fsync_directory, write_all
-from csjd_core.backends.base import AttemptError, BackendSettings, Delivery, RelayResult
+from csjd_core.backends._wal import (
+    MAX_RECORD,
+    LogRecord,
+    WriteAheadLog,
+    fsync_directory,
+    write_all,
+)
+from csjd_core.backends.base import (
+    AttemptError,
+    BackendSettings,
+    CancelVerdict,
+    Delivery,
+    RelayResult,
+)
 from csjd_core.backends.memory import Entry, MemoryBackend
 from csjd_core.errors import (
     InvalidConfig,
@@ -397,7 +409,7 @@ class FileJobStore(MemoryBackend):
     # -- the persistence seam --------------------------------------------------------------
     def _write(
         self,
-        records: list[tuple[int, bytes]],
+        records: list[LogRecord],
         *,
         durable: bool,
         on_written: Callable[[], None] | None = None,
@@ -408,7 +420,8 @@ class FileJobStore(MemoryBackend):
             threading.Thread(target=self._compact_in_background, daemon=True).start()
 
     def _persist_submitted(self, entries: list[Entry]) -> None:
-        payload = fmt.submitted(entries)
+        record = fmt.submitted_record(entries)
+        payload = record[1]
         if len(payload) > MAX_RECORD:  # only a batch can get here: admission bounds a job
             raise InvalidJob(
                 f"a batch of {len(entries)} jobs is {len(payload)} bytes in the log; one record "
@@ -419,14 +432,14 @@ class FileJobStore(MemoryBackend):
             for entry in entries:
                 entry.stored = True
 
-        self._write([(fmt.SUBMITTED, payload)], durable=True, on_written=mark_stored)
+        self._write([record], durable=True, on_written=mark_stored)
 
     def _persist_mark(self, state: ScheduleState, entries: list[Entry]) -> None:
         # The mark first: should a crash of the machine tear this write, the slot is lost
         # rather than run twice (at most once per slot).
-        records = [(fmt.MARK, _marks.encode(state))]
+        records: list[LogRecord] = [(fmt.MARK, _marks.encode(state))]
         if entries:
-            records.append((fmt.SUBMITTED, fmt.submitted(entries)))
+            records.append(fmt.submitted_record(entries))
 
         def mark_stored() -> None:
             self._marks[state.name] = state  # under the write lock: compaction sees both
@@ -457,6 +470,11 @@ class FileJobStore(MemoryBackend):
 
     def _persist_finished(self, entry: Entry) -> None:
         self._wal.defer(fmt.FINISHED, fmt.finished(entry.job.id, entry.state, entry.finished_at))
+
+    def _persist_cancel_requested(self, entry: Entry) -> None:
+        # A finished record now, while the attempt runs on: replay drops the job, so a crash
+        # before its outcome never runs it again (the outcome writes a second one, harmless).
+        self._wal.defer(fmt.FINISHED, fmt.finished(entry.job.id, JobState.CANCELLED, time.time()))
 
     def _flush_progress(self) -> None:
         if not self._wal.has_deferred:
@@ -497,6 +515,40 @@ class FileJobStore(MemoryBackend):
             super().release(delivery)
         finally:
             self._flush_progress()
+
+    def cancelled(
+        self, delivery: Delivery, reason: str, error: AttemptError | None, result: Any = None
+    ) -> bool:
+        """Record a cancelled attempt (fenced); its record is in the log when this returns."""
+        try:
+            return super().cancelled(delivery, reason, error, result)
+        finally:
+            self._flush_progress()
+
+    def cancel(
+        self,
+        job_id: str,
+        queue: str | None,
+        reason: str = "cancelled",
+        *,
+        waiting_only: bool = False,
+    ) -> CancelVerdict:
+        """`MemoryBackend.cancel`, its record in the log (under the fsync policy) when this
+        returns: recovery never runs a cancelled job."""
+        self._check_owner()
+        try:
+            return super().cancel(job_id, queue, reason, waiting_only=waiting_only)
+        finally:
+            if self._wal.has_deferred:
+                try:
+                    self._write([], durable=True)
+                except (StoreFailed, JobStoreLocked) as exc:
+                    logger.error(
+                        "could not record a cancellation; after a crash the job may run "
+                        "id=%r error=%s",
+                        job_id,
+                        exc,
+                    )
 
     def discard(self, job_ids: Iterable[str], reason: str) -> int:
         """Finish jobs without running them (see `MemoryBackend.discard`), durably."""
@@ -543,10 +595,13 @@ class FileJobStore(MemoryBackend):
             # jobs that finished: a success takes its job out of `_unfinished` without the
             # index lock (list() copies the map at once), and its finished record may be
             # written before or after ``seq``.
+            # Nor are jobs whose cancellation was requested (their finished record is written,
+            # or about to be): recovery must not run them again.
+            cancels = self._cancels
             captured = [
                 fmt.snapshot_fields(e)
                 for e in list(self._unfinished.values())
-                if e.get("stored") and not e.state.finished
+                if e.get("stored") and not e.state.finished and not cancels.get(e.job.id)
             ]
             marks = list(self._marks.values())
         data = fmt.snapshot(seq, captured, marks)

@@ -11,7 +11,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from csjd_core.backends import _marks
@@ -19,6 +19,7 @@ from csjd_core.backends.base import (
     AttemptError,
     Backend,
     BackendSettings,
+    CancelVerdict,
     Delivery,
     RelayResult,
     RelayVerdict,
@@ -38,6 +39,7 @@ _SCHEDULED = JobState.SCHEDULED
 _RUNNING = JobState.RUNNING
 _SUCCEEDED = JobState.SUCCEEDED
 _FAILED = JobState.FAILED
+_CANCELLED = JobState.CANCELLED
 
 
 class Entry:
@@ -45,7 +47,9 @@ class Entry:
 
     __slots__ = (
         "attempts",
+        "cancel_reason",
         "due",
+        "ending",
         "enqueued_at",
         "error",
         "finished_at",
@@ -72,6 +76,8 @@ class Entry:
     worker_id: str | None
     progress: Progress | None  # the last ctx.set_progress (memory only, also in a file store)
     stored: bool  # its submitted record is in the log (durable subclasses)
+    cancel_reason: str | None  # why it was cancelled (or its cancellation requested)
+    ending: bool  # its success is being recorded (see `MemoryBackend.cancel`)
 
     def __init__(self, job: Job, max_attempts: int, enqueued_at: float) -> None:
         # Only what every job needs is set here: each attribute set costs on the submit path.
@@ -106,6 +112,7 @@ class Entry:
             worker_id=get("worker_id"),
             payload=self.job.payload,
             progress=get("progress"),
+            cancel_reason=get("cancel_reason"),
         )
 
 
@@ -134,6 +141,12 @@ class MemoryBackend(Backend):
         self._scheduled: list[tuple[float, int, Entry]] = []
         self._seq = itertools.count()
         self._unfinished: dict[str, Entry] = {}
+        # Per unfinished job id, the reason its cancellation was requested (`cancel`, under the
+        # lock); `_finish` removes it. The lock-free success path decides against it without a
+        # lock: see `succeed`.
+        self._cancels: dict[str, str] = {}
+        self._on_cancel: Callable[[str, str], None] | None = None
+        self._on_unstarted: Callable[[int], None] | None = None
         self._finished: dict[str, Entry] = {}
         self._finished_order: deque[tuple[float, str, Entry]] = deque()
         self._waiters = 0
@@ -157,6 +170,8 @@ class MemoryBackend(Backend):
         self._default_max_attempts = settings.default_max_attempts
         self._result_ttl = settings.result_ttl
         self._max_results = settings.max_results
+        self._on_cancel = settings.on_cancel
+        self._on_unstarted = settings.on_cancelled_unstarted
         self._opened = True
         self._closed = False
         return 0
@@ -360,6 +375,15 @@ class MemoryBackend(Backend):
             with self._lock:
                 if self._waiters and not self._rung:
                     self._ring(1)
+        cancels = self._cancels
+        if cancels and cancels.get(entry.job.id):
+            # Its cancellation was requested after this fetch took it from the ready queue.
+            self._end_unstarted(entry, cancels[entry.job.id])
+            return self.fetch(0.0)
+        expires = entry.job.expires
+        if expires is not None and not entry.attempts and expires.timestamp() <= time.time():
+            self._end_unstarted(entry, "expired")  # never started before its expiry: never runs
+            return self.fetch(0.0)
         entry.attempts += 1
         return Delivery(entry.job, entry.attempts, entry.max_attempts, entry.attempts, entry)
 
@@ -373,6 +397,8 @@ class MemoryBackend(Backend):
         scheduled = self._scheduled
         while scheduled and scheduled[0][0] <= now:
             entry = heapq.heappop(scheduled)[2]
+            if entry.state is _CANCELLED:  # cancelled while it waited (left in the heap)
+                continue
             entry.state = _QUEUED
             self._ready.append(entry)
 
@@ -447,14 +473,16 @@ class MemoryBackend(Backend):
             self._wakeups += 1
             self._ring(self._waiters)
 
-    def started(self, delivery: Delivery, worker_id: str) -> None:
-        """Mark the entry running."""
+    def started(self, delivery: Delivery, worker_id: str) -> str | None:
+        """Mark the entry running; the cancellation reason if one was requested meanwhile."""
         entry: Entry = delivery.ref
         entry.state = _RUNNING
         entry.started_at = time.time()
         entry.worker_id = worker_id
         if self._logs:
             self._persist_started(entry)
+        cancels = self._cancels
+        return (cancels.get(entry.job.id) or None) if cancels else None
 
     def _owns(self, delivery: Delivery) -> Entry | None:
         """The entry if ``delivery`` still holds its claim (lock held)."""
@@ -474,6 +502,22 @@ class MemoryBackend(Backend):
         if entry is None:
             return False
         entry.result = result
+        # One winner against `cancel`, without a lock on this path: the success writes its claim
+        # (``ending``) and then looks for a request; `cancel` writes its request and then looks
+        # for a claim. Under the GIL one of the two sees the other's write. A cancel that sees
+        # the claim withdraws its request (ENDED) under the lock, which the success then takes
+        # to look again: the job ends as exactly one of them says.
+        entry.ending = True
+        cancels = self._cancels
+        if cancels and cancels.get(entry.job.id):
+            with self._lock:
+                reason = cancels.get(entry.job.id)
+                if reason:
+                    if self._owns(delivery) is None:
+                        return False
+                    delivery.cancel = entry.cancel_reason = reason
+                    self._finish(entry, _CANCELLED)
+                    return True
         self._finish(entry, _SUCCEEDED)
         return True
 
@@ -485,7 +529,12 @@ class MemoryBackend(Backend):
                 return False
             entry.error = error.message
             entry.traceback = error.traceback
-            self._finish(entry, _FAILED)
+            reason = self._cancels.get(entry.job.id)
+            if reason:
+                delivery.cancel = entry.cancel_reason = reason
+                self._finish(entry, _CANCELLED)
+            else:
+                self._finish(entry, _FAILED)
         return True
 
     def set_progress(self, delivery: Delivery, progress: Progress) -> bool:
@@ -499,17 +548,121 @@ class MemoryBackend(Backend):
             entry.progress = progress
         return True
 
+    def cancelled(
+        self, delivery: Delivery, reason: str, error: AttemptError | None, result: Any = None
+    ) -> bool:
+        """Record that the attempt ended with its job cancelled (fenced)."""
+        with self._lock:
+            entry = self._owns(delivery)
+            if entry is None:
+                return False
+            if result is not None:
+                entry.result = result
+            if error is not None:
+                entry.error = error.message
+                entry.traceback = error.traceback
+            reason = self._cancels.get(entry.job.id) or reason
+            delivery.cancel = entry.cancel_reason = reason
+            self._finish(entry, _CANCELLED)
+        return True
+
+    def cancel(
+        self,
+        job_id: str,
+        queue: str | None,
+        reason: str = "cancelled",
+        *,
+        waiting_only: bool = False,
+    ) -> CancelVerdict:
+        """End a waiting job now, or ask a running attempt to stop (see `Backend.cancel`).
+
+        A queued job is taken out of the ready queue (`deque.remove`, atomic: either it is
+        there and no fetch can take it any more, or a fetch took it and the job counts as
+        running: the fetch, `started` and the outcome each see the request)."""
+        with self._lock:
+            entry = self._unfinished.get(job_id)
+            if entry is None:
+                done = self._finished.get(job_id)
+                if done is None or done.get("finished_at") + self._result_ttl <= time.time():
+                    return CancelVerdict.NOT_FOUND
+                return CancelVerdict.ENDED
+            cancels = self._cancels
+            if cancels.get(job_id):  # requested before: its attempt was told
+                return CancelVerdict.RUNNING if waiting_only else CancelVerdict.REQUESTED
+            if waiting_only and entry.state is _RUNNING:
+                return CancelVerdict.RUNNING
+            cancels[job_id] = prior = reason  # the request first, then look for a success's claim
+            if entry.get("ending") or entry.state.finished:  # its success is being recorded
+                del cancels[job_id]
+                return CancelVerdict.ENDED
+            if entry.state is _SCHEDULED or (entry.state is _QUEUED and self._unready(entry)):
+                entry.cancel_reason = prior
+                self._finish(entry, _CANCELLED)
+                ended = True
+            elif waiting_only:  # a fetch took it: it counts as started
+                del self._cancels[job_id]
+                return CancelVerdict.RUNNING
+            else:
+                entry.cancel_reason = prior
+                if self._logs:
+                    self._persist_cancel_requested(entry)
+                ended = False
+        if ended:
+            if self._on_unstarted is not None:
+                self._on_unstarted(1)
+            return CancelVerdict.CANCELLED
+        if self._on_cancel is not None:
+            self._on_cancel(job_id, prior)
+        return CancelVerdict.REQUESTED
+
+    def waiting_jobs(self, queue: str | None, job_type: str | None) -> list[str]:
+        """The queued and scheduled jobs (of ``job_type``), oldest first (``queue`` is not
+        needed here)."""
+        with self._lock:
+            entries = [
+                e
+                for e in self._unfinished.values()
+                if (e.state is _QUEUED or e.state is _SCHEDULED)
+                and (job_type is None or e.job.type == job_type)
+            ]
+        entries.sort(key=lambda e: e.enqueued_at)
+        return [e.job.id for e in entries]
+
+    def _unready(self, entry: Entry) -> bool:
+        """Take ``entry`` out of the ready queue; False if a fetch took it first."""
+        try:
+            self._ready.remove(entry)  # identity compares only: atomic under the GIL
+        except ValueError:
+            return False
+        return True
+
+    def _end_unstarted(self, entry: Entry, reason: str) -> None:
+        """End a job taken from the ready queue before its attempt began (cancelled meanwhile,
+        or expired)."""
+        with self._lock:
+            if self._unfinished.get(entry.job.id) is not entry:
+                return
+            entry.cancel_reason = reason
+            self._finish(entry, _CANCELLED)
+        if self._on_unstarted is not None:
+            self._on_unstarted(1)
+
     def retry(self, delivery: Delivery, error: AttemptError, delay: float) -> bool:
         """Park the entry in the scheduled heap for ``delay`` seconds (fenced)."""
         with self._lock:
             entry = self._owns(delivery)
             if entry is None:
                 return False
+            entry.error = error.message
+            entry.traceback = error.traceback
+            reason = self._cancels.get(entry.job.id)
+            if reason:  # never retried after a cancellation
+                delivery.cancel = entry.cancel_reason = reason
+                self._finish(entry, _CANCELLED)
+                return True
             # This attempt is over: a second outcome for the same delivery is stale (after
             # succeed/fail the entry leaves `_unfinished`; here the entry stays, so fence it).
             delivery.token = None
-            entry.error = error.message
-            entry.traceback = error.traceback
             entry.state = _SCHEDULED
             entry.due = time.monotonic() + delay
             entry.run_at = time.time() + delay
@@ -526,7 +679,11 @@ class MemoryBackend(Backend):
             if entry is None:
                 return
             delivery.token = None
-            if entry.attempts < entry.max_attempts:
+            reason = self._cancels.get(entry.job.id)
+            if reason:
+                entry.cancel_reason = reason
+                self._finish(entry, _CANCELLED)
+            elif entry.attempts < entry.max_attempts:
                 entry.state = _QUEUED
                 self._ready.append(entry)
                 self._ring(1)
@@ -546,6 +703,10 @@ class MemoryBackend(Backend):
             # Visible as finished before it stops being unfinished: a lock-free succeed runs
             # beside status(), which must never find the job in neither map.
             self._finished[job_id] = entry
+        # Before the id is free: a new job of the same id starts with no request.
+        cancels = self._cancels
+        if cancels:
+            cancels.pop(job_id, None)
         self._unfinished.pop(job_id, None)
         if keep:
             order = self._finished_order
@@ -689,3 +850,7 @@ class MemoryBackend(Backend):
 
     def _persist_finished(self, entry: Entry) -> None:
         """Record a terminal outcome (lock held)."""
+
+    def _persist_cancel_requested(self, entry: Entry) -> None:
+        """Record that a running job's cancellation was requested (lock held): it must not run
+        again after a crash."""

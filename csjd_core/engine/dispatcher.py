@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 from csjd_core.backends.base import (
     Backend,
     BackendSettings,
+    CancelVerdict,
     RelayResult,
     RelayVerdict,
     SlotOp,
@@ -82,6 +83,9 @@ class BaseDispatcher:
             max_results=max_results,
             worker_id=self._engine.worker_prefix,
             on_lost_claim=self._engine.success_lost,
+            on_cancel=self._engine.on_cancel,
+            on_cancelled_success=self._engine.success_cancelled,
+            on_cancelled_unstarted=self._engine.cancelled_unstarted,
         )
         self._lifecycle = threading.Lock()
         self._stopping = threading.Lock()
@@ -447,6 +451,59 @@ class BaseDispatcher:
         if found is None:
             raise JobNotFound(job_id)
         return found
+
+    def cancel(self, job_id: str, queue: str | None = None) -> bool:
+        """Cancel a job: one that waits (queued, scheduled, waiting for a retry) never runs and
+        ends ``cancelled``; a running one is asked to stop (``ctx.cancelled``: at once in
+        process, within ``heartbeat_interval`` across Redis consumers) and ends ``cancelled``
+        whatever its handler does (a result it returns is kept). Never retried afterwards.
+
+        Args:
+            job_id: the job's id.
+            queue: where it is (distributed mode; default: every configured queue).
+
+        Returns:
+            True when the job was cancelled or its cancellation requested of a running
+            attempt; False when it had already ended.
+
+        Raises:
+            JobNotFound: no record of the id (never submitted, or its result expired).
+            InvalidJob: ``queue`` is not a queue name.
+            BackendUnavailable: the store or Redis could not record it.
+        """
+        verdict = self.cancel_job(job_id, queue)
+        if verdict is CancelVerdict.NOT_FOUND:
+            raise JobNotFound(job_id)
+        return verdict is not CancelVerdict.ENDED
+
+    def cancel_job(
+        self, job_id: str, queue: str | None = None, *, waiting_only: bool = False
+    ) -> CancelVerdict:
+        """`cancel`, answered with the backend's `CancelVerdict` (no `JobNotFound`); with
+        ``waiting_only`` a job that started is left alone (the bulk form's rule)."""
+        try:
+            check_name(job_id, "job id")
+        except InvalidJob:
+            return CancelVerdict.NOT_FOUND  # no job can have it
+        if queue is not None and (problem := name_problem(queue, "queue")) is not None:
+            raise InvalidJob(problem)
+        self._ensure_open()
+        verdict = self._backend.cancel(job_id, queue, waiting_only=waiting_only)
+        logger.info("cancel id=%r queue=%s verdict=%s", job_id, queue, verdict)
+        return verdict
+
+    def waiting_jobs(self, job_type: str | None = None, queue: str | None = None) -> list[str]:
+        """The ids of the jobs that wait — queued or scheduled, not held by a worker — in
+        ``queue`` (in process: every job), of ``job_type`` if given, oldest first.
+
+        Raises:
+            InvalidJob: ``queue`` is not a queue name.
+            BackendUnavailable: Redis could not be reached.
+        """
+        if queue is not None and (problem := name_problem(queue, "queue")) is not None:
+            raise InvalidJob(problem)
+        self._ensure_open()
+        return self._backend.waiting_jobs(queue, job_type)
 
     def metrics(self) -> MetricsSnapshot:
         """A consistent snapshot of this dispatcher's counters."""

@@ -28,6 +28,9 @@ class OutcomeKind(StrEnum):
     FAILED = "failed"  # it raised (or could not run); the job failed for good
     PANICKED = "panicked"  # a BaseException that is not an Exception (retried or not)
     TIMED_OUT = "timed_out"  # ran past its timeout (retried or not)
+    # The job was cancelled (or expired before it started): always terminal, never retried.
+    # An attempt that ran is told; so is a job ended before any attempt (``attempt`` 0).
+    CANCELLED = "cancelled"
 
 
 #: Reasons (`AttemptError.kind`) that end a job whatever attempts remain.

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
+from functools import partial
 from typing import Any
 
 from csjd_core.backends.base import AttemptError, Backend, Delivery
@@ -44,8 +46,9 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
 
-    def run_coroutine(self, coro: Any, attempt: Attempt | None) -> Any:
-        """Run a coroutine to completion on this worker's own event loop."""
+    def run_coroutine(self, coro: Any, attempt: Attempt | None, ctx: JobContext) -> Any:
+        """Run a coroutine to completion on this worker's own event loop; a cancellation of
+        ``ctx`` (its job cancelled) cancels its task, as its timeout does."""
         loop = self.loop
         if loop is None:
             loop = self.loop = asyncio.new_event_loop()
@@ -53,9 +56,13 @@ class Worker:
         if attempt is not None:
             attempt.loop = loop
             attempt.task = task
-            if attempt.ctx.cancelled:  # the deadline passed before the task existed
-                task.cancel()
-        return loop.run_until_complete(task)
+        ctx._stop = partial(_cancel_task, loop, task)
+        if ctx.cancelled:  # the deadline passed, or the job was cancelled, before the task existed
+            task.cancel()
+        try:
+            return loop.run_until_complete(task)
+        finally:
+            ctx._stop = None
 
     def close_loop(self) -> None:
         """Close the event loop, if one was created."""
@@ -65,6 +72,13 @@ class Worker:
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
+
+
+def _cancel_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` from any thread (the loop may have closed meanwhile)."""
+    if not loop.is_closed():
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(task.cancel)
 
 
 class Engine:
@@ -101,6 +115,9 @@ class Engine:
         self._spawn_lock = threading.Lock()
         self._idle_cond = threading.Condition()
         self._joiners = 0
+        #: The context of each attempt running in this process, by job id: a cancellation the
+        #: backend reports (`on_cancel`) is told to it at once.
+        self.running: dict[str, JobContext] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -238,10 +255,25 @@ class Engine:
         """Run one attempt and record its outcome (unless it was detached meanwhile)."""
         job = delivery.job
         backend = self.backend
-        backend.started(delivery, worker.id)
+        running = self.running
+        # The backend and the delivery: where ctx.set_progress writes.
+        ctx = JobContext(job.id, delivery.attempt, None, job.queue, backend, delivery)
+        # Registered before `started` reads the job's cancellation: a cancel from now on finds
+        # this context (`on_cancel`), or `started` (or else the outcome) finds the cancel.
+        running[job.id] = ctx
+        try:
+            reason = backend.started(delivery, worker.id) or delivery.cancel
+        except BaseException:
+            self._unregister(ctx)
+            raise
+        if reason:  # cancelled after it was fetched: the handler never runs
+            self._unregister(ctx)
+            self._record_cancelled(delivery, reason, None, None, None, worker.tally, ran=False)
+            return
         handler = self.registry.handlers.get(job.type)
         if handler is None:
             # Only reachable in distributed mode: in-process admission rejects unknown types.
+            self._unregister(ctx)
             self._record_failure(
                 delivery,
                 AttemptError("unknown_type", f"no handler registered for job type {job.type!r}"),
@@ -255,12 +287,8 @@ class Engine:
         elif type(timeout) is not float:
             timeout = timeout_seconds(timeout)  # admission checked it
         attempt: Attempt | None = None
-        # The backend and the delivery: where ctx.set_progress writes.
-        if timeout is None:
-            ctx = JobContext(job.id, delivery.attempt, None, job.queue, backend, delivery)
-        else:
-            deadline = time.monotonic() + timeout
-            ctx = JobContext(job.id, delivery.attempt, deadline, job.queue, backend, delivery)
+        if timeout is not None:
+            ctx.deadline = time.monotonic() + timeout
             attempt = Attempt(delivery, ctx, worker)
             self.watchdog.watch(attempt)
         hooks = self.hooks
@@ -270,11 +298,11 @@ class Engine:
         error: BaseException | None = None
         try:
             if handler.is_async:
-                result = worker.run_coroutine(handler.fn(ctx, job), attempt)
+                result = worker.run_coroutine(handler.fn(ctx, job), attempt, ctx)
             else:
                 result = handler.fn(ctx, job)
                 if result is not None and hasattr(result, "__await__"):
-                    result = worker.run_coroutine(result, attempt)
+                    result = worker.run_coroutine(result, attempt, ctx)
         except BaseException as exc:
             error = exc
         if hooks.active:  # every before_process gets its after_process, detached or not
@@ -291,6 +319,22 @@ class Engine:
                     )
                     return
                 attempt.settled = True
+        # Not detached: this attempt still holds the job, so no newer attempt registered under
+        # its id (a detached one is unregistered by `_on_overrun`).
+        running.pop(job.id, None)
+        reason = delivery.cancel
+        if reason is None and ctx.cancel_reason is not None and ctx.cancel_reason != "timed_out":
+            reason = ctx.cancel_reason
+        if reason is not None:
+            # Cancelled while it ran: recorded so whether it stopped (raised) or finished (its
+            # result kept); never retried.
+            failure = None
+            if error is not None:
+                failure = self._classify(error, ctx)
+            elif result is not None and not self._result_ok(delivery, result):
+                result = None
+            self._record_cancelled(delivery, reason, failure, error, result, worker.tally)
+            return
         if error is None and not ctx.timed_out:
             if result is not None:
                 try:
@@ -306,6 +350,9 @@ class Engine:
                     )
                     return
             if backend.succeed_nowait(delivery, result) is not False:
+                if delivery.cancel:  # a cancellation came first: the backend recorded that
+                    self._recorded_cancel(delivery, worker.tally, result=result)
+                    return
                 # `_recorded` for a success, inlined: this is the hot path.
                 tally = worker.tally
                 tally.seq += 1
@@ -327,6 +374,99 @@ class Engine:
                 self._lost_claim(delivery)
             return
         self._record_failure(delivery, self._classify(error, ctx), error, worker.tally)
+
+    def _result_ok(self, delivery: Delivery, result: Any) -> bool:
+        """Whether a cancelled attempt's result can be kept (JSON within the limit)."""
+        try:
+            check_json(result, "result", max_bytes=self.max_result_bytes)
+        except InvalidJob:
+            logger.warning(
+                "result of a cancelled job discarded: not JSON or too large id=%r",
+                delivery.job.id,
+            )
+            return False
+        return True
+
+    def _unregister(self, ctx: JobContext) -> None:
+        running = self.running
+        if running.get(ctx.job_id) is ctx:
+            del running[ctx.job_id]
+
+    # -- cancellation (the backend tells; see `Backend.cancel`) ----------------------------
+    def on_cancel(self, job_id: str, reason: str) -> None:
+        """A job was cancelled: cancel the context of its attempt running here, if any."""
+        ctx = self.running.get(job_id)
+        if ctx is not None:
+            ctx.cancel(reason=reason)
+            logger.info("cancellation told to the running attempt id=%r reason=%s", job_id, reason)
+
+    def cancelled_unstarted(self, count: int) -> None:
+        """Count jobs the backend ended cancelled before an attempt began."""
+        with self.counters.lock:
+            self.counters.cancelled += count
+
+    def success_cancelled(self, delivery: Delivery) -> None:
+        """A success counted when it was queued was recorded as a cancellation."""
+        with self.counters.lock:
+            self.counters.cancelled_successes += 1
+
+    def _record_cancelled(
+        self,
+        delivery: Delivery,
+        reason: str,
+        error: AttemptError | None,
+        exc: BaseException | None,
+        result: Any,
+        tally: Tally,
+        *,
+        ran: bool = True,
+    ) -> None:
+        """Record an attempt whose job was cancelled (`Backend.cancelled`)."""
+        if not self.backend.cancelled(delivery, reason, error, result):
+            self._lost_claim(delivery)
+            return
+        delivery.cancel = delivery.cancel or reason
+        self._recorded_cancel(delivery, tally, error=error, exception=exc, result=result, ran=ran)
+
+    def _recorded_cancel(
+        self,
+        delivery: Delivery,
+        tally: Tally,
+        *,
+        error: AttemptError | None = None,
+        exception: BaseException | None = None,
+        result: Any = None,
+        ran: bool = True,
+    ) -> None:
+        """The outcome event of an attempt recorded as cancelled."""
+        job = delivery.job
+        logger.info(
+            "job cancelled id=%r type=%r attempt=%d reason=%s ran=%s",
+            job.id,
+            job.type,
+            delivery.attempt,
+            delivery.cancel,
+            ran,
+        )
+        tally.seq += 1
+        if ran:
+            tally.processed += 1
+        tally.cancelled += 1
+        tally.seq += 1
+        hooks = self.hooks
+        if hooks.wants_outcomes:
+            hooks.outcome(
+                AttemptOutcome(
+                    job=job,
+                    kind=OutcomeKind.CANCELLED,
+                    terminal=True,
+                    attempt=delivery.attempt,
+                    max_attempts=delivery.max_attempts,
+                    error=error,
+                    exception=exception,
+                    result=result,
+                )
+            )
 
     def _classify(self, error: BaseException | None, ctx: JobContext) -> AttemptError:
         """What an attempt's error is, as text that never fails to build (see
@@ -366,7 +506,7 @@ class Engine:
         delay = None
         if terminal:
             ok = self.backend.fail(delivery, error)
-            if ok:
+            if ok and not delivery.cancel:
                 logger.error(
                     "job failed id=%r type=%r attempt=%d/%d kind=%s error=%s%s",
                     job.id,
@@ -381,7 +521,7 @@ class Engine:
         else:
             delay = self.retry_policy.delay(delivery.attempt)
             ok = self.backend.retry(delivery, error, delay)
-            if ok:
+            if ok and not delivery.cancel:
                 log = logger.error if kind is OutcomeKind.PANICKED else logger.warning
                 log(
                     "job retry id=%r type=%r attempt=%d/%d kind=%s delay=%.3f error=%s%s",
@@ -397,6 +537,9 @@ class Engine:
                 )
         if not ok:
             self._lost_claim(delivery)
+            return
+        if delivery.cancel:  # the backend recorded a cancellation that came first
+            self._recorded_cancel(delivery, tally, error=error, exception=exc)
             return
         self._recorded(delivery, kind, terminal, tally, error=error, exception=exc, retry_in=delay)
 
@@ -477,6 +620,7 @@ class Engine:
             if self.live_detached >= self.max_detached:
                 return True
             attempt.settled = True
+            self._unregister(attempt.ctx)
             # Under the same lock as `settled`: a handler returning right now must find its
             # worker detached, or that worker would go on to take the next job.
             worker = attempt.worker

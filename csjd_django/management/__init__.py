@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from django.core.management.base import CommandError, CommandParser
 
@@ -12,7 +12,7 @@ from csjd_core.errors import CSJDError, InvalidConfig
 from csjd_core.operations import OPTIONS
 from csjd_django.app import DjangoApp
 
-__all__ = ["add_log_level_argument", "project_app", "redis_app", "reported"]
+__all__ = ["add_log_level_argument", "confirmation", "project_app", "redis_app", "reported"]
 
 
 @contextlib.contextmanager
@@ -56,3 +56,23 @@ def redis_app(command: str) -> DjangoApp:
         app = project_app()
         app.require_redis(command)
     return app
+
+
+def confirmation(yes: bool) -> Callable[[str], None]:
+    """Asks on the terminal before a command acts (no terminal: no), unless ``--yes``.
+
+    Raises:
+        CommandError: the answer was not yes (status 1).
+    """
+
+    def confirm(question: str) -> None:
+        if yes:
+            return
+        try:
+            answer = input(f"{question} [y/N]: ")
+        except EOFError:  # no terminal (cron, CI): no is the answer
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            raise CommandError("Aborted (--yes answers yes)")
+
+    return confirm

@@ -13,6 +13,8 @@ Commands:
   retry    jobs that fail and wait for a retry, and one scheduled for later; killed meanwhile.
   block    a handler that blocks forever (the parent kills the process mid-attempt).
   suicide  a handler that kills its own process with ``os._exit``.
+  cancel   two blocking handlers running, a queued and a scheduled job; cancel one running job,
+           the queued and the scheduled one, then wait to be killed (issue 18).
 """
 
 from __future__ import annotations
@@ -383,6 +385,36 @@ def cmd_suicide(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_cancel(args: argparse.Namespace) -> None:
+    events = line_writer(args.events)
+    store = FileJobStore(args.store, fsync=args.fsync)
+    dispatcher = Dispatcher(Config(workers=2, store=store))
+
+    def block(ctx: Any, job: Job) -> None:
+        events(f"running {job.id} {ctx.attempt}")
+        threading.Event().wait()  # ignores its cancellation: only the kill ends it
+
+    dispatcher.register_handler("block", block)
+    dispatcher.submit(Job("cancelled-running", "block"))
+    dispatcher.submit(Job("kept-running", "block"))
+    dispatcher.start()
+    seen = set()
+    while len(seen) < 2:  # both running before anything else is submitted
+        with open(args.events) as f:
+            seen = {line.split()[1] for line in f if line.startswith("running")}
+        threading.Event().wait(0.01)
+    dispatcher.submit(Job("cancelled-queued", "block"))
+    dispatcher.submit(Job("kept-queued", "block"))
+    later = datetime.now(UTC) + timedelta(hours=1)
+    dispatcher.submit(Job("cancelled-scheduled", "block", run_at=later))
+    answers = {
+        job_id: dispatcher.cancel(job_id)
+        for job_id in ("cancelled-running", "cancelled-queued", "cancelled-scheduled")
+    }
+    events(f"cancelled {json.dumps(answers, sort_keys=True)}")
+    threading.Event().wait()  # until killed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -421,6 +453,10 @@ def main() -> None:
     suicide.add_argument("--store", required=True)
     suicide.add_argument("--events", required=True)
     suicide.add_argument("--submit", action="store_true")
+    cancel = sub.add_parser("cancel")
+    cancel.add_argument("--store", required=True)
+    cancel.add_argument("--events", required=True)
+    cancel.add_argument("--fsync", default="always")
     args = parser.parse_args()
     globals()[f"cmd_{args.command}"](args)
 

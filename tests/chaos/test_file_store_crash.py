@@ -374,6 +374,38 @@ def test_a_crash_during_an_attempt_counts_as_an_attempt(tmp_path: Path) -> None:
     assert lines(events) == ["running stuck 1", "running stuck 2"]
 
 
+@pytest.mark.parametrize("fsync", ["always", "never"])
+def test_recovery_never_runs_a_cancelled_job(tmp_path: Path, fsync: str) -> None:
+    """SIGKILL after cancelling a running job (whose handler ignores it), a queued one and a
+    scheduled one: the reopened store holds only the jobs that were not cancelled (the log
+    recorded each cancellation before ``cancel`` returned; a crash of the process loses no
+    write under any fsync policy)."""
+    store = tmp_path / "data" / "jobs.json"
+    events = tmp_path / "events.txt"
+    proc = spawn("cancel", "--store", store, "--events", events, "--fsync", fsync)
+    wait_until(
+        alive_or_fail(proc, lambda: any(e.startswith("cancelled ") for e in lines(events))),
+        timeout=30,
+    )
+    kill(proc)
+    [answers] = [json.loads(e.split(" ", 1)[1]) for e in lines(events) if e.startswith("cancel")]
+    assert answers == {
+        "cancelled-queued": True,
+        "cancelled-running": True,
+        "cancelled-scheduled": True,
+    }
+    with FileJobStore(store) as reopened:
+        kept = {(s.id, s.state) for s in reopened.jobs()}
+        assert kept == {("kept-running", JobState.QUEUED), ("kept-queued", JobState.QUEUED)}
+        reopened.compact()  # folded into a snapshot: still gone
+    with FileJobStore(store) as again:
+        assert {s.id for s in again.jobs()} == {"kept-running", "kept-queued"}
+    assert sorted(e for e in lines(events) if e.startswith("running")) == [
+        "running cancelled-running 1",
+        "running kept-running 1",
+    ]
+
+
 def test_a_job_that_kills_its_process_fails_after_max_attempts(tmp_path: Path) -> None:
     store = tmp_path / "data" / "jobs.json"
     events = tmp_path / "events.txt"

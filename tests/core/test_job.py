@@ -271,10 +271,21 @@ def test_round_trip_property(
 
 
 def test_job_states_are_str_enum_values() -> None:
-    assert [s.value for s in JobState] == ["queued", "scheduled", "running", "succeeded", "failed"]
+    assert [s.value for s in JobState] == [
+        "queued",
+        "scheduled",
+        "running",
+        "succeeded",
+        "failed",
+        "cancelled",
+    ]
     assert JobState("running") is JobState.RUNNING
     assert JobState.SUCCEEDED == "succeeded"
-    assert [s for s in JobState if s.finished] == [JobState.SUCCEEDED, JobState.FAILED]
+    assert [s for s in JobState if s.finished] == [
+        JobState.SUCCEEDED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+    ]
 
 
 def test_non_finite_float_is_rejected_even_as_a_bare_scalar() -> None:

@@ -1,5 +1,5 @@
 """The admin dashboard in a real headless Chromium: log in, open it from the admin index, see the
-figures and a dead letter, requeue it.
+figures and a dead letter, requeue it, then cancel the requeued job with the Cancel button.
 
 The browser is the system's Chromium (Debian's ``chromium``, installed by ``.ci/run``) driven by
 Playwright's Python package; ``playwright install`` is never needed. Without that browser the test
@@ -144,10 +144,20 @@ def test_staff_logs_in_sees_the_dashboard_and_requeues_a_dead_letter(
             assert f"Dead letter {letter.entry_id} of queue default requeued" in message
             assert "No dead letters." in page.locator("#csjd-dead-letters").inner_text()
             page.screenshot(path=str(shots / "csjd-dashboard-requeued.png"), full_page=True)
+
+            # Cancel the requeued job (queued: it will never run).
+            page.fill("#csjd-cancel-job-id", letter.job_id)
+            page.select_option("#csjd-cancel-queue", "default")
+            page.get_by_role("button", name="Cancel the job with this id").click()
+            page.wait_for_url("**/admin/csjd_django/dashboard/")
+            message = page.locator("ul.messagelist li.success").inner_text()
+            assert f"Job {letter.job_id} cancelled: it will not run." in message
+            page.screenshot(path=str(shots / "csjd-dashboard-cancelled.png"), full_page=True)
         finally:
             browser.close()
 
     assert dialogs == []  # no injected script ever ran
     assert redis_mode.xlen(keys.dead) == 0
-    assert redis_mode.xlen(keys.stream) == 1  # back on its queue
-    assert csjd.status(letter.job_id).state is JobState.QUEUED
+    assert redis_mode.xlen(keys.stream) == 0  # back on its queue, then cancelled: gone
+    status = csjd.status(letter.job_id)
+    assert (status.state, status.cancel_reason) == (JobState.CANCELLED, "cancelled")

@@ -127,3 +127,42 @@ def test_redis_commands_name_their_own_need_in_inprocess_mode(argv: list[str], n
         call_command(*argv)
     assert str(error.value).startswith(need)
     assert "--into-redis" not in str(error.value)
+
+
+def test_cancel_command_and_csjd_cancel(
+    redis_mode: object, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``manage.py csjd_cancel`` prints what ``csjd cancel`` prints (tests/ops)."""
+    first = jobs.order_number.delay(1)
+    second = jobs.order_number.delay(2)
+    later = jobs.order_number.apply_async(args=[3], countdown=3600)
+    other = jobs.always_fails.delay()
+    call_command("csjd_cancel", first.id)
+    assert capsys.readouterr().out.splitlines() == [f"cancelled {first.id}"]
+    assert first.status().state is JobState.CANCELLED
+    call_command("csjd_cancel", first.id, "--queue", "default")
+    assert capsys.readouterr().out.splitlines() == [
+        f"not cancelled {first.id}: it had already ended"
+    ]
+    with pytest.raises(CommandError, match="1 of 1 job"):
+        call_command("csjd_cancel", "nobody")
+    assert "no job nobody" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # no terminal: no is the answer
+    with pytest.raises(CommandError, match="Aborted"):
+        call_command("csjd_cancel", "--type", "order.number")
+    assert "cancel 2 waiting job(s) of type order.number? [y/N]" in capsys.readouterr().out
+    call_command("csjd_cancel", "--type", "order.number", "--yes")
+    assert capsys.readouterr().out.splitlines() == [
+        "cancelled 2 waiting job(s) of type order.number"
+    ]
+    assert second.status().state is later.status().state is JobState.CANCELLED
+    assert csjd.cancel(other.id) is True  # the project's own function
+    assert other.status().cancel_reason == "cancelled"
+    with pytest.raises(CommandError, match="not both") as usage:
+        call_command("csjd_cancel", "x", "--all")
+    assert usage.value.returncode == 2
+
+
+def test_cancel_command_refuses_a_mode_a_command_cannot_reach() -> None:
+    with override_settings(CSJD_MODE="inprocess"), pytest.raises(CommandError, match="own memory"):
+        call_command("csjd_cancel", "x")

@@ -44,7 +44,21 @@ def test_every_job_state_maps_to_a_django_status() -> None:
         JobState.RUNNING: TaskResultStatus.RUNNING,
         JobState.SUCCEEDED: TaskResultStatus.SUCCESSFUL,
         JobState.FAILED: TaskResultStatus.FAILED,
+        JobState.CANCELLED: TaskResultStatus.FAILED,
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancelled_task_is_failed_with_a_clear_error() -> None:
+    """Django's model has no cancelled status: FAILED, its error naming `JobCancelled`."""
+    with override_settings(CSJD_MODE="inprocess"):
+        result = tasks.add.using(run_after=timezone.now() + timedelta(seconds=30)).enqueue(1, 2)
+        assert csjd.cancel(result.id) is True
+        cancelled = tasks.add.get_result(result.id)
+    assert cancelled.status == TaskResultStatus.FAILED
+    [error] = cancelled.errors
+    assert error.exception_class_path == "csjd_core.errors.JobCancelled"
+    assert "was cancelled: its cancellation was requested" in error.traceback
 
 
 def test_enqueue_runs_and_get_result_reports_it() -> None:

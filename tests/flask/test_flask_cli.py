@@ -242,3 +242,37 @@ def test_the_csjd_group_needs_init_app() -> None:
     result = invoke(app, "stats")
     assert result.exit_code == 1
     assert "Flask app 'no-extension' is not initialised with CSJD" in result.output
+
+
+def test_cancel(make_app: MakeApp, redis_config: dict[str, Any]) -> None:
+    """``flask csjd cancel`` prints what ``csjd cancel`` prints (tests/ops/test_cancel_cli.py)."""
+    app = make_app(**redis_config)
+    with app.app_context():
+        first = greet.delay("a")
+        second = greet.delay("b")
+        third = greet.apply_async(args=["c"], countdown=3600)
+        kept = whoami.delay()
+    done = invoke(app, "cancel", first.id)
+    assert (done.exit_code, done.output.splitlines()) == (0, [f"cancelled {first.id}"])
+    again = invoke(app, "cancel", first.id, "--queue", "default")
+    assert again.output.splitlines() == [f"not cancelled {first.id}: it had already ended"]
+    missing = invoke(app, "cancel", "nobody")
+    assert missing.exit_code == 1 and "no job nobody" in missing.output
+    aborted = invoke(app, "cancel", "--type", "flask.greet", input="n\n")
+    assert aborted.exit_code == 1
+    assert "cancel 2 waiting job(s) of type flask.greet? [y/N]" in aborted.output
+    bulk = invoke(app, "cancel", "--type", "flask.greet", "--yes")
+    assert bulk.output.splitlines() == ["cancelled 2 waiting job(s) of type flask.greet"]
+    assert second.status().state is third.status().state is JobState.CANCELLED
+    with app.app_context():
+        assert csjd.cancel(kept.id) is True  # the extension's own method
+    assert kept.status().state is JobState.CANCELLED
+    usage = invoke(app, "cancel")
+    assert usage.exit_code == 2
+
+
+def test_cancel_refuses_a_mode_a_command_cannot_reach(make_app: MakeApp) -> None:
+    app = make_app(CSJD_MODE="inprocess")
+    result = invoke(app, "cancel", "x")
+    assert result.exit_code == 1
+    assert "own memory" in result.output

@@ -51,7 +51,13 @@ def test_stats_and_health_with_and_without_a_live_worker(cli: Cli, redis_client:
     assert q["scheduled"] == 1
     assert q["dead"] == 2
     assert q["unfinished"] == 4
-    assert q["counters"] == {"processed": 2, "succeeded": 0, "retried": 0, "failed": 2}
+    assert q["counters"] == {
+        "processed": 2,
+        "succeeded": 0,
+        "retried": 0,
+        "failed": 2,
+        "cancelled": 0,
+    }
     live = [c for c in q["consumers"] if c["heartbeat_age"] is not None]
     assert len(live) == 1
     assert live[0]["pending"] == 1
@@ -62,7 +68,7 @@ def test_stats_and_health_with_and_without_a_live_worker(cli: Cli, redis_client:
 
     text = cli.run("stats", APP).stdout
     assert "queue default: stream=3 in_flight=1 scheduled=1 unfinished=4 dead=2" in text
-    assert "counters: processed=2 succeeded=0 retried=0 failed=2" in text
+    assert "counters: processed=2 succeeded=0 retried=0 failed=2 cancelled=0" in text
     assert re.search(
         rf"consumer \S+:{worker.pid}:\S+: pending=1 idle=\d+ms heartbeat=-?\d+\.\ds", text
     ), text

@@ -48,7 +48,13 @@ def test_worker_stats_and_dead_letters_across_the_masters(
     for queue in QUEUES:
         q = figures[queue]
         assert (q["unfinished"], q["in_flight"], q["dead"]) == (0, 0, 1), (queue, q)
-        assert q["counters"] == {"processed": 21, "succeeded": 20, "retried": 0, "failed": 1}
+        assert q["counters"] == {
+            "processed": 21,
+            "succeeded": 20,
+            "retried": 0,
+            "failed": 1,
+            "cancelled": 0,
+        }
 
     listed = cli.run("dead", APP, "list", "--queue", "a")
     assert listed.returncode == 0, listed.stderr

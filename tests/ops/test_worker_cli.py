@@ -153,6 +153,8 @@ WORKER_ACL = (
 PRODUCER_ACL = (
     "+evalsha +script|load +time +get +hget +hgetall +hset +del +xadd +zadd +incrby +xrange"
 )
+# A web process that also cancels jobs (cancel.lua).
+CANCEL_ACL = PRODUCER_ACL + " +zrem +xpending +xdel +pexpire +hincrby"
 MONITOR_ACL = "+xinfo|consumers +xpending +xlen +xrange +zcard +get +hgetall"  # read-only keys
 PASSWORD = "pw-Zq81-never-printed"
 
@@ -165,6 +167,7 @@ def test_least_privilege_acl_users_and_no_password_in_any_output(
     for user, keys_rule, rules in (
         ("csjd-worker", "~csjd:*", WORKER_ACL),
         ("csjd-web", "~csjd:*", PRODUCER_ACL),
+        ("csjd-canceller", "~csjd:*", CANCEL_ACL),
         ("csjd-monitor", "%R~csjd:*", MONITOR_ACL),
     ):
         admin.execute_command(
@@ -181,6 +184,12 @@ def test_least_privilege_acl_users_and_no_password_in_any_output(
         ids = web.enqueue([f"j{i}" for i in range(10)])
         web.enqueue(["bad"], type="explode", args=["acl"], max_attempts=1)
         web.enqueue(["later"], run_at=datetime.now(UTC) + timedelta(hours=1))
+        web.enqueue(["doomed"])
+        web.enqueue(["doomed-later"], run_at=datetime.now(UTC) + timedelta(hours=1))
+        canceller = {"CSJD_TEST_REDIS_URL": url.replace("csjd-worker", "csjd-canceller")}
+        cancelled = cli.run("cancel", APP, "doomed", "doomed-later", env=canceller)
+        outputs += [cancelled.stdout, cancelled.stderr]
+        assert cancelled.stdout.splitlines() == ["cancelled doomed", "cancelled doomed-later"]
         reader = RedisDistributedDispatcher(RedisConfig.from_url(web_url))
         queued = reader.status("j0")  # a queued job's data is read from its stream entry
         assert (queued.state, queued.payload) == (JobState.QUEUED, {"args": [], "kwargs": {}})

@@ -72,7 +72,11 @@ def test_no_script_acts_on_a_queue_whose_slot_is_half_migrated(
         def scripts() -> tuple[Any, Any, Any]:
             return (
                 run("promote", keys.promote(), [prefix, 500, "compact"]),
-                run("read_start", [keys.stream], [group, "c1", prefix, 3, 0]),
+                run(
+                    "read_start",
+                    [keys.stream, keys.pending, keys.stats],
+                    [group, "c1", prefix, 3, 0, 1000],
+                ),
                 run("reclaim", keys.reclaim(), [group, "c1", 0, 5, 10, "0-0", prefix, 1000, 10]),
             )
 

@@ -181,6 +181,8 @@ def test_every_script_stays_in_its_queue_slot_and_declares_what_it_can(
         every_second = make_schedule(tick, every(seconds=1))
         verdicts = [d.admit_slot(every_second, SlotOp.SLOT, slot) for slot in (1000.0, 1001.0)]
         assert verdicts == [SlotVerdict.ENQUEUED, SlotVerdict.OVERLAP]
+        d.submit(job("doomed", "ok", "beta"))  # cancel.lua on a queued job
+        assert d.cancel("doomed", "beta") is True
         d.start()
         wait_until(lambda: d.pending() == 0, DEADLINE)
         (dead,) = d.dead_letters("beta")

@@ -286,3 +286,29 @@ def test_workers_of_0_1_0_run_jobs_written_in_the_full_form(
     assert all(counts[j.id] == 1 for j in jobs + more)
     assert old.done() and new.done()
     assert producer.dead_count() == 2
+
+
+def test_a_worker_of_0_1_0_decodes_an_entry_with_an_expiry(old_package: Path) -> None:
+    """The entry's optional ``expires`` field (issue 18): a worker from before expiry decodes
+    the job (and ignores the field: it runs the job even after its expiry, see
+    docs/distributed.md "Wire format"); without an expiry the entry is unchanged."""
+    expires = datetime(2030, 1, 1, tzinfo=UTC)
+    job = Job("x", "email.send", {"expires": 1}, expires=expires)
+    data = data_of(job)
+    assert data.startswith('{"expires":1893456000000,"type":"email.send",')
+    assert data_of(Job("x", "email.send", {"expires": 1})).startswith('{"type":')
+    old_decode = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from csjd_core.backends.redis import codec; "
+            "job, _, problem = codec.decode(b'x', sys.argv[1].encode(), 1 << 20); "
+            "print(problem, job.type, job.payload)",
+            data,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=old_package,
+        check=True,
+    )
+    assert old_decode.stdout.strip() == "None email.send {'expires': 1}"

@@ -16,7 +16,9 @@ Commands:
            Job types: ``work`` (payload {"ms": N}: sleep N ms), ``sleep`` (payload {"s": N}),
            ``die`` (os._exit(17) every time), ``flaky`` (like ``work``, but its first attempt
            raises after writing NAME.started), ``fail`` (raises every time), ``progress`` (calls
-           ctx.set_progress in a tight loop, see the handler). --queues: the
+           ctx.set_progress in a tight loop, see the handler), ``patient`` (waits up to payload
+           {"s": N} on ``ctx.wait``; when woken by a cancellation it appends "ID UNIX-TIME" to
+           NAME.noticed and returns). --queues: the
            queues it consumes. Only what every release of the package has is used: the upgrade
            tests run this file on 0.1.0's package too (--record-format is passed only when
            given).
@@ -172,6 +174,17 @@ def worker(args: argparse.Namespace) -> int:
         ctx.set_progress(total, total, "finished")
         done(job.id)
         return calls
+
+    noticed = line_writer(directory / f"{name}.noticed")
+
+    @dispatcher.handler("patient")
+    def patient(ctx: JobContext, job: Job) -> str:
+        started(job.id)
+        if ctx.wait(job.payload["s"]):
+            noticed(f"{job.id} {time.time()}")
+            return "stopped"
+        done(job.id)
+        return name
 
     @dispatcher.handler("die")
     def crash(ctx: JobContext, job: Job) -> None:

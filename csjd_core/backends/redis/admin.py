@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -159,6 +160,36 @@ class Admin:
             )
         return out
 
+    # -- cancel (the bulk form) ------------------------------------------------------------
+    def waiting_jobs(self, queue: str | None, job_type: str | None) -> list[str]:
+        """The job ids of ``queue``'s stream entries (oldest first; those a consumer holds
+        too: cancel.lua's ``waiting`` mode leaves them alone), then of its delayed set, of
+        ``job_type`` if given. Read in slices: a long backlog is not one reply."""
+        keys = self.queues.keys_for(queue)
+        client = self.connection.client
+        found: list[str] = []
+        start = "-"
+        while True:
+            rows = client.xrange(keys.stream, start, "+", count=1000)
+            for _, raw in rows:
+                fields = codec.fields(raw) or {}
+                job_id = codec.text(fields.get(b"id"))
+                if job_id and (job_type is None or _type_of(fields.get(b"d")) == job_type):
+                    found.append(job_id)
+            if len(rows) < 1000:
+                break
+            start = "(" + codec.text(rows[-1][0])
+        delayed = [codec.text(i) for i in client.zrange(keys.delayed, 0, -1)]
+        if job_type is None:
+            return found + delayed
+        pipe = client.pipeline(transaction=False)
+        for job_id in delayed:
+            pipe.hget(keys.job(job_id), "data")
+        for job_id, data in zip(delayed, pipe.execute(), strict=True):
+            if _type_of(data) == job_type:
+                found.append(job_id)
+        return found
+
     # -- dead letters ----------------------------------------------------------------------
     def dead_letters(self, queue: str | None = None, count: int = 100) -> list[DeadLetter]:
         """The oldest ``count`` dead letters of ``queue``."""
@@ -230,3 +261,13 @@ class Admin:
         count = int(client.xlen(keys.dead))
         client.delete(keys.dead)
         return count
+
+
+def _type_of(data: Any) -> str | None:
+    """The job type in an entry's ``d`` (or a record's ``data``), ``None`` if unreadable."""
+    try:
+        decoded = json.loads(codec.text(data) or "null")
+    except (ValueError, RecursionError):
+        return None
+    job_type = decoded.get("type") if isinstance(decoded, dict) else None
+    return job_type if isinstance(job_type, str) else None

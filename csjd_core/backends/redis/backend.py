@@ -21,6 +21,7 @@ from csjd_core.backends.base import (
     AttemptError,
     Backend,
     BackendSettings,
+    CancelVerdict,
     Delivery,
     RelayResult,
     RelayVerdict,
@@ -50,6 +51,13 @@ from csjd_core.stats import DeadLetter, QueueStats, ScheduleState
 
 __all__ = ["RedisStreamsBackend"]
 
+_CANCEL_VERDICTS = {
+    "none": CancelVerdict.NOT_FOUND,
+    "ended": CancelVerdict.ENDED,
+    "cancelled": CancelVerdict.CANCELLED,
+    "requested": CancelVerdict.REQUESTED,
+    "running": CancelVerdict.RUNNING,
+}
 _RELAY_VERDICTS = {"a": RelayVerdict.ADMITTED, "e": RelayVerdict.EXISTS, "f": RelayVerdict.FULL}
 _SLOT_VERDICTS = {
     "ok": SlotVerdict.ENQUEUED,
@@ -131,6 +139,9 @@ class RedisStreamsBackend(Backend):
         """Take the engine's lost-claim callback; connections are made on first use (the
         other settings are this backend's `DistributedConfig`'s own)."""
         self.outcomes.on_lost = settings.on_lost_claim
+        self.outcomes.on_cancelled = settings.on_cancelled_success
+        self.outcomes.on_unstarted = settings.on_cancelled_unstarted
+        self.maintenance.on_cancel = settings.on_cancel
         return 0
 
     def start_consuming(self) -> None:
@@ -367,6 +378,66 @@ class RedisStreamsBackend(Backend):
     def fail(self, delivery: Delivery, error: AttemptError) -> bool:
         """Ack and dead-letter the job (one atomic step)."""
         return self.outcomes.fail(delivery, error)
+
+    def cancelled(
+        self, delivery: Delivery, reason: str, error: AttemptError | None, result: Any = None
+    ) -> bool:
+        """Ack and record the job ``cancelled`` (one atomic step of settle.lua)."""
+        return self.outcomes.cancelled(delivery, reason, error, result)
+
+    def cancel(
+        self,
+        job_id: str,
+        queue: str | None,
+        reason: str = "cancelled",
+        *,
+        waiting_only: bool = False,
+    ) -> CancelVerdict:
+        """cancel.lua on the job's record in ``queue`` (else in each configured queue, until
+        one knows it): see `Backend.cancel`. A job a consumer holds is flagged; its consumer
+        tells the attempt within ``heartbeat_interval``."""
+        candidates = [self.queues.keys_for(queue)] if queue else list(self.queues.consumed.values())
+        for keys in candidates:
+            try:
+                reply = self.connection.run(
+                    "cancel",
+                    keys.cancel(job_id),
+                    [
+                        self.config.group,
+                        job_id,
+                        reason,
+                        self.outcomes.ttl_ms,
+                        "waiting" if waiting_only else "",
+                    ],
+                    wait_replica=self.durable_wait,
+                )
+            except NotReplicated as exc:
+                raise BackendUnavailable(
+                    f"Redis at {self.redis_config.display}: {exc} (durable_enqueue): the "
+                    "cancellation is on the master but a failover could lose it; cancelling "
+                    "again is safe"
+                ) from exc
+            except (*REDIS_DOWN, *SLOT_MIGRATING) as exc:
+                raise BackendUnavailable(
+                    f"Redis at {self.redis_config.display} unavailable while cancelling "
+                    f"({exc}); cancelling again is safe"
+                ) from exc
+            except redis.RedisError as exc:
+                raise BackendUnavailable(f"Redis refused the cancel: {exc}") from exc
+            verdict = _CANCEL_VERDICTS[codec.text(reply)]
+            if verdict is CancelVerdict.CANCELLED and self.outcomes.on_unstarted is not None:
+                self.outcomes.on_unstarted(1)
+            if verdict is not CancelVerdict.NOT_FOUND:
+                return verdict
+        return CancelVerdict.NOT_FOUND
+
+    def waiting_jobs(self, queue: str | None, job_type: str | None) -> list[str]:
+        """The ids of the jobs in ``queue``'s stream no consumer has read and in its delayed
+        set (see `Admin.waiting_jobs`)."""
+        try:
+            return self.admin.waiting_jobs(queue, job_type)
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"Redis at {self.redis_config.display} failed: {exc}") from exc
 
     def release(self, delivery: Delivery) -> None:
         """Stop renewing the entry's lease: any consumer's reclaimer takes it after the lease

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from csjd_core.backends.base import AttemptError, Delivery
@@ -62,23 +63,31 @@ def encode(job: Job, default_max_attempts: int, max_payload_bytes: int) -> tuple
         InvalidJob: the job is larger than ``max_payload_bytes`` as JSON.
     """
     max_attempts = job.max_attempts or default_max_attempts
-    data = json.dumps(
-        {
-            "type": job.type,
-            "payload": job.payload,
-            "max_attempts": max_attempts,
-            "timeout": timeout_seconds(job.timeout),
-            "queue": job.queue,
-        },
-        separators=(",", ":"),
-        allow_nan=False,
-    )
+    fields: dict[str, Any] = {}
+    if job.expires is not None:
+        # First, as an integer of ms: read_start.lua reads it with one anchored match (a
+        # payload's own "expires" key can never be first). Absent without an expiry, so
+        # entries stay byte for byte what releases before expiry wrote.
+        fields["expires"] = int(expires_ms(job))
+    fields |= {
+        "type": job.type,
+        "payload": job.payload,
+        "max_attempts": max_attempts,
+        "timeout": timeout_seconds(job.timeout),
+        "queue": job.queue,
+    }
+    data = json.dumps(fields, separators=(",", ":"), allow_nan=False)
     if len(data) + len(job.id) > max_payload_bytes:
         raise InvalidJob(
             f"job {job.id!r} is {len(data) + len(job.id)} bytes as JSON; "
             f"max_payload_bytes={max_payload_bytes}"
         )
     return data, max_attempts
+
+
+def expires_ms(job: Job) -> str:
+    """The job's ``expires`` in ms, as its entry holds it (``""``: none)."""
+    return "" if job.expires is None else str(math.floor(job.expires.timestamp() * 1000))
 
 
 def run_at_ms(job: Job) -> str:
@@ -108,6 +117,7 @@ def decode(
         )
     try:
         d = json.loads(data)
+        expires = d.get("expires")
         job = Job(
             job_id,
             d["type"],
@@ -115,6 +125,7 @@ def decode(
             max_attempts=d.get("max_attempts"),
             timeout=d.get("timeout"),
             queue=d.get("queue"),
+            expires=None if expires is None else datetime.fromtimestamp(expires / 1000, UTC),
         )
         validate_job(job)  # the admission limits: what a producer could not submit
     except InvalidJob as exc:
@@ -195,7 +206,7 @@ def status(job_id: str, queue: str, f: dict[str, str]) -> JobStatus:
         data = {}
     state = JobState(f.get("state", "queued"))
     result = None
-    if state is JobState.SUCCEEDED and f.get("result"):
+    if state in (JobState.SUCCEEDED, JobState.CANCELLED) and f.get("result"):
         result = json.loads(f["result"])
     return JobStatus(
         id=job_id,
@@ -214,6 +225,7 @@ def status(job_id: str, queue: str, f: dict[str, str]) -> JobStatus:
         worker_id=f.get("worker") or None,
         payload=data.get("payload"),
         progress=progress_from_json(f.get("progress")),  # written only once a handler sets it
+        cancel_reason=f.get("cancel") or None,
     )
 
 

@@ -75,6 +75,7 @@ SCRIPTS = (
     "resign",
     "requeue_dead",
     "progress",
+    "cancel",
 )
 
 

@@ -72,6 +72,14 @@ class QueueKeys:
         dead letters, stats."""
         return [self.stream, self.delayed, self.pending, self.dead, self.stats]
 
+    def cancel(self, job_id: str) -> list[str]:
+        """cancel.lua: stream, delayed set, pending counter, stats, the job's record."""
+        return [self.stream, self.delayed, self.pending, self.stats, self.job(job_id)]
+
+    def start(self, job_ids: Iterable[str]) -> list[str]:
+        """start.lua: stream, pending counter, stats, then each job's record."""
+        return [self.stream, self.pending, self.stats, *map(self.job, job_ids)]
+
     def promote(self) -> list[str]:
         """promote.lua: stream, delayed set."""
         return [self.stream, self.delayed]

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -56,6 +56,9 @@ class Maintenance:
         self.reader = reader
         self.ttl_ms = ttl_ms
         self.wake = threading.Event()
+        #: Told ``(job_id, reason)`` when a renewal finds a held job's cancellation requested
+        #: (``BackendSettings.on_cancel``).
+        self.on_cancel: Callable[[str, str], None] | None = None
         #: A maintainer's term: one claim_interval, extended while its holder stands again.
         self.term_ms = max(1, int(config.claim_interval * 1000))
         #: Per queue, the terms this consumer began as its maintainer (elected, not extended).
@@ -168,16 +171,21 @@ class Maintenance:
         return len(dirty)
 
     def renew(self, deliveries: Sequence[Delivery]) -> list[bool]:
-        """Fenced lease renewal (renew.lua); False where the entry was lost."""
+        """Fenced lease renewal (renew.lua); False where the entry was lost. A job whose
+        cancellation was requested (renew.lua's flag 2) is told to the engine (``on_cancel``)
+        on every renewal until its outcome is recorded."""
         flags: dict[str, bool] = {}
         for keys, group in by_queue(deliveries, lambda d: d.ref[0]):
             args: list[Any] = [self.config.group, self.consumer]
             for d in group:
                 args += [d.ref[1], d.token]
-            for d, flag in zip(
-                group, self.connection.run("renew", [keys.stream], args), strict=True
-            ):
+            script_keys = [keys.stream, keys.stats, *(keys.job(d.job.id) for d in group)]
+            for d, flag in zip(group, self.connection.run("renew", script_keys, args), strict=True):
                 flags[d.ref[1]] = bool(flag)
+                if flag == 2:
+                    d.cancel = d.cancel or "cancelled"
+                    if self.on_cancel is not None:
+                        self.on_cancel(d.job.id, d.cancel)
         return [flags[d.ref[1]] for d in deliveries]
 
     def maintain(self) -> None:

@@ -296,8 +296,15 @@ class Reader:
         commands += [
             evalsha(
                 "read_start",
-                [keys.stream],
-                [self.config.group, self.consumer, keys.job_prefix, start, hold],
+                [keys.stream, keys.pending, keys.stats],
+                [
+                    self.config.group,
+                    self.consumer,
+                    keys.job_prefix,
+                    start,
+                    hold,
+                    self.outcomes.ttl_ms,
+                ],
             )
             for keys in trip.reads
         ]
@@ -474,8 +481,10 @@ class Reader:
             valid.append((entry_id, job, data))
         if not valid:
             return
-        script_keys = [keys.stream, *(keys.job(job.id) for _, job, _ in valid)]
-        args = [self.config.group, self.consumer, *(entry_id for entry_id, _, _ in valid)]
+        script_keys = keys.start(job.id for _, job, _ in valid)
+        args: list[Any] = [self.config.group, self.consumer, self.outcomes.ttl_ms]
+        for entry_id, job, _ in valid:
+            args += [entry_id, codec.expires_ms(job)]
         try:
             codes = self.connection.run("start", script_keys, args)
         except redis.RedisError as exc:
@@ -485,6 +494,15 @@ class Reader:
         for (entry_id, job, data), (code, attempts, deliveries) in zip(valid, codes, strict=True):
             if code == -1:
                 self.outcomes.poison(keys, entry_id, job.id, data, _NO_RECORD)
+            elif code in (2, 3):  # cancelled while held, or expired (start.lua ended it)
+                logger.info(
+                    "%s job not started queue=%s id=%r",
+                    "expired" if code == 3 else "cancelled",
+                    keys.name,
+                    job.id,
+                )
+                if self.outcomes.on_unstarted is not None:
+                    self.outcomes.on_unstarted(1)
             elif code == 1:
                 max_attempts = job.max_attempts or self.config.default_max_attempts
                 fresh.append(
@@ -508,6 +526,11 @@ class Reader:
         for i in range(0, len(flat), 5):
             entry_id = codec.text(flat[i])
             raw_id, raw, attempts = flat[i + 1], flat[i + 2], int(flat[i + 3])
+            if attempts == -3:  # expired before it started: read_start.lua ended it
+                logger.info("expired job not run queue=%s id=%r", keys.name, codec.text(raw_id))
+                if self.outcomes.on_unstarted is not None:
+                    self.outcomes.on_unstarted(1)
+                continue
             if attempts == -2:
                 self.outcomes.poison(
                     keys,

@@ -40,7 +40,8 @@ class _GroupCommit:
         self._queue: list[list[Any]] = []
         self._flushing = False
 
-    def settle(self, keys: QueueKeys, op: dict[str, Any]) -> bool:
+    def settle(self, keys: QueueKeys, op: dict[str, Any]) -> int:
+        """settle.lua's flag for ``op``: 0 refused, 1 recorded, 2 recorded as cancelled."""
         slot: list[Any] = [keys, op, None]
         cond = self._cond
         with cond:
@@ -64,7 +65,7 @@ class _GroupCommit:
                 cond.notify_all()
         if isinstance(slot[2], BaseException):
             raise slot[2]
-        return bool(slot[2])
+        return int(slot[2])
 
 
 class Outcomes:
@@ -85,6 +86,11 @@ class Outcomes:
         self.ttl_ms = ttl_ms
         #: Told of a queued success that was then refused (``BackendSettings.on_lost_claim``).
         self.on_lost: Callable[[Delivery], None] | None = None
+        #: Told of a queued success recorded as cancelled (``on_cancelled_success``).
+        self.on_cancelled: Callable[[Delivery], None] | None = None
+        #: Told how many jobs a script ended cancelled before they started
+        #: (``on_cancelled_unstarted``).
+        self.on_unstarted: Callable[[int], None] | None = None
         self._group_commit = _GroupCommit(self._flush)
 
     # -- the Backend's outcome methods -----------------------------------------------------
@@ -109,6 +115,17 @@ class Outcomes:
         """Ack and dead-letter the job (one atomic step)."""
         op = self._op(delivery, "dead", reason=error.kind, **codec.error_fields(error))
         return self.settle_sync(delivery, op)
+
+    def cancelled(
+        self, delivery: Delivery, reason: str, error: AttemptError | None, result: Any
+    ) -> bool:
+        """Ack and record the job ``cancelled`` (one atomic step), its result or error kept."""
+        extra: dict[str, Any] = {"reason": reason}
+        if result is not None:
+            extra["r"] = codec.result_json(result)
+        if error is not None:
+            extra.update(codec.error_fields(error))
+        return self.settle_sync(delivery, self._op(delivery, "cancel", **extra))
 
     def _op(self, delivery: Delivery, kind: str, **extra: Any) -> dict[str, Any]:
         """settle.lua's op; ``s``: it records the attempt's start too (not recorded yet)."""
@@ -153,7 +170,10 @@ class Outcomes:
         backoff = Backoff()
         while True:
             try:
-                ok = self._group_commit.settle(delivery.ref[0], op)
+                flag = self._group_commit.settle(delivery.ref[0], op)
+                ok = flag > 0
+                if flag == 2:  # recorded as cancelled: a cancellation came first
+                    delivery.cancel = delivery.cancel or "cancelled"
                 break
             except REDIS_DOWN as exc:
                 if time.monotonic() >= deadline:
@@ -253,12 +273,18 @@ class Outcomes:
             self.holdings.forget(delivery)
             if not flag:
                 self.lost(delivery)
+            elif flag == 2:  # a cancellation came first: recorded 'cancelled', result kept
+                delivery.cancel = delivery.cancel or "cancelled"
+                if self.on_cancelled is not None:
+                    self.on_cancelled(delivery)
 
     def settle_now(self, acks: list[Ack]) -> None:
         """Record queued successes when the reader stops."""
         for delivery, op in acks:
             if not self.settle_sync(delivery, op):
                 self.lost(delivery)
+            elif delivery.cancel and self.on_cancelled is not None:
+                self.on_cancelled(delivery)
 
     def lost(self, delivery: Delivery) -> None:
         """A success counted when it was queued was refused when it was recorded."""

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from csjd_core import reports
-from csjd_django.management import project_app, reported
+from csjd_django.management import confirmation, project_app, reported
 
 COMMAND = "manage.py csjd_dead"
 
@@ -60,14 +60,4 @@ class Command(BaseCommand):
 
     @staticmethod
     def _confirmation(yes: bool) -> reports.Confirm:
-        def confirm(question: str) -> None:
-            if yes:
-                return
-            try:
-                answer = input(f"{question} [y/N]: ")
-            except EOFError:  # no terminal (cron, CI): no is the answer
-                answer = ""
-            if answer.strip().lower() not in ("y", "yes"):
-                raise CommandError("Aborted (--yes answers yes)")
-
-        return confirm
+        return confirmation(yes)

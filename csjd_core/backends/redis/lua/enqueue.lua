@@ -74,7 +74,8 @@ if op ~= '' and not relay then
     end
     for id in string.gmatch(redis.call('HGET', mark, 'running') or '', '%S+') do
       local state = redis.call('HGET', ARGV[8] .. id, 'state')
-      if state and state ~= 'succeeded' and state ~= 'failed' then
+      -- ('cancelled' is finished too: issue 18)
+      if state and state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then
         running[#running + 1] = id
       end
     end
@@ -110,7 +111,7 @@ for i = 1, n do
   if not exists then
     local state = redis.call('HGET', KEYS[k0 + i], 'state')
     if state then
-      if state ~= 'succeeded' and state ~= 'failed' then
+      if state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then
         exists = true
       else
         local finished = tonumber(redis.call('HGET', KEYS[k0 + i], 'finished_at') or '0')

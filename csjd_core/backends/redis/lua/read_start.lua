@@ -11,13 +11,16 @@
 -- would be dead-lettered as poison. The probe: EXISTS of the stream and of a key that never
 -- exists (the record of the empty job id) is refused only while the slot migrates (a key of
 -- the slot absent from this node may be on the other), and counts in a stable slot.
--- KEYS[1] stream
+-- Expiry (issue 18): an entry whose data begins with {"expires":MS (codec.encode puts it first)
+-- and whose job never started is not run once Redis's clock reaches MS: acked and deleted, its
+-- record 'cancelled' with cancel='expired', the pending counter decremented, counted.
+-- KEYS[1] stream, KEYS[2] pending counter, KEYS[3] stats hash
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job hash key prefix, ARGV[4] entries to start,
---   ARGV[5] entries to read ahead
+--   ARGV[5] entries to read ahead, ARGV[6] finished-record TTL (ms)
 -- Returns a flat list, per entry: entry id, job id, data, attempts (after the start if started;
 -- -1: no job record, -2: an entry without id or data; both are poison for the caller to
--- dead-letter), started (1 or 0). 0 instead of a list while the slot migrates (the reader does
--- not block on this stream meanwhile).
+-- dead-letter; -3: expired, ended here), started (1 or 0). 0 instead of a list while the slot
+-- migrates (the reader does not block on this stream meanwhile).
 if type(redis.pcall('EXISTS', KEYS[1], ARGV[3])) == 'table' then
   return 0
 end
@@ -38,7 +41,24 @@ for i, e in ipairs(r[1][2]) do
     if f[j] == 'id' then id = f[j + 1] elseif f[j] == 'd' then data = f[j + 1] end
   end
   local attempts, started = -2, 0
-  if id and data and id ~= '' then
+  local expires = data and tonumber(string.match(data, '^{"expires":(%d+)'))
+  if expires and expires <= now and id and id ~= '' then
+    local key = prefix .. id
+    local state = redis.call('HGET', key, 'state')
+    if state and tonumber(redis.call('HGET', key, 'attempts') or '0') == 0 then  -- unstarted
+      redis.call('XACK', KEYS[1], group, e[1])
+      redis.call('XDEL', KEYS[1], e[1])
+      redis.call('HSET', key, 'data', data, 'state', 'cancelled', 'cancel', 'expired',
+        'finished_at', now)
+      redis.call('PEXPIRE', key, tonumber(ARGV[6]))
+      redis.call('INCRBY', KEYS[2], -1)
+      redis.call('HINCRBY', KEYS[3], 'cancelled', 1)
+      attempts = -3
+    end
+  end
+  if attempts == -3 then
+    -- expired: ended above
+  elseif id and data and id ~= '' then
     local key = prefix .. id
     if i > start then
       -- Every job record has its state (a compact one has no attempts before its first

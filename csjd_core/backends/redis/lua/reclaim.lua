@@ -56,23 +56,34 @@ for _, e in ipairs(r[2]) do
     reason = 'delivered ' .. (deliveries - 1) .. ' times without an outcome (its worker ' ..
       'died or lost the lease each time)'
   end
+  local live = state and state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled'
+  -- A job whose cancellation was requested (cancel.lua's flag) ends 'cancelled', never failed.
+  local flag = reason and live and redis.call('HGET', key, 'cancel')
   if not reason then
     claimed[#claimed + 1] = e
   else
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'id', id, 'entry', entry, 'd', data,
-      'error', reason, 'traceback', '', 'reason', 'max_deliveries', 'attempts',
-      (state and redis.call('HGET', key, 'attempts')) or 0, 'failed_at', now)
+    if not flag then
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'id', id, 'entry', entry, 'd',
+        data, 'error', reason, 'traceback', '', 'reason', 'max_deliveries', 'attempts',
+        (state and redis.call('HGET', key, 'attempts')) or 0, 'failed_at', now)
+    end
     redis.call('XACK', KEYS[1], group, entry)
     redis.call('XDEL', KEYS[1], entry)
-    if state and state ~= 'succeeded' and state ~= 'failed' then
+    if live then
       -- A compact record's data goes with the entry: it moves into the record (settle.lua).
       if data ~= '' then redis.call('HSET', key, 'data', data) end
-      redis.call('HSET', key, 'state', 'failed', 'error', reason, 'finished_at', now)
+      redis.call('HSET', key, 'state', flag and 'cancelled' or 'failed', 'error', reason,
+        'finished_at', now)
       redis.call('PEXPIRE', key, ttl)
       redis.call('DECR', KEYS[2])
     end
-    redis.call('HINCRBY', KEYS[4], 'failed', 1)
-    dead[#dead + 1] = id
+    if flag then
+      redis.call('HINCRBY', KEYS[4], 'flagged', -1)  -- consumed (see cancel.lua)
+      redis.call('HINCRBY', KEYS[4], 'cancelled', 1)
+    else
+      redis.call('HINCRBY', KEYS[4], 'failed', 1)
+      dead[#dead + 1] = id
+    end
   end
 end
 return {r[1], claimed, r[3] or {}, dead}

@@ -8,7 +8,7 @@ if #redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1]) == 0 then
   return 0
 end
 local state = redis.call('HGET', KEYS[4], 'state')
-if state and state ~= 'succeeded' and state ~= 'failed' then
+if state and state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then
   return -1
 end
 local t = redis.call('TIME')
