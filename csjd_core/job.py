@@ -17,10 +17,13 @@ from csjd_core.limits import (
     MAX_JOB_BYTES,
     MAX_NAME_LENGTH,
     MAX_NESTING,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
     brief,
     is_text,
     job_options,
     name_problem,
+    priority,
 )
 
 __all__ = ["Job", "JobState", "JobStatus"]
@@ -38,6 +41,9 @@ class Job:
         timeout: seconds (or a `timedelta`) per attempt, or ``None`` for no timeout.
         run_at: a timezone-aware `datetime` before which the job must not start.
         queue: the queue name (distributed mode); ``None`` is the default queue.
+        priority: an int from -100 to 100 (Django's range): a higher one starts first, FIFO
+            among equals (in Redis mode by band: docs/distributed.md, "Priorities").
+            Retries keep it.
     """
 
     id: str
@@ -47,10 +53,13 @@ class Job:
     timeout: float | timedelta | None = field(default=None, kw_only=True)
     run_at: datetime | None = field(default=None, kw_only=True)
     queue: str | None = field(default=None, kw_only=True)
+    priority: int = field(default=0, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
-        """The job as a JSON-ready mapping (the wire and storage format)."""
-        return {
+        """The job as a JSON-ready mapping (the wire and storage format); ``priority`` only
+        when it is not 0, so a default job's mapping is what releases before priorities wrote
+        (and read: they ignore the key)."""
+        data = {
             "id": self.id,
             "type": self.type,
             "payload": self.payload,
@@ -59,6 +68,9 @@ class Job:
             "run_at": self.run_at.timestamp() if self.run_at is not None else None,
             "queue": self.queue,
         }
+        if self.priority:
+            data["priority"] = self.priority
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
@@ -79,6 +91,7 @@ class Job:
                 timeout=data.get("timeout"),
                 run_at=(datetime.fromtimestamp(run_at, tz=UTC) if run_at is not None else None),
                 queue=data.get("queue"),
+                priority=data.get("priority", 0),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InvalidJob(f"malformed job record: {exc!r}") from exc
@@ -298,6 +311,12 @@ def validate_job(job: Job) -> None:
         problem = name_problem(job.queue, "queue")
         if problem is not None:
             raise InvalidJob(problem)
+    rank = job.priority
+    if type(rank) is not int or not MIN_PRIORITY <= rank <= MAX_PRIORITY:  # bool, None too
+        try:
+            priority(job.priority)
+        except ValueError as exc:
+            raise InvalidJob(f"{exc} (job id={job_id!r})") from None
 
 
 def check_run_at(run_at: Any) -> None:

@@ -19,7 +19,7 @@ from csjd_core.context import JobContext
 from csjd_core.engine.registry import HandlerFn, HandlerRegistry
 from csjd_core.errors import CSJDError, InvalidJob, JobFailed
 from csjd_core.job import Job, JobState, JobStatus, check_json, validate_job
-from csjd_core.limits import job_options, name_problem, seconds
+from csjd_core.limits import job_options, name_problem, priority, seconds
 from csjd_core.periodic import Every, Schedule, make_schedule
 
 __all__ = ["Enqueuer", "JobFunction", "JobHandle", "JobRegistry"]
@@ -86,7 +86,8 @@ class JobFunction(Generic[P, R]):
     """A function decorated with ``@app.job``: call it inline, or enqueue it.
 
     ``f(*args)`` runs it now in this thread; ``f.delay(*args)`` enqueues it; ``f.apply_async(
-    args=..., kwargs=..., countdown=..., eta=..., job_id=...)`` enqueues with options.
+    args=..., kwargs=..., countdown=..., eta=..., job_id=..., priority=...)`` enqueues with
+    options.
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class JobFunction(Generic[P, R]):
         timeout: float | None,
         queue: str | None,
         takes_context: bool,
+        priority: int = 0,
     ) -> None:
         self.registry = registry
         self.fn = fn
@@ -106,6 +108,7 @@ class JobFunction(Generic[P, R]):
         self.max_attempts = max_attempts
         self.timeout = timeout
         self.queue = queue
+        self.priority = priority
         self.takes_context = takes_context
         self._signature = inspect.signature(fn)
         self.__name__ = getattr(fn, "__name__", type)
@@ -141,6 +144,7 @@ class JobFunction(Generic[P, R]):
         max_attempts: int | None = None,
         timeout: float | timedelta | None = None,
         queue: str | None = None,
+        priority: int | None = None,
     ) -> JobHandle[R]:
         """Enqueue with options (Celery's ``apply_async``).
 
@@ -151,6 +155,7 @@ class JobFunction(Generic[P, R]):
             eta: a timezone-aware `datetime` for the first attempt (not with ``countdown``).
             job_id: an id (idempotency key); default a random UUID.
             max_attempts, timeout, queue: override the decorator's settings for this call.
+            priority: -100 to 100, higher starts first (default: the decorator's, else 0).
 
         Raises:
             InvalidJob: an argument is not JSON (naming it), or the options are inconsistent.
@@ -166,6 +171,7 @@ class JobFunction(Generic[P, R]):
             max_attempts=max_attempts,
             timeout=timeout,
             queue=queue,
+            priority=priority,
         )
         app = self.app
         app.enqueue(job)
@@ -195,6 +201,7 @@ class JobFunction(Generic[P, R]):
         max_attempts: int | None = None,
         timeout: float | timedelta | None = None,
         queue: str | None = None,
+        priority: int | None = None,
     ) -> Job:
         """The `Job` that `apply_async` would enqueue (validated, not enqueued)."""
         if isinstance(args, str | bytes) or not isinstance(args, Sequence):
@@ -218,6 +225,7 @@ class JobFunction(Generic[P, R]):
             timeout=timeout if timeout is not None else self.timeout,
             run_at=run_at,
             queue=queue if queue is not None else self.queue,
+            priority=priority if priority is not None else self.priority,
         )
         try:
             validate_job(job)
@@ -262,7 +270,10 @@ class JobFunction(Generic[P, R]):
 
 
 def _check_job_options(
-    max_attempts: int | None, timeout: float | timedelta | None, queue: str | None
+    max_attempts: int | None,
+    timeout: float | timedelta | None,
+    queue: str | None,
+    rank: int = 0,
 ) -> float | None:
     """Validate ``@job`` options as admission would (so a bad one fails at import, not at the
     first enqueue); returns the timeout in seconds.
@@ -271,6 +282,7 @@ def _check_job_options(
         ValueError: naming the option and its limit.
     """
     _, limit = job_options(max_attempts, timeout)
+    priority(rank)
     if queue is not None:
         problem = name_problem(queue, "queue")
         if problem is not None:
@@ -304,6 +316,7 @@ class JobRegistry:
         max_attempts: int | None = ...,
         timeout: float | timedelta | None = ...,
         queue: str | None = ...,
+        priority: int = ...,
         takes_context: Literal[False] = ...,
         schedule: str | Every | None = ...,
         timezone: str | None = ...,
@@ -323,6 +336,7 @@ class JobRegistry:
         max_attempts: int | None = ...,
         timeout: float | timedelta | None = ...,
         queue: str | None = ...,
+        priority: int = ...,
         takes_context: Literal[True],
         schedule: str | Every | None = ...,
         timezone: str | None = ...,
@@ -341,6 +355,7 @@ class JobRegistry:
         max_attempts: int | None = None,
         timeout: float | timedelta | None = None,
         queue: str | None = None,
+        priority: int = 0,
         takes_context: bool = False,
         schedule: str | Every | None = None,
         timezone: str | None = None,
@@ -353,6 +368,9 @@ class JobRegistry:
     ) -> Callable[[Callable[..., Any]], JobFunction[Any, Any]]:
         """Decorate a function as a job of ``type`` (default: ``module.qualname``).
 
+        ``priority`` (-100 to 100, default 0) is its jobs' priority: a higher one starts first
+        (``apply_async(priority=...)`` overrides it per call).
+
         With ``schedule`` (a cron string, or ``every(minutes=5)``) it is also a periodic job:
         see `add_schedule` for the schedule's options (``schedule_name``, ``schedule_kwargs``
         and ``schedule_jitter`` are its ``name``, ``kwargs`` and ``jitter``).
@@ -361,7 +379,7 @@ class JobRegistry:
             ValueError: a bad option, ``type`` already names another function, or a bad or
                 duplicate schedule.
         """
-        limit = _check_job_options(max_attempts, timeout, queue)
+        limit = _check_job_options(max_attempts, timeout, queue, priority)
         if schedule is None:
             extra: dict[str, object] = {"timezone": timezone, "schedule_name": schedule_name}
             extra |= {"schedule_kwargs": schedule_kwargs, "schedule_jitter": schedule_jitter}
@@ -380,6 +398,7 @@ class JobRegistry:
                 timeout=limit,
                 queue=queue,
                 takes_context=takes_context,
+                priority=priority,
             )
             made = None
             if schedule is not None:  # checked before anything is registered

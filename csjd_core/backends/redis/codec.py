@@ -55,23 +55,24 @@ def text(value: Any) -> str:
 
 
 def encode(job: Job, default_max_attempts: int, max_payload_bytes: int) -> tuple[str, int]:
-    """A job's entry data (the ``d`` field) and its effective max_attempts.
+    """A job's entry data (the ``d`` field) and its effective max_attempts. ``priority`` is
+    written only when it is not 0: a default job's data is what releases before priorities
+    wrote, and theirs ignore the key.
 
     Raises:
         InvalidJob: the job is larger than ``max_payload_bytes`` as JSON.
     """
     max_attempts = job.max_attempts or default_max_attempts
-    data = json.dumps(
-        {
-            "type": job.type,
-            "payload": job.payload,
-            "max_attempts": max_attempts,
-            "timeout": timeout_seconds(job.timeout),
-            "queue": job.queue,
-        },
-        separators=(",", ":"),
-        allow_nan=False,
-    )
+    fields = {
+        "type": job.type,
+        "payload": job.payload,
+        "max_attempts": max_attempts,
+        "timeout": timeout_seconds(job.timeout),
+        "queue": job.queue,
+    }
+    if job.priority:
+        fields["priority"] = job.priority
+    data = json.dumps(fields, separators=(",", ":"), allow_nan=False)
     if len(data) + len(job.id) > max_payload_bytes:
         raise InvalidJob(
             f"job {job.id!r} is {len(data) + len(job.id)} bytes as JSON; "
@@ -114,6 +115,7 @@ def decode(
             max_attempts=d.get("max_attempts"),
             timeout=d.get("timeout"),
             queue=d.get("queue"),
+            priority=d.get("priority", 0),
         )
         validate_job(job)  # the admission limits: what a producer could not submit
     except InvalidJob as exc:
