@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from csjd_core.backends import _marks
-from csjd_core.backends._wal import Record
+from csjd_core.backends._wal import LogRecord, Record
 from csjd_core.backends.memory import Entry
 from csjd_core.errors import InvalidJob
 from csjd_core.job import Job, JobState, timeout_seconds, validate_job
@@ -355,6 +355,25 @@ def _job_of(item: dict[str, Any] | bytes, payload: Any) -> tuple[Job, int, float
     )
     validate_job(job)
     return job, max_attempts, at
+
+
+#: The frame version of a submitted record holding a job with a priority other than 0: the
+#: JSON form (an item per job: ``{"job": Job.to_dict(), "max": ..., "t": ...}``, the priority
+#: in the job's mapping), as version 2 wrote every submitted record. The binary items of
+#: version 3 have no field for it, and jobs of the default priority keep them (smaller and
+#: faster); releases before priorities read these records too, without the priority.
+PRIORITIZED_VERSION = 2
+
+
+def submitted_record(entries: list[Entry]) -> LogRecord:
+    """The log record that admits ``entries``: binary (`submitted`), or JSON framed as
+    `PRIORITIZED_VERSION` if one of them has a priority."""
+    if entries[0].job.priority if len(entries) == 1 else any(e.job.priority for e in entries):
+        items = [
+            {"job": e.job.to_dict(), "max": e.max_attempts, "t": e.enqueued_at} for e in entries
+        ]
+        return SUBMITTED, encode({"jobs": items}).encode(), PRIORITIZED_VERSION
+    return SUBMITTED, submitted(entries)
 
 
 def submitted(entries: list[Entry]) -> bytes:

@@ -25,7 +25,16 @@ from typing import NamedTuple
 from csjd_core.errors import StoreCorrupted, StoreFailed
 from csjd_core.limits import MAX_JOB_BYTES
 
-__all__ = ["HEADER", "MAX_RECORD", "Record", "WriteAheadLog", "encode", "scan", "write_all"]
+__all__ = [
+    "HEADER",
+    "MAX_RECORD",
+    "LogRecord",
+    "Record",
+    "WriteAheadLog",
+    "encode",
+    "scan",
+    "write_all",
+]
 
 logger = logging.getLogger("csjd_core.store")
 
@@ -47,6 +56,11 @@ class Record(NamedTuple):
     offset: int
     end: int
     version: int = VERSION
+
+
+#: A record to write: (type, payload), or (type, payload, version) to frame it in another
+#: readable version than `VERSION` (the store writes a few payloads in an older form).
+LogRecord = tuple[int, bytes] | tuple[int, bytes, int]
 
 
 _HEAD = struct.Struct("<BBIQ")  # the CRC'd part of the header: version, type, length, sequence
@@ -298,7 +312,7 @@ class WriteAheadLog:
     # -- writing ---------------------------------------------------------------------------
     def append(
         self,
-        records: list[tuple[int, bytes]],
+        records: list[LogRecord],
         *,
         durable: bool,
         on_written: Callable[[], None] | None = None,
@@ -326,14 +340,14 @@ class WriteAheadLog:
                 return
             seq = self._seq
             if len(records) == 1:
-                rtype, payload = records[0]
+                record = records[0]
                 seq += 1
-                data = encode(rtype, seq, payload)
+                data = encode(record[0], seq, record[1], *record[2:])
             else:
                 parts = []
-                for rtype, payload in records:
+                for record in records:
                     seq += 1
-                    parts.append(encode(rtype, seq, payload))
+                    parts.append(encode(record[0], seq, record[1], *record[2:]))
                 data = b"".join(parts)
             try:
                 self._write_all(data)

@@ -23,7 +23,13 @@ from typing import Any, Literal
 
 from csjd_core.backends import _marks
 from csjd_core.backends import _records as fmt
-from csjd_core.backends._wal import MAX_RECORD, WriteAheadLog, fsync_directory, write_all
+from csjd_core.backends._wal import (
+    MAX_RECORD,
+    LogRecord,
+    WriteAheadLog,
+    fsync_directory,
+    write_all,
+)
 from csjd_core.backends.base import AttemptError, BackendSettings, Delivery, RelayResult
 from csjd_core.backends.memory import Entry, MemoryBackend
 from csjd_core.errors import (
@@ -148,6 +154,8 @@ class FileJobStore(MemoryBackend):
             super().open(settings or _standalone_settings())
             with self._lock:  # a store object reopened after close starts from its files only
                 self._ready.clear()
+                self._ranked.clear()
+                self._ranks.clear()
                 self._scheduled.clear()
                 self._unfinished.clear()
             with _gc_paused():
@@ -397,7 +405,7 @@ class FileJobStore(MemoryBackend):
     # -- the persistence seam --------------------------------------------------------------
     def _write(
         self,
-        records: list[tuple[int, bytes]],
+        records: list[LogRecord],
         *,
         durable: bool,
         on_written: Callable[[], None] | None = None,
@@ -408,7 +416,8 @@ class FileJobStore(MemoryBackend):
             threading.Thread(target=self._compact_in_background, daemon=True).start()
 
     def _persist_submitted(self, entries: list[Entry]) -> None:
-        payload = fmt.submitted(entries)
+        record = fmt.submitted_record(entries)
+        payload = record[1]
         if len(payload) > MAX_RECORD:  # only a batch can get here: admission bounds a job
             raise InvalidJob(
                 f"a batch of {len(entries)} jobs is {len(payload)} bytes in the log; one record "
@@ -419,14 +428,14 @@ class FileJobStore(MemoryBackend):
             for entry in entries:
                 entry.stored = True
 
-        self._write([(fmt.SUBMITTED, payload)], durable=True, on_written=mark_stored)
+        self._write([record], durable=True, on_written=mark_stored)
 
     def _persist_mark(self, state: ScheduleState, entries: list[Entry]) -> None:
         # The mark first: should a crash of the machine tear this write, the slot is lost
         # rather than run twice (at most once per slot).
-        records = [(fmt.MARK, _marks.encode(state))]
+        records: list[LogRecord] = [(fmt.MARK, _marks.encode(state))]
         if entries:
-            records.append((fmt.SUBMITTED, fmt.submitted(entries)))
+            records.append(fmt.submitted_record(entries))
 
         def mark_stored() -> None:
             self._marks[state.name] = state  # under the write lock: compaction sees both
