@@ -418,8 +418,8 @@ class WriteAheadLog:
         if self._deferred:
             self.append([], durable=False)
 
-    def _take_deferred(self) -> list[tuple[int, bytes]]:
-        taken = []
+    def _take_deferred(self) -> list[LogRecord]:
+        taken: list[LogRecord] = []
         popleft = self._deferred.popleft
         while True:  # popleft is atomic: a record deferred meanwhile is taken now or next time
             try:
