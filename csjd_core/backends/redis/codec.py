@@ -20,7 +20,7 @@ from csjd_core.job import (
     utc_from_timestamp,
     validate_job,
 )
-from csjd_core.limits import clip_text, clip_traceback
+from csjd_core.limits import MAX_PRIORITY, MIN_PRIORITY, clip_text, clip_traceback
 from csjd_core.stats import DeadLetter, QueueCounters, ScheduleState
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "fields",
     "is_entry_id",
     "op",
+    "priority",
     "result_json",
     "run_at_ms",
     "status",
@@ -123,6 +124,18 @@ def decode(
     except Exception as exc:  # RecursionError, AttributeError...: never the batch's fault
         return None, data, f"malformed entry: {clip_text(repr(exc), 500)}"
     return job, data, None
+
+
+def priority(data: str) -> int:
+    """The priority in a job's entry data (0 when it has none, or an invalid one: the worker
+    that reads it then dead-letters it as poison, whatever its band)."""
+    if '"priority"' not in data:  # the usual job: no need to parse it
+        return 0
+    try:
+        value = json.loads(data).get("priority", 0)
+    except (ValueError, AttributeError, RecursionError):
+        return 0
+    return value if type(value) is int and MIN_PRIORITY <= value <= MAX_PRIORITY else 0
 
 
 def op(delivery: Delivery, kind: str, **extra: Any) -> dict[str, Any]:
