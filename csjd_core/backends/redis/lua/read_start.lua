@@ -69,10 +69,13 @@ for band = 1, #KEYS do
   if i >= count then
     break
   end
-  local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count - i,
-    'STREAMS', KEYS[band], '>')
-  for _, e in ipairs(r and r[1][2] or {}) do
-    take(e, band)
+  -- XLEN first: an empty band (the usual case of the high and low ones) costs no group lookup.
+  if redis.call('XLEN', KEYS[band]) > 0 then
+    local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count - i,
+      'STREAMS', KEYS[band], '>')
+    for _, e in ipairs(r and r[1][2] or {}) do
+      take(e, band)
+    end
   end
 end
 return out
