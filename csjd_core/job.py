@@ -133,6 +133,8 @@ class JobStatus:
     result: Any = None
     worker_id: str | None = None
     payload: Any = None
+    #: The job's priority (-100 to 100, higher first; see `Job`).
+    priority: int = 0
 
 
 def utc_from_timestamp(ts: float | None) -> datetime | None:

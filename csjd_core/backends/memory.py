@@ -109,6 +109,7 @@ class Entry:
             result=get("result"),
             worker_id=get("worker_id"),
             payload=self.job.payload,
+            priority=self.job.priority,
         )
 
 

@@ -472,7 +472,9 @@ def test_fetch_takes_the_highest_priority_first_and_fifo_among_equals(backend: B
     backend.enqueue([Job("d", "t")])
     backend.enqueue([Job("e", "t", priority=10)])
     assert backend.ready_count() == 5
+    assert [backend.status(i).priority for i in "abc"] == [0, -10, 10]  # type: ignore[union-attr]
     assert fetch_ids(backend, 5) == ["c", "e", "a", "d", "b"]
+    assert backend.status("b").priority == -10  # type: ignore[union-attr]
 
 
 def test_priorities_within_a_band(backend: Backend) -> None:

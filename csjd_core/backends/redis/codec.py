@@ -132,9 +132,13 @@ def priority(data: str) -> int:
     if '"priority"' not in data:  # the usual job: no need to parse it
         return 0
     try:
-        value = json.loads(data).get("priority", 0)
+        return _valid_priority(json.loads(data).get("priority", 0))
     except (ValueError, AttributeError, RecursionError):
         return 0
+
+
+def _valid_priority(value: Any) -> int:
+    """``value`` if it is a priority, else 0."""
     return value if type(value) is int and MIN_PRIORITY <= value <= MAX_PRIORITY else 0
 
 
@@ -227,6 +231,7 @@ def status(job_id: str, queue: str, f: dict[str, str]) -> JobStatus:
         result=result,
         worker_id=f.get("worker") or None,
         payload=data.get("payload"),
+        priority=_valid_priority(data.get("priority", 0)),
     )
 
 
