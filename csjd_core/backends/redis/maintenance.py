@@ -212,6 +212,12 @@ class Maintenance:
         """
         total = 0
         for band in keys.bands:
+            if self.holdings.idle() <= 0:
+                # No worker left to start more: the scan stopped short only if a band it did
+                # not reach holds entries (the high and low bands are usually empty).
+                if self.connection.client.xlen(band.stream):
+                    return total, False
+                continue
             claimed, finished = self.reclaim_band(band)
             total += claimed
             if not finished:
