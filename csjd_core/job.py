@@ -17,10 +17,13 @@ from csjd_core.limits import (
     MAX_JOB_BYTES,
     MAX_NAME_LENGTH,
     MAX_NESTING,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
     brief,
     is_text,
     job_options,
     name_problem,
+    priority,
 )
 from csjd_core.progress import Progress
 
@@ -41,6 +44,9 @@ class Job:
         queue: the queue name (distributed mode); ``None`` is the default queue.
         expires: a timezone-aware `datetime`: a job not started by then never runs (it ends
             ``cancelled``, ``cancel_reason="expired"``). ``None``: it never expires.
+        priority: an int from -100 to 100 (Django's range): a higher one starts first, FIFO
+            among equals (in Redis mode by band: docs/distributed.md, "Priorities").
+            Retries keep it.
     """
 
     id: str
@@ -51,9 +57,12 @@ class Job:
     run_at: datetime | None = field(default=None, kw_only=True)
     queue: str | None = field(default=None, kw_only=True)
     expires: datetime | None = field(default=None, kw_only=True)  # (issue 18: expiry)
+    priority: int = field(default=0, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
-        """The job as a JSON-ready mapping (the wire and storage format)."""
+        """The job as a JSON-ready mapping (the wire and storage format); ``priority`` and
+        ``expires`` only when set, so a default job's mapping is what releases before them
+        wrote (and read: they ignore the keys)."""
         data = {
             "id": self.id,
             "type": self.type,
@@ -65,6 +74,8 @@ class Job:
         }
         if self.expires is not None:  # only when set: readers before expiry never see it
             data["expires"] = self.expires.timestamp()
+        if self.priority:
+            data["priority"] = self.priority
         return data
 
     @classmethod
@@ -88,6 +99,7 @@ class Job:
                 run_at=(datetime.fromtimestamp(run_at, tz=UTC) if run_at is not None else None),
                 queue=data.get("queue"),
                 expires=(datetime.fromtimestamp(expires, tz=UTC) if expires is not None else None),
+                priority=data.get("priority", 0),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InvalidJob(f"malformed job record: {exc!r}") from exc
@@ -142,6 +154,8 @@ class JobStatus:
     #: Why a ``cancelled`` job was cancelled: ``"cancelled"`` (a request) or ``"expired"``;
     #: also set on a running job whose cancellation was requested. ``None`` otherwise.
     cancel_reason: str | None = None
+    #: The job's priority (-100 to 100, higher first; see `Job`).
+    priority: int = 0
 
 
 def utc_from_timestamp(ts: float | None) -> datetime | None:
@@ -322,6 +336,12 @@ def validate_job(job: Job) -> None:
         problem = name_problem(job.queue, "queue")
         if problem is not None:
             raise InvalidJob(problem)
+    rank = job.priority
+    if type(rank) is not int or not MIN_PRIORITY <= rank <= MAX_PRIORITY:  # bool, None too
+        try:
+            priority(job.priority)
+        except ValueError as exc:
+            raise InvalidJob(f"{exc} (job id={job_id!r})") from None
 
 
 def check_run_at(run_at: Any, name: str = "run_at") -> None:

@@ -19,7 +19,7 @@ from csjd_core.context import JobContext
 from csjd_core.engine.registry import HandlerFn, HandlerRegistry
 from csjd_core.errors import CSJDError, InvalidJob, JobFailed
 from csjd_core.job import Job, JobState, JobStatus, check_json, validate_job
-from csjd_core.limits import job_options, name_problem, seconds
+from csjd_core.limits import job_options, name_problem, priority, seconds
 from csjd_core.periodic import Every, Schedule, make_schedule
 
 __all__ = ["Enqueuer", "JobFunction", "JobHandle", "JobRegistry"]
@@ -98,7 +98,8 @@ class JobFunction(Generic[P, R]):
     """A function decorated with ``@app.job``: call it inline, or enqueue it.
 
     ``f(*args)`` runs it now in this thread; ``f.delay(*args)`` enqueues it; ``f.apply_async(
-    args=..., kwargs=..., countdown=..., eta=..., job_id=...)`` enqueues with options.
+    args=..., kwargs=..., countdown=..., eta=..., job_id=..., priority=...)`` enqueues with
+    options.
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class JobFunction(Generic[P, R]):
         queue: str | None,
         takes_context: bool,
         expires: float | None = None,
+        priority: int = 0,
     ) -> None:
         self.registry = registry
         self.fn = fn
@@ -119,6 +121,7 @@ class JobFunction(Generic[P, R]):
         self.max_attempts = max_attempts
         self.timeout = timeout
         self.queue = queue
+        self.priority = priority
         self.takes_context = takes_context
         #: Seconds after its enqueue after which a job not started yet never runs (``None``).
         self.expires = expires
@@ -157,6 +160,7 @@ class JobFunction(Generic[P, R]):
         timeout: float | timedelta | None = None,
         queue: str | None = None,
         expires: float | timedelta | datetime | None = None,
+        priority: int | None = None,
     ) -> JobHandle[R]:
         """Enqueue with options (Celery's ``apply_async``).
 
@@ -170,6 +174,7 @@ class JobFunction(Generic[P, R]):
             expires: seconds (or a `timedelta`) from now, or a timezone-aware `datetime`: a
                 job not started by then never runs (it ends ``cancelled``, reason
                 ``"expired"``); default the decorator's ``expires``.
+            priority: -100 to 100, higher starts first (default: the decorator's, else 0).
 
         Raises:
             InvalidJob: an argument is not JSON (naming it), or the options are inconsistent.
@@ -186,6 +191,7 @@ class JobFunction(Generic[P, R]):
             timeout=timeout,
             queue=queue,
             **({"expires": expires} if expires is not None else {}),
+            priority=priority,
         )
         app = self.app
         app.enqueue(job)
@@ -216,6 +222,7 @@ class JobFunction(Generic[P, R]):
         timeout: float | timedelta | None = None,
         queue: str | None = None,
         expires: float | timedelta | datetime | None = None,
+        priority: int | None = None,
     ) -> Job:
         """The `Job` that `apply_async` would enqueue (validated, not enqueued)."""
         if isinstance(args, str | bytes) or not isinstance(args, Sequence):
@@ -240,6 +247,7 @@ class JobFunction(Generic[P, R]):
             run_at=run_at,
             queue=queue if queue is not None else self.queue,
             expires=_expires_at(expires if expires is not None else self.expires),
+            priority=priority if priority is not None else self.priority,
         )
         try:
             validate_job(job)
@@ -300,7 +308,10 @@ def _expires_at(expires: float | timedelta | datetime | None) -> datetime | None
 
 
 def _check_job_options(
-    max_attempts: int | None, timeout: float | timedelta | None, queue: str | None
+    max_attempts: int | None,
+    timeout: float | timedelta | None,
+    queue: str | None,
+    rank: int = 0,
 ) -> float | None:
     """Validate ``@job`` options as admission would (so a bad one fails at import, not at the
     first enqueue); returns the timeout in seconds.
@@ -309,6 +320,7 @@ def _check_job_options(
         ValueError: naming the option and its limit.
     """
     _, limit = job_options(max_attempts, timeout)
+    priority(rank)
     if queue is not None:
         problem = name_problem(queue, "queue")
         if problem is not None:
@@ -342,6 +354,7 @@ class JobRegistry:
         max_attempts: int | None = ...,
         timeout: float | timedelta | None = ...,
         queue: str | None = ...,
+        priority: int = ...,
         takes_context: Literal[False] = ...,
         schedule: str | Every | None = ...,
         timezone: str | None = ...,
@@ -362,6 +375,7 @@ class JobRegistry:
         max_attempts: int | None = ...,
         timeout: float | timedelta | None = ...,
         queue: str | None = ...,
+        priority: int = ...,
         takes_context: Literal[True],
         schedule: str | Every | None = ...,
         timezone: str | None = ...,
@@ -381,6 +395,7 @@ class JobRegistry:
         max_attempts: int | None = None,
         timeout: float | timedelta | None = None,
         queue: str | None = None,
+        priority: int = 0,
         takes_context: bool = False,
         schedule: str | Every | None = None,
         timezone: str | None = None,
@@ -394,6 +409,9 @@ class JobRegistry:
     ) -> Callable[[Callable[..., Any]], JobFunction[Any, Any]]:
         """Decorate a function as a job of ``type`` (default: ``module.qualname``).
 
+        ``priority`` (-100 to 100, default 0) is its jobs' priority: a higher one starts first
+        (``apply_async(priority=...)`` overrides it per call).
+
         With ``schedule`` (a cron string, or ``every(minutes=5)``) it is also a periodic job:
         see `add_schedule` for the schedule's options (``schedule_name``, ``schedule_kwargs``
         and ``schedule_jitter`` are its ``name``, ``kwargs`` and ``jitter``).
@@ -406,7 +424,7 @@ class JobRegistry:
             ValueError: a bad option, ``type`` already names another function, or a bad or
                 duplicate schedule.
         """
-        limit = _check_job_options(max_attempts, timeout, queue)
+        limit = _check_job_options(max_attempts, timeout, queue, priority)
         expiry = None if expires is None else seconds(expires, "expires")
         if schedule is None:
             extra: dict[str, object] = {"timezone": timezone, "schedule_name": schedule_name}
@@ -427,6 +445,7 @@ class JobRegistry:
                 queue=queue,
                 takes_context=takes_context,
                 expires=expiry,
+                priority=priority,
             )
             made = None
             if schedule is not None:  # checked before anything is registered

@@ -24,9 +24,11 @@ __all__ = [
     "MAX_JOB_BYTES",
     "MAX_NAME_LENGTH",
     "MAX_NESTING",
+    "MAX_PRIORITY",
     "MAX_PROGRESS_MESSAGE",
     "MAX_TRACEBACK",
     "MAX_WORKERS",
+    "MIN_PRIORITY",
     "NAME_PATTERN",
     "attempts",
     "brief",
@@ -38,6 +40,7 @@ __all__ = [
     "name_problem",
     "names",
     "positive_seconds",
+    "priority",
     "seconds",
 ]
 
@@ -52,6 +55,11 @@ MAX_ATTEMPTS = 10_000
 #: Most worker threads (or read-ahead entries) one process may have: a typo such as
 #: ``workers=100000`` is refused at start-up, not by the system halfway through spawning them.
 MAX_WORKERS = 1024
+
+#: A job's ``priority`` ranges from `MIN_PRIORITY` to `MAX_PRIORITY` (Django's Tasks range;
+#: higher starts first, 0 is the default).
+MIN_PRIORITY = -100
+MAX_PRIORITY = 100
 
 #: Deepest nesting of lists and objects in a payload or a result.
 MAX_NESTING = 64
@@ -201,6 +209,24 @@ def attempts(value: object, name: str) -> int:
         raise ValueError(
             f"{name} must be an int >= 1 and at most {MAX_ATTEMPTS} "
             f"(csjd_core.limits.MAX_ATTEMPTS), got {brief(value)}"
+        )
+    return value
+
+
+def priority(value: object, name: str = "priority") -> int:
+    """A job's priority: an int from `MIN_PRIORITY` to `MAX_PRIORITY` (not a bool).
+
+    Raises:
+        ValueError: naming ``name``.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not MIN_PRIORITY <= value <= MAX_PRIORITY
+    ):
+        raise ValueError(
+            f"{name} must be an int from {MIN_PRIORITY} to {MAX_PRIORITY} (higher starts "
+            f"first; csjd_core.limits.MIN_PRIORITY/MAX_PRIORITY), got {brief(value)}"
         )
     return value
 

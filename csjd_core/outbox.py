@@ -284,6 +284,7 @@ class Found:
             if self.problem is None
             else f"set aside by the outbox relay: {self.problem}",
             payload=job.payload,
+            priority=job.priority,
         )
 
 

@@ -67,7 +67,9 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
     supports_defer = True
     supports_async_task = True
     supports_get_result = True
-    supports_priority = False
+    #: A task's ``priority`` (-100 to 100, higher first) is its job's: exact in process, by
+    #: band in Redis mode (docs/django.md, "Priorities").
+    supports_priority = True
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
@@ -156,6 +158,8 @@ class CSJDBackend(BaseTaskBackend):  # type: ignore[misc]
             timeout=getattr(task, "timeout", None) or self.timeout,
             run_at=task.run_after,
             queue=task.queue_name,
+            # Django accepts any whole number in its range (5.0 too); a job's is an int.
+            priority=int(task.priority),
         )
 
     def get_result(self, result_id: str) -> TaskResult:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from csjd_core.backends import _marks
-from csjd_core.backends._wal import Record
+from csjd_core.backends._wal import LogRecord, Record
 from csjd_core.backends.memory import Entry
 from csjd_core.errors import InvalidJob
 from csjd_core.job import Job, JobState, timeout_seconds, validate_job
@@ -360,16 +360,27 @@ def _job_of(item: dict[str, Any] | bytes, payload: Any) -> tuple[Job, int, float
     return job, max_attempts, at
 
 
-def submitted_record(entries: list[Entry]) -> tuple[int, bytes] | tuple[int, bytes, int]:
-    """The submitted record of ``entries`` for the log. A job with ``expires`` (issue 18) is
-    written as version 2 wrote submitted records — JSON, `Job.to_dict` with its ``expires`` —
-    as the binary item has no field for it: every release reads version 2, and one from before
-    expiry ignores the field."""
-    if any(entry.job.expires is not None for entry in entries):
+#: The frame version of a submitted record holding a job with a priority other than 0 or an
+#: ``expires`` (issue 18): the JSON form (an item per job: ``{"job": Job.to_dict(), "max": ...,
+#: "t": ...}``, the priority and expiry in the job's mapping), as version 2 wrote every submitted
+#: record. The binary items of version 3 have no field for them, and plain jobs keep them
+#: (smaller and faster); releases before issue 18 read these records too, without the fields.
+EXTENDED_VERSION = 2
+
+
+def submitted_record(entries: list[Entry]) -> LogRecord:
+    """The log record that admits ``entries``: binary (`submitted`), or JSON framed as
+    `EXTENDED_VERSION` if one of them has a priority or an expiry."""
+    if len(entries) == 1:  # the usual submit: no generator
+        job = entries[0].job
+        extended = job.priority or job.expires is not None
+    else:
+        extended = any(e.job.priority or e.job.expires is not None for e in entries)
+    if extended:
         items = [
             {"job": e.job.to_dict(), "max": e.max_attempts, "t": e.enqueued_at} for e in entries
         ]
-        return SUBMITTED, encode({"jobs": items}).encode(), 2
+        return SUBMITTED, encode({"jobs": items}).encode(), EXTENDED_VERSION
     return SUBMITTED, submitted(entries)
 
 

@@ -25,15 +25,22 @@ from typing import NamedTuple
 from csjd_core.errors import StoreCorrupted, StoreFailed
 from csjd_core.limits import MAX_JOB_BYTES
 
-__all__ = ["HEADER", "MAX_RECORD", "Record", "WriteAheadLog", "encode", "scan", "write_all"]
+__all__ = [
+    "HEADER",
+    "MAX_RECORD",
+    "LogRecord",
+    "Record",
+    "WriteAheadLog",
+    "encode",
+    "scan",
+    "write_all",
+]
 
 logger = logging.getLogger("csjd_core.store")
 
 MAGIC = b"CJ"
 VERSION = 3  # written; 2: binary started / finished payloads, 3: binary submitted (_records)
 READABLE_VERSIONS = frozenset({1, 2, 3})
-#: A record to append: (type, payload), or (type, payload, version) (see `WriteAheadLog.append`).
-LogRecord = tuple[int, bytes] | tuple[int, bytes, int]
 HEADER = struct.Struct("<2sBBIQI")
 #: Largest record: a job of `MAX_JOB_BYTES` (the admission limit) plus room for its id, type
 #: and framing, so that every job admission accepts fits one record. Checked when reading too.
@@ -49,6 +56,11 @@ class Record(NamedTuple):
     offset: int
     end: int
     version: int = VERSION
+
+
+#: A record to write: (type, payload), or (type, payload, version) to frame it in another
+#: readable version than `VERSION` (the store writes a few payloads in an older form).
+LogRecord = tuple[int, bytes] | tuple[int, bytes, int]
 
 
 _HEAD = struct.Struct("<BBIQ")  # the CRC'd part of the header: version, type, length, sequence
@@ -408,8 +420,8 @@ class WriteAheadLog:
         if self._deferred:
             self.append([], durable=False)
 
-    def _take_deferred(self) -> list[tuple[int, bytes]]:
-        taken = []
+    def _take_deferred(self) -> list[LogRecord]:
+        taken: list[LogRecord] = []
         popleft = self._deferred.popleft
         while True:  # popleft is atomic: a record deferred meanwhile is taken now or next time
             try:

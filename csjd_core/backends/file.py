@@ -160,6 +160,8 @@ class FileJobStore(MemoryBackend):
             super().open(settings or _standalone_settings())
             with self._lock:  # a store object reopened after close starts from its files only
                 self._ready.clear()
+                self._ranked.clear()
+                self._ranks.clear()
                 self._scheduled.clear()
                 self._unfinished.clear()
             with _gc_paused():

@@ -1,10 +1,17 @@
 """The in-memory backend: an index of jobs, a ready deque and a heap of scheduled jobs.
 
+Priorities: the ready deque holds the jobs of priority 0 (the default); jobs of another
+priority wait in a deque per priority, whose non-empty priorities a small sorted list keeps.
+Taking the next job looks at that list only when it is not empty, so a queue of one priority
+keeps the lock-free deque path; otherwise the highest priority's oldest job comes first
+(exact order, FIFO among equals).
+
 `FileJobStore` extends it with a write-ahead log; the ``_persist_*`` methods are its seam.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import heapq
 import itertools
@@ -113,6 +120,7 @@ class Entry:
             payload=self.job.payload,
             progress=get("progress"),
             cancel_reason=get("cancel_reason"),
+            priority=self.job.priority,
         )
 
 
@@ -137,7 +145,11 @@ class MemoryBackend(Backend):
         self._parked: deque[Any] = deque()
         self._parking = threading.local()
         self._rung = 0
-        self._ready: deque[Entry] = deque()
+        self._ready: deque[Entry] = deque()  # ready jobs of priority 0
+        # Ready jobs of other priorities: a deque per priority, and the priorities whose deque
+        # is not empty, ascending (both changed under `_lock`; see the module's docstring).
+        self._ranked: dict[int, deque[Entry]] = {}
+        self._ranks: list[int] = []
         self._scheduled: list[tuple[float, int, Entry]] = []
         self._seq = itertools.count()
         self._unfinished: dict[str, Entry] = {}
@@ -184,6 +196,8 @@ class MemoryBackend(Backend):
             self._closed = True
             left = [e for e in self._unfinished.values() if e.state is not _RUNNING]
             self._ready.clear()
+            self._ranked.clear()
+            self._ranks.clear()
             self._scheduled.clear()
             for entry in left:
                 del self._unfinished[entry.job.id]
@@ -209,7 +223,7 @@ class MemoryBackend(Backend):
         except BaseException:
             self._unreserve(entries)
             raise
-        if len(entries) == 1 and entries[0].job.run_at is None:
+        if len(entries) == 1 and entries[0].job.run_at is None and not entries[0].job.priority:
             # `_publish` of one job due now without the lock, unless a worker waits: the append
             # is atomic, and a fetch counts itself a waiter (under the lock) before it looks.
             self._ready.append(entries[0])
@@ -234,9 +248,48 @@ class MemoryBackend(Backend):
             entry = unfinished[job.id] = Entry(
                 job, job.max_attempts or self._default_max_attempts, now
             )
-            self._ready.append(entry)
+            if job.priority:
+                self._rank(entry)
+            else:
+                self._ready.append(entry)
             if self._waiters and not self._rung:
                 self._ring(1)
+
+    def _rank(self, entry: Entry) -> None:
+        """Make ``entry``, of a priority other than 0, ready (lock held)."""
+        rank = entry.job.priority
+        waiting = self._ranked.get(rank)
+        if waiting is None:
+            waiting = self._ranked[rank] = deque()
+            bisect.insort(self._ranks, rank)
+        waiting.append(entry)
+
+    def _make_ready(self, entry: Entry) -> None:
+        """Append ``entry`` to the ready jobs of its priority (lock held)."""
+        if entry.job.priority:
+            self._rank(entry)
+        else:
+            self._ready.append(entry)
+
+    def _next_ranked(self) -> Entry | None:
+        """Take the next ready entry when some have a priority other than 0 (lock held): the
+        oldest of the highest priority, priority 0 (the deque) between the positive and the
+        negative ones."""
+        ranks = self._ranks
+        if not ranks:
+            try:
+                return self._ready.popleft()
+            except IndexError:
+                return None
+        top = ranks[-1]
+        if top < 0 and self._ready:
+            return self._ready.popleft()
+        waiting = self._ranked[top]
+        entry = waiting.popleft()
+        if not waiting:
+            del self._ranked[top]
+            ranks.pop()
+        return entry
 
     def _admit(self, jobs: Sequence[Job], now: float) -> list[Entry]:
         """Check and reserve ids (lock held). Nothing is visible to workers yet."""
@@ -321,7 +374,10 @@ class MemoryBackend(Backend):
                     entry.due = time.monotonic() + (when - now)
                     heapq.heappush(scheduled, (entry.due, next(self._seq), entry))
                     continue
-            ready.append(entry)
+            if entry.job.priority:
+                self._rank(entry)
+            else:
+                ready.append(entry)
             woken += 1
         if not self._waiters:
             return
@@ -344,7 +400,7 @@ class MemoryBackend(Backend):
                     heapq.heappush(self._scheduled, (entry.due, next(self._seq), entry))
                 else:
                     entry.state = _QUEUED
-                    self._ready.append(entry)
+                    self._make_ready(entry)
                 count += 1
         return count
 
@@ -361,14 +417,23 @@ class MemoryBackend(Backend):
                 with self._lock:
                     self._promote(time.monotonic())
         ready = self._ready
-        try:
-            entry = ready.popleft()
-        except IndexError:
-            found = self._wait_ready(timeout)
+        if self._ranks:  # jobs of other priorities are ready: the highest first
+            with self._lock:
+                found = self._next_ranked()
             if found is None:
-                return None
+                found = self._wait_ready(timeout)
+                if found is None:
+                    return None
             entry = found
-        if ready and self._waiters and not self._rung:
+        else:
+            try:
+                entry = ready.popleft()
+            except IndexError:
+                found = self._wait_ready(timeout)
+                if found is None:
+                    return None
+                entry = found
+        if (ready or self._ranks) and self._waiters and not self._rung:
             # More is ready and no wake-up is on its way: wake one more worker. A submit wakes
             # one worker only when none is on its way, so a backlog wakes workers one by one
             # (each woken one wakes the next) and a trickle keeps the fewest threads switching.
@@ -400,7 +465,7 @@ class MemoryBackend(Backend):
             if entry.state is _CANCELLED:  # cancelled while it waited (left in the heap)
                 continue
             entry.state = _QUEUED
-            self._ready.append(entry)
+            self._make_ready(entry)
 
     def _wait_ready(self, timeout: float) -> Entry | None:
         deadline = time.monotonic() + timeout
@@ -425,10 +490,12 @@ class MemoryBackend(Backend):
                     due = self._scheduled[0][0] if self._scheduled else None
                 else:
                     due = None
-            try:
-                entry = self._ready.popleft()
-            except IndexError:
-                entry = None
+                entry = self._next_ranked() if self._ranks else None
+            if entry is None:
+                try:
+                    entry = self._ready.popleft()
+                except IndexError:
+                    entry = None
             remaining = deadline - now if due is None else min(deadline, due) - now
             if entry is not None or remaining <= 0 or generation != self._wakeups:
                 self._unpark(park)
@@ -629,11 +696,20 @@ class MemoryBackend(Backend):
         return [e.job.id for e in entries]
 
     def _unready(self, entry: Entry) -> bool:
-        """Take ``entry`` out of the ready queue; False if a fetch took it first."""
+        """Take ``entry`` out of the ready jobs of its priority; False if a fetch took it
+        first (lock held: the ranked deques change under it; the priority-0 deque's lock-free
+        fetch races `remove`, atomic under the GIL)."""
+        rank = entry.job.priority
+        waiting = self._ranked.get(rank) if rank else self._ready
+        if waiting is None:
+            return False
         try:
-            self._ready.remove(entry)  # identity compares only: atomic under the GIL
+            waiting.remove(entry)  # identity compares only
         except ValueError:
             return False
+        if rank and not waiting:
+            del self._ranked[rank]
+            self._ranks.remove(rank)
         return True
 
     def _end_unstarted(self, entry: Entry, reason: str) -> None:
@@ -685,7 +761,7 @@ class MemoryBackend(Backend):
                 self._finish(entry, _CANCELLED)
             elif entry.attempts < entry.max_attempts:
                 entry.state = _QUEUED
-                self._ready.append(entry)
+                self._make_ready(entry)
                 self._ring(1)
             else:
                 entry.error = "the outcome of its last attempt could not be recorded"
@@ -754,6 +830,13 @@ class MemoryBackend(Backend):
                     break
                 if entry.job.id not in ids:
                     ready.append(entry)
+            for rank, waiting in list(self._ranked.items()):
+                kept = deque(entry for entry in waiting if entry.job.id not in ids)
+                if kept:
+                    self._ranked[rank] = kept
+                else:
+                    del self._ranked[rank]
+                    self._ranks.remove(rank)
             self._scheduled = [item for item in self._scheduled if item[2].job.id not in ids]
             heapq.heapify(self._scheduled)
         return len(gone)
@@ -775,7 +858,7 @@ class MemoryBackend(Backend):
 
     def ready_count(self) -> int:
         """Jobs ready to run now."""
-        return len(self._ready)
+        return len(self._ready) + sum(len(waiting) for waiting in list(self._ranked.values()))
 
     # -- schedules -------------------------------------------------------------------------
     def admit_slot(self, request: SlotRequest) -> SlotVerdict:

@@ -133,6 +133,11 @@ def test_duplicate_type_registration_is_an_error(make_app: Callable[..., App]) -
         ({"timeout": -1}, "timeout"),
         ({"timeout": 0}, "timeout"),
         ({"queue": ""}, "queue"),
+        ({"priority": 101}, "priority must be an int from -100 to 100"),
+        ({"priority": -101}, "priority must be an int from -100 to 100"),
+        ({"priority": True}, "priority"),
+        ({"priority": 1.5}, "priority"),
+        ({"priority": "5"}, "priority"),
     ],
 )
 def test_bad_decorator_options_fail_at_decoration(
@@ -203,6 +208,9 @@ def test_apply_async_options(make_app: Callable[..., App]) -> None:
         ({"eta": datetime(2030, 1, 1)}, "timezone-aware"),
         ({"countdown": -1}, "countdown"),
         ({"job_id": ""}, "job id"),
+        ({"priority": 101}, r"priority must be an int from -100 to 100 .*got 101"),
+        ({"priority": False}, "priority .*got False"),
+        ({"priority": 2.0}, "priority .*got 2.0"),
     ],
 )
 def test_apply_async_rejects_bad_options(
@@ -216,6 +224,39 @@ def test_apply_async_rejects_bad_options(
 
     with pytest.raises(InvalidJob, match=match):
         task.apply_async(**options)
+
+
+def test_priority_from_the_decorator_and_per_call(make_app: Callable[..., App]) -> None:
+    """``@job(priority=)`` is the default of its jobs, ``apply_async(priority=)`` overrides it;
+    with one worker busy, the queued jobs then run highest first (FIFO among equals)."""
+    app = make_app(workers=1)
+    gate, order = threading.Event(), []
+
+    @app.job("block")
+    def block() -> None:
+        gate.wait(DEADLINE)
+
+    @app.job("urgent", priority=50)
+    def urgent(name: str) -> None:
+        order.append(name)
+
+    @app.job("plain")
+    def plain(name: str) -> None:
+        order.append(name)
+
+    assert (urgent.priority, plain.priority) == (50, 0)
+    blocker = block.delay()
+    wait_until(lambda: blocker.status().state is JobState.RUNNING, DEADLINE)
+    plain.delay("plain-1")
+    plain.apply_async(["bulk"], priority=-20)
+    urgent.apply_async(["urgent-lowered"], priority=5)
+    urgent.delay("urgent-1")
+    plain.apply_async(["plain-raised"], priority=50)
+    assert urgent.build_job(["x"]).priority == 50
+    assert urgent.build_job(["x"], priority=-1).priority == -1
+    gate.set()
+    assert app.wait(DEADLINE)
+    assert order == ["urgent-1", "plain-raised", "urgent-lowered", "plain-1", "bulk"]
 
 
 def test_adelay_and_aapply_async_from_asyncio(make_app: Callable[..., App]) -> None:

@@ -534,6 +534,76 @@ def wait_flushed(backend: Backend) -> None:
     backend.maintenance.flush_progress()  # type: ignore[attr-defined]
 
 
+# -- priorities ------------------------------------------------------------------------------
+
+
+def fetch_ids(backend: Backend, count: int) -> list[str]:
+    """The ids of the next ``count`` deliveries, in the order they are fetched (each one
+    started and settled, so a distributed backend has workers free for the next)."""
+    ids = []
+    for _ in range(count):
+        delivery = fetch(backend)
+        backend.started(delivery, "w")
+        assert backend.succeed(delivery, None)
+        ids.append(delivery.job.id)
+    return ids
+
+
+def test_fetch_takes_the_highest_priority_first_and_fifo_among_equals(backend: Backend) -> None:
+    """Submitted before consumption starts (as with workers paused): fetched by priority, in
+    submission order among jobs of one priority. Priorities 10, 0 and -10 are one per Redis
+    band, so every backend agrees."""
+    backend.enqueue([Job("a", "t"), Job("b", "t", priority=-10)])
+    backend.enqueue([Job("c", "t", priority=10)])
+    backend.enqueue([Job("d", "t")])
+    backend.enqueue([Job("e", "t", priority=10)])
+    assert backend.ready_count() == 5
+    assert [backend.status(i).priority for i in "abc"] == [0, -10, 10]  # type: ignore[union-attr]
+    assert fetch_ids(backend, 5) == ["c", "e", "a", "d", "b"]
+    assert backend.status("b").priority == -10  # type: ignore[union-attr]
+
+
+def test_priorities_within_a_band(backend: Backend) -> None:
+    """In process the order is exact; Redis orders by band (priorities above 0 share one,
+    below 0 another: docs/distributed.md, "Priorities"), FIFO within it."""
+    backend.enqueue([Job("p5", "t", priority=5), Job("p100", "t", priority=100)])
+    backend.enqueue([Job("m1", "t", priority=-1), Job("m100", "t", priority=-100)])
+    backend.enqueue([Job("p1", "t", priority=1)])
+    ids = fetch_ids(backend, 5)
+    if backend.local:
+        assert ids == ["p100", "p5", "p1", "m1", "m100"]
+    else:
+        assert ids == ["p5", "p100", "p1", "m1", "m100"]
+
+
+def test_scheduled_jobs_and_retries_keep_their_priority(backend: Backend) -> None:
+    backend.enqueue([Job("s", "t", priority=7, run_at=datetime.now(UTC) + timedelta(seconds=0.1))])
+    first = fetch(backend)
+    assert (first.job.id, first.job.priority) == ("s", 7)
+    backend.started(first, "w")
+    assert backend.retry(first, ERROR, 0.1)
+    second = fetch(backend)
+    assert (second.job.id, second.job.priority, second.attempt) == ("s", 7, 2)
+
+
+def test_a_retry_waits_in_its_priority_when_it_is_due(backend: Backend) -> None:
+    """A retry due while jobs of a lower priority wait goes before them (in process: checked
+    with nothing fetched meanwhile; a distributed backend reads what is ready at once, so the
+    retry's band is what is checked there: the next job fetched after it is due)."""
+    backend.enqueue([Job("r", "t", priority=10)])
+    first = fetch(backend)
+    backend.started(first, "w")
+    assert backend.retry(first, ERROR, 0.2)
+    if not backend.local:
+        second = fetch(backend)
+        assert (second.job.id, second.job.priority, second.attempt) == ("r", 10, 2)
+        return
+    backend.enqueue([Job("n", "t"), Job("low", "t", priority=-10)])
+    due = time.monotonic() + 0.25
+    wait_until(lambda: time.monotonic() >= due, DEADLINE)
+    assert fetch_ids(backend, 3) == ["r", "n", "low"]
+
+
 # -- close -----------------------------------------------------------------------------------
 
 

@@ -104,6 +104,20 @@ def test_a_queued_job_is_cancelled_and_never_runs(backend: Backend) -> None:
     assert backend.cancel("q", None) is CancelVerdict.ENDED  # a second cancel changes nothing
 
 
+def test_queued_jobs_of_every_priority_are_cancelled_where_they_wait(backend: Backend) -> None:
+    # In process each priority has its ready deque; in Redis each band its stream: the cancel
+    # must find the job in its own (was: only the default band's stream was looked at).
+    backend.enqueue([Job("high", "t", priority=10), Job("low", "t", priority=-10)])
+    backend.enqueue([Job("plain", "t"), Job("high2", "t", priority=50)])
+    assert backend.cancel("high", None) is CancelVerdict.CANCELLED
+    assert backend.cancel("low", None) is CancelVerdict.CANCELLED
+    assert [finished(backend, i)[0] for i in ("high", "low")] == [JobState.CANCELLED] * 2
+    assert backend.pending() == 2
+    assert backend.ready_count() == 2
+    assert [fetch(backend).job.id for _ in range(2)] == ["high2", "plain"]
+    assert poll(backend, 0.2) is None
+
+
 def test_a_cancelled_id_is_finished_for_reuse_and_the_cap(backend: Backend) -> None:
     backend.enqueue([Job(f"j{i}", "t") for i in range(CAP)])
     assert backend.cancel("j0", None) is CancelVerdict.CANCELLED

@@ -248,6 +248,51 @@ def test_submitted_records_keep_every_field_of_their_jobs(store_path: Path) -> N
         assert {s.id: s.max_attempts for s in reopened.jobs()}["opts"] == 7
 
 
+def test_jobs_with_a_priority_are_logged_in_the_json_form_and_recovered_in_order(
+    store_path: Path,
+) -> None:
+    """A submitted record holding a job of priority other than 0 is the JSON form (frame
+    version 2: the binary items have no priority field), alone or in a batch with others; a
+    crash image and a compacted snapshot both give the jobs back with their priorities, and
+    the recovered ready queue takes them highest first, FIFO among equals."""
+    jobs = [
+        Job("n1", "t"),
+        Job("h1", "t", {"x": 1}, priority=40),
+        Job("l1", "t", priority=-3, queue="q"),
+        Job("h2", "t", priority=40),
+        Job("n2", "t"),
+    ]
+    store = FileJobStore(store_path, fsync="never", compact_bytes=1 << 30)
+    store.open()
+    store.enqueue(jobs[:1])
+    store.enqueue(jobs[1:3])  # a batch with a priority: one JSON record
+    store.enqueue(jobs[3:4])
+    store.enqueue(jobs[4:])
+    data = Path(store.log_path).read_bytes()
+    versions = []
+    pos = 0
+    while pos < len(data):
+        _, version, _, length, _, _ = HEADER.unpack_from(data, pos)
+        versions.append(version)
+        pos += HEADER.size + length
+    assert versions == [VERSION, fmt.EXTENDED_VERSION, fmt.EXTENDED_VERSION, VERSION]
+    image = crash_image(store, store_path.parent.parent / "image")
+    store.close()  # a clean close compacts: the snapshot holds them now
+
+    def drained(path: Path) -> list[tuple[str, int]]:
+        with FileJobStore(path, fsync="never") as reopened:
+            for job in jobs:
+                assert reopened.job(job.id).to_dict() == job.to_dict()
+            out = []
+            while (delivery := reopened.fetch(0)) is not None:
+                out.append((delivery.job.id, delivery.job.priority))
+            return out
+
+    order = [("h1", 40), ("h2", 40), ("n1", 0), ("n2", 0), ("l1", -3)]
+    assert drained(image) == order
+    assert drained(store_path) == order
+
+
 def test_logs_written_by_format_versions_1_and_2_open_and_take_version_3_records_after_them(
     store_path: Path,
 ) -> None:

@@ -161,6 +161,29 @@ def test_queue_must_be_a_non_empty_string_or_none(bad: Any) -> None:
         validate_job(Job("j", "t", queue=bad))
 
 
+@pytest.mark.parametrize("bad", [101, -101, 10**100, True, False, None, 1.0, "1", [1]])
+def test_validate_refuses_a_priority_that_is_not_an_int_from_minus_100_to_100(bad: Any) -> None:
+    with pytest.raises(
+        InvalidJob, match=r"priority must be an int from -100 to 100 .*\(job id='j'\)"
+    ):
+        validate_job(Job("j", "t", priority=bad))
+
+
+@pytest.mark.parametrize("good", [-100, -1, 0, 1, 100])
+def test_validate_accepts_priorities_from_minus_100_to_100(good: int) -> None:
+    validate_job(Job("j", "t", priority=good))
+
+
+def test_a_priority_round_trips_and_0_is_not_written() -> None:
+    assert "priority" not in Job("j", "t").to_dict()  # what releases before priorities wrote
+    data = Job("j", "t", priority=-7).to_dict()
+    assert data["priority"] == -7
+    assert Job.from_dict(data).priority == -7
+    assert Job.from_dict({"id": "j", "type": "t"}).priority == 0
+    with pytest.raises(InvalidJob, match="priority"):
+        Job.from_dict({"id": "j", "type": "t", "priority": 500})
+
+
 def test_validate_refuses_things_that_are_not_jobs() -> None:
     with pytest.raises(InvalidJob, match="expected a Job, got dict"):
         validate_job({"id": "j", "type": "t"})  # type: ignore[arg-type]

@@ -32,8 +32,25 @@ def test_backend_is_configured_with_honest_capabilities() -> None:
     backend = task_backends["default"]
     assert isinstance(backend, CSJDBackend)
     assert backend.supports_defer and backend.supports_get_result and backend.supports_async_task
-    assert not backend.supports_priority
+    assert backend.supports_priority
     assert isinstance(tasks.add, CSJDTask)
+
+
+def test_a_task_priority_is_its_job_priority() -> None:
+    """``supports_priority``: Django checks the range (-100..100) when the task is made, the
+    job takes the priority (a whole float as an int), and the task runs."""
+    backend = task_backends["default"]
+    urgent = tasks.add.using(priority=7)
+    assert backend.build_job(urgent, [1, 2], {}).priority == 7
+    assert backend.build_job(tasks.add, [1, 2], {}).priority == 0
+    assert backend.build_job(tasks.add.using(priority=-100), [], {}).priority == -100
+    whole = backend.build_job(tasks.add.using(priority=5.0), [], {})  # Django accepts it
+    assert (whole.priority, type(whole.priority)) == (5, int)
+    result = urgent.enqueue(2, 3)
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == 5
+    with pytest.raises(InvalidTaskError, match="priority"):
+        tasks.add.using(priority=101)
 
 
 def test_every_job_state_maps_to_a_django_status() -> None:
@@ -153,7 +170,7 @@ def test_validation_errors() -> None:
     with pytest.raises(InvalidTaskError, match="not JSON"):
         tasks.add.enqueue(object(), 1)
     with pytest.raises(InvalidTaskError):
-        tasks.add.using(priority=10)
+        tasks.add.using(priority=-101)  # out of Django's range (10 is supported)
     with pytest.raises(InvalidTaskError):
         tasks.add.using(run_after=timezone.now().replace(tzinfo=None))
 

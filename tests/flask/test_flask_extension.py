@@ -190,6 +190,15 @@ def test_job_options_and_duplicate_types_are_checked_by_the_core_decorator() -> 
         ext.job("x", max_attempts=0)
     with pytest.raises(ValueError, match="timeout"):
         ext.job("x", timeout=-1)
+    with pytest.raises(ValueError, match="priority must be an int from -100 to 100"):
+        ext.job("x", priority=101)
+
+    @ext.job("urgent", priority=20)
+    def urgent() -> None: ...
+
+    assert urgent.priority == 20
+    assert urgent.build_job().priority == 20
+    assert urgent.build_job(priority=-3).priority == -3
 
     @ext.job("dup")
     def one() -> None: ...

@@ -74,7 +74,7 @@ def test_no_script_acts_on_a_queue_whose_slot_is_half_migrated(
                 run("promote", keys.promote(), [prefix, 500, "compact"]),
                 run(
                     "read_start",
-                    [keys.stream, keys.pending, keys.stats],
+                    [*keys.streams, keys.pending, keys.stats],
                     [group, "c1", prefix, 3, 0, 1000],
                 ),
                 run("reclaim", keys.reclaim(), [group, "c1", 0, 5, 10, "0-0", prefix, 1000, 10]),
@@ -95,13 +95,13 @@ def test_no_script_acts_on_a_queue_whose_slot_is_half_migrated(
         assert scripts() == ([0, -1], 0, [b"0-0", [], [], []])
         # A schedule's slot with max_running reads its runs' records before writing: refused
         # as Redis refuses a command then (TRYAGAIN), which the client waits out, then gives up.
-        slot_args = [100, 1000, "compact", "slot", 2, 1, 0, prefix, "", "late", "{}", "", 3]
+        slot_args = [100, 1000, "compact", "slot", 2, 1, 0, prefix, "", "late", "{}", "", 3, ""]
         with pytest.raises(SLOT_MIGRATING):
             run("enqueue", keys.enqueue(["late"], "tick"), slot_args)
         # The queue's own keys moved too, "late"'s record not yet: the scripts run on the
         # target (ASK), where that record would read as missing.
         queue_keys = [
-            keys.stream,
+            *keys.streams,  # every priority band's
             keys.delayed,
             keys.pending,
             keys.dead,
@@ -122,8 +122,8 @@ def test_no_script_acts_on_a_queue_whose_slot_is_half_migrated(
         assert on_target.zcard(keys.delayed) == 2  # nothing was taken out of it meanwhile
         promoted, read, _ = scripts()
         assert promoted[0] == 2 and on_target.zcard(keys.delayed) == 0
-        assert sorted(read[1::5]) == [b"early", b"late", b"ready"]  # started: nothing lost
-        assert read[3::5] == [1, 1, 1]
+        assert sorted(read[1::6]) == [b"early", b"late", b"ready"]  # started: nothing lost
+        assert read[3::6] == [1, 1, 1]
         assert on_target.xpending(keys.stream, group)["pending"] == 3
     finally:
         made.close()

@@ -171,10 +171,12 @@ def test_every_script_stays_in_its_queue_slot_and_declares_what_it_can(
         for job_id in ("stalled", "worn-out"):  # started by the ghost, as a worker would
             admin.hset(f"csjd:jobs:{{alpha}}:job:{job_id}", "state", "running")
         soon = datetime.now(UTC) + timedelta(seconds=0.5)
-        for q in QUEUES:  # a batch is one queue
+        for q in QUEUES:  # a batch is one queue; priorities: the band streams (enqueue,
+            # promote of a retry and of a run_at, requeue of a dead letter, reads, settles)
             d.submit_batch([job(f"{q}-{kind}", kind, q) for kind in ("ok", "flaky", "slow")])
-        d.submit(job("bad", "bad", "beta"))
-        d.submit(job("later", "ok", "alpha", run_at=soon))
+            d.submit_batch([job(f"{q}-high", "flaky", q, priority=5), job(f"{q}-n", "ok", q)])
+        d.submit(job("bad", "bad", "beta", priority=-5))
+        d.submit(job("later", "ok", "alpha", run_at=soon, priority=3))
         # A schedule's slots: the second reads the first's record (max_running) by its id.
         definitions = App()
         tick = definitions.job("tick", queue="alpha")(lambda: None)

@@ -58,7 +58,8 @@ class Admin:
             entry = fields.get("entry", "")
             if not fields or "data" in fields or not codec.is_entry_id(entry):
                 break
-            rows = client.xrange(keys.stream, entry, entry)
+            # A job of another priority band than the default: its record names the band.
+            rows = client.xrange(keys.band_stream(fields.get("band", "")), entry, entry)
             found = codec.fields(rows[0][1]) if rows else None
             if found and codec.text(found.get(b"id")) == job_id and b"d" in found:
                 fields["data"] = codec.text(found[b"d"])
@@ -100,12 +101,14 @@ class Admin:
         return sum(int(v or 0) for v in pipe.execute())
 
     def ready_count(self) -> int:
-        """Entries not yet delivered to a consumer: each stream's length minus its group's
-        pending entries (an entry leaves the stream when it is acknowledged)."""
+        """Entries not yet delivered to a consumer: each stream's (every priority band's)
+        length minus its group's pending entries (an entry leaves the stream when it is
+        acknowledged)."""
         pipe = self.connection.client.pipeline(transaction=False)
         for keys in self.queues.consumed.values():
-            pipe.xlen(keys.stream)
-            pipe.xpending(keys.stream, self.config.group)
+            for stream in keys.streams:
+                pipe.xlen(stream)
+                pipe.xpending(stream, self.config.group)
         replies = pipe.execute(raise_on_error=False)
         total = 0
         for length, pending in zip(replies[::2], replies[1::2], strict=True):
@@ -118,36 +121,50 @@ class Admin:
                 raise pending
         return total
 
+    def _band_figures(self, keys: QueueKeys) -> tuple[int, int, dict[str, dict[str, int]]]:
+        """A queue's stream length and entries in flight, summed over its priority bands, and
+        per consumer its pending entries and least idle time over the bands (a consumer has
+        an entry in the group of every band it read)."""
+        client = self.connection.client
+        length = in_flight = 0
+        consumers: dict[str, dict[str, int]] = {}
+        for stream in keys.streams:
+            length += int(client.xlen(stream))
+            try:
+                in_flight += int(client.xpending(stream, self.config.group)["pending"])
+                infos = client.xinfo_consumers(stream, self.config.group)
+            except redis.ResponseError:  # no group (no consumer of this release started yet)
+                continue
+            for info in infos:
+                name = codec.text(info.get("name"))
+                seen = consumers.setdefault(name, {"pending": 0, "idle": -1})
+                seen["pending"] += int(info.get("pending", 0))
+                idle = int(info.get("idle", 0))
+                seen["idle"] = idle if seen["idle"] < 0 else min(seen["idle"], idle)
+        return length, in_flight, consumers
+
     def stats(self) -> dict[str, QueueStats]:
         """Cluster-wide figures per queue (of this process's queues)."""
         out: dict[str, QueueStats] = {}
         now = time.time()
         client = self.connection.client
         for keys in self.queues.consumed.values():
-            try:
-                infos = client.xinfo_consumers(keys.stream, self.config.group)
-            except redis.ResponseError:
-                infos = []
+            length, in_flight, seen = self._band_figures(keys)
             consumers = []
-            for info in infos:
-                name = codec.text(info.get("name"))
+            for name, figures in seen.items():
                 beat = client.get(keys.heartbeat(name))
                 consumers.append(
                     ConsumerStats(
                         name=name,
-                        pending=int(info.get("pending", 0)),
-                        idle_ms=int(info.get("idle", 0)),
+                        pending=figures["pending"],
+                        idle_ms=figures["idle"],
                         heartbeat_age=None if beat is None else round(now - float(beat), 3),
                     )
                 )
             counters = {codec.text(k): int(v) for k, v in client.hgetall(keys.stats).items()}
-            try:
-                in_flight = int(client.xpending(keys.stream, self.config.group)["pending"])
-            except redis.ResponseError:
-                in_flight = 0
             out[keys.name] = QueueStats(
                 name=keys.name,
-                stream_length=int(client.xlen(keys.stream)),
+                stream_length=length,
                 in_flight=in_flight,
                 scheduled=int(client.zcard(keys.delayed)),
                 unfinished=int(client.get(keys.pending) or 0),
@@ -168,17 +185,18 @@ class Admin:
         keys = self.queues.keys_for(queue)
         client = self.connection.client
         found: list[str] = []
-        start = "-"
-        while True:
-            rows = client.xrange(keys.stream, start, "+", count=1000)
-            for _, raw in rows:
-                fields = codec.fields(raw) or {}
-                job_id = codec.text(fields.get(b"id"))
-                if job_id and (job_type is None or _type_of(fields.get(b"d")) == job_type):
-                    found.append(job_id)
-            if len(rows) < 1000:
-                break
-            start = "(" + codec.text(rows[-1][0])
+        for stream in keys.streams:  # every priority band's, highest first
+            start = "-"
+            while True:
+                rows = client.xrange(stream, start, "+", count=1000)
+                for _, raw in rows:
+                    fields = codec.fields(raw) or {}
+                    job_id = codec.text(fields.get(b"id"))
+                    if job_id and (job_type is None or _type_of(fields.get(b"d")) == job_type):
+                        found.append(job_id)
+                if len(rows) < 1000:
+                    break
+                start = "(" + codec.text(rows[-1][0])
         delayed = [codec.text(i) for i in client.zrange(keys.delayed, 0, -1)]
         if job_type is None:
             return found + delayed
@@ -229,11 +247,19 @@ class Admin:
         f = {codec.text(k): codec.text(v) for k, v in fields.items()}
         if not f.get("id") or not f.get("d"):
             raise InvalidJob(f"dead letter {entry_id} has no job to requeue ({f.get('error')})")
+        rank = codec.priority(f["d"])
+        band = keys.for_priority(rank)
         try:
             code = self.connection.run(
                 "requeue_dead",
-                keys.requeue(f["id"]),
-                [entry_id, f["id"], f["d"], self.config.record_format],
+                band.requeue(f["id"]),
+                [
+                    entry_id,
+                    f["id"],
+                    f["d"],
+                    self.config.record_format,
+                    keys.band_argument(rank),
+                ],
                 wait_replica=self.durable_wait,
             )
         except NotReplicated as exc:

@@ -251,13 +251,16 @@ class RedisStreamsBackend(Backend):
             default_attempts = self.config.default_max_attempts
             max_payload = self.config.max_payload_bytes
             encoded = [codec.encode(job, default_attempts, max_payload) for job in jobs]
+        banded = False
         for job, (data, max_attempts) in zip(jobs, encoded, strict=True):
-            args += [job.id, data, codec.run_at_ms(job), max_attempts]
+            band = keys.band_argument(job.priority) if job.priority else ""
+            banded = banded or band != ""
+            args += [job.id, data, codec.run_at_ms(job), max_attempts, band]
         display = self.redis_config.display
         try:
             reply = self.connection.run(
                 "enqueue",
-                keys.enqueue((job.id for job in jobs), schedule),
+                keys.enqueue((job.id for job in jobs), schedule, banded=banded),
                 args,
                 wait_replica=self.durable_wait,
             )

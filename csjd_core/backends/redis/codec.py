@@ -21,7 +21,7 @@ from csjd_core.job import (
     utc_from_timestamp,
     validate_job,
 )
-from csjd_core.limits import clip_text, clip_traceback
+from csjd_core.limits import MAX_PRIORITY, MIN_PRIORITY, clip_text, clip_traceback
 from csjd_core.progress import from_json as progress_from_json
 from csjd_core.stats import DeadLetter, QueueCounters, ScheduleState
 
@@ -36,6 +36,7 @@ __all__ = [
     "fields",
     "is_entry_id",
     "op",
+    "priority",
     "result_json",
     "run_at_ms",
     "status",
@@ -57,7 +58,9 @@ def text(value: Any) -> str:
 
 
 def encode(job: Job, default_max_attempts: int, max_payload_bytes: int) -> tuple[str, int]:
-    """A job's entry data (the ``d`` field) and its effective max_attempts.
+    """A job's entry data (the ``d`` field) and its effective max_attempts. ``priority`` is
+    written only when it is not 0: a default job's data is what releases before priorities
+    wrote, and theirs ignore the key.
 
     Raises:
         InvalidJob: the job is larger than ``max_payload_bytes`` as JSON.
@@ -76,6 +79,8 @@ def encode(job: Job, default_max_attempts: int, max_payload_bytes: int) -> tuple
         "timeout": timeout_seconds(job.timeout),
         "queue": job.queue,
     }
+    if job.priority:
+        fields["priority"] = job.priority
     data = json.dumps(fields, separators=(",", ":"), allow_nan=False)
     if len(data) + len(job.id) > max_payload_bytes:
         raise InvalidJob(
@@ -126,6 +131,7 @@ def decode(
             timeout=d.get("timeout"),
             queue=d.get("queue"),
             expires=None if expires is None else datetime.fromtimestamp(expires / 1000, UTC),
+            priority=d.get("priority", 0),
         )
         validate_job(job)  # the admission limits: what a producer could not submit
     except InvalidJob as exc:
@@ -133,6 +139,22 @@ def decode(
     except Exception as exc:  # RecursionError, AttributeError...: never the batch's fault
         return None, data, f"malformed entry: {clip_text(repr(exc), 500)}"
     return job, data, None
+
+
+def priority(data: str) -> int:
+    """The priority in a job's entry data (0 when it has none, or an invalid one: the worker
+    that reads it then dead-letters it as poison, whatever its band)."""
+    if '"priority"' not in data:  # the usual job: no need to parse it
+        return 0
+    try:
+        return _valid_priority(json.loads(data).get("priority", 0))
+    except (ValueError, AttributeError, RecursionError):
+        return 0
+
+
+def _valid_priority(value: Any) -> int:
+    """``value`` if it is a priority, else 0."""
+    return value if type(value) is int and MIN_PRIORITY <= value <= MAX_PRIORITY else 0
 
 
 def op(delivery: Delivery, kind: str, **extra: Any) -> dict[str, Any]:
@@ -226,6 +248,7 @@ def status(job_id: str, queue: str, f: dict[str, str]) -> JobStatus:
         payload=data.get("payload"),
         progress=progress_from_json(f.get("progress")),  # written only once a handler sets it
         cancel_reason=f.get("cancel") or None,
+        priority=_valid_priority(data.get("priority", 0)),
     )
 
 

@@ -13,6 +13,7 @@ from collections import deque
 from typing import Any
 
 from csjd_core.backends.base import Delivery
+from csjd_core.backends.redis.keys import DEFAULT_BAND
 from csjd_core.progress import Progress
 
 __all__ = ["Held", "Holdings"]
@@ -28,10 +29,11 @@ class Held:
     """An entry read ahead: in this consumer's pending list, not started (its job record still
     says ``queued``). A worker starts it at hand-over, or it goes back (too old, or stopping)."""
 
-    __slots__ = ("delivery", "read_at", "taken")
+    __slots__ = ("band", "delivery", "read_at", "taken")
 
     def __init__(self, delivery: Delivery, read_at: float) -> None:
         self.delivery = delivery
+        self.band: int = delivery.ref[0].band  # its queue's priority band (0: the highest)
         self.read_at = read_at  # monotonic time before the read was sent: never younger
         self.taken = False  # started by a worker or handed back (under Holdings.lock)
 
@@ -41,6 +43,9 @@ class Holdings:
 
     Workers wait for deliveries on `ready` (started deliveries and `Held` entries), the reader
     for room, starts or successes to record on `doorbell` (C queues: one cheap wake-up each).
+    A `Held` taken from `ready` stands for one entry held ahead, not for its own: while held
+    entries of several priority bands wait, a worker starts the highest band's oldest (see
+    `take`), so a high-priority job read after others is not run after them.
 
     Read-ahead: beside one started entry per idle worker, the reader holds up to
     `ahead_target` entries unstarted. ``prefetch=None`` adapts the target to the handlers: as
@@ -58,6 +63,7 @@ class Holdings:
         self.reader_waiting = False
         self.owned: dict[str, Delivery] = {}  # entry id -> delivery, started, not settled
         self.ahead: deque[Held] = deque()  # read ahead, not taken, oldest first
+        self.banded = 0  # entries of `ahead` outside the default priority band
         # Entries of `owned` whose outcome is on its way (a renewal refused for one of them
         # means it was settled meanwhile, not that its lease was lost).
         self.settling: set[str] = set()
@@ -136,6 +142,8 @@ class Holdings:
                 entry = Held(delivery, read_at)
                 self.ahead.append(entry)
                 items.append(entry)
+                if entry.band != DEFAULT_BAND:
+                    self.banded += 1
         for item in items:
             self.ready.put(item)
 
@@ -149,6 +157,8 @@ class Holdings:
                 while ahead and ahead[0].read_at < limit:
                     held = ahead.popleft()
                     held.taken = True
+                    if held.band != DEFAULT_BAND:
+                        self.banded -= 1
                     out.append(held.delivery)
         return out
 
@@ -166,6 +176,7 @@ class Holdings:
                 held = self.ahead.popleft()
                 held.taken = True
                 buffered.append(held.delivery)
+            self.banded = 0
         return buffered
 
     def take_starts(self) -> list[Delivery]:
@@ -196,18 +207,26 @@ class Holdings:
         A held entry is started here, at hand-over: fenced by its age (younger than
         `max_hold`, so no consumer can have reclaimed it), recorded ``running`` with the
         reader's next round trip (and its attempt count by the outcome whatever comes first).
+        It is ``item``'s entry, or, when another worker took that one or held entries of
+        several priority bands wait, the one first in line (`_first_in_line`): each `Held`
+        taken from `ready` starts at most one entry, so none is left without one.
         """
         now = time.monotonic()
         if isinstance(item, Held):
-            delivery = item.delivery
             with self.lock:
-                if item.taken:
-                    return None
+                if item.taken or self.banded:
+                    first = self._first_in_line(now)
+                    if first is None:
+                        return None
+                    item = first
                 if now - item.read_at > self.max_hold:
                     self.ring()  # the reader's sweep hands it back
                     return None
                 item.taken = True
                 self.ahead.remove(item)
+                if item.band != DEFAULT_BAND:
+                    self.banded -= 1
+                delivery = item.delivery
                 self.owned[delivery.ref[1]] = delivery
             self.unrecorded.add(delivery.ref[1])
             self.starts.append(delivery)
@@ -216,6 +235,21 @@ class Holdings:
             delivery = item
         self._began[delivery.ref[1]] = now
         return delivery
+
+    def _first_in_line(self, now: float) -> Held | None:
+        """The held entry to start next (lock held): the oldest of the highest priority band
+        among those young enough to start, else the oldest (too old: the sweep takes it)."""
+        ahead = self.ahead
+        if not ahead:
+            return None
+        if not self.banded:
+            return ahead[0]
+        limit = now - self.max_hold
+        best: Held | None = None
+        for held in ahead:  # at most about `workers` entries
+            if held.read_at >= limit and (best is None or held.band < best.band):
+                best = held
+        return best or ahead[0]
 
     def queue_ack(self, delivery: Delivery, op: dict[str, Any]) -> bool:
         """Queue a success for the reader's next round trip, if the reader is cycling."""

@@ -239,8 +239,29 @@ class Maintenance:
 
     def reclaim_queue(self, keys: QueueKeys) -> tuple[int, bool]:
         """Claim the queue's entries idle longer than the lease (as many as idle workers can
-        start), following the XAUTOCLAIM cursor; reclaim.lua dead-letters those over
-        max_deliveries.
+        start), in each priority band's stream, highest first.
+
+        Returns:
+            How many entries were claimed, and whether the scan reached the end of every
+            band's pending list (False: it stopped because no worker was idle any more).
+        """
+        total = 0
+        for band in keys.bands:
+            if self.holdings.idle() <= 0:
+                # No worker left to start more: the scan stopped short only if a band it did
+                # not reach holds entries (the high and low bands are usually empty).
+                if self.connection.client.xlen(band.stream):
+                    return total, False
+                continue
+            claimed, finished = self.reclaim_band(band)
+            total += claimed
+            if not finished:
+                return total, False
+        return total, True
+
+    def reclaim_band(self, keys: QueueKeys) -> tuple[int, bool]:
+        """Claim one band's entries idle longer than the lease, following the XAUTOCLAIM
+        cursor; reclaim.lua dead-letters those over max_deliveries.
 
         Returns:
             How many entries were claimed, and whether the scan reached the end of the pending
@@ -308,7 +329,14 @@ class Maintenance:
             self.collect_queue(keys)
 
     def collect_queue(self, keys: QueueKeys) -> None:
-        """Delete the queue's consumers whose heartbeat expired, once their pending list is
+        """Delete the queue's consumers whose heartbeat expired from each priority band's
+        group (a consumer joins the group of every band it reads), once their pending list
+        there is empty."""
+        for band in keys.bands:
+            self.collect_band(band)
+
+    def collect_band(self, keys: QueueKeys) -> None:
+        """Delete one band's consumers whose heartbeat expired, once their pending list is
         empty: one XINFO CONSUMERS, then one pipelined EXISTS per consumer with nothing
         pending (the others keep their entries until the reclaimer has moved them)."""
         client = self.connection.client

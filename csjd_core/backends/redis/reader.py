@@ -2,7 +2,11 @@
 made at hand-over, reads new entries (starting those idle workers take at once, holding the
 rest ahead unstarted) and records the successes queued since the last one, in one pipeline;
 when there is nothing to read it blocks in ``XREADGROUP``. It also takes entries the reclaimer
-claimed, and hands back held entries grown too old."""
+claimed, and hands back held entries grown too old.
+
+Every read covers each queue's priority bands (keys.py), highest first: read_start.lua reads
+them in that order within one call, the blocking read and the pending list name every band's
+stream, and what they return is handed over highest band first."""
 
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ _NO_RECORD = "no job record: the entry was not written by CSJD's enqueue"
 #: cluster client giving up on a redirected command (a slot being migrated, see `_reply`).
 _REFUSED = (redis.ResponseError, *SLOT_MIGRATING)
 _RELEASE_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
+#: read_start.lua's reply fields per entry.
+_READ_FIELDS = 6
 
 
 class _Trip:
@@ -93,7 +99,9 @@ class Reader:
         holdings = self.holdings
         backoff = Backoff()
         # Our own pending entries first (a reply lost on the wire strands them there).
-        history: dict[Any, Any] = {k.stream: "0" for k in self.queues.consumed.values()}
+        history: dict[Any, Any] = {
+            stream: "0" for k in self.queues.consumed.values() for stream in k.streams
+        }
         # The last cycle read nothing while every worker is busy or held entries wait: a
         # blocking read would start an entry no worker can run, or delay recording the starts.
         # Wait for a worker (or half a second) and read again without blocking.
@@ -185,7 +193,12 @@ class Reader:
         queue whose slot is being migrated is not waited on (see `migrating`).
         """
         holdings = self.holdings
-        streams = [k.stream for k in self.queues.consumed.values() if k.name not in self.migrating]
+        streams = [
+            stream
+            for k in self.queues.consumed.values()
+            if k.name not in self.migrating
+            for stream in k.streams
+        ]
         if not streams:  # read_start.lua is asked again after a short wait
             with contextlib.suppress(queue.Empty):
                 holdings.doorbell.get(timeout=min(self.config.block, 0.1))
@@ -198,6 +211,8 @@ class Reader:
             self.read_calls += 1
             groups = self.connection.slot_groups(streams)
             self._turn = (self._turn + 1) % len(groups)
+            # COUNT is per stream: entries arriving in several bands during the wait may start
+            # more than the idle workers (the extra ones wait started, their leases renewed).
             reply = self.connection.reader.xreadgroup(
                 self.config.group,
                 self.consumer,
@@ -296,7 +311,7 @@ class Reader:
         commands += [
             evalsha(
                 "read_start",
-                [keys.stream, keys.pending, keys.stats],
+                [*keys.streams, keys.pending, keys.stats],
                 [
                     self.config.group,
                     self.consumer,
@@ -404,7 +419,10 @@ class Reader:
 
     def _take(self, reply: Any, history: dict[Any, Any] | None) -> None:
         try:
-            for stream, entries in codec.stream_replies(reply):
+            streams = codec.stream_replies(reply)
+            of_stream = self.queues.of_stream
+            streams.sort(key=lambda item: of_stream(item[0]).band)  # the highest band first
+            for stream, entries in streams:
                 if history is not None:
                     if not entries:
                         history.pop(stream, None)
@@ -419,10 +437,12 @@ class Reader:
             self._accept_read(keys, flat, read_at)
         except Exception:  # the reader must outlive any one reply
             logger.exception("could not take read entries; handing them back")
-            self.hand_back(
-                keys,
-                [(codec.text(flat[i]), codec.text(flat[i + 1])) for i in range(0, len(flat), 5)],
-            )
+            for band, entries in by_queue(
+                range(0, len(flat), _READ_FIELDS), lambda i: keys.bands[int(flat[i + 5]) - 1]
+            ):
+                self.hand_back(
+                    band, [(codec.text(flat[i]), codec.text(flat[i + 1])) for i in entries]
+                )
 
     def _on_read_error(self, exc: redis.ResponseError, backoff: Backoff) -> None:
         if isinstance(exc, NoScriptError):  # Redis restarted without our scripts
@@ -444,17 +464,20 @@ class Reader:
         backoff.sleep(lambda: self.holdings.stopping)
 
     def ensure_groups(self) -> None:
-        """Create each consumed queue's group (and stream) unless it exists."""
+        """Create the group (and stream) of each consumed queue's priority bands unless it
+        exists: at ``0``, so a band's entries added before (by a producer of a release with
+        priorities, while only older workers ran) are read too."""
         client = self.connection.client
         for keys in self.queues.consumed.values():
-            try:
-                client.xgroup_create(keys.stream, self.config.group, id="0", mkstream=True)
-                logger.info(
-                    "consumer group created stream=%s group=%s", keys.stream, self.config.group
-                )
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            for stream in keys.streams:
+                try:
+                    client.xgroup_create(stream, self.config.group, id="0", mkstream=True)
+                    logger.info(
+                        "consumer group created stream=%s group=%s", stream, self.config.group
+                    )
+                except redis.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
 
     # -- entries to deliveries -------------------------------------------------------------
     def accept(self, keys: QueueKeys, entries: list[Any]) -> None:
@@ -513,9 +536,9 @@ class Reader:
         self._hand_over(fresh)
 
     def _accept_read(self, keys: QueueKeys, flat: list[Any], read_at: float) -> None:
-        """Deliveries from read_start.lua's reply (entry, job id, data, attempts, started per
-        entry): started ones for idle workers, the others held ahead (their attempt is the
-        next one, counted when a worker starts it).
+        """Deliveries from read_start.lua's reply (entry, job id, data, attempts, started, band
+        per entry, highest band first): started ones for idle workers, the others held ahead
+        (their attempt is the next one, counted when a worker starts it).
 
         Entry by entry (`codec.decode` never raises): one that cannot be taken is dead-lettered
         alone, its batch-mates run.
@@ -523,7 +546,9 @@ class Reader:
         fresh: list[Delivery] = []
         held: list[Delivery] = []
         max_payload = self.config.max_payload_bytes
-        for i in range(0, len(flat), 5):
+        bands = keys.bands
+        for i in range(0, len(flat), _READ_FIELDS):
+            keys = bands[int(flat[i + 5]) - 1]  # the entry's band: its stream settles it
             entry_id = codec.text(flat[i])
             raw_id, raw, attempts = flat[i + 1], flat[i + 2], int(flat[i + 3])
             if attempts == -3:  # expired before it started: read_start.lua ended it

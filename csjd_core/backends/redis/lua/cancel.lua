@@ -6,8 +6,9 @@
 -- its consumer's heartbeat reads it (renew.lua) and tells the attempt, start.lua refuses to start
 -- it, and settle.lua records 'cancelled' whatever the outcome (never 'succeeded', never a retry);
 -- the stats hash's 'flagged' counts the flags set and not yet consumed by those scripts.
--- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] pending counter, KEYS[4] stats hash,
---   KEYS[5] the job hash
+-- KEYS[1] the queue's stream, KEYS[2] delayed zset, KEYS[3] pending counter, KEYS[4] stats
+--   hash, KEYS[5] the job hash, KEYS[6]... every priority band's stream, highest first (a
+--   record of another band than the default names it in 'band': its entry is in that stream)
 -- ARGV[1] group, ARGV[2] job id, ARGV[3] reason ('cancelled'), ARGV[4] finished-record TTL (ms),
 --   ARGV[5] 'waiting' to end the job only if it waits (the bulk form: a held job is left alone)
 -- Returns 'none' (no record), 'ended' (finished already), 'cancelled' (ended now),
@@ -41,13 +42,15 @@ end
 if redis.call('ZREM', KEYS[2], ARGV[2]) == 1 then
   return finish(nil)  -- a scheduled record holds its data
 end
+local band = tonumber(redis.call('HGET', key, 'band') or '')
+local stream = band and KEYS[5 + band] or KEYS[1]
 local entry = redis.call('HGET', key, 'entry')
 if not entry and state == 'queued' then
   -- A full-form record (record_format='full', as 0.1.0 wrote it) does not name its entry: find
   -- it in the stream (a scan of the backlog: that form is for the time of an upgrade).
   local from = '-'
   while not entry do
-    local rows = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', 1000)
+    local rows = redis.call('XRANGE', stream, from, '+', 'COUNT', 1000)
     for _, e in ipairs(rows) do
       local f = e[2]
       for j = 1, #f, 2 do
@@ -59,17 +62,17 @@ if not entry and state == 'queued' then
   end
 end
 -- (No group yet: no consumer ever read the stream.)
-local held = entry and redis.pcall('XPENDING', KEYS[1], ARGV[1], entry, entry, 1)
+local held = entry and redis.pcall('XPENDING', stream, ARGV[1], entry, entry, 1)
 if state == 'queued' and entry and not (type(held) == 'table' and not held.err and #held > 0)
 then
-  local e = redis.call('XRANGE', KEYS[1], entry, entry)[1]
+  local e = redis.call('XRANGE', stream, entry, entry)[1]
   if e then
     local data
     local f = e[2]
     for j = 1, #f, 2 do
       if f[j] == 'd' then data = f[j + 1] end
     end
-    redis.call('XDEL', KEYS[1], entry)
+    redis.call('XDEL', stream, entry)
     return finish(not redis.call('HGET', key, 'data') and data or nil)
   end
 end

@@ -6,8 +6,12 @@
 -- entry holds its data) or, with ARGV[3] 'full', repeats the data as releases up to 0.1.0 wrote
 -- it (what their workers need, docs/distributed.md "Upgrading"); a scheduled job's record holds
 -- its data in both forms (it has no stream entry yet).
+-- Priorities: a job of another band than the default is added to its band's stream and its
+-- record names the band ('band'), so that promote.lua queues it there again when it is due (its
+-- run_at, or a retry). The band streams are declared after the job records when a job needs
+-- them (keys.py builds them; the job count comes from ARGV).
 -- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] pending counter, [KEYS[4] the mark hash,] then one
---   job hash per job
+--   job hash per job, [then the queue's band streams, highest first (keys.py BANDS)]
 -- ARGV[1] max_pending_jobs, ARGV[2] dedupe window (ms), ARGV[3] the record form: 'compact' or
 --   'full', ARGV[4] the mode: '' (all or nothing),
 --   'relay' (admit the new ids up to the cap and skip the others, reporting each: the outbox
@@ -16,7 +20,8 @@
 --   it (added to the misfires only if the mark is still ARGV[9]; for 'resume', the slots skipped
 --   while paused, likewise), ARGV[8] the job record key prefix (the records of the mark's
 --   running ids are named from data: in the queue's hash tag), ARGV[9] the mark the ticker
---   planned from ('' for none). Then per job: id, data, run_at_ms or "", max_attempts
+--   planned from ('' for none). Then per job: id, data, run_at_ms or "", max_attempts, its
+--   band ('': the default, KEYS[1]; else its index among the band streams)
 -- Returns {"ok"} | {"full", pending} | {"dup", job_id}; 'relay': {"relay", one code per job: 'a'
 --   admitted, 'e' id taken (or repeated in the batch), 'f' over the cap}; a mark op also
 --   {"init"} | {"done"} | {"skipped"} | {"paused"} | {"overlap"} | {"resumed"} (and a slot's
@@ -28,6 +33,7 @@ local window = tonumber(ARGV[2])
 local full = ARGV[3] == 'full'
 local op = ARGV[4]
 local k0, a0 = 3, 4
+local stride = 5  -- ARGV per job
 local mark, slot, misfired, running, max_running
 local relay = op == 'relay'  -- the outbox relay's mode: admit the new ids, skip the rest
 if op ~= '' and not relay then
@@ -95,7 +101,7 @@ if op ~= '' and not relay then
     end
   end
 end
-local n = #KEYS - k0
+local n = (#ARGV - a0) / stride
 local pending = tonumber(redis.call('GET', KEYS[3]) or '0')
 if not relay and pending + n > cap then
   return {'full', pending}
@@ -105,7 +111,7 @@ local seen, stale, verdicts = {}, {}, {}
 local admitted = 0
 local taken
 for i = 1, n do
-  local id = ARGV[a0 + (i - 1) * 4 + 1]
+  local id = ARGV[a0 + (i - 1) * stride + 1]
   local exists = seen[id]
   seen[id] = true
   if not exists then
@@ -147,11 +153,16 @@ if taken then
 end
 for i = 1, n do
   if verdicts[i] == 'a' then
-    local base = a0 + (i - 1) * 4
+    local base = a0 + (i - 1) * stride
     local id, data, run_at, max = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
+    local band, stream = ARGV[base + 5], KEYS[1]
     local key = KEYS[k0 + i]
     if stale[i] then
       redis.call('DEL', key)
+    end
+    if band ~= '' then
+      stream = KEYS[k0 + n + tonumber(band)]
+      redis.call('HSET', key, 'band', band)
     end
     if run_at ~= '' and tonumber(run_at) > now then
       if full then
@@ -163,7 +174,7 @@ for i = 1, n do
       end
       redis.call('ZADD', KEYS[2], tonumber(run_at), id)
     else
-      local entry = redis.call('XADD', KEYS[1], '*', 'id', id, 'd', data)
+      local entry = redis.call('XADD', stream, '*', 'id', id, 'd', data)
       if full then
         redis.call('HSET', key, 'state', 'queued', 'attempts', 0, 'max', max, 'data', data,
           'enqueued_at', now)

@@ -4,11 +4,15 @@
 -- releases up to 0.1.0 need, see enqueue.lua). The compact record is written afresh: HDEL would
 -- leave it in the hashtable encoding its data forced on it (Redis never converts a hash back to
 -- a listpack).
+-- A job of another priority band than the default goes to its band's stream: its record names
+-- the band ('band', its index among KEYS[3...]: written by enqueue.lua and requeue_dead.lua,
+-- kept by settle.lua's retry).
 -- Nothing is moved while the queue's slot is being migrated to another node (resharding): the
 -- job records are split between the two nodes then, and one that moved already can neither be
 -- read here (refused after the ZREM: the job was lost) nor, on the importing node, be told from
 -- a missing record (read_start.lua explains the probe; docs/scaling.md, Resharding).
--- KEYS[1] stream, KEYS[2] delayed zset
+-- KEYS[1] stream, KEYS[2] delayed zset, then the queue's band streams, highest first (keys.py
+--   BANDS)
 -- ARGV[1] job hash key prefix, ARGV[2] max jobs to move, ARGV[3] the record form: 'compact' or
 --   'full'
 -- Returns {moved, ms until the next due job or -1} ({0, -1} while the slot migrates)
@@ -24,18 +28,23 @@ for _, id in ipairs(ids) do
   local key = ARGV[1] .. id
   local f = redis.call('HGETALL', key)
   local data
+  local stream = KEYS[1]
   local fields = {'state', 'queued'}  -- the compact record: every field but data and entry
   for j = 1, #f, 2 do
     local name = f[j]
     if name == 'data' then
       data = f[j + 1]
     elseif name ~= 'state' and name ~= 'entry' then
+      local band = name == 'band' and tonumber(f[j + 1])
+      if band and band >= 1 and KEYS[2 + band] then
+        stream = KEYS[2 + band]
+      end
       fields[#fields + 1] = name
       fields[#fields + 1] = f[j + 1]
     end
   end
   if data then
-    local entry = redis.call('XADD', KEYS[1], '*', 'id', id, 'd', data)
+    local entry = redis.call('XADD', stream, '*', 'id', id, 'd', data)
     if full then
       redis.call('HSET', key, 'state', 'queued')
     else

@@ -11,16 +11,22 @@
 -- would be dead-lettered as poison. The probe: EXISTS of the stream and of a key that never
 -- exists (the record of the empty job id) is refused only while the slot migrates (a key of
 -- the slot absent from this node may be on the other), and counts in a stable slot.
+-- Priorities: the queue's band streams are read highest first, each for what the ones before
+-- left of the count (XREADGROUP's COUNT is per stream: one call over all of them could return
+-- the count from each), so the entries started are the highest bands' oldest, and those read
+-- ahead follow them in that order.
 -- Expiry (issue 18): an entry whose data begins with {"expires":MS (codec.encode puts it first)
 -- and whose job never started is not run once Redis's clock reaches MS: acked and deleted, its
 -- record 'cancelled' with cancel='expired', the pending counter decremented, counted.
--- KEYS[1] stream, KEYS[2] pending counter, KEYS[3] stats hash
+-- KEYS[1]... the queue's band streams, highest first (keys.py BANDS; all in one hash tag), then
+--   the pending counter and the stats hash (the last two)
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job hash key prefix, ARGV[4] entries to start,
 --   ARGV[5] entries to read ahead, ARGV[6] finished-record TTL (ms)
 -- Returns a flat list, per entry: entry id, job id, data, attempts (after the start if started;
 -- -1: no job record, -2: an entry without id or data; both are poison for the caller to
--- dead-letter; -3: expired, ended here), started (1 or 0). 0 instead of a list while the slot
--- migrates (the reader does not block on this stream meanwhile).
+-- dead-letter; -3: expired, ended here), started (1 or 0), its band (an index of KEYS). 0
+-- instead of a list while the slot migrates (the reader does not block on these streams
+-- meanwhile).
 if type(redis.pcall('EXISTS', KEYS[1], ARGV[3])) == 'table' then
   return 0
 end
@@ -28,13 +34,14 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
 local start = tonumber(ARGV[4])
-local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', start + tonumber(ARGV[5]),
-  'STREAMS', KEYS[1], '>')
+local count = start + tonumber(ARGV[5])
+local bands = #KEYS - 2
+local pending, stats = KEYS[bands + 1], KEYS[bands + 2]
 local out = {}
-if not r then
-  return out
-end
-for i, e in ipairs(r[1][2]) do
+local i = 0  -- entries read so far, in every band
+-- One entry read from band `band`: started if it is among the first `start`.
+local function take(e, band)
+  i = i + 1
   local f = e[2]
   local id, data = false, false
   for j = 1, #f, 2 do
@@ -46,13 +53,13 @@ for i, e in ipairs(r[1][2]) do
     local key = prefix .. id
     local state = redis.call('HGET', key, 'state')
     if state and tonumber(redis.call('HGET', key, 'attempts') or '0') == 0 then  -- unstarted
-      redis.call('XACK', KEYS[1], group, e[1])
-      redis.call('XDEL', KEYS[1], e[1])
+      redis.call('XACK', KEYS[band], group, e[1])
+      redis.call('XDEL', KEYS[band], e[1])
       redis.call('HSET', key, 'data', data, 'state', 'cancelled', 'cancel', 'expired',
         'finished_at', now)
       redis.call('PEXPIRE', key, tonumber(ARGV[6]))
-      redis.call('INCRBY', KEYS[2], -1)
-      redis.call('HINCRBY', KEYS[3], 'cancelled', 1)
+      redis.call('INCRBY', pending, -1)
+      redis.call('HINCRBY', stats, 'cancelled', 1)
       attempts = -3
     end
   end
@@ -80,5 +87,19 @@ for i, e in ipairs(r[1][2]) do
   out[#out + 1] = data or ''
   out[#out + 1] = attempts
   out[#out + 1] = started
+  out[#out + 1] = band
+end
+for band = 1, bands do
+  if i >= count then
+    break
+  end
+  -- XLEN first: an empty band (the usual case of the high and low ones) costs no group lookup.
+  if redis.call('XLEN', KEYS[band]) > 0 then
+    local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count - i,
+      'STREAMS', KEYS[band], '>')
+    for _, e in ipairs(r and r[1][2] or {}) do
+      take(e, band)
+    end
+  end
 end
 return out
