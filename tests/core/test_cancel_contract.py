@@ -284,6 +284,23 @@ def test_an_expired_job_is_not_run_and_ends_cancelled_expired(backend: Backend) 
     assert backend.pending() == 1
 
 
+def test_expired_jobs_of_every_priority_end_where_they_wait(backend: Backend) -> None:
+    # Redis ends an expired entry in its band's stream (read_start.lua reads every band).
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    backend.enqueue(
+        [
+            Job("stale-high", "t", priority=10, expires=past),
+            Job("stale-low", "t", priority=-10, expires=past),
+            Job("fresh-low", "t", priority=-10),
+        ]
+    )
+    assert fetch(backend).job.id == "fresh-low"
+    for job_id in ("stale-high", "stale-low"):
+        assert finished(backend, job_id) == (JobState.CANCELLED, "expired")
+    assert backend.pending() == 1
+    assert poll(backend, 0.2) is None
+
+
 def test_a_scheduled_job_that_expires_before_its_run_at_never_runs(backend: Backend) -> None:
     now = datetime.now(UTC)
     backend.enqueue(
