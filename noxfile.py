@@ -65,6 +65,7 @@ SERVER_TESTS = [
     "tests/core/test_backend_contract.py",
     "tests/core/test_schedule_contract.py",
     "tests/core/test_relay_contract.py",
+    "tests/core/test_cancel_contract.py",
     "tests/test_redis_server_fixture.py",
     "tests/test_redis_cluster_fixture.py",
 ]
