@@ -13,14 +13,27 @@ from typing import Any
 import click
 
 from csjd_core import operations, reports
-from csjd_core.cli_options import load_app, worker_options, worker_options_from
+from csjd_core.cli_options import (
+    LOG_FORMAT_HELP,
+    announcer,
+    load_app,
+    worker_options,
+    worker_options_from,
+)
 from csjd_core.demo import run_demo
 from csjd_core.errors import BackendUnavailable, CSJDError, InvalidConfig
+from csjd_core.logs import LOG_FORMATS, formatter
 
 __all__ = ["main"]
 
 APP_HELP = "APP is module:attr naming your csjd_core.App, or a function returning one."
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+_log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default=None,
+    help=f"{LOG_FORMAT_HELP} Default: text, or the one given before the command.",
+)
 
 
 @contextlib.contextmanager
@@ -45,18 +58,32 @@ def reported() -> Iterator[None]:
     type=LOG_LEVELS,
     help="Log level (default: INFO for worker and relay, WARNING otherwise).",
 )
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None, help=LOG_FORMAT_HELP)
 @click.pass_context
-def main(ctx: click.Context, log_level: str | None) -> None:
+def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> None:
     """CSJD: reliability-first background jobs."""
     ctx.ensure_object(dict)
     if log_level is None:
         log_level = "INFO" if ctx.invoked_subcommand in ("worker", "relay") else "WARNING"
     ctx.obj["log_level"] = log_level.upper()
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    ctx.obj["log_format"] = log_format or "text"
+    root = logging.getLogger()
+    root.setLevel(log_level.upper())
+    if not root.handlers:  # as logging.basicConfig, with the format chosen
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter(ctx.obj["log_format"]))
+        root.addHandler(handler)
+        ctx.obj["log_handler"] = handler
+
+
+def _use_log_format(ctx: click.Context, log_format: str | None) -> str:
+    """A subcommand's ``--log-format`` (or the one given before it), applied to the handler
+    `main` installed."""
+    log_format = log_format or ctx.obj.get("log_format", "text")
+    handler = ctx.obj.get("log_handler")
+    if handler is not None:
+        handler.setFormatter(formatter(log_format))
+    return log_format
 
 
 @main.command()
@@ -125,8 +152,16 @@ def replay(
     type=LOG_LEVELS,
     help="Log level (default: INFO, or the one given before the command).",
 )
+@_log_format_option
 @click.pass_context
-def worker(ctx: click.Context, /, app_spec: str, log_level: str | None, **values: Any) -> None:
+def worker(
+    ctx: click.Context,
+    /,
+    app_spec: str,
+    log_level: str | None,
+    log_format: str | None,
+    **values: Any,
+) -> None:
     """Consume the Redis queues of APP until SIGTERM (a second signal stops at once).
 
     APP is module:attr naming your csjd_core.App, or a function that returns one, e.g.
@@ -134,6 +169,7 @@ def worker(ctx: click.Context, /, app_spec: str, log_level: str | None, **values
     """
     level = (log_level or ctx.obj.get("log_level", "INFO")).upper()
     logging.getLogger().setLevel(level)
+    log_format = _use_log_format(ctx, log_format)
     with reported():
         options, child = worker_options_from(values)
         code = operations.run_workers(
@@ -145,10 +181,12 @@ def worker(ctx: click.Context, /, app_spec: str, log_level: str | None, **values
                 "csjd_core.cli",
                 "--log-level",
                 level,
+                "--log-format",
+                log_format,
                 "worker",
                 app_spec,
             ],
-            announce=_to_stderr,
+            announce=announcer(log_format, _to_stderr),
             child=child,
         )
     sys.exit(code)
@@ -162,15 +200,21 @@ def worker(ctx: click.Context, /, app_spec: str, log_level: str | None, **values
     type=LOG_LEVELS,
     help="Log level (default: INFO, or the one given before the command).",
 )
+@_log_format_option
 @click.pass_context
-def relay(ctx: click.Context, /, app_spec: str, burst: bool, log_level: str | None) -> None:
+def relay(
+    ctx: click.Context, /, app_spec: str, burst: bool, log_level: str | None, log_format: str | None
+) -> None:
     """Relay the outbox of APP to its Redis queues until SIGTERM, running no job (workers
     relay too, unless started with --no-relay).
     """
     level = (log_level or ctx.obj.get("log_level", "INFO")).upper()
     logging.getLogger().setLevel(level)
+    log_format = _use_log_format(ctx, log_format)
     with reported():
-        code = operations.run_relay(load_app(app_spec), announce=_to_stderr, burst=burst)
+        code = operations.run_relay(
+            load_app(app_spec), announce=announcer(log_format, _to_stderr), burst=burst
+        )
     sys.exit(code)
 
 

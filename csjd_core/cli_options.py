@@ -22,13 +22,17 @@ from typing import Any, TypeVar
 import click
 
 from csjd_core.app import App
+from csjd_core.logs import LOG_FORMATS, formatter
 from csjd_core.operations import WORKER_BOUNDS, WorkerOptions
 
 __all__ = [
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "WORKER_OPTIONS",
     "add_worker_arguments",
+    "announcer",
     "load_app",
+    "log_format_option",
     "log_to_stderr",
     "worker_options",
     "worker_options_from",
@@ -39,6 +43,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(WorkerOptions)}
 #: The levels a worker command's ``--log-level`` takes.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: ``--log-format``'s help, in every front end.
+LOG_FORMAT_HELP = (
+    "text, or json: one JSON object per line (docs/observability.md, 'Structured logs')."
+)
+
+#: ``--log-format`` for a click command (its callback receives ``log_format``).
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help=LOG_FORMAT_HELP,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,18 +230,41 @@ def _error_at(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
+def announcer(log_format: str, echo: Callable[[str], object]) -> Callable[[str], object]:
+    """How a worker command prints its start-up banner: ``echo`` as is, or, with the JSON log
+    format, as a log object (logger ``csjd_core.worker``) so that every line on stderr parses."""
+    if log_format != "json":
+        return echo
+    json_formatter = formatter("json")
+
+    def announce(line: str) -> object:
+        record = logging.makeLogRecord(
+            {"name": "csjd_core.worker", "levelno": logging.INFO, "levelname": "INFO", "msg": line}
+        )
+        return echo(json_formatter.format(record))
+
+    return announce
+
+
 @contextmanager
-def log_to_stderr(level: str) -> Iterator[None]:
-    """Log lines at ``level`` (banner, progress, drain, schedules) on stderr for a worker
-    command's duration, unless the process already configured logging (then only the level is
-    set): ``flask csjd run`` and ``manage.py csjd_worker``."""
+def log_to_stderr(level: str, log_format: str = "text") -> Iterator[None]:
+    """Log lines at ``level`` (banner, progress, attempts, drain, schedules) on stderr, as
+    ``log_format`` says (`csjd_core.logs`), for a worker command's duration — unless the process
+    already configured logging: then only the level is set, and a JSON format is left to that
+    configuration (said once in a warning). ``flask csjd run`` and ``manage.py csjd_worker``."""
     root = logging.getLogger()
     previous = root.level
     handler: logging.Handler | None = None
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(formatter(log_format))
         root.addHandler(handler)
+    elif log_format != "text":
+        logging.getLogger("csjd_core.worker").warning(
+            "--log-format %s not applied: logging is configured by the application; use "
+            "csjd_core.logs.JsonFormatter in its configuration",
+            log_format,
+        )
     root.setLevel(level)
     try:
         yield

@@ -18,7 +18,13 @@ from csjd_core.app import App
 from csjd_core.cli import cancel_command, reported
 from csjd_core.cli import dead as core_dead
 from csjd_core.cli import schedule as core_schedule
-from csjd_core.cli_options import log_to_stderr, worker_options, worker_options_from
+from csjd_core.cli_options import (
+    announcer,
+    log_format_option,
+    log_to_stderr,
+    worker_options,
+    worker_options_from,
+)
 from csjd_flask.extension import CSJDState, NotInitialized
 
 __all__ = ["csjd_group", "current_core_app"]
@@ -53,21 +59,22 @@ def _core_app() -> App:
 @csjd_group.command("run")
 @worker_options
 @click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True)
+@log_format_option
 @pass_script_info
-def run(info: ScriptInfo, /, log_level: str, **values: Any) -> None:
+def run(info: ScriptInfo, /, log_level: str, log_format: str, **values: Any) -> None:
     """Consume this app's Redis queues until SIGTERM/SIGINT (the first drains in-flight jobs,
     a second one stops at once). Each job runs inside an application context."""
     core = _core_app()
     level = log_level.upper()
     with reported():
         options, child = worker_options_from(values)
-    command = _child_command(info, level, needed=not child and options.supervised)
-    with log_to_stderr(level), reported():
+    command = _child_command(info, level, log_format, needed=not child and options.supervised)
+    with log_to_stderr(level, log_format), reported():
         code = operations.run_workers(
             core,
             options,
             child_command=command,
-            announce=lambda line: click.echo(line, err=True),
+            announce=announcer(log_format, lambda line: click.echo(line, err=True)),
             child=child,
             needed_by="flask csjd run",
         )
@@ -78,14 +85,15 @@ def run(info: ScriptInfo, /, log_level: str, **values: Any) -> None:
 @csjd_group.command("relay")
 @click.option("--burst", is_flag=True, help="Exit once no outbox row is due.")
 @click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True)
-def relay(burst: bool, log_level: str) -> None:
+@log_format_option
+def relay(burst: bool, log_level: str, log_format: str) -> None:
     """Relay this app's outbox (CSJD(app, outbox=db)) to its Redis queues until
     SIGTERM/SIGINT, running no job (flask csjd run relays too, unless --no-relay)."""
     core = _core_app()
-    with log_to_stderr(log_level.upper()), reported():
+    with log_to_stderr(log_level.upper(), log_format), reported():
         code = operations.run_relay(
             core,
-            announce=lambda line: click.echo(line, err=True),
+            announce=announcer(log_format, lambda line: click.echo(line, err=True)),
             burst=burst,
             needed_by="flask csjd relay",
         )
@@ -93,7 +101,7 @@ def relay(burst: bool, log_level: str) -> None:
         sys.exit(code)
 
 
-def _child_command(info: ScriptInfo, level: str, *, needed: bool) -> list[str]:
+def _child_command(info: ScriptInfo, level: str, log_format: str, *, needed: bool) -> list[str]:
     """``python -m flask [--app IMPORT] csjd run``: how the supervisor starts one worker.
 
     The import string is the one this process was given (``--app`` or ``FLASK_APP``, both
@@ -113,7 +121,18 @@ def _child_command(info: ScriptInfo, level: str, *, needed: bool) -> list[str]:
             "import string; run `flask --app module:create_app csjd run` (or set FLASK_APP)"
         )
     app_option = ["--app", import_path] if import_path else []
-    return [sys.executable, "-m", "flask", *app_option, "csjd", "run", "--log-level", level]
+    return [
+        sys.executable,
+        "-m",
+        "flask",
+        *app_option,
+        "csjd",
+        "run",
+        "--log-level",
+        level,
+        "--log-format",
+        log_format,
+    ]
 
 
 @csjd_group.command("replay")

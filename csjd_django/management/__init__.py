@@ -7,12 +7,12 @@ from collections.abc import Callable, Iterator
 
 from django.core.management.base import CommandError, CommandParser
 
-from csjd_core.cli_options import LOG_LEVELS
+from csjd_core.cli_options import LOG_FORMAT_HELP, LOG_FORMATS, LOG_LEVELS
 from csjd_core.errors import CSJDError, InvalidConfig
 from csjd_core.operations import OPTIONS
 from csjd_django.app import DjangoApp
 
-__all__ = ["add_log_level_argument", "confirmation", "project_app", "redis_app", "reported"]
+__all__ = ["add_log_arguments", "confirmation", "project_app", "redis_app", "reported"]
 
 
 @contextlib.contextmanager
@@ -27,14 +27,18 @@ def reported() -> Iterator[None]:
         raise CommandError(str(exc)) from exc
 
 
-def add_log_level_argument(parser: CommandParser) -> None:
-    """``--log-level``, as every long-running ``manage.py csjd_*`` command takes it."""
+def add_log_arguments(parser: CommandParser) -> None:
+    """``--log-level`` and ``--log-format``, as every long-running ``manage.py csjd_*``
+    command takes them."""
     parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
         choices=LOG_LEVELS,
         help="The csjd loggers' lines on stderr, unless LOGGING configures them (INFO).",
+    )
+    parser.add_argument(
+        "--log-format", default="text", choices=LOG_FORMATS, help=f"{LOG_FORMAT_HELP} (text)"
     )
 
 

@@ -76,7 +76,7 @@ def test_run_needs_an_import_string_to_start_child_processes(
 def test_child_command_uses_the_app_import_string(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLASK_APP", raising=False)
     given = ScriptInfo(app_import_path="myproject:create_app()")
-    assert _child_command(given, "INFO", needed=True) == [
+    assert _child_command(given, "INFO", "json", needed=True) == [
         sys.executable,
         "-m",
         "flask",
@@ -86,11 +86,16 @@ def test_child_command_uses_the_app_import_string(monkeypatch: pytest.MonkeyPatc
         "run",
         "--log-level",
         "INFO",
+        "--log-format",
+        "json",
     ]
     discovered = ScriptInfo()  # `flask csjd run` next to a wsgi.py / app.py
-    assert "--app" not in _child_command(discovered, "DEBUG", needed=True)
+    assert "--app" not in _child_command(discovered, "DEBUG", "text", needed=True)
     monkeypatch.setenv("FLASK_APP", "from_env:app")
-    assert _child_command(discovered, "INFO", needed=True)[3:5] == ["--app", "from_env:app"]
+    assert _child_command(discovered, "INFO", "text", needed=True)[3:5] == [
+        "--app",
+        "from_env:app",
+    ]
 
 
 def test_stats(make_app: MakeApp, redis_config: dict[str, Any]) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from csjd_core import operations
-from csjd_core.cli_options import log_to_stderr
-from csjd_django.management import add_log_level_argument, project_app, redis_app, reported
+from csjd_core.cli_options import announcer, log_to_stderr
+from csjd_django.management import add_log_arguments, project_app, redis_app, reported
 
 COMMAND = "manage.py csjd_relay"
 
@@ -22,14 +22,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--burst", action="store_true", help="Exit once no outbox row is due.")
-        add_log_level_argument(parser)
+        add_log_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         redis_app(COMMAND)
-        with log_to_stderr(options["log_level"]), reported():
+        with log_to_stderr(options["log_level"], options["log_format"]), reported():
             code = operations.run_relay(
                 project_app(),
-                announce=self.stderr.write,
+                announce=announcer(options["log_format"], self.stderr.write),
                 burst=options["burst"],
                 needed_by=COMMAND,
             )
