@@ -23,7 +23,6 @@ Results go to ``benchmarks/results/cluster.json``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -43,6 +42,7 @@ except ImportError:  # not installed: use the checkout this file lives in
     import csjd_core
 
 import redis  # noqa: E402
+from _common import load_test_module, proc_cpu  # noqa: E402
 
 from csjd_core import Job  # noqa: E402
 from csjd_core.config import DistributedConfig, RedisConfig  # noqa: E402
@@ -52,27 +52,6 @@ from csjd_core.worker import run_worker  # noqa: E402
 QUEUES = ("b", "default", "a")  # slots 3300, 5718, 15495: one per master of three
 TYPE = "bench"
 BIG_CAP = 10**9
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu(pid: int) -> float:
-    """Seconds of CPU (user + system) used so far by ``pid``."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        raw = f.read().decode()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def load_test_module(name: str) -> Any:
-    """``tests/<name>.py`` (the suite's throwaway servers), importable by its own name."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def config(queues: tuple[str, ...]) -> DistributedConfig:

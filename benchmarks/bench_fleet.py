@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -59,6 +58,7 @@ except ImportError:  # not installed: use the checkout this file lives in
     import csjd_core
 
 import redis  # noqa: E402
+from _common import load_test_module  # noqa: E402
 
 from csjd_core import Job  # noqa: E402
 from csjd_core.config import DistributedConfig, RedisConfig  # noqa: E402
@@ -78,18 +78,6 @@ MAINTENANCE = (
 )
 #: The benchmark's own commands (parent polls), left out of every figure.
 OWN = {"info", "config|resetstat", "xinfo|consumers:parent"}
-
-
-def load_server_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "bench_fleet_server", ROOT / "tests" / "redis_server.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_fleet_server"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def commandstats(client: redis.Redis) -> dict[str, int]:
@@ -273,7 +261,7 @@ def main() -> None:
     args.interval = args.interval or (0.5 if args.quick else 1.0)
     args.warmup = args.warmup if args.warmup is not None else 10 * args.interval
     args.window = args.window or (6.0 if args.quick else 20.0)
-    server_mod = load_server_module()
+    server_mod = load_test_module("redis_server")
     tmp = Path(tempfile.mkdtemp(prefix="csjd-bench-fleet-"))
     header = (
         f"csjd_core: {Path(csjd_core.__file__).parent}  redis-py {redis.__version__}  "

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import random
@@ -52,6 +51,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from _common import load_test_module
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "default"
@@ -83,18 +84,6 @@ def small_payload() -> dict[str, Any]:
     payload["kwargs"]["ref"] = "x" * pad
     assert len(json.dumps(payload, separators=(",", ":"))) == 100
     return payload
-
-
-def load_server_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "bench_memory_server", ROOT / "tests" / "redis_server.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_memory_server"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # ------------------------------------------------------------------------------ the child
@@ -270,7 +259,7 @@ def main() -> None:
     if args.child is not None:
         child_main(json.loads(args.child))
         return
-    server_mod = load_server_module()
+    server_mod = load_test_module("redis_server")
     binary = os.path.abspath(
         args.server or server_mod.find_server_binary(os.environ.get(server_mod.SERVER_ENV))
     )

@@ -240,9 +240,9 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_redis import load_server_module  # noqa: PLC0415
+    from _common import load_test_module  # noqa: PLC0415
 
-    server_mod = load_server_module()
+    server_mod = load_test_module("redis_server")
     tmp = Path(tempfile.mkdtemp(prefix="csjd-bench-outbox-"))
     server = server_mod.RedisServerProcess(args.server, tmp / "redis")
     server.start()

@@ -42,7 +42,8 @@ except ImportError:  # not installed: use the checkout this file lives in
     import csjd_core
 
 import redis  # noqa: E402
-from bench_redis import commandstats, load_server_module, stats_delta  # noqa: E402
+from _common import load_test_module  # noqa: E402
+from bench_redis import commandstats, stats_delta  # noqa: E402
 
 from csjd_core import App, Config, FileJobStore, every  # noqa: E402
 from csjd_core.backends.base import SlotOp, SlotVerdict  # noqa: E402
@@ -201,7 +202,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the unrun slots are "abandoned" at each stop
 
-    server_mod = load_server_module()
+    server_mod = load_test_module("redis_server")
     tmp = Path(tempfile.mkdtemp(prefix="csjd-bench-periodic-"))
     server = server_mod.RedisServerProcess(args.server, tmp / "redis")
     server.start()

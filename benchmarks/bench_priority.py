@@ -32,13 +32,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import bench_redis  # noqa: E402  - its server helper, and csjd_core from this checkout
+from _common import ROOT, load_test_module
 
-from csjd_core import Config, Dispatcher, Job  # noqa: E402
-from csjd_core.config import DistributedConfig, RedisConfig  # noqa: E402
-from csjd_core.distributed import RedisDistributedDispatcher  # noqa: E402
+try:
+    import csjd_core  # noqa: F401 - the installed one, if any
+except ImportError:  # not installed: use the checkout this file lives in
+    sys.path.insert(0, str(ROOT))
+
+from csjd_core import Config, Dispatcher, Job
+from csjd_core.config import DistributedConfig, RedisConfig
+from csjd_core.distributed import RedisDistributedDispatcher
 
 MIXED = (-10, 0, 10)
 BACKLOG_MS = 2.0
@@ -141,7 +144,7 @@ def main() -> None:
         if "inprocess" in sections:
             sides.append(Side("in-process", None))
         if "redis" in sections:
-            server = bench_redis.load_server_module().RedisServerProcess(args.server, tmp / "r")
+            server = load_test_module("redis_server").RedisServerProcess(args.server, tmp / "r")
             server.start()
             sides.append(Side("redis", server.url))
         print(f"priorities: {args.jobs:,} no-op jobs per drain, 8 workers, median of {args.repeat}")

@@ -58,6 +58,7 @@ except ImportError:  # not installed: use the checkout this file lives in
     import csjd_core
 
 import redis  # noqa: E402
+from _common import load_test_module, proc_cpu  # noqa: E402
 
 from csjd_core import Job  # noqa: E402
 from csjd_core.backends.redis import QueueKeys  # noqa: E402
@@ -69,7 +70,6 @@ GROUP = "bench-group"
 DEFAULT = "default"  # a workers/prefetch value meaning "DistributedConfig's default"
 TYPE = "bench"
 BIG_CAP = 10**9
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 #: The targets (docs/performance.md): CPU per job, and ratios or differences to the baseline of
 #: the same run — figures that the machine's other load moves much less than jobs/s. They are
@@ -85,26 +85,6 @@ TARGETS = {
 
 
 # ------------------------------------------------------------------------------ helpers
-def proc_cpu(pid: int) -> float:
-    """Seconds of CPU (user + system) used so far by ``pid``, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        raw = f.read().decode()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def load_server_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "bench_redis_server", ROOT / "tests" / "redis_server.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_redis_server"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def commandstats(client: redis.Redis) -> dict[str, tuple[int, int]]:
     """``{command: (calls, usec)}`` from ``INFO commandstats``."""
     out = {}
@@ -996,7 +976,7 @@ def main() -> None:
     if args.sweep and "sweep" not in sections:
         sections.append("sweep")
 
-    server_mod = load_server_module()
+    server_mod = load_test_module("redis_server")
     tmp = Path(tempfile.mkdtemp(prefix="csjd-bench-redis-"))
     server = server_mod.RedisServerProcess(args.server, tmp / "redis")
     server.start()
