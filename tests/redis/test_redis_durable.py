@@ -338,3 +338,30 @@ def test_failover_of_the_queues_master_loses_no_acknowledged_job(
         )
     finally:
         workers.close()
+
+
+@pytest.mark.soak
+def test_a_durable_submit_follows_its_queue_to_another_master(redis_cluster_factory: Any) -> None:
+    """The queue's slot moved since the producer read the slot table: its durable submit is
+    answered ``MOVED``, reads the table again, and lands — once, acknowledged — on the new
+    master (``_run_replicated`` follows the redirection on its own connection)."""
+    cluster = redis_cluster_factory(masters=3, replicas=1)
+    slot = key_slot(b"default")
+    p = RedisDistributedDispatcher(
+        RedisConfig(url=cluster.url), fast_config(durable_enqueue=True, durable_timeout=2.0)
+    )
+    try:
+        p.submit(Job("before", "work"))  # the slot table is read, the owner named
+        source = cluster.owner(slot)
+        target = next(m for m in cluster.masters if m is not source)
+        moved = cluster.move_slot(slot, target)
+        wait_until(lambda: caught_up(target), DEADLINE, interval=0.01)  # owns the slot now
+        assert moved.keys > 0
+        p.submit(Job("after", "work"))
+        with pytest.raises(DuplicateJob):
+            p.submit(Job("after", "work"))
+    finally:
+        p.close()
+    assert cluster.owner(slot) is target
+    with redis.Redis(target.host, target.port) as client:
+        assert client.exists(record_key("before"), record_key("after")) == 2

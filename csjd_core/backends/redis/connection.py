@@ -214,21 +214,22 @@ class Connection:
             return client.connection_pool
         return client.get_redis_connection(client.get_node_from_key(key)).connection_pool
 
-    def node_unreachable(self, client: Any) -> None:
-        """A node of ``client`` could not be reached on our fast path (`pool_for`): read a
-        cluster's slot table again, at most every `SLOT_REFRESH_INTERVAL` seconds.
+    def node_unreachable(self, client: Any, *, moved: bool = False) -> None:
+        """A node of ``client`` could not be reached on our fast path (`pool_for`), or
+        answered ``MOVED`` (``moved``): read a cluster's slot table again — at most every
+        `SLOT_REFRESH_INTERVAL` seconds for an unreachable node, at once after ``MOVED``.
 
         ``RedisCluster`` does this for the commands it sends itself, never for ours: without
         it a killed master's slots stay with its dead address after a replica took them
         over, and every script and reader cycle for them fails for good. Until the replica
         is promoted the table still names the dead master, so this runs again on the next
-        failure. A failed reading is ignored: the caller raises its own error.
+        failure. A failed reading is ignored: the caller raises its own error (or retries).
         """
         if not self.cluster:
             return
         now = time.monotonic()
         with self._refresh_lock:
-            if now < self._next_refresh.get(id(client), 0.0):
+            if not moved and now < self._next_refresh.get(id(client), 0.0):
                 return
             self._next_refresh[id(client)] = now + SLOT_REFRESH_INTERVAL
         with contextlib.suppress(redis.RedisError, redis.exceptions.RedisClusterException):
@@ -345,7 +346,7 @@ class Connection:
                 continue
             if isinstance(reply, REDIRECTED) and time.monotonic() < deadline:
                 if isinstance(reply, MovedError):
-                    client.nodes_manager.initialize()
+                    self.node_unreachable(client, moved=True)
                 else:
                     time.sleep(0.05)
                 continue
