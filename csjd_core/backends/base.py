@@ -65,16 +65,32 @@ class Delivery:
     ``ref`` is the backend's own handle (an index entry, a stream entry id). ``cancel`` is set
     by the backend once it knows the job was cancelled (the reason): the attempt's outcome is
     then recorded as ``cancelled`` whatever the handler did.
+
+    ``due`` is when the job became due (enqueued, or its ``run_at`` or retry time reached) as a
+    ``time.monotonic()`` value of this process, computed by the backend from the queue's own
+    clock (this host's wall clock in process; Redis's clock for a Redis entry), or ``None``
+    when the backend cannot tell. ``started`` is set by the engine when the handler begins.
+    The engine's `AttemptOutcome` derives ``lag`` and ``duration`` from them.
     """
 
-    __slots__ = ("attempt", "cancel", "job", "max_attempts", "ref", "token")
+    __slots__ = ("attempt", "cancel", "due", "job", "max_attempts", "ref", "started", "token")
 
-    def __init__(self, job: Job, attempt: int, max_attempts: int, token: Any, ref: Any) -> None:
+    def __init__(
+        self,
+        job: Job,
+        attempt: int,
+        max_attempts: int,
+        token: Any,
+        ref: Any,
+        due: float | None = None,
+    ) -> None:
         self.job = job
         self.attempt = attempt
         self.max_attempts = max_attempts
         self.token = token
         self.ref = ref
+        self.due = due
+        self.started: float | None = None
         self.cancel: str | None = None
 
     def __repr__(self) -> str:

@@ -450,7 +450,17 @@ class MemoryBackend(Backend):
             self._end_unstarted(entry, "expired")  # never started before its expiry: never runs
             return self.fetch(0.0)
         entry.attempts += 1
-        return Delivery(entry.job, entry.attempts, entry.max_attempts, entry.attempts, entry)
+        # Due: its run_at or retry time if it waited for one, else its enqueue; from this
+        # host's wall clock, as a monotonic value (the lag is measured against the queue's clock).
+        due = getattr(entry, "run_at", None) or entry.enqueued_at
+        return Delivery(
+            entry.job,
+            entry.attempts,
+            entry.max_attempts,
+            entry.attempts,
+            entry,
+            time.monotonic() - (time.time() - due),
+        )
 
     def promote_all(self) -> None:
         """Make every scheduled entry ready now (immediate mode does not wait)."""
@@ -761,6 +771,7 @@ class MemoryBackend(Backend):
                 self._finish(entry, _CANCELLED)
             elif entry.attempts < entry.max_attempts:
                 entry.state = _QUEUED
+                entry.run_at = time.time()  # due again now (its lag counts from here)
                 self._make_ready(entry)
                 self._ring(1)
             else:

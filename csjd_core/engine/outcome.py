@@ -62,6 +62,13 @@ class AttemptOutcome:
             thread that ran it (``None`` for a detached timeout).
         result: the JSON return value of a success.
         retry_in: seconds until the retry, for a retried attempt.
+        duration: seconds the handler ran (``time.monotonic``), ``None`` when it never ran
+            (cancelled before it began, unknown type); for a detached handler, until it was
+            detached.
+        lag: seconds from the job's due time (enqueued, or its ``run_at`` or retry reached)
+            to the start of this attempt's handler, measured against the queue's own clock
+            (see `Delivery.due`); ``None`` when the handler never ran or the backend could not
+            tell (a reclaimed Redis entry).
     """
 
     job: Job
@@ -73,3 +80,5 @@ class AttemptOutcome:
     exception: BaseException | None = None
     result: Any = None
     retry_in: float | None = None
+    duration: float | None = None
+    lag: float | None = None

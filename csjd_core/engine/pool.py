@@ -74,6 +74,15 @@ class Worker:
                 loop.close()
 
 
+def _lag(delivery: Delivery) -> float | None:
+    """Seconds from the delivery's due time to its handler's start (never negative: a job
+    run early, as immediate mode does, or a queue clock that stepped back, counts 0)."""
+    due, started = delivery.due, delivery.started
+    if due is None or started is None:
+        return None
+    return max(0.0, started - due)
+
+
 def _cancel_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
     """Cancel ``task`` from any thread (the loop may have closed meanwhile)."""
     if not loop.is_closed():
@@ -287,8 +296,10 @@ class Engine:
         elif type(timeout) is not float:
             timeout = timeout_seconds(timeout)  # admission checked it
         attempt: Attempt | None = None
+        # The attempt's start: its timeout, its duration and its lag count from here.
+        started = delivery.started = time.monotonic()
         if timeout is not None:
-            ctx.deadline = time.monotonic() + timeout
+            ctx.deadline = started + timeout
             attempt = Attempt(delivery, ctx, worker)
             self.watchdog.watch(attempt)
         hooks = self.hooks
@@ -305,6 +316,7 @@ class Engine:
                     result = worker.run_coroutine(result, attempt, ctx)
         except BaseException as exc:
             error = exc
+        duration = time.monotonic() - started
         if hooks.active:  # every before_process gets its after_process, detached or not
             hooks.call("after_process", job, result, error)
         if attempt is not None:
@@ -333,7 +345,9 @@ class Engine:
                 failure = self._classify(error, ctx)
             elif result is not None and not self._result_ok(delivery, result):
                 result = None
-            self._record_cancelled(delivery, reason, failure, error, result, worker.tally)
+            self._record_cancelled(
+                delivery, reason, failure, error, result, worker.tally, duration=duration
+            )
             return
         if error is None and not ctx.timed_out:
             if result is not None:
@@ -346,12 +360,16 @@ class Engine:
                     )
                 except InvalidJob as exc:
                     self._record_failure(
-                        delivery, AttemptError("invalid_result", str(exc)), None, worker.tally
+                        delivery,
+                        AttemptError("invalid_result", str(exc)),
+                        None,
+                        worker.tally,
+                        duration=duration,
                     )
                     return
             if backend.succeed_nowait(delivery, result) is not False:
                 if delivery.cancel:  # a cancellation came first: the backend recorded that
-                    self._recorded_cancel(delivery, worker.tally, result=result)
+                    self._recorded_cancel(delivery, worker.tally, result=result, duration=duration)
                     return
                 # `_recorded` for a success, inlined: this is the hot path.
                 tally = worker.tally
@@ -368,12 +386,16 @@ class Engine:
                             attempt=delivery.attempt,
                             max_attempts=delivery.max_attempts,
                             result=result,
+                            duration=duration,
+                            lag=_lag(delivery),
                         )
                     )
             else:
                 self._lost_claim(delivery)
             return
-        self._record_failure(delivery, self._classify(error, ctx), error, worker.tally)
+        self._record_failure(
+            delivery, self._classify(error, ctx), error, worker.tally, duration=duration
+        )
 
     def _result_ok(self, delivery: Delivery, result: Any) -> bool:
         """Whether a cancelled attempt's result can be kept (JSON within the limit)."""
@@ -420,13 +442,22 @@ class Engine:
         tally: Tally,
         *,
         ran: bool = True,
+        duration: float | None = None,
     ) -> None:
         """Record an attempt whose job was cancelled (`Backend.cancelled`)."""
         if not self.backend.cancelled(delivery, reason, error, result):
             self._lost_claim(delivery)
             return
         delivery.cancel = delivery.cancel or reason
-        self._recorded_cancel(delivery, tally, error=error, exception=exc, result=result, ran=ran)
+        self._recorded_cancel(
+            delivery,
+            tally,
+            error=error,
+            exception=exc,
+            result=result,
+            ran=ran,
+            duration=duration,
+        )
 
     def _recorded_cancel(
         self,
@@ -437,6 +468,7 @@ class Engine:
         exception: BaseException | None = None,
         result: Any = None,
         ran: bool = True,
+        duration: float | None = None,
     ) -> None:
         """The outcome event of an attempt recorded as cancelled."""
         job = delivery.job
@@ -465,6 +497,8 @@ class Engine:
                     error=error,
                     exception=exception,
                     result=result,
+                    duration=duration,
+                    lag=_lag(delivery) if ran else None,
                 )
             )
 
@@ -494,8 +528,11 @@ class Engine:
         error: AttemptError,
         exc: BaseException | None,
         tally: Tally,
+        *,
+        duration: float | None = None,
     ) -> None:
-        """Record a failed attempt as `decide` says: a terminal failure or a retry."""
+        """Record a failed attempt as `decide` says: a terminal failure or a retry.
+        ``duration``: seconds its handler ran (``None`` if it never ran)."""
         job = delivery.job
         kind, terminal = decide(delivery, error)
         # The exception itself (for log handlers such as Sentry's) unless its text had to be
@@ -539,9 +576,18 @@ class Engine:
             self._lost_claim(delivery)
             return
         if delivery.cancel:  # the backend recorded a cancellation that came first
-            self._recorded_cancel(delivery, tally, error=error, exception=exc)
+            self._recorded_cancel(delivery, tally, error=error, exception=exc, duration=duration)
             return
-        self._recorded(delivery, kind, terminal, tally, error=error, exception=exc, retry_in=delay)
+        self._recorded(
+            delivery,
+            kind,
+            terminal,
+            tally,
+            error=error,
+            exception=exc,
+            retry_in=delay,
+            duration=duration,
+        )
 
     def _recorded(
         self,
@@ -553,6 +599,7 @@ class Engine:
         error: AttemptError,
         exception: BaseException | None,
         retry_in: float | None,
+        duration: float | None,
     ) -> None:
         """The outcome event of a recorded failed attempt: counted in the metrics, then told
         to the hooks that want it (built only for them). Successes: see `run_attempt`."""
@@ -577,6 +624,8 @@ class Engine:
                     error=error,
                     exception=exception,
                     retry_in=retry_in,
+                    duration=duration,
+                    lag=None if duration is None else _lag(delivery),
                 )
             )
 
@@ -638,12 +687,13 @@ class Engine:
         with self._spawn_lock:
             if not self._stopping:
                 self._spawn(worker.slot)
+        delivery = attempt.delivery
+        started = delivery.started
         self._record_failure(
-            attempt.delivery,
-            AttemptError(
-                "timeout", f"attempt {attempt.delivery.attempt} timed out; handler detached"
-            ),
+            delivery,
+            AttemptError("timeout", f"attempt {delivery.attempt} timed out; handler detached"),
             None,
             self._watchdog_tally,
+            duration=None if started is None else time.monotonic() - started,
         )
         return False

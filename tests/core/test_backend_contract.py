@@ -328,6 +328,32 @@ def test_retry_schedules_the_next_attempt(backend: Backend) -> None:
     assert datetime.now(UTC) >= waiting.run_at - timedelta(milliseconds=5)
 
 
+#: Slack of a due time: Redis's clock has ms steps, and a reply waits for its reader thread.
+DUE_SLACK = 0.1
+
+
+def test_a_delivery_knows_when_its_job_became_due(backend: Backend) -> None:
+    """`Delivery.due` (the engine's lag comes from it): the enqueue, then the retry's due
+    time, on this process's monotonic clock, measured with the queue's own clock."""
+    before = time.monotonic()
+    backend.enqueue([Job("d", "t")])
+    after = time.monotonic()
+    time.sleep(0.3)  # a lag to measure, not a synchronisation
+    first = fetch(backend)
+    fetched = time.monotonic()
+    assert first.due is not None
+    assert before - DUE_SLACK <= first.due <= after + DUE_SLACK
+    assert fetched - first.due >= 0.3 - DUE_SLACK  # the wait shows as lag
+    backend.started(first, "w")
+    retried = time.monotonic()
+    assert backend.retry(first, ERROR, 0.3)
+    second = fetch(backend)
+    assert second.attempt == 2
+    assert second.due is not None
+    # Due when its delay ended (Redis: when it was promoted into the stream, just after).
+    assert retried + 0.3 - DUE_SLACK <= second.due <= time.monotonic()
+
+
 def test_fail_is_terminal_and_keeps_the_error(backend: Backend) -> None:
     backend.enqueue([Job("f", "t")])
     delivery = fetch(backend)

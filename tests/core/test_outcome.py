@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from csjd_core import Config, Dispatcher, Hooks, Job, JobContext, RetryPolicy, permanent
+from csjd_core.backends.file import FileJobStore
+from csjd_core.config import DistributedConfig, RedisConfig
+from csjd_core.distributed import RedisDistributedDispatcher
 from csjd_core.engine.outcome import AttemptOutcome, OutcomeKind
 from csjd_core.immediate import ImmediateDispatcher
+from csjd_core.testing import wait_until
 
 FAST = RetryPolicy(base_delay=0.001, max_delay=0.002)
 
@@ -78,6 +83,9 @@ def test_every_attempt_is_one_outcome_with_the_engines_decision(mode: str) -> No
     assert isinstance(by_id["boom", 2].exception, RuntimeError)  # told on the worker thread
     assert by_id["permanent", 1].error is not None
     assert by_id["permanent", 1].error.kind == "permanent"
+    # Duration: how long the handler ran (the slow one until it saw its timeout).
+    assert by_id["slow", 1].duration is not None and by_id["slow", 1].duration >= 0.05
+    assert all(o.duration is not None and o.lag is not None for o in hooks.outcomes)
     # The older hooks are derived from the same event: one call per outcome.
     assert sorted(hooks.legacy) == sorted(
         [
@@ -95,3 +103,59 @@ def test_every_attempt_is_one_outcome_with_the_engines_decision(mode: str) -> No
     metrics = dispatcher.metrics()
     assert metrics.processed == len(hooks.outcomes)
     assert (metrics.succeeded, metrics.failed, metrics.retried, metrics.panics) == (2, 4, 3, 2)
+
+
+SLOW = 0.3  # seconds the first job's handler sleeps (a measured duration, not a wait)
+SLACK = 0.15  # Redis's clock has ms steps, and replies wait for the reader thread
+
+
+def timed(ctx: JobContext, job: Job) -> None:
+    if job.payload == "slow":
+        time.sleep(SLOW)
+
+
+def make_dispatcher(mode: str, hooks: Hooks, request: pytest.FixtureRequest) -> Any:
+    if mode == "redis":
+        url = request.getfixturevalue("redis_url")
+        request.getfixturevalue("redis_client")  # flushed
+        return RedisDistributedDispatcher(
+            RedisConfig(url=url), DistributedConfig(workers=1, block=0.2, hooks=(hooks,))
+        )
+    store = None
+    if mode == "file":
+        store = FileJobStore(request.getfixturevalue("tmp_path") / "jobs.json")
+    return Dispatcher(Config(workers=1, store=store, hooks=(hooks,)))
+
+
+@pytest.mark.parametrize("mode", ["inprocess", "file", "redis"])
+def test_an_outcome_tells_the_handlers_duration_and_the_jobs_lag(
+    mode: str, request: pytest.FixtureRequest
+) -> None:
+    hooks = Recorder()
+    dispatcher = make_dispatcher(mode, hooks, request)
+    dispatcher.register_handler("t", timed)
+    with dispatcher:
+        dispatcher.submit(Job("slow", "t", "slow"))
+        dispatcher.submit(Job("waiter", "t", "quick"))  # waits for the one worker
+        wait_until(lambda: len(hooks.outcomes) == 2, 15)
+    by_id = {o.job.id: o for o in hooks.outcomes}
+    slow, waiter = by_id["slow"], by_id["waiter"]
+    assert slow.duration is not None and waiter.duration is not None
+    assert slow.lag is not None and waiter.lag is not None
+    assert SLOW <= slow.duration < SLOW + 1.0
+    assert waiter.duration < SLOW
+    # The waiter's lag is the slow job's run; the slow job started at once.
+    assert waiter.lag >= SLOW - SLACK
+    assert slow.lag < waiter.lag
+
+
+def test_an_attempt_that_never_ran_has_no_duration(redis_url: str, redis_client: Any) -> None:
+    hooks = Recorder()
+    dispatcher = RedisDistributedDispatcher(
+        RedisConfig(url=redis_url), DistributedConfig(workers=1, block=0.2, hooks=(hooks,))
+    )
+    with dispatcher:
+        dispatcher.submit(Job("nobody", "unregistered"))
+        wait_until(lambda: len(hooks.outcomes) == 1, 15)
+    [outcome] = hooks.outcomes
+    assert (outcome.kind, outcome.duration, outcome.lag) == (OutcomeKind.FAILED, None, None)

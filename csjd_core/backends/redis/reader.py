@@ -45,7 +45,7 @@ _NO_RECORD = "no job record: the entry was not written by CSJD's enqueue"
 #: cluster client giving up on a redirected command (a slot being migrated, see `_reply`).
 _REFUSED = (redis.ResponseError, *SLOT_MIGRATING)
 _RELEASE_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
-#: read_start.lua's reply fields per entry.
+#: read_start.lua's reply fields per entry (then, after the last entry, Redis's clock in ms).
 _READ_FIELDS = 6
 
 
@@ -222,7 +222,9 @@ class Reader:
             )
         finally:
             holdings.pipelining = True
-        self._take(reply, None)
+        # A blocking read follows a read_start.lua that found nothing: what it returns entered
+        # the stream during the wait, so it is due about now (within a round trip).
+        self._take(reply, None, time.monotonic())
 
     def cycle(self, *, read: bool = True) -> bool:
         """One round trip: record the starts made at hand-over, read new entries (started for
@@ -417,7 +419,7 @@ class Reader:
                     delivery.ref[1],
                 )
 
-    def _take(self, reply: Any, history: dict[Any, Any] | None) -> None:
+    def _take(self, reply: Any, history: dict[Any, Any] | None, due: float | None = None) -> None:
         try:
             streams = codec.stream_replies(reply)
             of_stream = self.queues.of_stream
@@ -428,7 +430,7 @@ class Reader:
                         history.pop(stream, None)
                     elif stream in history:
                         history[stream] = codec.text(entries[-1][0])
-                self.accept(self.queues.of_stream(stream), entries)
+                self.accept(self.queues.of_stream(stream), entries, due)
         except Exception:  # the reader must outlive any one reply (read entries are reclaimed)
             logger.exception("could not take read entries; they are reclaimed after the lease")
 
@@ -438,7 +440,8 @@ class Reader:
         except Exception:  # the reader must outlive any one reply
             logger.exception("could not take read entries; handing them back")
             for band, entries in by_queue(
-                range(0, len(flat), _READ_FIELDS), lambda i: keys.bands[int(flat[i + 5]) - 1]
+                range(0, len(flat) - 1, _READ_FIELDS),
+                lambda i: keys.bands[int(flat[i + 5]) - 1],
             ):
                 self.hand_back(
                     band, [(codec.text(flat[i]), codec.text(flat[i + 1])) for i in entries]
@@ -480,8 +483,9 @@ class Reader:
                         raise
 
     # -- entries to deliveries -------------------------------------------------------------
-    def accept(self, keys: QueueKeys, entries: list[Any]) -> None:
-        """Turn read or claimed entries into deliveries (poison is dead-lettered at once)."""
+    def accept(self, keys: QueueKeys, entries: list[Any], due: float | None = None) -> None:
+        """Turn read or claimed entries into deliveries (poison is dead-lettered at once);
+        ``due``: their `Delivery.due` (``None`` for claimed and our own pending entries)."""
         valid: list[tuple[str, Job, str]] = []
         for raw_id, fields in entries:
             entry_id = codec.text(raw_id)
@@ -530,24 +534,36 @@ class Reader:
                 max_attempts = job.max_attempts or self.config.default_max_attempts
                 fresh.append(
                     Delivery(
-                        job, int(attempts), max_attempts, int(deliveries), (keys, entry_id, data)
+                        job,
+                        int(attempts),
+                        max_attempts,
+                        int(deliveries),
+                        (keys, entry_id, data),
+                        due,
                     )
                 )
         self._hand_over(fresh)
 
     def _accept_read(self, keys: QueueKeys, flat: list[Any], read_at: float) -> None:
         """Deliveries from read_start.lua's reply (entry, job id, data, attempts, started, band
-        per entry, highest band first): started ones for idle workers, the others held ahead
-        (their attempt is the next one, counted when a worker starts it).
+        per entry, highest band first, then Redis's clock): started ones for idle workers, the
+        others held ahead (their attempt is the next one, counted when a worker starts it).
 
         Entry by entry (`codec.decode` never raises): one that cannot be taken is dead-lettered
         alone, its batch-mates run.
+
+        Each delivery's ``due`` is its entry's time (the ms of its id: when Redis added it, at
+        enqueue or at the promotion of a delayed job or retry) as a monotonic value of this
+        process, through Redis's clock in the same reply: no two hosts' clocks are compared,
+        and an entry held ahead keeps its due time until a worker takes it.
         """
         fresh: list[Delivery] = []
         held: list[Delivery] = []
         max_payload = self.config.max_payload_bytes
         bands = keys.bands
-        for i in range(0, len(flat), _READ_FIELDS):
+        received = time.monotonic()
+        redis_ms = int(flat[-1])
+        for i in range(0, len(flat) - 1, _READ_FIELDS):
             keys = bands[int(flat[i + 5]) - 1]  # the entry's band: its stream settles it
             entry_id = codec.text(flat[i])
             raw_id, raw, attempts = flat[i + 1], flat[i + 2], int(flat[i + 3])
@@ -572,11 +588,14 @@ class Reader:
                 self.outcomes.poison(keys, entry_id, job.id, data, _NO_RECORD)
             else:  # read with '>': delivered once, so the fencing token is 1
                 max_attempts = job.max_attempts or self.config.default_max_attempts
+                due = received + (int(entry_id.partition("-")[0]) - redis_ms) / 1000.0
                 if flat[i + 4]:
-                    fresh.append(Delivery(job, attempts, max_attempts, 1, (keys, entry_id, data)))
+                    fresh.append(
+                        Delivery(job, attempts, max_attempts, 1, (keys, entry_id, data), due)
+                    )
                 else:
                     held.append(
-                        Delivery(job, attempts + 1, max_attempts, 1, (keys, entry_id, data))
+                        Delivery(job, attempts + 1, max_attempts, 1, (keys, entry_id, data), due)
                     )
         self._hand_over(fresh, held, read_at)
 

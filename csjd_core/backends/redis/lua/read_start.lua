@@ -24,9 +24,10 @@
 --   ARGV[5] entries to read ahead, ARGV[6] finished-record TTL (ms)
 -- Returns a flat list, per entry: entry id, job id, data, attempts (after the start if started;
 -- -1: no job record, -2: an entry without id or data; both are poison for the caller to
--- dead-letter; -3: expired, ended here), started (1 or 0), its band (an index of KEYS). 0
--- instead of a list while the slot migrates (the reader does not block on these streams
--- meanwhile).
+-- dead-letter; -3: expired, ended here), started (1 or 0), its band (an index of KEYS); then,
+-- when it read any entry, one last element: Redis's clock (TIME, in ms) when it read them (the
+-- reader measures each job's lag from its entry id's ms with this same clock). 0 instead of a
+-- list while the slot migrates (the reader does not block on these streams meanwhile).
 if type(redis.pcall('EXISTS', KEYS[1], ARGV[3])) == 'table' then
   return 0
 end
@@ -101,5 +102,8 @@ for band = 1, bands do
       take(e, band)
     end
   end
+end
+if i > 0 then
+  out[#out + 1] = now
 end
 return out
