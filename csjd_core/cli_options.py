@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import click
 
 from csjd_core.app import App
-from csjd_core.logs import LOG_FORMATS, formatter
+from csjd_core.logs import LOG_FORMATS, JsonFormatter, formatter
 from csjd_core.operations import WORKER_BOUNDS, WorkerOptions
 
 __all__ = [
@@ -230,6 +230,20 @@ def _error_at(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
+#: The loggers of CSJD's own lines.
+_OUR_LOGGERS = ("csjd_core", "csjd_django", "csjd_flask")
+
+
+def _formats_json(logger: logging.Logger) -> bool:
+    """Whether every handler a record of ``logger`` reaches writes JSON (`JsonFormatter`)."""
+    handlers: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        handlers.extend(current.handlers)
+        current = current.parent if current.propagate else None
+    return bool(handlers) and all(isinstance(h.formatter, JsonFormatter) for h in handlers)
+
+
 def announcer(log_format: str, echo: Callable[[str], object]) -> Callable[[str], object]:
     """How a worker command prints its start-up banner: ``echo`` as is, or, with the JSON log
     format, as a log object (logger ``csjd_core.worker``) so that every line on stderr parses."""
@@ -250,16 +264,17 @@ def announcer(log_format: str, echo: Callable[[str], object]) -> Callable[[str],
 def log_to_stderr(level: str, log_format: str = "text") -> Iterator[None]:
     """Log lines at ``level`` (banner, progress, attempts, drain, schedules) on stderr, as
     ``log_format`` says (`csjd_core.logs`), for a worker command's duration — unless the process
-    already configured logging: then only the level is set, and a JSON format is left to that
-    configuration (said once in a warning). ``flask csjd run`` and ``manage.py csjd_worker``."""
+    already configured logging for them (a handler on the root logger or on the csjd loggers,
+    as Django's ``LOGGING`` may set): then only the level is set, and a JSON format is left to
+    that configuration (said in a warning). ``flask csjd run`` and ``manage.py csjd_worker``."""
     root = logging.getLogger()
     previous = root.level
     handler: logging.Handler | None = None
-    if not root.handlers:
+    if not any(logging.getLogger(name).hasHandlers() for name in _OUR_LOGGERS):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(formatter(log_format))
         root.addHandler(handler)
-    elif log_format != "text":
+    elif log_format == "json" and not _formats_json(logging.getLogger("csjd_core")):
         logging.getLogger("csjd_core.worker").warning(
             "--log-format %s not applied: logging is configured by the application; use "
             "csjd_core.logs.JsonFormatter in its configuration",

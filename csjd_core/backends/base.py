@@ -199,6 +199,11 @@ class Backend(ABC):
     #: True when the jobs are only visible to this process (memory, file store).
     local: bool = True
 
+    @property
+    def default_queue(self) -> str | None:
+        """The queue of a job that names none (``None``: this backend has no queues)."""
+        return None
+
     @abstractmethod
     def open(self, settings: BackendSettings) -> int:
         """Prepare for use (take locks, replay logs).

@@ -83,6 +83,41 @@ def _lag(delivery: Delivery) -> float | None:
     return max(0.0, started - due)
 
 
+def _attempt_fields(
+    queue: str | None,
+    delivery: Delivery,
+    kind: OutcomeKind,
+    terminal: bool,
+    duration: float | None,
+    exc: BaseException | None = None,
+    retry_in: float | None = None,
+) -> dict[str, Any]:
+    """The ``extra`` fields of an attempt's log record (`csjd_core.logs.ATTEMPT_FIELDS`);
+    ``queue``: the backend's default queue, for a job that names none."""
+    job = delivery.job
+    error_class = None
+    if exc is not None:
+        cls = type(exc)
+        error_class = (
+            cls.__qualname__
+            if cls.__module__ == "builtins"
+            else f"{cls.__module__}.{cls.__qualname__}"
+        )
+    return {
+        "job_id": job.id,
+        "job_type": job.type,
+        "queue": job.queue or queue,
+        "attempt": delivery.attempt,
+        "max_attempts": delivery.max_attempts,
+        "outcome": kind.value,
+        "terminal": terminal,
+        "duration": duration,
+        "lag": _lag(delivery),
+        "error_class": error_class,
+        "retry_in": retry_in,
+    }
+
+
 def _cancel_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
     """Cancel ``task`` from any thread (the loop may have closed meanwhile)."""
     if not loop.is_closed():
@@ -377,6 +412,18 @@ class Engine:
                 tally.processed += 1
                 tally.succeeded += 1
                 tally.seq += 1
+                if logger.isEnabledFor(logging.INFO):
+                    logger.info(
+                        "job succeeded id=%r type=%r attempt=%d/%d duration=%.3fs",
+                        job.id,
+                        job.type,
+                        delivery.attempt,
+                        delivery.max_attempts,
+                        duration,
+                        extra=_attempt_fields(
+                            self.backend.default_queue, delivery, _SUCCEEDED, True, duration
+                        ),
+                    )
                 if hooks.wants_outcomes:
                     hooks.outcome(
                         AttemptOutcome(
@@ -479,6 +526,14 @@ class Engine:
             delivery.attempt,
             delivery.cancel,
             ran,
+            extra=_attempt_fields(
+                self.backend.default_queue,
+                delivery,
+                OutcomeKind.CANCELLED,
+                True,
+                duration,
+                exception,
+            ),
         )
         tally.seq += 1
         if ran:
@@ -554,6 +609,9 @@ class Engine:
                     error.message,
                     trace,
                     exc_info=exc_info,
+                    extra=_attempt_fields(
+                        self.backend.default_queue, delivery, kind, terminal, duration, exc
+                    ),
                 )
         else:
             delay = self.retry_policy.delay(delivery.attempt)
@@ -571,6 +629,9 @@ class Engine:
                     error.message,
                     trace,
                     exc_info=exc_info,
+                    extra=_attempt_fields(
+                        self.backend.default_queue, delivery, kind, terminal, duration, exc, delay
+                    ),
                 )
         if not ok:
             self._lost_claim(delivery)

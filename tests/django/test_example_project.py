@@ -90,7 +90,8 @@ def test_the_example_runs_concurrent_jobs_on_sqlite_without_lock_errors(
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc
 
-    manage("migrate", "-v", "0")
+    migrated = manage("migrate", "-v", "0")
+    assert "csjd." not in migrated.stderr  # no false warning on a new database's first migrate
     manage(
         "shell",
         "-c",
@@ -102,7 +103,10 @@ def test_the_example_runs_concurrent_jobs_on_sqlite_without_lock_errors(
         "    assert form.is_valid()\n"
         "    place_order(form)\n",
     )
-    worker = manage("csjd_worker", "--burst")
+    env["LOG_FORMAT"] = "json"  # the example's LOGGING writes JSON (csjd_core.logs.JsonFormatter)
+    worker = manage("csjd_worker", "--burst", "--log-format", "json")
     assert "database is locked" not in worker.stderr, worker.stderr
+    records = [json.loads(line) for line in worker.stderr.splitlines()]  # only JSON lines
+    assert sum(r.get("outcome") == "succeeded" for r in records) == 120
     counters = json.loads(manage("csjd_stats", "--json").stdout)["shop"]["counters"]
     assert counters.get("retried", 0) == 0 and counters["succeeded"] == 120, counters

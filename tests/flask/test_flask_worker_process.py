@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -44,6 +45,8 @@ def test_example_worker_with_supervised_children_runs_the_jobs(
                 "2",
                 "--workers",
                 "2",
+                "--log-format",
+                "json",
             ],
             cwd=FLASK_EXAMPLE,
             env=flask_env(redis_config),
@@ -54,6 +57,10 @@ def test_example_worker_with_supervised_children_runs_the_jobs(
         )
     output = log.read_text()
     assert done.returncode == 0, output
+    # Every line is a JSON object — the supervisor's and its children's (given the format).
+    records = [json.loads(line) for line in output.splitlines()]
+    succeeded = [r["job_id"] for r in records if r.get("outcome") == "succeeded"]
+    assert sorted(succeeded) == sorted([h.id for h in handles] + [who.id])
     assert "processes=2" in output and "types=example.greet,example.whoami" in output
     assert [h.result(DEADLINE) for h in handles] == [f"hello p{i}" for i in range(20)]
     assert who.result(DEADLINE) == {"app": "flask_example", "mode": "redis"}

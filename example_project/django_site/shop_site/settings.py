@@ -107,10 +107,21 @@ CSJD_RETRY = {"base_delay": 1.0, "max_delay": 60.0}
 # relays it. A committed order always gets its mail, whatever happens after the commit.
 CSJD_OUTBOX = env.bool("CSJD_OUTBOX", default=True)
 
+# LOG_FORMAT=json: one JSON object per line (csjd_core.logs.JsonFormatter; run the worker with
+# `--log-format json` too, so that its banner is one as well).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "csjd_core.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": env.str("LOG_FORMAT", default="text"),
+        }
+    },
     "loggers": {
         "csjd_core": {"handlers": ["console"], "level": "INFO"},
         "csjd_django": {"handlers": ["console"], "level": "INFO"},
