@@ -190,8 +190,7 @@ def _check_tracing(check: _Fields, value: object) -> None:
     except ImportError as exc:
         raise check.fail(
             "tracing",
-            "needs OpenTelemetry's API, which is not installed: pip install 'csjd[otel]' "
-            f"({exc})",
+            f"needs OpenTelemetry's API, which is not installed: pip install 'csjd[otel]' ({exc})",
         ) from exc
 
 

@@ -256,8 +256,7 @@ def headers(value: object, name: str = "headers") -> dict[str, str]:
         raise ValueError(f"{name} must be a dict of str to str, got {brief(value)}")
     if len(value) > MAX_HEADERS:
         raise ValueError(
-            f"{name} has {len(value)} entries; at most {MAX_HEADERS} "
-            "(csjd_core.limits.MAX_HEADERS)"
+            f"{name} has {len(value)} entries; at most {MAX_HEADERS} (csjd_core.limits.MAX_HEADERS)"
         )
     length = 0
     for key, text in value.items():

@@ -97,7 +97,8 @@ class Tracing(Hooks):
             stamped = list(jobs)
             for index in fresh:
                 job = stamped[index]
-                stamped[index] = dataclasses.replace(job, headers={**(job.headers or {}), **carrier})
+                headers = {**(job.headers or {}), **carrier}
+                stamped[index] = dataclasses.replace(job, headers=headers)
             yield stamped
 
     def stamp(self, job: Job) -> Job:
