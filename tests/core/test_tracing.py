@@ -3,7 +3,7 @@ span per admission whose context the job carries, a consumer span per attempt pa
 and nothing of OpenTelemetry imported unless tracing is on.
 
 The trace across processes (a real worker on Redis) and through an outbox relay is checked in
-tests/ops/test_tracing_cli.py; Django's ``delay_on_commit`` in tests/django/test_tracing.py.
+tests/ops/test_tracing_cli.py; Django's ``delay_on_commit`` in tests/django/test_django_tracing.py.
 """
 
 from __future__ import annotations
