@@ -195,6 +195,7 @@ class App(JobRegistry):
             InvalidJob: a malformed job, or one over the payload limit.
         """
         validate_job(job)
+        job = self.traced(job)  # the trace of this call, not the relay's (another process)
         if self.mode is not Mode.REDIS:
             return job
         from csjd_core.backends.redis import codec  # noqa: PLC0415 - Redis mode: redis is there
@@ -204,6 +205,18 @@ class App(JobRegistry):
         if job.queue is None:
             return dataclasses.replace(job, queue=config.queues[0])
         return job
+
+    def traced(self, job: Job) -> Job:
+        """``job`` with the trace context of this call in its headers, under a producer span
+        (``send <queue>``), when tracing is on (``tracing`` in the config): for a job admitted
+        later — at a commit, or by an outbox's relay — whose trace must be the caller's. The
+        admission then keeps that context and starts no other span. Tracing off: ``job``.
+        """
+        config = self.distributed if self.mode is Mode.REDIS else self.config
+        if config.tracing is False:
+            return job
+        tracing = self.dispatcher.tracing
+        return job if tracing is None else tracing.stamp(job)
 
     def status(self, job_id: str, queue: str | None = None) -> JobStatus:
         """Status of a job submitted through this app; ``queued`` while it waits in one of the

@@ -147,6 +147,10 @@ class EngineConfig:
         hooks: `Hooks` objects called around each job.
         result_ttl: seconds a finished job's status and result stay queryable.
         max_result_bytes: the largest return value kept, as JSON; a larger one fails the job.
+        tracing: ``True`` for OpenTelemetry traces (a producer span per enqueue, a consumer
+            span per attempt, through the global tracer provider), or a ``TracerProvider``
+            to use instead; needs ``csjd[otel]`` (docs/observability.md). ``False``: nothing
+            of OpenTelemetry is imported.
     """
 
     workers: int = 4
@@ -158,9 +162,12 @@ class EngineConfig:
     hooks: Sequence[object] = ()
     result_ttl: Duration[float] = Duration(600.0)
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    tracing: Any = False
 
     def __post_init__(self) -> None:
         check = _Fields(self)
+        if self.tracing is not False:
+            _check_tracing(check, self.tracing)
         check.integer("workers", 1, MAX_WORKERS)
         check.integer("max_pending_jobs", 1)
         check.integer("max_detached_handlers", 0)
@@ -170,6 +177,21 @@ class EngineConfig:
         check.integer("max_result_bytes", 0, MAX_JOB_BYTES)
         check.sequence("hooks", "hook objects")
         object.__setattr__(self, "retry", _retry_policy(self.retry, check.owner))
+
+
+def _check_tracing(check: _Fields, value: object) -> None:
+    """``tracing`` is True or a tracer provider, and OpenTelemetry's API is installed."""
+    if value is not True and not callable(getattr(value, "get_tracer", None)):
+        raise check.fail(
+            "tracing", f"must be True, False or an OpenTelemetry TracerProvider, got {brief(value)}"
+        )
+    try:
+        import opentelemetry.trace  # noqa: F401, PLC0415 - only when tracing is on
+    except ImportError as exc:
+        raise check.fail(
+            "tracing",
+            f"needs OpenTelemetry's API, which is not installed: pip install 'csjd[otel]' ({exc})",
+        ) from exc
 
 
 def _retry_policy(value: RetryPolicy | Mapping[str, Any], owner: str) -> RetryPolicy:

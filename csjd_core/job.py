@@ -20,6 +20,7 @@ from csjd_core.limits import (
     MAX_PRIORITY,
     MIN_PRIORITY,
     brief,
+    headers,
     is_text,
     job_options,
     name_problem,
@@ -47,6 +48,11 @@ class Job:
         priority: an int from -100 to 100 (Django's range): a higher one starts first, FIFO
             among equals (in Redis mode by band: docs/distributed.md, "Priorities").
             Retries keep it.
+        headers: ``None``, or a small dict of text to text carried with the job and never
+            read by CSJD's admission (`csjd_core.limits.headers` bounds it): the W3C trace
+            context (``traceparent``, ``tracestate``) of the call that enqueued it, when
+            tracing is on (docs/observability.md). Retries, dead-letter requeues, replays and
+            outbox rows keep it; workers before it ignore it.
     """
 
     id: str
@@ -58,11 +64,12 @@ class Job:
     queue: str | None = field(default=None, kw_only=True)
     expires: datetime | None = field(default=None, kw_only=True)  # (issue 18: expiry)
     priority: int = field(default=0, kw_only=True)
+    headers: dict[str, str] | None = field(default=None, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
-        """The job as a JSON-ready mapping (the wire and storage format); ``priority`` and
-        ``expires`` only when set, so a default job's mapping is what releases before them
-        wrote (and read: they ignore the keys)."""
+        """The job as a JSON-ready mapping (the wire and storage format); ``priority``,
+        ``expires`` and ``headers`` only when set, so a default job's mapping is what releases
+        before them wrote (and read: they ignore the keys)."""
         data = {
             "id": self.id,
             "type": self.type,
@@ -76,6 +83,8 @@ class Job:
             data["expires"] = self.expires.timestamp()
         if self.priority:
             data["priority"] = self.priority
+        if self.headers:
+            data["headers"] = dict(self.headers)
         return data
 
     @classmethod
@@ -100,6 +109,7 @@ class Job:
                 queue=data.get("queue"),
                 expires=(datetime.fromtimestamp(expires, tz=UTC) if expires is not None else None),
                 priority=data.get("priority", 0),
+                headers=data.get("headers") or None,
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InvalidJob(f"malformed job record: {exc!r}") from exc
@@ -340,6 +350,11 @@ def validate_job(job: Job) -> None:
     if type(rank) is not int or not MIN_PRIORITY <= rank <= MAX_PRIORITY:  # bool, None too
         try:
             priority(job.priority)
+        except ValueError as exc:
+            raise InvalidJob(f"{exc} (job id={job_id!r})") from None
+    if job.headers is not None:
+        try:
+            headers(job.headers)
         except ValueError as exc:
             raise InvalidJob(f"{exc} (job id={job_id!r})") from None
 

@@ -17,9 +17,12 @@ from datetime import timedelta
 __all__ = [
     "DEFAULT_MAX_DEAD_LETTERS",
     "DEFAULT_MAX_RESULT_BYTES",
+    "HEADER_NAME",
     "MAX_ATTEMPTS",
     "MAX_DURATION",
     "MAX_ERROR_TEXT",
+    "MAX_HEADERS",
+    "MAX_HEADERS_LENGTH",
     "MAX_INT_BITS",
     "MAX_JOB_BYTES",
     "MAX_NAME_LENGTH",
@@ -34,6 +37,7 @@ __all__ = [
     "brief",
     "clip_text",
     "clip_traceback",
+    "headers",
     "is_name",
     "is_text",
     "job_options",
@@ -60,6 +64,16 @@ MAX_WORKERS = 1024
 #: higher starts first, 0 is the default).
 MIN_PRIORITY = -100
 MAX_PRIORITY = 100
+
+#: Most entries in a job's ``headers`` (trace context such as ``traceparent``/``tracestate``).
+MAX_HEADERS = 16
+
+#: Longest a job's ``headers`` may be: the characters of every name and value together (W3C
+#: trace context needs under 600: ``traceparent`` is 55, ``tracestate`` at most 512).
+MAX_HEADERS_LENGTH = 4096
+
+#: A header name: an HTTP token (letters, digits and ``!#$%&'*+-.^_`|~``), 1 to 128 characters.
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}")
 
 #: Deepest nesting of lists and objects in a payload or a result.
 MAX_NESTING = 64
@@ -227,6 +241,37 @@ def priority(value: object, name: str = "priority") -> int:
         raise ValueError(
             f"{name} must be an int from {MIN_PRIORITY} to {MAX_PRIORITY} (higher starts "
             f"first; csjd_core.limits.MIN_PRIORITY/MAX_PRIORITY), got {brief(value)}"
+        )
+    return value
+
+
+def headers(value: object, name: str = "headers") -> dict[str, str]:
+    """A job's headers: a dict of at most `MAX_HEADERS` entries, each name an HTTP token
+    (`HEADER_NAME`) and each value text, at most `MAX_HEADERS_LENGTH` characters together.
+
+    Raises:
+        ValueError: naming ``name`` and the limit.
+    """
+    if type(value) is not dict:
+        raise ValueError(f"{name} must be a dict of str to str, got {brief(value)}")
+    if len(value) > MAX_HEADERS:
+        raise ValueError(
+            f"{name} has {len(value)} entries; at most {MAX_HEADERS} (csjd_core.limits.MAX_HEADERS)"
+        )
+    length = 0
+    for key, text in value.items():
+        if type(key) is not str or HEADER_NAME.fullmatch(key) is None:
+            raise ValueError(
+                f"{name} names must be 1 to 128 letters, digits or !#$%&'*+-.^_`|~ (an HTTP "
+                f"token), got {brief(key)}"
+            )
+        if type(text) is not str or not is_text(text):
+            raise ValueError(f"{name}[{key!r}] must be text (a str), got {brief(text)}")
+        length += len(key) + len(text)
+    if length > MAX_HEADERS_LENGTH:
+        raise ValueError(
+            f"{name} hold {length} characters; at most {MAX_HEADERS_LENGTH} "
+            "(csjd_core.limits.MAX_HEADERS_LENGTH)"
         )
     return value
 

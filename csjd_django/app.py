@@ -129,9 +129,11 @@ class DjangoApp(App):
                 transaction.on_commit(self._relay_now, using=alias, robust=True)
             return
 
+        traced = self.traced(job)  # the trace of this call, not of the commit
+
         def enqueue() -> None:
             try:
-                self.enqueue(job)
+                self.enqueue(traced)
             except Exception:  # any error: the caller is gone, this log line is all there is
                 logger.exception(
                     "enqueue after commit failed; job not enqueued id=%r type=%r", job.id, job.type

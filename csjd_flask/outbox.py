@@ -105,7 +105,8 @@ class FlaskOutbox:
         """
         session = self._session(session)
         if self.outbox is None:  # immediate mode: no row, the job runs at the commit
-            on_commit(session, lambda: self._run(job))
+            traced = self.core.traced(job)  # the trace of this call, not of the commit
+            on_commit(session, lambda: self._run(traced))
             return
         self.outbox.add(session, self.core.outbox_job(job))
         if self.core.mode is Mode.INPROCESS:  # this process relays: tell it at the commit

@@ -360,9 +360,10 @@ def _job_of(item: dict[str, Any] | bytes, payload: Any) -> tuple[Job, int, float
     return job, max_attempts, at
 
 
-#: The frame version of a submitted record holding a job with a priority other than 0 or an
-#: ``expires`` (issue 18): the JSON form (an item per job: ``{"job": Job.to_dict(), "max": ...,
-#: "t": ...}``, the priority and expiry in the job's mapping), as version 2 wrote every submitted
+#: The frame version of a submitted record holding a job with a priority other than 0, an
+#: ``expires`` (issue 18) or ``headers`` (issue 19): the JSON form (an item per job:
+#: ``{"job": Job.to_dict(), "max": ..., "t": ...}``, those fields in the job's mapping), as
+#: version 2 wrote every submitted
 #: record. The binary items of version 3 have no field for them, and plain jobs keep them
 #: (smaller and faster); releases before issue 18 read these records too, without the fields.
 EXTENDED_VERSION = 2
@@ -370,12 +371,14 @@ EXTENDED_VERSION = 2
 
 def submitted_record(entries: list[Entry]) -> LogRecord:
     """The log record that admits ``entries``: binary (`submitted`), or JSON framed as
-    `EXTENDED_VERSION` if one of them has a priority or an expiry."""
+    `EXTENDED_VERSION` if one of them has a priority, an expiry or headers."""
     if len(entries) == 1:  # the usual submit: no generator
         job = entries[0].job
-        extended = job.priority or job.expires is not None
+        extended = job.priority or job.expires is not None or job.headers
     else:
-        extended = any(e.job.priority or e.job.expires is not None for e in entries)
+        extended = any(
+            e.job.priority or e.job.expires is not None or e.job.headers for e in entries
+        )
     if extended:
         items = [
             {"job": e.job.to_dict(), "max": e.max_attempts, "t": e.enqueued_at} for e in entries

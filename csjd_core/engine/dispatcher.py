@@ -37,6 +37,7 @@ from csjd_core.stats import ScheduleState
 
 if TYPE_CHECKING:
     from csjd_core.periodic import Schedule
+    from csjd_core.tracing import Tracing
 
 __all__ = ["BaseDispatcher", "JobNotFound"]
 
@@ -69,6 +70,16 @@ class BaseDispatcher:
         if schedules:
             self.ticker = Ticker(schedules, self)
             hooks = (*hooks, self.ticker)
+        #: The OpenTelemetry spans (``config.tracing``): a producer span around each
+        #: admission (`submit`, `submit_batch`), and a hook for the attempts' consumer spans.
+        self.tracing: Tracing | None = None
+        if config.tracing is not False:
+            from csjd_core.tracing import Tracing  # noqa: PLC0415 - imports opentelemetry
+
+            queues = getattr(config, "queues", ("default",))
+            provider = None if config.tracing is True else config.tracing
+            self.tracing = Tracing(provider, default_queue=queues[0])
+            hooks = (*hooks, self.tracing)
         self._hooks = HookRunner(hooks)
         #: One `Relay` per outbox, relaying while started (`csjd_core.outbox`).
         self.relays = tuple(Relay(outbox, self) for outbox in outboxes)
@@ -194,7 +205,12 @@ class BaseDispatcher:
             DispatcherClosed: `stop` has begun.
             BackendUnavailable: the store or Redis could not record it.
         """
-        self._admit(job, None)
+        tracing = self.tracing
+        if tracing is None:
+            self._admit(job, None)
+            return
+        with tracing.send((job,)) as (stamped,):
+            self._admit(stamped, None)
 
     def _admit(self, job: Job, request: SlotRequest | None) -> SlotVerdict:
         """Admit ``job``: alone (``request`` None), or with a schedule's mark (`admit_slot`)."""
@@ -241,6 +257,14 @@ class BaseDispatcher:
             The errors of `submit`; the message names the job that caused the refusal.
         """
         batch = list(jobs)
+        tracing = self.tracing
+        if tracing is None:
+            self._submit_batch(batch)
+            return
+        with tracing.send(batch) as stamped:  # one producer span for the batch
+            self._submit_batch(stamped)
+
+    def _submit_batch(self, batch: list[Job]) -> None:
         counters = self._counters
         hooks = self._hooks
         accepted = False

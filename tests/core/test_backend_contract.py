@@ -648,3 +648,52 @@ def test_close_returns_the_unfinished_jobs_that_are_not_running(backend: Backend
     # Distributed: nothing is returned; the jobs stay in the shared queue for other consumers.
     assert left == []
     assert [state(backend, i) for i in ("c2", "future")] == [JobState.QUEUED, JobState.SCHEDULED]
+
+
+# -- headers (the trace context of the call that enqueued a job) -----------------------------
+
+HEADERS = {
+    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "tracestate": "csjd=ü1,vendor=x",  # any text
+}
+
+
+def test_headers_survive_admission_scheduling_and_retries(backend: Backend) -> None:
+    """A job's headers come back with every delivery of it: at once, after its ``run_at``,
+    and for each retry; a job without headers stays without."""
+    soon = datetime.now(UTC) + timedelta(seconds=0.1)
+    backend.enqueue([Job("h", "t", headers=HEADERS), Job("plain", "t")])
+    backend.enqueue([Job("later", "t", run_at=soon, headers={"traceparent": "x"})])
+    first, plain = fetch(backend), fetch(backend)
+    assert (first.job.id, first.job.headers) == ("h", HEADERS)
+    assert (plain.job.id, plain.job.headers) == ("plain", None)
+    backend.started(first, "w")
+    assert backend.retry(first, ERROR, 0.05)
+    delivered = {d.job.id: d for d in (fetch(backend), fetch(backend))}
+    assert delivered["h"].attempt == 2
+    assert delivered["h"].job.headers == HEADERS
+    assert delivered["later"].job.headers == {"traceparent": "x"}
+
+
+def test_headers_survive_close_and_reopen(backend: Backend, request: pytest.FixtureRequest) -> None:
+    """Unfinished jobs come back with their headers: returned at close in memory, recovered
+    when a file store opens again (from its log, then from its snapshot), read from the queue
+    by another Redis consumer."""
+    backend.enqueue([Job("kept", "t", headers=HEADERS, priority=3), Job("bare", "t")])
+    left = backend.close(clean=False)
+    if isinstance(backend, MemoryBackend):
+        assert {job.id: job.headers for job in left} == {"kept": HEADERS, "bare": None}
+        return
+    make = FACTORIES[request.node.callspec.params["backend"]]
+    for round in ("log", "snapshot"):
+        again = make(request)  # the same store file, or the same Redis queues
+        again.open(SETTINGS)
+        try:
+            jobs = {d.job.id: d.job.headers for d in (fetch(again), fetch(again))}
+            assert jobs == {"kept": HEADERS, "bare": None}, round
+            if not isinstance(again, FileJobStore):
+                return
+            again.compact()  # the next round reads them from the snapshot
+        finally:
+            again.wake()
+            again.close(clean=False)

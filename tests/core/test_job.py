@@ -315,3 +315,34 @@ def test_non_finite_float_is_rejected_even_as_a_bare_scalar() -> None:
     for value in (math.nan, math.inf):
         with pytest.raises(InvalidJob, match="not JSON-serializable"):
             check_json(value, "payload")
+
+
+# -- headers ---------------------------------------------------------------------------------
+
+
+def test_headers_are_written_only_when_set_and_read_back() -> None:
+    assert "headers" not in Job("a", "t").to_dict()
+    assert "headers" not in Job("a", "t", headers={}).to_dict()
+    job = Job("a", "t", headers={"traceparent": "00-x", "tracestate": "k=v"})
+    assert Job.from_dict(job.to_dict()) == job
+    assert Job.from_dict({"id": "a", "type": "t"}).headers is None  # a record before headers
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        (["traceparent"], "headers must be a dict of str to str"),
+        ({"trace parent": "x"}, "names must be 1 to 128 letters"),
+        ({"": "x"}, "names must be 1 to 128 letters"),
+        ({1: "x"}, "names must be 1 to 128 letters"),
+        ({"traceparent": 1}, r"headers\['traceparent'\] must be text"),
+        ({"traceparent": "\udcff"}, r"headers\['traceparent'\] must be text"),
+        ({f"h{i}": "x" for i in range(17)}, "at most 16 .csjd_core.limits.MAX_HEADERS"),
+        ({"tracestate": "x" * 4096}, "at most 4096 .csjd_core.limits.MAX_HEADERS_LENGTH"),
+    ],
+)
+def test_bad_headers_are_refused_naming_the_limit(headers: object, message: str) -> None:
+    with pytest.raises(InvalidJob, match=message):
+        validate_job(Job("a", "t", headers=headers))  # type: ignore[arg-type]
+    with pytest.raises(InvalidJob, match=message):  # read back from a record, the same rules
+        Job.from_dict({"id": "a", "type": "t", "headers": headers})

@@ -59,8 +59,8 @@ def text(value: Any) -> str:
 
 def encode(job: Job, default_max_attempts: int, max_payload_bytes: int) -> tuple[str, int]:
     """A job's entry data (the ``d`` field) and its effective max_attempts. ``priority`` is
-    written only when it is not 0: a default job's data is what releases before priorities
-    wrote, and theirs ignore the key.
+    written only when it is not 0, and ``headers`` only when the job has some: a default
+    job's data is what releases before them wrote, and theirs ignore the keys.
 
     Raises:
         InvalidJob: the job is larger than ``max_payload_bytes`` as JSON.
@@ -81,6 +81,8 @@ def encode(job: Job, default_max_attempts: int, max_payload_bytes: int) -> tuple
     }
     if job.priority:
         fields["priority"] = job.priority
+    if job.headers:
+        fields["headers"] = job.headers
     data = json.dumps(fields, separators=(",", ":"), allow_nan=False)
     if len(data) + len(job.id) > max_payload_bytes:
         raise InvalidJob(
@@ -132,6 +134,7 @@ def decode(
             queue=d.get("queue"),
             expires=None if expires is None else datetime.fromtimestamp(expires / 1000, UTC),
             priority=d.get("priority", 0),
+            headers=d.get("headers") or None,
         )
         validate_job(job)  # the admission limits: what a producer could not submit
     except InvalidJob as exc:
