@@ -95,6 +95,9 @@ class Tracing(Hooks):
             carrier: dict[str, str] = {}
             _PROPAGATOR.inject(carrier)
             stamped = list(jobs)
+            if not carrier:  # no valid trace (a no-op provider): nothing to carry
+                yield stamped
+                return
             for index in fresh:
                 job = stamped[index]
                 headers = {**(job.headers or {}), **carrier}
