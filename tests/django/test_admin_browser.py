@@ -25,8 +25,8 @@ from factories import PASSWORD, StaffFactory
 
 import csjd_django as csjd
 from csjd_core import JobState
+from csjd_core.dashboard import collect_figures, throughput_samples
 from csjd_django.models import MANAGE_PERMISSION, VIEW_PERMISSION
-from csjd_django.views import collect_figures, throughput_samples
 from testapp import jobs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
@@ -96,11 +96,11 @@ def test_staff_logs_in_sees_the_dashboard_and_requeues_a_dead_letter(
     jobs.always_fails.delay()  # its error holds "<script>alert(1)</script>"
     call_command("csjd_worker", "--burst")
     [letter] = csjd.app.dispatcher.dead_letters()  # type: ignore[attr-defined]
-    collect_figures()  # a first throughput sample; the jobs below make a second one differ
+    collect_figures(csjd.app)  # a first throughput sample; the jobs below make a second one differ
     for n in range(5):
         jobs.flaky.delay(n % 2)
     call_command("csjd_worker", "--burst")
-    collect_figures()
+    collect_figures(csjd.app)
     shots = Path(os.environ.get("CSJD_TEST_SCREENSHOTS") or tmp_path)
     backend = csjd.app.dispatcher.backend  # type: ignore[attr-defined]
     keys = backend.keys_for(None)
