@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode
 
 from flask import (
@@ -183,7 +183,7 @@ def dashboard_blueprint(
 
 def _check_app(state: BlueprintSetupState, extension: CSJD) -> None:
     """At registration: the app has the extension and a secret key."""
-    app: Flask = state.app
+    app = cast(Flask, state.app)  # typed as Flask's sans-IO base class
     try:
         extension.state(app)
     except CSJDError as exc:

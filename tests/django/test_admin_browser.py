@@ -1,9 +1,8 @@
 """The admin dashboard in a real headless Chromium: log in, open it from the admin index, see the
 figures and a dead letter, requeue it, then cancel the requeued job with the Cancel button.
 
-The browser is the system's Chromium (Debian's ``chromium``, installed by ``.ci/run``) driven by
-Playwright's Python package; ``playwright install`` is never needed. Without that browser the test
-is skipped locally with the reason, and fails under ``CI=true``.
+The browser is the system's Chromium driven by Playwright (tests/browser.py: without it the test
+is skipped locally with the reason, and fails under ``CI=true``).
 
 Playwright's sync API runs an asyncio event loop in this thread while a browser is open, and
 Django refuses ORM calls from a thread with a running loop (``SynchronousOnlyOperation``). So the
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import CHROMIUM_ARGS, require_chromium
 from django.core.management import call_command
 from factories import PASSWORD, StaffFactory
 
@@ -31,45 +31,11 @@ from testapp import jobs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
-CHROMIUM = os.environ.get("CSJD_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
 
 @pytest.fixture
 def chromium() -> str:
-    """The system Chromium's path; skip (locally) or fail (CI) without it or without Playwright."""
-    problem = None
-    try:
-        import playwright.sync_api  # noqa: F401, PLC0415
-    except ImportError:
-        problem = "the playwright package is not installed (pip install -e '.[dev]')"
-    if problem is None and not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        problem = (
-            f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; or point "
-            "CSJD_TEST_CHROMIUM at one)"
-        )
-    if problem is not None:
-        if _in_ci():
-            pytest.fail(
-                f"CI=true and {problem}: .ci/run installs Debian's chromium, check its "
-                "output above",
-                pytrace=False,
-            )
-        pytest.skip(f"real-browser test skipped: {problem}")
-    return CHROMIUM
+    """The system Chromium's path (skipped locally, failed under CI=true, without it)."""
+    return require_chromium()
 
 
 @pytest.fixture
