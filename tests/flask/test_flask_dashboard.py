@@ -6,6 +6,8 @@ page is tested (tests/django/test_admin*.py)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -351,3 +353,16 @@ def test_the_page_draws_the_chart_after_two_samples(
     page = board.page()
     assert page.count("<polyline") == 2 and 'class="csjd-throughput"' in page
     assert "<script" not in page
+
+
+def test_flask_wtf_is_imported_only_with_the_dashboard() -> None:
+    code = (
+        "import sys, csjd_flask\n"
+        "assert 'flask_wtf' not in sys.modules and 'csjd_flask.dashboard' not in sys.modules\n"
+        "csjd_flask.CSJD().dashboard_blueprint(authorize=lambda: True)\n"
+        "assert 'flask_wtf' in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
