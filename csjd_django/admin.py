@@ -21,7 +21,7 @@ from django.urls import URLPattern, path
 from django.views.decorators.http import require_POST
 
 from csjd_core.operations import SCHEDULE_ACTIONS
-from csjd_django import cancel_views, schedule_views, views
+from csjd_django import views
 from csjd_django.models import MANAGE_PERMISSION, VIEW_PERMISSION, Dashboard
 
 __all__ = ["DashboardAdmin"]
@@ -76,7 +76,7 @@ class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         ]
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
-        return views.dashboard(request, self)
+        return views.dashboard_view(request, self)
 
     def requeue_view(self, request: HttpRequest) -> HttpResponse:
         return views.dead_letter_action(request, self, "requeue")
@@ -85,7 +85,7 @@ class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return views.dead_letter_action(request, self, "delete")
 
     def cancel_view(self, request: HttpRequest) -> HttpResponse:
-        return cancel_views.cancel_action(request, self)
+        return views.cancel_action(request, self)
 
     def schedule_view(self, request: HttpRequest, *, action: str) -> HttpResponse:
-        return schedule_views.schedule_action(request, self, action)
+        return views.schedule_action(request, self, action)

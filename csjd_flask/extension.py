@@ -29,6 +29,7 @@ from csjd_flask.outbox import SETTINGS as OUTBOX_SETTINGS
 from csjd_flask.outbox import FlaskOutbox, NoOutbox
 
 if TYPE_CHECKING:
+    from flask import Blueprint
     from flask_sqlalchemy import SQLAlchemy
     from sqlalchemy.orm import Session, scoped_session
 
@@ -37,6 +38,7 @@ __all__ = [
     "EXTENSION_KEY",
     "AlreadyInitialized",
     "CSJDState",
+    "DashboardRefused",
     "FlaskJobFunction",
     "NoAppContext",
     "NotInitialized",
@@ -61,6 +63,12 @@ class NotInitialized(CSJDError, RuntimeError):
 
 class AlreadyInitialized(CSJDError, RuntimeError):
     """``init_app`` was called a second time on the same Flask app."""
+
+
+class DashboardRefused(CSJDError, RuntimeError):
+    """The dashboard blueprint cannot be served safely: no authorisation callback was given,
+    or the app it is registered on has no ``SECRET_KEY`` (CSRF tokens and messages need a
+    signed session) or no CSJD extension."""
 
 
 class FlaskJobFunction(JobFunction[P, R]):
@@ -445,6 +453,43 @@ class CSJD:
     def stop(self, timeout: float | timedelta | None = None, *, app: Flask | None = None) -> None:
         """Stop this process's dispatcher of ``app`` (a later enqueue starts a new one)."""
         self.core_app(app).stop(timeout)
+
+    # -- the dashboard ---------------------------------------------------------------------
+    def dashboard_blueprint(
+        self,
+        *,
+        authorize: Callable[[], bool] | None = None,
+        authorize_actions: Callable[[], bool] | None = None,
+        user_name: Callable[[], str] | None = None,
+        name: str = "csjd_dashboard",
+    ) -> Blueprint:
+        """The jobs dashboard of the apps this extension is initialised on, as a blueprint to
+        register: ``app.register_blueprint(csjd.dashboard_blueprint(authorize=is_admin),
+        url_prefix="/admin/jobs")`` (docs/flask.md, "The dashboard").
+
+        Args:
+            authorize: called on every request of the dashboard: True lets the user see it,
+                False answers 403. Required.
+            authorize_actions: called as well on every action (requeue, delete, cancel, pause,
+                resume, run now): False answers 403 and hides the buttons. Default:
+                ``authorize``.
+            user_name: names the user in the actions' log lines (default: the client's
+                address).
+            name: the blueprint's name.
+
+        Raises:
+            DashboardRefused: no ``authorize`` callback; when registered, an app without
+                ``SECRET_KEY`` or not initialised with this extension.
+        """
+        from csjd_flask.dashboard import dashboard_blueprint  # noqa: PLC0415 - Flask-WTF
+
+        return dashboard_blueprint(
+            self,
+            authorize=authorize,
+            authorize_actions=authorize_actions,
+            user_name=user_name,
+            name=name,
+        )
 
     def __repr__(self) -> str:
         return f"<CSJD jobs={len(self._definitions.jobs)}>"

@@ -14,9 +14,9 @@ from factories import PASSWORD, StaffFactory, UserFactory
 
 import csjd_django as csjd
 from csjd_core import JobState
+from csjd_core.dashboard import throughput_samples
+from csjd_core.throughput import Rate, Sample, ThroughputSamples, throughput_svg
 from csjd_django.models import MANAGE_PERMISSION, VIEW_PERMISSION
-from csjd_django.throughput import Rate, Sample, ThroughputSamples, throughput_svg
-from csjd_django.views import throughput_samples
 from testapp import jobs
 
 pytestmark = pytest.mark.django_db

@@ -1,9 +1,8 @@
 """The admin dashboard in a real headless Chromium: log in, open it from the admin index, see the
 figures and a dead letter, requeue it, then cancel the requeued job with the Cancel button.
 
-The browser is the system's Chromium (Debian's ``chromium``, installed by ``.ci/run``) driven by
-Playwright's Python package; ``playwright install`` is never needed. Without that browser the test
-is skipped locally with the reason, and fails under ``CI=true``.
+The browser is the system's Chromium driven by Playwright (tests/browser.py: without it the test
+is skipped locally with the reason, and fails under ``CI=true``).
 
 Playwright's sync API runs an asyncio event loop in this thread while a browser is open, and
 Django refuses ORM calls from a thread with a running loop (``SynchronousOnlyOperation``). So the
@@ -20,56 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import CHROMIUM_ARGS, require_chromium
 from django.core.management import call_command
 from factories import PASSWORD, StaffFactory
 
 import csjd_django as csjd
 from csjd_core import JobState
+from csjd_core.dashboard import collect_figures, throughput_samples
 from csjd_django.models import MANAGE_PERMISSION, VIEW_PERMISSION
-from csjd_django.views import collect_figures, throughput_samples
 from testapp import jobs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
-CHROMIUM = os.environ.get("CSJD_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
 
 @pytest.fixture
 def chromium() -> str:
-    """The system Chromium's path; skip (locally) or fail (CI) without it or without Playwright."""
-    problem = None
-    try:
-        import playwright.sync_api  # noqa: F401, PLC0415
-    except ImportError:
-        problem = "the playwright package is not installed (pip install -e '.[dev]')"
-    if problem is None and not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        problem = (
-            f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; or point "
-            "CSJD_TEST_CHROMIUM at one)"
-        )
-    if problem is not None:
-        if _in_ci():
-            pytest.fail(
-                f"CI=true and {problem}: .ci/run installs Debian's chromium, check its "
-                "output above",
-                pytrace=False,
-            )
-        pytest.skip(f"real-browser test skipped: {problem}")
-    return CHROMIUM
+    """The system Chromium's path (skipped locally, failed under CI=true, without it)."""
+    return require_chromium()
 
 
 @pytest.fixture
@@ -96,11 +62,11 @@ def test_staff_logs_in_sees_the_dashboard_and_requeues_a_dead_letter(
     jobs.always_fails.delay()  # its error holds "<script>alert(1)</script>"
     call_command("csjd_worker", "--burst")
     [letter] = csjd.app.dispatcher.dead_letters()  # type: ignore[attr-defined]
-    collect_figures()  # a first throughput sample; the jobs below make a second one differ
+    collect_figures(csjd.app)  # a first throughput sample; the jobs below make a second one differ
     for n in range(5):
         jobs.flaky.delay(n % 2)
     call_command("csjd_worker", "--burst")
-    collect_figures()
+    collect_figures(csjd.app)
     shots = Path(os.environ.get("CSJD_TEST_SCREENSHOTS") or tmp_path)
     backend = csjd.app.dispatcher.backend  # type: ignore[attr-defined]
     keys = backend.keys_for(None)

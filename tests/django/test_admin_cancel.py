@@ -36,7 +36,7 @@ def test_cancel_a_queued_job_then_again_with_messages_and_log_lines(
     client: Client, manager: Any, redis_mode: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     client.force_login(manager)
-    caplog.set_level(logging.INFO, logger="csjd_django.admin")
+    caplog.set_level(logging.INFO, logger="csjd_core.dashboard")
     page = client.get(dashboard_url()).content.decode()
     assert 'id="csjd-cancel"' in page and '<option value="default">default</option>' in page
     handle = jobs.order_number.delay(7)
@@ -50,7 +50,7 @@ def test_cancel_a_queued_job_then_again_with_messages_and_log_lines(
     assert f"Job {handle.id} had already ended: nothing changed." in again.content.decode()
     missing = client.post(cancel_url(), {"job_id": "<b>nobody</b>"}, follow=True).content
     assert "No job &lt;b&gt;nobody&lt;/b&gt; (never submitted" in missing.decode()  # escaped
-    lines = [r.getMessage() for r in caplog.records if r.name == "csjd_django.admin"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "csjd_core.dashboard"]
     user = manager.get_username()
     assert f"job cancel id={handle.id!r} queue=default user={user} verdict=cancelled" in lines
     assert f"job cancel id={handle.id!r} queue=None user={user} verdict=ended" in lines

@@ -74,7 +74,7 @@ def test_pause_then_resume_with_messages_and_log_lines(
     client: Client, manager: Any, adder: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     client.force_login(manager)
-    caplog.set_level(logging.INFO, logger="csjd_django.admin")
+    caplog.set_level(logging.INFO, logger="csjd_core.dashboard")
 
     response = client.post(action_url("pause"), {"name": "adder"}, follow=True)
     assert response.redirect_chain == [(dashboard_url(), 302)]
@@ -86,7 +86,7 @@ def test_pause_then_resume_with_messages_and_log_lines(
     response = client.post(action_url("resume"), {"name": "adder"}, follow=True)
     assert "Schedule adder resumed." in response.content.decode()
     assert not paused()
-    lines = [r.getMessage() for r in caplog.records if r.name == "csjd_django.admin"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "csjd_core.dashboard"]
     user = manager.get_username()
     assert f"schedule paused name=adder user={user}" in lines
     assert f"schedule resumed name=adder user={user}" in lines

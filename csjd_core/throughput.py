@@ -1,4 +1,7 @@
-"""The dashboard's throughput chart: counter samples kept in memory, drawn as inline SVG.
+"""The dashboards' throughput chart: counter samples kept in memory, drawn as inline SVG.
+
+One chart for every front end (the Django admin page and the Flask blueprint, through
+`csjd_core.dashboard`); it uses the standard library only.
 
 CSJD's counters are cumulative (attempts finished since a dispatcher was created, or — in Redis
 mode — since the queue's stats hash was created). A rate needs two readings, so every dashboard
@@ -17,10 +20,7 @@ import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
-
-__all__ = ["Rate", "Sample", "ThroughputSamples", "throughput_svg"]
+__all__ = ["SVG", "Rate", "Sample", "ThroughputSamples", "throughput_svg"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,26 +107,35 @@ WIDTH, HEIGHT = 640, 180
 LEFT, RIGHT, TOP, BOTTOM = 56, 12, 12, 28  # margins for the axis labels
 
 
-def throughput_svg(rates: list[Rate], *, now: float) -> SafeString:
+class SVG(str):
+    """Markup built here from numbers only: templates insert it as is.
+
+    Django's and Jinja's autoescaping both honour ``__html__`` (the protocol of Django's
+    `SafeString` and MarkupSafe's `Markup`), so neither framework marks anything safe.
+    """
+
+    __slots__ = ()
+
+    def __html__(self) -> str:
+        return str(self)
+
+
+def throughput_svg(rates: list[Rate], *, now: float) -> SVG:
     """An inline SVG line chart of ``rates`` (attempts/s in blue, failures/s in red).
 
-    Every value is a number formatted here and passed through `format_html`, so nothing from a
-    job can reach the markup.
+    Every value placed in the markup is a number formatted here (or a fixed label), so nothing
+    from a job can reach it.
     """
     if len(rates) < 2:
-        return format_html(
-            '<svg class="csjd-throughput" role="img" width="{w}" height="{h}" '
-            'viewBox="0 0 {w} {h}" xmlns="http://www.w3.org/2000/svg">'
+        return SVG(
+            f'<svg class="csjd-throughput" role="img" width="{WIDTH}" height="{HEIGHT}" '
+            f'viewBox="0 0 {WIDTH} {HEIGHT}" xmlns="http://www.w3.org/2000/svg">'
             "<title>Throughput: not enough samples yet</title>"
-            '<rect x="0.5" y="0.5" width="{w1}" height="{h1}" fill="none" stroke="#ccc"/>'
-            '<text x="{cx}" y="{cy}" text-anchor="middle" fill="#666" font-size="13">'
-            "Not enough samples yet: reload the page, or turn on auto-refresh.</text></svg>",
-            w=WIDTH,
-            h=HEIGHT,
-            w1=WIDTH - 1,
-            h1=HEIGHT - 1,
-            cx=WIDTH // 2,
-            cy=HEIGHT // 2,
+            f'<rect x="0.5" y="0.5" width="{WIDTH - 1}" height="{HEIGHT - 1}" fill="none" '
+            'stroke="#ccc"/>'
+            f'<text x="{WIDTH // 2}" y="{HEIGHT // 2}" text-anchor="middle" fill="#666" '
+            'font-size="13">'
+            "Not enough samples yet: reload the page, or turn on auto-refresh.</text></svg>"
         )
     start = rates[0].at
     span = max(now - start, rates[-1].at - start, 1e-9)
@@ -141,57 +150,40 @@ def throughput_svg(rates: list[Rate], *, now: float) -> SafeString:
 
     processed = " ".join(point(r.at, r.processed) for r in rates)
     failed = " ".join(point(r.at, r.failed) for r in rates)
-    grid = _grid(top, plot_h)
-    return format_html(
-        '<svg class="csjd-throughput" role="img" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
-        'xmlns="http://www.w3.org/2000/svg">'
-        "<title>Attempts finished per second over the last {span}</title>"
-        "{grid}"
-        '<line x1="{left}" y1="{base}" x2="{right}" y2="{base}" stroke="#999"/>'
-        '<polyline fill="none" stroke="#417690" stroke-width="2" points="{processed}"/>'
-        '<polyline fill="none" stroke="#ba2121" stroke-width="1.5" points="{failed}"/>'
-        '<text x="{left}" y="{label_y}" fill="#666" font-size="11">-{span}</text>'
-        '<text x="{right}" y="{label_y}" text-anchor="end" fill="#666" font-size="11">now</text>'
-        '<line x1="{legend_x}" y1="20" x2="{legend_x2}" y2="20" stroke="#417690" stroke-width="2"/>'
-        '<text x="{legend_tx}" y="24" fill="#333" font-size="11">attempts finished/s</text>'
-        '<line x1="{legend_x}" y1="36" x2="{legend_x2}" y2="36" stroke="#ba2121" '
+    label = _format_span(span)
+    right, base, label_y = WIDTH - RIGHT, TOP + plot_h, HEIGHT - 8
+    legend_x, legend_x2, legend_tx = right - 150, right - 130, right - 124
+    return SVG(
+        f'<svg class="csjd-throughput" role="img" width="{WIDTH}" height="{HEIGHT}" '
+        f'viewBox="0 0 {WIDTH} {HEIGHT}" xmlns="http://www.w3.org/2000/svg">'
+        f"<title>Attempts finished per second over the last {label}</title>"
+        f"{_grid(top, plot_h)}"
+        f'<line x1="{LEFT}" y1="{base}" x2="{right}" y2="{base}" stroke="#999"/>'
+        f'<polyline fill="none" stroke="#417690" stroke-width="2" points="{processed}"/>'
+        f'<polyline fill="none" stroke="#ba2121" stroke-width="1.5" points="{failed}"/>'
+        f'<text x="{LEFT}" y="{label_y}" fill="#666" font-size="11">-{label}</text>'
+        f'<text x="{right}" y="{label_y}" text-anchor="end" fill="#666" font-size="11">now</text>'
+        f'<line x1="{legend_x}" y1="20" x2="{legend_x2}" y2="20" stroke="#417690" '
+        'stroke-width="2"/>'
+        f'<text x="{legend_tx}" y="24" fill="#333" font-size="11">attempts finished/s</text>'
+        f'<line x1="{legend_x}" y1="36" x2="{legend_x2}" y2="36" stroke="#ba2121" '
         'stroke-width="1.5"/>'
-        '<text x="{legend_tx}" y="40" fill="#333" font-size="11">jobs failed/s</text>'
-        "</svg>",
-        w=WIDTH,
-        h=HEIGHT,
-        span=_format_span(span),
-        grid=grid,
-        left=LEFT,
-        right=WIDTH - RIGHT,
-        base=TOP + plot_h,
-        processed=processed,
-        failed=failed,
-        label_y=HEIGHT - 8,
-        legend_x=WIDTH - RIGHT - 150,
-        legend_x2=WIDTH - RIGHT - 130,
-        legend_tx=WIDTH - RIGHT - 124,
+        f'<text x="{legend_tx}" y="40" fill="#333" font-size="11">jobs failed/s</text>'
+        "</svg>"
     )
 
 
-def _grid(top: float, plot_h: int) -> SafeString:
+def _grid(top: float, plot_h: int) -> str:
     """Five horizontal grid lines labelled with their rate."""
-    rows = (
-        (
-            LEFT,
-            f"{TOP + plot_h - plot_h * i / 4:.1f}",
-            WIDTH - RIGHT,
-            LEFT - 6,
-            _format_rate(top * i / 4),
+    lines = []
+    for i in range(5):
+        y = f"{TOP + plot_h - plot_h * i / 4:.1f}"
+        lines.append(
+            f'<line x1="{LEFT}" y1="{y}" x2="{WIDTH - RIGHT}" y2="{y}" stroke="#eee"/>'
+            f'<text x="{LEFT - 6}" y="{y}" dy="4" text-anchor="end" fill="#666" '
+            f'font-size="11">{_format_rate(top * i / 4)}</text>'
         )
-        for i in range(5)
-    )
-    return format_html_join(
-        "",
-        '<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="#eee"/>'
-        '<text x="{3}" y="{1}" dy="4" text-anchor="end" fill="#666" font-size="11">{4}</text>',
-        rows,
-    )
+    return "".join(lines)
 
 
 def _nice_ceiling(value: float) -> float:
