@@ -15,6 +15,7 @@ from django.test import override_settings
 from csjd_core.cli import worker as csjd_worker
 from csjd_core.cli_options import WORKER_OPTIONS
 from csjd_core.errors import InvalidConfig
+from csjd_core.logs import LOG_FORMATS
 from csjd_core.operations import OPTIONS, WORKER_BOUNDS, WorkerOptions
 from csjd_django.management.commands.csjd_worker import Command as DjangoWorker
 from csjd_flask.cli import run as flask_run
@@ -24,8 +25,12 @@ def click_options(command: click.Command) -> dict[str, Any]:
     return {
         param.opts[0]: param.default
         for param in command.params
-        if isinstance(param, click.Option) and param.opts[0] != "--log-level"
+        if isinstance(param, click.Option) and param.opts[0] not in LOG_OPTIONS
     }
+
+
+#: Options of the logging set up around the worker (``csjd``'s inherit the group's values).
+LOG_OPTIONS = ("--log-level", "--log-format")
 
 
 def argparse_options() -> dict[str, Any]:
@@ -47,6 +52,17 @@ def test_the_three_worker_commands_offer_the_same_options_and_defaults() -> None
     defaults = {f.name: f.default for f in dataclasses.fields(WorkerOptions)}
     assert expected["--processes"] == defaults["processes"] == 1
     assert expected["--drain-timeout"] == defaults["drain_timeout"] == 30.0
+
+
+def test_the_three_worker_commands_offer_the_same_log_formats() -> None:
+    for command in (csjd_worker, flask_run):
+        [option] = [p for p in command.params if p.opts[0] == "--log-format"]
+        assert isinstance(option.type, click.Choice)
+        assert list(option.type.choices) == list(LOG_FORMATS)
+    parser = DjangoWorker().create_parser("manage.py", "csjd_worker")
+    [action] = [a for a in parser._actions if "--log-format" in a.option_strings]
+    assert list(action.choices or ()) == list(LOG_FORMATS)
+    assert action.default == "text"
 
 
 def test_bad_worker_options_are_refused_alike() -> None:
