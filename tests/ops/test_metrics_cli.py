@@ -200,6 +200,7 @@ def test_a_port_in_use_is_a_clear_error(cli: Cli) -> None:
     assert f"--metrics-port: cannot listen on port {port}: the port is in use" in done.stderr
 
 
+@pytest.mark.slow  # about 6 s: children start, run, recycle and start again
 def test_supervised_children_add_up_across_recycling(cli: Cli, tmp_path: Path) -> None:
     """``--processes 2 --max-jobs 4``: children recycle; the supervisor's scrape still counts
     every attempt exactly once, and the multiprocess directory keeps no dead child's files."""
