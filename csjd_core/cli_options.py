@@ -103,6 +103,11 @@ WORKER_OPTIONS = (
     Option("--drain-timeout", "Seconds to let in-flight jobs finish after SIGTERM.", float),
     Option("--no-schedule", "Do not tick the app's periodic jobs in this process."),
     Option("--no-relay", "Do not relay the app's outbox in this process."),
+    Option(
+        "--metrics-port",
+        "Serve /metrics (Prometheus) and /healthz on this port (needs csjd[prometheus]).",
+        int,
+    ),
     Option("--child", "(internal: a supervised child)", hidden=True),
 )
 

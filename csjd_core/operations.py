@@ -35,11 +35,18 @@ from csjd_core.errors import (
 from csjd_core.job import Job, JobState, JobStatus
 from csjd_core.limits import MAX_WORKERS, brief, name_problem, names, seconds
 from csjd_core.metrics import MetricsSnapshot
+from csjd_core.metrics_server import bind_metrics_port
 from csjd_core.outbox import OutboxStats, Relay
 from csjd_core.periodic import Schedule
 from csjd_core.stats import DeadLetter, QueueStats, ScheduleState
 from csjd_core.supervisor import EXIT_RECYCLE, supervise
 from csjd_core.worker import InFlight, run_worker, stop_on_signals
+from csjd_core.worker_metrics import (
+    SupervisorMetrics,
+    child_exporter,
+    serve_worker_metrics,
+    worker_exporter,
+)
 
 if TYPE_CHECKING:
     from csjd_core.distributed import RedisDistributedDispatcher
@@ -88,6 +95,7 @@ WORKER_BOUNDS: dict[str, tuple[float, float | None]] = {
     "max_jobs": (1, None),
     "max_memory": (1, None),
     "drain_timeout": (0, None),
+    "metrics_port": (1, 65535),
 }
 
 
@@ -162,6 +170,8 @@ class WorkerOptions:
         drain_timeout: seconds in-flight jobs may take to finish after SIGTERM.
         no_schedule: do not tick the app's schedules in this process (or its children).
         no_relay: do not relay the app's outboxes in this process (or its children).
+        metrics_port: serve ``/metrics`` (Prometheus) and ``/healthz`` on this port (the
+            ``prometheus`` extra); with a supervisor, the supervisor serves it.
     """
 
     queues: tuple[str, ...] | None = None
@@ -173,6 +183,7 @@ class WorkerOptions:
     drain_timeout: float = 30.0
     no_schedule: bool = False
     no_relay: bool = False
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.queues is not None:
@@ -311,11 +322,42 @@ def run_workers(
     in_flight = InFlight()
     # Supervised children tick and relay, not their supervisor (which runs no jobs).
     runs_jobs = child or not options.supervised
+    # The port first: taken or refused, the command fails before anything starts.
+    sock = bind_metrics_port(options.metrics_port) if options.metrics_port else None
+    try:
+        return _run_workers(
+            app, options, sock, in_flight, runs_jobs, child_command, announce, child, needed_by
+        )
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def _run_workers(
+    app: App,
+    options: WorkerOptions,
+    sock: socket.socket | None,
+    in_flight: InFlight,
+    runs_jobs: bool,
+    child_command: list[str],
+    announce: Callable[[str], object],
+    child: bool,
+    needed_by: str,
+) -> int:
+    hooks: tuple[object, ...] = (in_flight,)
+    queues = options.queues or app.distributed.queues
+    exporter = None
+    if child:
+        exporter = child_exporter(app, queues)  # its supervisor serves the port
+    elif sock is not None and not options.supervised:
+        exporter = worker_exporter(app, queues)
+    if exporter is not None:
+        hooks += (exporter,)
     dispatcher = worker_dispatcher(
         app,
         options.queues,
         options.workers,
-        hooks=(in_flight,),
+        hooks=hooks,
         schedule=not options.no_schedule and runs_jobs,
         relay=not options.no_relay and runs_jobs,
         needed_by=needed_by,
@@ -330,9 +372,23 @@ def run_workers(
         return 1
     if not child and options.supervised:
         announce(_banner(dispatcher, options.processes, needed_by, ticking, relaying))
-        return supervise(
-            options.child_argv(), options.processes, burst=options.burst, command=child_command
-        )
+        watch = SupervisorMetrics(app, dispatcher, sock) if sock is not None else None
+        try:
+            return supervise(
+                options.child_argv(),
+                options.processes,
+                burst=options.burst,
+                command=child_command,
+                watch=watch,
+            )
+        finally:
+            if watch is not None:
+                watch.close()
+    server = None
+    if exporter is not None:
+        exporter.bind(dispatcher.detached_running)
+        if sock is not None:
+            server = serve_worker_metrics(app, dispatcher, exporter, sock)
     if not child:
         announce(_banner(dispatcher, 1, needed_by, ticking, relaying))
     recycled: list[str] = []
@@ -359,6 +415,9 @@ def run_workers(
     except CSJDError as exc:  # Redis down at start: the process manager retries
         logger.error("cannot start the worker: %s", exc)
         return 1
+    finally:
+        if server is not None:
+            server.close()
     if recycled:
         logger.info("recycling worker process reason=%s report=%s", recycled[0], report)
         return EXIT_RECYCLE

@@ -10,7 +10,14 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["ConsumerStats", "DeadLetter", "QueueCounters", "QueueStats", "ScheduleState"]
+__all__ = [
+    "ConsumerStats",
+    "DeadLetter",
+    "QueueCounters",
+    "QueueGauges",
+    "QueueStats",
+    "ScheduleState",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,34 @@ class QueueStats:
     def to_json(self) -> dict[str, Any]:
         """The figures as JSON-ready values (``csjd stats --json``)."""
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueGauges:
+    """One queue's current levels, read from Redis in two pipelined round trips (the figures a
+    metrics scrape needs; `QueueStats` is the fuller, slower view).
+
+    Attributes:
+        name: the queue.
+        stream_length, in_flight, scheduled, unfinished, dead: as in `QueueStats`.
+        consumers: consumers of the queue's group whose heartbeat is fresh.
+        oldest_waiting_age: seconds (Redis's clock) since the oldest entry no consumer has
+            taken yet entered the stream; 0.0 when none waits.
+    """
+
+    name: str
+    stream_length: int
+    in_flight: int
+    scheduled: int
+    unfinished: int
+    dead: int
+    consumers: int
+    oldest_waiting_age: float
+
+    @property
+    def waiting(self) -> int:
+        """Entries no consumer has taken yet."""
+        return max(0, self.stream_length - self.in_flight)
 
 
 @dataclass(frozen=True, slots=True)

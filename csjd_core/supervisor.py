@@ -23,7 +23,7 @@ from types import FrameType
 from csjd_core.retry import Backoff
 from csjd_core.worker import EXIT_FORCED
 
-__all__ = ["EXIT_RECYCLE", "supervise"]
+__all__ = ["EXIT_RECYCLE", "FleetWatch", "supervise"]
 
 logger = logging.getLogger("csjd_core.supervisor")
 
@@ -34,12 +34,26 @@ EXIT_RECYCLE = 4
 _STABLE_AFTER = 30.0
 
 
+class FleetWatch:
+    """Told what the supervisor does with its children (``--metrics-port``: see
+    `csjd_core.worker_metrics`). ``env`` is added to each child's environment."""
+
+    env: dict[str, str] = {}
+
+    def child_exited(self, pid: int) -> None:
+        """Child ``pid`` exited (before any replacement starts)."""
+
+    def fleet(self, running: int, wanted: int) -> None:
+        """How many children run now, and how many should (told every loop)."""
+
+
 def supervise(
     child_argv: list[str],
     processes: int,
     *,
     burst: bool = False,
     command: list[str] | None = None,
+    watch: FleetWatch | None = None,
 ) -> int:
     """Run ``processes`` children until a signal (or, in burst mode, until all finished).
 
@@ -49,12 +63,14 @@ def supervise(
         burst: children exit 0 when the queues are empty; do not restart them then.
         command: the program the arguments follow (default ``python -m csjd_core.cli``;
             Django passes ``python manage.py``).
+        watch: told of exited children and of the fleet's size (the metrics).
 
     Returns:
         The exit status for the supervisor process: 0, `EXIT_FORCED` after a second signal, 1 if
         a child did not drain cleanly.
     """
     program = command or [sys.executable, "-m", "csjd_core.cli"]
+    watch = watch or FleetWatch()
     stop = threading.Event()
     forced = threading.Event()
 
@@ -74,7 +90,7 @@ def supervise(
     unclean = False
 
     def spawn(slot: int) -> None:
-        env = dict(os.environ, CSJD_WORKER_SLOT=str(slot))
+        env = dict(os.environ, CSJD_WORKER_SLOT=str(slot), **watch.env)
         # Its own process group: a Ctrl-C in a terminal (or an init that signals the whole
         # group) reaches the supervisor only, which forwards exactly one SIGTERM. Otherwise a
         # child would see two signals and stop without draining.
@@ -107,6 +123,10 @@ def supervise(
             if code is None:
                 continue
             del children[slot]
+            try:
+                watch.child_exited(child.pid)
+            except Exception:  # the metrics never stop the supervisor
+                logger.exception("metrics clean-up failed for an exited child pid=%d", child.pid)
             if stop.is_set() or (burst and code == 0):
                 # -SIGTERM: the forwarded signal came before the child installed its handler.
                 if code not in (0, EXIT_RECYCLE, -signal.SIGTERM):
@@ -144,4 +164,8 @@ def supervise(
                 spawn(slot)
         if not children and (stop.is_set() or len(finished) == processes):
             return 1 if unclean else 0
+        watch.fleet(
+            sum(1 for child in children.values() if child.poll() is None),
+            0 if stop.is_set() else processes - len(finished),
+        )
         time.sleep(0.1)

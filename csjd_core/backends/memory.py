@@ -73,7 +73,6 @@ class Entry:
     )
 
     # Optional attributes (unset until needed; read them with `get`).
-    due: float  # time.monotonic() when a scheduled entry becomes ready
     run_at: float | None  # the same moment as a wall-clock timestamp, for status
     started_at: float | None
     finished_at: float | None
@@ -94,6 +93,9 @@ class Entry:
         self.enqueued_at = enqueued_at
         self.state = _QUEUED
         self.attempts = 0
+        # time.monotonic() when it became (or, scheduled, becomes) ready: its `Delivery.due`.
+        # Admitted now; a recovered job counts from its recovery (no process ran it before).
+        self.due = time.monotonic()
 
     def get(self, name: str) -> Any:
         """An optional attribute, ``None`` until set."""
@@ -450,16 +452,8 @@ class MemoryBackend(Backend):
             self._end_unstarted(entry, "expired")  # never started before its expiry: never runs
             return self.fetch(0.0)
         entry.attempts += 1
-        # Due: its run_at or retry time if it waited for one, else its enqueue; from this
-        # host's wall clock, as a monotonic value (the lag is measured against the queue's clock).
-        due = getattr(entry, "run_at", None) or entry.enqueued_at
         return Delivery(
-            entry.job,
-            entry.attempts,
-            entry.max_attempts,
-            entry.attempts,
-            entry,
-            time.monotonic() - (time.time() - due),
+            entry.job, entry.attempts, entry.max_attempts, entry.attempts, entry, entry.due
         )
 
     def promote_all(self) -> None:
@@ -771,7 +765,7 @@ class MemoryBackend(Backend):
                 self._finish(entry, _CANCELLED)
             elif entry.attempts < entry.max_attempts:
                 entry.state = _QUEUED
-                entry.run_at = time.time()  # due again now (its lag counts from here)
+                entry.due = time.monotonic()  # due again now (its lag counts from here)
                 self._make_ready(entry)
                 self._ring(1)
             else:

@@ -533,6 +533,10 @@ class BaseDispatcher:
         """A consistent snapshot of this dispatcher's counters."""
         return self._counters.snapshot()
 
+    def detached_running(self) -> int:
+        """Handlers detached after their timeout whose threads still run."""
+        return self._engine.live_detached
+
     def pending(self) -> int:
         """Unfinished jobs known to this dispatcher's backend."""
         return self._backend.pending()

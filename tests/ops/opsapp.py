@@ -69,6 +69,14 @@ def explode(reason: str) -> None:
     raise RuntimeError(f"boom: {reason}")
 
 
+@app.job("flaky", takes_context=True)
+def flaky(ctx: JobContext) -> None:
+    """Fails its first attempt, succeeds on the second (a retry, then a success)."""
+    if ctx.attempt == 1:
+        raise ConnectionError("try again")
+    _record(ctx)
+
+
 def make_app() -> App:
     """A zero-argument factory (``opsapp:make_app``)."""
     return app

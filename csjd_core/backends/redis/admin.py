@@ -14,7 +14,14 @@ from csjd_core.backends.redis.keys import QueueKeys, Queues
 from csjd_core.config import DistributedConfig
 from csjd_core.errors import BackendUnavailable, DuplicateJob, InvalidJob
 from csjd_core.job import JobStatus
-from csjd_core.stats import ConsumerStats, DeadLetter, QueueCounters, QueueStats, ScheduleState
+from csjd_core.stats import (
+    ConsumerStats,
+    DeadLetter,
+    QueueCounters,
+    QueueGauges,
+    QueueStats,
+    ScheduleState,
+)
 
 __all__ = ["Admin"]
 
@@ -177,6 +184,72 @@ class Admin:
             )
         return out
 
+    def gauges(self) -> dict[str, QueueGauges]:
+        """Each consumed queue's levels in two pipelined round trips, whatever the number of
+        queues (a metrics scrape reads them: it must not load Redis): first the lengths, the
+        groups and their consumers, the counters and Redis's clock; then the consumers'
+        heartbeats and, per band, the first entry after the group's last delivered one."""
+        client = self.connection.client
+        group = self.config.group
+        queues = list(self.queues.consumed.values())
+        first = client.pipeline(transaction=False)
+        for keys in queues:
+            for stream in keys.streams:
+                first.xlen(stream)
+                first.xinfo_groups(stream)
+                first.xinfo_consumers(stream, group)
+            first.zcard(keys.delayed)
+            first.get(keys.pending)
+            first.xlen(keys.dead)
+        first.time()
+        replies = first.execute(raise_on_error=False)
+        secs, micros = replies[-1]
+        now_ms = int(secs) * 1000 + int(micros) // 1000
+        reads = iter(replies)
+        figures: list[tuple[QueueKeys, int, int, int, int, int, list[str], list[str]]] = []
+        second = client.pipeline(transaction=False)
+        for keys in queues:
+            length = in_flight = 0
+            names: set[str] = set()
+            after: list[str] = []
+            for stream in keys.streams:
+                length += _count(next(reads))
+                groups, consumers = next(reads), next(reads)
+                for info in groups if isinstance(groups, list) else []:
+                    if codec.text(info.get("name")) == group:
+                        in_flight += int(info.get("pending") or 0)
+                        last = codec.text(info.get("last-delivered-id")) or "0-0"
+                        second.xrange(stream, "(" + last, "+", count=1)
+                        after.append(stream)
+                for info in consumers if isinstance(consumers, list) else []:
+                    names.add(codec.text(info.get("name")))
+            scheduled, unfinished, dead = (_count(next(reads)) for _ in range(3))
+            ordered = sorted(names)
+            for name in ordered:
+                second.exists(keys.heartbeat(name))
+            figures.append((keys, length, in_flight, scheduled, unfinished, dead, ordered, after))
+        answers = iter(second.execute(raise_on_error=False) if len(second) else [])
+        out: dict[str, QueueGauges] = {}
+        for keys, length, in_flight, scheduled, unfinished, dead, names_, after in figures:
+            oldest: int | None = None
+            for _ in after:
+                rows = next(answers)
+                if isinstance(rows, list) and rows:
+                    ms = int(codec.text(rows[0][0]).partition("-")[0])
+                    oldest = ms if oldest is None else min(oldest, ms)
+            live = sum(1 for _ in names_ if _count(next(answers)) > 0)
+            out[keys.name] = QueueGauges(
+                name=keys.name,
+                stream_length=length,
+                in_flight=in_flight,
+                scheduled=scheduled,
+                unfinished=unfinished,
+                dead=dead,
+                consumers=live,
+                oldest_waiting_age=0.0 if oldest is None else max(0, now_ms - oldest) / 1000.0,
+            )
+        return out
+
     # -- cancel (the bulk form) ------------------------------------------------------------
     def waiting_jobs(self, queue: str | None, job_type: str | None) -> list[str]:
         """The job ids of ``queue``'s stream entries (oldest first; those a consumer holds
@@ -297,3 +370,11 @@ def _type_of(data: Any) -> str | None:
         return None
     job_type = decoded.get("type") if isinstance(decoded, dict) else None
     return job_type if isinstance(job_type, str) else None
+
+
+def _count(reply: Any) -> int:
+    """An integer reply of a pipelined read, 0 for a missing key or a refused command (no
+    group yet: no consumer of this release started)."""
+    if reply is None or isinstance(reply, Exception):
+        return 0
+    return int(reply)

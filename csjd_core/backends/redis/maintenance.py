@@ -56,6 +56,8 @@ class Maintenance:
         self.reader = reader
         self.ttl_ms = ttl_ms
         self.wake = threading.Event()
+        #: time.monotonic() of the last heartbeat Redis took (``/healthz`` reads it).
+        self.last_heartbeat: float | None = None
         #: Told ``(job_id, reason)`` when a renewal finds a held job's cancellation requested
         #: (``BackendSettings.on_cancel``).
         self.on_cancel: Callable[[str, str], None] | None = None
@@ -143,6 +145,7 @@ class Maintenance:
         for keys in self.queues.consumed.values():
             pipe.set(keys.heartbeat(self.consumer), str(time.time()), px=ttl)
         pipe.execute()
+        self.last_heartbeat = time.monotonic()
         held = self.holdings.held()
         if held:
             for delivery, ok in zip(held, self.renew(held), strict=True):
