@@ -36,6 +36,9 @@ rm -rf "$old_package"
 python benchmarks/bench_cluster.py --jobs 50000 --repeat 3
 python benchmarks/bench_fleet.py --record after
 python benchmarks/bench_failover.py --repeat 5 --json benchmarks/results/failover.json
+# docs/performance.md, "Watching": metrics, logs and traces against none.
+python benchmarks/bench_metrics.py --jobs 20000 --repeat 5 --json benchmarks/results/metrics.json
+python benchmarks/bench_tracing.py --jobs 10000 --repeat 3 --json benchmarks/results/tracing.json
 # A peer's run that fails (a timeout, a job run twice) is recorded as failed and makes run.py
 # exit 3: the other figures are still published. Any other failure stops here.
 status=0

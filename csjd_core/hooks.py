@@ -96,11 +96,20 @@ class HookRunner:
         self.active = bool(self._calls)
         #: Some hook wants the outcome of attempts (the event is only built then).
         self.wants_outcomes = any(name in self._calls for name in _OUTCOME_HOOKS)
+        # The outcome's subscribers, looked up once: `outcome` runs for every attempt.
+        self._after_attempt = tuple(self._calls.get("after_attempt", ()))
+        self._legacy = any(name in self._calls for name in _OUTCOME_HOOKS[1:])
 
     def outcome(self, outcome: AttemptOutcome) -> None:
         """Tell the hooks an attempt's outcome: ``after_attempt``, then the older hook that
         matches it (``after_succeeded``, ``after_retry_scheduled`` or ``after_failed``)."""
-        self.call("after_attempt", outcome)
+        for method in self._after_attempt:
+            try:
+                method(outcome)
+            except BaseException:  # even SystemExit: a hook must never kill a worker
+                logger.exception("hook failed hook=%r method=after_attempt", method)
+        if not self._legacy:
+            return
         error = outcome.error
         if outcome.kind is OutcomeKind.SUCCEEDED:
             self.call("after_succeeded", outcome.job, outcome.result)

@@ -50,6 +50,7 @@ from csjd_core.worker_metrics import (
 
 if TYPE_CHECKING:
     from csjd_core.distributed import RedisDistributedDispatcher
+    from csjd_core.prometheus import MultiprocessExporter, PrometheusExporter
 
 __all__ = [
     "OPTIONS",
@@ -346,11 +347,12 @@ def _run_workers(
 ) -> int:
     hooks: tuple[object, ...] = (in_flight,)
     queues = options.queues or app.distributed.queues
-    exporter = None
+    exporter: MultiprocessExporter | PrometheusExporter | None = None
+    served: PrometheusExporter | None = None
     if child:
         exporter = child_exporter(app, queues)  # its supervisor serves the port
     elif sock is not None and not options.supervised:
-        exporter = worker_exporter(app, queues)
+        exporter = served = worker_exporter(app, queues)
     if exporter is not None:
         hooks += (exporter,)
     dispatcher = worker_dispatcher(
@@ -386,9 +388,9 @@ def _run_workers(
                 watch.close()
     server = None
     if exporter is not None:
-        exporter.bind(dispatcher.detached_running)
-        if sock is not None:
-            server = serve_worker_metrics(app, dispatcher, exporter, sock)
+        exporter.bind(dispatcher.detached_running, dispatcher.running_jobs)
+    if served is not None and sock is not None:
+        server = serve_worker_metrics(app, dispatcher, served.registry, sock)
     if not child:
         announce(_banner(dispatcher, 1, needed_by, ticking, relaying))
     recycled: list[str] = []

@@ -2,9 +2,11 @@
 event and on the typed queue figures, never on counters scattered through the code.
 
 - `PrometheusExporter` is a hook (`csjd_core.hooks.Hooks`): each `AttemptOutcome` counts one
-  attempt by outcome and observes its handler duration and its lag; ``before_process`` /
-  ``after_process`` keep the in-flight gauge. Labels are only the app's registered job types and
-  configured queues: any other type or queue is counted under ``other`` and creates no series.
+  attempt by outcome and observes its handler duration and its lag, in plain integers per
+  worker thread that a scrape sums; the in-flight gauge is read from the engine at the scrape.
+  `MultiprocessExporter` writes the same figures through prometheus_client's multiprocess files
+  (a supervised child). Labels are only the app's registered job types and configured queues:
+  any other type or queue is counted under ``other`` and creates no series.
 - `QueueCollector` reads the queues' levels (`QueueGauges`) from Redis at most once per
   ``ttl`` seconds, whatever the scrape rate: one exporter per deployment (the supervisor, or
   the single worker process) serves them, never summed over processes.
@@ -21,15 +23,22 @@ import logging
 import os
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from itertools import accumulate
+from typing import TYPE_CHECKING, Any
 
 try:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
     from prometheus_client.exposition import choose_encoder
     from prometheus_client.registry import Collector
+    from prometheus_client.utils import floatToGoString
 except ImportError as exc:  # pragma: no cover - the message is the point
     raise ImportError(
         "CSJD's Prometheus metrics need the prometheus extra: pip install 'csjd[prometheus]'"
@@ -48,6 +57,7 @@ __all__ = [
     "OTHER",
     "PROCESS_METRICS",
     "QUEUE_METRICS",
+    "MultiprocessExporter",
     "ProcessCollector",
     "PrometheusExporter",
     "QueueCollector",
@@ -62,9 +72,46 @@ logger = logging.getLogger("csjd_core.metrics")
 OTHER = "other"
 
 #: Seconds: handler durations, from a millisecond to an hour.
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+DURATION_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    3600,
+)
 #: Seconds: from a job's due time to its start.
-LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+LAG_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    900,
+    3600,
+)
 
 #: Metric name → (type, labels, help): per job type and queue, told by the exporter hook.
 JOB_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -126,35 +173,74 @@ PROCESS_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     ),
 }
 
-_OUTCOMES = tuple(kind.value for kind in OutcomeKind)
+_JOB_LABELS = ("queue", "type")
+_OUTCOME_LABELS = ("queue", "type", "outcome")
 
 
-class _Series:
-    """The label children of one (queue, type): looked up once, then used directly."""
+class _Labels:
+    """The label values of jobs: a registered type and a configured queue are their own, any
+    other pair is ``other`` (cached only for registered pairs: an attacker-chosen type neither
+    creates a series nor grows the cache)."""
 
-    __slots__ = ("duration", "in_flight", "lag", "outcomes")
+    def __init__(
+        self, types: Iterable[str] | Mapping[str, Any], queues: Iterable[str], default_queue: str
+    ) -> None:
+        self._types = types if isinstance(types, Mapping) else frozenset(types)
+        self._queues = frozenset(queues) | {default_queue}
+        self._default_queue = default_queue
+        #: The labels of registered (queue, type) pairs seen so far.
+        self.known: dict[tuple[str | None, str], tuple[str, str]] = {}
 
-    def __init__(self, exporter: PrometheusExporter, queue: str, job_type: str) -> None:
-        self.outcomes = {
-            kind: exporter.attempts.labels(queue, job_type, kind.value) for kind in OutcomeKind
-        }
-        self.duration = exporter.duration.labels(queue, job_type)
-        self.lag = exporter.lag.labels(queue, job_type)
-        self.in_flight = exporter.in_flight.labels(queue, job_type)
+    def __call__(self, job: Job) -> tuple[str, str]:
+        key = (job.queue, job.type)
+        found = self.known.get(key)
+        if found is not None:
+            return found
+        queue = job.queue or self._default_queue
+        if job.type not in self._types or queue not in self._queues:
+            return (OTHER, OTHER)
+        found = self.known[key] = (queue, job.type)  # racing threads store the same value
+        return found
+
+
+class _Tally:
+    """One thread's counts, in plain integers (written by that thread only): attempts by
+    (labels, outcome), and per labels the histogram buckets' counts followed by their sum."""
+
+    __slots__ = ("attempts", "durations", "lags")
+
+    def __init__(self) -> None:
+        self.attempts: dict[tuple[tuple[str, str], OutcomeKind], int] = {}
+        self.durations: dict[tuple[str, str], list[float]] = {}
+        self.lags: dict[tuple[str, str], list[float]] = {}
+
+
+def _histogram(
+    histograms: dict[tuple[str, str], list[float]],
+    labels: tuple[str, str],
+    bounds: tuple[float, ...],
+) -> list[float]:
+    """A new histogram of ``labels`` in ``histograms``: a count per bucket of ``bounds``, the
+    +Inf bucket's, then the sum."""
+    counts = histograms[labels] = [0] * (len(bounds) + 2)
+    return counts
 
 
 class PrometheusExporter(Hooks):
-    """Counts attempts, observes durations and lags, keeps the in-flight gauge: add it to the
-    dispatcher's hooks (the worker commands do with ``--metrics-port``).
+    """Counts attempts by outcome and observes their durations and lags (the outcome event),
+    per registered job type and configured queue: add it to the dispatcher's hooks (the worker
+    commands do with ``--metrics-port``), and serve `registry`.
+
+    Each worker thread counts in plain integers of its own; a scrape sums them (the
+    ``csjd_attempts_total``, ``csjd_attempt_duration_seconds`` and ``csjd_job_lag_seconds``
+    families) and reads the in-flight attempts and detached handlers from the engine (`bind`).
+    An attempt then costs a few dictionary updates instead of a lock per metric.
 
     Args:
         types: the registered job types, or a live mapping of them (the handler registry's):
             only these become label values.
         queues: the configured queues; ``default_queue`` labels jobs without a queue.
-        registry: where the metrics are registered (default: a fresh `CollectorRegistry`; in
-            multiprocess mode pass ``None`` and ``multiprocess=True``).
-        multiprocess: the values go to prometheus_client's multiprocess files
-            (``PROMETHEUS_MULTIPROC_DIR``): gauges then sum over live processes.
+        registry: where the metrics are registered (default: a fresh `CollectorRegistry`).
     """
 
     def __init__(
@@ -164,77 +250,194 @@ class PrometheusExporter(Hooks):
         *,
         default_queue: str = "default",
         registry: CollectorRegistry | None = None,
-        multiprocess: bool = False,
     ) -> None:
-        self.registry = registry if registry is not None or multiprocess else CollectorRegistry()
-        self._types = types if isinstance(types, Mapping) else frozenset(types)
-        self._queues = frozenset(queues) | {default_queue}
-        self._default_queue = default_queue
-        # Summed over the live processes in multiprocess mode (the default, "all", would
-        # keep a series per pid, and a dead child's forever).
-        mode: Literal["livesum", "all"] = "livesum" if multiprocess else "all"
-        registry = self.registry
-        labels = ("queue", "type")
+        self.labels = _Labels(types, queues, default_queue)
+        self._known = self.labels.known
+        self._tallies: list[_Tally] = []
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._running: Callable[[], Iterable[Job]] | None = None
+        self._live_detached: Callable[[], int] | None = None
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry.register(_JobCollector(self))
+
+    def bind(self, live_detached: Callable[[], int], running: Callable[[], Iterable[Job]]) -> None:
+        """Read the detached handlers still running and the jobs running now from the engine
+        (`BaseDispatcher.detached_running`, `BaseDispatcher.running_jobs`)."""
+        self._live_detached = live_detached
+        self._running = running
+
+    def _tally(self) -> _Tally:
+        tally = _Tally()
+        with self._lock:
+            self._tallies.append(tally)
+        self._local.tally = tally
+        return tally
+
+    def after_attempt(self, outcome: AttemptOutcome) -> None:
+        try:
+            tally = self._local.tally
+        except AttributeError:
+            tally = self._tally()
+        job = outcome.job
+        labels = self._known.get((job.queue, job.type)) or self.labels(job)
+        attempts = tally.attempts
+        key = (labels, outcome.kind)
+        attempts[key] = attempts.get(key, 0) + 1
+        # Each histogram: the count of the first bucket whose bound is >= the value, and the
+        # sum (the last item); the "le" buckets are made cumulative at the scrape.
+        value = outcome.duration
+        if value is not None:
+            counts = tally.durations.get(labels) or _histogram(
+                tally.durations, labels, DURATION_BUCKETS
+            )
+            counts[bisect_left(DURATION_BUCKETS, value)] += 1
+            counts[-1] += value
+        value = outcome.lag
+        if value is not None:
+            counts = tally.lags.get(labels) or _histogram(tally.lags, labels, LAG_BUCKETS)
+            counts[bisect_left(LAG_BUCKETS, value)] += 1
+            counts[-1] += value
+
+    def families(self) -> Iterator[Any]:
+        """The job and process families, summed over the threads' tallies now."""
+        with self._lock:
+            tallies = list(self._tallies)
+        attempts: dict[tuple[tuple[str, str], OutcomeKind], int] = {}
+        durations: dict[tuple[str, str], list[float]] = {}
+        lags: dict[tuple[str, str], list[float]] = {}
+        for tally in tallies:
+            for key, count in dict(tally.attempts).items():  # dict(): one atomic copy
+                attempts[key] = attempts.get(key, 0) + count
+            for into, source in ((durations, tally.durations), (lags, tally.lags)):
+                for labels, counts in dict(source).items():
+                    total = into.setdefault(labels, [0] * len(counts))
+                    for index, value in enumerate(list(counts)):
+                        total[index] += value
+        family = CounterMetricFamily(
+            "csjd_attempts", JOB_METRICS["csjd_attempts_total"][2], labels=_OUTCOME_LABELS
+        )
+        for ((queue, job_type), kind), count in sorted(attempts.items()):
+            family.add_metric([queue, job_type, kind.value], count)
+        yield family
+        for name, bounds, histograms in (
+            ("csjd_attempt_duration_seconds", DURATION_BUCKETS, durations),
+            ("csjd_job_lag_seconds", LAG_BUCKETS, lags),
+        ):
+            histogram = HistogramMetricFamily(name, JOB_METRICS[name][2], labels=_JOB_LABELS)
+            for labels, counts in sorted(histograms.items()):
+                cumulative = list(accumulate(counts[:-1]))
+                buckets = [
+                    (floatToGoString(bound), cumulative[index])  # type: ignore[no-untyped-call]
+                    for index, bound in enumerate((*bounds, float("inf")))
+                ]
+                histogram.add_metric(list(labels), buckets, sum_value=counts[-1])
+            yield histogram
+        in_flight = GaugeMetricFamily(
+            "csjd_in_flight", JOB_METRICS["csjd_in_flight"][2], labels=_JOB_LABELS
+        )
+        running: dict[tuple[str, str], int] = {}
+        for job in self._running() if self._running is not None else ():
+            labels = self.labels(job)
+            running[labels] = running.get(labels, 0) + 1
+        for labels, count in sorted(running.items()):
+            in_flight.add_metric(list(labels), count)
+        yield in_flight
+        detached = GaugeMetricFamily(
+            "csjd_detached_handlers", PROCESS_METRICS["csjd_detached_handlers"][2]
+        )
+        detached.add_metric([], self._live_detached() if self._live_detached is not None else 0)
+        yield detached
+
+
+class _JobCollector(Collector):
+    def __init__(self, exporter: PrometheusExporter) -> None:
+        self._exporter = exporter
+
+    def collect(self) -> Iterator[Any]:
+        return self._exporter.families()
+
+
+class _Series:
+    """The label children of one (queue, type): looked up once, then used directly."""
+
+    __slots__ = ("duration", "in_flight", "lag", "outcomes")
+
+    def __init__(self, exporter: MultiprocessExporter, queue: str, job_type: str) -> None:
+        self.outcomes = {
+            kind: exporter.attempts.labels(queue, job_type, kind.value) for kind in OutcomeKind
+        }
+        self.duration = exporter.duration.labels(queue, job_type)
+        self.lag = exporter.lag.labels(queue, job_type)
+        self.in_flight = exporter.in_flight.labels(queue, job_type)
+
+
+class MultiprocessExporter(Hooks):
+    """`PrometheusExporter`'s figures written through prometheus_client's multiprocess files
+    (``PROMETHEUS_MULTIPROC_DIR``), for a supervised child: the supervisor reads every
+    child's files (custom collectors cannot be used there). Gauges sum over live processes.
+
+    Args: as `PrometheusExporter`'s, without ``registry`` (the multiprocess files are it).
+    """
+
+    def __init__(
+        self,
+        types: Iterable[str] | Mapping[str, Any],
+        queues: Iterable[str],
+        *,
+        default_queue: str = "default",
+    ) -> None:
+        self.labels = _Labels(types, queues, default_queue)
+        labels = _JOB_LABELS
+        # Summed over the live processes (the default, "all", would keep a series per pid,
+        # and a dead child's forever).
         self.attempts = Counter(
-            "csjd_attempts",
-            JOB_METRICS["csjd_attempts_total"][2],
-            [*labels, "outcome"],
-            registry=registry,
+            "csjd_attempts", JOB_METRICS["csjd_attempts_total"][2], _OUTCOME_LABELS, registry=None
         )
         self.duration = Histogram(
             "csjd_attempt_duration_seconds",
             JOB_METRICS["csjd_attempt_duration_seconds"][2],
             labels,
             buckets=DURATION_BUCKETS,
-            registry=registry,
+            registry=None,
         )
         self.lag = Histogram(
             "csjd_job_lag_seconds",
             JOB_METRICS["csjd_job_lag_seconds"][2],
             labels,
             buckets=LAG_BUCKETS,
-            registry=registry,
+            registry=None,
         )
         self.in_flight = Gauge(
             "csjd_in_flight",
             JOB_METRICS["csjd_in_flight"][2],
             labels,
-            multiprocess_mode=mode,
-            registry=registry,
+            multiprocess_mode="livesum",
+            registry=None,
         )
         self.detached = Gauge(
             "csjd_detached_handlers",
             PROCESS_METRICS["csjd_detached_handlers"][2],
-            multiprocess_mode=mode,
-            registry=registry,
+            multiprocess_mode="livesum",
+            registry=None,
         )
-        self._series: dict[tuple[str | None, str], _Series] = {}
+        self._series: dict[tuple[str, str], _Series] = {}
         self._lock = threading.Lock()
-        self._other = self._make(OTHER, OTHER)
         self._live_detached: Callable[[], int] | None = None
 
-    def bind(self, live_detached: Callable[[], int]) -> None:
+    def bind(self, live_detached: Callable[[], int], running: Callable[[], Iterable[Job]]) -> None:
         """Read the detached handlers still running from ``live_detached`` (the engine's)."""
         self._live_detached = live_detached
 
-    def _make(self, queue: str, job_type: str) -> _Series:
-        return _Series(self, queue, job_type)
-
     def series(self, job: Job) -> _Series:
-        """The label children of ``job``'s queue and type: ``other`` for an unregistered type
-        or a queue not configured (cached only for registered pairs: an attacker-chosen type
-        neither creates a series nor grows this cache)."""
-        key = (job.queue, job.type)
-        found = self._series.get(key)
-        if found is not None:
-            return found
-        queue = job.queue or self._default_queue
-        if job.type not in self._types or queue not in self._queues:
-            return self._other
-        with self._lock:
-            found = self._series.get(key)
-            if found is None:
-                found = self._series[key] = self._make(queue, job.type)
+        """The label children of ``job``'s labels (`_Labels`), made once."""
+        labels = self.labels(job)
+        found = self._series.get(labels)
+        if found is None:
+            with self._lock:
+                found = self._series.get(labels)
+                if found is None:
+                    found = self._series[labels] = _Series(self, *labels)
         return found
 
     # -- hooks -----------------------------------------------------------------------------

@@ -26,9 +26,11 @@ from csjd_core.metrics_server import MetricsServer, redis_worker_health
 from csjd_core.supervisor import FleetWatch
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from csjd_core.app import App
     from csjd_core.distributed import RedisDistributedDispatcher
-    from csjd_core.prometheus import PrometheusExporter
+    from csjd_core.prometheus import MultiprocessExporter, PrometheusExporter
 
 __all__ = [
     "MULTIPROC_ENV",
@@ -43,31 +45,37 @@ __all__ = [
 MULTIPROC_ENV = "CSJD_METRICS_MULTIPROC"
 
 
-def worker_exporter(
-    app: App, queues: Sequence[str], *, multiprocess: bool = False
-) -> PrometheusExporter:
-    """The exporter hook of a worker consuming ``queues`` (the first is the default queue):
-    labels from the app's handler registry, read live.
+def worker_exporter(app: App, queues: Sequence[str]) -> PrometheusExporter:
+    """The exporter hook of a single worker process consuming ``queues`` (the first is the
+    default queue): labels from the app's handler registry, read live.
 
     Raises:
         CSJDError: prometheus_client is not installed (the ``prometheus`` extra).
     """
-    try:
-        from csjd_core.prometheus import PrometheusExporter  # noqa: PLC0415
-    except ImportError as exc:
-        raise CSJDError(f"--metrics-port: {exc}") from exc
-
-    return PrometheusExporter(
-        app.registry.handlers, queues, default_queue=queues[0], multiprocess=multiprocess
+    exporter: PrometheusExporter = _prometheus().PrometheusExporter(
+        app.registry.handlers, queues, default_queue=queues[0]
     )
+    return exporter
 
 
-def child_exporter(app: App, queues: Sequence[str]) -> PrometheusExporter | None:
+def child_exporter(app: App, queues: Sequence[str]) -> MultiprocessExporter | None:
     """A supervised child's exporter (its values to the supervisor's directory), or ``None``
     when the supervisor serves no metrics."""
     if not os.environ.get(MULTIPROC_ENV) or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return None
-    return worker_exporter(app, queues, multiprocess=True)
+    exporter: MultiprocessExporter = _prometheus().MultiprocessExporter(
+        app.registry.handlers, queues, default_queue=queues[0]
+    )
+    return exporter
+
+
+def _prometheus() -> Any:
+    """`csjd_core.prometheus`, or a `CSJDError` naming the extra it needs."""
+    try:
+        from csjd_core import prometheus  # noqa: PLC0415
+    except ImportError as exc:
+        raise CSJDError(f"--metrics-port: {exc}") from exc
+    return prometheus
 
 
 def _queue_collector(app: App, dispatcher: RedisDistributedDispatcher) -> Any:
@@ -83,15 +91,13 @@ def _queue_collector(app: App, dispatcher: RedisDistributedDispatcher) -> Any:
 def serve_worker_metrics(
     app: App,
     dispatcher: RedisDistributedDispatcher,
-    exporter: PrometheusExporter,
+    registry: CollectorRegistry,
     sock: socket.socket,
 ) -> MetricsServer:
-    """Serve a single worker process's registry (``exporter``'s, with the queue gauges added)
-    and its health on ``sock``: the server, started."""
+    """Serve a single worker process's ``registry`` (its exporter's, to which the queue gauges
+    are added) and its health on ``sock``: the server, started."""
     from csjd_core.prometheus import exposition  # noqa: PLC0415
 
-    registry = exporter.registry
-    assert registry is not None
     registry.register(_queue_collector(app, dispatcher))
     server = MetricsServer(
         sock, lambda accept: exposition(registry, accept), redis_worker_health(dispatcher)

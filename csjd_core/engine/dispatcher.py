@@ -537,6 +537,10 @@ class BaseDispatcher:
         """Handlers detached after their timeout whose threads still run."""
         return self._engine.live_detached
 
+    def running_jobs(self) -> list[Job]:
+        """The jobs whose attempts run on this dispatcher's workers now."""
+        return self._engine.running_jobs()
+
     def pending(self) -> int:
         """Unfinished jobs known to this dispatcher's backend."""
         return self._backend.pending()

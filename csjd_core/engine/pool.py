@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from csjd_core.backends.base import AttemptError, Backend, Delivery
 from csjd_core.config import EngineConfig
@@ -22,6 +22,9 @@ from csjd_core.errors import InvalidJob, PermanentError, describe_error, format_
 from csjd_core.hooks import HookRunner
 from csjd_core.job import check_json, timeout_seconds
 from csjd_core.limits import MAX_ERROR_TEXT, clip_text
+
+if TYPE_CHECKING:
+    from csjd_core.job import Job
 from csjd_core.metrics import Counters, Tally
 
 __all__ = ["Engine"]
@@ -412,8 +415,10 @@ class Engine:
                 tally.processed += 1
                 tally.succeeded += 1
                 tally.seq += 1
-                if logger.isEnabledFor(logging.INFO):
-                    logger.info(
+                # DEBUG: at INFO, a line per job would cost a busy worker more than its jobs
+                # (docs/observability.md, "Structured logs"); failures are WARNING and ERROR.
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
                         "job succeeded id=%r type=%r attempt=%d/%d duration=%.3fs",
                         job.id,
                         job.type,
@@ -455,6 +460,14 @@ class Engine:
             )
             return False
         return True
+
+    def running_jobs(self) -> list[Job]:
+        """The jobs whose attempts run now (registered for cancellation; a scrape's view)."""
+        return [
+            ctx._delivery.job  # the engine made each context with its delivery
+            for ctx in list(self.running.values())
+            if ctx._delivery is not None
+        ]
 
     def _unregister(self, ctx: JobContext) -> None:
         running = self.running

@@ -48,7 +48,7 @@ def handler(ctx: JobContext, job: Job) -> Any:
 def test_one_record_per_attempt_with_the_outcome_events_figures(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="csjd_core.engine")
+    caplog.set_level(logging.DEBUG, logger="csjd_core.engine")
     hooks = Recorder()
     dispatcher = Dispatcher(Config(retry=FAST, default_max_attempts=2, hooks=(hooks,)))
     dispatcher.register_handler("t", handler)

@@ -47,6 +47,8 @@ def test_example_worker_with_supervised_children_runs_the_jobs(
                 "2",
                 "--log-format",
                 "json",
+                "--log-level",
+                "DEBUG",
             ],
             cwd=FLASK_EXAMPLE,
             env=flask_env(redis_config),

@@ -28,7 +28,7 @@ def test_a_json_worker_logs_one_object_per_attempt_with_its_fields(cli: Cli) -> 
     ok = cli.enqueue([f"ok{i}" for i in range(5)])
     bad = cli.enqueue(["bad0", "bad1"], type="explode", args=["<x>"], max_attempts=2)
 
-    result = cli.run("worker", APP, "--burst", "--log-format", "json")
+    result = cli.run("worker", APP, "--burst", "--log-format", "json", "--log-level", "debug")
 
     assert result.returncode == 0, result.stderr
     records = json_lines(result.stderr)
@@ -50,7 +50,7 @@ def test_a_json_worker_logs_one_object_per_attempt_with_its_fields(cli: Cli) -> 
         assert record["terminal"] is (outcome != "retried")
         assert (record["retry_in"] is not None) is (outcome == "retried")
         if outcome == "succeeded":
-            assert record["level"] == "INFO"
+            assert record["level"] == "DEBUG"
             assert record["job_type"] == "record"
             assert record["error_class"] is None
         else:
@@ -61,27 +61,27 @@ def test_a_json_worker_logs_one_object_per_attempt_with_its_fields(cli: Cli) -> 
             assert "RuntimeError: boom: <x>" in record["exception"]  # the traceback's text
 
 
-def test_the_text_format_prints_a_line_per_attempt(cli: Cli) -> None:
+def test_the_text_format_prints_a_line_per_attempt_at_debug(cli: Cli) -> None:
     cli.enqueue(["t0", "t1"])
 
-    result = cli.run("worker", APP, "--burst")
+    result = cli.run("worker", APP, "--burst", "--log-level", "debug")
 
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if "job succeeded" in line]
     assert len(lines) == 2
-    assert " INFO csjd_core.engine job succeeded id='t" in lines[0]
+    assert " DEBUG csjd_core.engine job succeeded id='t" in lines[0]
     assert "duration=" in lines[0]
 
 
-def test_json_before_the_command_applies_too_and_warning_hides_successes(cli: Cli) -> None:
+def test_json_before_the_command_applies_too_and_info_logs_only_the_problems(cli: Cli) -> None:
     cli.enqueue(["w0"])
     cli.enqueue(["w1"], type="explode", args=["x"], max_attempts=1)
 
-    result = cli.run("--log-format", "json", "--log-level", "warning", "worker", APP, "--burst")
+    result = cli.run("--log-format", "json", "worker", APP, "--burst")
 
     assert result.returncode == 0, result.stderr
     records = json_lines(result.stderr)
-    assert [r["job_id"] for r in records if "outcome" in r] == ["w1"]
+    assert [r["job_id"] for r in records if "outcome" in r] == ["w1"]  # the default: INFO
 
 
 def test_a_bad_log_format_is_a_usage_error(cli: Cli) -> None:
