@@ -16,6 +16,7 @@ from csjd_core.app import App, JobFunction, JobHandle, Mode
 from csjd_core.engine.dispatcher import BaseDispatcher
 from csjd_core.errors import SettingsError
 from csjd_core.job import Job
+from csjd_core.web_metrics import WebMetrics, install_web_metrics, metrics_settings
 from csjd_django.outbox import OUTBOX_IN_MEMORY, DjangoOutbox, outbox_settings
 
 __all__ = ["DjangoApp", "DjangoJobFunction"]
@@ -68,6 +69,8 @@ class DjangoApp(App):
         self.outbox_by_database: dict[str, DjangoOutbox] = {}
         self._ticking: tuple[int, bool] | None = None  # (pid, ticks) once decided
         self._ticking_failed: tuple[int, float] | None = None  # (pid, monotonic time)
+        #: What ``csjd_django.metrics.metrics_view`` serves (``None``: ``CSJD_METRICS`` off).
+        self.web_metrics: WebMetrics | None = None
 
     def configure_from_settings(self) -> None:
         """Apply ``settings.CSJD_*`` once (until `reset`), ``CSJD_SCHEDULE`` included.
@@ -76,13 +79,18 @@ class DjangoApp(App):
             SettingsError: a bad or unknown ``CSJD_*`` setting (``manage.py check`` lists
                 them all).
         """
-        from csjd_django.conf import in_memory, options_from_settings  # noqa: PLC0415
+        from csjd_django.conf import (  # noqa: PLC0415
+            csjd_settings,
+            in_memory,
+            options_from_settings,
+        )
         from csjd_django.schedules import install_schedules  # noqa: PLC0415
 
         with self._lock:
             if not self._configured:
                 options = options_from_settings()
                 outbox = outbox_settings()
+                metrics = metrics_settings(csjd_settings())
                 if outbox.databases and in_memory(options):
                     raise SettingsError("CSJD_OUTBOX", OUTBOX_IN_MEMORY)
                 self.configure(**options)
@@ -96,6 +104,8 @@ class DjangoApp(App):
                     for alias in relayed
                 }
                 self.outboxes = tuple(self.outbox_by_database.values())
+                # Last: in-process, its exporter joins the hooks of the dispatcher to be built.
+                self.web_metrics = install_web_metrics(self, metrics)
                 self._configured = True
 
     def enqueue_on_commit(self, job: Job, *, using: str | None = None) -> None:

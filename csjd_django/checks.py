@@ -13,8 +13,9 @@ from django.utils import timezone
 
 from csjd_core.app import Mode
 from csjd_core.errors import SettingsError
+from csjd_core.web_metrics import metrics_settings
 from csjd_django import schedules
-from csjd_django.conf import in_memory, options_from_settings
+from csjd_django.conf import csjd_settings, in_memory, options_from_settings
 from csjd_django.outbox import OUTBOX_IN_MEMORY, DjangoOutbox, outbox_settings
 
 __all__ = ["check_outbox_relays", "check_schedules", "check_settings"]
@@ -27,7 +28,8 @@ RELAY_SILENCE = timedelta(minutes=5)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """csjd.E001 bad value, csjd.E002 unknown setting, csjd.W001 in-process without a store;
     ``CSJD_SCHEDULE`` (`check_schedules`): csjd.E020-E023, csjd.W002; the outbox: csjd.E030
-    (in memory), csjd.E031 (a bad ``CSJD_OUTBOX*`` value)."""
+    (in memory), csjd.E031 (a bad ``CSJD_OUTBOX*`` value); csjd.E040 a bad ``CSJD_METRICS*``
+    value, or metrics on without prometheus_client."""
     try:
         options = options_from_settings()
     except SettingsError as exc:
@@ -45,6 +47,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         ]
     messages: list[checks.CheckMessage] = []
+    try:
+        metrics_settings(csjd_settings())
+    except SettingsError as exc:
+        messages.append(
+            checks.Error(
+                str(exc),
+                hint='See docs/observability.md, "Web processes".',
+                obj=exc.setting,
+                id="csjd.E040",
+            )
+        )
     memory_only = in_memory(options)
     if memory_only:
         messages.append(

@@ -8,16 +8,17 @@ from django.conf import settings
 
 from csjd_core.app import Mode
 from csjd_core.settings import app_options
+from csjd_core.web_metrics import SETTINGS as METRICS_SETTINGS
 from csjd_django.hooks import CloseOldConnections, TaskSignals
 
 __all__ = ["DJANGO_ONLY", "csjd_settings", "in_memory", "options_from_settings"]
 
 
-#: ``CSJD_*`` settings of Django's own, not `App` options (read by `csjd_django.schedules`
-#: and `csjd_django.outbox`).
+#: ``CSJD_*`` settings of Django's own, not `App` options (read by `csjd_django.schedules`,
+#: `csjd_django.outbox` and, for the metrics view, `csjd_core.web_metrics`).
 DJANGO_ONLY = frozenset(
     {"CSJD_SCHEDULE", "CSJD_OUTBOX", "CSJD_OUTBOX_NOTIFY", "CSJD_OUTBOX_POLL_INTERVAL"}
-)
+) | frozenset(METRICS_SETTINGS)
 
 
 def csjd_settings() -> dict[str, Any]:

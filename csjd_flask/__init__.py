@@ -1,5 +1,6 @@
 """CSJD for Flask: ``csjd = CSJD(app)`` (or ``CSJD()`` + ``init_app(app)``), ``@csjd.job``,
 ``flask csjd run``; ``csjd.dashboard_blueprint(authorize=...)`` for the jobs dashboard;
+``csjd.metrics_blueprint()`` for Prometheus;
 ``CSJD(app, outbox=db)`` + ``delay_on_commit`` for the transactional
 outbox. Configuration is the ``CSJD_*`` keys of ``app.config`` (docs/flask.md)."""
 
@@ -12,6 +13,7 @@ from csjd_flask.extension import (
     NoAppContext,
     NotInitialized,
 )
+from csjd_flask.metrics import MetricsRefused
 from csjd_flask.outbox import NoOutbox
 
 __all__ = [  # noqa: RUF022 - plainly sorted, as csjd_core's (a test checks it)
@@ -20,6 +22,7 @@ __all__ = [  # noqa: RUF022 - plainly sorted, as csjd_core's (a test checks it)
     "CSJDState",
     "DashboardRefused",
     "FlaskJobFunction",
+    "MetricsRefused",
     "NoAppContext",
     "NoOutbox",
     "NotInitialized",

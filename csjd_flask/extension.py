@@ -25,6 +25,8 @@ from csjd_core.job import Job, JobStatus
 from csjd_core.jobs import JobFunction, JobHandle, JobRegistry
 from csjd_core.periodic import Every, Schedule
 from csjd_core.settings import app_options
+from csjd_core.web_metrics import SETTINGS as METRICS_SETTINGS
+from csjd_core.web_metrics import WebMetrics, install_web_metrics, metrics_settings
 from csjd_flask.outbox import SETTINGS as OUTBOX_SETTINGS
 from csjd_flask.outbox import FlaskOutbox, NoOutbox
 
@@ -177,15 +179,17 @@ class _InAppContext:
 
 
 class CSJDState:
-    """What ``app.extensions["csjd"]`` holds: the extension, this app's core `App`, and its
-    outbox (``CSJD(app, outbox=db)``; ``None`` without)."""
+    """What ``app.extensions["csjd"]`` holds: the extension, this app's core `App`, its
+    outbox (``CSJD(app, outbox=db)``; ``None`` without) and what its metrics view serves
+    (``CSJD_METRICS``; ``None`` when off)."""
 
-    __slots__ = ("core", "extension", "outbox")
+    __slots__ = ("core", "extension", "metrics", "outbox")
 
     def __init__(self, extension: CSJD, core: App, outbox: FlaskOutbox | None = None) -> None:
         self.extension = extension
         self.core = core
         self.outbox = outbox
+        self.metrics: WebMetrics | None = None
 
     @classmethod
     def of(cls, app: Flask, *, job_type: str | None = None) -> CSJDState:
@@ -282,9 +286,9 @@ class CSJD:
                 "not a Flask setting: give the extension your Flask-SQLAlchemy db, "
                 "CSJD(app, outbox=db) or csjd.init_app(app, outbox=db) (see docs/flask.md)",
             )
-        core = App(
-            name=app.name, **app_options(settings, hooks=self.hooks, framework=OUTBOX_SETTINGS)
-        )
+        metrics = metrics_settings(settings)
+        framework = (*OUTBOX_SETTINGS, *METRICS_SETTINGS)
+        core = App(name=app.name, **app_options(settings, hooks=self.hooks, framework=framework))
         db = outbox if outbox is not None else self.outbox
         flask_outbox = None if db is None else FlaskOutbox(app, core, db, settings)
         if flask_outbox is not None and flask_outbox.outbox is not None:
@@ -293,6 +297,8 @@ class CSJD:
         with self._lock:
             for job in self._definitions.jobs.values():
                 state.register(app, cast(FlaskJobFunction[Any, Any], job))
+            # In-process, its exporter joins the hooks of the dispatcher to be built.
+            state.metrics = install_web_metrics(core, metrics)
             app.extensions[EXTENSION_KEY] = state
             self._apps.add(app)
         app.cli.add_command(csjd_group)
@@ -490,6 +496,29 @@ class CSJD:
             user_name=user_name,
             name=name,
         )
+
+    def metrics_blueprint(
+        self, *, authorize: Callable[[], bool] | None = None, name: str = "csjd_metrics"
+    ) -> Blueprint:
+        """The Prometheus metrics of the apps this extension is initialised on, at
+        ``/metrics`` of a blueprint to register: ``app.register_blueprint(
+        csjd.metrics_blueprint())`` with ``CSJD_METRICS_TOKEN`` (or ``CSJD_METRICS = True``
+        and ``authorize``) in the app's config (docs/observability.md, "Web processes").
+
+        Args:
+            authorize: called on a request without an ``Authorization`` header: True lets it
+                read the metrics, False answers 403. Required unless the app sets
+                ``CSJD_METRICS_TOKEN``.
+            name: the blueprint's name.
+
+        Raises:
+            MetricsRefused: (when registered) the app is not initialised with this extension,
+                has metrics off, or has neither a token nor ``authorize``.
+            TypeError: ``authorize`` is not callable.
+        """
+        from csjd_flask.metrics import metrics_blueprint  # noqa: PLC0415
+
+        return metrics_blueprint(self, authorize=authorize, name=name)
 
     def __repr__(self) -> str:
         return f"<CSJD jobs={len(self._definitions.jobs)}>"
