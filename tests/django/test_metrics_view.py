@@ -182,7 +182,9 @@ def _commands(client: Any) -> int:
     """Commands Redis has run since the last ``CONFIG RESETSTAT``, these reads left out."""
     stats = client.info("commandstats")
     return sum(
-        v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config|resetstat")
+        v["calls"]
+        for k, v in stats.items()
+        if k not in ("cmdstat_info", "cmdstat_config|resetstat")
     )
 
 
