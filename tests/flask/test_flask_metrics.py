@@ -14,6 +14,7 @@ from flask import Flask
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 
+from csjd_core import web_metrics
 from csjd_core.errors import SettingsError
 from csjd_flask import CSJD, MetricsRefused
 
@@ -142,6 +143,27 @@ def test_redis_mode_serves_the_queue_gauges(
     assert value(scraped, "csjd_queue_unfinished", queue="default") == waiting
     assert value(scraped, "csjd_queue_dead_letters", queue="default") == 0
     assert not [key for key in scraped if key[0].startswith("csjd_attempt")]
+
+
+def test_redis_down_is_a_counted_scrape_error_not_a_failed_scrape(
+    make_app: Callable[..., Flask],
+    redis_config: dict[str, Any],
+    redis_server_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(web_metrics, "QUEUE_TTL", 0.0)  # every scrape reads Redis
+    server = redis_server_factory()  # its own: the test kills it
+    config = {**redis_config, "CSJD_REDIS_URL": server.url, "CSJD_METRICS_TOKEN": TOKEN}
+    app = with_blueprint(make_app(**config))
+    with app.app_context():
+        flaskjobs.greet.delay("before")
+    scraped = scrape(app)
+    assert value(scraped, "csjd_queue_waiting", queue="default") == 1
+    assert value(scraped, "csjd_queue_scrape_errors_total") == 0
+    server.kill()
+    scraped = scrape(app)  # still 200: the failure is a figure
+    assert value(scraped, "csjd_queue_scrape_errors_total") == 1
+    assert not [key for key in scraped if key[0] == "csjd_queue_waiting"]
 
 
 # -- bad settings ------------------------------------------------------------------------------
