@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from csjd_core.distributed import RedisDistributedDispatcher
+    from csjd_core.job import Job
     from csjd_core.prometheus import PrometheusExporter
 
 __all__ = [
@@ -165,9 +166,10 @@ class WebMetrics:
         # Labels: the registered types (read live) and the queues the app's jobs name.
         queues = {job.queue for job in app.jobs.values() if job.queue}
         self.exporter = PrometheusExporter(app.registry.handlers, sorted(queues))
-        registry = self.exporter.registry
-        assert registry is not None  # its own registry (not multiprocess)
-        self.registry = registry
+        # In flight and detached are read from the engine at the scrape: this process's
+        # dispatcher then (rebuilt after a `stop`).
+        self.exporter.bind(self._detached, self._running)
+        self.registry = registry = self.exporter.registry
         registry.register(ProcessCollector(self._pending))
         if outboxes is not None:
             registry.register(QueueCollector(dict, outboxes=outboxes, ttl=ttl))
@@ -176,10 +178,14 @@ class WebMetrics:
         dispatcher: RedisDistributedDispatcher = self.app.dispatcher  # type: ignore[assignment]
         return dispatcher.backend.admin.gauges()
 
+    def _detached(self) -> int:
+        return self.app.dispatcher.detached_running()
+
+    def _running(self) -> list[Job]:
+        return self.app.dispatcher.running_jobs()
+
     def _pending(self) -> int:
         dispatcher = self.app.dispatcher
-        if self.exporter is not None:  # the detached-handler gauge reads this dispatcher's
-            self.exporter.bind(dispatcher.detached_running)
         return dispatcher.pending() if dispatcher.started else 0
 
     @property

@@ -200,6 +200,17 @@ def test_inprocess_mode_counts_this_process_attempts_exactly(client: Client) -> 
         jobs.flaky.apply_async(args=[0], queue="attacker-queue")  # a queue no job names
         with pytest.raises(UnknownJobType):  # refused at admission: counted nowhere
             csjd.app.enqueue(Job(id="stranger", type="attacker-chosen-type"))
+        jobs.PROGRESS_GATE.clear()
+        jobs.PROGRESS_REPORTED.clear()
+        jobs.report_progress.delay("held", hold=True)  # runs until the gate opens
+        try:
+            assert jobs.PROGRESS_REPORTED.wait(10)
+            running = scrape(client)
+            held = {"queue": "default", "type": "progress.report"}
+            assert value(running, "csjd_in_flight", **held) == 1
+            assert (value(running, "csjd_pending_jobs") or 0) >= 1  # the held one at least
+        finally:
+            jobs.PROGRESS_GATE.set()
         assert csjd.wait(timeout=20)
         scraped = scrape(client)
     attempts = "csjd_attempts_total"
@@ -208,11 +219,12 @@ def test_inprocess_mode_counts_this_process_attempts_exactly(client: Client) -> 
     assert value(scraped, attempts, **q, type="flaky", outcome="succeeded") == flakies
     assert value(scraped, attempts, **q, type="always.fails", outcome="failed") == failures
     assert value(scraped, attempts, queue="other", type="other", outcome="succeeded") == 1
+    assert value(scraped, attempts, **q, type="progress.report", outcome="succeeded") == 1
     total = sum(v for (name, _), v in scraped.items() if name == attempts)
-    assert total == 2 * flakies + failures + 1  # nothing else was counted
+    assert total == 2 * flakies + failures + 2  # nothing else was counted
     count = "csjd_attempt_duration_seconds_count"
     assert value(scraped, count, **q, type="flaky") == 2 * flakies
-    assert value(scraped, "csjd_in_flight", **q, type="flaky") == 0
+    assert not [key for key in scraped if key[0] == "csjd_in_flight"]  # none runs now
     assert value(scraped, "csjd_pending_jobs") == 0
     labels = {v for _, pairs in scraped for _, v in pairs}
     assert "attacker-chosen-type" not in labels
