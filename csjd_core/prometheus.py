@@ -72,46 +72,13 @@ logger = logging.getLogger("csjd_core.metrics")
 OTHER = "other"
 
 #: Seconds: handler durations, from a millisecond to an hour.
+# fmt: off
 DURATION_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-    30,
-    60,
-    300,
-    3600,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600,
 )
-#: Seconds: from a job's due time to its start.
-LAG_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-    30,
-    60,
-    300,
-    900,
-    3600,
-)
+# fmt: on
+#: Seconds: from a job's due time to its start (a backlog can wait longer than a handler runs).
+LAG_BUCKETS = (*DURATION_BUCKETS[:-1], 900, 3600)
 
 #: Metric name → (type, labels, help): per job type and queue, told by the exporter hook.
 JOB_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
