@@ -65,6 +65,10 @@ class Maintenance:
         self.term_ms = max(1, int(config.claim_interval * 1000))
         #: Per queue, the terms this consumer began as its maintainer (elected, not extended).
         self.terms = dict.fromkeys(queues.consumed, 0)
+        #: Monotonic time from which this consumer may stand for maintainer again: one lease
+        #: after Redis answered following an outage (``None``: unreachable now). See
+        #: `may_maintain`.
+        self.maintain_from: float | None = 0.0
 
     def run(self) -> None:
         """The maintenance thread: until the consumer stops."""
@@ -74,7 +78,10 @@ class Maintenance:
         next_beat = next_claim = next_progress = 0.0
         # Progress rides this thread, never a worker's (ctx.set_progress only keeps a value).
         progress_every = min(PROGRESS_INTERVAL, config.heartbeat_interval)
-        backoff = Backoff()
+        # Retried at most every heartbeat_interval (the cadence of renewals, so no more calls
+        # than when Redis is up): back from an outage, the leases are renewed within one
+        # heartbeat, well before `may_maintain` lets any reclaimer take them.
+        backoff = Backoff(cap=min(5.0, config.heartbeat_interval))
         while holdings.consuming:
             now = time.monotonic()
             try:
@@ -94,9 +101,11 @@ class Maintenance:
                     now >= next_claim
                     and not holdings.stopping
                     and self.reader.own_pending_read.is_set()
+                    and self.may_maintain(now)
                 ):
                     self.maintain()
                     next_claim = now + config.claim_interval
+                self.reachable()
                 backoff.reset()
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
@@ -109,6 +118,7 @@ class Maintenance:
                 continue
             except REDIS_DOWN as exc:
                 logger.warning("redis unreachable in maintenance error=%s", exc)
+                self.maintain_from = None
                 backoff.sleep(lambda: not holdings.consuming)
                 continue
             except Exception:  # without this thread no lease is renewed: it must live on
@@ -118,6 +128,30 @@ class Maintenance:
             wake = min([*next_promote.values(), next_beat, next_claim, next_progress])
             if holdings.consuming:
                 self.wake.wait(max(0.005, min(0.25, wake - time.monotonic())))
+
+    def may_maintain(self, now: float) -> bool:
+        """Whether this consumer may stand for maintainer (and so reclaim) now: not within one
+        lease of Redis answering again after an outage.
+
+        An outage stops every renewal, and a restarted Redis (or a promoted replica) measures a
+        pending entry's idle time from its last delivery or renewal by the wall clock, outage
+        included: every entry held when Redis went away looks expired when it comes back,
+        though its holder may be alive, running the job or holding its outcome. The holders
+        renew within one heartbeat_interval of Redis's return (their retries are capped at
+        it), so after one lease only the entries of consumers that really stopped are idle.
+        """
+        return self.maintain_from is not None and now >= self.maintain_from
+
+    def reachable(self) -> None:
+        """Redis answered a whole maintenance round: if it had been unreachable, reclaiming
+        waits one lease from now (`may_maintain`)."""
+        if self.maintain_from is None:
+            self.maintain_from = time.monotonic() + self.config.lease
+            logger.info(
+                "redis reachable again; reclaiming waits one lease for live consumers to "
+                "renew theirs lease=%.3f",
+                self.config.lease,
+            )
 
     def promote(self, keys: QueueKeys) -> tuple[int, int]:
         """Move due jobs of one queue to its stream (promote.lua): how many, and milliseconds

@@ -162,12 +162,19 @@ class Outcomes:
 
     # -- recording -------------------------------------------------------------------------
     def settle_sync(self, delivery: Delivery, op: dict[str, Any]) -> bool:
-        """Record one outcome now (group-committed with other workers'); retried until the
-        lease runs out while Redis is unreachable, and for as long as the queue's slot is being
-        migrated (the lease is renewed meanwhile: renew.lua needs only the stream)."""
-        self.holdings.settling_now(delivery)
+        """Record one outcome now (group-committed with other workers'); retried for as long as
+        Redis is unreachable or the queue's slot is being migrated (the lease is renewed
+        meanwhile: renew.lua needs only the stream).
+
+        Giving up while Redis is down would throw away the outcome of a job that ran, and the
+        job would run again once reclaimed: a retry is safe instead, as settle.lua is fenced (if
+        another consumer took the entry meanwhile, the outcome is refused). Only a consumer
+        that stopped consuming (closed) gives up, after one lease.
+        """
+        holdings = self.holdings
+        holdings.settling_now(delivery)
         deadline = time.monotonic() + self.config.lease
-        backoff = Backoff()
+        backoff = Backoff(cap=min(5.0, self.config.heartbeat_interval))
         while True:
             try:
                 flag = self._group_commit.settle(delivery.ref[0], op)
@@ -176,9 +183,9 @@ class Outcomes:
                     delivery.cancel = delivery.cancel or "cancelled"
                 break
             except REDIS_DOWN as exc:
-                if time.monotonic() >= deadline:
+                if not holdings.consuming and time.monotonic() >= deadline:
                     logger.error(
-                        "could not record an outcome before the lease ran out; the job "
+                        "could not record an outcome before the consumer closed; the job "
                         "will be reclaimed and may run again id=%r error=%s",
                         delivery.job.id,
                         exc,
@@ -190,7 +197,7 @@ class Outcomes:
                     delivery.job.id,
                     exc,
                 )
-                backoff.sleep(lambda: False)
+                backoff.sleep(lambda: not holdings.consuming and time.monotonic() >= deadline)
             except SLOT_MIGRATING as exc:
                 # Redis refuses settle.lua while the slot migrates (its keys split between two
                 # nodes, or one missing): nothing ran. Giving up would leave the entry to a
