@@ -13,7 +13,7 @@ from ops_support import APP, Cli, states
 
 
 def test_cancel_by_id(cli: Cli, redis_client: Any) -> None:
-    cli.enqueue(["busy"], args=[4])  # (`record` sleeps through its cancellation)
+    cli.enqueue(["busy"], args=[2.5])  # (`record` sleeps through its cancellation)
     cli.enqueue(["waiting", "later-one"])
     cli.enqueue(["later"], run_at=datetime.now(UTC) + timedelta(hours=1))
     worker = cli.start("worker", APP, "--workers", "1")

@@ -21,7 +21,7 @@ from csjd_core.testing import wait_until
 
 ENQUEUED = re.compile(r"schedule enqueued name=tick id=(\S+)")
 MISSED = re.compile(r"schedule slots missed while no ticker ran name=tick not_enqueued=(\d+)")
-LIVES = 3  # the first start and two restarts
+LIVES = 2  # the first start and a restart after a kill (the second life is killed too)
 DOWN = 2.5  # seconds between a kill and the restart: at least two slots with nobody ticking
 
 

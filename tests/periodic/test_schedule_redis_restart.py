@@ -28,7 +28,10 @@ OUTAGE_TICKS = 3  # failed ticks each worker logs while Redis is down (one a sec
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("how", ["sigkill", "shutdown"])
+@pytest.mark.parametrize(
+    "how",
+    ["sigkill", pytest.param("shutdown", marks=pytest.mark.soak)],  # 9 s each
+)
 def test_workers_tick_on_after_a_redis_restart_and_enqueue_no_slot_twice(
     fleets: Callable[..., Fleet],
     redis_server_factory: Callable[..., RedisServerProcess],
