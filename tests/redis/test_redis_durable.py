@@ -347,13 +347,14 @@ def test_a_durable_submit_follows_its_queue_to_another_master(redis_cluster_fact
     master (``_run_replicated`` follows the redirection on its own connection)."""
     cluster = redis_cluster_factory(masters=3, replicas=1)
     slot = key_slot(b"default")
+    source = cluster.owner(slot)
+    target = next(m for m in cluster.masters if m is not source)
+    wait_until(lambda: caught_up(source), DEADLINE, interval=0.01)  # its replica acknowledges
     p = RedisDistributedDispatcher(
         RedisConfig(url=cluster.url), fast_config(durable_enqueue=True, durable_timeout=2.0)
     )
     try:
         p.submit(Job("before", "work"))  # the slot table is read, the owner named
-        source = cluster.owner(slot)
-        target = next(m for m in cluster.masters if m is not source)
         moved = cluster.move_slot(slot, target)
         wait_until(lambda: caught_up(target), DEADLINE, interval=0.01)  # owns the slot now
         assert moved.keys > 0
