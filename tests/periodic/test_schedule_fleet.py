@@ -24,11 +24,9 @@ from csjd_core.testing import wait_until
 WORKER_THREADS = 2  # schedapp's workers per process: the runs a SIGKILL can leave half done
 
 
+@pytest.mark.soak  # the default tier's fleet tests: test_schedule_workers.py
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize(
-    "seconds",
-    [pytest.param(8, id="8s"), pytest.param(30, id="30s", marks=pytest.mark.soak)],
-)
+@pytest.mark.parametrize("seconds", [pytest.param(8, id="8s"), pytest.param(30, id="30s")])
 def test_fleet_enqueues_and_runs_each_slot_once_through_kills(
     fleets: Callable[..., Fleet], redis_client: Any, redis_url: str, seconds: int
 ) -> None:

@@ -27,11 +27,11 @@ MISSED = re.compile(r"schedule slots missed while no ticker ran name=tick not_en
 OUTAGE_TICKS = 3  # failed ticks each worker logs while Redis is down (one a second at most)
 
 
+# 9 s each: the soak tier. The mechanism behind its one failure (a reclaim racing a live holder
+# after the restart) has a deterministic default-tier test in test_redis_restart_leases.py.
+@pytest.mark.soak
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize(
-    "how",
-    ["sigkill", pytest.param("shutdown", marks=pytest.mark.soak)],  # 9 s each
-)
+@pytest.mark.parametrize("how", ["sigkill", "shutdown"])
 def test_workers_tick_on_after_a_redis_restart_and_enqueue_no_slot_twice(
     fleets: Callable[..., Fleet],
     redis_server_factory: Callable[..., RedisServerProcess],
