@@ -10,7 +10,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis_support import Dispatchers, Workers
+from redis_support import Consumers, Dispatchers, Workers
+
+
+@pytest.fixture
+def consumers(redis_client: object, redis_url: str) -> Iterator[Consumers]:
+    """`Consumers` on the session server (flushed first)."""
+    made = Consumers(redis_url)
+    try:
+        yield made
+    finally:
+        made.close()
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from csjd_core import Job, RetryPolicy
+from csjd_core.backends.base import BackendSettings, Delivery
+from csjd_core.backends.redis import RedisStreamsBackend
 from csjd_core.config import DistributedConfig, RedisConfig
 from csjd_core.distributed import RedisDistributedDispatcher
 from csjd_core.testing import wait_until
@@ -39,6 +41,48 @@ DEADLINE = 15.0  # seconds any single wait may take before the test fails
 def fast_config(**overrides: Any) -> DistributedConfig:
     """A `DistributedConfig` with test-sized intervals."""
     return DistributedConfig(**{**FAST, **overrides})
+
+
+class Consumers:
+    """Backends with fixed consumer names that run no threads until `fetch` starts them (the
+    test drives their reader and maintenance); closed at teardown (the `consumers` fixture)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.made: list[RedisStreamsBackend] = []
+        self.lost: list[Delivery] = []  # successes queued, then refused (on_lost_claim)
+
+    def __call__(self, name: str, **config: Any) -> RedisStreamsBackend:
+        config.setdefault("lease", 0.3)
+        backend = RedisStreamsBackend(
+            RedisConfig(url=self.url), fast_config(consumer=name, **config)
+        )
+        backend.open(
+            BackendSettings(
+                max_pending_jobs=1000,
+                default_max_attempts=3,
+                result_ttl=60.0,
+                max_results=0,
+                worker_id=name,
+                on_lost_claim=self.lost.append,
+            )
+        )
+        backend.reader.ensure_groups()
+        self.made.append(backend)
+        return backend
+
+    def close(self) -> None:
+        for backend in self.made:
+            backend.close(clean=True)
+
+
+def fetch(backend: RedisStreamsBackend) -> Delivery:
+    """The next delivery, consumption started first (once)."""
+    if not backend.holdings.consuming:
+        backend.start_consuming()
+    delivery = backend.fetch(DEADLINE)
+    assert delivery is not None
+    return delivery
 
 
 class Dispatchers:

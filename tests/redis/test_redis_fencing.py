@@ -10,65 +10,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from redis_support import DEADLINE, fast_config
+from redis_support import DEADLINE, Consumers, fast_config
 
 from csjd_core import DuplicateJob, Job, JobContext, JobState
-from csjd_core.backends.base import AttemptError, BackendSettings, Delivery
+from csjd_core.backends.base import AttemptError, Delivery
 from csjd_core.backends.redis import QueueKeys, RedisStreamsBackend, codec
 from csjd_core.config import RedisConfig
 from csjd_core.testing import wait_until
 
 GROUP = "csjd-workers"
 KEYS = QueueKeys("csjd:jobs", "default")
-LEASE = 0.3
-
-
-class Consumers:
-    """Backends with fixed consumer names that run no threads; closed at teardown."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.made: list[RedisStreamsBackend] = []
-        self.lost: list[Delivery] = []  # successes queued, then refused (on_lost_claim)
-
-    def __call__(self, name: str, **config: Any) -> RedisStreamsBackend:
-        config.setdefault("lease", LEASE)
-        config.setdefault("heartbeat_interval", 0.1)
-        config.setdefault("prefetch", 10)  # _reclaim claims up to the prefetch
-        backend = RedisStreamsBackend(
-            RedisConfig(url=self.url), fast_config(consumer=name, **config)
-        )
-        backend.open(
-            BackendSettings(
-                max_pending_jobs=1000,
-                default_max_attempts=3,
-                result_ttl=60.0,
-                max_results=0,
-                worker_id=name,
-                on_lost_claim=self.lost.append,
-            )
-        )
-        backend.reader.ensure_groups()
-        self.made.append(backend)
-        return backend
-
-    def close(self) -> None:
-        for backend in self.made:
-            backend.close(clean=True)
-
-
-@pytest.fixture
-def consumers(redis_client: Any, redis_url: str) -> Iterator[Consumers]:
-    made = Consumers(redis_url)
-    try:
-        yield made
-    finally:
-        made.close()
+LEASE = 0.3  # the lease of `Consumers`
 
 
 def read(backend: RedisStreamsBackend, count: int = 10) -> list[Delivery]:

@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from redis_support import DEADLINE, fast_config
+from redis_support import fast_config, fetch
 
 from csjd_core import InvalidJob, Job
-from csjd_core.backends.base import AttemptError, BackendSettings, Delivery
+from csjd_core.backends.base import AttemptError, BackendSettings
 from csjd_core.backends.redis import QueueKeys, RedisStreamsBackend
 from csjd_core.config import RedisConfig
 
@@ -50,14 +50,6 @@ def make(redis_client: Any, redis_url: str) -> Iterator[Any]:
     yield build
     for backend in made:
         backend.close(clean=True)
-
-
-def fetch(backend: RedisStreamsBackend) -> Delivery:
-    if not backend.holdings.consuming:
-        backend.start_consuming()
-    delivery = backend.fetch(DEADLINE)
-    assert delivery is not None
-    return delivery
 
 
 def test_headers_are_in_the_entry_data_only_when_set(make: Any, redis_client: Any) -> None:

@@ -12,73 +12,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
-from redis_support import DEADLINE, Dispatchers, Workers, fast_config, submit_all
+from redis_support import DEADLINE, Consumers, Dispatchers, Workers, fetch, submit_all
 
 from csjd_core import Job, JobState
-from csjd_core.backends.base import AttemptError, BackendSettings, Delivery
-from csjd_core.backends.redis import QueueKeys, RedisStreamsBackend
+from csjd_core.backends.base import AttemptError, Delivery
+from csjd_core.backends.redis import QueueKeys
 from csjd_core.backends.redis.keys import BANDS, DEFAULT_BAND, band_of
-from csjd_core.config import RedisConfig
 from csjd_core.testing import wait_until
 
 GROUP = "csjd-workers"
 KEYS = QueueKeys("csjd:jobs", "default")
 HIGH, NORMAL, LOW = KEYS.bands
 ERROR = AttemptError("error", "RuntimeError: boom", "Traceback ...")
-
-
-class Consumers:
-    """Backends with fixed consumer names (threads started only by `fetch`); closed at
-    teardown."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.made: list[RedisStreamsBackend] = []
-
-    def __call__(self, name: str, **config: Any) -> RedisStreamsBackend:
-        config.setdefault("lease", 0.3)
-        backend = RedisStreamsBackend(
-            RedisConfig(url=self.url), fast_config(consumer=name, **config)
-        )
-        backend.open(
-            BackendSettings(
-                max_pending_jobs=1000,
-                default_max_attempts=3,
-                result_ttl=60.0,
-                max_results=0,
-                worker_id=name,
-            )
-        )
-        backend.reader.ensure_groups()
-        self.made.append(backend)
-        return backend
-
-    def close(self) -> None:
-        for backend in self.made:
-            backend.close(clean=True)
-
-
-@pytest.fixture
-def consumers(redis_client: Any, redis_url: str) -> Iterator[Consumers]:
-    made = Consumers(redis_url)
-    try:
-        yield made
-    finally:
-        made.close()
-
-
-def fetch(backend: RedisStreamsBackend) -> Delivery:
-    """The next delivery, consumption started first (once)."""
-    if not backend.holdings.consuming:
-        backend.start_consuming()
-    delivery = backend.fetch(DEADLINE)
-    assert delivery is not None
-    return delivery
 
 
 # -- the keys -------------------------------------------------------------------------------
