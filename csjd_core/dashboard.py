@@ -15,7 +15,8 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from csjd_core import operations
 from csjd_core.app import App, Mode
@@ -28,6 +29,8 @@ from csjd_core.stats import ScheduleState
 from csjd_core.throughput import SVG, Sample, ThroughputSamples, throughput_svg
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from csjd_core.distributed import RedisDistributedDispatcher
     from csjd_core.stats import DeadLetter
 
@@ -45,6 +48,7 @@ __all__ = [
     "invalid_settings",
     "lookup_job",
     "outbox_figures",
+    "page",
     "refresh_period",
     "schedule_figures",
     "throughput_samples",
@@ -367,3 +371,50 @@ def outbox_figures(app: App, now: datetime | None = None) -> list[OutboxFigures]
             )
         )
     return rows
+
+
+def page(app: App, query: Mapping[str, list[str]]) -> dict[str, Any]:
+    """What both dashboard pages render, from the request's query parameters (``query``: each
+    name's values, as Django's ``dict(request.GET.lists())`` and Flask's
+    ``request.args.to_dict(flat=False)`` give them): ``?payload=1`` shows payloads,
+    ``?refresh=N`` reloads the page, ``?job=ID[&queue=Q]`` looks a job up. Each framework adds
+    who may act, its CSRF token and its own context."""
+
+    def arg(name: str) -> str:
+        values = query.get(name) or [""]
+        return values[-1].strip()
+
+    def link(**changes: str | None) -> str:
+        """This page's query string with ``changes`` applied (``None`` removes a name)."""
+        changed = dict(query)
+        for name, value in changes.items():
+            if value is None:
+                changed.pop(name, None)
+            else:
+                changed[name] = [value]
+        return f"?{urlencode(changed, doseq=True)}" if changed else "?"
+
+    show_payload = arg("payload") == "1"
+    refresh = refresh_period(arg("refresh") or None)
+    figures = collect_figures(app, show_payload=show_payload)
+    job_id = arg("job")
+    return {
+        "figures": figures,
+        "redis_mode": figures.redis_mode,
+        "show_payload": show_payload,
+        "payload_toggle_url": link(payload=None if show_payload else "1"),
+        "refresh": refresh,
+        "refresh_links": [
+            (f"every {n} s", link(refresh=str(n)), n == refresh) for n in REFRESH_CHOICES
+        ]
+        + [("off", link(refresh=None), refresh is None)],
+        "dead_letter_limit": DEAD_LETTER_LIMIT,
+        # a job's status and progress (the lookup form)
+        "lookup": (
+            lookup_job(app, job_id, arg("queue") or None) if job_id and not figures.error else None
+        ),
+        # Bad settings or Redis down are the page's error already: no schedule is read then
+        # (one connection timeout per page view is enough).
+        "schedules": None if figures.error else schedule_figures(app),
+        "outboxes": outbox_figures(app),
+    }

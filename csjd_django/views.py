@@ -48,47 +48,15 @@ def dashboard_view(request: HttpRequest, model_admin: DashboardAdmin) -> HttpRes
         raise PermissionDenied
     from csjd_django import app  # noqa: PLC0415 - the app reads settings lazily
 
-    show_payload = request.GET.get("payload") == "1"
-    refresh = dashboard.refresh_period(request.GET.get("refresh"))
-    figures = dashboard.collect_figures(app, show_payload=show_payload)
-    job_id = request.GET.get("job", "").strip()
-    queue = request.GET.get("queue", "").strip() or None
-    lookup = dashboard.lookup_job(app, job_id, queue) if job_id and not figures.error else None
     context = {
         **model_admin.admin_site.each_context(request),
         "title": "CSJD jobs",
         "opts": model_admin.opts,
         "app_label": model_admin.opts.app_label,
-        "figures": figures,
-        "show_payload": show_payload,
-        "payload_toggle_url": _query(request, payload=None if show_payload else "1"),
-        "refresh": refresh,
-        "refresh_links": [
-            (f"every {n} s", _query(request, refresh=str(n)), n == refresh)
-            for n in dashboard.REFRESH_CHOICES
-        ]
-        + [("off", _query(request, refresh=None), refresh is None)],
+        **dashboard.page(app, dict(request.GET.lists())),
         "can_manage": model_admin.has_manage_permission(request),
-        "dead_letter_limit": dashboard.DEAD_LETTER_LIMIT,
-        "redis_mode": figures.redis_mode,
-        "lookup": lookup,  # a job's status and progress (the lookup form)
-        # Bad settings or Redis down are the page's error already: no schedule is read then
-        # (one connection timeout per page view is enough).
-        "schedules": None if figures.error else dashboard.schedule_figures(app),
-        "outboxes": dashboard.outbox_figures(app),
     }
     return TemplateResponse(request, "csjd_django/dashboard.html", context)
-
-
-def _query(request: HttpRequest, **changes: str | None) -> str:
-    """This page's query string with ``changes`` applied (``None`` removes a parameter)."""
-    query = request.GET.copy()
-    for name, value in changes.items():
-        if value is None:
-            query.pop(name, None)
-        else:
-            query[name] = value
-    return f"?{query.urlencode()}" if query else "?"
 
 
 # -- actions ---------------------------------------------------------------------------------

@@ -19,8 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlencode
+from typing import TYPE_CHECKING, cast
 
 from flask import (
     Blueprint,
@@ -116,31 +115,11 @@ def dashboard_blueprint(
 
     @blueprint.get("/")
     def index() -> str:
-        app = core()
-        show_payload = request.args.get("payload") == "1"
-        refresh = dashboard.refresh_period(request.args.get("refresh"))
-        figures = dashboard.collect_figures(app, show_payload=show_payload)
-        job_id = request.args.get("job", "").strip()
-        queue = request.args.get("queue", "").strip() or None
-        lookup = dashboard.lookup_job(app, job_id, queue) if job_id and not figures.error else None
         return render_template(
             "csjd_flask/dashboard.html",
-            figures=figures,
-            show_payload=show_payload,
-            payload_toggle_url=_query(payload=None if show_payload else "1"),
-            refresh=refresh,
-            refresh_links=[
-                (f"every {n} s", _query(refresh=str(n)), n == refresh)
-                for n in dashboard.REFRESH_CHOICES
-            ]
-            + [("off", _query(refresh=None), refresh is None)],
+            **dashboard.page(core(), request.args.to_dict(flat=False)),
             can_manage=may_act(),
             csrf_token=generate_csrf(),
-            dead_letter_limit=dashboard.DEAD_LETTER_LIMIT,
-            lookup=lookup,
-            # Bad settings or Redis down are the page's error already: no schedule is read.
-            schedules=None if figures.error else dashboard.schedule_figures(app),
-            outboxes=dashboard.outbox_figures(app),
             schedule_actions=SCHEDULE_ACTIONS,
             utc=_utc,
         )
@@ -200,17 +179,6 @@ def _check_app(state: BlueprintSetupState, extension: CSJD) -> None:
 
 def _client_address() -> str:
     return f"client:{request.remote_addr or '-'}"
-
-
-def _query(**changes: str | None) -> str:
-    """This page's query string with ``changes`` applied (``None`` removes a parameter)."""
-    query: dict[str, Any] = request.args.to_dict(flat=False)
-    for key, value in changes.items():
-        if value is None:
-            query.pop(key, None)
-        else:
-            query[key] = [value]
-    return f"?{urlencode(query, doseq=True)}" if query else "?"
 
 
 def _utc(value: datetime | None, iso: bool = False) -> str:
