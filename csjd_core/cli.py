@@ -17,6 +17,7 @@ from csjd_core.cli_options import (
     LOG_FORMAT_HELP,
     announcer,
     load_app,
+    log_format_option,
     worker_options,
     worker_options_from,
 )
@@ -28,12 +29,6 @@ __all__ = ["main"]
 
 APP_HELP = "APP is module:attr naming your csjd_core.App, or a function returning one."
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
-_log_format_option = click.option(
-    "--log-format",
-    type=click.Choice(LOG_FORMATS),
-    default=None,
-    help=f"{LOG_FORMAT_HELP} Default: text, or the one given before the command.",
-)
 
 
 @contextlib.contextmanager
@@ -152,7 +147,7 @@ def replay(
     type=LOG_LEVELS,
     help="Log level (default: INFO, or the one given before the command).",
 )
-@_log_format_option
+@log_format_option(inherited=True)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -200,7 +195,7 @@ def worker(
     type=LOG_LEVELS,
     help="Log level (default: INFO, or the one given before the command).",
 )
-@_log_format_option
+@log_format_option(inherited=True)
 @click.pass_context
 def relay(
     ctx: click.Context, /, app_spec: str, burst: bool, log_level: str | None, log_format: str | None

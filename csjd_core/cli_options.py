@@ -48,14 +48,25 @@ LOG_FORMAT_HELP = (
     "text, or json: one JSON object per line (docs/observability.md, 'Structured logs')."
 )
 
-#: ``--log-format`` for a click command (its callback receives ``log_format``).
-log_format_option = click.option(
-    "--log-format",
-    type=click.Choice(LOG_FORMATS),
-    default="text",
-    show_default=True,
-    help=LOG_FORMAT_HELP,
-)
+
+def log_format_option(*, inherited: bool = False) -> Callable[[F], F]:
+    """``--log-format`` for a click command (its callback receives ``log_format``).
+    ``inherited``: no default of its own (``None``): a ``csjd`` subcommand takes the value given
+    before it."""
+    if inherited:
+        return click.option(
+            "--log-format",
+            type=click.Choice(LOG_FORMATS),
+            default=None,
+            help=f"{LOG_FORMAT_HELP} Default: text, or the one given before the command.",
+        )
+    return click.option(
+        "--log-format",
+        type=click.Choice(LOG_FORMATS),
+        default="text",
+        show_default=True,
+        help=LOG_FORMAT_HELP,
+    )
 
 
 @dataclass(frozen=True, slots=True)

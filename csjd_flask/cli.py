@@ -59,7 +59,7 @@ def _core_app() -> App:
 @csjd_group.command("run")
 @worker_options
 @click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True)
-@log_format_option
+@log_format_option()
 @pass_script_info
 def run(info: ScriptInfo, /, log_level: str, log_format: str, **values: Any) -> None:
     """Consume this app's Redis queues until SIGTERM/SIGINT (the first drains in-flight jobs,
@@ -85,7 +85,7 @@ def run(info: ScriptInfo, /, log_level: str, log_format: str, **values: Any) -> 
 @csjd_group.command("relay")
 @click.option("--burst", is_flag=True, help="Exit once no outbox row is due.")
 @click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True)
-@log_format_option
+@log_format_option()
 def relay(burst: bool, log_level: str, log_format: str) -> None:
     """Relay this app's outbox (CSJD(app, outbox=db)) to its Redis queues until
     SIGTERM/SIGINT, running no job (flask csjd run relays too, unless --no-relay)."""
