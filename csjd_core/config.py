@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any, Generic, TypeVar, overload
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import SplitResult, unquote_plus, urlsplit
 
 from csjd_core.backends.base import Backend
 from csjd_core.errors import InvalidConfig
@@ -303,7 +303,7 @@ class RedisConfig:
             return
         if self.url.startswith("unix://"):
             raise check.fail("url", "unix:// cannot name a Redis Cluster (its nodes are on TCP)")
-        parts = urlsplit(self.url)
+        parts = split_url(self.url)
         hosts = parts.netloc.rpartition("@")[2]
         if not hosts or any(_host_port(node) is None for node in hosts.split(",")):
             raise check.fail(
@@ -327,7 +327,7 @@ class RedisConfig:
         """The cluster nodes given, as (host, port): those of the URL, or ``addr``."""
         if self.url is None:
             return [_host_port(self.addr or "") or ("", 0)]
-        hosts = urlsplit(self.url).netloc.rpartition("@")[2]
+        hosts = split_url(self.url).netloc.rpartition("@")[2]
         return [_host_port(node) or ("", 0) for node in hosts.split(",")]
 
     @classmethod
@@ -355,6 +355,21 @@ _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 _URL_SCHEMES = ("redis://", "rediss://", "unix://", *_CLUSTER_SCHEMES)
 
 
+def split_url(url: str) -> SplitResult:
+    """`urllib.parse.urlsplit`, with the network location taken as written: a cluster URL's
+    is several ``host:port`` (``[v6]:port`` among them), which some Python builds refuse
+    (Debian's 3.11 raises "Invalid IPv6 URL" for brackets that are not the whole host).
+
+    Raises:
+        ValueError: the rest of the URL cannot be parsed.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return urlsplit(url)
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    return urlsplit(f"{scheme}://{rest[end:]}")._replace(netloc=rest[:end])
+
+
 def _host_port(text: str) -> tuple[str, int] | None:
     """``"host:port"`` (or ``"[v6]:port"``) as a pair, or ``None`` if it is not one."""
     host, sep, port = text.rpartition(":")
@@ -373,7 +388,7 @@ def redact_url(url: str) -> str:
     (``redis://user:pw@host``, ``unix://:pw@/path``) and secret query parameters
     (``?password=``, ``?ssl_password=``...). Everything else is kept as written."""
     try:
-        parts = urlsplit(url)
+        parts = split_url(url)
     except ValueError:
         return "<unparsable URL>"
     netloc = parts.netloc

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,6 +22,7 @@ from csjd_core import (
     RetryPolicy,
 )
 from csjd_core.backends.memory import MemoryBackend
+from csjd_core.config import split_url
 
 
 def test_defaults_match_the_spec() -> None:
@@ -245,3 +247,22 @@ def test_record_format_is_compact_or_full() -> None:
     for bad in ("legacy", "", None, 1):
         with pytest.raises(InvalidConfig, match="record_format must be one of 'compact', 'full'"):
             DistributedConfig(record_format=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://u:p@h:6379/2?ssl_cert_reqs=none#x", "rediss://h", "unix:///tmp/r.sock?db=1", "h:1"],
+)
+def test_split_url_is_urlsplit_for_one_host(url: str) -> None:
+    assert split_url(url) == urlsplit(url)
+
+
+def test_split_url_keeps_a_cluster_netloc_as_written() -> None:
+    # Debian's Python 3.11 refuses it in urlsplit ("Invalid IPv6 URL"): the [v6] is not first.
+    parts = split_url("rediss+cluster://a:b@10.0.0.1:7000,[::1]:7001/0?x=1")
+    assert (parts.scheme, parts.netloc, parts.path, parts.query) == (
+        "rediss+cluster",
+        "a:b@10.0.0.1:7000,[::1]:7001",
+        "/0",
+        "x=1",
+    )

@@ -14,7 +14,6 @@ import threading
 import time
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -22,7 +21,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
 from redis.retry import Retry
 
-from csjd_core.config import RedisConfig
+from csjd_core.config import RedisConfig, split_url
 
 _hiredis_pack: Any
 try:
@@ -166,10 +165,11 @@ class Connection:
         if rc.url is None:
             return RedisCluster(startup_nodes=nodes, ssl=rc.ssl, **options)
         # redis-py reads the credentials, TLS and query options from a plain URL of one node.
-        parts = urlsplit(rc.url)
+        parts = split_url(rc.url)
         scheme = "rediss" if parts.scheme.startswith("rediss") else "redis"
         user = parts.netloc.rpartition("@")[0]
-        url = f"{scheme}://{user + '@' if user else ''}{nodes[0].host}:{nodes[0].port}" + (
+        host = f"[{nodes[0].host}]" if ":" in nodes[0].host else nodes[0].host  # IPv6
+        url = f"{scheme}://{user + '@' if user else ''}{host}:{nodes[0].port}" + (
             f"?{parts.query}" if parts.query else ""
         )
         return RedisCluster(url=url, startup_nodes=nodes[1:], **options)
